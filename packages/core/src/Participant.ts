@@ -1,0 +1,149 @@
+/**
+ * The participant of a two-phase commit: one resource manager (a database) that can prepare a
+ * branch of a global transaction, then commit or roll it back by gid, and answer what state a
+ * branch is in for recovery.
+ *
+ * A participant is generic in its `Work`: what the caller asks it to do inside the branch
+ * (for Postgres, queries on the branch's connection). The core never looks inside it.
+ *
+ * @since 0.1.0
+ */
+import { Data, Effect } from "effect"
+import type { BranchCallError, ConfigurationError } from "./TransactionError.js"
+import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
+
+/**
+ * A participant's answer to prepare.
+ * - `Prepared`: the branch is durably prepared and will commit or roll back as told.
+ * - `ReadOnly`: the branch changed nothing; it is finished and takes no part in phase 2.
+ * - `No`: the branch refused (or failed); it is rolled back. `sqlState` carries the database's code.
+ * @since 0.1.0
+ */
+export type Vote = Data.TaggedEnum<{
+  Prepared: {}
+  ReadOnly: {}
+  No: { readonly reason: string; readonly sqlState?: string | undefined }
+}>
+/** @since 0.1.0 */
+export const Vote = Data.taggedEnum<Vote>()
+
+/**
+ * What happened when a branch was told to commit.
+ * - `Committed`: committed now, or found committed already (re-driven, idempotent).
+ * - `HeuristicRollback`: the branch is gone without a commit marker: someone rolled it back
+ *   outside the protocol after the commit decision. Reported, never hidden.
+ * @since 0.1.0
+ */
+export type CommitAck = "Committed" | "HeuristicRollback"
+
+/**
+ * What happened when a branch was told to roll back.
+ * - `RolledBack`: rolled back now, or never prepared, or found rolled back already.
+ * - `HeuristicCommit`: the branch had committed (marker present) although the decision is abort.
+ * @since 0.1.0
+ */
+export type RollbackAck = "RolledBack" | "HeuristicCommit"
+
+/**
+ * A branch's state as the participant knows it.
+ * @since 0.1.0
+ */
+export type BranchState = "prepared" | "committed" | "aborted"
+
+/**
+ * The identity of one branch of one global transaction.
+ * @since 0.1.0
+ */
+export interface BranchContext {
+  readonly txId: TransactionId
+  readonly branch: BranchName
+  readonly gid: Gid
+}
+
+/**
+ * A prepared branch found by a recovery scan.
+ * @since 0.1.0
+ */
+export interface InDoubtBranch {
+  readonly gid: Gid
+  readonly txId: TransactionId
+  readonly branch: BranchName
+  /** When the branch was prepared, in epoch milliseconds (recovery leaves young ones alone). */
+  readonly preparedAt: number
+}
+
+/**
+ * The result of a one-phase commit: the branch committed, or refused with a reason.
+ * @since 0.1.0
+ */
+export type OnePhaseResult = Data.TaggedEnum<{
+  Committed: {}
+  No: { readonly reason: string; readonly sqlState?: string | undefined }
+}>
+/** @since 0.1.0 */
+export const OnePhaseResult = Data.taggedEnum<OnePhaseResult>()
+
+/**
+ * A 2PC participant. Every method must be idempotent when re-driven by recovery:
+ * `commit` of a committed branch is `Committed`, `rollback` of an unknown gid is `RolledBack`.
+ * @since 0.1.0
+ */
+export interface Participant<in Work = unknown> {
+  /** The branch name, unique within a coordinator; part of every gid. */
+  readonly name: BranchName
+  /** Checks that the participant can take part at all (run when it is registered). */
+  readonly verify: Effect.Effect<void, ConfigurationError | BranchCallError>
+  /** Runs the work in a new branch and prepares it. Errors in the work are a `No` vote, not a failure. */
+  readonly prepare: (ctx: BranchContext, work: Work) => Effect.Effect<Vote, BranchCallError>
+  /** Runs the work and commits it in one step (a lone branch needs no prepare). */
+  readonly commitOnePhase: (ctx: BranchContext, work: Work) => Effect.Effect<OnePhaseResult, BranchCallError>
+  /** `COMMIT PREPARED`; idempotent. */
+  readonly commit: (ctx: BranchContext) => Effect.Effect<CommitAck, BranchCallError>
+  /** `ROLLBACK PREPARED`; idempotent, and fine for a gid that was never prepared. */
+  readonly rollback: (ctx: BranchContext) => Effect.Effect<RollbackAck, BranchCallError>
+  /** The branch's state, for recovery and for operators. */
+  readonly state: (ctx: BranchContext) => Effect.Effect<BranchState, BranchCallError>
+  /** Accord's prepared branches on this participant (its own database only). */
+  readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtBranch>, BranchCallError>
+  /** Forgets the bookkeeping of a finished transaction (marker rows); best effort. */
+  readonly forget: (ctxs: ReadonlyArray<BranchContext>) => Effect.Effect<void, BranchCallError>
+}
+
+/**
+ * A participant with its work erased, as a coordinator holds it.
+ * @since 0.1.0
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the work type is contravariant and erased on purpose
+export type AnyParticipant = Participant<any>
+
+/**
+ * One branch of a transaction: a participant and the work it runs in that branch.
+ * @since 0.1.0
+ */
+export interface Branch<Work = unknown> {
+  readonly participant: Participant<Work>
+  readonly work: Work
+}
+
+/**
+ * A branch with its work type erased, as a transaction's list holds it.
+ * @since 0.1.0
+ */
+// biome-ignore lint/suspicious/noExplicitAny: each branch has its own work type
+export type AnyBranch = Branch<any>
+
+/**
+ * Pairs a participant with its work, keeping the two types in step.
+ * @since 0.1.0
+ */
+export const branch = <Work>(participant: Participant<Work>, work: Work): Branch<Work> => ({ participant, work })
+
+/**
+ * Default no-op implementations for optional members when building a participant by hand.
+ * @since 0.1.0
+ */
+export const defaults = {
+  verify: Effect.void,
+  inDoubt: Effect.succeed([] as ReadonlyArray<InDoubtBranch>),
+  forget: (_: ReadonlyArray<BranchContext>) => Effect.void
+}

@@ -1,0 +1,134 @@
+/**
+ * The coordinator log: the durable record of commit decisions.
+ *
+ * Decisions are keyed by transaction id and the first writer wins: the coordinator's commit
+ * decision and recovery's presumed-abort decision are inserts into the same key, so recovery can
+ * never roll back a branch that the coordinator is about to commit (the citus#1029 race) and no
+ * clock assumption is needed. A commit decision is forced before any branch is told to commit.
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Option, Ref } from "effect"
+import type { LogError } from "./TransactionError.js"
+import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
+
+/**
+ * The decision of a global transaction.
+ * @since 0.1.0
+ */
+export type Decision = "commit" | "abort"
+
+/**
+ * A branch as the log records it: enough for recovery to find and finish it.
+ * @since 0.1.0
+ */
+export interface BranchRecord {
+  readonly branch: BranchName
+  readonly gid: Gid
+}
+
+/**
+ * A decision row.
+ * @since 0.1.0
+ */
+export interface DecisionRecord {
+  readonly txId: TransactionId
+  readonly decision: Decision
+  readonly branches: ReadonlyArray<BranchRecord>
+  /** Epoch milliseconds when the decision was written. */
+  readonly decidedAt: number
+}
+
+/**
+ * A heuristic outcome: a branch ended differently from the decision, outside the protocol.
+ * @since 0.1.0
+ */
+export interface HeuristicRecord {
+  readonly txId: TransactionId
+  readonly branch: BranchName
+  readonly gid: Gid
+  readonly decision: Decision
+  readonly detail: string
+}
+
+/**
+ * The coordinator log service.
+ * @since 0.1.0
+ */
+export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
+  TransactionLog,
+  {
+    /**
+     * Writes a decision unless one exists; returns the decision that holds (the first written).
+     * A `commit` decision is durable (forced) when this succeeds.
+     */
+    readonly decide: (record: DecisionRecord) => Effect.Effect<DecisionRecord, LogError>
+    /** Reads the decision of a transaction, if any. */
+    readonly decision: (txId: TransactionId) => Effect.Effect<Option.Option<DecisionRecord>, LogError>
+    /** Marks a decided transaction finished: every branch acknowledged (not forced). */
+    readonly complete: (txId: TransactionId) => Effect.Effect<void, LogError>
+    /** Decisions without completion, oldest first (commit and abort). */
+    readonly unfinished: (options?: {
+      readonly olderThanMillis?: number
+      readonly limit?: number
+    }) => Effect.Effect<ReadonlyArray<DecisionRecord>, LogError>
+    /** Records a heuristic outcome for operators. */
+    readonly recordHeuristic: (record: HeuristicRecord) => Effect.Effect<void, LogError>
+    /** The recorded heuristic outcomes. */
+    readonly heuristics: Effect.Effect<ReadonlyArray<HeuristicRecord>, LogError>
+  }
+>() {}
+
+/**
+ * An in-memory log, for unit tests and the simulator. Not durable.
+ * @since 0.1.0
+ */
+export const makeMemory: Effect.Effect<TransactionLog["Type"] & { readonly snapshot: Effect.Effect<MemoryState> }> =
+  Effect.gen(function* () {
+    const state = yield* Ref.make<MemoryState>({ decisions: new Map(), completed: new Set(), heuristics: [] })
+    return {
+      decide: (record) =>
+        Ref.modify(state, (s) => {
+          const existing = s.decisions.get(record.txId)
+          if (existing !== undefined) return [existing, s]
+          const decisions = new Map(s.decisions)
+          decisions.set(record.txId, record)
+          return [record, { ...s, decisions }]
+        }),
+      decision: (txId) => Ref.get(state).pipe(Effect.map((s) => Option.fromNullable(s.decisions.get(txId)))),
+      complete: (txId) =>
+        Ref.update(state, (s) => {
+          const completed = new Set(s.completed)
+          completed.add(txId)
+          return { ...s, completed }
+        }),
+      unfinished: (options) =>
+        Ref.get(state).pipe(
+          Effect.map((s) => {
+            const rows = [...s.decisions.values()]
+              .filter((d) => !s.completed.has(d.txId))
+              .sort((a, b) => a.decidedAt - b.decidedAt)
+            return options?.limit === undefined ? rows : rows.slice(0, options.limit)
+          })
+        ),
+      recordHeuristic: (record) => Ref.update(state, (s) => ({ ...s, heuristics: [...s.heuristics, record] })),
+      heuristics: Ref.get(state).pipe(Effect.map((s) => s.heuristics)),
+      snapshot: Ref.get(state)
+    }
+  })
+
+/**
+ * The in-memory log's contents.
+ * @since 0.1.0
+ */
+export interface MemoryState {
+  readonly decisions: ReadonlyMap<TransactionId, DecisionRecord>
+  readonly completed: ReadonlySet<TransactionId>
+  readonly heuristics: ReadonlyArray<HeuristicRecord>
+}
+
+/**
+ * A layer with a fresh in-memory log.
+ * @since 0.1.0
+ */
+export const layerMemory: Layer.Layer<TransactionLog> = Layer.effect(TransactionLog, makeMemory)

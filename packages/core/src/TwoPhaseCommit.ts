@@ -1,0 +1,373 @@
+/**
+ * Two-phase commit, presumed abort (DESIGN.md "2PC, presumed abort").
+ *
+ * 1. Every branch prepares concurrently, each bounded by `prepareTimeout`; a timeout or a failed
+ *    call counts as a No vote.
+ * 2. All Prepared/ReadOnly: the commit decision is forced to the log (first writer wins, so
+ *    recovery's presumed abort cannot race it); otherwise the prepared branches are rolled back
+ *    and nothing is written.
+ * 3. Phase 2 runs concurrently, each branch retried with `commitSchedule` until it acknowledges
+ *    or the transaction's deadline passes; then the outcome is `CommitPending` and recovery
+ *    finishes it. After a commit decision the outcome is never `Aborted`.
+ *
+ * A single branch commits in one phase (no PREPARE, no log); ReadOnly branches skip phase 2.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Data, Duration, Effect, Either, Metric, MetricBoundaries, Option, Schedule } from "effect"
+import {
+  type AnyParticipant,
+  type AnyBranch,
+  type BranchContext,
+  type CommitAck,
+  OnePhaseResult,
+  Vote
+} from "./Participant.js"
+import { BranchCallError, InvalidTransactionError, type LogError, TimeoutError } from "./TransactionError.js"
+import * as TransactionId from "./TransactionId.js"
+import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
+
+/**
+ * Bounds and retry policy of one transaction. Every wait is explicit.
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Use this id instead of a fresh one (it must be a ULID). */
+  readonly txId?: string
+  /** A per-deployment gid namespace (`[a-z0-9]{1,16}`), so recovery only touches its own branches. */
+  readonly namespace?: string
+  /** Bound on each branch's prepare (work included). A timeout is a No vote. Default 10 s. */
+  readonly prepareTimeout?: Duration.DurationInput
+  /** Bound on each single commit or rollback call. Default 5 s. */
+  readonly callTimeout?: Duration.DurationInput
+  /** Bound on the whole transaction. Before the decision it aborts; after, it yields CommitPending. Default 30 s. */
+  readonly transactionTimeout?: Duration.DurationInput
+  /** Retry policy of phase-2 calls. Default: exponential from 10 ms, factor 2, jittered, capped at 1 s. */
+  readonly commitSchedule?: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+}
+
+/**
+ * The defaults of `Options`.
+ * @since 0.1.0
+ */
+export const defaults = {
+  prepareTimeout: Duration.seconds(10),
+  callTimeout: Duration.seconds(5),
+  transactionTimeout: Duration.seconds(30),
+  commitSchedule: Schedule.exponential(Duration.millis(10), 2).pipe(
+    Schedule.jittered,
+    Schedule.union(Schedule.spaced(Duration.seconds(1)))
+  )
+} as const
+
+/**
+ * A branch's vote as reported in an outcome.
+ * @since 0.1.0
+ */
+export interface BranchVote {
+  readonly branch: TransactionId.BranchName
+  readonly gid: TransactionId.Gid
+  readonly vote: Vote
+}
+
+/**
+ * A branch that ended against the decision (someone resolved it by hand).
+ * @since 0.1.0
+ */
+export interface Heuristic {
+  readonly branch: TransactionId.BranchName
+  readonly gid: TransactionId.Gid
+  readonly detail: string
+}
+
+/**
+ * The outcome of a transaction.
+ * - `Committed`: the decision is commit and every writing branch acknowledged.
+ * - `CommitPending`: the decision is commit and durable; `pending` branches have not acknowledged
+ *   yet. The outcome is still commit: recovery finishes it.
+ * - `Aborted`: nothing was committed; `reason` names the branch and its cause.
+ * @since 0.1.0
+ */
+export type Outcome = Data.TaggedEnum<{
+  Committed: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly onePhase: boolean
+    readonly heuristics: ReadonlyArray<Heuristic>
+  }
+  CommitPending: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly pending: ReadonlyArray<TransactionId.BranchName>
+  }
+  Aborted: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly reason: string
+  }
+}>
+/** @since 0.1.0 */
+export const Outcome = Data.taggedEnum<Outcome>()
+
+/** Transactions by outcome. @since 0.1.0 */
+export const outcomes = Metric.counter("accord_2pc_outcomes_total", {
+  description: "2PC transactions by outcome",
+  incremental: true
+})
+/** Transaction latency. @since 0.1.0 */
+export const latency = Metric.histogram(
+  "accord_2pc_latency_ms",
+  MetricBoundaries.exponential({ start: 0.5, factor: 2, count: 16 }),
+  "2PC transaction latency in milliseconds"
+)
+
+interface Resolved {
+  readonly ctx: BranchContext
+  readonly participant: AnyParticipant
+  readonly work: unknown
+}
+
+/**
+ * Checks a transaction's branches and builds their contexts; nothing is sent.
+ * @since 0.1.0
+ */
+export const validate = (
+  branches: ReadonlyArray<AnyBranch>,
+  txId: TransactionId.TransactionId,
+  namespace?: string
+): Either.Either<ReadonlyArray<Resolved>, InvalidTransactionError> => {
+  if (!Array.isArray(branches) || branches.length === 0) {
+    return Either.left(new InvalidTransactionError({ reason: "a transaction needs at least one branch" }))
+  }
+  if (namespace !== undefined && !TransactionId.namespacePattern.test(namespace)) {
+    return Either.left(new InvalidTransactionError({ reason: `invalid namespace ${JSON.stringify(namespace)}` }))
+  }
+  const seen = new Set<string>()
+  const resolved: Array<Resolved> = []
+  for (const b of branches) {
+    if (b === null || typeof b !== "object" || b.participant === undefined || b.participant === null) {
+      return Either.left(new InvalidTransactionError({ reason: "a branch has no participant" }))
+    }
+    const name = TransactionId.parseBranchName(b.participant.name)
+    if (Either.isLeft(name)) return Either.left(name.left)
+    if (seen.has(name.right)) {
+      return Either.left(
+        new InvalidTransactionError({
+          reason: `participant ${name.right} appears in two branches; put its work in one branch`
+        })
+      )
+    }
+    seen.add(name.right)
+    const gid = TransactionId.validateGid(
+      namespace === undefined ? `accord_${txId}_${name.right}` : `accord-${namespace}_${txId}_${name.right}`
+    )
+    if (Either.isLeft(gid)) return Either.left(gid.left)
+    resolved.push({ ctx: { txId, branch: name.right, gid: gid.right }, participant: b.participant, work: b.work })
+  }
+  return Either.right(resolved)
+}
+
+const prepareBranch = Effect.fn("TwoPhaseCommit.prepare")(function* (r: Resolved, timeout: Duration.Duration) {
+  yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "prepare" })
+  return yield* r.participant.prepare(r.ctx, r.work).pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () =>
+        new TimeoutError({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "prepare", millis: Duration.toMillis(timeout) })
+    }),
+    Effect.map((vote) => ({ vote, definite: true })),
+    // A failed or timed-out prepare is a No vote; the branch may still become prepared, so it is
+    // rolled back with the others (`definite: false`).
+    Effect.catchAll((e) => Effect.succeed({ vote: Vote.No({ reason: e.message }), definite: false }))
+  )
+})
+
+const commitBranch = Effect.fn("TwoPhaseCommit.commit")(function* (
+  r: Resolved,
+  callTimeout: Duration.Duration,
+  schedule: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+) {
+  yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "commit" })
+  return yield* r.participant.commit(r.ctx).pipe(
+    Effect.timeoutFail({
+      duration: callTimeout,
+      onTimeout: () =>
+        new TimeoutError({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "commit", millis: Duration.toMillis(callTimeout) })
+    }),
+    Effect.retry(schedule)
+  )
+})
+
+const rollbackBranch = Effect.fn("TwoPhaseCommit.rollback")(function* (r: Resolved, callTimeout: Duration.Duration) {
+  yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "rollback" })
+  // Best effort: a branch left prepared here is an orphan that recovery presumes aborted.
+  return yield* r.participant.rollback(r.ctx).pipe(
+    Effect.timeout(callTimeout),
+    Effect.map(Option.some),
+    Effect.catchAll(() => Effect.succeed(Option.none()))
+  )
+})
+
+const onePhase = Effect.fn("TwoPhaseCommit.onePhaseCommit")(function* (r: Resolved, timeout: Duration.Duration) {
+  yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "onePhaseCommit" })
+  const result = yield* r.participant.commitOnePhase(r.ctx, r.work).pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () =>
+        // The COMMIT may have been sent: the outcome is unknown, not failed.
+        new BranchCallError({
+          txId: r.ctx.txId,
+          branch: r.ctx.branch,
+          phase: "onePhaseCommit",
+          reason: `no answer within ${Duration.format(timeout)}`,
+          inDoubt: true
+        })
+    })
+  )
+  return OnePhaseResult.$match(result, {
+    Committed: () =>
+      Outcome.Committed({
+        txId: r.ctx.txId,
+        votes: [{ branch: r.ctx.branch, gid: r.ctx.gid, vote: Vote.Prepared() }],
+        onePhase: true,
+        heuristics: []
+      }),
+    No: ({ reason, sqlState }) =>
+      Outcome.Aborted({
+        txId: r.ctx.txId,
+        votes: [{ branch: r.ctx.branch, gid: r.ctx.gid, vote: Vote.No({ reason, sqlState }) }],
+        reason: `${r.ctx.branch}: ${reason}`
+      })
+  })
+})
+
+/**
+ * Writes the commit decision; a failed write is retried because the insert may have landed
+ * (the first writer wins, so a retry returns whichever decision holds).
+ */
+const decideCommit = Effect.fn("TwoPhaseCommit.decide")(function* (record: DecisionRecord, deadline: number) {
+  yield* Effect.annotateCurrentSpan({ txId: record.txId, phase: "decide" })
+  const log = yield* TransactionLog
+  const now = yield* Clock.currentTimeMillis
+  return yield* log.decide(record).pipe(
+    Effect.retry(
+      Schedule.exponential(Duration.millis(10), 2).pipe(
+        Schedule.jittered,
+        Schedule.upTo(Duration.millis(Math.max(0, deadline - now)))
+      )
+    )
+  )
+})
+
+/**
+ * Runs one global transaction with two-phase commit.
+ *
+ * Fails only with invalid input (nothing sent), an in-doubt one-phase commit, or a log that
+ * cannot be written at the commit point (the branches stay prepared; recovery resolves them).
+ * @since 0.1.0
+ */
+export const run: (
+  branches: ReadonlyArray<AnyBranch>,
+  options?: Options
+) => Effect.Effect<Outcome, InvalidTransactionError | BranchCallError | LogError, TransactionLog> = Effect.fn(
+  "TwoPhaseCommit.run"
+)(function* (branches: ReadonlyArray<AnyBranch>, options: Options = {}) {
+  const started = yield* Clock.currentTimeMillis
+  const txId =
+    options.txId === undefined ? yield* TransactionId.make : yield* TransactionId.parseTransactionId(options.txId)
+  yield* Effect.annotateCurrentSpan({ txId, branches: branches?.length ?? 0 })
+  const resolved = yield* validate(branches, txId, options.namespace)
+  const prepareTimeout = Duration.decode(options.prepareTimeout ?? defaults.prepareTimeout)
+  const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+  const transactionTimeout = Duration.decode(options.transactionTimeout ?? defaults.transactionTimeout)
+  const schedule = options.commitSchedule ?? defaults.commitSchedule
+  const deadline = started + Duration.toMillis(transactionTimeout)
+
+  const finish = (outcome: Outcome) =>
+    Effect.gen(function* () {
+      const ended = yield* Clock.currentTimeMillis
+      yield* Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))
+      yield* Metric.update(latency, ended - started)
+      return outcome
+    })
+
+  if (resolved.length === 1) {
+    return yield* finish(yield* onePhase(resolved[0]!, Duration.min(prepareTimeout, transactionTimeout)))
+  }
+
+  const prepareBound = Duration.min(prepareTimeout, transactionTimeout)
+  const prepared = yield* Effect.forEach(resolved, (r) => prepareBranch(r, prepareBound), {
+    concurrency: "unbounded"
+  })
+  const votes: ReadonlyArray<BranchVote> = resolved.map((r, i) => ({
+    branch: r.ctx.branch,
+    gid: r.ctx.gid,
+    vote: prepared[i]!.vote
+  }))
+  const refused = votes.find((v) => v.vote._tag === "No")
+
+  const abort = (reason: string) =>
+    Effect.gen(function* () {
+      // Branches that refused definitely rolled back themselves; the rest may be prepared.
+      const toRollBack = resolved.filter(
+        (_, i) => prepared[i]!.vote._tag === "Prepared" || !prepared[i]!.definite
+      )
+      yield* Effect.forEach(toRollBack, (r) => rollbackBranch(r, callTimeout), {
+        concurrency: "unbounded",
+        discard: true
+      })
+      return yield* finish(Outcome.Aborted({ txId, votes, reason }))
+    })
+
+  if (refused !== undefined) {
+    return yield* abort(`${refused.branch}: ${(refused.vote as Extract<Vote, { _tag: "No" }>).reason}`)
+  }
+  const writers = resolved.filter((_, i) => prepared[i]!.vote._tag === "Prepared")
+  if (writers.length === 0) {
+    return yield* finish(Outcome.Committed({ txId, votes, onePhase: false, heuristics: [] }))
+  }
+  if ((yield* Clock.currentTimeMillis) >= deadline) {
+    return yield* abort(`transaction timed out after ${Duration.format(transactionTimeout)} before its decision`)
+  }
+
+  const decidedAt = yield* Clock.currentTimeMillis
+  const decision = yield* decideCommit(
+    { txId, decision: "commit", branches: writers.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })), decidedAt },
+    deadline
+  )
+  if (decision.decision === "abort") {
+    return yield* abort("recovery presumed the transaction aborted before its commit decision was written")
+  }
+
+  // Phase 2: from here the outcome is commit, whatever happens.
+  const remaining = Duration.millis(Math.max(0, deadline - (yield* Clock.currentTimeMillis)))
+  const acks = yield* Effect.forEach(
+    writers,
+    (r) =>
+      commitBranch(r, callTimeout, schedule).pipe(
+        Effect.timeout(remaining),
+        Effect.map((ack): Option.Option<CommitAck> => Option.some(ack)),
+        Effect.catchAll(() => Effect.succeed(Option.none<CommitAck>()))
+      ),
+    { concurrency: "unbounded" }
+  )
+  const pending = writers.filter((_, i) => Option.isNone(acks[i]!)).map((r) => r.ctx.branch)
+  const log = yield* TransactionLog
+  const heuristics: Array<Heuristic> = []
+  for (const [i, r] of writers.entries()) {
+    const ack = acks[i]!
+    if (Option.isSome(ack) && ack.value === "HeuristicRollback") {
+      const detail = "branch was rolled back outside the protocol after the commit decision"
+      heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
+      yield* log
+        .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "commit", detail })
+        .pipe(Effect.ignore)
+    }
+  }
+  if (pending.length > 0) {
+    return yield* finish(Outcome.CommitPending({ txId, votes, pending }))
+  }
+  // Not forced: if it is lost, recovery re-drives the commits, which are idempotent.
+  yield* log.complete(txId).pipe(Effect.ignore)
+  return yield* finish(Outcome.Committed({ txId, votes, onePhase: false, heuristics }))
+})

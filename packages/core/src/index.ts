@@ -1,0 +1,12 @@
+/**
+ * @since 0.1.0
+ */
+export * as Participant from "./Participant.js"
+/** @since 0.1.0 */
+export * as TransactionError from "./TransactionError.js"
+/** @since 0.1.0 */
+export * as TransactionId from "./TransactionId.js"
+/** @since 0.1.0 */
+export * as TransactionLog from "./TransactionLog.js"
+/** @since 0.1.0 */
+export * as TwoPhaseCommit from "./TwoPhaseCommit.js"
