@@ -88,7 +88,7 @@ export const OnePhaseResult = Data.taggedEnum<OnePhaseResult>()
  * `commit` of a committed branch is `Committed`, `rollback` of an unknown gid is `RolledBack`.
  * @since 0.1.0
  */
-export interface Participant<in Work = unknown> {
+export interface Participant<in out Work = unknown> {
   /** The branch name, unique within a coordinator; part of every gid. */
   readonly name: BranchName
   /** Checks that the participant can take part at all (run when it is registered). */
@@ -107,6 +107,21 @@ export interface Participant<in Work = unknown> {
   readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtBranch>, BranchCallError>
   /** Forgets the bookkeeping of a finished transaction (marker rows); best effort. */
   readonly forget: (ctxs: ReadonlyArray<BranchContext>) => Effect.Effect<void, BranchCallError>
+  /**
+   * How the Promise facade turns `[participant, operation, params]` triples into this
+   * participant's work, in order, in one branch. Absent: the facade cannot drive it.
+   */
+  readonly fromOperations?: (calls: ReadonlyArray<OperationCall>) => Work
+}
+
+/**
+ * One `[participant, operation, params]` triple of the Promise facade: `operation` is a name the
+ * participant knows, or a function it can run.
+ * @since 0.1.0
+ */
+export interface OperationCall {
+  readonly operation: string | ((...args: ReadonlyArray<never>) => unknown)
+  readonly params: unknown
 }
 
 /**
