@@ -151,7 +151,10 @@ export type AnyBranch = Branch<any>
  * Pairs a participant with its work, keeping the two types in step.
  * @since 0.1.0
  */
-export const branch = <Work>(participant: Participant<Work>, work: Work): Branch<Work> => ({ participant, work })
+export const branch = <Work>(participant: Participant<Work>, work: Work): Branch<Work> => ({
+  participant,
+  work
+})
 
 /**
  * Default no-op implementations for optional members when building a participant by hand.

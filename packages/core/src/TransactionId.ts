@@ -9,7 +9,7 @@
  *
  * @since 0.1.0
  */
-import { Brand, Clock, Effect, Either, Option, Random } from "effect"
+import { type Brand, Clock, Effect, Either, Option, Random } from "effect"
 import { InvalidTransactionError } from "./TransactionError.js"
 
 /**
@@ -79,7 +79,9 @@ export const make: Effect.Effect<TransactionId> = Effect.gen(function* () {
 export const parseTransactionId = (input: string): Either.Either<TransactionId, InvalidTransactionError> =>
   transactionIdPattern.test(input)
     ? Either.right(input as TransactionId)
-    : Either.left(new InvalidTransactionError({ reason: `not a transaction id (26-char ULID): ${describe(input)}` }))
+    : Either.left(
+        new InvalidTransactionError({ reason: `not a transaction id (26-char ULID): ${describe(input)}` })
+      )
 
 /**
  * Checks a branch name.
@@ -99,7 +101,8 @@ export const parseBranchName = (input: string): Either.Either<BranchName, Invali
  * @since 0.1.0
  */
 export const gid = (txId: TransactionId, branch: BranchName, namespace?: string): Gid => {
-  const candidate = namespace === undefined ? `accord_${txId}_${branch}` : `accord-${namespace}_${txId}_${branch}`
+  const candidate =
+    namespace === undefined ? `accord_${txId}_${branch}` : `accord-${namespace}_${txId}_${branch}`
   return Either.getOrThrowWith(validateGid(candidate), (e) => new Error(e.reason))
 }
 
@@ -110,7 +113,9 @@ export const gid = (txId: TransactionId, branch: BranchName, namespace?: string)
 export const validateGid = (input: string): Either.Either<Gid, InvalidTransactionError> =>
   typeof input === "string" && input.length < 200 && gidPattern.test(input)
     ? Either.right(input as Gid)
-    : Either.left(new InvalidTransactionError({ reason: `refused gid ${describe(input)}: not an Accord gid` }))
+    : Either.left(
+        new InvalidTransactionError({ reason: `refused gid ${describe(input)}: not an Accord gid` })
+      )
 
 /**
  * Splits an Accord gid into its parts; `None` for any gid Accord did not build.
@@ -118,7 +123,12 @@ export const validateGid = (input: string): Either.Either<Gid, InvalidTransactio
  */
 export const parseGid = (
   input: string
-): Option.Option<{ readonly gid: Gid; readonly txId: TransactionId; readonly branch: BranchName; readonly namespace?: string }> => {
+): Option.Option<{
+  readonly gid: Gid
+  readonly txId: TransactionId
+  readonly branch: BranchName
+  readonly namespace?: string
+}> => {
   const match = typeof input === "string" && input.length < 200 ? gidPattern.exec(input) : null
   if (match === null) return Option.none()
   const namespace = match[1]?.slice(1)

@@ -83,39 +83,40 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
  * An in-memory log, for unit tests and the simulator. Not durable.
  * @since 0.1.0
  */
-export const makeMemory: Effect.Effect<TransactionLog["Type"] & { readonly snapshot: Effect.Effect<MemoryState> }> =
-  Effect.gen(function* () {
-    const state = yield* Ref.make<MemoryState>({ decisions: new Map(), completed: new Set(), heuristics: [] })
-    return {
-      decide: (record) =>
-        Ref.modify(state, (s) => {
-          const existing = s.decisions.get(record.txId)
-          if (existing !== undefined) return [existing, s]
-          const decisions = new Map(s.decisions)
-          decisions.set(record.txId, record)
-          return [record, { ...s, decisions }]
-        }),
-      decision: (txId) => Ref.get(state).pipe(Effect.map((s) => Option.fromNullable(s.decisions.get(txId)))),
-      complete: (txId) =>
-        Ref.update(state, (s) => {
-          const completed = new Set(s.completed)
-          completed.add(txId)
-          return { ...s, completed }
-        }),
-      unfinished: (options) =>
-        Ref.get(state).pipe(
-          Effect.map((s) => {
-            const rows = [...s.decisions.values()]
-              .filter((d) => !s.completed.has(d.txId))
-              .sort((a, b) => a.decidedAt - b.decidedAt)
-            return options?.limit === undefined ? rows : rows.slice(0, options.limit)
-          })
-        ),
-      recordHeuristic: (record) => Ref.update(state, (s) => ({ ...s, heuristics: [...s.heuristics, record] })),
-      heuristics: Ref.get(state).pipe(Effect.map((s) => s.heuristics)),
-      snapshot: Ref.get(state)
-    }
-  })
+export const makeMemory: Effect.Effect<
+  TransactionLog["Type"] & { readonly snapshot: Effect.Effect<MemoryState> }
+> = Effect.gen(function* () {
+  const state = yield* Ref.make<MemoryState>({ decisions: new Map(), completed: new Set(), heuristics: [] })
+  return {
+    decide: (record) =>
+      Ref.modify(state, (s) => {
+        const existing = s.decisions.get(record.txId)
+        if (existing !== undefined) return [existing, s]
+        const decisions = new Map(s.decisions)
+        decisions.set(record.txId, record)
+        return [record, { ...s, decisions }]
+      }),
+    decision: (txId) => Ref.get(state).pipe(Effect.map((s) => Option.fromNullable(s.decisions.get(txId)))),
+    complete: (txId) =>
+      Ref.update(state, (s) => {
+        const completed = new Set(s.completed)
+        completed.add(txId)
+        return { ...s, completed }
+      }),
+    unfinished: (options) =>
+      Ref.get(state).pipe(
+        Effect.map((s) => {
+          const rows = [...s.decisions.values()]
+            .filter((d) => !s.completed.has(d.txId))
+            .sort((a, b) => a.decidedAt - b.decidedAt)
+          return options?.limit === undefined ? rows : rows.slice(0, options.limit)
+        })
+      ),
+    recordHeuristic: (record) => Ref.update(state, (s) => ({ ...s, heuristics: [...s.heuristics, record] })),
+    heuristics: Ref.get(state).pipe(Effect.map((s) => s.heuristics)),
+    snapshot: Ref.get(state)
+  }
+})
 
 /**
  * The in-memory log's contents.

@@ -140,7 +140,9 @@ export const validate = (
     return Either.left(new InvalidTransactionError({ reason: "a transaction needs at least one branch" }))
   }
   if (namespace !== undefined && !TransactionId.namespacePattern.test(namespace)) {
-    return Either.left(new InvalidTransactionError({ reason: `invalid namespace ${JSON.stringify(namespace)}` }))
+    return Either.left(
+      new InvalidTransactionError({ reason: `invalid namespace ${JSON.stringify(namespace)}` })
+    )
   }
   const seen = new Set<string>()
   const resolved: Array<Resolved> = []
@@ -162,18 +164,30 @@ export const validate = (
       namespace === undefined ? `accord_${txId}_${name.right}` : `accord-${namespace}_${txId}_${name.right}`
     )
     if (Either.isLeft(gid)) return Either.left(gid.left)
-    resolved.push({ ctx: { txId, branch: name.right, gid: gid.right }, participant: b.participant, work: b.work })
+    resolved.push({
+      ctx: { txId, branch: name.right, gid: gid.right },
+      participant: b.participant,
+      work: b.work
+    })
   }
   return Either.right(resolved)
 }
 
-const prepareBranch = Effect.fn("TwoPhaseCommit.prepare")(function* (r: Resolved, timeout: Duration.Duration) {
+const prepareBranch = Effect.fn("TwoPhaseCommit.prepare")(function* (
+  r: Resolved,
+  timeout: Duration.Duration
+) {
   yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "prepare" })
   return yield* r.participant.prepare(r.ctx, r.work).pipe(
     Effect.timeoutFail({
       duration: timeout,
       onTimeout: () =>
-        new TimeoutError({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "prepare", millis: Duration.toMillis(timeout) })
+        new TimeoutError({
+          txId: r.ctx.txId,
+          branch: r.ctx.branch,
+          phase: "prepare",
+          millis: Duration.toMillis(timeout)
+        })
     }),
     Effect.map((vote) => ({ vote, definite: true })),
     // A failed or timed-out prepare is a No vote; the branch may still become prepared, so it is
@@ -192,13 +206,21 @@ const commitBranch = Effect.fn("TwoPhaseCommit.commit")(function* (
     Effect.timeoutFail({
       duration: callTimeout,
       onTimeout: () =>
-        new TimeoutError({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "commit", millis: Duration.toMillis(callTimeout) })
+        new TimeoutError({
+          txId: r.ctx.txId,
+          branch: r.ctx.branch,
+          phase: "commit",
+          millis: Duration.toMillis(callTimeout)
+        })
     }),
     Effect.retry(schedule)
   )
 })
 
-const rollbackBranch = Effect.fn("TwoPhaseCommit.rollback")(function* (r: Resolved, callTimeout: Duration.Duration) {
+const rollbackBranch = Effect.fn("TwoPhaseCommit.rollback")(function* (
+  r: Resolved,
+  callTimeout: Duration.Duration
+) {
   yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "rollback" })
   // Best effort: a branch left prepared here is an orphan that recovery presumes aborted.
   return yield* r.participant.rollback(r.ctx).pipe(
@@ -208,7 +230,10 @@ const rollbackBranch = Effect.fn("TwoPhaseCommit.rollback")(function* (r: Resolv
   )
 })
 
-const onePhase = Effect.fn("TwoPhaseCommit.onePhaseCommit")(function* (r: Resolved, timeout: Duration.Duration) {
+const onePhase = Effect.fn("TwoPhaseCommit.onePhaseCommit")(function* (
+  r: Resolved,
+  timeout: Duration.Duration
+) {
   yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "onePhaseCommit" })
   const result = yield* r.participant.commitOnePhase(r.ctx, r.work).pipe(
     Effect.timeoutFail({
@@ -249,14 +274,16 @@ const decideCommit = Effect.fn("TwoPhaseCommit.decide")(function* (record: Decis
   yield* Effect.annotateCurrentSpan({ txId: record.txId, phase: "decide" })
   const log = yield* TransactionLog
   const now = yield* Clock.currentTimeMillis
-  return yield* log.decide(record).pipe(
-    Effect.retry(
-      Schedule.exponential(Duration.millis(10), 2).pipe(
-        Schedule.jittered,
-        Schedule.upTo(Duration.millis(Math.max(0, deadline - now)))
+  return yield* log
+    .decide(record)
+    .pipe(
+      Effect.retry(
+        Schedule.exponential(Duration.millis(10), 2).pipe(
+          Schedule.jittered,
+          Schedule.upTo(Duration.millis(Math.max(0, deadline - now)))
+        )
       )
     )
-  )
 })
 
 /**
@@ -274,7 +301,9 @@ export const run: (
 )(function* (branches: ReadonlyArray<AnyBranch>, options: Options = {}) {
   const started = yield* Clock.currentTimeMillis
   const txId =
-    options.txId === undefined ? yield* TransactionId.make : yield* TransactionId.parseTransactionId(options.txId)
+    options.txId === undefined
+      ? yield* TransactionId.make
+      : yield* TransactionId.parseTransactionId(options.txId)
   yield* Effect.annotateCurrentSpan({ txId, branches: branches?.length ?? 0 })
   const resolved = yield* validate(branches, txId, options.namespace)
   const prepareTimeout = Duration.decode(options.prepareTimeout ?? defaults.prepareTimeout)
@@ -327,12 +356,19 @@ export const run: (
     return yield* finish(Outcome.Committed({ txId, votes, onePhase: false, heuristics: [] }))
   }
   if ((yield* Clock.currentTimeMillis) >= deadline) {
-    return yield* abort(`transaction timed out after ${Duration.format(transactionTimeout)} before its decision`)
+    return yield* abort(
+      `transaction timed out after ${Duration.format(transactionTimeout)} before its decision`
+    )
   }
 
   const decidedAt = yield* Clock.currentTimeMillis
   const decision = yield* decideCommit(
-    { txId, decision: "commit", branches: writers.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })), decidedAt },
+    {
+      txId,
+      decision: "commit",
+      branches: writers.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
+      decidedAt
+    },
     deadline
   )
   if (decision.decision === "abort") {

@@ -10,3 +10,5 @@ export * as TransactionId from "./TransactionId.js"
 export * as TransactionLog from "./TransactionLog.js"
 /** @since 0.1.0 */
 export * as TwoPhaseCommit from "./TwoPhaseCommit.js"
+export * as Recovery from "./Recovery.js"
+export * as Coordinator from "./Coordinator.js"

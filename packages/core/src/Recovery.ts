@@ -1,0 +1,294 @@
+/**
+ * Recovery: drives every logged decision and every orphan branch to an end.
+ *
+ * 1. Unfinished decisions: each listed branch is told the decision again (commit and rollback
+ *    are idempotent); a commit that finds the branch gone without its marker is a heuristic
+ *    outcome, recorded and reported. When every branch acknowledged, the entry is completed.
+ * 2. Orphans: an Accord branch prepared on a participant with no decision is presumed aborted
+ *    by *inserting* an abort decision under the transaction's key. The coordinator's commit
+ *    decision is an insert into the same key and the first writer wins, so recovery can never
+ *    roll back a branch whose transaction is about to commit (citus#1029), whatever the clocks.
+ *    `orphanAfter` only spares young, probably live, transactions a needless abort.
+ *
+ * Safe to run twice and from several processes at once: every step is idempotent.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Duration, Effect, Option, Schedule } from "effect"
+import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
+import { BranchCallError, type LogError } from "./TransactionError.js"
+import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
+import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
+
+/**
+ * Bounds of a recovery pass.
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Prepared branches younger than this, with no decision, are left for their coordinator. Default 30 s. */
+  readonly orphanAfter?: Duration.DurationInput
+  /** Bound on each commit or rollback call. Default 5 s. */
+  readonly callTimeout?: Duration.DurationInput
+  /** Retries of a failed call within one pass. Default: 3 retries, exponential from 20 ms. */
+  readonly retrySchedule?: Schedule.Schedule<unknown, BranchCallError>
+  /** Transactions resolved at once. Default 16. */
+  readonly concurrency?: number
+  /** Most unfinished decisions read per pass. Default 100,000. */
+  readonly limit?: number
+}
+
+/**
+ * What a recovery pass did.
+ * @since 0.1.0
+ */
+export interface RecoveryReport {
+  /** Decisions driven to completion in this pass. */
+  readonly transactionsFinished: number
+  /** Branches committed (or found committed) in this pass. */
+  readonly branchesCommitted: number
+  /** Branches rolled back in this pass. */
+  readonly branchesRolledBack: number
+  /** Orphans presumed aborted by this pass (abort decisions it wrote). */
+  readonly presumedAborts: number
+  /** Young prepared branches left alone (see `orphanAfter`). */
+  readonly youngLeft: number
+  /** Heuristic outcomes found in this pass. */
+  readonly heuristics: ReadonlyArray<HeuristicRecord>
+  /** Branches this pass could not resolve, with the reason; the next pass retries them. */
+  readonly unresolved: ReadonlyArray<{
+    readonly txId: TransactionId
+    readonly branch: string
+    readonly reason: string
+  }>
+}
+
+const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
+
+type BranchResult =
+  | { readonly _tag: "Done"; readonly committed: boolean; readonly heuristic?: HeuristicRecord }
+  | { readonly _tag: "Failed"; readonly branch: string; readonly reason: string }
+
+/**
+ * One recovery pass over the given participants and the log in context.
+ * @since 0.1.0
+ */
+export const run: (
+  participants: ReadonlyArray<AnyParticipant>,
+  options?: Options
+) => Effect.Effect<RecoveryReport, LogError | BranchCallError, TransactionLog> = Effect.fn("Recovery.run")(
+  function* (participants: ReadonlyArray<AnyParticipant>, options: Options = {}) {
+    const log = yield* TransactionLog
+    const byName = new Map<string, AnyParticipant>(participants.map((p) => [p.name, p]))
+    const callTimeout = Duration.decode(options.callTimeout ?? Duration.seconds(5))
+    const retry = options.retrySchedule ?? defaultRetry
+    const concurrency = options.concurrency ?? 16
+    const orphanAfterMillis = Duration.toMillis(Duration.decode(options.orphanAfter ?? Duration.seconds(30)))
+
+    const call = <A>(
+      ctx: BranchContext,
+      phase: "commit" | "rollback",
+      effect: Effect.Effect<A, BranchCallError>
+    ) =>
+      effect.pipe(
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () =>
+            new BranchCallError({
+              txId: ctx.txId,
+              branch: ctx.branch,
+              phase,
+              reason: `no answer within ${Duration.format(callTimeout)}`,
+              inDoubt: true
+            })
+        }),
+        Effect.retry(retry)
+      )
+
+    const driveBranch = (
+      decision: DecisionRecord,
+      branch: BranchName,
+      gid: Gid
+    ): Effect.Effect<BranchResult, LogError> => {
+      const participant = byName.get(branch)
+      if (participant === undefined) {
+        return Effect.succeed({
+          _tag: "Failed",
+          branch,
+          reason: `participant ${branch} is not registered with recovery`
+        })
+      }
+      const ctx: BranchContext = { txId: decision.txId, branch, gid }
+      const heuristic = (detail: string): HeuristicRecord => ({
+        txId: decision.txId,
+        branch,
+        gid,
+        decision: decision.decision,
+        detail
+      })
+      const driven: Effect.Effect<BranchResult, BranchCallError | LogError> =
+        decision.decision === "commit"
+          ? call(ctx, "commit", participant.commit(ctx)).pipe(
+              Effect.flatMap((ack) => {
+                if (ack === "Committed")
+                  return Effect.succeed<BranchResult>({ _tag: "Done", committed: true })
+                const record = heuristic(
+                  "branch was rolled back outside the protocol after the commit decision"
+                )
+                return log
+                  .recordHeuristic(record)
+                  .pipe(Effect.as<BranchResult>({ _tag: "Done", committed: false, heuristic: record }))
+              })
+            )
+          : call(ctx, "rollback", participant.rollback(ctx)).pipe(
+              Effect.flatMap((ack) => {
+                if (ack === "RolledBack")
+                  return Effect.succeed<BranchResult>({ _tag: "Done", committed: false })
+                const record = heuristic("branch was committed outside the protocol after the abort decision")
+                return log
+                  .recordHeuristic(record)
+                  .pipe(Effect.as<BranchResult>({ _tag: "Done", committed: true, heuristic: record }))
+              })
+            )
+      return driven.pipe(
+        Effect.catchTag("BranchCallError", (e) =>
+          Effect.succeed<BranchResult>({ _tag: "Failed", branch, reason: e.message })
+        )
+      )
+    }
+
+    const finishDecision = (
+      decision: DecisionRecord,
+      branches: ReadonlyArray<{ branch: BranchName; gid: Gid }>
+    ) =>
+      Effect.gen(function* () {
+        const results = yield* Effect.forEach(branches, (b) => driveBranch(decision, b.branch, b.gid), {
+          concurrency: "unbounded"
+        })
+        const allDone = results.every((r) => r._tag === "Done")
+        if (allDone) {
+          yield* log.complete(decision.txId)
+          const ctxs = branches.map((b) => ({ txId: decision.txId, branch: b.branch, gid: b.gid }))
+          // Marker rows are bookkeeping only once the entry is complete.
+          yield* Effect.forEach(
+            ctxs,
+            (ctx) => {
+              const p = byName.get(ctx.branch)
+              return p === undefined ? Effect.void : p.forget([ctx]).pipe(Effect.ignore)
+            },
+            { discard: true }
+          )
+        }
+        return { decision, results, allDone }
+      })
+
+    let transactionsFinished = 0
+    let branchesCommitted = 0
+    let branchesRolledBack = 0
+    let presumedAborts = 0
+    let youngLeft = 0
+    const heuristics: Array<HeuristicRecord> = []
+    const unresolved: Array<{ txId: TransactionId; branch: string; reason: string }> = []
+    const tally = (r: {
+      decision: DecisionRecord
+      results: ReadonlyArray<BranchResult>
+      allDone: boolean
+    }) => {
+      if (r.allDone) transactionsFinished++
+      for (const b of r.results) {
+        if (b._tag === "Failed") {
+          unresolved.push({ txId: r.decision.txId, branch: b.branch, reason: b.reason })
+          continue
+        }
+        if (b.heuristic !== undefined) heuristics.push(b.heuristic)
+        if (b.committed) branchesCommitted++
+        else branchesRolledBack++
+      }
+    }
+
+    // 1. Logged decisions that never completed.
+    const unfinished = yield* log.unfinished(options.limit === undefined ? {} : { limit: options.limit })
+    const handled = new Set<string>()
+    const finished = yield* Effect.forEach(unfinished, (d) => finishDecision(d, d.branches), { concurrency })
+    for (const r of finished) {
+      tally(r)
+      for (const b of r.decision.branches) handled.add(b.gid)
+    }
+
+    // 2. Prepared branches that no unfinished decision names.
+    const now = yield* Clock.currentTimeMillis
+    const scans = yield* Effect.forEach(
+      participants,
+      (p) =>
+        p.inDoubt.pipe(
+          Effect.map((found) => ({ participant: p.name, found, error: Option.none<string>() })),
+          Effect.catchTag("BranchCallError", (e) =>
+            Effect.succeed({
+              participant: p.name,
+              found: [] as ReadonlyArray<InDoubtBranch>,
+              error: Option.some(e.message)
+            })
+          )
+        ),
+      { concurrency: "unbounded" }
+    )
+    const orphans: Array<InDoubtBranch> = []
+    for (const scan of scans) {
+      if (Option.isSome(scan.error)) {
+        unresolved.push({ txId: "" as TransactionId, branch: scan.participant, reason: scan.error.value })
+      }
+      for (const b of scan.found) {
+        if (handled.has(b.gid)) continue
+        if (now - b.preparedAt < orphanAfterMillis) {
+          youngLeft++
+          continue
+        }
+        orphans.push(b)
+      }
+    }
+    const resolvedOrphans = yield* Effect.forEach(
+      orphans,
+      (b) =>
+        Effect.gen(function* () {
+          const decidedAt = yield* Clock.currentTimeMillis
+          // First writer wins: if the coordinator's commit landed first, this returns it.
+          const decision = yield* log.decide({
+            txId: b.txId,
+            decision: "abort",
+            branches: [{ branch: b.branch, gid: b.gid }],
+            decidedAt
+          })
+          if (decision.decision === "abort" && decision.decidedAt === decidedAt) presumedAborts++
+          return yield* finishDecision(decision, [{ branch: b.branch, gid: b.gid }])
+        }),
+      { concurrency }
+    )
+    for (const r of resolvedOrphans) tally(r)
+
+    return {
+      transactionsFinished,
+      branchesCommitted,
+      branchesRolledBack,
+      presumedAborts,
+      youngLeft,
+      heuristics,
+      unresolved
+    } satisfies RecoveryReport
+  }
+)
+
+/**
+ * Runs recovery now and then every `every`, forever (fork it). A failed pass is logged and the
+ * next one runs on schedule.
+ * @since 0.1.0
+ */
+export const sweep = (
+  participants: ReadonlyArray<AnyParticipant>,
+  every: Duration.DurationInput,
+  options: Options = {}
+): Effect.Effect<never, never, TransactionLog> =>
+  run(participants, options).pipe(
+    Effect.tapError((e) => Effect.logWarning("recovery pass failed", e)),
+    Effect.ignore,
+    Effect.repeat(Schedule.spaced(every)),
+    Effect.andThen(Effect.never)
+  )

@@ -1,0 +1,124 @@
+import { describe, expect, it } from "vitest"
+import { Effect } from "effect"
+import { TwoPhaseCoordinator, type PromiseParticipant } from "../src/Coordinator.js"
+import { ConfigurationError, InvalidTransactionError } from "../src/TransactionError.js"
+import * as MemoryParticipant from "./support/MemoryParticipant.js"
+
+const promiseParticipant = (name: string, answer: "prepared" | "no" = "prepared") => {
+  const seen: Array<string> = []
+  const participant: PromiseParticipant = {
+    name,
+    prepare: async (txId, operations) => {
+      seen.push(
+        `prepare ${operations.map((o) => `${String(o.operation)}(${JSON.stringify(o.params)})`).join(",")}`
+      )
+      return answer === "no" ? { vote: "no", reason: "card declined" } : "prepared"
+    },
+    commit: async () => {
+      seen.push("commit")
+    },
+    rollback: async () => {
+      seen.push("rollback")
+    }
+  }
+  return { participant, seen }
+}
+
+describe("TwoPhaseCoordinator (Promise facade)", () => {
+  it("runs several operations of one participant in its one branch, in order", async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: 5_000 })
+    const a = promiseParticipant("bank-a")
+    const b = promiseParticipant("bank-b")
+    await coordinator.registerParticipant(a.participant)
+    await coordinator.registerParticipant(b.participant)
+    const result = await coordinator.executeTransaction([
+      [a.participant, "debit", { amount: 10 }],
+      [b.participant, "credit", { amount: 10 }],
+      [a.participant, "fee", { amount: 1 }]
+    ])
+    expect(result.committed).toBe(true)
+    expect(result.status).toBe("committed")
+    expect(result.txId).toMatch(/^[0-9A-Z]{26}$/)
+    expect(result.votes).toEqual([
+      { participant: "bank-a", vote: "prepared" },
+      { participant: "bank-b", vote: "prepared" }
+    ])
+    expect(a.seen).toEqual(['prepare debit({"amount":10}),fee({"amount":1})', "commit"])
+    await coordinator.dispose()
+  })
+
+  it("resolves an abort with committed false, the votes and the reason", async () => {
+    const coordinator = new TwoPhaseCoordinator()
+    const a = promiseParticipant("orders")
+    const b = promiseParticipant("payments", "no")
+    await coordinator.registerParticipant(a.participant)
+    await coordinator.registerParticipant(b.participant)
+    const result = await coordinator.executeTransaction([
+      ["orders", "create", {}],
+      ["payments", "charge", {}]
+    ])
+    expect(result.committed).toBe(false)
+    expect(result.reason).toBe("payments: card declined")
+    expect(result.votes[1]).toEqual({ participant: "payments", vote: "no", reason: "card declined" })
+    expect(a.seen).toEqual(["prepare create({})", "rollback"])
+    await coordinator.dispose()
+  })
+
+  it("rejects empty operations, unknown participants and duplicate names with typed errors", async () => {
+    const coordinator = new TwoPhaseCoordinator()
+    const a = promiseParticipant("bank-a")
+    const stranger = promiseParticipant("bank-x")
+    await coordinator.registerParticipant(a.participant)
+    await expect(
+      coordinator.registerParticipant(promiseParticipant("bank-a").participant)
+    ).rejects.toBeInstanceOf(InvalidTransactionError)
+    await expect(
+      coordinator.registerParticipant(promiseParticipant("bad'name").participant)
+    ).rejects.toBeInstanceOf(InvalidTransactionError)
+    await expect(coordinator.executeTransaction([])).rejects.toBeInstanceOf(InvalidTransactionError)
+    await expect(coordinator.executeTransaction([[stranger.participant, "x", {}]])).rejects.toThrow(
+      /unknown participant "bank-x"/
+    )
+    expect(a.seen).toEqual([])
+    expect(stranger.seen).toEqual([])
+    await coordinator.dispose()
+  })
+
+  it("surfaces a participant's configuration error at registration, before any work", async () => {
+    const coordinator = new TwoPhaseCoordinator()
+    const double = await Effect.runPromise(MemoryParticipant.make("bank-a"))
+    const misconfigured = {
+      ...double.participant,
+      verify: Effect.fail(
+        new ConfigurationError({
+          participant: "bank-a",
+          reason: "max_prepared_transactions is 0",
+          fix: "ALTER SYSTEM SET max_prepared_transactions = 64 and restart"
+        })
+      )
+    }
+    await expect(coordinator.registerParticipant(misconfigured)).rejects.toBeInstanceOf(ConfigurationError)
+    await expect(coordinator.executeTransaction([[misconfigured, "x", {}]])).rejects.toBeInstanceOf(
+      InvalidTransactionError
+    )
+    expect(await Effect.runPromise(double.calls)).toEqual([])
+    await coordinator.dispose()
+  })
+
+  it("drives core participants and recovers through the same facade", async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: "5 seconds" })
+    const a = await Effect.runPromise(MemoryParticipant.make("bank-a"))
+    const b = await Effect.runPromise(MemoryParticipant.make("bank-b"))
+    await coordinator.registerParticipant(a.participant)
+    await coordinator.registerParticipant(b.participant)
+    const result = await coordinator.executeTransaction([
+      [a.participant, "debit", 5],
+      [b.participant, "credit", 5]
+    ])
+    expect(result.committed).toBe(true)
+    expect(await Effect.runPromise(a.work)).toEqual([[{ operation: "debit", params: 5 }]])
+    const report = await coordinator.recover({ orphanAfter: 0 })
+    expect(report.unresolved).toEqual([])
+    await coordinator.dispose()
+  })
+})

@@ -1,0 +1,184 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, Schedule, TestClock } from "effect"
+import { branch } from "../src/Participant.js"
+import * as Recovery from "../src/Recovery.js"
+import * as TransactionId from "../src/TransactionId.js"
+import * as TransactionLog from "../src/TransactionLog.js"
+import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
+import * as MemoryParticipant from "./support/MemoryParticipant.js"
+
+const setup = Effect.gen(function* () {
+  const log = yield* TransactionLog.makeMemory
+  const a = yield* MemoryParticipant.make("bank-a")
+  const b = yield* MemoryParticipant.make("bank-b")
+  return { log, a, b }
+})
+
+describe("Recovery.run", () => {
+  it.effect("commits the branches of a commit decision whose phase 2 never ran", () =>
+    Effect.gen(function* () {
+      const { log, a, b } = yield* setup
+      const txId = yield* TransactionId.make
+      const gidA = TransactionId.gid(txId, a.participant.name)
+      const gidB = TransactionId.gid(txId, b.participant.name)
+      yield* a.seedPrepared(gidA)
+      yield* b.seedPrepared(gidB)
+      yield* log.decide({
+        txId,
+        decision: "commit",
+        branches: [
+          { branch: a.participant.name, gid: gidA },
+          { branch: b.participant.name, gid: gidB }
+        ],
+        decidedAt: 0
+      })
+      const report = yield* Recovery.run([a.participant, b.participant]).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log)
+      )
+      expect(report.transactionsFinished).toBe(1)
+      expect(report.branchesCommitted).toBe(2)
+      expect((yield* a.states).get(gidA)).toBe("committed")
+      expect((yield* b.states).get(gidB)).toBe("committed")
+      expect((yield* log.snapshot).completed.has(txId)).toBe(true)
+    })
+  )
+
+  it.effect("presumes abort for an orphan by writing the abort decision, then rolls it back", () =>
+    Effect.gen(function* () {
+      const { log, a, b } = yield* setup
+      const txId = yield* TransactionId.make
+      const gidA = TransactionId.gid(txId, a.participant.name)
+      yield* a.seedPrepared(gidA)
+      const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log)
+      )
+      expect(report.presumedAborts).toBe(1)
+      expect(report.branchesRolledBack).toBe(1)
+      expect((yield* a.states).get(gidA)).toBe("aborted")
+      expect((yield* log.snapshot).decisions.get(txId)?.decision).toBe("abort")
+    })
+  )
+
+  it.effect("leaves young orphans to their coordinator", () =>
+    Effect.gen(function* () {
+      const { log, a } = yield* setup
+      yield* TestClock.setTime(10_000)
+      const txId = yield* TransactionId.make
+      yield* a.seedPrepared(TransactionId.gid(txId, a.participant.name))
+      // The double reports preparedAt 0: 10 s old.
+      const report = yield* Recovery.run([a.participant], { orphanAfter: Duration.seconds(30) }).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log)
+      )
+      expect(report.youngLeft).toBe(1)
+      expect((yield* log.snapshot).decisions.size).toBe(0)
+    })
+  )
+
+  it.effect("changes nothing when run a second time", () =>
+    Effect.gen(function* () {
+      const { log, a, b } = yield* setup
+      const txId = yield* TransactionId.make
+      yield* a.seedPrepared(TransactionId.gid(txId, a.participant.name))
+      const provide = Effect.provideService(TransactionLog.TransactionLog, log)
+      yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
+      const before = { log: yield* log.snapshot, a: yield* a.states }
+      const second = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
+      expect(second).toEqual({
+        transactionsFinished: 0,
+        branchesCommitted: 0,
+        branchesRolledBack: 0,
+        presumedAborts: 0,
+        youngLeft: 0,
+        heuristics: [],
+        unresolved: []
+      })
+      expect(yield* log.snapshot).toEqual(before.log)
+      expect(yield* a.states).toEqual(before.a)
+    })
+  )
+
+  it.effect("finishes a CommitPending transaction and completes its entry", () =>
+    Effect.gen(function* () {
+      const log = yield* TransactionLog.makeMemory
+      const a = yield* MemoryParticipant.make("bank-a", { commitFailures: 3 })
+      const b = yield* MemoryParticipant.make("bank-b")
+      const provide = Effect.provideService(TransactionLog.TransactionLog, log)
+      const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+        transactionTimeout: Duration.seconds(1),
+        commitSchedule: Schedule.spaced(Duration.seconds(1))
+      }).pipe(provide, Effect.fork)
+      yield* TestClock.adjust(Duration.seconds(2))
+      const outcome = yield* Fiber.join(fiber)
+      expect(outcome._tag).toBe("CommitPending")
+      const report = yield* Recovery.run([a.participant, b.participant], {
+        retrySchedule: Schedule.recurs(5)
+      }).pipe(provide)
+      expect(report.transactionsFinished).toBe(1)
+      expect((yield* log.snapshot).completed.has(outcome.txId)).toBe(true)
+      expect([...(yield* a.states).values()]).toEqual(["committed"])
+    })
+  )
+
+  it.effect("never splits a transaction when it races the coordinator", () =>
+    Effect.gen(function* () {
+      // Many transactions against a recovery loop that presumes abort at once (orphanAfter 0):
+      // whichever decision lands first holds for every branch.
+      const log = yield* TransactionLog.makeMemory
+      const a = yield* MemoryParticipant.make("bank-a", { prepareDelay: Duration.millis(5) })
+      const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.millis(7) })
+      const provide = Effect.provideService(TransactionLog.TransactionLog, log)
+      const transactions = yield* Effect.forEach(
+        Array.from({ length: 50 }, (_, i) => i),
+        (i) =>
+          Effect.sleep(Duration.millis(i)).pipe(
+            Effect.zipRight(TwoPhaseCommit.run([branch(a.participant, i), branch(b.participant, i)])),
+            provide,
+            Effect.fork
+          )
+      )
+      const recovery = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
+        provide,
+        Effect.repeat(Schedule.spaced(Duration.millis(1))),
+        Effect.fork
+      )
+      yield* TestClock.adjust(Duration.millis(200))
+      const outcomes = yield* Effect.forEach(transactions, Fiber.join)
+      yield* Fiber.interrupt(recovery)
+      yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
+      const statesA = yield* a.states
+      const statesB = yield* b.states
+      for (const outcome of outcomes) {
+        const sa = statesA.get(TransactionId.gid(outcome.txId, a.participant.name))
+        const sb = statesB.get(TransactionId.gid(outcome.txId, b.participant.name))
+        expect(sa).toBe(sb)
+        expect(sa).toBe(outcome._tag === "Committed" ? "committed" : "aborted")
+      }
+      expect(outcomes.some((o) => o._tag === "Aborted")).toBe(true)
+    })
+  )
+
+  it.effect("records a commit that finds its branch rolled back by hand as heuristic", () =>
+    Effect.gen(function* () {
+      const { log, a, b } = yield* setup
+      const txId = yield* TransactionId.make
+      const gidA = TransactionId.gid(txId, a.participant.name)
+      const gidB = TransactionId.gid(txId, b.participant.name)
+      yield* a.seedPrepared(gidA)
+      yield* b.forceRollback(gidB)
+      yield* log.decide({
+        txId,
+        decision: "commit",
+        branches: [
+          { branch: a.participant.name, gid: gidA },
+          { branch: b.participant.name, gid: gidB }
+        ],
+        decidedAt: 0
+      })
+      const report = yield* Recovery.run([a.participant, b.participant]).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log)
+      )
+      expect(report.heuristics.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "commit"]])
+      expect((yield* log.heuristics).length).toBe(1)
+    })
+  )
+})

@@ -1,0 +1,220 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, Option, Schedule, TestClock } from "effect"
+import { branch } from "../src/Participant.js"
+import * as TransactionId from "../src/TransactionId.js"
+import * as TransactionLog from "../src/TransactionLog.js"
+import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
+import * as MemoryParticipant from "./support/MemoryParticipant.js"
+
+const withLog = <A, E>(
+  body: (
+    log: Effect.Effect.Success<typeof TransactionLog.makeMemory>
+  ) => Effect.Effect<A, E, TransactionLog.TransactionLog>
+) =>
+  Effect.gen(function* () {
+    const log = yield* TransactionLog.makeMemory
+    return yield* body(log).pipe(Effect.provideService(TransactionLog.TransactionLog, log))
+  })
+
+describe("TwoPhaseCommit.run", () => {
+  it.effect("commits both branches after forcing the commit decision", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const outcome = yield* TwoPhaseCommit.run([
+          branch(a.participant, "debit"),
+          branch(b.participant, "credit")
+        ])
+        expect(outcome._tag).toBe("Committed")
+        const snapshot = yield* log.snapshot
+        const decision = snapshot.decisions.get(outcome.txId)
+        expect(decision?.decision).toBe("commit")
+        expect(decision?.branches.map((x) => x.branch)).toEqual(["bank-a", "bank-b"])
+        expect(snapshot.completed.has(outcome.txId)).toBe(true)
+        expect([...(yield* a.states).values()]).toEqual(["committed"])
+        expect([...(yield* b.states).values()]).toEqual(["committed"])
+        expect(yield* a.calls).toEqual(["prepare:bank-a", "commit:bank-a"])
+      })
+    )
+  )
+
+  it.effect("aborts on a No vote, rolls back the prepared branch and writes no decision", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b", { vote: "no" })
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)])
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag !== "Aborted") return
+        expect(outcome.reason).toBe("bank-b: insufficient funds")
+        expect(outcome.votes.map((v) => v.vote._tag)).toEqual(["Prepared", "No"])
+        expect((yield* log.snapshot).decisions.size).toBe(0)
+        expect([...(yield* a.states).values()]).toEqual(["aborted"])
+        expect(yield* b.calls).toEqual(["prepare:bank-b"])
+      })
+    )
+  )
+
+  it.effect("turns a prepare that outlives prepareTimeout into a No vote and rolls it back", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const slow = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.seconds(20) })
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(slow.participant, 2)], {
+          prepareTimeout: Duration.seconds(2)
+        }).pipe(Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(2))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag === "Aborted") expect(outcome.reason).toContain("timed out after 2000 ms")
+        // The slow branch may yet become prepared: it is rolled back by gid too.
+        expect(yield* slow.calls).toEqual(["prepare:bank-b", "rollback:bank-b"])
+      })
+    )
+  )
+
+  it.effect("commits a single branch in one phase with no log write", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1)])
+        expect(outcome._tag).toBe("Committed")
+        if (outcome._tag === "Committed") expect(outcome.onePhase).toBe(true)
+        expect(yield* a.calls).toEqual(["onePhase:bank-a"])
+        expect((yield* log.snapshot).decisions.size).toBe(0)
+      })
+    )
+  )
+
+  it.effect("leaves read-only branches out of the decision and of phase 2", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const reader = yield* MemoryParticipant.make("audit", { vote: "readOnly" })
+        const outcome = yield* TwoPhaseCommit.run([
+          branch(a.participant, 1),
+          branch(b.participant, 2),
+          branch(reader.participant, 3)
+        ])
+        expect(outcome._tag).toBe("Committed")
+        expect(yield* reader.calls).toEqual(["prepare:audit"])
+        const decision = (yield* log.snapshot).decisions.get(outcome.txId)
+        expect(decision?.branches.map((x) => x.branch)).toEqual(["bank-a", "bank-b"])
+      })
+    )
+  )
+
+  it.effect("writes nothing when every branch is read-only", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("a", { vote: "readOnly" })
+        const b = yield* MemoryParticipant.make("b", { vote: "readOnly" })
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)])
+        expect(outcome._tag).toBe("Committed")
+        expect((yield* log.snapshot).decisions.size).toBe(0)
+      })
+    )
+  )
+
+  it.effect("retries phase 2 with its schedule until the branch acknowledges", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a", { commitFailures: 3 })
+        const b = yield* MemoryParticipant.make("bank-b")
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          commitSchedule: Schedule.spaced(Duration.millis(100))
+        }).pipe(Effect.fork)
+        yield* TestClock.adjust(Duration.millis(300))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Committed")
+        expect((yield* a.calls).filter((c) => c.startsWith("commit"))).toHaveLength(4)
+        expect((yield* log.snapshot).completed.has(outcome.txId)).toBe(true)
+      })
+    )
+  )
+
+  it.effect("reports CommitPending, never Aborted, when a branch does not acknowledge in time", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a", { commitFailures: 1_000 })
+        const b = yield* MemoryParticipant.make("bank-b")
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          transactionTimeout: Duration.seconds(5),
+          commitSchedule: Schedule.spaced(Duration.millis(500))
+        }).pipe(Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(6))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("CommitPending")
+        if (outcome._tag === "CommitPending") expect(outcome.pending).toEqual(["bank-a"])
+        const snapshot = yield* log.snapshot
+        expect(snapshot.decisions.get(outcome.txId)?.decision).toBe("commit")
+        expect(snapshot.completed.has(outcome.txId)).toBe(false)
+      })
+    )
+  )
+
+  it.effect("aborts when recovery presumed abort under the same key first", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const txId = yield* TransactionId.make
+        yield* log.decide({ txId, decision: "abort", branches: [], decidedAt: 0 })
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          txId
+        })
+        expect(outcome._tag).toBe("Aborted")
+        expect([...(yield* a.states).values()]).toEqual(["aborted"])
+        expect([...(yield* b.states).values()]).toEqual(["aborted"])
+      })
+    )
+  )
+
+  it.effect("refuses empty, duplicate and badly named branches before calling anyone", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const hostile = yield* MemoryParticipant.make("x'; drop table accounts; --")
+        const empty = yield* TwoPhaseCommit.run([]).pipe(Effect.flip)
+        expect(empty._tag).toBe("InvalidTransactionError")
+        const twice = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(a.participant, 2)]).pipe(
+          Effect.flip
+        )
+        expect(twice.message).toContain("appears in two branches")
+        const bad = yield* TwoPhaseCommit.run([
+          branch(a.participant, 1),
+          branch(hostile.participant, 2)
+        ]).pipe(Effect.flip)
+        expect(bad._tag).toBe("InvalidTransactionError")
+        const badTx = yield* TwoPhaseCommit.run([branch(a.participant, 1)], { txId: "1'; --" }).pipe(
+          Effect.flip
+        )
+        expect(badTx._tag).toBe("InvalidTransactionError")
+        expect(yield* a.calls).toEqual([])
+        expect(yield* hostile.calls).toEqual([])
+      })
+    )
+  )
+
+  it.effect("reports a branch rolled back by hand after the decision as a heuristic outcome", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const txId = yield* TransactionId.make
+        // The operator's ROLLBACK PREPARED lands between prepare and phase 2.
+        const forcing: typeof b.participant = {
+          ...b.participant,
+          commit: (ctx) => b.forceRollback(ctx.gid).pipe(Effect.zipRight(b.participant.commit(ctx)))
+        }
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(forcing, 2)], { txId })
+        expect(outcome._tag).toBe("Committed")
+        if (outcome._tag === "Committed") expect(outcome.heuristics.map((h) => h.branch)).toEqual(["bank-b"])
+        expect((yield* log.heuristics).map((h) => h.branch)).toEqual(["bank-b"])
+        expect(Option.isSome(yield* log.decision(txId))).toBe(true)
+      })
+    )
+  )
+})
