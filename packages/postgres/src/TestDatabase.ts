@@ -133,7 +133,9 @@ export const dropDatabase = async (adminUrl: string, name: string): Promise<void
  * Prepared transactions on the whole server (should be none after a test run).
  * @since 0.1.0
  */
-export const preparedOnServer = async (adminUrl: string): Promise<ReadonlyArray<{ gid: string; database: string }>> => {
+export const preparedOnServer = async (
+  adminUrl: string
+): Promise<ReadonlyArray<{ gid: string; database: string }>> => {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   try {
     return await admin<{ gid: string; database: string }[]>`select gid, database from pg_prepared_xacts`
