@@ -181,6 +181,30 @@ export const run: (
         return { decision, results, allDone }
       })
 
+    const rollBackDuplicate = (decision: DecisionRecord, b: InDoubtBranch) =>
+      Effect.gen(function* () {
+        const participant = byName.get(b.branch)!
+        const ctx: BranchContext = { txId: b.txId, branch: b.branch, gid: b.gid }
+        const rolledBack = yield* call(ctx, "rollback", participant.rollback(ctx)).pipe(
+          Effect.as<BranchResult>({ _tag: "Done", committed: false }),
+          Effect.catchTag("BranchCallError", (e) =>
+            Effect.succeed<BranchResult>({ _tag: "Failed", branch: b.branch, reason: e.message })
+          )
+        )
+        if (rolledBack._tag === "Done") {
+          const record: HeuristicRecord = {
+            txId: b.txId,
+            branch: b.branch,
+            gid: b.gid,
+            decision: "commit",
+            detail: "branch prepared again after its transaction completed (duplicate delivery); rolled back"
+          }
+          yield* log.recordHeuristic(record)
+          return { decision, results: [{ ...rolledBack, heuristic: record }], allDone: false }
+        }
+        return { decision, results: [rolledBack], allDone: false }
+      })
+
     let transactionsFinished = 0
     let branchesCommitted = 0
     let branchesRolledBack = 0
@@ -258,6 +282,11 @@ export const run: (
             decidedAt
           })
           if (decision.decision === "abort" && decision.decidedAt === decidedAt) presumedAborts++
+          if (decision.decision === "commit" && decision.completedAt !== undefined) {
+            // Every branch acknowledged before completion, so this is the same gid prepared again
+            // (a duplicated, late delivery of the work): committing it would apply the work twice.
+            return yield* rollBackDuplicate(decision, b)
+          }
           return yield* finishDecision(decision, [{ branch: b.branch, gid: b.gid }])
         }),
       { concurrency }

@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Option, Ref } from "effect"
+import { Clock, Context, Effect, Layer, Option, Ref } from "effect"
 import type { LogError } from "./TransactionError.js"
 import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
 
@@ -37,6 +37,11 @@ export interface DecisionRecord {
   readonly branches: ReadonlyArray<BranchRecord>
   /** Epoch milliseconds when the decision was written. */
   readonly decidedAt: number
+  /**
+   * Epoch milliseconds when the transaction was completed (every branch acknowledged), when the
+   * log knows it. Recovery uses it to refuse committing a branch prepared again after completion.
+   */
+  readonly completedAt?: number
 }
 
 /**
@@ -86,23 +91,31 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
 export const makeMemory: Effect.Effect<
   TransactionLog["Type"] & { readonly snapshot: Effect.Effect<MemoryState> }
 > = Effect.gen(function* () {
-  const state = yield* Ref.make<MemoryState>({ decisions: new Map(), completed: new Set(), heuristics: [] })
+  const state = yield* Ref.make<MemoryState>({ decisions: new Map(), completed: new Map(), heuristics: [] })
   return {
     decide: (record) =>
       Ref.modify(state, (s) => {
         const existing = s.decisions.get(record.txId)
-        if (existing !== undefined) return [existing, s]
+        if (existing !== undefined) return [withCompletion(s)(existing), s]
         const decisions = new Map(s.decisions)
         decisions.set(record.txId, record)
         return [record, { ...s, decisions }]
       }),
-    decision: (txId) => Ref.get(state).pipe(Effect.map((s) => Option.fromNullable(s.decisions.get(txId)))),
+    decision: (txId) =>
+      Ref.get(state).pipe(
+        Effect.map((s) => Option.fromNullable(s.decisions.get(txId)).pipe(Option.map(withCompletion(s))))
+      ),
     complete: (txId) =>
-      Ref.update(state, (s) => {
-        const completed = new Set(s.completed)
-        completed.add(txId)
-        return { ...s, completed }
-      }),
+      Clock.currentTimeMillis.pipe(
+        Effect.flatMap((now) =>
+          Ref.update(state, (s) => {
+            if (s.completed.has(txId)) return s
+            const completed = new Map(s.completed)
+            completed.set(txId, now)
+            return { ...s, completed }
+          })
+        )
+      ),
     unfinished: (options) =>
       Ref.get(state).pipe(
         Effect.map((s) => {
@@ -118,13 +131,20 @@ export const makeMemory: Effect.Effect<
   }
 })
 
+const withCompletion =
+  (s: MemoryState) =>
+  (record: DecisionRecord): DecisionRecord => {
+    const completedAt = s.completed.get(record.txId)
+    return completedAt === undefined ? record : { ...record, completedAt }
+  }
+
 /**
  * The in-memory log's contents.
  * @since 0.1.0
  */
 export interface MemoryState {
   readonly decisions: ReadonlyMap<TransactionId, DecisionRecord>
-  readonly completed: ReadonlySet<TransactionId>
+  readonly completed: ReadonlyMap<TransactionId, number>
   readonly heuristics: ReadonlyArray<HeuristicRecord>
 }
 

@@ -119,42 +119,45 @@ describe("Recovery.run", () => {
     })
   )
 
-  it.effect("never splits a transaction when it races the coordinator", () =>
-    Effect.gen(function* () {
-      // Many transactions against a recovery loop that presumes abort at once (orphanAfter 0):
-      // whichever decision lands first holds for every branch.
-      const log = yield* TransactionLog.makeMemory
-      const a = yield* MemoryParticipant.make("bank-a", { prepareDelay: Duration.millis(5) })
-      const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.millis(7) })
-      const provide = Effect.provideService(TransactionLog.TransactionLog, log)
-      const transactions = yield* Effect.forEach(
-        Array.from({ length: 50 }, (_, i) => i),
-        (i) =>
-          Effect.sleep(Duration.millis(i)).pipe(
-            Effect.zipRight(TwoPhaseCommit.run([branch(a.participant, i), branch(b.participant, i)])),
-            provide,
-            Effect.fork
-          )
-      )
-      const recovery = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
-        provide,
-        Effect.repeat(Schedule.spaced(Duration.millis(1))),
-        Effect.fork
-      )
-      yield* TestClock.adjust(Duration.millis(200))
-      const outcomes = yield* Effect.forEach(transactions, Fiber.join)
-      yield* Fiber.interrupt(recovery)
-      yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
-      const statesA = yield* a.states
-      const statesB = yield* b.states
-      for (const outcome of outcomes) {
-        const sa = statesA.get(TransactionId.gid(outcome.txId, a.participant.name))
-        const sb = statesB.get(TransactionId.gid(outcome.txId, b.participant.name))
-        expect(sa).toBe(sb)
-        expect(sa).toBe(outcome._tag === "Committed" ? "committed" : "aborted")
-      }
-      expect(outcomes.some((o) => o._tag === "Aborted")).toBe(true)
-    })
+  it.effect(
+    "never splits a transaction when it races the coordinator",
+    () =>
+      Effect.gen(function* () {
+        // Many transactions against a recovery loop that presumes abort at once (orphanAfter 0):
+        // whichever decision lands first holds for every branch.
+        const log = yield* TransactionLog.makeMemory
+        const a = yield* MemoryParticipant.make("bank-a", { prepareDelay: Duration.millis(5) })
+        const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.millis(7) })
+        const provide = Effect.provideService(TransactionLog.TransactionLog, log)
+        const transactions = yield* Effect.forEach(
+          Array.from({ length: 50 }, (_, i) => i),
+          (i) =>
+            Effect.sleep(Duration.millis(i)).pipe(
+              Effect.zipRight(TwoPhaseCommit.run([branch(a.participant, i), branch(b.participant, i)])),
+              provide,
+              Effect.fork
+            )
+        )
+        const recovery = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
+          provide,
+          Effect.repeat(Schedule.spaced(Duration.millis(3))),
+          Effect.fork
+        )
+        yield* TestClock.adjust(Duration.millis(200))
+        const outcomes = yield* Effect.forEach(transactions, Fiber.join)
+        yield* Fiber.interrupt(recovery)
+        yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
+        const statesA = yield* a.states
+        const statesB = yield* b.states
+        for (const outcome of outcomes) {
+          const sa = statesA.get(TransactionId.gid(outcome.txId, a.participant.name))
+          const sb = statesB.get(TransactionId.gid(outcome.txId, b.participant.name))
+          expect(sa).toBe(sb)
+          expect(sa).toBe(outcome._tag === "Committed" ? "committed" : "aborted")
+        }
+        expect(outcomes.some((o) => o._tag === "Aborted")).toBe(true)
+      }),
+    30_000
   )
 
   it.effect("records a commit that finds its branch rolled back by hand as heuristic", () =>
@@ -180,5 +183,27 @@ describe("Recovery.run", () => {
       expect(report.heuristics.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "commit"]])
       expect((yield* log.heuristics).length).toBe(1)
     })
+  )
+  it.effect(
+    "rolls back a gid prepared again after its transaction completed instead of committing it twice",
+    () =>
+      Effect.gen(function* () {
+        const { log, a, b } = yield* setup
+        const provide = Effect.provideService(TransactionLog.TransactionLog, log)
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)]).pipe(
+          provide
+        )
+        expect(outcome._tag).toBe("Committed")
+        // A late duplicate of the prepare delivers the work again under the same gid.
+        const gidA = TransactionId.gid(outcome.txId, a.participant.name)
+        yield* a.seedPrepared(gidA)
+        const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(provide)
+        expect(report.branchesCommitted).toBe(0)
+        expect(report.branchesRolledBack).toBe(1)
+        expect(report.heuristics.map((h) => h.detail)).toEqual([
+          "branch prepared again after its transaction completed (duplicate delivery); rolled back"
+        ])
+        expect((yield* a.states).get(gidA)).toBe("aborted")
+      })
   )
 })
