@@ -274,8 +274,8 @@ export const makeMemory: Effect.Effect<SagaLog["Type"] & MemoryExtras> = Effect.
         return true
       }),
     release: (sagaId, owner) =>
-      get(sagaId).pipe(
-        Effect.map((entry) => {
+      Effect.flatMap(get(sagaId), (entry) =>
+        Effect.sync(() => {
           if (entry !== undefined && entry.owner === owner) {
             entry.owner = null
             entry.leaseUntil = null

@@ -1,0 +1,281 @@
+/**
+ * The demo's program: open the databases, recover, seed if needed, run the transfers, recover
+ * again (finishing any CommitPending), then check the invariants and print the summary.
+ *
+ * @since 0.1.0
+ */
+import { ThreePhaseCommit } from "@accord/core"
+import * as PgRecovery from "@accord/postgres/PgRecovery"
+import cliProgress from "cli-progress"
+import { Duration, Effect } from "effect"
+import * as Bank from "./Bank.js"
+import { DemoError } from "./DemoError.js"
+import * as Environment from "./Environment.js"
+import * as Journal from "./Journal.js"
+import type { Options } from "./Options.js"
+import * as Protocol from "./Protocol.js"
+import * as Workload from "./Workload.js"
+
+/**
+ * The JSON summary (the last line of stdout with `--json`).
+ * @since 0.1.0
+ */
+export interface Summary {
+  readonly ok: boolean
+  readonly protocol: string
+  readonly backend: "postgres" | "pglite"
+  readonly transfers: number
+  readonly concurrency: number
+  readonly committed: number
+  readonly aborted: number
+  readonly commitPending: number
+  readonly unknown: number
+  readonly abortReasons: {
+    readonly insufficientFunds: number
+    readonly lockTimeout: number
+    readonly other: number
+    /** Up to three distinct reasons of the `other` aborts. */
+    readonly otherSamples: ReadonlyArray<string>
+  }
+  readonly expectedTotal: number
+  readonly total: number
+  readonly preparedLeft: number
+  /** Transfers whose ledger row is in one bank only (atomicity broken; must be 0). */
+  readonly halfApplied: number
+  /** Accounts whose balance disagrees with seed + ledger (must be 0). */
+  readonly ledgerMismatches: number
+  readonly negativeBalances: number
+  readonly recovery: {
+    readonly atStart: RecoverySummary
+    readonly atEnd: RecoverySummary
+  }
+  readonly seeded: boolean
+  readonly tps: number
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly elapsedMs: number
+  readonly errors: ReadonlyArray<string>
+}
+
+interface RecoverySummary {
+  readonly transactionsFinished: number
+  readonly branchesCommitted: number
+  readonly branchesRolledBack: number
+  readonly presumedAborts: number
+  /** 3PC transactions the termination protocol committed / aborted. */
+  readonly threePhaseCommitted: number
+  readonly threePhaseAborted: number
+  readonly heuristics: number
+  readonly unresolved: number
+  readonly millis: number
+}
+
+const recover = (env: Environment.Environment) =>
+  Effect.gen(function* () {
+    const started = performance.now()
+    // 3PC first: a 3PC branch that voted yes may have to COMMIT, which only the termination
+    // protocol knows; 2PC recovery would presume it aborted. Branches without a 3PC vote are left
+    // to 2PC recovery, which resolves them from the coordinator log.
+    const three = yield* ThreePhaseCommit.recover(
+      env.banks.map((b) => b.threePhase),
+      { orphanAfter: Duration.zero, unvoted: "leave" }
+    )
+    if (three.blocked.length > 0 || three.pending.length > 0 || three.unscanned.length > 0) {
+      return yield* new DemoError({
+        message: `3PC recovery could not finish ${three.blocked.length + three.pending.length} transaction(s)${
+          three.unscanned.length > 0 ? ` (could not scan ${three.unscanned.join(", ")})` : ""
+        }: check that both bank databases are reachable and run again`
+      })
+    }
+    // No transaction of this process is in flight, and a live one of another process is safe:
+    // the presumed abort is an insert under the transaction's key and the first writer wins.
+    const report = yield* PgRecovery.run({
+      participants: env.banks.map((b) => b.participant),
+      log: env.log,
+      options: { orphanAfter: Duration.zero }
+    })
+    return {
+      transactionsFinished: report.transactionsFinished + three.committed.length + three.aborted.length,
+      branchesCommitted: report.branchesCommitted,
+      branchesRolledBack: report.branchesRolledBack,
+      presumedAborts: report.presumedAborts,
+      threePhaseCommitted: three.committed.length,
+      threePhaseAborted: three.aborted.length + three.unvotedRolledBack,
+      heuristics: report.heuristics.length,
+      unresolved: report.unresolved.length,
+      millis: Math.round(performance.now() - started)
+    } satisfies RecoverySummary
+  }).pipe(
+    Effect.mapError((e) =>
+      e instanceof DemoError ? e : new DemoError({ message: `recovery failed: ${e.message}` })
+    )
+  )
+
+const db = <A>(what: string, f: () => Promise<A>) =>
+  Effect.tryPromise({
+    try: f,
+    catch: (e) =>
+      new DemoError({
+        message: `${what} failed: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`
+      })
+  })
+
+const progressBar = (options: Options) => {
+  if (options.transfers === 0 || !process.stderr.isTTY) return undefined
+  const bar = new cliProgress.SingleBar(
+    {
+      format: "transfers {bar} {value}/{total} | {committed} committed, {aborted} aborted | {tps} tps",
+      hideCursor: true,
+      stream: process.stderr
+    },
+    cliProgress.Presets.shades_classic
+  )
+  bar.start(options.transfers, 0, { committed: 0, aborted: 0, tps: 0 })
+  return bar
+}
+
+/**
+ * Runs the demo; the summary's `ok` says whether every invariant held.
+ * @since 0.1.0
+ */
+export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const env = yield* Environment.open(options)
+      const execute = yield* protocolFor(options, env)
+      const atStart = yield* recover(env)
+
+      const [a, b] = env.banks
+      const seededA = yield* db("reading bank A", () => Bank.isSeeded(a.db))
+      const seededB = yield* db("reading bank B", () => Bank.isSeeded(b.db))
+      const seeding = options.fresh || !seededA || !seededB
+      if (seeding) {
+        yield* db("seeding bank A", () => Bank.seed(a.db, options.accounts))
+        yield* db("seeding bank B", () => Bank.seed(b.db, options.accounts))
+      }
+      const before = yield* db("reading bank A", () => Bank.state(a.db))
+
+      const journal = options.journal === undefined ? Journal.none : Journal.open(options.journal)
+      yield* Effect.addFinalizer(() => Effect.sync(() => journal.close()))
+      const bar = progressBar(options)
+      const barStarted = performance.now()
+      const stats = yield* Workload.run({
+        transfers: options.transfers,
+        concurrency: options.concurrency,
+        accounts: before.accounts,
+        protocol: options.protocol,
+        execute,
+        journal,
+        tick: (s) => {
+          const done = s.committed + s.aborted + s.commitPending + s.unknown
+          if (bar !== undefined && (done % 25 === 0 || done === options.transfers)) {
+            const tps = Math.round(done / ((performance.now() - barStarted) / 1000))
+            bar.update(done, { committed: s.committed, aborted: s.aborted, tps })
+          }
+        }
+      }).pipe(Effect.ensuring(Effect.sync(() => bar?.stop())))
+
+      // Finishes what the run left CommitPending (and anything a crash left behind).
+      const atEnd = yield* recover(env)
+      const stateA = yield* db("reading bank A", () => Bank.state(a.db))
+      const stateB = yield* db("reading bank B", () => Bank.state(b.db))
+      const preparedA = yield* db("reading bank A", () => Bank.preparedLeft(a.db))
+      const preparedB = yield* db("reading bank B", () => Bank.preparedLeft(b.db))
+      const idsA = yield* db("reading bank A", () => Bank.ledgerTxIds(a.db))
+      const idsB = yield* db("reading bank B", () => Bank.ledgerTxIds(b.db))
+      let halfApplied = 0
+      for (const id of idsA) if (!idsB.has(id)) halfApplied++
+      for (const id of idsB) if (!idsA.has(id)) halfApplied++
+
+      const done = stats.committed + stats.aborted + stats.commitPending + stats.unknown
+      const summaryBase = {
+        protocol: options.protocol,
+        backend: env.backend,
+        transfers: options.transfers,
+        concurrency: options.concurrency,
+        committed: stats.committed,
+        aborted: stats.aborted,
+        commitPending: stats.commitPending,
+        unknown: stats.unknown,
+        abortReasons: {
+          insufficientFunds: stats.insufficientFunds,
+          lockTimeout: stats.lockTimeouts,
+          other: stats.otherAborts,
+          otherSamples: stats.otherReasons
+        },
+        expectedTotal: stateA.seededTotal + stateB.seededTotal,
+        total: stateA.total + stateB.total,
+        preparedLeft: preparedA + preparedB,
+        halfApplied,
+        ledgerMismatches: stateA.ledgerMismatches + stateB.ledgerMismatches,
+        negativeBalances: stateA.negative + stateB.negative,
+        recovery: { atStart, atEnd },
+        seeded: seeding,
+        tps: stats.elapsedMs > 0 ? Math.round((done / stats.elapsedMs) * 1000 * 10) / 10 : 0,
+        p50Ms: round(Workload.quantile(stats.latenciesMs, 0.5)),
+        p99Ms: round(Workload.quantile(stats.latenciesMs, 0.99)),
+        elapsedMs: Math.round(stats.elapsedMs),
+        errors: stats.errors
+      }
+      const ok =
+        summaryBase.total === summaryBase.expectedTotal &&
+        summaryBase.preparedLeft === 0 &&
+        halfApplied === 0 &&
+        summaryBase.ledgerMismatches === 0 &&
+        summaryBase.negativeBalances === 0
+      const summary: Summary = { ok, ...summaryBase }
+      const human = table(summary, env)
+      if (options.json) {
+        process.stderr.write(human)
+        process.stdout.write(`${JSON.stringify(summary)}\n`)
+      } else {
+        process.stdout.write(human)
+      }
+      return summary
+    })
+  )
+
+const protocolFor = (options: Options, env: Environment.Environment) =>
+  options.protocol === "2pc" ? Effect.succeed(Protocol.twoPhase(env)) : Protocol.threePhase(env)
+
+const describeRecovery = (r: RecoverySummary) =>
+  `2PC: ${r.branchesCommitted} branches committed, ${r.branchesRolledBack} rolled back; 3PC: ${r.threePhaseCommitted} committed, ${r.threePhaseAborted} aborted (${r.millis} ms)`
+
+const round = (x: number) => Math.round(x * 100) / 100
+
+const table = (s: Summary, env: Environment.Environment): string => {
+  const rows: Array<[string, string]> = [
+    [
+      "protocol",
+      `${s.protocol} on ${s.backend === "pglite" ? "embedded PGlite (not durable)" : "PostgreSQL"}`
+    ],
+    ["banks", `${env.banks[0].location}; ${env.banks[1].location}`],
+    ["transfers", `${s.transfers} at concurrency ${s.concurrency}${s.seeded ? " (freshly seeded)" : ""}`],
+    ["committed", String(s.committed)],
+    [
+      "aborted",
+      `${s.aborted} (insufficient funds ${s.abortReasons.insufficientFunds}, lock timeout ${s.abortReasons.lockTimeout}, other ${s.abortReasons.other})`
+    ],
+    ["commit pending", `${s.commitPending} (finished by recovery)`],
+    ...(s.abortReasons.other > 0
+      ? ([["other aborts", s.abortReasons.otherSamples.join(" | ")]] as Array<[string, string]>)
+      : []),
+    ...(s.unknown > 0
+      ? ([["no outcome", `${s.unknown}: ${s.errors[0] ?? ""}`]] as Array<[string, string]>)
+      : []),
+    ["recovery at start", describeRecovery(s.recovery.atStart)],
+    ["recovery at end", describeRecovery(s.recovery.atEnd)],
+    [
+      "total / expected",
+      `${s.total} / ${s.expectedTotal} ${s.total === s.expectedTotal ? "(conserved)" : "(NOT CONSERVED)"}`
+    ],
+    ["prepared left", String(s.preparedLeft)],
+    ["half-applied transfers", String(s.halfApplied)],
+    ["ledger mismatches", String(s.ledgerMismatches)],
+    ["throughput", `${s.tps} transfers/s over ${(s.elapsedMs / 1000).toFixed(1)} s`],
+    ["latency", `p50 ${s.p50Ms} ms, p99 ${s.p99Ms} ms`],
+    ["result", s.ok ? "OK: every invariant holds" : "FAILED: an invariant does not hold"]
+  ]
+  const width = Math.max(...rows.map(([k]) => k.length))
+  return `\n${rows.map(([k, v]) => `  ${k.padEnd(width)}  ${v}`).join("\n")}\n\n`
+}

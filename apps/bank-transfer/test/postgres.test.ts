@@ -1,0 +1,107 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { TestDatabase } from "@accord/postgres"
+import postgres from "postgres"
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
+import { run, start, summaryOf } from "./support.js"
+
+const server = await TestDatabase.server()
+const prefix = "accord_t_bank_"
+const names = [`${prefix}bank_a`, `${prefix}bank_b`, `${prefix}coordinator`]
+const dir = mkdtempSync(join(tmpdir(), "accord-t-bank-pg-"))
+
+const dropAll = async () => {
+  if (server === undefined) return
+  for (const name of names) await TestDatabase.dropDatabase(server.adminUrl, name)
+}
+
+describe.skipIf(server === undefined)("bank transfer on real PostgreSQL", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  const args = (...rest: ReadonlyArray<string>) => [
+    "--pg",
+    adminUrl,
+    "--db-prefix",
+    prefix,
+    "--json",
+    ...rest
+  ]
+
+  beforeAll(dropAll)
+  afterAll(async () => {
+    await dropAll()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("creates its databases, conserves the total, leaves nothing prepared, and shows aborts", async () => {
+    const r = await run(args("--fresh", "--transfers", "400", "--concurrency", "8", "--accounts", "100"))
+    expect(r.code, r.stderr).toBe(0)
+    const s = summaryOf(r)
+    expect(s.backend).toBe("postgres")
+    expect(s.committed + s.aborted + s.commitPending).toBe(400)
+    expect(s.committed).toBeGreaterThan(0)
+    expect(s.abortReasons.insufficientFunds).toBeGreaterThan(0)
+    expect(s.total).toBe(s.expectedTotal)
+    expect(s.expectedTotal).toBe(2 * 100 * 1000)
+    expect(s.preparedLeft).toBe(0)
+    expect(s.halfApplied).toBe(0)
+    expect(s.ledgerMismatches).toBe(0)
+  }, 120_000)
+
+  it.each([
+    "2pc",
+    "3pc"
+  ])("a %s run killed with SIGKILL is finished by the next: total conserved, nothing prepared, outcomes told hold", async (protocol) => {
+    const journal = join(dir, `journal-${protocol}.jsonl`)
+    const { child, done } = start(
+      args("--transfers", "1000000", "--concurrency", "16", "--protocol", protocol, "--journal", journal)
+    )
+    // Kill it once it is well into the run.
+    await vi.waitFor(
+      () => {
+        const outcomes = existsSync(journal)
+          ? readFileSync(journal, "utf8").split('"event":"outcome"').length - 1
+          : 0
+        if (outcomes < 300) throw new Error(`only ${outcomes} outcomes so far`)
+      },
+      { timeout: 60_000, interval: 50 }
+    )
+    child.kill("SIGKILL")
+    const killed = await done
+    expect(killed.signal).toBe("SIGKILL")
+
+    // Recovery runs whatever protocol the next run names: both passes run every time.
+    const r = await run(args("--transfers", "0"))
+    expect(r.code, r.stderr).toBe(0)
+    const s = summaryOf(r)
+    expect(s.total).toBe(s.expectedTotal)
+    expect(s.preparedLeft).toBe(0)
+    expect(s.halfApplied).toBe(0)
+    expect(s.ledgerMismatches).toBe(0)
+
+    // Every outcome the killed run told holds in the databases, exactly once.
+    const lines = readFileSync(journal, "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { event: string; txId: string; outcome?: string })
+    const told = lines.filter((l) => l.event === "outcome")
+    const intents = new Set(lines.filter((l) => l.event === "intent").map((l) => l.txId))
+    for (const t of told) expect(intents.has(t.txId)).toBe(true)
+    for (const name of [names[0]!, names[1]!]) {
+      const sql = postgres(TestDatabase.urlFor(adminUrl, name), { max: 1, onnotice: () => {} })
+      try {
+        const rows = await sql<{ tx_id: string }[]>`SELECT tx_id FROM ledger`
+        const applied = new Set(rows.map((x) => x.tx_id))
+        for (const t of told) {
+          if (t.outcome === "Committed" || t.outcome === "CommitPending")
+            expect(applied.has(t.txId), t.txId).toBe(true)
+          if (t.outcome === "Aborted") expect(applied.has(t.txId), t.txId).toBe(false)
+        }
+      } finally {
+        await sql.end({ timeout: 5 })
+      }
+    }
+    const left = await TestDatabase.preparedOnServer(adminUrl)
+    expect(left.filter((p) => names.includes(p.database))).toEqual([])
+  }, 180_000)
+})

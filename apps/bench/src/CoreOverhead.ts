@@ -1,0 +1,81 @@
+/**
+ * What the coordinator itself costs, without any database: `TwoPhaseCommit.run` over participants
+ * that answer at once and a log that records nothing, one transaction after another. The CPU time
+ * per transaction is the floor Accord adds to every real transaction on this machine.
+ *
+ * @since 0.1.0
+ */
+import { Participant, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import { Effect, Layer, ManagedRuntime, Option } from "effect"
+
+const instant = (name: string): Participant.Participant<null> => ({
+  name: name as Participant.Participant["name"],
+  verify: Effect.void,
+  prepare: () => Effect.succeed(Participant.Vote.Prepared()),
+  commitOnePhase: () => Effect.succeed(Participant.OnePhaseResult.Committed()),
+  commit: () => Effect.succeed("Committed" as const),
+  rollback: () => Effect.succeed("RolledBack" as const),
+  state: () => Effect.succeed("committed" as const),
+  inDoubt: Effect.succeed([]),
+  forget: () => Effect.void
+})
+
+const nullLog: TransactionLog.TransactionLog["Type"] = {
+  decide: (record) => Effect.succeed(record),
+  decision: () => Effect.succeed(Option.none()),
+  complete: () => Effect.void,
+  unfinished: () => Effect.succeed([]),
+  recordHeuristic: () => Effect.void,
+  heuristics: Effect.succeed([])
+}
+
+/**
+ * One measurement.
+ * @since 0.1.0
+ */
+export interface Overhead {
+  readonly shape: string
+  readonly transactions: number
+  readonly wallMicrosPerTx: number
+  readonly cpuMicrosPerTx: number
+}
+
+/**
+ * Measures `n` sequential transactions of each shape (after as many for warm-up).
+ * @since 0.1.0
+ */
+export const measure = async (n = 2000): Promise<ReadonlyArray<Overhead>> => {
+  const runtime = ManagedRuntime.make(Layer.succeed(TransactionLog.TransactionLog, nullLog))
+  const a = instant("a")
+  const b = instant("b")
+  const shapes: ReadonlyArray<[string, () => Promise<unknown>]> = [
+    ["Effect.runPromise(Effect.void)", () => runtime.runPromise(Effect.void)],
+    [
+      "TwoPhaseCommit.run, 1 branch (one-phase)",
+      () => runtime.runPromise(TwoPhaseCommit.run([Participant.branch(a, null)]))
+    ],
+    [
+      "TwoPhaseCommit.run, 2 branches",
+      () => runtime.runPromise(TwoPhaseCommit.run([Participant.branch(a, null), Participant.branch(b, null)]))
+    ]
+  ]
+  const out: Array<Overhead> = []
+  try {
+    for (const [shape, tx] of shapes) {
+      for (let i = 0; i < n; i++) await tx()
+      const cpu0 = process.cpuUsage()
+      const t0 = performance.now()
+      for (let i = 0; i < n; i++) await tx()
+      const cpu = process.cpuUsage(cpu0)
+      out.push({
+        shape,
+        transactions: n,
+        wallMicrosPerTx: Math.round(((performance.now() - t0) * 1000) / n),
+        cpuMicrosPerTx: Math.round((cpu.user + cpu.system) / n)
+      })
+    }
+  } finally {
+    await runtime.dispose()
+  }
+  return out
+}

@@ -1,0 +1,381 @@
+/**
+ * What the benchmark measures. Every mode is the same transfer (debit one account, credit another)
+ * done a different way:
+ *
+ * - `local`: one database, BEGIN / two UPDATEs / COMMIT, hand-written with postgres.js.
+ * - `raw2pc`: across two databases, hand-written: parallel BEGIN/UPDATE/PREPARE TRANSACTION, a
+ *   forced decision INSERT in a third database, parallel COMMIT PREPARED.
+ * - `accord2pc`: the same through `TwoPhaseCommit.run` with `PgParticipant`s and `PgTransactionLog`.
+ * - `accord2pc-group`: the same with the group-commit decision log.
+ * - `accord1pc`: both UPDATEs in one branch through Accord (one-phase commit).
+ * - `accord-readonly`: one writing branch (both UPDATEs) + one read-only branch.
+ * - `accord-saga`: a two-step saga (debit, credit) whose steps run behind the barrier.
+ * - `local-pglite`, `accord2pc-pglite`: PGlite (embedded, fsync off) rows, labelled as such.
+ *
+ * @since 0.1.0
+ */
+import { createHash } from "node:crypto"
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Participant, Saga, SagaLog, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import * as Barrier from "@accord/postgres/Barrier"
+import * as PgParticipant from "@accord/postgres/PgParticipant"
+import * as PgSagaLog from "@accord/postgres/PgSagaLog"
+import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
+import { PGlite } from "@electric-sql/pglite"
+import { Duration, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
+import type postgres from "postgres"
+import * as Server from "./Server.js"
+
+/**
+ * A mode opened for one cell: `tx` runs one transfer.
+ * @since 0.1.0
+ */
+export interface Instance {
+  readonly tx: () => Promise<void>
+  readonly close: () => Promise<void>
+}
+
+/**
+ * A benchmark mode.
+ * @since 0.1.0
+ */
+export interface Mode {
+  readonly name: string
+  readonly backend: "postgres" | "pglite"
+  /** The mode this one is compared with (same run). */
+  readonly baseline?: string
+  /** Statements are not counted (PGlite branches run inside PGlite's own transaction API). */
+  readonly uncounted?: boolean
+  readonly open: (concurrency: number) => Promise<Instance>
+}
+
+const closeAll = (...pools: ReadonlyArray<postgres.Sql>) =>
+  Promise.all(pools.map((p) => p.end({ timeout: 5 }))).then(() => {})
+
+let rawCounter = 0
+
+/**
+ * The hand-written baselines on PostgreSQL.
+ * @since 0.1.0
+ */
+export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
+  {
+    name: "local",
+    backend: "postgres",
+    open: async (concurrency) => {
+      const a = Server.pool(dbs.a, concurrency)
+      return {
+        tx: async () => {
+          const [x, y] = Server.pickAccounts()
+          await a.begin(async (tx) => {
+            await tx`UPDATE accounts SET balance = balance - 1 WHERE id = ${x}`
+            await tx`UPDATE accounts SET balance = balance + 1 WHERE id = ${y}`
+          })
+        },
+        close: () => closeAll(a)
+      }
+    }
+  },
+  {
+    name: "raw2pc",
+    backend: "postgres",
+    open: async (concurrency) => {
+      const a = Server.pool(dbs.a, concurrency)
+      const b = Server.pool(dbs.b, concurrency)
+      const coordinator = Server.pool(dbs.coordinator, concurrency)
+      const branch = (sql: postgres.Sql, gid: string, account: number, delta: number) =>
+        sql.begin(async (tx) => {
+          await tx`UPDATE accounts SET balance = balance + ${delta} WHERE id = ${account}`
+          await tx.prepare(gid)
+        })
+      return {
+        tx: async () => {
+          const [x, y] = Server.pickAccounts()
+          const id = `${process.pid}_${++rawCounter}`
+          const gidA = `rawbench_${id}_a`
+          const gidB = `rawbench_${id}_b`
+          try {
+            await Promise.all([branch(a, gidA, x, -1), branch(b, gidB, y, 1)])
+            // Forced: synchronous_commit is on (the server default).
+            await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
+          } catch (e) {
+            // Presumed abort, as a hand-written coordinator must: never leave a branch prepared.
+            await Promise.allSettled([a.unsafe(`ROLLBACK PREPARED '${gidA}'`), b.unsafe(`ROLLBACK PREPARED '${gidB}'`)])
+            throw e
+          }
+          await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
+        },
+        close: () => closeAll(a, b, coordinator)
+      }
+    }
+  }
+]
+
+type Log = TransactionLog.TransactionLog["Type"]
+
+/** Opens Accord pieces in a scope closed with the instance. */
+const withScope = async <A>(build: Effect.Effect<A, unknown, Scope.Scope>) => {
+  const scope = Effect.runSync(Scope.make())
+  const value = await Effect.runPromise(Scope.extend(build, scope))
+  return { value, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+}
+
+const accordTx = (log: Log) => {
+  const runtime = ManagedRuntime.make(Layer.succeed(TransactionLog.TransactionLog, log))
+  return {
+    run: async (branches: ReadonlyArray<Participant.AnyBranch>) => {
+      const outcome = await runtime.runPromise(TwoPhaseCommit.run(branches))
+      if (outcome._tag === "Aborted") throw new Error(outcome.reason)
+    },
+    dispose: () => runtime.dispose()
+  }
+}
+
+const updateWork =
+  (moves: ReadonlyArray<readonly [number, number]>): PgParticipant.PgWork =>
+  async (session) => {
+    for (const [account, delta] of moves) {
+      await session.query("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [delta, account])
+    }
+  }
+
+const readWork: PgParticipant.PgWork = async (session) => {
+  await session.query("SELECT balance FROM accounts WHERE id = $1", [
+    1 + Math.floor(Math.random() * Server.accounts)
+  ])
+}
+
+/**
+ * Accord on PostgreSQL.
+ * @since 0.1.0
+ */
+export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
+  const open =
+    (shape: "2pc" | "1pc" | "readonly", groupCommit: boolean) =>
+    async (concurrency: number): Promise<Instance> => {
+      const a = Server.pool(dbs.a, concurrency + 1)
+      const b = Server.pool(dbs.b, concurrency + 1)
+      const coordinator = Server.pool(dbs.coordinator, concurrency + 1)
+      const opened = await withScope(
+        Effect.gen(function* () {
+          const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
+          const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
+          const log = yield* PgTransactionLog.make(
+            groupCommit
+              ? { sql: coordinator, groupCommit: { maxWait: Duration.micros(200n), maxBatch: 64 } }
+              : { sql: coordinator }
+          )
+          return { pa, pb, log }
+        })
+      )
+      const { pa, pb, log } = opened.value
+      const accord = accordTx(log)
+      return {
+        tx: () => {
+          const [x, y] = Server.pickAccounts()
+          switch (shape) {
+            case "2pc":
+              return accord.run([
+                Participant.branch(pa, updateWork([[x, -1]])),
+                Participant.branch(pb, updateWork([[y, 1]]))
+              ])
+            case "1pc":
+              return accord.run([
+                Participant.branch(
+                  pa,
+                  updateWork([
+                    [x, -1],
+                    [y, 1]
+                  ])
+                )
+              ])
+            case "readonly":
+              return accord.run([
+                Participant.branch(
+                  pa,
+                  updateWork([
+                    [x, -1],
+                    [y, 1]
+                  ])
+                ),
+                Participant.branch(pb, readWork)
+              ])
+          }
+        },
+        close: async () => {
+          await accord.dispose()
+          await opened.close()
+          await closeAll(a, b, coordinator)
+        }
+      }
+    }
+  return [
+    { name: "accord2pc", backend: "postgres", baseline: "raw2pc", open: open("2pc", false) },
+    { name: "accord2pc-group", backend: "postgres", baseline: "raw2pc", open: open("2pc", true) },
+    { name: "accord1pc", backend: "postgres", baseline: "local", open: open("1pc", false) },
+    { name: "accord-readonly", backend: "postgres", baseline: "raw2pc", open: open("readonly", false) }
+  ]
+}
+
+// A fresh PGlite folder costs an initdb (15-20 s here); a dump of a fresh instance loads in 1-4 s.
+// Same cache file as the bank-transfer demo.
+const templatePath = join(
+  tmpdir(),
+  `accord-pglite-template-${createHash("sha1").update(import.meta.resolve("@electric-sql/pglite")).digest("hex").slice(0, 12)}.tar`
+)
+
+const openPglite = async (dir: string): Promise<PGlite> => {
+  if (existsSync(templatePath)) {
+    return PGlite.create(dir, {
+      loadDataDir: new Blob([readFileSync(templatePath)]),
+      startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
+    })
+  }
+  const db = await PgParticipant.openPglite(dir)
+  const dump = await db.dumpDataDir("none")
+  const partial = `${templatePath}.${process.pid}`
+  writeFileSync(partial, Buffer.from(await dump.arrayBuffer()))
+  renameSync(partial, templatePath)
+  return db
+}
+
+const seedPglite = async (db: PGlite) => {
+  await db.exec(`CREATE TABLE IF NOT EXISTS accounts (id integer PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
+    TRUNCATE accounts;
+    INSERT INTO accounts (id, balance) SELECT g, 1000000000 FROM generate_series(1, ${Server.accounts}) AS g;`)
+}
+
+/**
+ * PGlite rows (embedded, fsync off: not comparable with the server rows for durability).
+ * @since 0.1.0
+ */
+export const pgliteModes = (): ReadonlyArray<Mode> => [
+  {
+    name: "local-pglite",
+    backend: "pglite",
+    open: async () => {
+      const dir = mkdtempSync(join(tmpdir(), "accord-bench-"))
+      const db = await openPglite(join(dir, "a"))
+      await seedPglite(db)
+      return {
+        tx: async () => {
+          const [x, y] = Server.pickAccounts()
+          await db.transaction(async (tx) => {
+            Server.count("BEGIN")
+            Server.count("UPDATE")
+            await tx.query("UPDATE accounts SET balance = balance - 1 WHERE id = $1", [x])
+            Server.count("UPDATE")
+            await tx.query("UPDATE accounts SET balance = balance + 1 WHERE id = $1", [y])
+            Server.count("COMMIT")
+          })
+        },
+        close: async () => {
+          await db.close()
+          rmSync(dir, { recursive: true, force: true })
+        }
+      }
+    }
+  },
+  {
+    name: "accord2pc-pglite",
+    backend: "pglite",
+    baseline: "local-pglite",
+    uncounted: true,
+    open: async () => {
+      const dir = mkdtempSync(join(tmpdir(), "accord-bench-"))
+      const a = await openPglite(join(dir, "a"))
+      const b = await openPglite(join(dir, "b"))
+      const c = await openPglite(join(dir, "coordinator"))
+      await seedPglite(a)
+      await seedPglite(b)
+      const opened = await withScope(
+        Effect.gen(function* () {
+          const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: a })
+          const pb = yield* PgParticipant.makePglite({ name: "bank-b", db: b })
+          const log = yield* PgTransactionLog.makePglite(c)
+          return { pa, pb, log }
+        })
+      )
+      const { pa, pb, log } = opened.value
+      const accord = accordTx(log)
+      return {
+        tx: () => {
+          const [x, y] = Server.pickAccounts()
+          return accord.run([
+            Participant.branch(pa, updateWork([[x, -1]])),
+            Participant.branch(pb, updateWork([[y, 1]]))
+          ])
+        },
+        close: async () => {
+          await accord.dispose()
+          await opened.close()
+          await Promise.all([a.close(), b.close(), c.close()])
+          rmSync(dir, { recursive: true, force: true })
+        }
+      }
+    }
+  }
+]
+
+/**
+ * The saga row (`accord-saga`): a two-step saga (debit in bank A, credit in bank B), each step a
+ * local transaction behind the barrier, the saga log in the coordinator database.
+ * @since 0.1.0
+ */
+export const sagaModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
+  {
+    name: "accord-saga",
+    backend: "postgres",
+    baseline: "raw2pc",
+    open: async (concurrency) => {
+      const a = Server.pool(dbs.a, concurrency + 1)
+      const b = Server.pool(dbs.b, concurrency + 1)
+      const coordinator = Server.pool(dbs.coordinator, concurrency + 1)
+      await Barrier.migrate(a)
+      await Barrier.migrate(b)
+      const move =
+        (account: number, delta: number) =>
+        async (session: Barrier.BarrierSession): Promise<null> => {
+          await session.query("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [delta, account])
+          return null
+        }
+      type Input = { readonly x: number; readonly y: number }
+      const saga = Saga.make({
+        name: "bench-transfer",
+        steps: [
+          Saga.step({
+            name: "debit",
+            action: (ctx) => Barrier.sagaAction(a, ctx, move((ctx.input as Input).x, -1)),
+            compensation: (ctx) => Barrier.sagaCompensation(a, ctx, move((ctx.input as Input).x, 1))
+          }),
+          Saga.step({
+            name: "credit",
+            action: (ctx) => Barrier.sagaAction(b, ctx, move((ctx.input as Input).y, 1)),
+            compensation: (ctx) => Barrier.sagaCompensation(b, ctx, move((ctx.input as Input).y, -1))
+          })
+        ]
+      })
+      const log = await Effect.runPromise(PgSagaLog.make(coordinator))
+      const runtime = ManagedRuntime.make(Layer.succeed(SagaLog.SagaLog, log))
+      return {
+        tx: async () => {
+          const [x, y] = Server.pickAccounts()
+          const outcome = await runtime.runPromise(Saga.run(saga, { x, y }))
+          if (outcome._tag !== "Completed") throw new Error(`saga ${outcome._tag}`)
+        },
+        close: async () => {
+          await runtime.dispose()
+          await closeAll(a, b, coordinator)
+        }
+      }
+    }
+  }
+]
+
+/**
+ * Modes of issue 6 this build cannot measure, with the reason.
+ * @since 0.1.0
+ */
+export const missingModes = (): ReadonlyArray<{ readonly mode: string; readonly reason: string }> => []

@@ -1,0 +1,156 @@
+/**
+ * `--recovery N`: how long recovery takes to finish N in-doubt transactions.
+ *
+ * Two measurements, because a server holds at most `max_prepared_transactions` prepared branches
+ * at once (64 on this machine, shared with other users of the server):
+ *
+ * 1. `inDoubt`: the real case. Each transaction has both branches prepared and its commit decision
+ *    written, and phase 2 never ran (the coordinator died at the commit point). Recovery must
+ *    COMMIT PREPARED every branch and complete the decision. Built and recovered in batches that
+ *    fit under `max_prepared_transactions`; the recovery time is the sum over batches.
+ * 2. `unacknowledged`: all N at once. Each transaction's decision is written and its branches
+ *    committed, but the completion record is missing (the coordinator died after phase 2).
+ *    Recovery re-drives every branch (found committed by its marker) and completes each decision.
+ *
+ * @since 0.1.0
+ */
+import { type Participant, Recovery, TransactionId, TransactionLog } from "@accord/core"
+import * as PgParticipant from "@accord/postgres/PgParticipant"
+import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
+import { Clock, Duration, Effect } from "effect"
+import postgres from "postgres"
+import * as Server from "./Server.js"
+
+type Log = TransactionLog.TransactionLog["Type"]
+type P = Participant.Participant<PgParticipant.PgWork>
+
+const work =
+  (delta: number): PgParticipant.PgWork =>
+  async (session) => {
+    await session.query("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [
+      delta,
+      1 + Math.floor(Math.random() * Server.accounts)
+    ])
+  }
+
+/** Prepares both branches and writes the commit decision; optionally commits the branches too. */
+const leaveInDoubt = (pa: P, pb: P, log: Log, commitBranches: boolean) =>
+  Effect.gen(function* () {
+    const txId = yield* TransactionId.make
+    const ctxA = { txId, branch: pa.name, gid: TransactionId.gid(txId, pa.name) }
+    const ctxB = { txId, branch: pb.name, gid: TransactionId.gid(txId, pb.name) }
+    const [va, vb] = yield* Effect.all([pa.prepare(ctxA, work(-1)), pb.prepare(ctxB, work(1))], {
+      concurrency: 2
+    })
+    if (va?._tag !== "Prepared" || vb?._tag !== "Prepared") {
+      return yield* Effect.dieMessage(`setup transaction did not prepare: ${va?._tag} ${vb?._tag}`)
+    }
+    const decidedAt = yield* Clock.currentTimeMillis
+    yield* log.decide({
+      txId,
+      decision: "commit",
+      branches: [
+        { branch: ctxA.branch, gid: ctxA.gid },
+        { branch: ctxB.branch, gid: ctxB.gid }
+      ],
+      decidedAt
+    })
+    if (commitBranches) yield* Effect.all([pa.commit(ctxA), pb.commit(ctxB)], { concurrency: 2 })
+  })
+
+const preparedCount = async (adminUrl: string) => {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    const [row] = await admin<{ n: number; max: number }[]>`
+      SELECT (SELECT count(*)::int FROM pg_prepared_xacts) AS n,
+             current_setting('max_prepared_transactions')::int AS max`
+    return row!
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+}
+
+/**
+ * Runs both measurements for `n` transactions.
+ * @since 0.1.0
+ */
+export const run = async (
+  adminUrl: string,
+  dbs: Server.Databases,
+  n: number,
+  log: (line: string) => void
+) => {
+  const a = Server.pool(dbs.a, 20)
+  const b = Server.pool(dbs.b, 20)
+  const c = Server.pool(dbs.coordinator, 20)
+  try {
+    return await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
+          const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
+          const txLog = yield* PgTransactionLog.make({ sql: c })
+          const recover = Recovery.run([pa, pb], { orphanAfter: Duration.zero, concurrency: 16 }).pipe(
+            Effect.provideService(TransactionLog.TransactionLog, txLog)
+          )
+          // Whatever an earlier run left.
+          yield* recover
+
+          // 1. Real in-doubt transactions, in batches under max_prepared_transactions.
+          const server = yield* Effect.promise(() => preparedCount(adminUrl))
+          const batch = Math.max(1, Math.floor((server.max - server.n - 6) / 2))
+          let left = n
+          let recoverMillis = 0
+          let committed = 0
+          let batches = 0
+          while (left > 0) {
+            const k = Math.min(batch, left)
+            yield* Effect.forEach(Array.from({ length: k }), () => leaveInDoubt(pa, pb, txLog, false), {
+              concurrency: 8,
+              discard: true
+            })
+            const t0 = performance.now()
+            const report = yield* recover
+            recoverMillis += performance.now() - t0
+            committed += report.branchesCommitted
+            batches++
+            left -= k
+            if (batches % 50 === 0) log(`recovery: ${n - left}/${n} in-doubt transactions recovered`)
+          }
+          const inDoubt = {
+            transactions: n,
+            batchSize: batch,
+            batches,
+            branchesCommitted: committed,
+            recoverySeconds: Math.round(recoverMillis) / 1000,
+            transactionsPerSecond: Math.round((n / recoverMillis) * 1000),
+            extrapolatedSecondsFor10000: Math.round((recoverMillis / n) * 10_000) / 1000
+          }
+          log(`recovery (in doubt, batches of ${batch}): ${JSON.stringify(inDoubt)}`)
+
+          // 2. N unacknowledged decisions at once.
+          yield* Effect.forEach(Array.from({ length: n }), () => leaveInDoubt(pa, pb, txLog, true), {
+            concurrency: 16,
+            discard: true
+          })
+          const t1 = performance.now()
+          const report = yield* recover
+          const millis = performance.now() - t1
+          const unacknowledged = {
+            transactions: n,
+            transactionsFinished: report.transactionsFinished,
+            branchesCommitted: report.branchesCommitted,
+            heuristics: report.heuristics.length,
+            recoverySeconds: Math.round(millis) / 1000,
+            transactionsPerSecond: Math.round((n / millis) * 1000)
+          }
+          log(`recovery (unacknowledged, all at once): ${JSON.stringify(unacknowledged)}`)
+          const after = yield* Effect.promise(() => preparedCount(adminUrl))
+          return { inDoubt, unacknowledged, preparedLeftOnServer: after.n }
+        })
+      )
+    )
+  } finally {
+    await Promise.all([a.end({ timeout: 5 }), b.end({ timeout: 5 }), c.end({ timeout: 5 })])
+  }
+}

@@ -1,0 +1,167 @@
+/**
+ * The benchmark's databases on the server, its connection pools with a statement counter, and
+ * the server-wide WAL sync counter.
+ *
+ * @since 0.1.0
+ */
+import postgres from "postgres"
+
+/**
+ * Statements sent by every pool of this process, classified. Counted in the driver (`debug`).
+ * @since 0.1.0
+ */
+export const counters = { statements: 0, prepares: 0, commitPrepared: 0, rollbackPrepared: 0 }
+
+/** @since 0.1.0 */
+export const resetCounters = (): void => {
+  counters.statements = 0
+  counters.prepares = 0
+  counters.commitPrepared = 0
+  counters.rollbackPrepared = 0
+}
+
+/** @since 0.1.0 */
+export const snapshotCounters = () => ({ ...counters })
+
+/**
+ * Counts one statement by its text (used by the postgres.js `debug` hook and the PGlite wrapper).
+ * @since 0.1.0
+ */
+export const count = (query: string): void => {
+  counters.statements++
+  const head = query.trimStart().slice(0, 20).toUpperCase()
+  if (head.startsWith("PREPARE TRANSACTION")) counters.prepares++
+  else if (head.startsWith("COMMIT PREPARED")) counters.commitPrepared++
+  else if (head.startsWith("ROLLBACK PREPARED")) counters.rollbackPrepared++
+}
+
+/** @since 0.1.0 */
+export const applicationName = "accord-bench"
+
+/**
+ * A pool on `url` whose statements are counted.
+ * @since 0.1.0
+ */
+export const pool = (url: string, max: number): postgres.Sql =>
+  postgres(url, {
+    max,
+    connect_timeout: 10,
+    idle_timeout: 0,
+    onnotice: () => {},
+    debug: (_connection, query) => count(query),
+    connection: { application_name: applicationName, lock_timeout: 2000 }
+  })
+
+/** @since 0.1.0 */
+export const urlFor = (adminUrl: string, name: string): string => {
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+/**
+ * The three databases: two banks and the coordinator.
+ * @since 0.1.0
+ */
+export interface Databases {
+  readonly a: string
+  readonly b: string
+  readonly coordinator: string
+}
+
+/** Accounts per bank; transfers pick two at random, so lock conflicts are rare. @since 0.1.0 */
+export const accounts = 10_000
+
+/**
+ * Creates (if missing) the databases and (re)creates the tables; resolves leftovers of a killed run.
+ * @since 0.1.0
+ */
+export const setup = async (adminUrl: string, prefix: string): Promise<Databases> => {
+  const names = { a: `${prefix}a`, b: `${prefix}b`, coordinator: `${prefix}coordinator` }
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    const [setting] = await admin<
+      { value: number }[]
+    >`SELECT current_setting('max_prepared_transactions')::int AS value`
+    if ((setting?.value ?? 0) === 0) {
+      throw new Error(
+        "max_prepared_transactions = 0 on the server: ALTER SYSTEM SET max_prepared_transactions = 64 and restart"
+      )
+    }
+    for (const name of Object.values(names)) {
+      const exists = await admin`SELECT 1 FROM pg_database WHERE datname = ${name}`
+      if (exists.length === 0) await admin.unsafe(`CREATE DATABASE "${name}"`)
+    }
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+  const urls = {
+    a: urlFor(adminUrl, names.a),
+    b: urlFor(adminUrl, names.b),
+    coordinator: urlFor(adminUrl, names.coordinator)
+  }
+  for (const url of [urls.a, urls.b]) {
+    const sql = postgres(url, { max: 1, onnotice: () => {} })
+    try {
+      // Branches a killed run left prepared (these databases belong to the benchmark, whose data is
+      // re-seeded below): roll them all back, so no slot of max_prepared_transactions stays taken.
+      const leftovers = await sql<{ gid: string }[]>`
+        SELECT gid FROM pg_prepared_xacts WHERE database = current_database()`
+      for (const { gid } of leftovers) await sql.unsafe(`ROLLBACK PREPARED '${gid.replaceAll("'", "''")}'`)
+      await sql.unsafe(`DROP TABLE IF EXISTS accord_branch`)
+      await sql.unsafe(`DROP TABLE IF EXISTS accounts`)
+      await sql.unsafe(
+        `CREATE TABLE accounts (id integer PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))`
+      )
+      await sql.unsafe(
+        `INSERT INTO accounts (id, balance) SELECT g, 1000000000 FROM generate_series(1, ${accounts}) AS g`
+      )
+      await sql.unsafe(`VACUUM ANALYZE accounts`)
+    } finally {
+      await sql.end({ timeout: 5 })
+    }
+  }
+  const coordinator = postgres(urls.coordinator, { max: 1, onnotice: () => {} })
+  try {
+    // The logs of earlier runs name branches rolled back above: start from empty logs.
+    await coordinator.unsafe(`DROP TABLE IF EXISTS raw_decisions, accord_decision, accord_heuristic`)
+    await coordinator.unsafe(
+      `CREATE TABLE raw_decisions (tx_id text PRIMARY KEY, decision text NOT NULL, gids text[] NOT NULL, decided_at timestamptz NOT NULL DEFAULT now())`
+    )
+  } finally {
+    await coordinator.end({ timeout: 5 })
+  }
+  return urls
+}
+
+/**
+ * The server's WAL sync count (`pg_stat_wal.wal_sync`, cluster-wide), read once this process's
+ * benchmark backends have exited so their statistics are flushed.
+ * @since 0.1.0
+ */
+export const walSyncs = async (adminUrl: string): Promise<number> => {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    for (let i = 0; i < 100; i++) {
+      const [row] = await admin<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`
+      if ((row?.n ?? 0) === 0) break
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    const [row] = await admin<{ wal_sync: string }[]>`SELECT wal_sync::text FROM pg_stat_wal`
+    return Number(row?.wal_sync ?? 0)
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+}
+
+/**
+ * Random distinct accounts `[x, y]`.
+ * @since 0.1.0
+ */
+export const pickAccounts = (): readonly [number, number] => {
+  const x = 1 + Math.floor(Math.random() * accounts)
+  let y = 1 + Math.floor(Math.random() * accounts)
+  if (y === x) y = (y % accounts) + 1
+  return [x, y]
+}

@@ -1,0 +1,246 @@
+/**
+ * The HTTP layer between the orchestrator and the services: a small JSON server (node:http) with the
+ * "dropped response" fault, and a client that classifies what happened to a call, with the
+ * "duplicate delivery" fault.
+ *
+ * A call ends in one of three ways, and the saga treats them differently:
+ * - the service answered 2xx: the step took effect (or had already);
+ * - the service answered 409: a definite business refusal (out of stock, card declined): compensate;
+ * - the service answered 5xx: it rolled back; retrying is safe;
+ * - no answer (connection lost, timeout): in doubt, the service may have acted: retry, the barrier
+ *   makes the retry harmless, and if the step is given up its compensation must survive both cases.
+ *
+ * @since 0.1.0
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import type { AddressInfo } from "node:net"
+import { Effect, Schema } from "effect"
+
+/**
+ * A service's reply.
+ * @since 0.1.0
+ */
+export interface Reply {
+  readonly status: number
+  readonly body: unknown
+}
+
+/**
+ * A handler of `POST /<op>`.
+ * @since 0.1.0
+ */
+export type Handler = (body: Record<string, unknown>) => Promise<Reply>
+
+/**
+ * A running server.
+ * @since 0.1.0
+ */
+export interface Server {
+  readonly port: number
+  readonly close: () => Promise<void>
+}
+
+const readBody = (req: IncomingMessage): Promise<string> =>
+  new Promise((resolve, reject) => {
+    let data = ""
+    req.setEncoding("utf8")
+    req.on("data", (chunk: string) => {
+      data += chunk
+    })
+    req.on("end", () => resolve(data))
+    req.on("error", reject)
+  })
+
+const send = (res: ServerResponse, reply: Reply): void => {
+  const text = JSON.stringify(reply.body)
+  res.writeHead(reply.status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text)
+  })
+  res.end(text)
+}
+
+/**
+ * Serves `handlers` on 127.0.0.1 (port 0 = any free port). After a handler has acted, a share
+ * `dropRate` of responses is dropped: the socket is destroyed without an answer.
+ * @since 0.1.0
+ */
+export const serve = (options: {
+  readonly handlers: Readonly<Record<string, Handler>>
+  readonly dropRate: number
+  readonly random: () => number
+  readonly port?: number
+  readonly onDrop?: (op: string) => void
+}): Promise<Server> =>
+  new Promise((resolve, reject) => {
+    const server = createServer((req, res) => {
+      const op = (req.url ?? "/").slice(1)
+      if (req.method === "GET" && op === "health") return send(res, { status: 200, body: { ok: true } })
+      const handler = req.method === "POST" ? options.handlers[op] : undefined
+      if (handler === undefined) return send(res, { status: 404, body: { error: "not_found", message: op } })
+      readBody(req)
+        .then((text) => handler(JSON.parse(text === "" ? "{}" : text) as Record<string, unknown>))
+        .then(
+          (reply) => {
+            if (options.dropRate > 0 && options.random() < options.dropRate) {
+              options.onDrop?.(op)
+              res.socket?.destroy()
+              return
+            }
+            send(res, reply)
+          },
+          (error: unknown) =>
+            send(res, {
+              status: 500,
+              body: { error: "internal", message: String((error as Error)?.message ?? error) }
+            })
+        )
+    })
+    // Closing must not wait for the orchestrator's idle keep-alive sockets.
+    server.keepAliveTimeout = 2000
+    server.on("error", reject)
+    server.listen(options.port ?? 0, "127.0.0.1", () => {
+      const port = (server.address() as AddressInfo).port
+      resolve({
+        port,
+        close: () =>
+          new Promise<void>((done) => {
+            server.close(() => done())
+            server.closeAllConnections()
+          })
+      })
+    })
+  })
+
+/**
+ * The service refused the request for good (a business rule): compensate, do not retry.
+ * @since 0.1.0
+ */
+export class ServiceRejectedError extends Schema.TaggedError<ServiceRejectedError>()("ServiceRejectedError", {
+  service: Schema.String,
+  op: Schema.String,
+  code: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `${this.service}/${this.op}: ${this.code}: ${this.reason}`
+  }
+}
+
+/**
+ * The service answered that it failed and rolled back: retrying is safe.
+ * @since 0.1.0
+ */
+export class ServiceUnavailableError extends Schema.TaggedError<ServiceUnavailableError>()(
+  "ServiceUnavailableError",
+  { service: Schema.String, op: Schema.String, status: Schema.Number, reason: Schema.String }
+) {
+  override get message(): string {
+    return `${this.service}/${this.op}: HTTP ${this.status}: ${this.reason}`
+  }
+}
+
+/**
+ * No answer: the service may or may not have acted.
+ * @since 0.1.0
+ */
+export class ServiceInDoubtError extends Schema.TaggedError<ServiceInDoubtError>()("ServiceInDoubtError", {
+  service: Schema.String,
+  op: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `${this.service}/${this.op}: no answer (${this.reason})`
+  }
+}
+
+/**
+ * The errors of a call.
+ * @since 0.1.0
+ */
+export type CallError = ServiceRejectedError | ServiceUnavailableError | ServiceInDoubtError
+
+/**
+ * A service's base URL and name.
+ * @since 0.1.0
+ */
+export interface Endpoint {
+  readonly service: string
+  readonly baseUrl: string
+}
+
+type Raw =
+  | { readonly ok: true; readonly status: number; readonly body: unknown }
+  | { readonly ok: false; readonly reason: string }
+
+const post = async (url: string, body: unknown, key: string, signal: AbortSignal): Promise<Raw> => {
+  try {
+    const res = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json", "idempotency-key": key },
+      body: JSON.stringify(body),
+      signal
+    })
+    const text = await res.text()
+    return { ok: true, status: res.status, body: text === "" ? {} : JSON.parse(text) }
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause
+    return { ok: false, reason: cause?.code ?? cause?.message ?? (error as Error).message ?? String(error) }
+  }
+}
+
+/**
+ * Calls `POST <baseUrl>/<op>`. With probability `duplicateRate` the same request is delivered twice,
+ * concurrently (the transport's duplicate); the first answer that arrived intact is used.
+ * Interrupting the effect (a step timeout) aborts the request: the call is then in doubt.
+ * @since 0.1.0
+ */
+export const call = (options: {
+  readonly endpoint: Endpoint
+  readonly op: string
+  readonly body: Record<string, unknown>
+  readonly idempotencyKey: string
+  readonly duplicateRate: number
+  readonly random: () => number
+  readonly onDuplicate?: () => void
+}): Effect.Effect<unknown, CallError> =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const url = `${options.endpoint.baseUrl}/${options.op}`
+      const twice = options.duplicateRate > 0 && options.random() < options.duplicateRate
+      if (!twice) return post(url, options.body, options.idempotencyKey, signal)
+      options.onDuplicate?.()
+      const both = await Promise.all([
+        post(url, options.body, options.idempotencyKey, signal),
+        post(url, options.body, options.idempotencyKey, signal)
+      ])
+      return both.find((r) => r.ok) ?? both[0]
+    },
+    catch: (error) =>
+      new ServiceInDoubtError({ service: options.endpoint.service, op: options.op, reason: String(error) })
+  }).pipe(
+    Effect.flatMap((raw): Effect.Effect<unknown, CallError> => {
+      const { service } = options.endpoint
+      if (!raw.ok)
+        return Effect.fail(new ServiceInDoubtError({ service, op: options.op, reason: raw.reason }))
+      const body = raw.body as { error?: string; message?: string; result?: unknown }
+      if (raw.status >= 200 && raw.status < 300) return Effect.succeed(body.result)
+      if (raw.status === 409)
+        return Effect.fail(
+          new ServiceRejectedError({
+            service,
+            op: options.op,
+            code: body.error ?? "rejected",
+            reason: body.message ?? ""
+          })
+        )
+      return Effect.fail(
+        new ServiceUnavailableError({
+          service,
+          op: options.op,
+          status: raw.status,
+          reason: body.message ?? ""
+        })
+      )
+    })
+  )

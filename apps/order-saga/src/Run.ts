@@ -1,0 +1,236 @@
+/**
+ * One demo run, as processes: four service processes and an orchestrator process, each with its own
+ * database. The orchestrator may be SIGKILLed after N orders have started and is then restarted; the
+ * new one resumes from the saga log. When every saga has ended the services are stopped and the
+ * invariants are checked from their databases.
+ *
+ * @since 0.1.0
+ */
+import { type ChildProcess, fork } from "node:child_process"
+import { existsSync } from "node:fs"
+import { basename, dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { dbTarget, type RunConfig, type ServiceName, serviceNames } from "./Config.js"
+import * as Database from "./Database.js"
+import type { Endpoint } from "./Http.js"
+import * as Invariants from "./Invariants.js"
+import type { OrderStatus, Tally } from "./Orchestrator.js"
+
+/**
+ * What a run produced.
+ * @since 0.1.0
+ */
+export interface Result {
+  readonly tally: Tally
+  readonly invariants: Invariants.Report
+  /** How many times the orchestrator was killed (and restarted). */
+  readonly orchestratorKills: number
+  /** Requests the transport delivered twice (by every orchestrator of the run, the killed one too). */
+  readonly duplicatesSent: number
+  /** Responses the services dropped after acting. */
+  readonly droppedResponses: number
+  readonly elapsedMillis: number
+}
+
+/**
+ * Progress callbacks.
+ * @since 0.1.0
+ */
+export interface Hooks {
+  readonly phase?: (text: string) => void
+  readonly started?: (orderId: string) => void
+  readonly finished?: (orderId: string, status: OrderStatus) => void
+  readonly killed?: (afterStarted: number) => void
+}
+
+/**
+ * A failure of the demo's machinery (not of an order): printed as one line by the CLI.
+ * @since 0.1.0
+ */
+export class DemoError extends Error {
+  override readonly name = "DemoError"
+}
+
+const binDir = (): string => {
+  const here = dirname(fileURLToPath(import.meta.url))
+  // Under vitest this module runs from src/; the children always run compiled code from dist/.
+  const dir = basename(here) === "src" ? join(here, "..", "dist", "bin") : join(here, "bin")
+  if (!existsSync(join(dir, "service.js")))
+    throw new DemoError(`${dir}/service.js is missing: build first (pnpm --filter @accord/order-saga build)`)
+  return dir
+}
+
+type Message = { readonly type: string } & Record<string, unknown>
+
+const waitFor = (child: ChildProcess, what: string, type: string, timeoutMillis: number): Promise<Message> =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new DemoError(`${what} did not become ready within ${timeoutMillis} ms`)),
+      timeoutMillis
+    )
+    const onMessage = (m: Message) => {
+      if (m.type === type) {
+        cleanup()
+        resolve(m)
+      } else if (m.type === "error") {
+        cleanup()
+        reject(new DemoError(`${what}: ${String(m.message)}`))
+      }
+    }
+    const onExit = (code: number | null) => {
+      cleanup()
+      reject(new DemoError(`${what} exited (code ${code}) before ${type}`))
+    }
+    const cleanup = () => {
+      clearTimeout(timer)
+      child.off("message", onMessage)
+      child.off("exit", onExit)
+    }
+    child.on("message", onMessage)
+    child.on("exit", onExit)
+  })
+
+const exited = (child: ChildProcess): Promise<void> =>
+  child.exitCode !== null || child.signalCode !== null
+    ? Promise.resolve()
+    : new Promise((resolve) => child.once("exit", () => resolve()))
+
+/**
+ * Checks that the databases can be reached and creates (or, with `fresh`, re-creates) them.
+ * @since 0.1.0
+ */
+export const prepareDatabases = async (config: RunConfig): Promise<void> => {
+  try {
+    for (const name of [...serviceNames, "saga"] as const)
+      await Database.ensure(dbTarget(config, name), config.fresh)
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error)
+    throw new DemoError(
+      config.pgUrl === undefined
+        ? `cannot prepare the PGlite folders under ${config.dataRoot}: ${reason}`
+        : `cannot reach PostgreSQL at ${redact(config.pgUrl)}: ${reason}`
+    )
+  }
+}
+
+/**
+ * A URL without its password, for messages.
+ * @since 0.1.0
+ */
+export const redact = (url: string): string => {
+  try {
+    const u = new URL(url)
+    if (u.password !== "") u.password = "***"
+    return u.toString()
+  } catch {
+    return "(unparsable URL)"
+  }
+}
+
+/**
+ * Runs the demo end to end.
+ * @since 0.1.0
+ */
+export const run = async (config: RunConfig, hooks: Hooks = {}): Promise<Result> => {
+  const began = Date.now()
+  const bin = binDir()
+  hooks.phase?.(config.pgUrl === undefined ? "preparing PGlite databases" : "preparing PostgreSQL databases")
+  await prepareDatabases(config)
+
+  const children = new Set<ChildProcess>()
+  const spawn = (script: string, args: ReadonlyArray<string>): ChildProcess => {
+    const child = fork(join(bin, script), [...args], { stdio: ["ignore", "ignore", "inherit", "ipc"] })
+    children.add(child)
+    child.once("exit", () => children.delete(child))
+    return child
+  }
+  try {
+    hooks.phase?.("starting services")
+    const services = new Map<ServiceName, ChildProcess>()
+    const endpoints = {} as Record<ServiceName, Endpoint>
+    await Promise.all(
+      serviceNames.map(async (name) => {
+        const child = spawn("service.js", [name, JSON.stringify(config)])
+        services.set(name, child)
+        const ready = await waitFor(child, `service ${name}`, "ready", 120_000)
+        endpoints[name] = { service: name, baseUrl: `http://127.0.0.1:${Number(ready.port)}` }
+      })
+    )
+
+    hooks.phase?.("placing orders")
+    let kills = 0
+    let duplicatesSent = 0
+    let tally: Tally | undefined
+    const started = new Set<string>()
+    while (tally === undefined) {
+      const orchestrator = spawn("orchestrator.js", [JSON.stringify(config), JSON.stringify(endpoints)])
+      const killAt = kills === 0 ? config.killOrchestratorAfter : undefined
+      let killedNow = false
+      orchestrator.on("message", (m: Message) => {
+        if (m.type === "started" && typeof m.orderId === "string") {
+          if (!started.has(m.orderId)) {
+            started.add(m.orderId)
+            hooks.started?.(m.orderId)
+          }
+          if (killAt !== undefined && !killedNow && started.size >= killAt) {
+            killedNow = true
+            orchestrator.kill("SIGKILL")
+            hooks.killed?.(started.size)
+          }
+        }
+        if (m.type === "duplicated") duplicatesSent++
+        if (m.type === "finished" && typeof m.orderId === "string")
+          hooks.finished?.(m.orderId, m.status as OrderStatus)
+      })
+      try {
+        const done = await waitFor(orchestrator, "orchestrator", "done", 30 * 60_000)
+        tally = done.tally as Tally
+        await exited(orchestrator)
+      } catch (error) {
+        if (!killedNow) throw error
+        await exited(orchestrator)
+        kills++
+        hooks.phase?.(
+          `orchestrator killed after ${started.size} orders started; restarting, it resumes from the log`
+        )
+      }
+    }
+
+    hooks.phase?.("stopping services")
+    let dropped = 0
+    await Promise.all(
+      [...services.values()].map(async (child) => {
+        child.send({ type: "stop" })
+        const stopped = await waitFor(child, "service", "stopped", 30_000).catch(() => undefined)
+        dropped += Number(stopped?.dropped ?? 0)
+        await exited(child)
+      })
+    )
+
+    hooks.phase?.("checking invariants")
+    const dbs = await Promise.all(
+      serviceNames.map((name) => Database.open(dbTarget(config, name), { max: 2 }))
+    )
+    try {
+      const [orders, inventory, payment, shipping] = dbs as [
+        Database.Db,
+        Database.Db,
+        Database.Db,
+        Database.Db
+      ]
+      const invariants = await Invariants.check({ orders, inventory, payment, shipping })
+      return {
+        tally,
+        invariants,
+        orchestratorKills: kills,
+        duplicatesSent,
+        droppedResponses: dropped,
+        elapsedMillis: Date.now() - began
+      }
+    } finally {
+      await Promise.all(dbs.map((db) => db.close()))
+    }
+  } finally {
+    for (const child of children) child.kill("SIGKILL")
+  }
+}

@@ -1,0 +1,1029 @@
+/**
+ * Sagas: a long transaction as a sequence of local steps, each undone by a compensation when a
+ * later step fails for good (DESIGN.md "Saga").
+ *
+ * - Steps run forward in order; a `parallel` group runs its members concurrently. Each step has an
+ *   action, an optional compensation, a retry `Schedule` and a per-attempt timeout, and its
+ *   compensation has its own schedule and timeout.
+ * - A step fails in one of three ways, told apart in the types: `StepBusinessError` (definite: the
+ *   step did not act, never retried), `StepTransientError` (did not act, retried) and
+ *   `StepInDoubtError` / `StepTimeoutError` (may have acted, retried; if the step still fails it is
+ *   compensated too, so a compensation must tolerate "the action never ran").
+ * - When a step fails for good, the started steps are compensated in reverse order (a group's
+ *   members concurrently). A compensation that keeps failing past its schedule ends the saga
+ *   `Stuck`: recorded in the log, returned as an outcome, never dropped; an operator clears it
+ *   with `retryStuck` or `resolveStuck`.
+ * - A `pivot` step is the point of no return: once it completed, the saga only goes forward, and a
+ *   later step that fails for good leaves the saga `Stuck` (phase "action") for an operator.
+ *
+ * **Steps run at least once**, not exactly once: after a crash, a step that started but whose
+ * completion is not in the log is run again, and a timed-out attempt may have acted before the
+ * retry. Every action and compensation receives a stable idempotency key `<sagaId>/<step>`; make the
+ * step idempotent with it (for Postgres, `Barrier` in `@accord/postgres` does this).
+ *
+ * Every record is written to the `SagaLog` before the effect it announces, so `resume` continues a
+ * crashed saga exactly where it stopped and reaches the end state an uninterrupted run would.
+ *
+ * @since 0.1.0
+ */
+import { Data, Duration, Effect, Either, Metric, Option, Random, Schedule, Schema } from "effect"
+import {
+  type Lease,
+  LeaseLostError,
+  type SagaBusyError,
+  type SagaHistory,
+  SagaLog,
+  SagaNotFoundError,
+  SagaRecord
+} from "./SagaLog.js"
+import type { LogError } from "./TransactionError.js"
+import * as TransactionId from "./TransactionId.js"
+
+// ---------------------------------------------------------------------------------------------
+// Step failures
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A definite business failure: the step did not act and retrying cannot help (out of stock,
+ * card declined). Never retried; the step is not compensated.
+ * @since 0.1.0
+ */
+export class StepBusinessError extends Schema.TaggedError<StepBusinessError>()("StepBusinessError", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/**
+ * A transient failure: the step did not act (refused before doing anything, e.g. HTTP 503); retried.
+ * @since 0.1.0
+ */
+export class StepTransientError extends Schema.TaggedError<StepTransientError>()("StepTransientError", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/**
+ * The step may have acted (connection lost after the request was sent); retried, and compensated if
+ * the step fails for good.
+ * @since 0.1.0
+ */
+export class StepInDoubtError extends Schema.TaggedError<StepInDoubtError>()("StepInDoubtError", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/**
+ * An attempt exceeded the step's (or compensation's) timeout. In doubt: it may have acted.
+ * @since 0.1.0
+ */
+export class StepTimeoutError extends Schema.TaggedError<StepTimeoutError>()("StepTimeoutError", {
+  step: Schema.String,
+  phase: Schema.Literal("action", "compensation"),
+  millis: Schema.Number
+}) {
+  override get message(): string {
+    return `${this.phase} of step ${this.step} timed out after ${this.millis} ms`
+  }
+}
+
+/**
+ * What an action or a compensation may fail with.
+ * @since 0.1.0
+ */
+export type StepError = StepBusinessError | StepTransientError | StepInDoubtError
+
+/**
+ * What a retry schedule sees: a step error or a timeout.
+ * @since 0.1.0
+ */
+export type AttemptError = StepError | StepTimeoutError
+
+/**
+ * How a step failed for good, as the log and the outcome record it. `inDoubt` is true when any
+ * attempt may have acted (then the step is compensated).
+ * @since 0.1.0
+ */
+export interface StepFailure {
+  readonly step: string
+  readonly kind: "business" | "transient" | "inDoubt" | "timeout"
+  readonly reason: string
+  readonly inDoubt: boolean
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saga errors and outcome
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The saga definition, id or input was refused; nothing ran.
+ * @since 0.1.0
+ */
+export class InvalidSagaError extends Schema.TaggedError<InvalidSagaError>()("InvalidSagaError", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/**
+ * `runOrFail`: the saga did not complete; its completed steps were compensated.
+ * @since 0.1.0
+ */
+export class SagaCompensatedError extends Schema.TaggedError<SagaCompensatedError>()("SagaCompensatedError", {
+  sagaId: Schema.String,
+  step: Schema.String,
+  reason: Schema.String,
+  undone: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    return `saga ${this.sagaId} compensated: step ${this.step} failed: ${this.reason}`
+  }
+}
+
+/**
+ * The saga is stuck: a compensation (or, after the pivot, an action) kept failing past its
+ * schedule. It is recorded in the log with status `stuck`; an operator must act
+ * (`retryStuck` / `resolveStuck`).
+ * @since 0.1.0
+ */
+export class SagaStuckError extends Schema.TaggedError<SagaStuckError>()("SagaStuckError", {
+  sagaId: Schema.String,
+  step: Schema.String,
+  phase: Schema.Literal("action", "compensation"),
+  cause: Schema.String
+}) {
+  override get message(): string {
+    return `saga ${this.sagaId} stuck at the ${this.phase} of step ${this.step}: ${this.cause}`
+  }
+}
+
+/**
+ * The errors of running a saga (not its outcome).
+ * @since 0.1.0
+ */
+export type SagaError = LogError | InvalidSagaError | SagaNotFoundError | LeaseLostError | SagaBusyError
+
+/**
+ * The end of a saga.
+ * - `Completed`: every step completed; `outputs` by step name.
+ * - `Compensated`: a step failed for good (`cause`); the steps in `undone` were compensated, in the
+ *   order their compensations ran.
+ * - `Stuck`: `step`'s compensation (or, after the pivot, its action) kept failing; an operator must act.
+ * @since 0.1.0
+ */
+export type Outcome = Data.TaggedEnum<{
+  Completed: { readonly sagaId: string; readonly outputs: Readonly<Record<string, unknown>> }
+  Compensated: {
+    readonly sagaId: string
+    readonly cause: StepFailure
+    readonly undone: ReadonlyArray<string>
+  }
+  Stuck: {
+    readonly sagaId: string
+    readonly step: string
+    readonly phase: "action" | "compensation"
+    readonly cause: string
+  }
+}>
+/** @since 0.1.0 */
+export const Outcome = Data.taggedEnum<Outcome>()
+
+// ---------------------------------------------------------------------------------------------
+// Definitions
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What an action receives.
+ * @since 0.1.0
+ */
+export interface StepContext {
+  readonly sagaId: string
+  /** The saga type name. */
+  readonly sagaName: string
+  readonly step: string
+  /** `<sagaId>/<step>`: the same for every attempt, retry and resumption of this step. */
+  readonly key: string
+  /** The saga's input, as given to `run` (JSON). */
+  readonly input: unknown
+  /** Outputs of the steps completed so far, by step name. */
+  readonly outputs: Readonly<Record<string, unknown>>
+  /** 1-based attempt number within this run of the step. */
+  readonly attempt: number
+}
+
+/**
+ * What a compensation receives. `output` is `None` when the action's completion was never
+ * recorded (in doubt): the action may or may not have run, and the compensation must cope with both.
+ * @since 0.1.0
+ */
+export interface CompensationContext<A> extends StepContext {
+  readonly output: Option.Option<A>
+}
+
+/**
+ * A step of a saga.
+ * @since 0.1.0
+ */
+export interface Step<A, R> {
+  readonly _tag: "Step"
+  readonly name: string
+  readonly action: (ctx: StepContext) => Effect.Effect<A, StepError, R>
+  /** Undoes the action; absent for steps with nothing to undo (reads, the pivot). */
+  compensation?(ctx: CompensationContext<A>): Effect.Effect<void, StepError, R>
+  readonly retry: Schedule.Schedule<unknown, AttemptError>
+  readonly timeout: Duration.Duration
+  readonly compensationRetry: Schedule.Schedule<unknown, AttemptError>
+  readonly compensationTimeout: Duration.Duration
+  readonly pivot: boolean
+}
+
+/**
+ * Steps that run concurrently and fail together.
+ * @since 0.1.0
+ */
+export interface Group<R> {
+  readonly _tag: "Group"
+  readonly name: string
+  // biome-ignore lint/suspicious/noExplicitAny: existential step output; the log stores it as JSON
+  readonly steps: ReadonlyArray<Step<any, R>>
+}
+
+/**
+ * A saga definition. `name` is its type: `resume` finds the definition of a logged saga by it.
+ * @since 0.1.0
+ */
+export interface Saga<R> {
+  readonly name: string
+  // biome-ignore lint/suspicious/noExplicitAny: existential step output; the log stores it as JSON
+  readonly units: ReadonlyArray<Step<any, R> | Group<R>>
+}
+
+/**
+ * Defaults of step options.
+ * @since 0.1.0
+ */
+export const defaults = {
+  retry: Schedule.exponential(Duration.millis(100), 2).pipe(
+    Schedule.jittered,
+    Schedule.intersect(Schedule.recurs(3))
+  ),
+  timeout: Duration.seconds(30),
+  compensationRetry: Schedule.exponential(Duration.millis(100), 2).pipe(
+    Schedule.union(Schedule.spaced(Duration.seconds(5))),
+    Schedule.jittered,
+    Schedule.intersect(Schedule.recurs(10))
+  ),
+  compensationTimeout: Duration.seconds(30),
+  leaseFor: Duration.seconds(30)
+} as const
+
+/**
+ * Options of a step.
+ * @since 0.1.0
+ */
+export interface StepOptions<A, R> {
+  /** `[A-Za-z0-9._-]{1,64}`, unique in the saga. */
+  readonly name: string
+  /** The forward action. Its output must be JSON-serialisable: it is written to the log. */
+  readonly action: (ctx: StepContext) => Effect.Effect<A, StepError, R>
+  readonly compensation?: (ctx: CompensationContext<A>) => Effect.Effect<void, StepError, R>
+  /** Retries of the action (business failures are never retried). Default `defaults.retry`. */
+  readonly retry?: Schedule.Schedule<unknown, AttemptError>
+  /** Bound on each attempt of the action. Default 30 s. */
+  readonly timeout?: Duration.DurationInput
+  /** Retries of the compensation; past them the saga is Stuck. Default `defaults.compensationRetry`. */
+  readonly compensationRetry?: Schedule.Schedule<unknown, AttemptError>
+  /** Bound on each attempt of the compensation. Default 30 s. */
+  readonly compensationTimeout?: Duration.DurationInput
+  /** Once this step completes the saga only goes forward. */
+  readonly pivot?: boolean
+}
+
+/**
+ * Defines a step.
+ * @since 0.1.0
+ */
+export const step = <A, R = never>(options: StepOptions<A, R>): Step<A, R> => ({
+  _tag: "Step",
+  name: options.name,
+  action: options.action,
+  ...(options.compensation === undefined ? {} : { compensation: options.compensation }),
+  retry: options.retry ?? defaults.retry,
+  timeout: Duration.decode(options.timeout ?? defaults.timeout),
+  compensationRetry: options.compensationRetry ?? defaults.compensationRetry,
+  compensationTimeout: Duration.decode(options.compensationTimeout ?? defaults.compensationTimeout),
+  pivot: options.pivot ?? false
+})
+
+/**
+ * Defines a group of steps that run concurrently. If one fails for good, the others are let finish
+ * and every member that completed (or is in doubt) is compensated, concurrently.
+ * @since 0.1.0
+ */
+// biome-ignore lint/suspicious/noExplicitAny: existential step output
+export const parallel = <R>(name: string, steps: ReadonlyArray<Step<any, R>>): Group<R> => ({
+  _tag: "Group",
+  name,
+  steps
+})
+
+/**
+ * Defines a saga.
+ * @since 0.1.0
+ */
+export const make = <R>(options: {
+  readonly name: string
+  // biome-ignore lint/suspicious/noExplicitAny: existential step output
+  readonly steps: ReadonlyArray<Step<any, R> | Group<R>>
+}): Saga<R> => ({ name: options.name, units: options.steps })
+
+/**
+ * Saga definitions by type name, for `resume` and `sweep`.
+ * @since 0.1.0
+ */
+export type Registry<R> = ReadonlyMap<string, Saga<R>>
+
+/**
+ * Builds a registry.
+ * @since 0.1.0
+ */
+export const registry = <R>(sagas: ReadonlyArray<Saga<R>>): Registry<R> =>
+  new Map(sagas.map((s) => [s.name, s]))
+
+const stepNamePattern = /^[A-Za-z0-9._-]{1,64}$/
+const sagaIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
+
+/**
+ * Checks a definition: unique well-formed names, no pivot inside a group, at least one step.
+ * @since 0.1.0
+ */
+export const validate = <R>(saga: Saga<R>): Either.Either<Saga<R>, InvalidSagaError> => {
+  const fail = (reason: string) =>
+    Either.left(new InvalidSagaError({ reason: `saga ${saga.name}: ${reason}` }))
+  if (typeof saga.name !== "string" || !stepNamePattern.test(saga.name)) {
+    return Either.left(new InvalidSagaError({ reason: `invalid saga name ${JSON.stringify(saga.name)}` }))
+  }
+  const seen = new Set<string>()
+  let count = 0
+  for (const unit of saga.units) {
+    const members = unit._tag === "Group" ? unit.steps : [unit]
+    if (unit._tag === "Group" && members.length === 0) return fail(`group ${unit.name} is empty`)
+    for (const s of members) {
+      if (!stepNamePattern.test(s.name))
+        return fail(`invalid step name ${JSON.stringify(s.name)}: use [A-Za-z0-9._-]{1,64}`)
+      if (seen.has(s.name)) return fail(`duplicate step name ${s.name}`)
+      if (unit._tag === "Group" && s.pivot)
+        return fail(`the pivot ${s.name} cannot be inside a parallel group`)
+      seen.add(s.name)
+      count++
+    }
+  }
+  return count === 0 ? fail("a saga needs at least one step") : Either.right(saga)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay: the state of a saga reconstructed from its log records
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A saga's state as its records describe it.
+ * @since 0.1.0
+ */
+export interface Replayed {
+  readonly started: ReadonlySet<string>
+  readonly completed: ReadonlyMap<string, unknown>
+  readonly failed: ReadonlyMap<string, StepFailure>
+  readonly compensationStarted: ReadonlySet<string>
+  /** Steps compensated, in order. */
+  readonly undone: ReadonlyArray<string>
+  /** The recorded end, unless an operator asked for a retry after it. */
+  readonly ended: Option.Option<Outcome>
+}
+
+/**
+ * Folds a saga's records into its state.
+ * @since 0.1.0
+ */
+export const replay = (records: ReadonlyArray<SagaRecord>): Replayed => {
+  const started = new Set<string>()
+  const completed = new Map<string, unknown>()
+  const failed = new Map<string, StepFailure>()
+  const compensationStarted = new Set<string>()
+  const undone: Array<string> = []
+  let ended: Option.Option<Outcome> = Option.none()
+  for (const r of records) {
+    switch (r._tag) {
+      case "StepStarted":
+        started.add(r.step)
+        break
+      case "StepCompleted":
+        completed.set(r.step, r.output)
+        failed.delete(r.step)
+        break
+      case "StepFailed":
+        failed.set(r.step, r.failure)
+        break
+      case "CompensationStarted":
+        compensationStarted.add(r.step)
+        break
+      case "CompensationCompleted":
+        if (!undone.includes(r.step)) undone.push(r.step)
+        break
+      case "SagaEnded":
+        ended = Option.some(r.outcome)
+        break
+      case "OperatorAction":
+        if (r.action === "retry") ended = Option.none()
+        break
+      case "SagaStarted":
+        break
+    }
+  }
+  return { started, completed, failed, compensationStarted, undone, ended }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Options of `run`.
+ * @since 0.1.0
+ */
+export interface RunOptions {
+  /** The saga id (default: a fresh ULID). `[A-Za-z0-9._:-]{1,128}`. */
+  readonly sagaId?: string
+  /** This orchestrator's identity in leases (default: a random one per call). */
+  readonly owner?: string
+  /** How long a lease lasts; renewed every third of it while the saga runs. Default 30 s. */
+  readonly leaseFor?: Duration.DurationInput
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: existential step output
+type AnyStep<R> = Step<any, R>
+
+interface Running<R> {
+  readonly saga: Saga<R>
+  readonly sagaId: string
+  readonly input: unknown
+  readonly owner: string
+  readonly log: SagaLog["Type"]
+  readonly completed: Map<string, unknown>
+  /** Set just before `SagaEnded` is written: that write releases the lease, so the heartbeat must not mistake it for a loss. */
+  readonly ending: { value: boolean }
+}
+
+const freshOwner = Effect.map(Random.nextIntBetween(0, 2 ** 31), (n) => `orchestrator-${n.toString(36)}`)
+
+const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<string, unknown>> =>
+  Object.fromEntries(completed)
+
+const failureOf = (step: string, error: AttemptError, inDoubt: boolean): StepFailure => {
+  switch (error._tag) {
+    case "StepBusinessError":
+      return { step, kind: "business", reason: error.reason, inDoubt }
+    case "StepTransientError":
+      return { step, kind: "transient", reason: error.reason, inDoubt }
+    case "StepInDoubtError":
+      return { step, kind: "inDoubt", reason: error.reason, inDoubt: true }
+    case "StepTimeoutError":
+      return { step, kind: "timeout", reason: error.message, inDoubt: true }
+  }
+}
+
+const isInDoubt = (e: AttemptError): boolean => e._tag === "StepInDoubtError" || e._tag === "StepTimeoutError"
+
+const runAction = Effect.fn("Saga.action")(function* <R>(
+  run: Running<R>,
+  s: AnyStep<R>,
+  startedBefore: boolean
+) {
+  yield* Effect.annotateCurrentSpan({ sagaId: run.sagaId, step: s.name, phase: "action" })
+  yield* run.log.append(SagaRecord.StepStarted({ sagaId: run.sagaId, step: s.name }), run.owner)
+  const outputs = outputsOf(run.completed)
+  let attempt = 0
+  // A step already started by an earlier run, without a recorded end, may have acted then: it is in
+  // doubt whatever the new attempts say, so if it fails now it is still compensated.
+  let inDoubt = startedBefore
+  const once = Effect.suspend(() => {
+    attempt++
+    return s
+      .action({
+        sagaId: run.sagaId,
+        sagaName: run.saga.name,
+        step: s.name,
+        key: `${run.sagaId}/${s.name}`,
+        input: run.input,
+        outputs,
+        attempt
+      })
+      .pipe(
+        Effect.timeoutFail({
+          duration: s.timeout,
+          onTimeout: () =>
+            new StepTimeoutError({ step: s.name, phase: "action", millis: Duration.toMillis(s.timeout) })
+        }),
+        Effect.tapError((e: AttemptError) =>
+          Effect.sync(() => {
+            if (isInDoubt(e)) inDoubt = true
+          })
+        )
+      )
+  })
+  const result = yield* Effect.either(
+    Effect.retry(once, { schedule: s.retry, while: (e: AttemptError) => e._tag !== "StepBusinessError" })
+  )
+  if (Either.isRight(result)) {
+    yield* run.log.append(
+      SagaRecord.StepCompleted({ sagaId: run.sagaId, step: s.name, output: result.right }),
+      run.owner
+    )
+    return Either.right(result.right)
+  }
+  const failure = failureOf(s.name, result.left, inDoubt)
+  yield* Effect.annotateCurrentSpan({ failure: failure.kind })
+  yield* run.log.append(SagaRecord.StepFailed({ sagaId: run.sagaId, step: s.name, failure }), run.owner)
+  return Either.left(failure)
+})
+
+const runCompensation = Effect.fn("Saga.compensation")(function* <R>(run: Running<R>, s: AnyStep<R>) {
+  yield* Effect.annotateCurrentSpan({ sagaId: run.sagaId, step: s.name, phase: "compensation" })
+  const compensation = s.compensation
+  if (compensation === undefined) return Option.none<string>()
+  yield* run.log.append(SagaRecord.CompensationStarted({ sagaId: run.sagaId, step: s.name }), run.owner)
+  const output = run.completed.has(s.name) ? Option.some(run.completed.get(s.name)) : Option.none()
+  const outputs = outputsOf(run.completed)
+  let attempt = 0
+  const once = Effect.suspend(() => {
+    attempt++
+    return compensation({
+      sagaId: run.sagaId,
+      sagaName: run.saga.name,
+      step: s.name,
+      key: `${run.sagaId}/${s.name}`,
+      input: run.input,
+      outputs,
+      attempt,
+      output
+    }).pipe(
+      Effect.timeoutFail({
+        duration: s.compensationTimeout,
+        onTimeout: () =>
+          new StepTimeoutError({
+            step: s.name,
+            phase: "compensation",
+            millis: Duration.toMillis(s.compensationTimeout)
+          })
+      })
+    )
+  })
+  const result = yield* Effect.either(
+    Effect.retry(once, {
+      schedule: s.compensationRetry,
+      while: (e: AttemptError) => e._tag !== "StepBusinessError"
+    })
+  )
+  if (Either.isLeft(result)) {
+    // Not retried further: the saga becomes Stuck (the caller records it).
+    yield* Effect.annotateCurrentSpan({ stuck: true })
+    return Option.some(result.left.message)
+  }
+  yield* run.log.append(SagaRecord.CompensationCompleted({ sagaId: run.sagaId, step: s.name }), run.owner)
+  return Option.none<string>()
+})
+
+/**
+ * Sagas ended, by outcome (`outcome` tag: Completed, Compensated, Stuck).
+ * @since 0.1.0
+ */
+export const outcomes = Metric.counter("accord_saga_outcomes_total", {
+  description: "sagas ended, by outcome",
+  incremental: true
+})
+
+const end = <R>(run: Running<R>, outcome: Outcome) =>
+  run.log
+    .append(SagaRecord.SagaEnded({ sagaId: run.sagaId, outcome }), run.owner)
+    .pipe(
+      Effect.zipRight(Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))),
+      Effect.as(outcome)
+    )
+
+/** Which steps must be compensated: started (completed, in doubt, or failed in doubt), with a compensation. */
+const needsCompensation = <R>(s: AnyStep<R>, state: Replayed): boolean => {
+  if (s.compensation === undefined || !state.started.has(s.name)) return false
+  const failure = state.failed.get(s.name)
+  return failure === undefined || failure.inDoubt
+}
+
+const compensate = Effect.fn("Saga.compensate")(function* <R>(
+  run: Running<R>,
+  state: Replayed,
+  cause: StepFailure
+) {
+  yield* Effect.annotateCurrentSpan({ sagaId: run.sagaId, phase: "compensation", failedStep: cause.step })
+  const undone = [...state.undone]
+  for (let i = run.saga.units.length - 1; i >= 0; i--) {
+    const unit = run.saga.units[i]!
+    const members = (unit._tag === "Group" ? unit.steps : [unit]).filter(
+      (s) => needsCompensation(s, state) && !undone.includes(s.name)
+    )
+    if (members.length === 0) continue
+    const results = yield* Effect.forEach(
+      members,
+      (s) => runCompensation(run, s).pipe(Effect.map((stuck) => ({ step: s.name, stuck }))),
+      { concurrency: "unbounded" }
+    )
+    for (const r of results) if (Option.isNone(r.stuck)) undone.push(r.step)
+    const stuck = results.find((r) => Option.isSome(r.stuck))
+    if (stuck !== undefined) {
+      return yield* end(
+        run,
+        Outcome.Stuck({
+          sagaId: run.sagaId,
+          step: stuck.step,
+          phase: "compensation",
+          cause: Option.getOrElse(stuck.stuck, () => "")
+        })
+      )
+    }
+  }
+  return yield* end(run, Outcome.Compensated({ sagaId: run.sagaId, cause, undone }))
+})
+
+const stepIndex = <R>(saga: Saga<R>): Map<string, number> => {
+  const index = new Map<string, number>()
+  let i = 0
+  for (const unit of saga.units)
+    for (const s of unit._tag === "Group" ? unit.steps : [unit]) index.set(s.name, i++)
+  return index
+}
+
+/** The failure that sends the saga backwards: the earliest failed step in definition order. */
+const firstFailure = <R>(
+  saga: Saga<R>,
+  failed: ReadonlyMap<string, StepFailure>
+): Option.Option<StepFailure> => {
+  const index = stepIndex(saga)
+  const sorted = [...failed.values()].sort((a, b) => (index.get(a.step) ?? 0) - (index.get(b.step) ?? 0))
+  return Option.fromNullable(sorted[0])
+}
+
+const pivotPassed = <R>(saga: Saga<R>, completed: ReadonlyMap<string, unknown>): boolean =>
+  saga.units.some((u) => u._tag === "Step" && u.pivot && completed.has(u.name))
+
+/** Drives a saga from its replayed state to its end. */
+const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: ReadonlyArray<SagaRecord>) {
+  let state = replay(records)
+  if (Option.isSome(state.ended)) return state.ended.value
+  for (const [k, v] of state.completed) run.completed.set(k, v)
+  const backwards = pivotPassed(run.saga, state.completed)
+    ? Option.none()
+    : firstFailure(run.saga, state.failed)
+  if (Option.isSome(backwards)) return yield* compensate(run, state, backwards.value)
+  const started = new Set(state.started)
+  const failed = new Map(state.failed)
+  for (const unit of run.saga.units) {
+    const members = (unit._tag === "Group" ? unit.steps : [unit]).filter((s) => !run.completed.has(s.name))
+    if (members.length === 0) continue
+    const afterPivot = pivotPassed(run.saga, run.completed)
+    const results = yield* Effect.forEach(
+      members,
+      (s) => {
+        started.add(s.name)
+        const startedBefore = state.started.has(s.name) && state.failed.get(s.name)?.inDoubt !== false
+        return runAction(run, s, startedBefore).pipe(Effect.map((r) => ({ step: s.name, r })))
+      },
+      { concurrency: "unbounded" }
+    )
+    for (const { step: name, r } of results) {
+      if (Either.isRight(r)) run.completed.set(name, r.right)
+      else failed.set(name, r.left)
+    }
+    const failure = firstFailure(
+      run.saga,
+      new Map(
+        [...failed].filter(([name]) => members.some((m) => m.name === name) && !run.completed.has(name))
+      )
+    )
+    if (Option.isSome(failure)) {
+      if (afterPivot) {
+        return yield* end(
+          run,
+          Outcome.Stuck({
+            sagaId: run.sagaId,
+            step: failure.value.step,
+            phase: "action",
+            cause: `${failure.value.kind}: ${failure.value.reason}`
+          })
+        )
+      }
+      state = { ...state, started, failed, completed: new Map(run.completed) }
+      return yield* compensate(run, state, failure.value)
+    }
+  }
+  return yield* end(run, Outcome.Completed({ sagaId: run.sagaId, outputs: outputsOf(run.completed) }))
+})
+
+/** Runs `work` while renewing the lease; if the lease is lost, `work` is interrupted. */
+const withLease = <A, E, R>(
+  log: SagaLog["Type"],
+  sagaId: string,
+  lease: Lease,
+  ending: { readonly value: boolean },
+  work: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | LeaseLostError, R> => {
+  const every = Duration.millis(
+    Math.max(1, Math.floor(Duration.toMillis(Duration.decode(lease.leaseFor)) / 3))
+  )
+  const heartbeat = Effect.sleep(every).pipe(
+    Effect.zipRight(Effect.either(log.renewLease(sagaId, lease))),
+    // A failed renewal (log unreachable) is tried again at the next beat; only "not the owner" stops.
+    Effect.flatMap((renewed) =>
+      Either.isRight(renewed) && !renewed.right && !ending.value
+        ? Effect.fail(new LeaseLostError({ sagaId, owner: lease.owner }))
+        : Effect.void
+    ),
+    Effect.forever
+  )
+  return Effect.raceFirst(work, heartbeat)
+}
+
+/**
+ * Runs a new saga to its end: `Completed`, `Compensated` or `Stuck`. The start and every step are
+ * recorded in the `SagaLog` first; the saga holds a lease while it runs.
+ * @since 0.1.0
+ */
+export const run: <R>(
+  saga: Saga<R>,
+  input: unknown,
+  options?: RunOptions
+) => Effect.Effect<Outcome, SagaError, SagaLog | R> = Effect.fn("Saga.run")(function* <R>(
+  saga: Saga<R>,
+  input: unknown,
+  options?: RunOptions
+) {
+  yield* validate(saga)
+  const sagaId = options?.sagaId ?? (yield* TransactionId.make)
+  if (!sagaIdPattern.test(sagaId)) {
+    return yield* Effect.fail(new InvalidSagaError({ reason: `invalid saga id ${JSON.stringify(sagaId)}` }))
+  }
+  yield* Effect.annotateCurrentSpan({ sagaId, saga: saga.name })
+  const log = yield* SagaLog
+  const lease: Lease = {
+    owner: options?.owner ?? (yield* freshOwner),
+    leaseFor: options?.leaseFor ?? defaults.leaseFor
+  }
+  const started = SagaRecord.SagaStarted({ sagaId, sagaType: saga.name, input })
+  yield* log.start(started, lease)
+  const running: Running<R> = {
+    saga,
+    sagaId,
+    input,
+    owner: lease.owner,
+    log,
+    completed: new Map(),
+    ending: { value: false }
+  }
+  return yield* withLease(log, sagaId, lease, running.ending, drive(running, [started]))
+})
+
+/**
+ * Runs a new saga and returns its outputs; a compensated or stuck saga is a typed failure.
+ * @since 0.1.0
+ */
+export const runOrFail = <R>(
+  saga: Saga<R>,
+  input: unknown,
+  options?: RunOptions
+): Effect.Effect<
+  Readonly<Record<string, unknown>>,
+  SagaError | SagaCompensatedError | SagaStuckError,
+  SagaLog | R
+> => Effect.flatMap(run(saga, input, options), orFail)
+
+/**
+ * Turns an outcome into the outputs, or a typed failure.
+ * @since 0.1.0
+ */
+export const orFail = (
+  outcome: Outcome
+): Effect.Effect<Readonly<Record<string, unknown>>, SagaCompensatedError | SagaStuckError> =>
+  Outcome.$match(outcome, {
+    Completed: (o) => Effect.succeed(o.outputs),
+    Compensated: (o) =>
+      Effect.fail(
+        new SagaCompensatedError({
+          sagaId: o.sagaId,
+          step: o.cause.step,
+          reason: o.cause.reason,
+          undone: [...o.undone]
+        })
+      ),
+    Stuck: (o) =>
+      Effect.fail(new SagaStuckError({ sagaId: o.sagaId, step: o.step, phase: o.phase, cause: o.cause }))
+  })
+
+/**
+ * Options of `resume` and `retryStuck`.
+ * @since 0.1.0
+ */
+export interface ResumeOptions {
+  readonly owner?: string
+  readonly leaseFor?: Duration.DurationInput
+}
+
+const continueClaimed = <R>(
+  sagas: Registry<R>,
+  history: SagaHistory,
+  lease: Lease,
+  extra: ReadonlyArray<SagaRecord> = []
+): Effect.Effect<Outcome, SagaError, SagaLog | R> =>
+  Effect.gen(function* () {
+    const log = yield* SagaLog
+    const saga = sagas.get(history.sagaType)
+    if (saga === undefined) {
+      yield* log.release(history.sagaId, lease.owner)
+      return yield* Effect.fail(
+        new InvalidSagaError({
+          reason: `saga ${history.sagaId}: no definition registered for type ${history.sagaType}`
+        })
+      )
+    }
+    yield* validate(saga)
+    const running: Running<R> = {
+      saga,
+      sagaId: history.sagaId,
+      input: history.input,
+      owner: lease.owner,
+      log,
+      completed: new Map(),
+      ending: { value: false }
+    }
+    return yield* withLease(
+      log,
+      history.sagaId,
+      lease,
+      running.ending,
+      drive(running, [...history.records, ...extra])
+    )
+  })
+
+/**
+ * Resumes a saga from its log records with the same definition (found by type name): a step that
+ * started without completing is run again (at least once) or compensated, whichever an
+ * uninterrupted run would have done. An ended saga returns its recorded outcome and runs nothing.
+ * Fails with `SagaBusyError` while another orchestrator holds a live lease.
+ * @since 0.1.0
+ */
+export const resume: <R>(
+  sagas: Registry<R>,
+  sagaId: string,
+  options?: ResumeOptions
+) => Effect.Effect<Outcome, SagaError, SagaLog | R> = Effect.fn("Saga.resume")(function* <R>(
+  sagas: Registry<R>,
+  sagaId: string,
+  options?: ResumeOptions
+) {
+  yield* Effect.annotateCurrentSpan({ sagaId })
+  const log = yield* SagaLog
+  const existing = yield* log.load(sagaId)
+  if (Option.isNone(existing)) return yield* Effect.fail(new SagaNotFoundError({ sagaId }))
+  const ended = replay(existing.value.records).ended
+  if (Option.isSome(ended)) return ended.value
+  const lease: Lease = {
+    owner: options?.owner ?? (yield* freshOwner),
+    leaseFor: options?.leaseFor ?? defaults.leaseFor
+  }
+  const history = yield* log.claim(sagaId, lease)
+  return yield* continueClaimed(sagas, history, lease)
+})
+
+/**
+ * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end.
+ * Several orchestrators may sweep one log at once: a saga is claimed by one of them at a time.
+ * @since 0.1.0
+ */
+export const sweep: <R>(
+  sagas: Registry<R>,
+  options: {
+    readonly owner: string
+    readonly leaseFor?: Duration.DurationInput
+    readonly limit?: number
+    readonly concurrency?: number
+  }
+) => Effect.Effect<ReadonlyArray<Outcome>, LogError, SagaLog | R> = Effect.fn("Saga.sweep")(function* <R>(
+  sagas: Registry<R>,
+  options: {
+    readonly owner: string
+    readonly leaseFor?: Duration.DurationInput
+    readonly limit?: number
+    readonly concurrency?: number
+  }
+) {
+  const log = yield* SagaLog
+  const lease: Lease = { owner: options.owner, leaseFor: options.leaseFor ?? defaults.leaseFor }
+  const claimed = yield* log.claimAbandoned({ ...lease, limit: options.limit ?? 100 })
+  const results = yield* Effect.forEach(
+    claimed,
+    (h) =>
+      Effect.either(continueClaimed(sagas, h, lease)).pipe(
+        Effect.tap((r) =>
+          Either.isLeft(r)
+            ? Effect.logWarning(`saga sweep: ${h.sagaId} not finished now: ${r.left.message}`)
+            : Effect.void
+        )
+      ),
+    { concurrency: options.concurrency ?? 8 }
+  )
+  // A saga that could not be finished now (lease lost, log error, no definition) stays in the log
+  // for the next sweep; only log failures of the sweep itself are errors.
+  return results.flatMap((r) => (Either.isRight(r) ? [r.right] : []))
+})
+
+/**
+ * Operator: runs a stuck saga again from where it stuck (the failed compensation, or after the pivot
+ * the failed action), with fresh retries. Records an `OperatorAction` first.
+ * @since 0.1.0
+ */
+export const retryStuck: <R>(
+  sagas: Registry<R>,
+  sagaId: string,
+  options?: ResumeOptions & { readonly note?: string }
+) => Effect.Effect<Outcome, SagaError, SagaLog | R> = Effect.fn("Saga.retryStuck")(function* <R>(
+  sagas: Registry<R>,
+  sagaId: string,
+  options?: ResumeOptions & { readonly note?: string }
+) {
+  yield* Effect.annotateCurrentSpan({ sagaId })
+  const log = yield* SagaLog
+  const lease: Lease = {
+    owner: options?.owner ?? (yield* freshOwner),
+    leaseFor: options?.leaseFor ?? defaults.leaseFor
+  }
+  const history = yield* log.claim(sagaId, lease)
+  const ended = replay(history.records).ended
+  if (Option.isSome(ended) && ended.value._tag !== "Stuck") {
+    yield* log.release(sagaId, lease.owner)
+    return ended.value
+  }
+  const action = SagaRecord.OperatorAction({ sagaId, action: "retry", note: options?.note ?? "retry" })
+  yield* log.append(action, lease.owner)
+  return yield* continueClaimed(sagas, history, lease, [action])
+})
+
+/**
+ * Operator: declares a stuck saga resolved by hand. A saga stuck in a compensation ends
+ * `Compensated` (the stuck step counted as undone); one stuck after the pivot ends `Completed`.
+ * Nothing runs.
+ * @since 0.1.0
+ */
+export const resolveStuck: (
+  sagaId: string,
+  note: string,
+  options?: ResumeOptions
+) => Effect.Effect<Outcome, SagaError, SagaLog> = Effect.fn("Saga.resolveStuck")(function* (
+  sagaId: string,
+  note: string,
+  options?: ResumeOptions
+) {
+  yield* Effect.annotateCurrentSpan({ sagaId })
+  const log = yield* SagaLog
+  const lease: Lease = {
+    owner: options?.owner ?? (yield* freshOwner),
+    leaseFor: options?.leaseFor ?? defaults.leaseFor
+  }
+  const history = yield* log.claim(sagaId, lease)
+  const state = replay(history.records)
+  if (Option.isNone(state.ended) || state.ended.value._tag !== "Stuck") {
+    yield* log.release(sagaId, lease.owner)
+    return yield* Effect.fail(new InvalidSagaError({ reason: `saga ${sagaId} is not stuck` }))
+  }
+  const stuck = state.ended.value
+  yield* log.append(SagaRecord.OperatorAction({ sagaId, action: "resolve", note }), lease.owner)
+  const outcome: Outcome =
+    stuck.phase === "action"
+      ? Outcome.Completed({ sagaId, outputs: outputsOf(state.completed) })
+      : Outcome.Compensated({
+          sagaId,
+          cause: Option.getOrElse(firstFailure({ name: history.sagaType, units: [] }, state.failed), () => ({
+            step: stuck.step,
+            kind: "business" as const,
+            reason: stuck.cause,
+            inDoubt: false
+          })),
+          undone: [...state.undone, stuck.step]
+        })
+  yield* log.append(SagaRecord.SagaEnded({ sagaId, outcome }), lease.owner)
+  return outcome
+})

@@ -1,0 +1,302 @@
+/**
+ * The Promise facade of `Saga`, with the seed's names:
+ *
+ * ```ts
+ * const saga = new SagaOrchestrator({ name: "order" })
+ *   .addStep({ name: "reserve", action: (ctx) => inventory.reserve(ctx.key), compensation: (ctx) => inventory.release(ctx.key) })
+ *   .addStep({ name: "charge", action: (ctx) => payment.charge(ctx.key), compensation: (ctx) => payment.refund(ctx.key) })
+ * const result = await saga.execute({ orderId: 42 })   // { status: "completed" | "compensated" | "stuck", ... }
+ * ```
+ *
+ * Steps run at least once; use `ctx.key` (`<sagaId>/<step>`) to make them idempotent. A rejected
+ * action is a definite (business) failure unless the error says otherwise: throw
+ * `SagaOrchestrator.transient(reason)` / `SagaOrchestrator.inDoubt(reason)`, or an error with
+ * `retryable: true` / `inDoubt: true`. Timed-out attempts are aborted through `ctx.signal`.
+ *
+ * @since 0.1.0
+ */
+import { Duration, Effect, Option, Schedule } from "effect"
+import * as Saga from "./Saga.js"
+import { SagaLog, makeMemory } from "./SagaLog.js"
+
+/**
+ * What a Promise action receives.
+ * @since 0.1.0
+ */
+export interface ActionContext extends Saga.StepContext {
+  /** Aborted when the attempt times out or the saga is interrupted. */
+  readonly signal: AbortSignal
+}
+
+/**
+ * What a Promise compensation receives. `output` is `undefined` when the action's completion was
+ * never recorded: it may not have run at all.
+ * @since 0.1.0
+ */
+export interface CompensationContext extends Saga.StepContext {
+  readonly signal: AbortSignal
+  readonly output: unknown
+  readonly completed: boolean
+}
+
+/**
+ * A step of the facade. Times are milliseconds.
+ * @since 0.1.0
+ */
+export interface StepSpec {
+  /** Default `step-<n>`. */
+  readonly name?: string
+  readonly action: (ctx: ActionContext) => Promise<unknown>
+  readonly compensation?: (ctx: CompensationContext) => Promise<unknown>
+  /** Per attempt; default the orchestrator's `stepTimeout` (30 000). */
+  readonly timeout?: number
+  /** Retries after the first attempt; default the orchestrator's `retries` (3). */
+  readonly retries?: number
+  readonly compensationTimeout?: number
+  /** Default the orchestrator's `compensationRetries` (10); past them the saga is stuck. */
+  readonly compensationRetries?: number
+  readonly pivot?: boolean
+}
+
+/**
+ * Options of the orchestrator.
+ * @since 0.1.0
+ */
+export interface OrchestratorOptions {
+  /** The saga type name (for resumption). Default `"saga"`. */
+  readonly name?: string
+  /** The saga log (e.g. from `PgSagaLog.make`). Default: a fresh in-memory log (not durable). */
+  readonly log?: SagaLog["Type"]
+  /** This orchestrator's identity in leases. */
+  readonly owner?: string
+  /** Lease duration in ms (default 30 000). */
+  readonly leaseFor?: number
+  /** Default per-attempt timeout of actions and compensations, ms (default 30 000). */
+  readonly stepTimeout?: number
+  /** Default retries of actions (default 3). */
+  readonly retries?: number
+  /** Default retries of compensations (default 10). */
+  readonly compensationRetries?: number
+  /** First retry delay in ms, doubling (default 100). */
+  readonly retryDelay?: number
+}
+
+/**
+ * The result of `execute`.
+ * @since 0.1.0
+ */
+export interface SagaResult {
+  readonly status: "completed" | "compensated" | "stuck"
+  readonly sagaId: string
+  /** Outputs of the completed steps (all of them when `completed`). */
+  readonly outputs: Readonly<Record<string, unknown>>
+  /** The step that failed (compensated) or is stuck. */
+  readonly failedStep?: string
+  readonly error?: string
+  /** Steps compensated, in order. */
+  readonly compensated: ReadonlyArray<string>
+  readonly outcome: Saga.Outcome
+}
+
+/**
+ * Makes a throwable transient failure (retried).
+ * @since 0.1.0
+ */
+export const transient = (reason: string): Saga.StepTransientError => new Saga.StepTransientError({ reason })
+/**
+ * Makes a throwable in-doubt failure (retried; compensated if the step fails for good).
+ * @since 0.1.0
+ */
+export const inDoubt = (reason: string): Saga.StepInDoubtError => new Saga.StepInDoubtError({ reason })
+/**
+ * Makes a throwable definite business failure (not retried).
+ * @since 0.1.0
+ */
+export const business = (reason: string): Saga.StepBusinessError => new Saga.StepBusinessError({ reason })
+
+/**
+ * Classifies a rejection of a Promise action or compensation.
+ * @since 0.1.0
+ */
+export const classify = (error: unknown): Saga.StepError => {
+  if (
+    error instanceof Saga.StepBusinessError ||
+    error instanceof Saga.StepTransientError ||
+    error instanceof Saga.StepInDoubtError
+  ) {
+    return error
+  }
+  const record = typeof error === "object" && error !== null ? (error as Record<string, unknown>) : {}
+  const reason = error instanceof Error ? error.message : String(error)
+  if (record._tag === "StepTransientError" || record.retryable === true)
+    return new Saga.StepTransientError({ reason })
+  if (record._tag === "StepInDoubtError" || record.inDoubt === true)
+    return new Saga.StepInDoubtError({ reason })
+  return new Saga.StepBusinessError({ reason })
+}
+
+const callPromise = <A>(f: (signal: AbortSignal) => Promise<A>): Effect.Effect<A, Saga.StepError> =>
+  Effect.tryPromise({
+    try: (signal) => f(signal),
+    catch: classify
+  })
+
+const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]): Promise<SagaResult> =>
+  Effect.runPromise(
+    log.load(outcome.sagaId).pipe(
+      Effect.map((h) => {
+        const state = Option.map(h, (x) => Saga.replay(x.records))
+        const outputs = Option.match(state, {
+          onNone: () => ({}),
+          onSome: (s) => Object.fromEntries(s.completed)
+        })
+        return Saga.Outcome.$match(outcome, {
+          Completed: (o): SagaResult => ({
+            status: "completed",
+            sagaId: o.sagaId,
+            outputs: o.outputs,
+            compensated: [],
+            outcome
+          }),
+          Compensated: (o): SagaResult => ({
+            status: "compensated",
+            sagaId: o.sagaId,
+            outputs,
+            failedStep: o.cause.step,
+            error: o.cause.reason,
+            compensated: o.undone,
+            outcome
+          }),
+          Stuck: (o): SagaResult => ({
+            status: "stuck",
+            sagaId: o.sagaId,
+            outputs,
+            failedStep: o.step,
+            error: o.cause,
+            compensated: Option.match(state, { onNone: () => [], onSome: (s) => s.undone }),
+            outcome
+          })
+        })
+      })
+    )
+  )
+
+/**
+ * The Promise facade.
+ * @since 0.1.0
+ */
+export class SagaOrchestrator {
+  readonly name: string
+  readonly log: SagaLog["Type"]
+  readonly owner: string
+  private readonly options: OrchestratorOptions
+  private readonly units: Array<Saga.Step<unknown, never> | Saga.Group<never>> = []
+  private count = 0
+
+  constructor(options: OrchestratorOptions = {}) {
+    this.options = options
+    this.name = options.name ?? "saga"
+    this.log = options.log ?? Effect.runSync(makeMemory)
+    this.owner = options.owner ?? `orchestrator-${Math.random().toString(36).slice(2, 10)}`
+  }
+
+  private toStep(spec: StepSpec): Saga.Step<unknown, never> {
+    this.count++
+    const delay = Duration.millis(this.options.retryDelay ?? 100)
+    const schedule = (times: number) =>
+      Schedule.exponential(delay, 2).pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(times)))
+    const compensation = spec.compensation
+    return Saga.step<unknown>({
+      name: spec.name ?? `step-${this.count}`,
+      action: (ctx) => callPromise((signal) => spec.action({ ...ctx, signal })),
+      ...(compensation === undefined
+        ? {}
+        : {
+            compensation: (ctx: Saga.CompensationContext<unknown>) =>
+              callPromise((signal) =>
+                compensation({
+                  ...ctx,
+                  signal,
+                  output: Option.getOrUndefined(ctx.output),
+                  completed: Option.isSome(ctx.output)
+                })
+              ).pipe(Effect.asVoid)
+          }),
+      retry: schedule(spec.retries ?? this.options.retries ?? 3),
+      timeout: Duration.millis(spec.timeout ?? this.options.stepTimeout ?? 30_000),
+      compensationRetry: schedule(spec.compensationRetries ?? this.options.compensationRetries ?? 10),
+      compensationTimeout: Duration.millis(spec.compensationTimeout ?? this.options.stepTimeout ?? 30_000),
+      pivot: spec.pivot ?? false
+    })
+  }
+
+  /** Adds a step after the existing ones. */
+  addStep(spec: StepSpec): this {
+    this.units.push(this.toStep(spec))
+    return this
+  }
+
+  /** Adds a group of steps that run concurrently. */
+  addParallel(specs: ReadonlyArray<StepSpec>, name?: string): this {
+    this.units.push(
+      Saga.parallel(
+        name ?? `group-${this.units.length + 1}`,
+        specs.map((s) => this.toStep(s))
+      )
+    )
+    return this
+  }
+
+  /** The Effect definition behind the facade. */
+  get saga(): Saga.Saga<never> {
+    return Saga.make({ name: this.name, steps: this.units })
+  }
+
+  private lease() {
+    return { owner: this.owner, leaseFor: Duration.millis(this.options.leaseFor ?? 30_000) }
+  }
+
+  private runOutcome(effect: Effect.Effect<Saga.Outcome, Saga.SagaError, SagaLog>): Promise<SagaResult> {
+    return Effect.runPromise(Effect.provideService(effect, SagaLog, this.log)).then((o) =>
+      toResult(o, this.log)
+    )
+  }
+
+  /** Runs the saga to its end. Rejects only when the log fails or the definition is invalid. */
+  execute(input?: unknown, options?: { readonly sagaId?: string }): Promise<SagaResult> {
+    const { owner, leaseFor } = this.lease()
+    return this.runOutcome(
+      Saga.run(this.saga, input ?? null, {
+        owner,
+        leaseFor,
+        ...(options?.sagaId ? { sagaId: options.sagaId } : {})
+      })
+    )
+  }
+
+  /** Resumes a saga of this type from the log. */
+  resume(sagaId: string): Promise<SagaResult> {
+    return this.runOutcome(Saga.resume(Saga.registry([this.saga]), sagaId, this.lease()))
+  }
+
+  /** Claims abandoned sagas of the log and runs them to their end. */
+  sweep(options?: { readonly limit?: number }): Promise<ReadonlyArray<SagaResult>> {
+    const effect = Saga.sweep(Saga.registry([this.saga]), {
+      ...this.lease(),
+      ...(options?.limit === undefined ? {} : { limit: options.limit })
+    })
+    return Effect.runPromise(Effect.provideService(effect, SagaLog, this.log)).then((os) =>
+      Promise.all(os.map((o) => toResult(o, this.log)))
+    )
+  }
+
+  /** Operator: runs a stuck saga's compensation (or post-pivot step) again. */
+  retryStuck(sagaId: string): Promise<SagaResult> {
+    return this.runOutcome(Saga.retryStuck(Saga.registry([this.saga]), sagaId, this.lease()))
+  }
+
+  /** Operator: declares a stuck saga fixed by hand. */
+  resolveStuck(sagaId: string, note: string): Promise<SagaResult> {
+    return this.runOutcome(Saga.resolveStuck(sagaId, note, this.lease()))
+  }
+}

@@ -1,0 +1,1136 @@
+/**
+ * Three-phase commit (Skeen 1981) with its termination protocol, and the quorum variant
+ * (Skeen 1982) that stays safe under network partitions (DESIGN.md "3PC").
+ *
+ * Participant states: `initial` → `uncertain` (voted yes, branch prepared) → `precommitted` →
+ * `committed`; or `aborted` (from `initial` or `uncertain`, or through `preaborted` in quorum
+ * mode). `precommitted` and `preaborted` are exclusive and sticky: a participant in one of them
+ * refuses the other. That single rule is what makes the quorum variant safe.
+ *
+ * Phases run by the coordinator (`run`), each bounded on the coordinator side:
+ * 1. CanCommit (`canCommitTimeout`): every member prepares its branch and votes. The vote `yes`
+ *    is durable together with the list of members, so that anyone can run the termination
+ *    protocol later. A No, a failure or a timeout aborts: every member is rolled back.
+ * 2. PreCommit (`precommitTimeout`): every member durably records `precommitted` and acks.
+ *    Classic mode decides commit after *all* acks; quorum mode after `commit` acks (Vc).
+ *    Anything less: the coordinator runs the termination protocol itself.
+ * 3. DoCommit (`commitTimeout`, retried with `commitSchedule`): `Committed`, or `CommitPending`
+ *    when some member has not acknowledged yet (its agent or `recover` finishes it).
+ *
+ * ## Does 3PC need a coordinator log?
+ * No, and this module writes none. In 2PC the decision exists only in the coordinator's log, so a
+ * lost log means blocked branches. In 3PC the decision is *reconstructible* from the members'
+ * durable states: the coordinator commits only after the members recorded `precommitted` (all
+ * of them in classic mode, a commit quorum in quorum mode), and nobody precommits before every
+ * member voted yes. A crashed coordinator is therefore replaced by the termination protocol, run
+ * by any member's agent (`agent`, `watch`), by a standby process or by `recover` after a restart;
+ * the durable state lives with the participants (for Postgres: `pg_prepared_xacts`, the branch
+ * marker and the `accord_3pc_state` row).
+ *
+ * ## The termination protocol (`terminate`)
+ * Over the members it can reach, in order:
+ * - any `committed` → commit the rest; any `aborted` or `initial` (never voted yes) → abort;
+ * - classic: any `precommitted` → precommit the rest, then commit; all `uncertain` → abort;
+ * - quorum (V members, commit quorum Vc, abort quorum Va, Vc + Va > V): with at least one
+ *   `precommitted` and `precommitted + uncertain ≥ Vc`, precommit the uncertain ones and commit
+ *   once Vc are precommitted; else with `preaborted + uncertain ≥ Va`, preabort the uncertain
+ *   ones and abort once Va are preaborted; else `Blocked` (the minority side of a partition).
+ *
+ * ## What each mode promises
+ * - **Classic** (default; crash-stop): atomic and non-blocking when members fail only by
+ *   crashing, messages arrive within the timeouts, and a member that cannot be reached has
+ *   crashed. A member's agent waits `agent timeout` > `canCommitTimeout + precommitTimeout`
+ *   so that a slow coordinator is not mistaken for a dead one. **Not safe under network
+ *   partitions**: if the coordinator dies after precommitting A only and the network splits
+ *   {A} | {B, C}, A's side sees `precommitted` and commits while B's side sees only `uncertain`
+ *   and aborts (the test "classic mode decides differently on the two sides" shows it).
+ * - **Quorum**: atomic under crashes, partitions, lost and late messages, and concurrent
+ *   terminators (two quorums of opposite kinds cannot both form because a member is in at most one
+ *   of `precommitted`/`preaborted` and Vc + Va > V). The price: a side of a partition that holds
+ *   neither quorum blocks (`Blocked`) until the partition heals, like 2PC does.
+ *
+ * @since 0.1.0
+ */
+import {
+  Clock,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  Metric,
+  MetricBoundaries,
+  Option,
+  Ref,
+  Schedule,
+  Schema
+} from "effect"
+import {
+  type BranchContext,
+  type CommitAck,
+  type InDoubtBranch,
+  type OperationCall,
+  type RollbackAck,
+  Vote
+} from "./Participant.js"
+import {
+  type BranchCallError,
+  type ConfigurationError,
+  InvalidTransactionError,
+  TimeoutError
+} from "./TransactionError.js"
+import * as TransactionId from "./TransactionId.js"
+import type { BranchVote, Heuristic } from "./TwoPhaseCommit.js"
+
+/**
+ * A member's state in 3PC.
+ * - `initial`: has not voted yes (no branch, or a branch that is not yet prepared).
+ * - `uncertain`: voted yes; the branch is prepared; the outcome is unknown to it.
+ * - `precommitted`: durably recorded that every member voted yes and the outcome will be commit
+ *   unless (quorum mode) an abort quorum forms first.
+ * - `preaborted`: (quorum mode) durably recorded its consent to abort; refuses to precommit.
+ * - `committed` / `aborted`: final.
+ * @since 0.1.0
+ */
+export type State = "initial" | "uncertain" | "precommitted" | "preaborted" | "committed" | "aborted"
+
+/**
+ * A branch context that also names every member of the transaction, so that a member that voted
+ * yes can find its peers for the termination protocol after a restart.
+ * @since 0.1.0
+ */
+export interface MemberContext extends BranchContext {
+  readonly members: ReadonlyArray<TransactionId.BranchName>
+}
+
+/**
+ * A prepared branch found by a scan, with what the participant recorded about it.
+ * `members` is absent when the participant never recorded a yes vote (the coordinator cannot
+ * have precommitted anyone, so rolling the branch back is safe).
+ * @since 0.1.0
+ */
+export interface InDoubtMember extends InDoubtBranch {
+  readonly state: State
+  readonly members: ReadonlyArray<TransactionId.BranchName> | undefined
+}
+
+/**
+ * A 3PC participant. It parallels the 2PC `Participant` (same `verify`, `commit`, `rollback`,
+ * `forget`, `fromOperations`) and adds the durable `precommit`/`preabort` transitions and the 3PC
+ * `state`. Every method is idempotent, and:
+ * - `prepare` answers `Prepared` only after the branch is prepared **and** the yes vote with
+ *   `ctx.members` is durable; it answers `No` when the gid was already rolled back (fenced).
+ * - `precommit` moves `uncertain → precommitted` and `preabort` moves `uncertain → preaborted`;
+ *   each returns the state afterwards and never moves a member out of the other one.
+ * - `rollback` of a gid that is not prepared yet fences it: a later `prepare` of that gid votes No
+ *   (so a termination protocol racing a slow prepare cannot be overtaken by it).
+ * @since 0.1.0
+ */
+export interface ThreePhaseParticipant<in out Work = unknown> {
+  /** The branch name, unique within a transaction; part of every gid. */
+  readonly name: TransactionId.BranchName
+  /** Checks that the participant can take part at all (run when it is registered). */
+  readonly verify: Effect.Effect<void, ConfigurationError | BranchCallError>
+  /** CanCommit: runs the work in a new branch, prepares it and votes. Errors in the work are a No vote. */
+  readonly prepare: (ctx: MemberContext, work: Work) => Effect.Effect<Vote, BranchCallError>
+  /** PreCommit: durably `uncertain → precommitted`; returns the state afterwards. */
+  readonly precommit: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
+  /** Quorum mode: durably `uncertain → preaborted`; returns the state afterwards. */
+  readonly preabort: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
+  /** DoCommit: commits the prepared branch; idempotent. */
+  readonly commit: (ctx: BranchContext) => Effect.Effect<CommitAck, BranchCallError>
+  /** Rolls the branch back (or fences a gid not prepared yet); idempotent. */
+  readonly rollback: (ctx: BranchContext) => Effect.Effect<RollbackAck, BranchCallError>
+  /** The member's state, from durable records only. */
+  readonly state: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
+  /** Accord's prepared branches on this participant, with their recorded state and members. */
+  readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtMember>, BranchCallError>
+  /** Forgets the bookkeeping of finished transactions; best effort. */
+  readonly forget: (ctxs: ReadonlyArray<BranchContext>) => Effect.Effect<void, BranchCallError>
+  /** Turns the facade's `[participant, operation, params]` triples into work. */
+  readonly fromOperations?: (calls: ReadonlyArray<OperationCall>) => Work
+}
+
+/**
+ * A 3PC participant with its work type erased.
+ * @since 0.1.0
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the work type is contravariant and erased on purpose
+export type AnyThreePhaseParticipant = ThreePhaseParticipant<any>
+
+/**
+ * One branch of a 3PC transaction.
+ * @since 0.1.0
+ */
+export interface Branch<Work = unknown> {
+  readonly participant: ThreePhaseParticipant<Work>
+  readonly work: Work
+}
+
+/**
+ * Pairs a 3PC participant with its work.
+ * @since 0.1.0
+ */
+export const branch = <Work>(participant: ThreePhaseParticipant<Work>, work: Work): Branch<Work> => ({
+  participant,
+  work
+})
+
+/**
+ * A branch with its work type erased.
+ * @since 0.1.0
+ */
+// biome-ignore lint/suspicious/noExplicitAny: each branch has its own work type
+export type AnyBranch = Branch<any>
+
+/**
+ * Explicit quorum sizes (one vote per member): `commit` (Vc) precommitted members are needed to
+ * commit, `abort` (Va) preaborted ones to abort, with Vc + Va > V.
+ * @since 0.1.0
+ */
+export interface Quorum {
+  readonly commit: number
+  readonly abort: number
+}
+
+/**
+ * `"classic"` (default), `"quorum"` (Vc = ⌊V/2⌋ + 1, Va = V − Vc + 1) or explicit quorum sizes.
+ * @since 0.1.0
+ */
+export type Mode = "classic" | "quorum" | Quorum
+
+/**
+ * A mode checked against a member count.
+ * @since 0.1.0
+ */
+export type ResolvedMode =
+  | { readonly kind: "classic"; readonly members: number }
+  | { readonly kind: "quorum"; readonly members: number; readonly commit: number; readonly abort: number }
+
+/**
+ * Quorum sizes that cannot be safe (Vc + Va ≤ V) or cannot be met. Nothing was sent.
+ * @since 0.1.0
+ */
+export class InvalidQuorumError extends Schema.TaggedError<InvalidQuorumError>()("InvalidQuorumError", {
+  members: Schema.Number,
+  commit: Schema.Number,
+  abort: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `invalid quorum (V=${this.members}, Vc=${this.commit}, Va=${this.abort}): ${this.reason}`
+  }
+}
+
+/**
+ * Checks a mode for `members` members.
+ * @since 0.1.0
+ */
+export const resolveMode = (
+  mode: Mode | undefined,
+  members: number
+): Either.Either<ResolvedMode, InvalidQuorumError> => {
+  if (mode === undefined || mode === "classic") return Either.right({ kind: "classic", members })
+  if (mode === "quorum") {
+    const commit = Math.floor(members / 2) + 1
+    return Either.right({ kind: "quorum", members, commit, abort: members - commit + 1 })
+  }
+  const { commit, abort } = mode ?? ({} as Quorum)
+  const fail = (reason: string) =>
+    Either.left(new InvalidQuorumError({ members, commit: Number(commit), abort: Number(abort), reason }))
+  if (!Number.isInteger(commit) || !Number.isInteger(abort)) return fail("quorum sizes must be integers")
+  if (commit < 1 || abort < 1) return fail("quorum sizes must be at least 1")
+  if (commit > members || abort > members) return fail("a quorum larger than the members can never form")
+  if (commit + abort <= members) {
+    return fail(
+      "Vc + Va must exceed V, or a commit quorum and an abort quorum could form on two sides of a partition"
+    )
+  }
+  return Either.right({ kind: "quorum", members, commit, abort })
+}
+
+/**
+ * Bounds of one 3PC transaction. Every wait is explicit.
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Use this id instead of a fresh one (a ULID). */
+  readonly txId?: string
+  /** A per-deployment gid namespace (`[a-z0-9]{1,16}`). */
+  readonly namespace?: string
+  /** Classic (default) or quorum. */
+  readonly mode?: Mode
+  /** Bound on each member's prepare and vote. A timeout is a No vote. Default 10 s. */
+  readonly canCommitTimeout?: Duration.DurationInput
+  /** Bound on the PreCommit phase. Default 5 s. */
+  readonly precommitTimeout?: Duration.DurationInput
+  /** Bound on the DoCommit phase (retries included); then `CommitPending`. Default 10 s. */
+  readonly commitTimeout?: Duration.DurationInput
+  /** Bound on each single call (rollback, state, commit attempt). Default 5 s. */
+  readonly callTimeout?: Duration.DurationInput
+  /** Retry policy of commit calls. Default: exponential from 10 ms, jittered, capped at 1 s. */
+  readonly commitSchedule?: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+}
+
+/**
+ * The defaults of `Options` and of the agent.
+ * @since 0.1.0
+ */
+export const defaults = {
+  canCommitTimeout: Duration.seconds(10),
+  precommitTimeout: Duration.seconds(5),
+  commitTimeout: Duration.seconds(10),
+  callTimeout: Duration.seconds(5),
+  /** An agent's wait for news from the coordinator; must exceed canCommitTimeout + precommitTimeout. */
+  agentTimeout: Duration.seconds(20),
+  commitSchedule: Schedule.exponential(Duration.millis(10), 2).pipe(
+    Schedule.jittered,
+    Schedule.union(Schedule.spaced(Duration.seconds(1)))
+  )
+} as const
+
+/**
+ * The outcome of a 3PC transaction, shaped like `TwoPhaseCommit.Outcome` plus the protocol:
+ * - `Committed`: every member acknowledged the commit.
+ * - `CommitPending`: the outcome is commit (durable in the members' precommitted states);
+ *   `pending` members have not acknowledged; their agents or `recover` finish them.
+ * - `Aborted`: nothing was committed.
+ * - `Blocked`: (quorum mode) neither quorum could be reached from the coordinator; the members'
+ *   agents decide when enough of them can talk to each other. No member has committed or
+ *   aborted by the coordinator's hand.
+ * @since 0.1.0
+ */
+export type Outcome = Data.TaggedEnum<{
+  Committed: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly heuristics: ReadonlyArray<Heuristic>
+    readonly protocol: "3pc"
+    readonly mode: "classic" | "quorum"
+  }
+  CommitPending: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly pending: ReadonlyArray<TransactionId.BranchName>
+    readonly protocol: "3pc"
+    readonly mode: "classic" | "quorum"
+  }
+  Aborted: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly reason: string
+    readonly protocol: "3pc"
+    readonly mode: "classic" | "quorum"
+  }
+  Blocked: {
+    readonly txId: TransactionId.TransactionId
+    readonly votes: ReadonlyArray<BranchVote>
+    readonly reason: string
+    readonly protocol: "3pc"
+    readonly mode: "classic" | "quorum"
+  }
+}>
+/** @since 0.1.0 */
+export const Outcome = Data.taggedEnum<Outcome>()
+
+/**
+ * A member's state as a terminator saw it (`unreachable` when it could not ask).
+ * @since 0.1.0
+ */
+export interface Observed {
+  readonly branch: TransactionId.BranchName
+  readonly state: State | "unreachable"
+}
+
+/**
+ * What a run of the termination protocol decided.
+ * - `Committed` / `Aborted`: decided and applied to the reachable members; `pending` names the
+ *   members it could not tell (their own agents, or a later run, finish them).
+ * - `Blocked`: it may not decide from what it can reach (quorum mode minority, or no member
+ *   reachable); nothing was changed except harmless `precommitted`/`preaborted` moves.
+ * @since 0.1.0
+ */
+export type Termination = Data.TaggedEnum<{
+  Committed: {
+    readonly txId: TransactionId.TransactionId
+    readonly rule: string
+    readonly observed: ReadonlyArray<Observed>
+    readonly pending: ReadonlyArray<TransactionId.BranchName>
+  }
+  Aborted: {
+    readonly txId: TransactionId.TransactionId
+    readonly rule: string
+    readonly observed: ReadonlyArray<Observed>
+    readonly pending: ReadonlyArray<TransactionId.BranchName>
+  }
+  Blocked: {
+    readonly txId: TransactionId.TransactionId
+    readonly reason: string
+    readonly observed: ReadonlyArray<Observed>
+  }
+}>
+/** @since 0.1.0 */
+export const Termination = Data.taggedEnum<Termination>()
+
+/** Transactions by outcome. @since 0.1.0 */
+export const outcomes = Metric.counter("accord_3pc_outcomes_total", {
+  description: "3PC transactions by outcome",
+  incremental: true
+})
+/** Transaction latency. @since 0.1.0 */
+export const latency = Metric.histogram(
+  "accord_3pc_latency_ms",
+  MetricBoundaries.exponential({ start: 0.5, factor: 2, count: 16 }),
+  "3PC transaction latency in milliseconds"
+)
+/** Termination protocol runs by result. @since 0.1.0 */
+export const terminations = Metric.counter("accord_3pc_terminations_total", {
+  description: "3PC termination protocol runs by result",
+  incremental: true
+})
+
+/**
+ * Who can reach whom: `(from, to)` answers whether a call from `from` to member `to` gets
+ * through. `from` is the member whose agent runs the protocol, or `"coordinator"`/a standby name.
+ * Injected to simulate partitions; in production, calls that fail or time out count as
+ * unreachable anyway.
+ * @since 0.1.0
+ */
+export type Reachability = (from: string, to: TransactionId.BranchName) => boolean | Effect.Effect<boolean>
+
+/**
+ * Options of `terminate`.
+ * @since 0.1.0
+ */
+export interface TerminateOptions {
+  /** Every member of the transaction (V). Default: the names of the given participants. */
+  readonly members?: ReadonlyArray<string>
+  readonly namespace?: string
+  readonly mode?: Mode
+  /** Who runs the protocol (for `reachable`). Default `"standby"`. */
+  readonly from?: string
+  readonly reachable?: Reachability
+  /** Bound on each call. Default 5 s. */
+  readonly callTimeout?: Duration.DurationInput
+  /** Retries of a commit or rollback within one run. Default 3, exponential from 20 ms. */
+  readonly retrySchedule?: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+  /** Re-evaluations when states move under the protocol (a precommit refused, ...). Default 3. */
+  readonly rounds?: number
+}
+
+interface Member {
+  readonly name: TransactionId.BranchName
+  readonly ctx: MemberContext
+  readonly participant: AnyThreePhaseParticipant | undefined
+}
+
+interface Plan {
+  readonly txId: TransactionId.TransactionId
+  readonly mode: ResolvedMode
+  readonly members: ReadonlyArray<Member>
+}
+
+/**
+ * Checks the members of a transaction and the mode; builds every member's context.
+ * @since 0.1.0
+ */
+export const plan = (
+  txId: string,
+  participants: ReadonlyArray<AnyThreePhaseParticipant>,
+  options: {
+    readonly members?: ReadonlyArray<string>
+    readonly namespace?: string
+    readonly mode?: Mode
+  } = {}
+): Either.Either<Plan, InvalidTransactionError | InvalidQuorumError> =>
+  Either.gen(function* () {
+    const id = yield* TransactionId.parseTransactionId(txId)
+    if (!Array.isArray(participants)) {
+      return yield* Either.left(new InvalidTransactionError({ reason: "participants must be an array" }))
+    }
+    const names = options.members ?? participants.map((p) => p?.name)
+    if (!Array.isArray(names) || names.length === 0) {
+      return yield* Either.left(
+        new InvalidTransactionError({ reason: "a transaction needs at least one member" })
+      )
+    }
+    const ns = options.namespace
+    if (ns !== undefined && !TransactionId.namespacePattern.test(ns)) {
+      return yield* Either.left(
+        new InvalidTransactionError({ reason: `invalid namespace ${JSON.stringify(ns)}` })
+      )
+    }
+    const parsed: Array<TransactionId.BranchName> = []
+    for (const n of names) {
+      const name = yield* TransactionId.parseBranchName(n)
+      if (parsed.includes(name)) {
+        return yield* Either.left(new InvalidTransactionError({ reason: `member ${name} is listed twice` }))
+      }
+      parsed.push(name)
+    }
+    const byName = new Map<string, AnyThreePhaseParticipant>()
+    for (const p of participants) {
+      if (p === null || typeof p !== "object" || typeof p.name !== "string") {
+        return yield* Either.left(new InvalidTransactionError({ reason: "a participant has no name" }))
+      }
+      if (!parsed.includes(p.name)) {
+        return yield* Either.left(
+          new InvalidTransactionError({
+            reason: `unknown participant ${JSON.stringify(p.name)}: not a member of transaction ${id}`
+          })
+        )
+      }
+      if (byName.has(p.name)) {
+        return yield* Either.left(
+          new InvalidTransactionError({ reason: `participant ${p.name} given twice` })
+        )
+      }
+      byName.set(p.name, p)
+    }
+    const mode = yield* resolveMode(options.mode, parsed.length)
+    const members: Array<Member> = []
+    for (const name of parsed) {
+      const gid = yield* TransactionId.validateGid(
+        ns === undefined ? `accord_${id}_${name}` : `accord-${ns}_${id}_${name}`
+      )
+      members.push({
+        name,
+        ctx: { txId: id, branch: name, gid, members: parsed },
+        participant: byName.get(name)
+      })
+    }
+    return { txId: id, mode, members }
+  })
+
+const isFinal = (s: State | "unreachable"): s is "committed" | "aborted" =>
+  s === "committed" || s === "aborted"
+
+const timed = <A>(
+  effect: Effect.Effect<A, BranchCallError>,
+  ctx: BranchContext,
+  phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare",
+  timeout: Duration.Duration
+): Effect.Effect<A, BranchCallError | TimeoutError> =>
+  effect.pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () =>
+        new TimeoutError({ txId: ctx.txId, branch: ctx.branch, phase, millis: Duration.toMillis(timeout) })
+    })
+  )
+
+const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
+
+/**
+ * Runs the termination protocol once over the members it can reach, without the coordinator.
+ * Safe to run from several places at once (agents, standby coordinators, recovery).
+ *
+ * Fails only on invalid input (unknown participants, bad quorum sizes): nothing was sent then.
+ * @since 0.1.0
+ */
+export const terminate: (
+  txId: string,
+  participants: ReadonlyArray<AnyThreePhaseParticipant>,
+  options?: TerminateOptions
+) => Effect.Effect<Termination, InvalidTransactionError | InvalidQuorumError> = Effect.fn(
+  "ThreePhaseCommit.terminate"
+)(function* (
+  txId: string,
+  participants: ReadonlyArray<AnyThreePhaseParticipant>,
+  options: TerminateOptions = {}
+) {
+  const p = yield* plan(txId, participants, options)
+  return yield* terminatePlan(p, options)
+})
+
+const terminatePlan = (p: Plan, options: TerminateOptions): Effect.Effect<Termination> =>
+  terminateOnce(p, options).pipe(
+    Effect.tap((result) => Metric.increment(Metric.tagged(terminations, "result", result._tag))),
+    Effect.withSpan("ThreePhaseCommit.termination", {
+      attributes: { txId: p.txId, mode: p.mode.kind, from: options.from ?? "standby", phase: "recover" }
+    })
+  )
+
+const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termination> =>
+  Effect.gen(function* () {
+    const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+    const retry = options.retrySchedule ?? defaultRetry
+    const rounds = Math.max(1, options.rounds ?? 3)
+    const from = options.from ?? "standby"
+    const reach = (m: Member): Effect.Effect<boolean> => {
+      if (m.participant === undefined) return Effect.succeed(false)
+      if (options.reachable === undefined) return Effect.succeed(true)
+      const answer = options.reachable(from, m.name)
+      return typeof answer === "boolean" ? Effect.succeed(answer) : answer
+    }
+    // A call that fails or times out means "unreachable right now".
+    const ask = <A>(
+      m: Member,
+      phase: Parameters<typeof timed>[2],
+      f: (q: AnyThreePhaseParticipant) => Effect.Effect<A, BranchCallError>
+    ) =>
+      Effect.gen(function* () {
+        if (!(yield* reach(m))) return Option.none<A>()
+        return yield* timed(f(m.participant!), m.ctx, phase, callTimeout).pipe(
+          Effect.map(Option.some),
+          Effect.catchAll(() => Effect.succeed(Option.none<A>()))
+        )
+      })
+    const tell = <A>(
+      m: Member,
+      phase: "commit" | "rollback",
+      f: (q: AnyThreePhaseParticipant) => Effect.Effect<A, BranchCallError>
+    ) =>
+      Effect.gen(function* () {
+        if (!(yield* reach(m))) return Option.none<A>()
+        return yield* timed(f(m.participant!), m.ctx, phase, callTimeout).pipe(
+          Effect.retry(retry),
+          Effect.map(Option.some),
+          Effect.catchAll(() => Effect.succeed(Option.none<A>()))
+        )
+      })
+    const observe = Effect.forEach(p.members, (m) => ask(m, "state", (q) => q.state(m.ctx)), {
+      concurrency: "unbounded"
+    })
+    const toObserved = (states: ReadonlyArray<Option.Option<State>>): ReadonlyArray<Observed> =>
+      p.members.map((m, i) => ({
+        branch: m.name,
+        state: Option.getOrElse(states[i]!, () => "unreachable" as const)
+      }))
+
+    const finishWith = (
+      decision: "commit" | "abort",
+      rule: string,
+      states: ReadonlyArray<Option.Option<State>>
+    ) =>
+      Effect.gen(function* () {
+        const acks = yield* Effect.forEach(
+          p.members,
+          (m, i) => {
+            const s = states[i]!
+            if (Option.isSome(s) && s.value === (decision === "commit" ? "committed" : "aborted")) {
+              return Effect.succeed(true)
+            }
+            // Unreachable members are still told if they answer now: a decision is a decision.
+            return decision === "commit"
+              ? tell(m, "commit", (q) => q.commit(m.ctx)).pipe(Effect.map(Option.isSome))
+              : tell(m, "rollback", (q) => q.rollback(m.ctx)).pipe(Effect.map(Option.isSome))
+          },
+          { concurrency: "unbounded" }
+        )
+        const pending = p.members.filter((_, i) => !acks[i]).map((m) => m.name)
+        const observed = toObserved(states)
+        return decision === "commit"
+          ? Termination.Committed({ txId: p.txId, rule, observed, pending })
+          : Termination.Aborted({ txId: p.txId, rule, observed, pending })
+      })
+
+    let states = yield* observe
+    for (let round = 0; round < rounds; round++) {
+      const seen = states.flatMap((s) => (Option.isSome(s) ? [s.value] : []))
+      const count = (s: State) => seen.filter((x) => x === s).length
+      if (seen.length === 0) {
+        return Termination.Blocked({
+          txId: p.txId,
+          reason: "no member reachable",
+          observed: toObserved(states)
+        })
+      }
+      if (count("committed") > 0) return yield* finishWith("commit", "a member had committed", states)
+      if (count("aborted") > 0) return yield* finishWith("abort", "a member had aborted", states)
+      if (count("initial") > 0) return yield* finishWith("abort", "a member had not voted yes", states)
+
+      const precommitted = count("precommitted")
+      const uncertain = count("uncertain")
+      const preaborted = count("preaborted")
+      // Moves every reachable uncertain member with `move`; returns the states afterwards.
+      const moveUncertain = (move: "precommit" | "preabort") =>
+        Effect.forEach(
+          p.members,
+          (m, i) => {
+            const s = states[i]!
+            if (!Option.isSome(s) || s.value !== "uncertain") return Effect.succeed(s)
+            return ask(m, move, (q) => (move === "precommit" ? q.precommit(m.ctx) : q.preabort(m.ctx)))
+          },
+          { concurrency: "unbounded" }
+        )
+
+      if (p.mode.kind === "classic") {
+        if (preaborted > 0) {
+          return Termination.Blocked({
+            txId: p.txId,
+            reason:
+              "a member is preaborted: a quorum-mode terminator works on this transaction; terminate it in quorum mode",
+            observed: toObserved(states)
+          })
+        }
+        if (precommitted > 0) {
+          states = yield* moveUncertain("precommit")
+          const after = states.flatMap((s) => (Option.isSome(s) ? [s.value] : []))
+          if (after.every((s) => s === "precommitted" || s === "committed")) {
+            return yield* finishWith(
+              "commit",
+              "a member was precommitted: precommitted the rest, then committed",
+              states
+            )
+          }
+          states = yield* observe
+          continue
+        }
+        return yield* finishWith("abort", "every reachable member was uncertain", states)
+      }
+
+      const { commit: vc, abort: va } = p.mode
+      if (precommitted > 0 && precommitted + uncertain >= vc) {
+        states = yield* moveUncertain("precommit")
+        const reached = states.filter((s) => Option.isSome(s) && s.value === "precommitted").length
+        if (reached >= vc) {
+          return yield* finishWith(
+            "commit",
+            `commit quorum: ${reached} of ${p.mode.members} precommitted (Vc=${vc})`,
+            states
+          )
+        }
+        states = yield* observe
+        continue
+      }
+      if (preaborted + uncertain >= va) {
+        states = yield* moveUncertain("preabort")
+        const reached = states.filter((s) => Option.isSome(s) && s.value === "preaborted").length
+        if (reached >= va) {
+          return yield* finishWith(
+            "abort",
+            `abort quorum: ${reached} of ${p.mode.members} preaborted (Va=${va})`,
+            states
+          )
+        }
+        states = yield* observe
+        continue
+      }
+      return Termination.Blocked({
+        txId: p.txId,
+        reason: `no quorum reachable: ${precommitted} precommitted, ${uncertain} uncertain, ${preaborted} preaborted of ${p.mode.members} (Vc=${vc}, Va=${va})`,
+        observed: toObserved(states)
+      })
+    }
+    return Termination.Blocked({
+      txId: p.txId,
+      reason: `no decision after ${rounds} rounds: members refused or did not answer the moves`,
+      observed: toObserved(states)
+    })
+  })
+
+/**
+ * Runs one global transaction with three-phase commit. Needs no coordinator log (see the module
+ * documentation). Fails only on invalid input (nothing was sent).
+ * @since 0.1.0
+ */
+export const run: (
+  branches: ReadonlyArray<AnyBranch>,
+  options?: Options
+) => Effect.Effect<Outcome, InvalidTransactionError | InvalidQuorumError> = Effect.fn("ThreePhaseCommit.run")(
+  function* (branches: ReadonlyArray<AnyBranch>, options: Options = {}) {
+    const started = yield* Clock.currentTimeMillis
+    const txId =
+      options.txId === undefined
+        ? yield* TransactionId.make
+        : yield* TransactionId.parseTransactionId(options.txId)
+    if (!Array.isArray(branches) || branches.length === 0) {
+      return yield* new InvalidTransactionError({ reason: "a transaction needs at least one branch" })
+    }
+    for (const b of branches) {
+      if (b === null || typeof b !== "object" || b.participant === undefined || b.participant === null) {
+        return yield* new InvalidTransactionError({ reason: "a branch has no participant" })
+      }
+    }
+    const p = yield* plan(
+      txId,
+      branches.map((b) => b.participant),
+      {
+        ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+        ...(options.mode === undefined ? {} : { mode: options.mode })
+      }
+    )
+    yield* Effect.annotateCurrentSpan({ txId, branches: branches.length, mode: p.mode.kind })
+    const mode = p.mode.kind
+    const canCommitTimeout = Duration.decode(options.canCommitTimeout ?? defaults.canCommitTimeout)
+    const precommitTimeout = Duration.decode(options.precommitTimeout ?? defaults.precommitTimeout)
+    const commitTimeout = Duration.decode(options.commitTimeout ?? defaults.commitTimeout)
+    const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+    const schedule = options.commitSchedule ?? defaults.commitSchedule
+    const members = p.members.map((m, i) => ({
+      ...m,
+      participant: branches[i]!.participant,
+      work: branches[i]!.work
+    }))
+    const finish = (outcome: Outcome) =>
+      Effect.gen(function* () {
+        const millis = (yield* Clock.currentTimeMillis) - started
+        yield* Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))
+        yield* Metric.update(latency, millis)
+        yield* Effect.annotateCurrentSpan({ outcome: outcome._tag, millis })
+        return outcome
+      })
+
+    // Phase 1: CanCommit.
+    const prepared = yield* Effect.forEach(
+      members,
+      (m) =>
+        canCommit(m.participant, m.ctx, m.work, canCommitTimeout).pipe(
+          Effect.map((vote) => ({ vote, definite: true })),
+          Effect.catchAll((e) => Effect.succeed({ vote: Vote.No({ reason: e.message }), definite: false }))
+        ),
+      { concurrency: "unbounded" }
+    )
+    const votes: ReadonlyArray<BranchVote> = members.map((m, i) => ({
+      branch: m.name,
+      gid: m.ctx.gid,
+      vote: prepared[i]!.vote
+    }))
+    const refused = votes.find((v) => v.vote._tag !== "Prepared")
+    if (refused !== undefined) {
+      // Nobody was precommitted, so aborting needs no quorum. Rolling back a member whose prepare
+      // timed out fences its gid, so a late prepare votes No.
+      yield* Effect.forEach(
+        members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No")),
+        (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.ignore),
+        { concurrency: "unbounded", discard: true }
+      )
+      const reason =
+        refused.vote._tag === "No"
+          ? `${refused.branch}: ${refused.vote.reason}`
+          : `${refused.branch}: voted read-only; 3PC needs every member prepared`
+      return yield* finish(Outcome.Aborted({ txId, votes, reason, protocol: "3pc", mode }))
+    }
+
+    // Phase 2: PreCommit.
+    const acks = yield* Effect.forEach(
+      members,
+      (m) =>
+        preCommit(m.participant, m.ctx).pipe(
+          Effect.timeout(precommitTimeout),
+          Effect.map(Option.some),
+          Effect.catchAll(() => Effect.succeed(Option.none<State>()))
+        ),
+      { concurrency: "unbounded" }
+    )
+    const precommitted = acks.filter((a) => Option.isSome(a) && a.value === "precommitted").length
+    const decided =
+      p.mode.kind === "classic" ? precommitted === members.length : precommitted >= p.mode.commit
+
+    if (!decided) {
+      // Some member did not ack (or refused): the coordinator is just another terminator now.
+      const t = yield* terminatePlan({ ...p, members }, { from: "coordinator", callTimeout })
+      return yield* finish(
+        Termination.$match(t, {
+          Committed: ({ pending }) =>
+            pending.length === 0
+              ? Outcome.Committed({ txId, votes, heuristics: [], protocol: "3pc", mode })
+              : Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }),
+          Aborted: ({ rule }) =>
+            Outcome.Aborted({
+              txId,
+              votes,
+              reason: `precommit phase incomplete; ${rule}`,
+              protocol: "3pc",
+              mode
+            }),
+          Blocked: ({ reason }) => Outcome.Blocked({ txId, votes, reason, protocol: "3pc", mode })
+        })
+      )
+    }
+
+    // Phase 3: DoCommit. From here the outcome is commit, whatever happens.
+    const commits = yield* Effect.forEach(
+      members,
+      (m) =>
+        doCommit(m.participant, m.ctx, callTimeout, schedule).pipe(
+          Effect.timeout(commitTimeout),
+          Effect.map((ack): Option.Option<CommitAck> => Option.some(ack)),
+          Effect.catchAll(() => Effect.succeed(Option.none<CommitAck>()))
+        ),
+      { concurrency: "unbounded" }
+    )
+    const pending = members.filter((_, i) => Option.isNone(commits[i]!)).map((m) => m.name)
+    const heuristics: Array<Heuristic> = members.flatMap((m, i) => {
+      const ack = commits[i]!
+      return Option.isSome(ack) && ack.value === "HeuristicRollback"
+        ? [
+            {
+              branch: m.name,
+              gid: m.ctx.gid,
+              detail: "branch was rolled back outside the protocol after the commit decision"
+            }
+          ]
+        : []
+    })
+    if (pending.length > 0)
+      return yield* finish(Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }))
+    return yield* finish(Outcome.Committed({ txId, votes, heuristics, protocol: "3pc", mode }))
+  }
+)
+
+const canCommit = Effect.fn("ThreePhaseCommit.canCommit")(function* (
+  participant: AnyThreePhaseParticipant,
+  ctx: MemberContext,
+  work: unknown,
+  timeout: Duration.Duration
+) {
+  yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "prepare" })
+  return yield* timed(participant.prepare(ctx, work), ctx, "prepare", timeout)
+})
+
+const preCommit = Effect.fn("ThreePhaseCommit.precommit")(function* (
+  participant: AnyThreePhaseParticipant,
+  ctx: MemberContext
+) {
+  yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "precommit" })
+  return yield* participant.precommit(ctx)
+})
+
+const doCommit = Effect.fn("ThreePhaseCommit.commit")(function* (
+  participant: AnyThreePhaseParticipant,
+  ctx: MemberContext,
+  callTimeout: Duration.Duration,
+  schedule: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+) {
+  yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "commit" })
+  return yield* timed(participant.commit(ctx), ctx, "commit", callTimeout).pipe(Effect.retry(schedule))
+})
+
+/**
+ * Options of a member's agent.
+ * @since 0.1.0
+ */
+export interface AgentOptions extends Omit<TerminateOptions, "from"> {
+  /**
+   * How long the agent waits without news (its own state not moving) before it runs the
+   * termination protocol. Classic mode needs it above the coordinator's
+   * `canCommitTimeout + precommitTimeout`. Default 20 s.
+   */
+  readonly timeout?: Duration.DurationInput
+}
+
+/**
+ * A member's agent: after the member voted yes, it waits `timeout` for news from the coordinator
+ * (its own durable state moving on); hearing nothing, it runs the termination protocol with the
+ * peers it can reach, and again every `timeout` while blocked, until its own member is committed
+ * or aborted. Returns the decision that finished its member.
+ *
+ * `peers` are handles to the other members (those missing count as unreachable); `reachable`
+ * is asked with `from = self.name`.
+ * @since 0.1.0
+ */
+export const agent: (
+  txId: string,
+  self: AnyThreePhaseParticipant,
+  peers: ReadonlyArray<AnyThreePhaseParticipant>,
+  options?: AgentOptions
+) => Effect.Effect<Termination, InvalidTransactionError | InvalidQuorumError> = Effect.fn(
+  "ThreePhaseCommit.agent"
+)(function* (
+  txId: string,
+  self: AnyThreePhaseParticipant,
+  peers: ReadonlyArray<AnyThreePhaseParticipant>,
+  options: AgentOptions = {}
+) {
+  const everyone = [self, ...peers.filter((q) => q !== self && q?.name !== self?.name)]
+  const p = yield* plan(txId, everyone, options)
+  const me = p.members.find((m) => m.name === self.name)!
+  yield* Effect.annotateCurrentSpan({ txId: p.txId, branch: me.name, mode: p.mode.kind })
+  const timeout = Duration.decode(options.timeout ?? defaults.agentTimeout)
+  const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+  const own = timed(self.state(me.ctx), me.ctx, "state", callTimeout).pipe(
+    Effect.map(Option.some),
+    Effect.catchAll(() => Effect.succeed(Option.none<State>()))
+  )
+  const decidedBy = (state: "committed" | "aborted", rule: string): Termination =>
+    state === "committed"
+      ? Termination.Committed({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })
+      : Termination.Aborted({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })
+  let last = yield* own
+  while (true) {
+    yield* Effect.sleep(timeout)
+    const now = yield* own
+    if (Option.isSome(now) && isFinal(now.value))
+      return decidedBy(now.value, "told by the coordinator or a peer")
+    if (Option.isSome(now) && (Option.isNone(last) || last.value !== now.value)) {
+      last = now // news from the coordinator: keep waiting
+      continue
+    }
+    const t = yield* terminatePlan(p, { ...options, from: me.name })
+    if (t._tag !== "Blocked" && !t.pending.includes(me.name)) return t
+    if (t._tag === "Blocked") yield* Effect.logDebug(`3PC agent ${me.name} blocked on ${p.txId}: ${t.reason}`)
+    last = yield* own
+  }
+})
+
+/**
+ * What a recovery pass over 3PC members did.
+ * @since 0.1.0
+ */
+export interface RecoveryReport {
+  readonly committed: ReadonlyArray<TransactionId.TransactionId>
+  readonly aborted: ReadonlyArray<TransactionId.TransactionId>
+  readonly blocked: ReadonlyArray<{ readonly txId: TransactionId.TransactionId; readonly reason: string }>
+  /** Members a decision could not reach yet (a later pass, or their agents, finish them). */
+  readonly pending: ReadonlyArray<{
+    readonly txId: TransactionId.TransactionId
+    readonly branch: TransactionId.BranchName
+  }>
+  /** Prepared branches that never recorded a yes vote, rolled back (the coordinator cannot have precommitted). */
+  readonly unvotedRolledBack: number
+  /** Prepared branches that never recorded a yes vote, left alone (`unvoted: "leave"`). */
+  readonly unvotedLeft: number
+  /** Participants whose in-doubt scan failed. */
+  readonly unscanned: ReadonlyArray<string>
+  /** Young branches left to their coordinator. */
+  readonly youngLeft: number
+}
+
+/**
+ * Options of `recover`.
+ * @since 0.1.0
+ */
+export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
+  /** Prepared branches younger than this are left to their coordinator. Default 30 s. */
+  readonly orphanAfter?: Duration.DurationInput
+  /**
+   * What to do with a prepared branch that recorded no yes vote. `"rollback"` (default) is safe
+   * for 3PC (nobody can have precommitted). Use `"leave"` when 2PC transactions share the
+   * databases and gid namespace: such a branch may be a 2PC branch, which only 2PC `Recovery`
+   * (with its log) may resolve. Run this pass first, then 2PC `Recovery`.
+   */
+  readonly unvoted?: "rollback" | "leave"
+}
+
+/**
+ * One recovery pass (after a restart, or as a standby coordinator): every in-doubt branch of the
+ * given participants is driven by the termination protocol over its recorded members. Idempotent.
+ * @since 0.1.0
+ */
+export const recover: (
+  participants: ReadonlyArray<AnyThreePhaseParticipant>,
+  options?: RecoverOptions
+) => Effect.Effect<RecoveryReport> = Effect.fn("ThreePhaseCommit.recover")(function* (
+  participants: ReadonlyArray<AnyThreePhaseParticipant>,
+  options: RecoverOptions = {}
+) {
+  const now = yield* Clock.currentTimeMillis
+  const orphanAfter = Duration.toMillis(Duration.decode(options.orphanAfter ?? Duration.seconds(30)))
+  const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+  const scans = yield* Effect.forEach(
+    participants,
+    (q) =>
+      q.inDoubt.pipe(
+        Effect.map((found) => ({
+          name: q.name,
+          ok: true,
+          found: found.map((b) => ({ participant: q, branch: b }))
+        })),
+        Effect.catchAll(() => Effect.succeed({ name: q.name, ok: false, found: [] }))
+      ),
+    { concurrency: "unbounded" }
+  )
+  const byTx = new Map<
+    string,
+    { members: ReadonlyArray<TransactionId.BranchName> | undefined; young: boolean }
+  >()
+  const unvoted: Array<{ participant: AnyThreePhaseParticipant; branch: InDoubtMember }> = []
+  const youngLeft = yield* Ref.make(0)
+  for (const found of scans.flatMap((s) => s.found)) {
+    const young = now - found.branch.preparedAt < orphanAfter
+    if (found.branch.members === undefined) {
+      if (young) yield* Ref.update(youngLeft, (n) => n + 1)
+      else unvoted.push(found)
+      continue
+    }
+    const entry = byTx.get(found.branch.txId)
+    if (entry === undefined || entry.young)
+      byTx.set(found.branch.txId, { members: found.branch.members, young })
+  }
+  const leave = options.unvoted === "leave"
+  for (const b of leave ? [] : unvoted) {
+    yield* timed(b.participant.rollback(b.branch), b.branch, "rollback", callTimeout).pipe(Effect.ignore)
+  }
+  const committed: Array<TransactionId.TransactionId> = []
+  const aborted: Array<TransactionId.TransactionId> = []
+  const blocked: Array<{ txId: TransactionId.TransactionId; reason: string }> = []
+  const pending: Array<{ txId: TransactionId.TransactionId; branch: TransactionId.BranchName }> = []
+  for (const [txId, { members, young }] of byTx) {
+    if (young) {
+      yield* Ref.update(youngLeft, (n) => n + 1)
+      continue
+    }
+    const names = new Set(members)
+    const p = plan(
+      txId,
+      participants.filter((q) => names.has(q.name)),
+      { ...options, ...(members === undefined ? {} : { members }) }
+    )
+    if (Either.isLeft(p)) {
+      blocked.push({ txId: txId as TransactionId.TransactionId, reason: p.left.message })
+      continue
+    }
+    const t = yield* terminatePlan(p.right, { ...options, from: options.from ?? "recovery" })
+    if (t._tag === "Blocked") {
+      blocked.push({ txId: t.txId, reason: t.reason })
+      continue
+    }
+    ;(t._tag === "Committed" ? committed : aborted).push(t.txId)
+    for (const branch of t.pending) pending.push({ txId: t.txId, branch })
+  }
+  return {
+    committed,
+    aborted,
+    blocked,
+    pending,
+    unvotedRolledBack: leave ? 0 : unvoted.length,
+    unvotedLeft: leave ? unvoted.length : 0,
+    unscanned: scans.filter((s) => !s.ok).map((s) => s.name),
+    youngLeft: yield* Ref.get(youngLeft)
+  } satisfies RecoveryReport
+})
+
+/**
+ * A participant-side daemon: every `interval` it scans `self`'s in-doubt branches and runs an
+ * `agent` for each one not already watched. Fork it next to the participant; it never ends.
+ * @since 0.1.0
+ */
+export const watch = (
+  self: AnyThreePhaseParticipant,
+  peers: ReadonlyArray<AnyThreePhaseParticipant>,
+  options: AgentOptions & { readonly interval?: Duration.DurationInput } = {}
+): Effect.Effect<never> =>
+  Effect.gen(function* () {
+    const watching = yield* Ref.make<ReadonlySet<string>>(new Set())
+    const interval = Duration.decode(options.interval ?? options.timeout ?? defaults.agentTimeout)
+    const scan = Effect.gen(function* () {
+      const found = yield* self.inDoubt.pipe(
+        Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<InDoubtMember>))
+      )
+      for (const b of found) {
+        if ((yield* Ref.get(watching)).has(b.gid)) continue
+        const members = b.members
+        if (members === undefined) continue // never voted yes: `recover` rolls it back once old
+        yield* Ref.update(watching, (s) => new Set([...s, b.gid]))
+        const names = new Set(members)
+        yield* agent(
+          b.txId,
+          self,
+          peers.filter((q) => names.has(q.name)),
+          { ...options, members }
+        ).pipe(
+          Effect.ignore,
+          Effect.ensuring(
+            Ref.update(watching, (s) => {
+              const next = new Set(s)
+              next.delete(b.gid)
+              return next
+            })
+          ),
+          Effect.fork
+        )
+      }
+    })
+    return yield* scan.pipe(Effect.repeat(Schedule.spaced(interval)), Effect.andThen(Effect.never))
+  })

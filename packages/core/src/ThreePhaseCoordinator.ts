@@ -1,0 +1,223 @@
+/**
+ * The Promise facade of three-phase commit, with the same shape as the 2PC facade:
+ *
+ * ```ts
+ * const coordinator = new ThreePhaseCoordinator({ timeout: 5_000, mode: "classic" })
+ * await coordinator.registerParticipant(bankA)   // ThreePhaseParticipants, e.g. PgThreePhaseParticipant
+ * await coordinator.registerParticipant(bankB)
+ * const result = await coordinator.executeTransaction([
+ *   [bankA, "debit", { account: 1, amount: 10 }],
+ *   [bankB, "credit", { account: 7, amount: 10 }]
+ * ])
+ * result.committed // true | false; result.protocol === "3pc"
+ * ```
+ *
+ * 3PC keeps no coordinator log (see `ThreePhaseCommit`): after a crash, `recover()` (or the
+ * members' agents, `startAgents()`) finishes every in-doubt transaction from the members' states.
+ *
+ * @since 0.1.0
+ */
+import { Duration, Effect, Fiber, ManagedRuntime, Layer } from "effect"
+import {
+  type OperationTriple as TwoPhaseOperationTriple,
+  type TransactionResult,
+  groupOperations,
+  runToPromise,
+  voteReports
+} from "./Coordinator.js"
+import type { AnyParticipant, OperationCall } from "./Participant.js"
+import * as ThreePhaseCommit from "./ThreePhaseCommit.js"
+import { InvalidTransactionError } from "./TransactionError.js"
+import * as TransactionId from "./TransactionId.js"
+
+/**
+ * Options of the 3PC Promise coordinator.
+ * @since 0.1.0
+ */
+export interface CoordinatorOptions {
+  /** Bound on each phase, in milliseconds (or a Duration); caps the phase defaults (10 s, 5 s, 10 s). */
+  readonly timeout?: number | Duration.DurationInput
+  /** `"classic"` (default), `"quorum"` or explicit `{ commit, abort }` quorum sizes. */
+  readonly mode?: ThreePhaseCommit.Mode
+  readonly canCommitTimeout?: number | Duration.DurationInput
+  readonly precommitTimeout?: number | Duration.DurationInput
+  readonly commitTimeout?: number | Duration.DurationInput
+  /** Gid namespace for this deployment. */
+  readonly namespace?: string
+}
+
+/**
+ * What `executeTransaction` resolves to: the 2PC facade's result plus `protocol: "3pc"`, and the
+ * status `"blocked"` (quorum mode: no quorum reachable; the agents finish it).
+ * @since 0.1.0
+ */
+export interface ThreePhaseResult extends Omit<TransactionResult, "status" | "outcome"> {
+  readonly protocol: "3pc"
+  readonly mode: "classic" | "quorum"
+  readonly status: TransactionResult["status"] | "blocked"
+  readonly outcome: ThreePhaseCommit.Outcome
+}
+
+/**
+ * An operation triple: the 3PC participant (or its registered name), the operation, its parameters.
+ * @since 0.1.0
+ */
+export type OperationTriple = readonly [
+  participant: ThreePhaseCommit.AnyThreePhaseParticipant | string,
+  operation: OperationCall["operation"],
+  params?: unknown
+]
+
+const toDuration = (value: number | Duration.DurationInput): Duration.Duration =>
+  typeof value === "number" ? Duration.millis(value) : Duration.decode(value)
+
+const isThreePhase = (p: unknown): p is ThreePhaseCommit.AnyThreePhaseParticipant =>
+  typeof p === "object" &&
+  p !== null &&
+  "verify" in p &&
+  Effect.isEffect((p as { verify: unknown }).verify) &&
+  typeof (p as { precommit?: unknown }).precommit === "function" &&
+  typeof (p as { preabort?: unknown }).preabort === "function"
+
+/**
+ * Turns a 3PC outcome into the Promise API's result.
+ * @since 0.1.0
+ */
+export const toResult = (outcome: ThreePhaseCommit.Outcome): ThreePhaseResult => {
+  const base = {
+    protocol: "3pc" as const,
+    mode: outcome.mode,
+    txId: outcome.txId,
+    votes: voteReports(outcome.votes),
+    outcome
+  }
+  return ThreePhaseCommit.Outcome.$match(outcome, {
+    Committed: (): ThreePhaseResult => ({ ...base, committed: true, status: "committed" }),
+    CommitPending: (o): ThreePhaseResult => ({
+      ...base,
+      committed: true,
+      status: "commit-pending",
+      pending: o.pending
+    }),
+    Aborted: (o): ThreePhaseResult => ({ ...base, committed: false, status: "aborted", reason: o.reason }),
+    Blocked: (o): ThreePhaseResult => ({ ...base, committed: false, status: "blocked", reason: o.reason })
+  })
+}
+
+/**
+ * The Promise facade over `ThreePhaseCommit.run`.
+ * @since 0.1.0
+ */
+export class ThreePhaseCoordinator {
+  private readonly runtime = ManagedRuntime.make(Layer.empty)
+  private readonly participants = new Map<string, ThreePhaseCommit.AnyThreePhaseParticipant>()
+  private readonly verifying: Array<Promise<void>> = []
+  private readonly options: ThreePhaseCommit.Options
+
+  constructor(options: CoordinatorOptions = {}) {
+    const cap = options.timeout === undefined ? undefined : toDuration(options.timeout)
+    const bound = (explicit: number | Duration.DurationInput | undefined, fallback: Duration.Duration) =>
+      explicit !== undefined
+        ? toDuration(explicit)
+        : cap === undefined
+          ? fallback
+          : Duration.min(cap, fallback)
+    this.options = {
+      canCommitTimeout: bound(options.canCommitTimeout, ThreePhaseCommit.defaults.canCommitTimeout),
+      precommitTimeout: bound(options.precommitTimeout, ThreePhaseCommit.defaults.precommitTimeout),
+      commitTimeout: bound(options.commitTimeout, ThreePhaseCommit.defaults.commitTimeout),
+      ...(options.mode === undefined ? {} : { mode: options.mode }),
+      ...(options.namespace === undefined ? {} : { namespace: options.namespace })
+    }
+  }
+
+  /**
+   * Registers a 3PC participant. Rejects with `InvalidTransactionError` for something that is not
+   * one, or a bad or duplicate name, and with its `ConfigurationError` when it cannot take part.
+   */
+  registerParticipant(participant: ThreePhaseCommit.AnyThreePhaseParticipant): Promise<void> {
+    const attempt = Effect.gen(this, function* () {
+      if (!isThreePhase(participant)) {
+        return yield* new InvalidTransactionError({
+          reason: "a 3PC participant needs verify, prepare, precommit, preabort, commit, rollback and state"
+        })
+      }
+      const name = yield* TransactionId.parseBranchName(participant.name)
+      if (this.participants.has(name)) {
+        return yield* new InvalidTransactionError({
+          reason: `a participant named ${name} is already registered`
+        })
+      }
+      this.participants.set(name, participant)
+      yield* participant.verify.pipe(Effect.tapError(() => Effect.sync(() => this.participants.delete(name))))
+    })
+    const pending = runToPromise(this.runtime, attempt)
+    this.verifying.push(pending.catch(() => undefined))
+    return pending
+  }
+
+  /** Runs one global transaction with 3PC. Rejects only for invalid input (nothing was sent). */
+  async executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<ThreePhaseResult> {
+    await Promise.all(this.verifying)
+    // The facade's grouping only reads `name` and `fromOperations`, which 3PC participants share
+    // with 2PC ones.
+    const registered = this.participants as unknown as ReadonlyMap<string, AnyParticipant>
+    const program = groupOperations(
+      operations as unknown as ReadonlyArray<TwoPhaseOperationTriple>,
+      registered,
+      (p) => (isThreePhase(p) ? (p as unknown as AnyParticipant) : undefined)
+    ).pipe(
+      Effect.flatMap((branches) =>
+        ThreePhaseCommit.run(branches as unknown as ReadonlyArray<ThreePhaseCommit.AnyBranch>, this.options)
+      ),
+      Effect.map(toResult)
+    )
+    return runToPromise(this.runtime, program)
+  }
+
+  /** One recovery pass: the termination protocol for every in-doubt branch of the registered participants. */
+  recover(options?: ThreePhaseCommit.RecoverOptions): Promise<ThreePhaseCommit.RecoveryReport> {
+    return runToPromise(
+      this.runtime,
+      ThreePhaseCommit.recover([...this.participants.values()], {
+        ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
+        ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
+        ...options
+      })
+    )
+  }
+
+  /**
+   * Runs every registered participant's agent in this process (`ThreePhaseCommit.watch`), as the
+   * participants' own processes would. Resolves to a function that stops them.
+   */
+  async startAgents(
+    options: ThreePhaseCommit.AgentOptions & { readonly interval?: Duration.DurationInput } = {}
+  ) {
+    await Promise.all(this.verifying)
+    const all = [...this.participants.values()]
+    const fibers = await Promise.all(
+      all.map((p) =>
+        this.runtime.runPromise(
+          Effect.forkDaemon(
+            ThreePhaseCommit.watch(
+              p,
+              all.filter((q) => q !== p),
+              {
+                ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
+                ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
+                ...options
+              }
+            )
+          )
+        )
+      )
+    )
+    return () => this.runtime.runPromise(Fiber.interruptAll(fibers))
+  }
+
+  /** Releases the coordinator's runtime. */
+  dispose(): Promise<void> {
+    return this.runtime.dispose()
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The DDL of Accord's tables (see `Schema`), idempotent and serialised by an advisory lock so that
+ * several processes can run it at start-up at once. Each table is created only when it does not
+ * exist yet: `create index if not exists` would take a lock on the existing table, and a prepared
+ * branch holds a lock on `accord_branch` (its marker row) until COMMIT PREPARED, so a participant
+ * starting beside an orphaned branch would wait for ever (and hang PGlite).
+ * `PgParticipant.make` runs `participant`, `PgTransactionLog.make` runs `log`; both are exported
+ * for users who prefer to migrate ahead of time (e.g. with a role that may create tables).
+ *
+ * @since 0.1.0
+ */
+import type { PGlite } from "@electric-sql/pglite"
+import { Effect } from "effect"
+import type postgres from "postgres"
+import { type Client, fromPglite, fromPostgres } from "./internal/client.js"
+
+// Any fixed key: "acrd" in ASCII.
+const LOCK = "select pg_advisory_xact_lock(1633907300);"
+
+/**
+ * DDL of the marker table, run in every participant database.
+ * @since 0.1.0
+ */
+export const participantDdl = `${LOCK}
+do $accord$ begin
+  if to_regclass('accord_branch') is null then
+    create table accord_branch (
+      gid text primary key,
+      tx_id text not null,
+      branch text not null,
+      created_at timestamptz not null default now()
+    );
+    create index accord_branch_created_at on accord_branch (created_at);
+  end if;
+end $accord$;`
+
+/**
+ * DDL of the coordinator log tables, run in the log database.
+ * @since 0.1.0
+ */
+export const logDdl = `${LOCK}
+do $accord$ begin
+  if to_regclass('accord_decision') is null then
+    create table accord_decision (
+      tx_id text primary key,
+      decision text not null check (decision in ('commit', 'abort')),
+      branches jsonb not null,
+      decided_at timestamptz not null,
+      completed_at timestamptz
+    );
+    create index accord_decision_unfinished on accord_decision (decided_at) where completed_at is null;
+  end if;
+  if to_regclass('accord_heuristic') is null then
+    create table accord_heuristic (
+      id bigint generated always as identity primary key,
+      tx_id text not null,
+      branch text not null,
+      gid text not null,
+      decision text not null check (decision in ('commit', 'abort')),
+      detail text not null,
+      recorded_at timestamptz not null default now()
+    );
+  end if;
+end $accord$;`
+
+/**
+ * A database to migrate: a postgres.js `sql` or a PGlite instance.
+ * @since 0.1.0
+ */
+export type Target = postgres.Sql | PGlite
+
+/** @internal */
+export const toClient = (target: Target): Client =>
+  typeof target === "function" ? fromPostgres(target) : fromPglite(target)
+
+const run = (target: Target, ddl: string) =>
+  Effect.tryPromise({
+    try: () => toClient(target).script(ddl),
+    catch: (error) => (error instanceof Error ? error : new Error(String(error)))
+  })
+
+/**
+ * Creates the marker table (participant databases). Idempotent.
+ * @since 0.1.0
+ */
+export const participant = (target: Target): Effect.Effect<void, Error> => run(target, participantDdl)
+
+/**
+ * Creates the coordinator log tables. Idempotent.
+ * @since 0.1.0
+ */
+export const log = (target: Target): Effect.Effect<void, Error> => run(target, logDdl)

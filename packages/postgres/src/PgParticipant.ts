@@ -1,0 +1,804 @@
+/**
+ * A PostgreSQL database as a 2PC participant (postgres.js, or PGlite embedded).
+ *
+ * One branch = one connection held for the branch: `BEGIN`; the caller's work; a marker row in
+ * `accord_branch`; `PREPARE TRANSACTION '<gid>'`. Phase 2 is `COMMIT PREPARED` / `ROLLBACK PREPARED`
+ * by gid from any connection of the same database. The marker makes every branch's state exact:
+ * prepared = listed in `pg_prepared_xacts`; committed = marker present; rolled back = neither.
+ *
+ * - A gid reaches SQL only after `TransactionId.validateGid`, quoted by `toSqlLiteral` (PREPARE takes
+ *   a literal, never a bind parameter).
+ * - Any error in the work is a `No` vote carrying the SQLSTATE and message.
+ * - A branch that changed nothing (no transaction id assigned) votes `ReadOnly` and commits at
+ *   once: no marker, no PREPARE, no phase 2.
+ * - The connection goes back to the pool on every path; after an interruption its running statement
+ *   is cancelled and the transaction rolled back first, and a connection that cannot be cleaned
+ *   within `cancelTimeout` is terminated, never returned in a transaction.
+ *
+ * @since 0.1.0
+ */
+import { Participant, TransactionError, TransactionId } from "@accord/core"
+import { PGlite } from "@electric-sql/pglite"
+import { Duration, Effect, Either } from "effect"
+import type postgres from "postgres"
+import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import { type PgFailure, toFailure, UNDEFINED_OBJECT } from "./internal/errors.js"
+import { Gate, shared as sharedGate } from "./internal/gate.js"
+import * as Migrations from "./Migrations.js"
+
+/**
+ * What a branch's work receives: queries bound to the branch's one connection and transaction.
+ * @since 0.1.0
+ */
+export interface BranchSession {
+  /** A parameterised statement (`$1`, `$2`, ...); resolves to its rows. */
+  readonly query: <T = Record<string, unknown>>(
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ) => Promise<Array<T>>
+  /** Runs a drizzle query builder (anything with `toSQL()`) on the branch. */
+  readonly execute: <T = Record<string, unknown>>(query: {
+    toSQL(): { sql: string; params: ReadonlyArray<unknown> }
+  }) => Promise<Array<T>>
+  /** postgres.js only: tagged templates on the branch's reserved connection. */
+  readonly sql?: postgres.Sql
+}
+
+/**
+ * A branch's work on a Postgres participant.
+ * @since 0.1.0
+ */
+export type PgWork = (session: BranchSession) => Promise<unknown>
+
+/**
+ * A named operation the Promise facade can call as `[participant, "name", params]`.
+ * @since 0.1.0
+ */
+export type Operation<Params = never> = (session: BranchSession, params: Params) => Promise<unknown>
+
+/**
+ * A Postgres participant: the core `Participant` plus marker housekeeping.
+ * @since 0.1.0
+ */
+export interface PgParticipant extends Participant.Participant<PgWork> {
+  readonly driver: "postgres" | "pglite"
+  /**
+   * Deletes marker rows older than `olderThan`; returns how many. Only safe for markers whose
+   * transactions are complete in the log (recovery needs the marker to tell "committed" from
+   * "rolled back by hand"): pick an age well past your longest recovery delay. `PgRecovery` removes
+   * the markers of completed transactions precisely; this is the backstop.
+   */
+  readonly gcMarkers: (
+    olderThan: Duration.DurationInput
+  ) => Effect.Effect<number, TransactionError.BranchCallError>
+}
+
+/**
+ * Options common to both drivers.
+ * @since 0.1.0
+ */
+export interface CommonOptions {
+  /** The branch name: 1-64 characters of `[A-Za-z0-9.-]`, unique within a coordinator. */
+  readonly name: string
+  /** Only report in-doubt branches of this gid namespace (see `TwoPhaseCommit.Options.namespace`). */
+  readonly namespace?: string
+  /** Named operations for the Promise facade. */
+  readonly operations?: Readonly<Record<string, Operation<never>>>
+  /** Bound on cleaning up an interrupted branch (cancel, wait, roll back). Default 5 s. */
+  readonly cancelTimeout?: Duration.DurationInput
+  /** Run the marker-table migration in `make` (default true). */
+  readonly migrate?: boolean
+  /**
+   * `forget` leaves markers younger than this alone (default 5 minutes). A coordinator may still
+   * be re-driving `COMMIT PREPARED` after recovery completed its transaction; it must then find
+   * the marker, or it would report a heuristic rollback that did not happen. Keep it above the
+   * coordinator's `transactionTimeout`. Younger markers are removed by a later `PgRecovery` pass.
+   */
+  readonly markerGrace?: Duration.DurationInput
+}
+
+/**
+ * Options of a postgres.js participant.
+ * @since 0.1.0
+ */
+export interface Options extends CommonOptions {
+  /** A postgres.js pool on the participant database (its role must be able to PREPARE); `max` at least 2. */
+  readonly sql: postgres.Sql
+  /**
+   * Most branches holding a connection at once. Default: the pool's `max` minus one, so that a
+   * connection is always left for `COMMIT PREPARED`: otherwise branches waiting for rows locked by
+   * prepared transactions can take every connection, and the commits that would release those
+   * locks wait for a connection for ever.
+   */
+  readonly maxBranches?: number
+}
+
+/**
+ * Options of a PGlite participant.
+ * @since 0.1.0
+ */
+export interface PgliteOptions extends CommonOptions {
+  /** A PGlite instance started with `max_prepared_transactions` (see `openPglite`). */
+  readonly db: PGlite
+  /**
+   * How long a branch waits for the PGlite gate before voting No. The gate is held from BEGIN to
+   * COMMIT/ROLLBACK PREPARED; a branch whose coordinator never comes back holds it until recovery
+   * resolves the branch. Default 10 s.
+   */
+  readonly lockTimeout?: Duration.DurationInput
+  /**
+   * The exclusivity gate. Default: one gate shared by all PGlite participants of the process (see
+   * `internal/gate.ts` for why a per-instance mutex deadlocks across instances).
+   */
+  readonly gate?: Gate
+}
+
+/**
+ * A fresh gate, for PGlite participants that must not share the process-wide one.
+ * @since 0.1.0
+ */
+export const makeGate = (): Gate => new Gate()
+
+/**
+ * Starts PGlite with prepared transactions enabled (PGlite's default is 0), in memory when
+ * `dataDir` is undefined. PGlite runs with fsync off: fine for demos and tests, not durable.
+ * A data directory holding a prepared transaction only reopens with the same setting.
+ * @since 0.1.0
+ */
+export const openPglite = (dataDir?: string): Promise<PGlite> =>
+  PGlite.create(dataDir, {
+    startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
+  })
+
+// ---------------------------------------------------------------------------------------------
+// SQL
+
+/** Inserted only when the branch already wrote something (the marker itself would assign an xid). */
+const MARKER_SQL =
+  "insert into accord_branch (gid, tx_id, branch) select $1::text, $2::text, $3::text " +
+  "where pg_current_xact_id_if_assigned() is not null returning 1 as marked"
+const MARKER_EXISTS_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
+const STATE_SQL =
+  "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
+  "exists (select 1 from accord_branch where gid = $1) as committed"
+const IN_DOUBT_SQL =
+  "select gid, (extract(epoch from prepared) * 1000)::float8 as prepared_at from pg_prepared_xacts " +
+  "where database = current_database() and gid like $1 order by prepared"
+const FORGET_SQL =
+  "delete from accord_branch where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)"
+const GC_SQL =
+  "with gone as (delete from accord_branch where created_at < now() - make_interval(secs => $1::float8) returning 1) " +
+  "select count(*)::int as deleted from gone"
+
+// ---------------------------------------------------------------------------------------------
+// Branch execution
+
+/** How a branch ended. */
+type Ending =
+  | { readonly _tag: "WorkFailed"; readonly failure: PgFailure }
+  | { readonly _tag: "ReadOnly" }
+  | { readonly _tag: "Prepared" }
+  | { readonly _tag: "Committed" }
+
+/** A statement of Accord's own (not the work) failed, at `stage`. */
+interface StageFailure {
+  /** `busy`: the PGlite gate stayed closed; nothing was sent. */
+  readonly stage: "busy" | "begin" | "marker" | "end"
+  readonly failure: PgFailure
+}
+
+type Mode = "prepare" | "onePhase"
+
+const noop = () => undefined
+
+const runWork = (
+  work: PgWork,
+  session: BranchSession,
+  onInterrupt: () => void,
+  cancelTimeout: Duration.Duration
+): Effect.Effect<void, PgFailure> =>
+  Effect.async<void, PgFailure>((resume) => {
+    let pending: Promise<unknown>
+    try {
+      pending = Promise.resolve(work(session))
+    } catch (error) {
+      pending = Promise.reject(error)
+    }
+    pending.then(
+      () => resume(Effect.void),
+      (error: unknown) => resume(Effect.fail(toFailure(error)))
+    )
+    // Interrupted: stop the work's statements and wait (bounded) for it to settle, so that nothing
+    // it still sends can land after the connection is cleaned up.
+    return Effect.promise(() => {
+      onInterrupt()
+      return pending.then(noop, noop)
+    }).pipe(Effect.timeout(cancelTimeout), Effect.ignore)
+  })
+
+interface PendingQuery<T> extends Promise<T> {
+  cancel(): void
+}
+
+/** A session on a reserved postgres.js connection that tracks its statements so they can be cancelled. */
+const trackedSession = (conn: postgres.ReservedSql) => {
+  const inflight = new Set<PendingQuery<unknown>>()
+  let closed = false
+  const track = <T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> => {
+    if (closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
+    const pending = conn.unsafe(
+      text,
+      (params ?? []) as Array<postgres.ParameterOrJSON<never>>
+    ) as unknown as PendingQuery<Array<T>>
+    inflight.add(pending)
+    return pending.then(
+      (rows) => {
+        inflight.delete(pending)
+        return rows
+      },
+      (error: unknown) => {
+        inflight.delete(pending)
+        throw error
+      }
+    )
+  }
+  const session: BranchSession = {
+    query: (text, params) => track(text, params),
+    execute: (q) => {
+      const { sql, params } = q.toSQL()
+      return track(sql, params)
+    },
+    sql: conn
+  }
+  return {
+    session,
+    close: () => {
+      closed = true
+    },
+    cancelAll: () => {
+      closed = true
+      for (const q of inflight) q.cancel()
+    }
+  }
+}
+
+interface ConnState {
+  /** A transaction is open on the connection and must be rolled back before release. */
+  open: boolean
+  /** The connection dropped: it is not released (postgres.js reconnects it on demand). */
+  broken: boolean
+  pid: number | undefined
+}
+
+const stageFailure = (stage: StageFailure["stage"], state: ConnState) => (failure: PgFailure) => {
+  if (failure.connectionLost) state.broken = true
+  // COMMIT or PREPARE that the server refused has ended the transaction.
+  if (stage === "end" && failure.sqlState !== undefined) state.open = false
+  return { stage, failure } satisfies StageFailure
+}
+
+const reserve = (sql: postgres.Sql): Effect.Effect<postgres.ReservedSql, StageFailure> =>
+  Effect.async<postgres.ReservedSql, StageFailure>((resume) => {
+    let abandoned = false
+    sql.reserve().then(
+      (conn) => (abandoned ? conn.release() : resume(Effect.succeed(conn))),
+      (error: unknown) => resume(Effect.fail({ stage: "begin", failure: toFailure(error) }))
+    )
+    // Interrupted while waiting for the pool: a connection that arrives later goes straight back.
+    return Effect.sync(() => {
+      abandoned = true
+    })
+  })
+
+/** Leaves the connection clean, then releases it; runs uninterruptibly. */
+const cleanUp = (
+  sql: postgres.Sql,
+  conn: postgres.ReservedSql,
+  state: ConnState,
+  cancelTimeout: Duration.Duration
+): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    if (state.broken) return
+    if (state.open) {
+      const rolledBack = yield* statement(conn, "ROLLBACK", undefined, cancelTimeout).pipe(
+        Effect.timeout(cancelTimeout),
+        Effect.either
+      )
+      if (Either.isLeft(rolledBack)) {
+        const lost = "connectionLost" in rolledBack.left && rolledBack.left.connectionLost
+        if (!lost && state.pid !== undefined) {
+          // Stuck: end the backend so the connection can never be reused inside a transaction.
+          yield* statement(sql, "select pg_terminate_backend($1)", [state.pid], cancelTimeout).pipe(
+            Effect.timeout(cancelTimeout),
+            Effect.ignore
+          )
+        }
+        return
+      }
+    }
+    conn.release()
+  })
+
+const pgBranch = (
+  sql: postgres.Sql,
+  ctx: Participant.BranchContext,
+  mode: Mode,
+  work: PgWork,
+  cancelTimeout: Duration.Duration
+): Effect.Effect<Ending, StageFailure> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function* () {
+      const conn = yield* restore(reserve(sql))
+      const state: ConnState = { open: false, broken: false, pid: undefined }
+      const body = Effect.gen(function* () {
+        state.open = true
+        const begun = yield* statement<unknown>(conn, "BEGIN", undefined, cancelTimeout).pipe(
+          Effect.mapError(stageFailure("begin", state))
+        )
+        const backend = (begun as { state?: { pid?: number } }).state
+        state.pid = typeof backend?.pid === "number" ? backend.pid : undefined
+        const tracked = trackedSession(conn)
+        const worked = yield* runWork(work, tracked.session, tracked.cancelAll, cancelTimeout).pipe(
+          Effect.either
+        )
+        tracked.close()
+        if (Either.isLeft(worked)) {
+          if (worked.left.connectionLost) state.broken = true
+          else {
+            yield* statement(conn, "ROLLBACK", undefined, cancelTimeout).pipe(
+              Effect.tap(() => {
+                state.open = false
+              }),
+              Effect.ignore
+            )
+          }
+          return { _tag: "WorkFailed", failure: worked.left } satisfies Ending
+        }
+        if (mode === "onePhase") {
+          yield* statement(conn, "COMMIT", undefined, cancelTimeout).pipe(
+            Effect.mapError(stageFailure("end", state))
+          )
+          state.open = false
+          return { _tag: "Committed" } satisfies Ending
+        }
+        const marked = yield* statement(
+          conn,
+          MARKER_SQL,
+          [ctx.gid, ctx.txId, ctx.branch],
+          cancelTimeout
+        ).pipe(Effect.mapError(stageFailure("marker", state)))
+        if (marked.length === 0) {
+          yield* statement(conn, "COMMIT", undefined, cancelTimeout).pipe(
+            Effect.mapError(stageFailure("end", state))
+          )
+          state.open = false
+          return { _tag: "ReadOnly" } satisfies Ending
+        }
+        yield* statement(
+          conn,
+          `PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`,
+          undefined,
+          cancelTimeout
+        ).pipe(Effect.mapError(stageFailure("end", state)))
+        state.open = false
+        return { _tag: "Prepared" } satisfies Ending
+      })
+      const exit = yield* Effect.exit(restore(body))
+      yield* cleanUp(sql, conn, state, cancelTimeout)
+      return yield* exit
+    })
+  )
+
+class PgliteStageError {
+  constructor(
+    readonly stage: StageFailure["stage"],
+    readonly cause: unknown
+  ) {}
+}
+
+const runPgliteBranch = async (db: PGlite, ctx: Participant.BranchContext, mode: Mode, work: PgWork) => {
+  let stage: StageFailure["stage"] = "begin"
+  try {
+    return await db.transaction<Ending>(async (tx) => {
+      const session: BranchSession = {
+        query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
+          (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
+        execute: async <T>(q: { toSQL(): { sql: string; params: ReadonlyArray<unknown> } }) => {
+          const { sql, params } = q.toSQL()
+          return (await tx.query<T>(sql, params as Array<unknown>)).rows
+        }
+      }
+      try {
+        await work(session)
+      } catch (error) {
+        await tx.rollback()
+        return { _tag: "WorkFailed", failure: toFailure(error) }
+      }
+      if (mode === "onePhase") {
+        // PGlite sends COMMIT when this callback returns.
+        stage = "end"
+        return { _tag: "Committed" }
+      }
+      stage = "marker"
+      const marked = await tx.query(MARKER_SQL, [ctx.gid, ctx.txId, ctx.branch])
+      stage = "end"
+      if (marked.rows.length === 0) return { _tag: "ReadOnly" }
+      await tx.exec(`PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`)
+      // PGlite's own COMMIT that follows finds no transaction: a warning, nothing else.
+      return { _tag: "Prepared" }
+    })
+  } catch (error) {
+    throw new PgliteStageError(stage, error)
+  }
+}
+
+const pgliteBranch = (
+  db: PGlite,
+  gate: Gate,
+  lockTimeout: Duration.Duration,
+  ctx: Participant.BranchContext,
+  mode: Mode,
+  work: PgWork,
+  cancelTimeout: Duration.Duration
+): Effect.Effect<Ending, StageFailure> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function* () {
+      const entered = yield* restore(gate.enter(ctx.txId, ctx.gid, lockTimeout))
+      if (!entered) {
+        return yield* Effect.fail<StageFailure>({
+          stage: "busy",
+          failure: {
+            sqlState: "55P03",
+            connectionLost: false,
+            message: `PGlite participant busy: transaction ${gate.holder ?? "?"} holds it (prepared, awaiting its decision) for more than ${Duration.format(lockTimeout)}; run recovery if its coordinator is gone`
+          }
+        })
+      }
+      return yield* restore(
+        Effect.async<Ending, StageFailure>((resume) => {
+          const pending = runPgliteBranch(db, ctx, mode, work)
+          // The gate is left here, on the promise, so that it is left even after an interruption.
+          pending.then(
+            (ending) => {
+              if (ending._tag !== "Prepared") gate.leave(ctx.gid)
+              resume(Effect.succeed(ending))
+            },
+            (error: unknown) => {
+              gate.leave(ctx.gid)
+              const stage = error instanceof PgliteStageError ? error.stage : "begin"
+              const cause = error instanceof PgliteStageError ? error.cause : error
+              resume(Effect.fail({ stage, failure: toFailure(cause) }))
+            }
+          )
+          return Effect.promise(() => pending.then(noop, noop)).pipe(
+            Effect.timeout(cancelTimeout),
+            Effect.ignore
+          )
+        })
+      )
+    })
+  )
+
+// ---------------------------------------------------------------------------------------------
+// The participant
+
+interface Driver {
+  readonly kind: "postgres" | "pglite"
+  readonly client: Client
+  readonly branch: (
+    ctx: Participant.BranchContext,
+    mode: Mode,
+    work: PgWork
+  ) => Effect.Effect<Ending, StageFailure>
+  /** Called once a prepared branch is resolved (PGlite: leaves the gate). */
+  readonly resolved: (gid: TransactionId.Gid) => void
+  readonly fix: string
+}
+
+const callError = (
+  ctx: { readonly txId: string; readonly branch: string },
+  phase: TransactionError.Phase,
+  failure: PgFailure,
+  inDoubt: boolean
+) =>
+  new TransactionError.BranchCallError({
+    txId: ctx.txId,
+    branch: ctx.branch,
+    phase,
+    reason: failure.message,
+    inDoubt,
+    sqlState: failure.sqlState
+  })
+
+const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options: CommonOptions) {
+  const name = yield* Either.mapLeft(
+    TransactionId.parseBranchName(options.name),
+    (e) =>
+      new TransactionError.ConfigurationError({
+        participant: String(options.name),
+        reason: e.reason,
+        fix: "name the participant with 1-64 characters of [A-Za-z0-9.-]"
+      })
+  )
+  if (options.namespace !== undefined && !TransactionId.namespacePattern.test(options.namespace)) {
+    return yield* new TransactionError.ConfigurationError({
+      participant: name,
+      reason: `invalid namespace ${JSON.stringify(options.namespace)}`,
+      fix: "use 1-16 characters of [a-z0-9]"
+    })
+  }
+  const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+  const client = driver.client
+  const query = <T>(text: string, params?: ReadonlyArray<unknown>) =>
+    statement<T>(client, text, params, cancelTimeout)
+  const operations = options.operations ?? {}
+  const markerGrace = Duration.toSeconds(Duration.decode(options.markerGrace ?? Duration.minutes(5)))
+  const self = { txId: "", branch: name }
+
+  const verify: Effect.Effect<void, TransactionError.ConfigurationError | TransactionError.BranchCallError> =
+    Effect.gen(function* () {
+      const rows = yield* query<{ max_prepared_transactions: string }>("show max_prepared_transactions").pipe(
+        Effect.mapError((f) => callError(self, "begin", f, false))
+      )
+      const value = Number(rows[0]?.max_prepared_transactions ?? 0)
+      if (!(value > 0)) {
+        return yield* new TransactionError.ConfigurationError({
+          participant: name,
+          reason: `max_prepared_transactions is ${value} on this server, so PREPARE TRANSACTION is refused`,
+          fix: driver.fix
+        })
+      }
+      if (options.migrate !== false) {
+        yield* Effect.tryPromise({
+          try: () => client.script(Migrations.participantDdl),
+          catch: (error) => callError(self, "begin", toFailure(error), false)
+        })
+      }
+    }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
+
+  const markerExists = (ctx: Participant.BranchContext, phase: TransactionError.Phase) =>
+    query<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid]).pipe(
+      Effect.map((rows) => rows[0]?.committed === true),
+      Effect.mapError((f) => callError(ctx, phase, f, f.connectionLost))
+    )
+
+  const prepare = Effect.fn("PgParticipant.prepare")(function* (
+    ctx: Participant.BranchContext,
+    work: PgWork
+  ) {
+    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "prepare" })
+    const ended = yield* Effect.either(driver.branch(ctx, "prepare", work))
+    if (Either.isRight(ended)) {
+      const ending = ended.right
+      switch (ending._tag) {
+        case "WorkFailed":
+          return Participant.Vote.No({ reason: ending.failure.message, sqlState: ending.failure.sqlState })
+        case "ReadOnly":
+          return Participant.Vote.ReadOnly()
+        default:
+          return Participant.Vote.Prepared()
+      }
+    }
+    const { stage, failure } = ended.left
+    // Busy, or the server refused the marker or the PREPARE: nothing is prepared, a definite No.
+    if (
+      stage === "busy" ||
+      (stage !== "begin" && !failure.connectionLost && failure.sqlState !== undefined)
+    ) {
+      return Participant.Vote.No({ reason: failure.message, sqlState: failure.sqlState })
+    }
+    // Could not start, or the connection dropped: the coordinator rolls the gid back to be sure.
+    return yield* callError(ctx, "prepare", failure, stage === "end")
+  })
+
+  const commitOnePhase = Effect.fn("PgParticipant.commitOnePhase")(function* (
+    ctx: Participant.BranchContext,
+    work: PgWork
+  ) {
+    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "onePhaseCommit" })
+    const ended = yield* Effect.either(driver.branch(ctx, "onePhase", work))
+    if (Either.isRight(ended)) {
+      const ending = ended.right
+      return ending._tag === "WorkFailed"
+        ? Participant.OnePhaseResult.No({ reason: ending.failure.message, sqlState: ending.failure.sqlState })
+        : Participant.OnePhaseResult.Committed()
+    }
+    const { stage, failure } = ended.left
+    if (stage === "busy" || (stage === "end" && !failure.connectionLost && failure.sqlState !== undefined)) {
+      return Participant.OnePhaseResult.No({ reason: failure.message, sqlState: failure.sqlState })
+    }
+    // A COMMIT whose answer was lost may have committed.
+    return yield* callError(ctx, "onePhaseCommit", failure, stage === "end")
+  })
+
+  const commit = Effect.fn("PgParticipant.commit")(function* (ctx: Participant.BranchContext) {
+    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "commit" })
+    const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
+      Effect.mapError((e) =>
+        callError(ctx, "commit", { sqlState: undefined, message: e.reason, connectionLost: false }, false)
+      )
+    )
+    const done = yield* query(`COMMIT PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
+    if (Either.isRight(done)) {
+      driver.resolved(gid)
+      return "Committed" as const
+    }
+    const failure = done.left
+    if (failure.sqlState !== UNDEFINED_OBJECT)
+      return yield* callError(ctx, "commit", failure, failure.connectionLost)
+    // Gone: committed already (marker), or rolled back outside the protocol (no marker).
+    const committed = yield* markerExists(ctx, "commit")
+    driver.resolved(gid)
+    return committed ? ("Committed" as const) : ("HeuristicRollback" as const)
+  })
+
+  const rollback = Effect.fn("PgParticipant.rollback")(function* (ctx: Participant.BranchContext) {
+    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "rollback" })
+    const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
+      Effect.mapError((e) =>
+        callError(ctx, "rollback", { sqlState: undefined, message: e.reason, connectionLost: false }, false)
+      )
+    )
+    const done = yield* query(`ROLLBACK PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
+    if (Either.isRight(done)) {
+      driver.resolved(gid)
+      return "RolledBack" as const
+    }
+    const failure = done.left
+    if (failure.sqlState !== UNDEFINED_OBJECT)
+      return yield* callError(ctx, "rollback", failure, failure.connectionLost)
+    const committed = yield* markerExists(ctx, "rollback")
+    driver.resolved(gid)
+    return committed ? ("HeuristicCommit" as const) : ("RolledBack" as const)
+  })
+
+  const state = Effect.fn("PgParticipant.state")(function* (ctx: Participant.BranchContext) {
+    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
+    const rows = yield* query<{ prepared: boolean; committed: boolean }>(STATE_SQL, [ctx.gid]).pipe(
+      Effect.mapError((f) => callError(ctx, "state", f, f.connectionLost))
+    )
+    const row = rows[0]
+    if (row?.prepared === true) return "prepared" as const
+    return row?.committed === true ? ("committed" as const) : ("aborted" as const)
+  })
+
+  const inDoubt: Effect.Effect<
+    ReadonlyArray<Participant.InDoubtBranch>,
+    TransactionError.BranchCallError
+  > = query<{
+    gid: string
+    prepared_at: number
+  }>(IN_DOUBT_SQL, [TransactionId.gidLikePattern(options.namespace)]).pipe(
+    Effect.map((rows) =>
+      rows.flatMap((row) => {
+        const parsed = TransactionId.parseGid(row.gid)
+        if (parsed._tag === "None") return []
+        if (options.namespace !== undefined && parsed.value.namespace !== options.namespace) return []
+        return [
+          {
+            gid: parsed.value.gid,
+            txId: parsed.value.txId,
+            branch: parsed.value.branch,
+            preparedAt: Number(row.prepared_at)
+          }
+        ]
+      })
+    ),
+    Effect.mapError((f) => callError(self, "recover", f, f.connectionLost)),
+    Effect.withSpan("PgParticipant.inDoubt", { attributes: { branch: name } })
+  )
+
+  const forget = (ctxs: ReadonlyArray<Participant.BranchContext>) =>
+    ctxs.length === 0
+      ? Effect.void
+      : query(FORGET_SQL, [ctxs.map((c) => c.gid), markerGrace]).pipe(
+          Effect.asVoid,
+          Effect.mapError((f) => callError(self, "complete", f, false)),
+          Effect.withSpan("PgParticipant.forget", { attributes: { branch: name, count: ctxs.length } })
+        )
+
+  const gcMarkers = (olderThan: Duration.DurationInput) =>
+    query<{ deleted: number }>(GC_SQL, [Duration.toSeconds(Duration.decode(olderThan))]).pipe(
+      Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
+      Effect.mapError((f) => callError(self, "complete", f, false)),
+      Effect.withSpan("PgParticipant.gcMarkers", { attributes: { branch: name } })
+    )
+
+  const fromOperations = (calls: ReadonlyArray<Participant.OperationCall>): PgWork => {
+    const steps = calls.map((call) => {
+      if (typeof call.operation === "function") return call.operation as unknown as Operation<unknown>
+      const op = Object.hasOwn(operations, call.operation) ? operations[call.operation] : undefined
+      if (op === undefined) {
+        const known = Object.keys(operations)
+        throw new TransactionError.InvalidTransactionError({
+          reason: `participant ${name} has no operation ${JSON.stringify(call.operation)}${
+            known.length === 0 ? "" : ` (known: ${known.join(", ")})`
+          }`
+        })
+      }
+      return op as Operation<unknown>
+    })
+    return async (session) => {
+      const results: Array<unknown> = []
+      for (const [i, step] of steps.entries()) results.push(await step(session, calls[i]!.params))
+      return results
+    }
+  }
+
+  yield* verify
+  const participant: PgParticipant = {
+    name,
+    driver: driver.kind,
+    verify,
+    prepare,
+    commitOnePhase,
+    commit,
+    rollback,
+    state,
+    inDoubt,
+    forget,
+    gcMarkers,
+    fromOperations
+  }
+  return participant
+})
+
+const postgresFix =
+  "as a superuser run `ALTER SYSTEM SET max_prepared_transactions = 64;` and restart PostgreSQL " +
+  "(e.g. `pg_ctlcluster 15 main restart`); with docker compose, start postgres with " +
+  '`command: ["postgres", "-c", "max_prepared_transactions=64"]`. It must be at least max_connections ' +
+  "when every connection may hold a prepared branch."
+
+/**
+ * A participant on a postgres.js pool. Checks `max_prepared_transactions` (a `ConfigurationError`
+ * with the fix when it is 0) and creates the marker table, before any work can run.
+ * @since 0.1.0
+ */
+export const make = (
+  options: Options
+): Effect.Effect<PgParticipant, TransactionError.ConfigurationError | TransactionError.BranchCallError> => {
+  const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+  const poolSize = Number((options.sql as { options?: { max?: number } }).options?.max ?? 10)
+  const slots = Effect.unsafeMakeSemaphore(Math.max(1, options.maxBranches ?? poolSize - 1))
+  return build(
+    {
+      kind: "postgres",
+      client: fromPostgres(options.sql),
+      branch: (ctx, mode, work) =>
+        slots.withPermits(1)(pgBranch(options.sql, ctx, mode, work, cancelTimeout)),
+      resolved: noop,
+      fix: postgresFix
+    },
+    options
+  )
+}
+
+/**
+ * A participant on a PGlite instance. Branches hold the PGlite gate from BEGIN through
+ * COMMIT/ROLLBACK PREPARED, so no statement ever waits for a row held by a prepared transaction
+ * (which would hang the single-session instance). Branches found prepared at start-up hold the
+ * gate until recovery resolves them. Give each PGlite instance one participant.
+ * @since 0.1.0
+ */
+export const makePglite = (
+  options: PgliteOptions
+): Effect.Effect<PgParticipant, TransactionError.ConfigurationError | TransactionError.BranchCallError> =>
+  Effect.gen(function* () {
+    const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+    const lockTimeout = Duration.decode(options.lockTimeout ?? Duration.seconds(10))
+    const gate = options.gate ?? sharedGate
+    const participant = yield* build(
+      {
+        kind: "pglite",
+        client: fromPglite(options.db),
+        branch: (ctx, mode, work) =>
+          pgliteBranch(options.db, gate, lockTimeout, ctx, mode, work, cancelTimeout),
+        resolved: (gid) => gate.leave(gid),
+        fix: 'open PGlite with PgParticipant.openPglite(dataDir), i.e. startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]'
+      },
+      options
+    )
+    const leftover = yield* participant.inDoubt
+    gate.holdFor(leftover.map((b) => b.gid))
+    return participant
+  })

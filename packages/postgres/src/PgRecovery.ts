@@ -1,0 +1,126 @@
+/**
+ * Recovery against PostgreSQL: the core `Recovery` pass over Postgres participants and a
+ * `PgTransactionLog`, followed by garbage collection of finished bookkeeping.
+ *
+ * The core pass finishes unfinished decisions (COMMIT/ROLLBACK PREPARED by gid; the marker rows
+ * tell "already committed" from "rolled back by hand", reported as heuristics) and presumes abort
+ * for Accord-prefixed prepared branches of each participant's own database with no decision, by
+ * inserting the abort decision under the transaction's key (first writer wins).
+ *
+ * Then, for decisions completed more than `gcAfter` ago, each participant deletes its marker rows
+ * and the decisions are purged from the log. `gcAfter` must exceed the participants'
+ * `markerGrace` (default 5 minutes), so that the markers are old enough to be deleted.
+ *
+ * Safe to run twice and from several processes at once.
+ *
+ * @since 0.1.0
+ */
+import { type Participant, Recovery, type TransactionError, TransactionLog } from "@accord/core"
+import { Duration, Effect, Schedule } from "effect"
+import type { PgTransactionLog } from "./PgTransactionLog.js"
+
+/**
+ * Options of a Postgres recovery pass.
+ * @since 0.1.0
+ */
+export interface Options extends Recovery.Options {
+  /**
+   * Garbage collection of completed transactions: markers and log rows of decisions completed
+   * more than `after` ago (default 10 minutes), at most `limit` per pass (default 10,000).
+   * `false` turns it off.
+   */
+  readonly gc?: { readonly after?: Duration.DurationInput; readonly limit?: number } | false
+}
+
+/**
+ * What a pass did: the core report plus garbage collection.
+ * @since 0.1.0
+ */
+export interface Report extends Recovery.RecoveryReport {
+  /** Completed decisions purged from the log (their markers deleted) in this pass. */
+  readonly decisionsPurged: number
+}
+
+/**
+ * One recovery pass.
+ * @since 0.1.0
+ */
+export const run: (args: {
+  readonly participants: ReadonlyArray<Participant.AnyParticipant>
+  readonly log: PgTransactionLog
+  readonly options?: Options
+}) => Effect.Effect<Report, TransactionError.LogError | TransactionError.BranchCallError> = Effect.fn(
+  "PgRecovery.run"
+)(function* (args: {
+  readonly participants: ReadonlyArray<Participant.AnyParticipant>
+  readonly log: PgTransactionLog
+  readonly options?: Options
+}) {
+  const options = args.options ?? {}
+  const report = yield* Recovery.run(args.participants, options).pipe(
+    Effect.provideService(TransactionLog.TransactionLog, args.log)
+  )
+  const decisionsPurged =
+    options.gc === false ? 0 : yield* collect(args.participants, args.log, options.gc ?? {})
+  return { ...report, decisionsPurged } satisfies Report
+})
+
+const collect = (
+  participants: ReadonlyArray<Participant.AnyParticipant>,
+  log: PgTransactionLog,
+  gc: { readonly after?: Duration.DurationInput; readonly limit?: number }
+) =>
+  Effect.gen(function* () {
+    const after = Duration.decode(gc.after ?? Duration.minutes(10))
+    const done = yield* log.completed({
+      limit: gc.limit ?? 10_000,
+      olderThanMillis: Duration.toMillis(after)
+    })
+    if (done.length === 0) return 0
+    const byName = new Map(participants.map((p) => [p.name as string, p]))
+    const purgeable: Array<(typeof done)[number]["txId"]> = []
+    const perParticipant = new Map<string, Array<Participant.BranchContext>>()
+    for (const decision of done) {
+      // A decision whose participant is not here keeps its row, so that its markers can still be found.
+      if (!decision.branches.every((b) => byName.has(b.branch))) continue
+      purgeable.push(decision.txId)
+      for (const b of decision.branches) {
+        const list = perParticipant.get(b.branch) ?? []
+        list.push({ txId: decision.txId, branch: b.branch, gid: b.gid })
+        perParticipant.set(b.branch, list)
+      }
+    }
+    const forgotten = yield* Effect.forEach(
+      [...perParticipant.entries()],
+      ([name, ctxs]) =>
+        byName
+          .get(name)!
+          .forget(ctxs)
+          .pipe(
+            Effect.as(true),
+            Effect.catchAll(() => Effect.succeed(false))
+          ),
+      { concurrency: "unbounded" }
+    )
+    // Purge only when every participant's markers went: otherwise the next pass tries again.
+    if (!forgotten.every(Boolean)) return 0
+    return yield* log.purge(purgeable)
+  }).pipe(Effect.withSpan("PgRecovery.collect"))
+
+/**
+ * Runs a pass now and then every `every`, forever (fork it). A failed pass is logged and the
+ * next one runs on schedule.
+ * @since 0.1.0
+ */
+export const sweep = (args: {
+  readonly participants: ReadonlyArray<Participant.AnyParticipant>
+  readonly log: PgTransactionLog
+  readonly every: Duration.DurationInput
+  readonly options?: Options
+}): Effect.Effect<never> =>
+  run(args).pipe(
+    Effect.tapError((e) => Effect.logWarning("recovery pass failed", e)),
+    Effect.ignore,
+    Effect.repeat(Schedule.spaced(args.every)),
+    Effect.andThen(Effect.never)
+  )

@@ -1,0 +1,306 @@
+/**
+ * The core `SagaLog` on a Postgres database (postgres.js or PGlite), tables in `SagaSchema`.
+ *
+ * Every write is one autocommitted statement. `SagaStarted`, `StepStarted`, `SagaEnded` and
+ * `OperatorAction` are forced (`synchronous_commit = on` for that statement) before the
+ * orchestrator acts on them: `StepStarted` is durable before the action runs, which is what makes
+ * an interrupted step recognisable as in doubt. Completion and compensation records are written
+ * with `synchronous_commit = off` (`forceAll: true` forces them too): losing one in a database crash
+ * only repeats an idempotent step, and the next forced record flushes them anyway.
+ *
+ * Ownership: an append bumps `accord_saga.next_seq` *where owner = $owner* and inserts the record
+ * with that number in the same statement; an orchestrator that lost its lease writes nothing.
+ * Lease times are the database's `now()`, so orchestrators need no synchronised clocks.
+ * `claimAbandoned` picks running sagas with an expired lease `FOR UPDATE SKIP LOCKED` and takes
+ * them over in one statement: concurrent sweepers never claim the same saga.
+ *
+ * @since 0.1.0
+ */
+import type { PGlite } from "@electric-sql/pglite"
+import {
+  type Lease,
+  LeaseLostError,
+  SagaBusyError,
+  type SagaHistory,
+  SagaLog,
+  SagaNotFoundError,
+  type SagaRecord,
+  type SagaStatus
+} from "@accord/core/SagaLog"
+import { LogError } from "@accord/core/TransactionError"
+import { Duration, Effect, Layer, Option } from "effect"
+import type postgres from "postgres"
+import { type Client, fromPglite, fromPostgres } from "./internal/client.js"
+import { toFailure } from "./internal/errors.js"
+import { sagaLogDdl } from "./SagaSchema.js"
+
+/**
+ * A postgres.js pool or a PGlite instance.
+ * @since 0.1.0
+ */
+export type PgConnection = postgres.Sql | PGlite
+
+const clientOf = (conn: PgConnection): Client =>
+  typeof conn === "function" ? fromPostgres(conn) : fromPglite(conn)
+
+/**
+ * Creates the saga log tables (idempotent).
+ * @since 0.1.0
+ */
+export const migrate = (conn: PgConnection): Promise<void> => clientOf(conn).script(sagaLogDdl)
+
+const millis = (lease: Lease): number => Duration.toMillis(Duration.decode(lease.leaseFor))
+
+interface SagaRow {
+  readonly saga_id: string
+  readonly saga_type: string
+  readonly input: unknown
+  readonly status: SagaStatus
+  readonly owner: string | null
+  readonly lease_until_ms: number | string | null
+}
+
+interface RecordRow {
+  readonly kind: string
+  readonly payload: Record<string, unknown>
+}
+
+const SAGA_COLUMNS =
+  "saga_id, saga_type, input, status, owner, (extract(epoch from lease_until) * 1000)::float8 as lease_until_ms"
+
+const SAGA_COLUMNS_OF_S =
+  "s.saga_id, s.saga_type, s.input, s.status, s.owner, (extract(epoch from s.lease_until) * 1000)::float8 as lease_until_ms"
+
+const statusOfRecord = (record: SagaRecord): SagaStatus | null => {
+  if (record._tag === "SagaEnded") {
+    const tag = record.outcome._tag
+    return tag === "Completed" ? "completed" : tag === "Compensated" ? "compensated" : "stuck"
+  }
+  if (record._tag === "OperatorAction" && record.action === "retry") return "running"
+  return null
+}
+
+const payloadOf = (record: SagaRecord): string => {
+  const { _tag, sagaId, ...rest } = record
+  return JSON.stringify(rest)
+}
+
+/**
+ * Records that are forced (flushed to disk before the call returns). The others may be lost in a
+ * crash of the *database* without harm: a lost StepCompleted / StepFailed re-runs the step (at
+ * least once, in doubt), a lost CompensationStarted/Completed re-runs the compensation (which must
+ * be idempotent anyway); and the next forced record flushes them, since the WAL is sequential.
+ * StepStarted must be durable before the action runs, SagaEnded before the caller hears the outcome.
+ */
+const mustForce = (record: SagaRecord): boolean =>
+  record._tag === "SagaStarted" ||
+  record._tag === "StepStarted" ||
+  record._tag === "SagaEnded" ||
+  record._tag === "OperatorAction"
+
+const toHistory = (row: SagaRow, records: ReadonlyArray<RecordRow>): SagaHistory => ({
+  sagaId: row.saga_id,
+  sagaType: row.saga_type,
+  input: row.input,
+  status: row.status,
+  owner: row.owner,
+  leaseUntil: row.lease_until_ms === null ? null : Number(row.lease_until_ms),
+  records: records.map((r) => ({ ...r.payload, _tag: r.kind, sagaId: row.saga_id }) as unknown as SagaRecord)
+})
+
+/**
+ * A `SagaLog` on `conn`; runs the migration first.
+ * @since 0.1.0
+ */
+export const make = (
+  conn: PgConnection,
+  options?: {
+    /** Force every record, not only those that must be (default false: see `mustForce`). */
+    readonly forceAll?: boolean
+  }
+): Effect.Effect<SagaLog["Type"], LogError> =>
+  Effect.gen(function* () {
+    const forceAll = options?.forceAll ?? false
+    const client = clientOf(conn)
+    const query = <T>(
+      operation: string,
+      sagaId: string | undefined,
+      text: string,
+      params: ReadonlyArray<unknown>
+    ) =>
+      Effect.tryPromise({
+        try: () => client.query<T>(text, params),
+        catch: (error) =>
+          new LogError({
+            operation,
+            ...(sagaId === undefined ? {} : { txId: sagaId }),
+            reason: toFailure(error).message
+          })
+      })
+    yield* Effect.tryPromise({
+      try: () => client.script(sagaLogDdl),
+      catch: (error) => new LogError({ operation: "migrate", reason: toFailure(error).message })
+    })
+
+    const records = (sagaId: string) =>
+      query<RecordRow>(
+        "load",
+        sagaId,
+        "select kind, payload from accord_saga_record where saga_id = $1 order by seq",
+        [sagaId]
+      )
+
+    const loadRow = (sagaId: string) =>
+      query<SagaRow>("load", sagaId, `select ${SAGA_COLUMNS} from accord_saga where saga_id = $1`, [
+        sagaId
+      ]).pipe(Effect.map((rows) => Option.fromNullable(rows[0])))
+
+    const load = (sagaId: string) =>
+      Effect.gen(function* () {
+        const row = yield* loadRow(sagaId)
+        if (Option.isNone(row)) return Option.none<SagaHistory>()
+        return Option.some(toHistory(row.value, yield* records(sagaId)))
+      })
+
+    const service: SagaLog["Type"] = {
+      start: (record, lease) =>
+        Effect.gen(function* () {
+          const rows = yield* query<{ seq: number }>(
+            "start",
+            record.sagaId,
+            `with ins as (
+               insert into accord_saga (saga_id, saga_type, input, status, owner, lease_until, next_seq)
+               values ($1, $2, $3::text::jsonb, 'running', $4, now() + $5::float8 * interval '1 millisecond', 1)
+               on conflict (saga_id) do nothing
+               returning saga_id
+             )
+             insert into accord_saga_record (saga_id, seq, kind, step, payload)
+             select saga_id, 1, 'SagaStarted', null, $6::text::jsonb from ins
+             returning seq`,
+            [
+              record.sagaId,
+              record.sagaType,
+              JSON.stringify(record.input ?? null),
+              lease.owner,
+              millis(lease),
+              payloadOf(record)
+            ]
+          )
+          if (rows.length === 0) {
+            const existing = yield* loadRow(record.sagaId)
+            return yield* Effect.fail(
+              new SagaBusyError({
+                sagaId: record.sagaId,
+                owner: Option.match(existing, { onNone: () => "", onSome: (r) => r.owner ?? "" })
+              })
+            )
+          }
+        }),
+      append: (record, owner) =>
+        Effect.gen(function* () {
+          const status = statusOfRecord(record)
+          const ends = record._tag === "SagaEnded"
+          const rows = yield* query<{ seq: number }>(
+            "append",
+            record.sagaId,
+            `with s as (
+               update accord_saga set next_seq = next_seq + 1, updated_at = now(),
+                 status = coalesce($5::text, status),
+                 owner = case when $6::boolean then null else owner end,
+                 lease_until = case when $6::boolean then null else lease_until end
+               where saga_id = $1 and owner = $2
+               returning next_seq
+             )
+             insert into accord_saga_record (saga_id, seq, kind, step, payload)
+             select $1, next_seq, $3, $4, $7::text::jsonb
+             from s, (select set_config('synchronous_commit', $8::text, true) as durability) as f
+             returning seq`,
+            [
+              record.sagaId,
+              owner,
+              record._tag,
+              "step" in record ? record.step : null,
+              status,
+              ends,
+              payloadOf(record),
+              forceAll || mustForce(record) ? "on" : "off"
+            ]
+          )
+          if (rows.length === 0)
+            return yield* Effect.fail(new LeaseLostError({ sagaId: record.sagaId, owner }))
+        }),
+      load,
+      claim: (sagaId, lease) =>
+        Effect.gen(function* () {
+          const rows = yield* query<SagaRow>(
+            "claim",
+            sagaId,
+            `update accord_saga set owner = $2, lease_until = now() + $3::float8 * interval '1 millisecond', updated_at = now()
+             where saga_id = $1 and (owner is null or owner = $2 or lease_until < now())
+             returning ${SAGA_COLUMNS}`,
+            [sagaId, lease.owner, millis(lease)]
+          )
+          const row = rows[0]
+          if (row === undefined) {
+            const existing = yield* loadRow(sagaId)
+            if (Option.isNone(existing)) return yield* Effect.fail(new SagaNotFoundError({ sagaId }))
+            return yield* Effect.fail(new SagaBusyError({ sagaId, owner: existing.value.owner ?? "" }))
+          }
+          return toHistory(row, yield* records(sagaId))
+        }),
+      claimAbandoned: (options) =>
+        Effect.gen(function* () {
+          const rows = yield* query<SagaRow>(
+            "claimAbandoned",
+            undefined,
+            `with c as (
+               select saga_id from accord_saga
+               where status = 'running' and (owner is null or lease_until < now())
+               order by created_at
+               limit $3
+               for update skip locked
+             )
+             update accord_saga s set owner = $1, lease_until = now() + $2::float8 * interval '1 millisecond', updated_at = now()
+             from c where s.saga_id = c.saga_id
+             returning ${SAGA_COLUMNS_OF_S}`,
+            [options.owner, millis(options), options.limit]
+          )
+          return yield* Effect.forEach(rows, (row) =>
+            Effect.map(records(row.saga_id), (rs) => toHistory(row, rs))
+          )
+        }),
+      renewLease: (sagaId, lease) =>
+        query<{ ok: number }>(
+          "renewLease",
+          sagaId,
+          `update accord_saga set lease_until = now() + $3::float8 * interval '1 millisecond'
+           where saga_id = $1 and owner = $2 returning 1 as ok`,
+          [sagaId, lease.owner, millis(lease)]
+        ).pipe(Effect.map((rows) => rows.length === 1)),
+      release: (sagaId, owner) =>
+        query(
+          "release",
+          sagaId,
+          "update accord_saga set owner = null, lease_until = null where saga_id = $1 and owner = $2",
+          [sagaId, owner]
+        ).pipe(Effect.asVoid),
+      list: (options) =>
+        query<SagaRow>(
+          "list",
+          undefined,
+          `select ${SAGA_COLUMNS} from accord_saga where ($1::text is null or status = $1)
+           order by created_at, saga_id limit $2`,
+          [options?.status ?? null, options?.limit ?? 1000]
+        ).pipe(Effect.map((rows) => rows.map((r) => toHistory(r, []))))
+    }
+    return service
+  })
+
+/**
+ * A layer providing the `SagaLog` on `conn`.
+ * @since 0.1.0
+ */
+export const layer = (
+  conn: PgConnection,
+  options?: { readonly forceAll?: boolean }
+): Layer.Layer<SagaLog, LogError> => Layer.effect(SagaLog, make(conn, options))

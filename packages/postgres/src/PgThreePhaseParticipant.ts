@@ -1,0 +1,305 @@
+/**
+ * A PostgreSQL database as a 3PC participant (postgres.js, or PGlite embedded), built on
+ * `PgParticipant`: the same options, the same `PgWork`, the same branch (BEGIN; work; marker row;
+ * `PREPARE TRANSACTION`).
+ *
+ * What 3PC adds is one row per branch in `accord_3pc_state`, written and committed in the same
+ * database in its own short transaction (never inside the prepared one, whose locks would block it):
+ * - after `PREPARE TRANSACTION` succeeds: `uncertain`, with the transaction's member list. Only then
+ *   does the participant vote yes, so a prepared branch without a row never voted yes;
+ * - PreCommit: `uncertain → precommitted`; pre-abort: `uncertain → preaborted`. Both are
+ *   conditional updates of that one row, so they exclude each other under any concurrency;
+ * - rollback: the row becomes `aborted` *before* `ROLLBACK PREPARED`. For a gid that is not prepared
+ *   yet this is a fence: the branch's own vote then finds `aborted` and rolls itself back.
+ *
+ * The member's state is derived from durable facts only, so it survives restarts:
+ * committed = marker row present (`accord_branch`, committed with the branch); otherwise, prepared
+ * (`pg_prepared_xacts`) → the recorded row (`initial` when none); otherwise `aborted` if a row
+ * exists, `initial` if nothing does. `pg_prepared_xacts` is read in a statement *before* the marker,
+ * so a `COMMIT PREPARED` landing between the two reads is seen as prepared, never as aborted.
+ *
+ * @since 0.1.0
+ */
+import { Participant, type ThreePhaseCommit, TransactionError } from "@accord/core"
+import type { PGlite } from "@electric-sql/pglite"
+import { Duration, Effect } from "effect"
+import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import type { PgFailure } from "./internal/errors.js"
+import * as PgParticipant from "./PgParticipant.js"
+
+/**
+ * A 3PC participant on Postgres.
+ * @since 0.1.0
+ */
+export interface PgThreePhaseParticipant
+  extends ThreePhaseCommit.ThreePhaseParticipant<PgParticipant.PgWork> {
+  readonly driver: "postgres" | "pglite"
+  /** The underlying 2PC participant (same branches), e.g. for `Recovery` or operators. */
+  readonly twoPhase: PgParticipant.PgParticipant
+}
+
+/**
+ * DDL of the 3PC state table, idempotent, serialised by the same advisory lock as Accord's other DDL.
+ * @since 0.1.0
+ */
+export const ddl = `select pg_advisory_xact_lock(1633907300);
+create table if not exists accord_3pc_state (
+  gid text primary key,
+  tx_id text not null,
+  branch text not null,
+  state text not null check (state in ('uncertain', 'precommitted', 'preaborted', 'aborted')),
+  members text not null default '',
+  updated_at timestamptz not null default now()
+);`
+
+// A conflicting row is returned unchanged: a fence (`aborted`) written first wins.
+const VOTE_SQL =
+  "insert into accord_3pc_state (gid, tx_id, branch, state, members) values ($1, $2, $3, 'uncertain', $4) " +
+  "on conflict (gid) do update set state = accord_3pc_state.state returning state"
+const MOVE_SQL =
+  "update accord_3pc_state set state = $2, updated_at = now() where gid = $1 and state = 'uncertain' returning state"
+const FENCE_SQL =
+  "insert into accord_3pc_state (gid, tx_id, branch, state) values ($1, $2, $3, 'aborted') " +
+  "on conflict (gid) do update set state = 'aborted', updated_at = now()"
+const PREPARED_SQL =
+  "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
+const AFTER_SQL =
+  "select exists (select 1 from accord_branch where gid = $1) as committed, " +
+  "(select state from accord_3pc_state where gid = $1) as recorded"
+const ROWS_SQL = "select gid, state, members from accord_3pc_state where gid = any($1::text[])"
+const FORGET_SQL = "delete from accord_3pc_state where gid = any($1::text[])"
+
+type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
+
+/** A write that forces a transaction id, so that the branch always prepares (3PC has no read-only vote). */
+const FORCE_XID_SQL = "select pg_current_xact_id()"
+
+const parseMembers = (text: string | null | undefined): ReadonlyArray<string> | undefined =>
+  text === null || text === undefined || text === "" ? undefined : text.split(",")
+
+const build = (
+  pg: PgParticipant.PgParticipant,
+  client: Client,
+  cancelTimeout: Duration.Duration,
+  migrate: boolean
+): Effect.Effect<
+  PgThreePhaseParticipant,
+  TransactionError.ConfigurationError | TransactionError.BranchCallError
+> =>
+  Effect.gen(function* () {
+    const name = pg.name
+    const fail = (ctx: { readonly txId: string }, phase: TransactionError.Phase) => (f: PgFailure) =>
+      new TransactionError.BranchCallError({
+        txId: ctx.txId,
+        branch: name,
+        phase,
+        reason: f.message,
+        inDoubt: f.connectionLost,
+        sqlState: f.sqlState
+      })
+    const query = <T>(
+      text: string,
+      params: ReadonlyArray<unknown>,
+      ctx: { readonly txId: string },
+      phase: TransactionError.Phase
+    ) => statement<T>(client, text, params, cancelTimeout).pipe(Effect.mapError(fail(ctx, phase)))
+
+    if (migrate)
+      yield* Effect.tryPromise({
+        try: () => client.script(ddl),
+        catch: (error) =>
+          new TransactionError.ConfigurationError({
+            participant: name,
+            reason: `cannot create accord_3pc_state: ${error instanceof Error ? error.message : String(error)}`,
+            fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
+          })
+      })
+
+    const state = Effect.fn("PgThreePhaseParticipant.state")(function* (ctx: Participant.BranchContext) {
+      yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
+      // Order matters: prepared first, then the marker in a later snapshot (see the module doc).
+      const prepared =
+        (yield* query<{ prepared: boolean }>(PREPARED_SQL, [ctx.gid], ctx, "state"))[0]?.prepared === true
+      const after = (yield* query<{ committed: boolean; recorded: Recorded | null }>(
+        AFTER_SQL,
+        [ctx.gid],
+        ctx,
+        "state"
+      ))[0]
+      if (after?.committed === true) return "committed" as const
+      const recorded = after?.recorded ?? null
+      if (prepared) return recorded ?? ("initial" as const)
+      return recorded === null ? ("initial" as const) : ("aborted" as const)
+    })
+
+    const prepare = Effect.fn("PgThreePhaseParticipant.prepare")(function* (
+      ctx: ThreePhaseCommit.MemberContext,
+      work: PgParticipant.PgWork
+    ) {
+      yield* Effect.annotateCurrentSpan({
+        txId: ctx.txId,
+        branch: ctx.branch,
+        gid: ctx.gid,
+        phase: "prepare"
+      })
+      const vote = yield* pg.prepare(ctx, async (session) => {
+        const result = await work(session)
+        await session.query(FORCE_XID_SQL)
+        return result
+      })
+      if (vote._tag !== "Prepared") return vote
+      // The yes vote, with the members, is durable before it is sent; first writer wins against a fence.
+      const recorded = yield* query<{ state: Recorded }>(
+        VOTE_SQL,
+        [ctx.gid, ctx.txId, ctx.branch, ctx.members.join(",")],
+        ctx,
+        "prepare"
+      )
+      if (recorded[0]?.state === "aborted") {
+        yield* pg.rollback(ctx)
+        return Participant.Vote.No({ reason: "rolled back by the termination protocol before it voted" })
+      }
+      return vote
+    })
+
+    const move = (to: "precommitted" | "preaborted") =>
+      Effect.fn(`PgThreePhaseParticipant.${to === "precommitted" ? "precommit" : "preabort"}`)(function* (
+        ctx: Participant.BranchContext
+      ) {
+        const phase = to === "precommitted" ? "precommit" : "preabort"
+        yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase })
+        const moved = yield* query<{ state: Recorded }>(MOVE_SQL, [ctx.gid, to], ctx, phase)
+        // A row still `uncertain` proves the branch was not rolled back through the protocol (the
+        // fence comes first), so a precommit that moved it needs no second look. A pre-abort does
+        // look: a quorum-mode terminator may have committed an uncertain member directly, and a
+        // committed member must never count towards an abort quorum.
+        if (moved.length === 1 && to === "precommitted") return "precommitted" as const
+        return yield* state(ctx)
+      })
+
+    const rollback = Effect.fn("PgThreePhaseParticipant.rollback")(function* (
+      ctx: Participant.BranchContext
+    ) {
+      yield* Effect.annotateCurrentSpan({
+        txId: ctx.txId,
+        branch: ctx.branch,
+        gid: ctx.gid,
+        phase: "rollback"
+      })
+      yield* query(FENCE_SQL, [ctx.gid, ctx.txId, ctx.branch], ctx, "rollback")
+      return yield* pg.rollback(ctx)
+    })
+
+    const inDoubt: PgThreePhaseParticipant["inDoubt"] = Effect.gen(function* () {
+      const branches = yield* pg.inDoubt
+      if (branches.length === 0) return []
+      const rows = yield* query<{ gid: string; state: Recorded; members: string }>(
+        ROWS_SQL,
+        [branches.map((b) => b.gid)],
+        { txId: "" },
+        "recover"
+      )
+      const byGid = new Map(rows.map((r) => [r.gid, r]))
+      return branches.map((b): ThreePhaseCommit.InDoubtMember => {
+        const row = byGid.get(b.gid)
+        return {
+          ...b,
+          state: row?.state ?? "initial",
+          members: parseMembers(row?.members) as ThreePhaseCommit.InDoubtMember["members"]
+        }
+      })
+    }).pipe(Effect.withSpan("PgThreePhaseParticipant.inDoubt", { attributes: { branch: name } }))
+
+    const forget = (ctxs: ReadonlyArray<Participant.BranchContext>) =>
+      ctxs.length === 0
+        ? Effect.void
+        : pg
+            .forget(ctxs)
+            .pipe(
+              Effect.zipRight(query(FORGET_SQL, [ctxs.map((c) => c.gid)], { txId: "" }, "complete")),
+              Effect.asVoid
+            )
+
+    const participant: PgThreePhaseParticipant = {
+      name,
+      driver: pg.driver,
+      twoPhase: pg,
+      verify: pg.verify,
+      prepare,
+      precommit: move("precommitted"),
+      preabort: move("preaborted"),
+      commit: pg.commit,
+      rollback,
+      state,
+      inDoubt,
+      forget,
+      ...(pg.fromOperations === undefined ? {} : { fromOperations: pg.fromOperations })
+    }
+    return participant
+  })
+
+/**
+ * A 3PC participant on a postgres.js pool: `PgParticipant.make`'s options and checks, plus the
+ * `accord_3pc_state` table. The pool needs at least 2 connections (a branch holds one while its
+ * state row is written on another).
+ * @since 0.1.0
+ */
+export const make = (
+  options: PgParticipant.Options
+): Effect.Effect<
+  PgThreePhaseParticipant,
+  TransactionError.ConfigurationError | TransactionError.BranchCallError
+> =>
+  Effect.gen(function* () {
+    const client = fromPostgres(options.sql)
+    const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+    const ready = yield* migrated(client, cancelTimeout, options.name)
+    const pg = yield* PgParticipant.make(ready ? { ...options, migrate: false } : options)
+    return yield* build(pg, client, cancelTimeout, !ready && options.migrate !== false)
+  })
+
+/**
+ * A 3PC participant on PGlite (`PgParticipant.makePglite`'s options; branches hold the PGlite gate
+ * from BEGIN through COMMIT/ROLLBACK PREPARED). PGlite runs with fsync off: demos and tests only.
+ * @since 0.1.0
+ */
+export const makePglite = (
+  options: PgParticipant.PgliteOptions
+): Effect.Effect<
+  PgThreePhaseParticipant,
+  TransactionError.ConfigurationError | TransactionError.BranchCallError
+> =>
+  Effect.gen(function* () {
+    const client = fromPglite(options.db as PGlite)
+    const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+    const ready = yield* migrated(client, cancelTimeout, options.name)
+    const pg = yield* PgParticipant.makePglite(ready ? { ...options, migrate: false } : options)
+    return yield* build(pg, client, cancelTimeout, !ready && options.migrate !== false)
+  })
+
+/**
+ * True when Accord's participant tables exist already. Then the marker-table DDL is skipped: its
+ * `create index if not exists` waits for a SHARE lock that every prepared branch blocks (its marker
+ * insert holds ROW EXCLUSIVE), so a participant restarting with in-doubt branches would hang there.
+ */
+const migrated = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
+  statement<{ ready: boolean }>(
+    client,
+    "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
+      "and to_regclass('accord_3pc_state') is not null as ready",
+    [],
+    cancelTimeout
+  ).pipe(
+    Effect.map((rows) => rows[0]?.ready === true),
+    Effect.mapError(
+      (f) =>
+        new TransactionError.BranchCallError({
+          txId: "",
+          branch: String(name),
+          phase: "begin",
+          reason: f.message,
+          inDoubt: false,
+          sqlState: f.sqlState
+        })
+    )
+  )

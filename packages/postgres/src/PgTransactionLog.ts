@@ -1,0 +1,324 @@
+/**
+ * The coordinator log (`TransactionLog`) in a PostgreSQL database (postgres.js) or PGlite.
+ *
+ * `decide` is `insert ... on conflict (tx_id) do nothing returning`, then a read of the row that
+ * holds when the insert lost: the first writer wins, whether it is a coordinator's commit or
+ * recovery's presumed abort. The insert runs with `synchronous_commit = on` forced for its own
+ * transaction (`set_config(..., true)` inside the statement: one round trip, same effect as
+ * `SET LOCAL`), so a commit decision is on disk before any branch is told to commit, whatever the
+ * database's default. `complete` is not forced (`synchronous_commit = off`): a lost completion only
+ * makes recovery re-drive idempotent commits.
+ *
+ * Sharing: several coordinator processes may use one log database at once. Keys are ULIDs (no
+ * coordination needed to make them), every decision is a first-writer-wins insert, and recovery in
+ * any process goes through the same key, so no lease is needed for correctness.
+ *
+ * Group commit (`groupCommit`): concurrent decisions are written by ONE multi-row insert (one WAL
+ * flush). A decision that finds the writer idle is written at once; decisions arriving while a
+ * write is in flight form the next batch (up to `maxBatch`), which waits at most `maxWait` for
+ * company. First writer wins still holds row by row.
+ *
+ * @since 0.1.0
+ */
+import { TransactionError, TransactionLog as CoreLog } from "@accord/core"
+import type { PGlite } from "@electric-sql/pglite"
+import { Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
+import type postgres from "postgres"
+import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import type { PgFailure } from "./internal/errors.js"
+import * as Migrations from "./Migrations.js"
+
+/**
+ * Group commit settings.
+ * @since 0.1.0
+ */
+export interface GroupCommit {
+  /** How long a batch that already has company waits for more. Default 200 µs (below 1 ms: one event-loop turn). */
+  readonly maxWait?: Duration.DurationInput
+  /** Most decisions in one insert. Default 64. */
+  readonly maxBatch?: number
+}
+
+/**
+ * Options of a Postgres log.
+ * @since 0.1.0
+ */
+export interface Options {
+  /** Batch concurrent decisions into one forced write; `true` for the defaults. */
+  readonly groupCommit?: GroupCommit | boolean
+  /** Run the log-table migration in `make` (default true). */
+  readonly migrate?: boolean
+}
+
+type LogService = CoreLog.TransactionLog["Type"]
+
+/**
+ * The log service plus housekeeping used by `PgRecovery`.
+ * @since 0.1.0
+ */
+export interface PgTransactionLog extends LogService {
+  /** Completed decisions, oldest completion first (their markers may be forgotten). */
+  readonly completed: (options?: {
+    readonly limit?: number
+    /** Only decisions completed at least this long ago. */
+    readonly olderThanMillis?: number
+  }) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>
+  /** Deletes completed decisions; returns how many. */
+  readonly purge: (
+    txIds: ReadonlyArray<CoreLog.DecisionRecord["txId"]>
+  ) => Effect.Effect<number, TransactionError.LogError>
+}
+
+const COLUMNS =
+  "tx_id, decision, branches, round(extract(epoch from decided_at) * 1000)::float8 as decided_at_ms"
+
+const DECIDE_SQL = `insert into accord_decision (tx_id, decision, branches, decided_at)
+select d.tx_id, d.decision, d.branches::jsonb, to_timestamp(d.decided_at_ms / 1000.0)
+from unnest($1::text[], $2::text[], $3::text[], $4::float8[]) with ordinality as d(tx_id, decision, branches, decided_at_ms, n),
+     (select set_config('synchronous_commit', 'on', true) as forced) as f
+where f.forced is not null
+order by d.n
+on conflict (tx_id) do nothing
+returning tx_id`
+const READ_SQL = `select ${COLUMNS} from accord_decision where tx_id = any($1::text[])`
+const COMPLETE_SQL = `update accord_decision set completed_at = now()
+from (select set_config('synchronous_commit', 'off', true) as relaxed) as f
+where tx_id = $1 and completed_at is null and f.relaxed is not null`
+const UNFINISHED_SQL = `select ${COLUMNS} from accord_decision
+where completed_at is null and decided_at <= now() - make_interval(secs => $1::float8)
+order by decided_at limit $2`
+const COMPLETED_SQL = `select ${COLUMNS} from accord_decision
+where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
+order by completed_at limit $1`
+const PURGE_SQL = `with gone as (delete from accord_decision where tx_id = any($1::text[]) and completed_at is not null returning 1)
+select count(*)::int as deleted from gone`
+const HEURISTIC_INSERT_SQL = `insert into accord_heuristic (tx_id, branch, gid, decision, detail) values ($1, $2, $3, $4, $5)`
+const HEURISTICS_SQL = "select tx_id, branch, gid, decision, detail from accord_heuristic order by id"
+
+interface DecisionRow {
+  readonly tx_id: string
+  readonly decision: string
+  readonly branches: unknown
+  readonly decided_at_ms: number
+}
+
+const toRecord = (row: DecisionRow): CoreLog.DecisionRecord => ({
+  txId: row.tx_id as CoreLog.DecisionRecord["txId"],
+  decision: row.decision === "commit" ? "commit" : "abort",
+  branches: (typeof row.branches === "string"
+    ? JSON.parse(row.branches)
+    : row.branches) as CoreLog.DecisionRecord["branches"],
+  decidedAt: Number(row.decided_at_ms)
+})
+
+const logError = (operation: string, txId?: string) => (failure: PgFailure) =>
+  new TransactionError.LogError({ operation, txId, reason: failure.message })
+
+const build = (client: Client, options: Options) =>
+  Effect.gen(function* () {
+    const cancelTimeout = defaultCancelTimeout
+    const query = <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      statement<T>(client, text, params, cancelTimeout)
+
+    if (options.migrate !== false) {
+      yield* Effect.tryPromise({
+        try: () => client.script(Migrations.logDdl),
+        catch: (error) =>
+          new TransactionError.LogError({
+            operation: "migrate",
+            reason: error instanceof Error ? error.message : String(error)
+          })
+      })
+    }
+
+    /** Writes a batch; returns, per input record, the decision that holds. */
+    const writeBatch = (records: ReadonlyArray<CoreLog.DecisionRecord>) =>
+      Effect.gen(function* () {
+        const txIds = records.map((r) => r.txId)
+        const inserted = yield* query<{ tx_id: string }>(DECIDE_SQL, [
+          txIds,
+          records.map((r) => r.decision),
+          records.map((r) => JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))),
+          records.map((r) => r.decidedAt)
+        ])
+        const won = new Set(inserted.map((r) => r.tx_id))
+        // Within one batch the first record of a txId is the one inserted; the rest lost to it.
+        const winners = new Map<string, CoreLog.DecisionRecord>()
+        const losers: Array<string> = []
+        for (const r of records) {
+          if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
+          else if (!won.has(r.txId)) losers.push(r.txId)
+        }
+        if (losers.length > 0) {
+          const rows = yield* query<DecisionRow>(READ_SQL, [losers])
+          for (const row of rows) winners.set(row.tx_id, toRecord(row))
+        }
+        return records.map((r) => winners.get(r.txId) ?? r)
+      }).pipe(Effect.mapError(logError("decide", records.length === 1 ? records[0]!.txId : undefined)))
+
+    let decide: (
+      record: CoreLog.DecisionRecord
+    ) => Effect.Effect<CoreLog.DecisionRecord, TransactionError.LogError>
+    if (options.groupCommit === undefined || options.groupCommit === false) {
+      decide = (record) => writeBatch([record]).pipe(Effect.map((rows) => rows[0]!))
+    } else {
+      const settings = options.groupCommit === true ? {} : options.groupCommit
+      decide = yield* batcher(
+        writeBatch,
+        Duration.decode(settings.maxWait ?? Duration.micros(200n)),
+        Math.max(1, settings.maxBatch ?? 64)
+      )
+    }
+
+    const log: PgTransactionLog = {
+      decide: (record) =>
+        decide(record).pipe(
+          Effect.withSpan("PgTransactionLog.decide", {
+            attributes: { txId: record.txId, decision: record.decision }
+          })
+        ),
+      decision: (txId) =>
+        query<DecisionRow>(READ_SQL, [[txId]]).pipe(
+          Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toRecord)),
+          Effect.mapError(logError("decision", txId))
+        ),
+      complete: (txId) =>
+        query(COMPLETE_SQL, [txId]).pipe(
+          Effect.asVoid,
+          Effect.mapError(logError("complete", txId)),
+          Effect.withSpan("PgTransactionLog.complete", { attributes: { txId } })
+        ),
+      unfinished: (opts) =>
+        query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null]).pipe(
+          Effect.map((rows) => rows.map(toRecord)),
+          Effect.mapError(logError("unfinished"))
+        ),
+      recordHeuristic: (h) =>
+        query(HEURISTIC_INSERT_SQL, [h.txId, h.branch, h.gid, h.decision, h.detail]).pipe(
+          Effect.asVoid,
+          Effect.mapError(logError("recordHeuristic", h.txId))
+        ),
+      heuristics: query<{ tx_id: string; branch: string; gid: string; decision: string; detail: string }>(
+        HEURISTICS_SQL
+      ).pipe(
+        Effect.map((rows) =>
+          rows.map(
+            (row): CoreLog.HeuristicRecord => ({
+              txId: row.tx_id as CoreLog.HeuristicRecord["txId"],
+              branch: row.branch as CoreLog.HeuristicRecord["branch"],
+              gid: row.gid as CoreLog.HeuristicRecord["gid"],
+              decision: row.decision === "commit" ? "commit" : "abort",
+              detail: row.detail
+            })
+          )
+        ),
+        Effect.mapError(logError("heuristics"))
+      ),
+      completed: (opts) =>
+        query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000]).pipe(
+          Effect.map((rows) => rows.map(toRecord)),
+          Effect.mapError(logError("completed"))
+        ),
+      purge: (txIds) =>
+        txIds.length === 0
+          ? Effect.succeed(0)
+          : query<{ deleted: number }>(PURGE_SQL, [txIds]).pipe(
+              Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
+              Effect.mapError(logError("purge"))
+            )
+    }
+    return log
+  })
+
+interface Pending {
+  readonly record: CoreLog.DecisionRecord
+  readonly done: Deferred.Deferred<CoreLog.DecisionRecord, TransactionError.LogError>
+}
+
+/**
+ * One writer fiber drains the queue: whatever queued while the previous write was in flight goes
+ * in the next insert. A lone decision is written at once.
+ */
+const batcher = (
+  writeBatch: (
+    records: ReadonlyArray<CoreLog.DecisionRecord>
+  ) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>,
+  maxWait: Duration.Duration,
+  maxBatch: number
+) =>
+  Effect.gen(function* () {
+    const queue = yield* Queue.unbounded<Pending>()
+    // Setting a sub-millisecond timer is not possible in Node: below 1 ms, wait one scheduler turn.
+    const wait = Duration.lessThan(maxWait, Duration.millis(1)) ? Effect.yieldNow() : Effect.sleep(maxWait)
+    const writer = Effect.gen(function* () {
+      let batch = Chunk.toArray(yield* Queue.takeBetween(queue, 1, maxBatch))
+      if (batch.length > 1 && batch.length < maxBatch && Duration.greaterThan(maxWait, Duration.zero)) {
+        yield* wait
+        batch = batch.concat(Chunk.toArray(yield* Queue.takeUpTo(queue, maxBatch - batch.length)))
+      }
+      const exit = yield* Effect.exit(writeBatch(batch.map((p) => p.record)))
+      for (const [i, p] of batch.entries()) {
+        yield* Deferred.done(
+          p.done,
+          Exit.map(exit, (rows) => rows[i]!)
+        )
+      }
+    }).pipe(Effect.forever)
+    yield* Effect.forkScoped(writer)
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        const left = yield* Queue.takeAll(queue)
+        for (const p of left) {
+          yield* Deferred.fail(
+            p.done,
+            new TransactionError.LogError({ operation: "decide", txId: p.record.txId, reason: "log closed" })
+          )
+        }
+        yield* Queue.shutdown(queue)
+      })
+    )
+    return (record: CoreLog.DecisionRecord) =>
+      Effect.gen(function* () {
+        const done = yield* Deferred.make<CoreLog.DecisionRecord, TransactionError.LogError>()
+        yield* Queue.offer(queue, { record, done })
+        return yield* Deferred.await(done)
+      })
+  })
+
+/**
+ * A log on a postgres.js pool (creates its tables unless `migrate: false`). Scoped: group commit
+ * runs a writer fiber for the scope's lifetime.
+ * @since 0.1.0
+ */
+export const make = (
+  options: Options & { readonly sql: postgres.Sql }
+): Effect.Effect<PgTransactionLog, TransactionError.LogError, Scope.Scope> =>
+  build(fromPostgres(options.sql), options)
+
+/**
+ * A log on a PGlite instance (not durable: PGlite runs with fsync off).
+ * @since 0.1.0
+ */
+export const makePglite = (
+  db: PGlite,
+  options: Options = {}
+): Effect.Effect<PgTransactionLog, TransactionError.LogError, Scope.Scope> => build(fromPglite(db), options)
+
+/**
+ * The core `TransactionLog` service on a postgres.js pool.
+ * @since 0.1.0
+ */
+export const layer = (
+  options: Options & { readonly sql: postgres.Sql }
+): Layer.Layer<CoreLog.TransactionLog, TransactionError.LogError> =>
+  Layer.scoped(CoreLog.TransactionLog, make(options))
+
+/**
+ * The core `TransactionLog` service on PGlite.
+ * @since 0.1.0
+ */
+export const layerPglite = (
+  db: PGlite,
+  options: Options = {}
+): Layer.Layer<CoreLog.TransactionLog, TransactionError.LogError> =>
+  Layer.scoped(CoreLog.TransactionLog, makePglite(db, options))

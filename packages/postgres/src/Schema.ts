@@ -1,0 +1,59 @@
+/**
+ * Accord's tables as drizzle `pg-core` definitions, for applications that want to query them
+ * (dashboards, operator tools). `Migrations` creates them; the two are kept in step by a test.
+ *
+ * - `accord_branch`: the marker row a branch inserts inside its own transaction before
+ *   `PREPARE TRANSACTION`. Prepared = in `pg_prepared_xacts`; committed = marker present; rolled
+ *   back = neither. Lives in every participant database.
+ * - `accord_decision`: the coordinator log, one row per global transaction, first writer wins.
+ * - `accord_heuristic`: branches that ended against their decision (resolved by hand).
+ *
+ * @since 0.1.0
+ */
+import { sql } from "drizzle-orm"
+import { bigint, index, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core"
+
+/**
+ * The marker row of a branch (participant databases).
+ * @since 0.1.0
+ */
+export const accordBranch = pgTable(
+  "accord_branch",
+  {
+    gid: text("gid").primaryKey(),
+    txId: text("tx_id").notNull(),
+    branch: text("branch").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow()
+  },
+  (t) => [index("accord_branch_created_at").on(t.createdAt)]
+)
+
+/**
+ * The decision of a global transaction (coordinator log database).
+ * @since 0.1.0
+ */
+export const accordDecision = pgTable(
+  "accord_decision",
+  {
+    txId: text("tx_id").primaryKey(),
+    decision: text("decision", { enum: ["commit", "abort"] }).notNull(),
+    branches: jsonb("branches").$type<ReadonlyArray<{ branch: string; gid: string }>>().notNull(),
+    decidedAt: timestamp("decided_at", { withTimezone: true }).notNull(),
+    completedAt: timestamp("completed_at", { withTimezone: true })
+  },
+  (t) => [index("accord_decision_unfinished").on(t.decidedAt).where(sql`completed_at is null`)]
+)
+
+/**
+ * A heuristic outcome (coordinator log database).
+ * @since 0.1.0
+ */
+export const accordHeuristic = pgTable("accord_heuristic", {
+  id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+  txId: text("tx_id").notNull(),
+  branch: text("branch").notNull(),
+  gid: text("gid").notNull(),
+  decision: text("decision", { enum: ["commit", "abort"] }).notNull(),
+  detail: text("detail").notNull(),
+  recordedAt: timestamp("recorded_at", { withTimezone: true }).notNull().defaultNow()
+})

@@ -1,0 +1,200 @@
+import { TransactionId, type TransactionLog } from "@accord/core"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { getTableColumns, getTableName } from "drizzle-orm"
+import { Effect, Option } from "effect"
+import type postgres from "postgres"
+import * as PgParticipant from "../src/PgParticipant.js"
+import * as PgTransactionLog from "../src/PgTransactionLog.js"
+import * as Schema from "../src/Schema.js"
+import * as TestDatabase from "../src/TestDatabase.js"
+import { type CountingSql, countingPool } from "./support/pg2pc.js"
+
+/** Real clock and randomness (ids and ages matter here), with a scope. */
+const scopedLive = <A, E>(
+  name: string,
+  f: () => Effect.Effect<A, E, import("effect").Scope.Scope>,
+  timeout?: number
+) => it.live(name, () => Effect.scoped(f()), timeout)
+
+const server = await TestDatabase.server()
+const DB_LOG = "accord_t_pg_log"
+
+const record = (
+  decision: TransactionLog.Decision,
+  txId: TransactionId.TransactionId,
+  decidedAt = Date.now()
+) => ({
+  txId,
+  decision,
+  branches: [
+    {
+      branch: "a" as TransactionId.BranchName,
+      gid: TransactionId.gid(txId, "a" as TransactionId.BranchName)
+    },
+    { branch: "b" as TransactionId.BranchName, gid: TransactionId.gid(txId, "b" as TransactionId.BranchName) }
+  ],
+  decidedAt
+})
+
+const inserts = (pool: CountingSql) =>
+  pool.statements.filter((s) => s.startsWith("insert into accord_decision")).length
+
+/** The behaviour every log must have, on whichever database `log` runs. */
+const contract = (
+  name: string,
+  makeLog: () => Effect.Effect<PgTransactionLog.PgTransactionLog, unknown, import("effect").Scope.Scope>
+) => {
+  scopedLive(`${name}: the first decision written wins`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const txId = yield* TransactionId.make
+      const first = yield* log.decide(record("commit", txId, 1_700_000_000_123))
+      expect(first.decision).toBe("commit")
+      const second = yield* log.decide(record("abort", txId))
+      expect(second).toEqual(first)
+      const read = yield* log.decision(txId)
+      expect(Option.getOrThrow(read)).toEqual(first)
+    })
+  )
+
+  scopedLive(`${name}: completed decisions leave the unfinished list, oldest first`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const older = yield* TransactionId.make
+      const newer = yield* TransactionId.make
+      yield* log.decide(record("commit", newer, Date.now()))
+      yield* log.decide(record("abort", older, Date.now() - 60_000))
+      const before = (yield* log.unfinished()).map((d) => d.txId)
+      expect(before.indexOf(older)).toBeLessThan(before.indexOf(newer))
+      expect(before.indexOf(older)).toBeGreaterThanOrEqual(0)
+      expect((yield* log.unfinished({ olderThanMillis: 30_000 })).map((d) => d.txId)).toContain(older)
+      expect((yield* log.unfinished({ olderThanMillis: 30_000 })).map((d) => d.txId)).not.toContain(newer)
+      yield* log.complete(older)
+      yield* log.complete(newer)
+      const after = (yield* log.unfinished()).map((d) => d.txId)
+      expect(after).not.toContain(older)
+      expect(after).not.toContain(newer)
+      expect((yield* log.completed()).map((d) => d.txId)).toEqual(expect.arrayContaining([older, newer]))
+      expect(yield* log.purge([older, newer])).toBe(2)
+      expect(Option.isNone(yield* log.decision(older))).toBe(true)
+    })
+  )
+
+  scopedLive(`${name}: heuristic outcomes are recorded`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const txId = yield* TransactionId.make
+      const h = {
+        ...record("commit", txId).branches[0]!,
+        txId,
+        decision: "commit" as const,
+        detail: "rolled back by hand"
+      }
+      yield* log.recordHeuristic(h)
+      expect(yield* log.heuristics).toContainEqual(h)
+    })
+  )
+}
+
+describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  let pool: CountingSql
+  let other: postgres.Sql
+
+  beforeAll(async () => {
+    const url = await TestDatabase.createDatabase(adminUrl, DB_LOG)
+    pool = countingPool(url, 8)
+    other = countingPool(url, 4).sql
+  }, 60_000)
+
+  afterAll(async () => {
+    await pool?.sql.end({ timeout: 5 })
+    await other?.end({ timeout: 5 })
+    await TestDatabase.dropDatabase(adminUrl, DB_LOG)
+  }, 60_000)
+
+  contract("postgres.js", () => PgTransactionLog.make({ sql: pool.sql }))
+  contract("postgres.js with group commit", () => PgTransactionLog.make({ sql: pool.sql, groupCommit: true }))
+
+  scopedLive("the tables match the drizzle schema", () =>
+    Effect.gen(function* () {
+      yield* PgTransactionLog.make({ sql: pool.sql })
+      yield* Effect.promise(() => pool.sql.unsafe("create table if not exists accord_t_dummy (x int)"))
+      yield* PgParticipant.make({ name: "schema-check", sql: pool.sql })
+      for (const table of [Schema.accordBranch, Schema.accordDecision, Schema.accordHeuristic]) {
+        const rows = yield* Effect.promise(
+          () =>
+            pool.sql<{ column_name: string }[]>`
+              select column_name from information_schema.columns where table_name = ${getTableName(table)} order by column_name`
+        )
+        const expected = Object.values(getTableColumns(table))
+          .map((c) => c.name)
+          .sort()
+        expect(rows.map((r) => r.column_name)).toEqual(expected)
+      }
+    })
+  )
+
+  scopedLive("group commit writes concurrent decisions in fewer inserts, each row first-writer-wins", () =>
+    Effect.gen(function* () {
+      const log = yield* PgTransactionLog.make({ sql: pool.sql, groupCommit: { maxBatch: 64 } })
+      const txIds = yield* Effect.forEach(Array.from({ length: 200 }), () => TransactionId.make)
+      const before = inserts(pool)
+      // Every txId is decided twice at once, commit and abort: exactly one of them holds.
+      const results = yield* Effect.forEach(
+        txIds.flatMap((txId) => [record("commit", txId), record("abort", txId)]),
+        (r) => log.decide(r),
+        { concurrency: "unbounded" }
+      )
+      const writes = inserts(pool) - before
+      expect(writes).toBeLessThan(200)
+      for (const [i, txId] of txIds.entries()) {
+        const [x, y] = [results[2 * i]!, results[2 * i + 1]!]
+        expect(x.txId).toBe(txId)
+        expect(x).toEqual(y)
+        expect(Option.getOrThrow(yield* log.decision(txId)).decision).toBe(x.decision)
+      }
+    })
+  )
+
+  scopedLive("group commit writes a lone decision at once, in one insert", () =>
+    Effect.gen(function* () {
+      const log = yield* PgTransactionLog.make({ sql: pool.sql, groupCommit: { maxWait: "50 millis" } })
+      const txId = yield* TransactionId.make
+      const before = inserts(pool)
+      const started = Date.now()
+      yield* log.decide(record("commit", txId))
+      expect(Date.now() - started).toBeLessThan(50)
+      expect(inserts(pool) - before).toBe(1)
+    })
+  )
+
+  scopedLive("two coordinator processes sharing the log agree on every decision", () =>
+    Effect.gen(function* () {
+      const one = yield* PgTransactionLog.make({ sql: pool.sql, groupCommit: true })
+      const two = yield* PgTransactionLog.make({ sql: other })
+      const txIds = yield* Effect.forEach(Array.from({ length: 50 }), () => TransactionId.make)
+      const pairs = yield* Effect.forEach(
+        txIds,
+        (txId) =>
+          Effect.all([one.decide(record("commit", txId)), two.decide(record("abort", txId))], {
+            concurrency: 2
+          }),
+        { concurrency: 10 }
+      )
+      for (const [x, y] of pairs) expect(x).toEqual(y)
+    })
+  )
+})
+
+describe("PgTransactionLog on PGlite", () => {
+  let db: import("@electric-sql/pglite").PGlite
+  beforeAll(async () => {
+    db = await PgParticipant.openPglite()
+  }, 60_000)
+  afterAll(async () => {
+    await db?.close()
+  })
+  contract("PGlite", () => PgTransactionLog.makePglite(db))
+  contract("PGlite with group commit", () => PgTransactionLog.makePglite(db, { groupCommit: true }))
+})

@@ -1,0 +1,67 @@
+/**
+ * Shared set-up of the pg2pc integration tests: bank databases with a CHECK (balance >= 0),
+ * pools that count the statements they send, and end-of-file checks.
+ */
+import { Effect } from "effect"
+import postgres from "postgres"
+import type { BranchSession } from "../../src/PgParticipant.js"
+import * as TestDatabase from "../../src/TestDatabase.js"
+
+export const BANK_DDL = `create table accounts (
+  id int primary key,
+  balance int not null check (balance >= 0)
+)`
+
+export interface CountingSql {
+  readonly sql: postgres.Sql
+  /** Every statement text sent through this pool, in order. */
+  readonly statements: Array<string>
+}
+
+/** A pool whose statements are recorded (postgres.js `debug`). */
+export const countingPool = (url: string, max = 8): CountingSql => {
+  const statements: Array<string> = []
+  const sql = postgres(url, {
+    max,
+    onnotice: () => {},
+    debug: (_connection, query) => {
+      statements.push(query)
+    }
+  })
+  return { sql, statements }
+}
+
+/** Creates a bank database with `accounts` 1..n, each holding `balance`. */
+export const createBank = async (adminUrl: string, name: string, accounts: number, balance: number) => {
+  const url = await TestDatabase.createDatabase(adminUrl, name)
+  const sql = postgres(url, { max: 1, onnotice: () => {} })
+  try {
+    await sql.unsafe(BANK_DDL)
+    await sql.unsafe(
+      `insert into accounts (id, balance) select g, ${Number(balance)} from generate_series(1, ${Number(accounts)}) g`
+    )
+  } finally {
+    await sql.end({ timeout: 5 })
+  }
+  return url
+}
+
+/** Moves `amount` out of (negative) or into (positive) an account, inside a branch. */
+export const adjust = (id: number, amount: number) => (session: BranchSession) =>
+  session.query("update accounts set balance = balance + $2 where id = $1", [id, amount])
+
+export const balance = (sql: postgres.Sql, id: number) =>
+  Effect.promise(async () => {
+    const rows = await sql<{ balance: number }[]>`select balance from accounts where id = ${id}`
+    return rows[0]?.balance
+  })
+
+export const total = (sql: postgres.Sql) =>
+  Effect.promise(async () => {
+    const rows = await sql<{ total: number }[]>`select coalesce(sum(balance), 0)::int as total from accounts`
+    return rows[0]!.total
+  })
+
+/** Accord gids prepared in the given databases. */
+export const preparedIn = async (adminUrl: string, databases: ReadonlyArray<string>) =>
+  (await TestDatabase.preparedOnServer(adminUrl)).filter((p) => databases.includes(p.database))

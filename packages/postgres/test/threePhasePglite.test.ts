@@ -1,0 +1,164 @@
+/**
+ * 3PC on PGlite (embedded PostgreSQL): the same participant code as on a server, each member its
+ * own PGlite instance (in memory here; a data directory works the same, fsync off).
+ */
+import { ThreePhaseCommit, TransactionId } from "@accord/core"
+import { mkdtemp, rm } from "node:fs/promises"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import type { PGlite } from "@electric-sql/pglite"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Deferred, Duration, Effect, Fiber, Option } from "effect"
+import * as PgParticipant from "../src/PgParticipant.js"
+import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
+
+const adjust = (id: number, amount: number) => (session: PgParticipant.BranchSession) =>
+  session.query("update accounts set balance = balance + $2 where id = $1", [id, amount])
+
+const balanceOf = (db: PGlite, id: number) =>
+  Effect.promise(
+    async () =>
+      (await db.query<{ balance: number }>("select balance from accounts where id = $1", [id])).rows[0]
+        ?.balance
+  )
+
+const prepared = (dbs: ReadonlyArray<PGlite>) =>
+  Effect.promise(async () => {
+    const gids: Array<string> = []
+    for (const db of dbs)
+      gids.push(
+        ...(await db.query<{ gid: string }>("select gid from pg_prepared_xacts")).rows.map((r) => r.gid)
+      )
+    return gids
+  })
+
+describe("PgThreePhaseParticipant on PGlite", () => {
+  let dbA: PGlite
+  let dbB: PGlite
+
+  beforeAll(async () => {
+    dbA = await PgParticipant.openPglite()
+    dbB = await PgParticipant.openPglite()
+    for (const db of [dbA, dbB]) {
+      await db.exec("create table accounts (id int primary key, balance int not null check (balance >= 0))")
+      await db.exec("insert into accounts select g, 100 from generate_series(1, 10) g")
+    }
+  }, 60_000)
+
+  afterAll(async () => {
+    for (const db of [dbA, dbB]) {
+      expect((await db.query("select gid from pg_prepared_xacts")).rows).toEqual([])
+      await db.close()
+    }
+  })
+
+  const participants = () =>
+    Effect.all([
+      PgThreePhaseParticipant.makePglite({ name: "bank-a", db: dbA }),
+      PgThreePhaseParticipant.makePglite({ name: "bank-b", db: dbB })
+    ])
+
+  it.live("commits a transfer in three phases", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* participants()
+      const outcome = yield* ThreePhaseCommit.run([
+        ThreePhaseCommit.branch(a, adjust(1, -10)),
+        ThreePhaseCommit.branch(b, adjust(1, 10))
+      ])
+      expect(outcome._tag).toBe("Committed")
+      expect(yield* balanceOf(dbA, 1)).toBe(90)
+      expect(yield* balanceOf(dbB, 1)).toBe(110)
+      expect(yield* prepared([dbA, dbB])).toEqual([])
+    })
+  )
+
+  it.live(
+    "coordinator stops after all PreCommit acks: the members' agents commit, nothing stays prepared",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants()
+        const stopped = yield* Deferred.make<void>()
+        const stop = (
+          p: ThreePhaseCommit.AnyThreePhaseParticipant
+        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
+          ...p,
+          commit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
+        })
+        const txId = yield* TransactionId.make
+        yield* Effect.raceFirst(
+          ThreePhaseCommit.run(
+            [
+              ThreePhaseCommit.branch(stop(a), adjust(2, -20)),
+              ThreePhaseCommit.branch(stop(b), adjust(2, 20))
+            ],
+            {
+              txId
+            }
+          ).pipe(Effect.map(Option.some)),
+          Deferred.await(stopped).pipe(Effect.as(Option.none()))
+        )
+        expect((yield* prepared([dbA, dbB])).length).toBe(2)
+        const found = yield* a.inDoubt
+        expect(found.map((f) => f.state)).toEqual(["precommitted"])
+        const agents = yield* Effect.forEach([a, b], (p) =>
+          ThreePhaseCommit.agent(txId, p, [a, b], { timeout: Duration.millis(200) }).pipe(Effect.fork)
+        )
+        const decisions = yield* Effect.forEach(agents, Fiber.join)
+        expect(decisions.map((d) => d._tag)).toEqual(["Committed", "Committed"])
+        expect(yield* prepared([dbA, dbB])).toEqual([])
+        expect(yield* balanceOf(dbA, 2)).toBe(80)
+        expect(yield* balanceOf(dbB, 2)).toBe(120)
+      })
+  )
+
+  it.live(
+    "a PGlite member closed while precommitted reopens from its data directory and recover finishes it",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* Effect.promise(() => mkdtemp(join(tmpdir(), "accord-3pc-")))
+        const open = (path: string) =>
+          Effect.promise(async () => {
+            const db = await PgParticipant.openPglite(path)
+            await db.exec(
+              "create table if not exists accounts (id int primary key, balance int not null check (balance >= 0))"
+            )
+            await db.exec(
+              "insert into accounts select g, 100 from generate_series(1, 10) g on conflict do nothing"
+            )
+            return db
+          })
+        let dbC = yield* open(dir)
+        const c = yield* PgThreePhaseParticipant.makePglite({ name: "bank-c", db: dbC })
+        const [a] = yield* participants()
+        const stopped = yield* Deferred.make<void>()
+        const stop = (
+          p: ThreePhaseCommit.AnyThreePhaseParticipant
+        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
+          ...p,
+          commit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
+        })
+        const txId = yield* TransactionId.make
+        yield* Effect.raceFirst(
+          ThreePhaseCommit.run(
+            [ThreePhaseCommit.branch(stop(a), adjust(3, -5)), ThreePhaseCommit.branch(stop(c), adjust(3, 5))],
+            {
+              txId
+            }
+          ).pipe(Effect.map(Option.some)),
+          Deferred.await(stopped).pipe(Effect.as(Option.none()))
+        )
+        // bank-c's process stops with its branch precommitted, and starts again from the same directory.
+        yield* Effect.promise(() => dbC.close())
+        dbC = yield* open(dir)
+        const restarted = yield* PgThreePhaseParticipant.makePglite({ name: "bank-c", db: dbC })
+        expect((yield* restarted.inDoubt).map((f) => [f.txId, f.state])).toEqual([[txId, "precommitted"]])
+        const report = yield* ThreePhaseCommit.recover([a, restarted], { orphanAfter: 0 })
+        expect(report.committed).toEqual([txId])
+        expect(yield* prepared([dbA, dbC])).toEqual([])
+        expect(yield* balanceOf(dbA, 3)).toBe(95)
+        expect(yield* balanceOf(dbC, 3)).toBe(105)
+        yield* Effect.promise(() => dbC.close())
+        yield* Effect.promise(() => rm(dir, { recursive: true, force: true }))
+      })
+  )
+})

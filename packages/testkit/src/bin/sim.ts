@@ -1,0 +1,155 @@
+#!/usr/bin/env node
+/**
+ * `pnpm sim -- --protocol <2pc|3pc|3pc-quorum|saga> --seed N`        one seed, its trace and verdict
+ * `pnpm sim -- --protocol P --seeds N [--from S] [--json] [--workers W] [--variant V] [--stop-after K]`
+ *                                                                   N seeds, one JSON summary last
+ * Exit code 1 when any invariant is violated.
+ */
+import { availableParallelism } from "node:os"
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads"
+import { parseArgs } from "node:util"
+import * as Simulator from "../Simulator.js"
+
+interface Job {
+  readonly protocol: Simulator.Protocol
+  readonly variant: Simulator.Variant
+  readonly from: number
+  readonly seeds: number
+  readonly stopAfterFailures?: number
+}
+
+const usage = `usage: sim --protocol <${Simulator.protocols.join("|")}> (--seed N | --seeds N [--from S]) [--json] [--trace]
+           [--workers W] [--variant V] [--stop-after K]
+  --seed N        run one seed and print its trace and verdict (exit 1 on a violation)
+  --seeds N       run seeds from..from+N-1 on W worker threads (default: every core); JSON summary last
+  --variant V     correct (default) or a deliberately broken variant: commit-before-decision,
+                  log-loses-decisions (2pc), saga-compensate-forward, saga-skip-retry (saga),
+                  classic-under-partitions (3pc-quorum)
+  --stop-after K  each worker stops after K failing seeds (to show a broken variant is caught)`
+
+const runJob = (job: Job) =>
+  Simulator.runMany({
+    protocol: job.protocol,
+    variant: job.variant,
+    from: job.from,
+    seeds: job.seeds,
+    ...(job.stopAfterFailures === undefined ? {} : { stopAfterFailures: job.stopAfterFailures })
+  })
+
+const merge = (parts: ReadonlyArray<Simulator.Summary>, elapsedMillis: number) => {
+  const sum = (pick: (p: Simulator.Summary) => Readonly<Record<string, number>>) => {
+    const out: Record<string, number> = {}
+    for (const p of parts) for (const [k, v] of Object.entries(pick(p))) out[k] = (out[k] ?? 0) + v
+    return out
+  }
+  const seeds = parts.reduce((n, p) => n + p.seeds, 0)
+  return {
+    protocol: parts[0]!.protocol,
+    variant: parts[0]!.variant,
+    seeds,
+    firstSeed: Math.min(...parts.map((p) => p.firstSeed)),
+    violations: parts.reduce((n, p) => n + p.violations, 0),
+    failingSeeds: parts.flatMap((p) => p.failingSeeds).sort((a, b) => a - b),
+    violationKinds: sum((p) => p.violationKinds),
+    faultsInjected: parts.reduce((n, p) => n + p.faultsInjected, 0),
+    faults: sum((p) => p.faults),
+    transactions: parts.reduce((n, p) => n + p.transactions, 0),
+    elapsed: elapsedMillis / 1000,
+    seedsPerSecond: Math.round(seeds / (elapsedMillis / 1000))
+  }
+}
+
+const main = async () => {
+  // `pnpm sim -- --seed 1` hands the script a leading "--".
+  const argv = process.argv.slice(2)
+  if (argv[0] === "--") argv.shift()
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      protocol: { type: "string", default: "2pc" },
+      seed: { type: "string" },
+      seeds: { type: "string" },
+      from: { type: "string", default: "0" },
+      variant: { type: "string", default: "correct" },
+      workers: { type: "string" },
+      "stop-after": { type: "string" },
+      json: { type: "boolean", default: false },
+      trace: { type: "boolean", default: false },
+      help: { type: "boolean", default: false }
+    },
+    allowPositionals: false
+  })
+  if (values.help) {
+    console.log(usage)
+    return 0
+  }
+  const protocol = values.protocol as Simulator.Protocol
+  if (!Simulator.protocols.includes(protocol)) {
+    console.error(`unknown protocol ${protocol}\n${usage}`)
+    return 2
+  }
+  const variant = values.variant as Simulator.Variant
+  if (values.seed !== undefined) {
+    const result = await Simulator.run({ protocol, seed: Number(values.seed), variant })
+    if (values.json)
+      console.log(JSON.stringify({ ...result, trace: values.trace ? result.trace : undefined }))
+    else console.log(Simulator.format(result))
+    return result.ok ? 0 : 1
+  }
+  const seeds = Number(values.seeds ?? "1000")
+  const from = Number(values.from)
+  const workers = Math.max(1, Math.min(Number(values.workers ?? availableParallelism()), seeds))
+  const started = performance.now()
+  const chunk = Math.ceil(seeds / workers)
+  const jobs: Array<Job> = []
+  for (let i = 0; i < workers; i++) {
+    const start = from + i * chunk
+    const count = Math.min(chunk, from + seeds - start)
+    if (count > 0) {
+      jobs.push({
+        protocol,
+        variant,
+        from: start,
+        seeds: count,
+        ...(values["stop-after"] === undefined ? {} : { stopAfterFailures: Number(values["stop-after"]) })
+      })
+    }
+  }
+  const parts = await Promise.all(
+    jobs.map((job) =>
+      workers === 1
+        ? runJob(job)
+        : new Promise<Simulator.Summary>((resolve, reject) => {
+            const worker = new Worker(new URL(import.meta.url), { workerData: job })
+            worker.once("message", resolve)
+            worker.once("error", reject)
+          })
+    )
+  )
+  const summary = merge(parts, performance.now() - started)
+  if (!values.json) {
+    for (const seed of summary.failingSeeds.slice(0, 3)) {
+      console.log(Simulator.format(await Simulator.run({ protocol, seed, variant })))
+      console.log()
+    }
+    if (summary.failingSeeds.length > 3)
+      console.log(`... and ${summary.failingSeeds.length - 3} more failing seeds`)
+  }
+  console.log(JSON.stringify(summary))
+  return summary.violations === 0 ? 0 : 1
+}
+
+if (isMainThread) {
+  main().then(
+    (code) => {
+      process.exitCode = code
+    },
+    (error: unknown) => {
+      console.error(error)
+      process.exitCode = 2
+    }
+  )
+} else {
+  runJob(workerData as Job).then((summary) => parentPort?.postMessage(summary))
+}

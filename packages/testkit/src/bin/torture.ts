@@ -1,0 +1,88 @@
+#!/usr/bin/env node
+/**
+ * `pnpm torture -- --pg URL [--cycles N] [--json] [--protocol auto|2pc|3pc|both] [--transfers N]
+ *   [--concurrency C] [--accounts A] [--seed S] [--no-server-restarts] [--cluster 15/main] [--keep]`
+ * Exit code 1 when any violation is found.
+ */
+import { fileURLToPath } from "node:url"
+import { parseArgs } from "node:util"
+import * as Torture from "../Torture.js"
+
+const main = async () => {
+  // `pnpm sim -- --seed 1` hands the script a leading "--".
+  const argv = process.argv.slice(2)
+  if (argv[0] === "--") argv.shift()
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      pg: { type: "string" },
+      cycles: { type: "string", default: "12" },
+      json: { type: "boolean", default: false },
+      protocol: { type: "string", default: "auto" },
+      transfers: { type: "string", default: "400" },
+      concurrency: { type: "string", default: "16" },
+      accounts: { type: "string", default: "50" },
+      seed: { type: "string" },
+      "db-prefix": { type: "string", default: "accord_t_torture_" },
+      "no-server-restarts": { type: "boolean", default: false },
+      cluster: { type: "string", default: "15/main" },
+      demo: { type: "string" },
+      keep: { type: "boolean", default: false }
+    },
+    allowPositionals: false
+  })
+  const pg = values.pg ?? process.env.ACCORD_PG_URL
+  if (pg === undefined) {
+    console.error("torture needs a PostgreSQL superuser URL: --pg URL (or ACCORD_PG_URL)")
+    return 2
+  }
+  const protocol = values.protocol as Torture.Options["protocol"]
+  if (!["2pc", "3pc", "both", "auto"].includes(protocol)) {
+    console.error(`--protocol must be 2pc, 3pc, both or auto, got ${protocol}`)
+    return 2
+  }
+  const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed)
+  const summary = await Torture.run({
+    pg,
+    demo:
+      values.demo ?? fileURLToPath(new URL("../../../../apps/bank-transfer/dist/main.js", import.meta.url)),
+    cycles: Number(values.cycles),
+    protocol,
+    transfersPerCycle: Number(values.transfers),
+    concurrency: Number(values.concurrency),
+    accounts: Number(values.accounts),
+    dbPrefix: values["db-prefix"],
+    seed,
+    serverRestarts: !values["no-server-restarts"],
+    cluster: values.cluster,
+    keep: values.keep,
+    log: (line) => process.stderr.write(`${line}\n`)
+  })
+  if (!values.json) {
+    console.log(
+      `${summary.cycles} cycles, ${summary.transfers} transfers (${summary.committed} committed, ${summary.aborted} aborted, ${summary.commitPending} pending, ${summary.unknown} cut off by a kill), ${summary.kills} kills, ${summary.recoveryKills} recovery kills, ${summary.serverRestarts} server restarts`
+    )
+    console.log(
+      `total ${summary.total} (seeded ${summary.expectedTotal}), prepared left ${summary.preparedLeft}`
+    )
+    for (const v of summary.violationDetails) console.log(`VIOLATION ${v}`)
+    console.log(
+      summary.violations === 0
+        ? "no violations"
+        : `${summary.violations} violation(s); replay with --seed ${summary.seed}`
+    )
+  }
+  console.log(JSON.stringify(summary))
+  return summary.violations === 0 ? 0 : 1
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code
+  },
+  (error: unknown) => {
+    console.error(error instanceof Error ? error.message : error)
+    process.exitCode = 2
+  }
+)
