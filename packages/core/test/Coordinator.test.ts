@@ -8,7 +8,7 @@ const promiseParticipant = (name: string, answer: "prepared" | "no" = "prepared"
   const seen: Array<string> = []
   const participant: PromiseParticipant = {
     name,
-    prepare: async (txId, operations) => {
+    prepare: async (_txId, operations) => {
       seen.push(
         `prepare ${operations.map((o) => `${String(o.operation)}(${JSON.stringify(o.params)})`).join(",")}`
       )
