@@ -575,4 +575,63 @@ describe("ThreePhaseCommit under a partition", () => {
       }
     })
   )
+
+  it.effect(
+    "quorum mode, 12 seeded runs: random crash points and partitions, agents everywhere, one decision after heal",
+    () =>
+      Effect.gen(function* () {
+        for (let seed = 1; seed <= 12; seed++) {
+          // A small deterministic generator per seed (mulberry32).
+          let t = seed * 0x9e3779b9
+          const next = () => {
+            t = (t + 0x6d2b79f5) | 0
+            let r = Math.imul(t ^ (t >>> 15), 1 | t)
+            r ^= r + Math.imul(r ^ (r >>> 7), 61 | r)
+            return ((r ^ (r >>> 14)) >>> 0) / 4294967296
+          }
+          const members = yield* Effect.forEach([0, 1, 2, 3, 4], (i) => ThreePhaseMemory.make(`m${i}`))
+          const ps = members.map((m) => m.participant)
+          const names = ps.map((p) => p.name as string)
+          const txId = yield* TransactionId.make
+          const ctx = (i: number) => ({
+            txId,
+            branch: ps[i]!.name,
+            gid: TransactionId.gid(txId, ps[i]!.name),
+            members: ps.map((p) => p.name)
+          })
+          // The coordinator: every member votes yes, then it precommits a random subset and dies.
+          for (const [i, p] of ps.entries()) yield* p.prepare(ctx(i), null)
+          const precommitted = ps.map(() => next() < 0.4)
+          for (const [i, p] of ps.entries()) if (precommitted[i]) yield* p.precommit(ctx(i))
+          // A random split into two sides; it heals after a random number of agent rounds.
+          const net = yield* network
+          const left = names.filter(() => next() < 0.5)
+          yield* net.split(
+            left,
+            names.filter((n) => !left.includes(n))
+          )
+          const agents = yield* forkAgents(txId, members, { reachable: net.reachable, mode: "quorum" })
+          const rounds = 1 + Math.floor(next() * 3)
+          for (let r = 0; r < rounds; r++) {
+            yield* TestClock.adjust(agentTimeout)
+            const states = yield* statesOf(members, txId)
+            expect(states.includes("committed") && states.includes("aborted")).toBe(false)
+          }
+          yield* net.heal
+          // An agent whose own state moved (another terminator's precommit or pre-abort) takes that
+          // as news and waits one more round, so give the healed group a few rounds.
+          for (let r = 0; r < 10 && agents.some((f) => f.unsafePoll() === null); r++) {
+            yield* TestClock.adjust(agentTimeout)
+          }
+          expect(agents.map((f) => f.unsafePoll() === null)).toEqual([false, false, false, false, false])
+          const decisions = yield* Effect.forEach(agents, Fiber.join)
+          const final = yield* statesOf(members, txId)
+          expect(new Set(final).size).toBe(1)
+          expect(new Set(decisions.map((d) => d._tag)).size).toBe(1)
+          // Commit only if some member had been precommitted (all voted yes, the coordinator said so).
+          if (final[0] === "committed") expect(precommitted.some(Boolean)).toBe(true)
+        }
+      }),
+    60_000
+  )
 })

@@ -71,7 +71,7 @@ const FORGET_SQL = "delete from accord_3pc_state where gid = any($1::text[])"
 
 type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
 
-/** A write that forces a transaction id, so that the branch always prepares (3PC has no read-only vote). */
+/** Assigns the branch a transaction id, so that it always prepares (3PC has no read-only vote). */
 const FORCE_XID_SQL = "select pg_current_xact_id()"
 
 const parseMembers = (text: string | null | undefined): ReadonlyArray<string> | undefined =>

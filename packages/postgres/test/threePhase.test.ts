@@ -128,37 +128,43 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
       ThreePhaseCommit.agent(txId, p, ps, { timeout: agentTimeout, ...options }).pipe(Effect.fork)
     )
 
-  it.live("commits a transfer in three phases and leaves nothing prepared", () =>
-    Effect.gen(function* () {
-      const [a, b] = yield* participants
-      const before = yield* total
-      const outcome = yield* ThreePhaseCommit.run([
-        ThreePhaseCommit.branch(a, adjust(1, -10)),
-        ThreePhaseCommit.branch(b, adjust(1, 10))
-      ])
-      expect(outcome._tag).toBe("Committed")
-      expect(yield* balance(0, 1)).toBe(START - 10)
-      expect(yield* balance(1, 1)).toBe(START + 10)
-      expect(yield* total).toBe(before)
-      expect(yield* statesOf([a, b], outcome.txId)).toEqual(["committed", "committed"])
-      expect(yield* prepared).toEqual([])
-    })
+  it.live(
+    "commits a transfer in three phases and leaves nothing prepared",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants
+        const before = yield* total
+        const outcome = yield* ThreePhaseCommit.run([
+          ThreePhaseCommit.branch(a, adjust(1, -10)),
+          ThreePhaseCommit.branch(b, adjust(1, 10))
+        ])
+        expect(outcome._tag).toBe("Committed")
+        expect(yield* balance(0, 1)).toBe(START - 10)
+        expect(yield* balance(1, 1)).toBe(START + 10)
+        expect(yield* total).toBe(before)
+        expect(yield* statesOf([a, b], outcome.txId)).toEqual(["committed", "committed"])
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
   )
 
-  it.live("a CHECK violation is a No vote: both branches roll back and nothing is precommitted", () =>
-    Effect.gen(function* () {
-      const [a, b] = yield* participants
-      const outcome = yield* ThreePhaseCommit.run([
-        ThreePhaseCommit.branch(a, adjust(2, -(START + 1))),
-        ThreePhaseCommit.branch(b, adjust(2, START + 1))
-      ])
-      expect(outcome._tag).toBe("Aborted")
-      if (outcome._tag !== "Aborted") return
-      expect(outcome.reason).toContain("23514")
-      expect(yield* statesOf([a, b], outcome.txId)).toEqual(["initial", "aborted"])
-      expect(yield* balance(1, 2)).toBe(START)
-      expect(yield* prepared).toEqual([])
-    })
+  it.live(
+    "a CHECK violation is a No vote: both branches roll back and nothing is precommitted",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants
+        const outcome = yield* ThreePhaseCommit.run([
+          ThreePhaseCommit.branch(a, adjust(2, -(START + 1))),
+          ThreePhaseCommit.branch(b, adjust(2, START + 1))
+        ])
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag !== "Aborted") return
+        expect(outcome.reason).toContain("23514")
+        expect(yield* statesOf([a, b], outcome.txId)).toEqual(["initial", "aborted"])
+        expect(yield* balance(1, 2)).toBe(START)
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
   )
 
   it.live(
@@ -186,29 +192,33 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         expect(yield* prepared).toEqual([])
         expect(yield* balance(0, 3)).toBe(START - 25)
         expect(yield* balance(1, 3)).toBe(START + 25)
-      })
+      }),
+    30_000
   )
 
-  it.live("coordinator stops after the votes, before PreCommit: the participants abort by themselves", () =>
-    Effect.gen(function* () {
-      const [a, b] = yield* participants
-      const stopped = yield* Deferred.make<void>()
-      const txId = yield* TransactionId.make
-      yield* runUntil(
-        [
-          ThreePhaseCommit.branch(stopAt(a, "precommit", stopped), adjust(4, -25)),
-          ThreePhaseCommit.branch(stopAt(b, "precommit", stopped), adjust(4, 25))
-        ],
-        stopped,
-        { txId }
-      )
-      expect(yield* statesOf([a, b], txId)).toEqual(["uncertain", "uncertain"])
-      const decisions = yield* Effect.forEach(yield* agents(txId, [a, b]), Fiber.join)
-      expect(decisions.map((d) => d._tag)).toEqual(["Aborted", "Aborted"])
-      expect(yield* prepared).toEqual([])
-      expect(yield* balance(0, 4)).toBe(START)
-      expect(yield* balance(1, 4)).toBe(START)
-    })
+  it.live(
+    "coordinator stops after the votes, before PreCommit: the participants abort by themselves",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants
+        const stopped = yield* Deferred.make<void>()
+        const txId = yield* TransactionId.make
+        yield* runUntil(
+          [
+            ThreePhaseCommit.branch(stopAt(a, "precommit", stopped), adjust(4, -25)),
+            ThreePhaseCommit.branch(stopAt(b, "precommit", stopped), adjust(4, 25))
+          ],
+          stopped,
+          { txId }
+        )
+        expect(yield* statesOf([a, b], txId)).toEqual(["uncertain", "uncertain"])
+        const decisions = yield* Effect.forEach(yield* agents(txId, [a, b]), Fiber.join)
+        expect(decisions.map((d) => d._tag)).toEqual(["Aborted", "Aborted"])
+        expect(yield* prepared).toEqual([])
+        expect(yield* balance(0, 4)).toBe(START)
+        expect(yield* balance(1, 4)).toBe(START)
+      }),
+    30_000
   )
 
   it.live(
@@ -293,48 +303,52 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         expect(yield* tryUpdate(0, 5)).toBe("updated")
         expect(yield* balance(0, 5)).toBe(START)
         expect(yield* balance(1, 6)).toBe(START + 7)
-      })
+      }),
+    30_000
   )
 
-  it.live("a participant that crashes while precommitted restarts, learns the outcome and converges", () =>
-    Effect.gen(function* () {
-      const [a, b] = yield* participants
-      const stopped = yield* Deferred.make<void>()
-      const txId = yield* TransactionId.make
-      yield* runUntil(
-        [
-          ThreePhaseCommit.branch(stopAt(a, "commit", stopped), adjust(9, -30)),
-          ThreePhaseCommit.branch(stopAt(b, "commit", stopped), adjust(9, 30))
-        ],
-        stopped,
-        { txId }
-      )
-      // b's process dies: its pool is gone, nobody can reach it. a's agent decides alone.
-      const crashed = yield* Ref.make(true)
-      const reachable: ThreePhaseCommit.Reachability = (_from, to) =>
-        to === "bank-b" ? Ref.get(crashed).pipe(Effect.map((down) => !down)) : Effect.succeed(true)
-      const bPool = postgres(urls[1]!, { max: 3, onnotice: () => {} })
-      const decision = yield* ThreePhaseCommit.agent(txId, a, [b], { timeout: agentTimeout, reachable })
-      expect(decision._tag).toBe("Committed")
-      if (decision._tag !== "Committed") return
-      expect(decision.pending).toEqual(["bank-b"])
-      expect(yield* stateOf(a, txId)).toBe("committed")
+  it.live(
+    "a participant that crashes while precommitted restarts, learns the outcome and converges",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants
+        const stopped = yield* Deferred.make<void>()
+        const txId = yield* TransactionId.make
+        yield* runUntil(
+          [
+            ThreePhaseCommit.branch(stopAt(a, "commit", stopped), adjust(9, -30)),
+            ThreePhaseCommit.branch(stopAt(b, "commit", stopped), adjust(9, 30))
+          ],
+          stopped,
+          { txId }
+        )
+        // b's process dies: its pool is gone, nobody can reach it. a's agent decides alone.
+        const crashed = yield* Ref.make(true)
+        const reachable: ThreePhaseCommit.Reachability = (_from, to) =>
+          to === "bank-b" ? Ref.get(crashed).pipe(Effect.map((down) => !down)) : Effect.succeed(true)
+        const bPool = postgres(urls[1]!, { max: 3, onnotice: () => {} })
+        const decision = yield* ThreePhaseCommit.agent(txId, a, [b], { timeout: agentTimeout, reachable })
+        expect(decision._tag).toBe("Committed")
+        if (decision._tag !== "Committed") return
+        expect(decision.pending).toEqual(["bank-b"])
+        expect(yield* stateOf(a, txId)).toBe("committed")
 
-      // b restarts: a fresh process (pool, participant) finds its precommitted branch in
-      // pg_prepared_xacts + accord_3pc_state and asks its peers.
-      yield* Ref.set(crashed, false)
-      const restarted = yield* PgThreePhaseParticipant.make({ name: "bank-b", sql: bPool })
-      const found = yield* restarted.inDoubt
-      expect(found.map((f) => [f.txId, f.state, f.members])).toEqual([
-        [txId, "precommitted", ["bank-a", "bank-b"]]
-      ])
-      const report = yield* ThreePhaseCommit.recover([restarted, a], { orphanAfter: 0 })
-      expect(report.committed).toEqual([txId])
-      expect(yield* stateOf(restarted, txId)).toBe("committed")
-      expect(yield* prepared).toEqual([])
-      expect(yield* balance(1, 9)).toBe(START + 30)
-      yield* Effect.promise(() => bPool.end({ timeout: 5 }))
-    })
+        // b restarts: a fresh process (pool, participant) finds its precommitted branch in
+        // pg_prepared_xacts + accord_3pc_state and asks its peers.
+        yield* Ref.set(crashed, false)
+        const restarted = yield* PgThreePhaseParticipant.make({ name: "bank-b", sql: bPool })
+        const found = yield* restarted.inDoubt
+        expect(found.map((f) => [f.txId, f.state, f.members])).toEqual([
+          [txId, "precommitted", ["bank-a", "bank-b"]]
+        ])
+        const report = yield* ThreePhaseCommit.recover([restarted, a], { orphanAfter: 0 })
+        expect(report.committed).toEqual([txId])
+        expect(yield* stateOf(restarted, txId)).toBe("committed")
+        expect(yield* prepared).toEqual([])
+        expect(yield* balance(1, 9)).toBe(START + 30)
+        yield* Effect.promise(() => bPool.end({ timeout: 5 }))
+      }),
+    30_000
   )
 
   /** The coordinator precommits bank-a only, then dies (accounts `id`: a -10, b +5, c +5). */
@@ -388,7 +402,8 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         expect(yield* prepared).toEqual([])
         // Put the money back so later tests see the same total.
         yield* Effect.promise(() => pool(0)`update accounts set balance = balance + 10 where id = 10`)
-      })
+      }),
+    30_000
   )
 
   it.live(
@@ -413,7 +428,8 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         expect(yield* statesOf(ps, txId)).toEqual(["aborted", "aborted", "aborted"])
         expect(yield* total).toBe(before)
         expect(yield* prepared).toEqual([])
-      })
+      }),
+    30_000
   )
 
   it.live(
@@ -438,7 +454,8 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         expect(vote._tag).toBe("No")
         expect(yield* prepared).toEqual([])
         expect(yield* balance(0, 12)).toBe(START)
-      })
+      }),
+    30_000
   )
 
   it.live(
@@ -481,39 +498,48 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
           const moved = r.stop === "precommit" ? 0 : r.i + 1
           expect(yield* balance(1, 21 + r.i)).toBe(START + moved)
         }
-      })
+      }),
+    30_000
   )
 
-  it.live("the Promise facade runs a 3PC transfer on Postgres participants", () =>
-    Effect.gen(function* () {
-      const { ThreePhaseCoordinator } = yield* Effect.promise(
-        () => import("@accord/core/ThreePhaseCoordinator")
-      )
-      const a = yield* PgThreePhaseParticipant.make({
-        name: "bank-a",
-        sql: pool(0),
-        operations: { adjust: (s, p: { id: number; amount: number }) => adjust(p.id, p.amount)(s) }
-      })
-      const b = yield* PgThreePhaseParticipant.make({
-        name: "bank-b",
-        sql: pool(1),
-        operations: { adjust: (s, p: { id: number; amount: number }) => adjust(p.id, p.amount)(s) }
-      })
-      const coordinator = new ThreePhaseCoordinator({ timeout: 5_000, mode: "quorum" })
-      const result = yield* Effect.promise(async () => {
-        await coordinator.registerParticipant(a)
-        await coordinator.registerParticipant(b)
-        const r = await coordinator.executeTransaction([
-          [a, "adjust", { id: 13, amount: -40 }],
-          [b, "adjust", { id: 13, amount: 40 }]
-        ])
-        await coordinator.dispose()
-        return r
-      })
-      expect(result).toMatchObject({ committed: true, status: "committed", protocol: "3pc", mode: "quorum" })
-      expect(yield* balance(0, 13)).toBe(START - 40)
-      expect(yield* balance(1, 13)).toBe(START + 40)
-      expect(yield* prepared).toEqual([])
-    })
+  it.live(
+    "the Promise facade runs a 3PC transfer on Postgres participants",
+    () =>
+      Effect.gen(function* () {
+        const { ThreePhaseCoordinator } = yield* Effect.promise(
+          () => import("@accord/core/ThreePhaseCoordinator")
+        )
+        const a = yield* PgThreePhaseParticipant.make({
+          name: "bank-a",
+          sql: pool(0),
+          operations: { adjust: (s, p: { id: number; amount: number }) => adjust(p.id, p.amount)(s) }
+        })
+        const b = yield* PgThreePhaseParticipant.make({
+          name: "bank-b",
+          sql: pool(1),
+          operations: { adjust: (s, p: { id: number; amount: number }) => adjust(p.id, p.amount)(s) }
+        })
+        const coordinator = new ThreePhaseCoordinator({ timeout: 5_000, mode: "quorum" })
+        const result = yield* Effect.promise(async () => {
+          await coordinator.registerParticipant(a)
+          await coordinator.registerParticipant(b)
+          const r = await coordinator.executeTransaction([
+            [a, "adjust", { id: 13, amount: -40 }],
+            [b, "adjust", { id: 13, amount: 40 }]
+          ])
+          await coordinator.dispose()
+          return r
+        })
+        expect(result).toMatchObject({
+          committed: true,
+          status: "committed",
+          protocol: "3pc",
+          mode: "quorum"
+        })
+        expect(yield* balance(0, 13)).toBe(START - 40)
+        expect(yield* balance(1, 13)).toBe(START + 40)
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
   )
 })
