@@ -143,7 +143,7 @@ export interface CoordinatorOptions {
   /** Bound on each branch's prepare. Default: `timeout`. */
   readonly prepareTimeout?: number | Duration.DurationInput
   /** The coordinator log. Default: in memory (not durable). */
-  readonly log?: Layer.Layer<TransactionLog>
+  readonly log?: Layer.Layer<TransactionLog, unknown>
   /** Gid namespace for this deployment. */
   readonly namespace?: string
 }
@@ -195,7 +195,7 @@ const toDuration = (value: number | Duration.DurationInput): Duration.Duration =
  * @internal
  */
 export const runToPromise = async <A, E, R>(
-  runtime: ManagedRuntime.ManagedRuntime<R, never>,
+  runtime: ManagedRuntime.ManagedRuntime<R, unknown>,
   effect: Effect.Effect<A, E, R>
 ): Promise<A> => {
   const exit = await runtime.runPromiseExit(effect)
@@ -253,7 +253,18 @@ export const groupOperations = (
           })
         )
       }
-      branches.push({ participant, work: participant.fromOperations(list) })
+      const fromOperations = participant.fromOperations
+      const work = Either.try({
+        try: () => fromOperations(list),
+        catch: (e) =>
+          e instanceof InvalidTransactionError
+            ? e
+            : new InvalidTransactionError({
+                reason: `${participant.name} refused its operations: ${e instanceof Error ? e.message : String(e)}`
+              })
+      })
+      if (Either.isLeft(work)) return Effect.fail(work.left)
+      branches.push({ participant, work: work.right })
     }
     return Effect.succeed(branches)
   })
@@ -367,7 +378,7 @@ export class Registry {
  * @since 0.1.0
  */
 export class TwoPhaseCoordinator {
-  private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, never>
+  private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
   private readonly registry = new Registry()
   private readonly options: TwoPhaseCommit.Options
 

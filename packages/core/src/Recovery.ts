@@ -25,7 +25,10 @@ import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./Tra
  * @since 0.1.0
  */
 export interface Options {
-  /** Prepared branches younger than this, with no decision, are left for their coordinator. Default 30 s. */
+  /**
+   * Prepared branches younger than this with no decision, and unfinished decisions younger than
+   * this, are left for their coordinator. Default 30 s; 0 after a crash, when no coordinator is live.
+   */
   readonly orphanAfter?: Duration.DurationInput
   /** Bound on each commit or rollback call. Default 5 s. */
   readonly callTimeout?: Duration.DurationInput
@@ -230,7 +233,12 @@ export const run: (
     }
 
     // 1. Logged decisions that never completed.
-    const unfinished = yield* log.unfinished(options.limit === undefined ? {} : { limit: options.limit })
+    // Young decisions are most likely in their coordinator's phase 2: re-driving them is safe
+    // (idempotent) but only adds contention, so they get the same grace as orphans.
+    const unfinished = yield* log.unfinished({
+      olderThanMillis: orphanAfterMillis,
+      ...(options.limit === undefined ? {} : { limit: options.limit })
+    })
     const handled = new Set<string>()
     const finished = yield* Effect.forEach(unfinished, (d) => finishDecision(d, d.branches), { concurrency })
     for (const r of finished) {

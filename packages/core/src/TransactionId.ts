@@ -67,8 +67,15 @@ const encodeTime = (millis: number): string => {
  */
 export const make: Effect.Effect<TransactionId> = Effect.gen(function* () {
   const millis = yield* Clock.currentTimeMillis
+  // 80 random bits as four 20-bit draws (four characters each).
   let random = ""
-  for (let i = 0; i < 16; i++) random += CROCKFORD[yield* Random.nextIntBetween(0, 32)]
+  for (let i = 0; i < 4; i++) {
+    let draw = yield* Random.nextIntBetween(0, 1 << 20)
+    for (let j = 0; j < 4; j++) {
+      random += CROCKFORD[draw & 31]
+      draw >>>= 5
+    }
+  }
   return (encodeTime(millis) + random) as TransactionId
 })
 

@@ -117,10 +117,11 @@ export const makeMemory: Effect.Effect<
         )
       ),
     unfinished: (options) =>
-      Ref.get(state).pipe(
-        Effect.map((s) => {
+      Effect.zip(Ref.get(state), Clock.currentTimeMillis).pipe(
+        Effect.map(([s, now]) => {
+          const before = now - (options?.olderThanMillis ?? 0)
           const rows = [...s.decisions.values()]
-            .filter((d) => !s.completed.has(d.txId))
+            .filter((d) => !s.completed.has(d.txId) && d.decidedAt <= before)
             .sort((a, b) => a.decidedAt - b.decidedAt)
           return options?.limit === undefined ? rows : rows.slice(0, options.limit)
         })

@@ -24,6 +24,7 @@ import {
   Vote
 } from "./Participant.js"
 import { BranchCallError, InvalidTransactionError, type LogError, TimeoutError } from "./TransactionError.js"
+import { forEachConcurrently } from "./internal/concurrently.js"
 import * as TransactionId from "./TransactionId.js"
 import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
 
@@ -114,6 +115,12 @@ export const outcomes = Metric.counter("accord_2pc_outcomes_total", {
   description: "2PC transactions by outcome",
   incremental: true
 })
+const outcomeCounters = {
+  Committed: Metric.tagged(outcomes, "outcome", "Committed"),
+  CommitPending: Metric.tagged(outcomes, "outcome", "CommitPending"),
+  Aborted: Metric.tagged(outcomes, "outcome", "Aborted")
+} as const
+
 /** Transaction latency. @since 0.1.0 */
 export const latency = Metric.histogram(
   "accord_2pc_latency_ms",
@@ -173,28 +180,55 @@ export const validate = (
   return Either.right(resolved)
 }
 
-const prepareBranch = Effect.fn("TwoPhaseCommit.prepare")(function* (
-  r: Resolved,
-  timeout: Duration.Duration
-) {
+interface PrepareResult {
+  readonly vote: Vote
+  /** False when the vote is No because the call failed or timed out: the branch may still be prepared. */
+  readonly definite: boolean
+}
+
+const prepareBranch = Effect.fn("TwoPhaseCommit.prepare")(function* (r: Resolved) {
   yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "prepare" })
   return yield* r.participant.prepare(r.ctx, r.work).pipe(
-    Effect.timeoutFail({
-      duration: timeout,
-      onTimeout: () =>
-        new TimeoutError({
-          txId: r.ctx.txId,
-          branch: r.ctx.branch,
-          phase: "prepare",
-          millis: Duration.toMillis(timeout)
-        })
-    }),
-    Effect.map((vote) => ({ vote, definite: true })),
-    // A failed or timed-out prepare is a No vote; the branch may still become prepared, so it is
-    // rolled back with the others (`definite: false`).
-    Effect.catchAll((e) => Effect.succeed({ vote: Vote.No({ reason: e.message }), definite: false }))
+    Effect.map((vote): PrepareResult => ({ vote, definite: true })),
+    // A failed prepare is a No vote; the branch may still become prepared, so it is rolled back
+    // with the others (`definite: false`).
+    Effect.catchAll((e) =>
+      Effect.succeed<PrepareResult>({ vote: Vote.No({ reason: e.message }), definite: false })
+    )
   )
 })
+
+/**
+ * Prepares every branch concurrently under one bound for the whole phase (one timer, not one per
+ * branch); a branch that has not answered when it fires is interrupted and counts as No.
+ */
+const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duration) =>
+  Effect.gen(function* () {
+    const results: Array<PrepareResult | undefined> = resolved.map(() => undefined)
+    yield* forEachConcurrently(resolved, (r, i) =>
+      prepareBranch(r).pipe(
+        Effect.tap((result) =>
+          Effect.sync(() => {
+            results[i] = result
+          })
+        )
+      )
+    ).pipe(Effect.timeoutOption(bound))
+    return resolved.map(
+      (r, i): PrepareResult =>
+        results[i] ?? {
+          vote: Vote.No({
+            reason: new TimeoutError({
+              txId: r.ctx.txId,
+              branch: r.ctx.branch,
+              phase: "prepare",
+              millis: Duration.toMillis(bound)
+            }).message
+          }),
+          definite: false
+        }
+    )
+  })
 
 const commitBranch = Effect.fn("TwoPhaseCommit.commit")(function* (
   r: Resolved,
@@ -219,13 +253,15 @@ const commitBranch = Effect.fn("TwoPhaseCommit.commit")(function* (
 
 const rollbackBranch = Effect.fn("TwoPhaseCommit.rollback")(function* (
   r: Resolved,
-  callTimeout: Duration.Duration
+  callTimeout: Duration.Duration,
+  schedule: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
 ) {
   yield* Effect.annotateCurrentSpan({ txId: r.ctx.txId, branch: r.ctx.branch, phase: "rollback" })
-  // Best effort: a branch left prepared here is an orphan that recovery presumes aborted.
+  // Retried within `callTimeout`, then left: a branch still prepared is an orphan that recovery
+  // presumes aborted. The caller is not kept waiting for it.
   return yield* r.participant.rollback(r.ctx).pipe(
-    Effect.timeout(callTimeout),
-    Effect.map(Option.some),
+    Effect.retry(schedule),
+    Effect.timeoutOption(callTimeout),
     Effect.catchAll(() => Effect.succeed(Option.none()))
   )
 })
@@ -315,7 +351,7 @@ export const run: (
   const finish = (outcome: Outcome) =>
     Effect.gen(function* () {
       const ended = yield* Clock.currentTimeMillis
-      yield* Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))
+      yield* Metric.increment(outcomeCounters[outcome._tag])
       yield* Metric.update(latency, ended - started)
       return outcome
     })
@@ -325,9 +361,7 @@ export const run: (
   }
 
   const prepareBound = Duration.min(prepareTimeout, transactionTimeout)
-  const prepared = yield* Effect.forEach(resolved, (r) => prepareBranch(r, prepareBound), {
-    concurrency: "unbounded"
-  })
+  const prepared = yield* preparePhase(resolved, prepareBound)
   const votes: ReadonlyArray<BranchVote> = resolved.map((r, i) => ({
     branch: r.ctx.branch,
     gid: r.ctx.gid,
@@ -341,10 +375,7 @@ export const run: (
       const toRollBack = resolved.filter(
         (_, i) => prepared[i]!.vote._tag === "Prepared" || !prepared[i]!.definite
       )
-      yield* Effect.forEach(toRollBack, (r) => rollbackBranch(r, callTimeout), {
-        concurrency: "unbounded",
-        discard: true
-      })
+      yield* forEachConcurrently(toRollBack, (r) => rollbackBranch(r, callTimeout, schedule))
       return yield* finish(Outcome.Aborted({ txId, votes, reason }))
     })
 
@@ -377,16 +408,17 @@ export const run: (
 
   // Phase 2: from here the outcome is commit, whatever happens.
   const remaining = Duration.millis(Math.max(0, deadline - (yield* Clock.currentTimeMillis)))
-  const acks = yield* Effect.forEach(
-    writers,
-    (r) =>
-      commitBranch(r, callTimeout, schedule).pipe(
-        Effect.timeout(remaining),
-        Effect.map((ack): Option.Option<CommitAck> => Option.some(ack)),
-        Effect.catchAll(() => Effect.succeed(Option.none<CommitAck>()))
+  const acks: Array<Option.Option<CommitAck>> = writers.map(() => Option.none())
+  yield* forEachConcurrently(writers, (r, i) =>
+    commitBranch(r, callTimeout, schedule).pipe(
+      Effect.tap((ack) =>
+        Effect.sync(() => {
+          acks[i] = Option.some(ack)
+        })
       ),
-    { concurrency: "unbounded" }
-  )
+      Effect.ignore
+    )
+  ).pipe(Effect.timeoutOption(remaining))
   const pending = writers.filter((_, i) => Option.isNone(acks[i]!)).map((r) => r.ctx.branch)
   const log = yield* TransactionLog
   const heuristics: Array<Heuristic> = []

@@ -121,4 +121,20 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     expect(report.unresolved).toEqual([])
     await coordinator.dispose()
   })
+  it("turns a participant refusing its operations into a typed error, not a defect", async () => {
+    const coordinator = new TwoPhaseCoordinator()
+    const double = await Effect.runPromise(MemoryParticipant.make("bank-a"))
+    const picky = {
+      ...double.participant,
+      fromOperations: () => {
+        throw new Error("unknown operation teleport")
+      }
+    }
+    await coordinator.registerParticipant(picky)
+    await expect(coordinator.executeTransaction([[picky, "teleport", {}]])).rejects.toThrow(
+      "bank-a refused its operations: unknown operation teleport"
+    )
+    expect(await Effect.runPromise(double.calls)).toEqual([])
+    await coordinator.dispose()
+  })
 })

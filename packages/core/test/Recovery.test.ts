@@ -32,7 +32,7 @@ describe("Recovery.run", () => {
         ],
         decidedAt: 0
       })
-      const report = yield* Recovery.run([a.participant, b.participant]).pipe(
+      const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
         Effect.provideService(TransactionLog.TransactionLog, log)
       )
       expect(report.transactionsFinished).toBe(1)
@@ -110,7 +110,13 @@ describe("Recovery.run", () => {
       yield* TestClock.adjust(Duration.seconds(2))
       const outcome = yield* Fiber.join(fiber)
       expect(outcome._tag).toBe("CommitPending")
+      const young = yield* Recovery.run([a.participant, b.participant], {
+        retrySchedule: Schedule.recurs(5)
+      }).pipe(provide)
+      // Two seconds old: its coordinator may still be in phase 2, so the default grace leaves it.
+      expect(young.transactionsFinished).toBe(0)
       const report = yield* Recovery.run([a.participant, b.participant], {
+        orphanAfter: 0,
         retrySchedule: Schedule.recurs(5)
       }).pipe(provide)
       expect(report.transactionsFinished).toBe(1)
@@ -177,7 +183,7 @@ describe("Recovery.run", () => {
         ],
         decidedAt: 0
       })
-      const report = yield* Recovery.run([a.participant, b.participant]).pipe(
+      const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
         Effect.provideService(TransactionLog.TransactionLog, log)
       )
       expect(report.heuristics.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "commit"]])
