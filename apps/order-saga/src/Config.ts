@@ -90,7 +90,7 @@ export const defaultTiming: Timing = {
   stepTimeoutMillis: 2500,
   retries: 4,
   retryBaseMillis: 25,
-  leaseMillis: 2000
+  leaseMillis: 5000
 }
 
 /**

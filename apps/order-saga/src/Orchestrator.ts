@@ -112,7 +112,11 @@ const place = Effect.fn("Orchestrator.place")(function* (
     config.timing
   )
   const registry = Saga.registry([saga])
+  // Two owners, not one: if a saga's lease runs out while this process is still driving it (a stall
+  // longer than the lease), the sweep below may claim it. With distinct owners the log's fencing
+  // then stops the first driver (LeaseLostError); with one owner both would drive the same saga.
   const owner = `orchestrator-${process.pid}-${Date.now().toString(36)}`
+  const sweepOwner = `${owner}-sweep`
   const leaseFor = Duration.millis(config.timing.leaseMillis)
   const orders = planOf(config)
   const planned = new Set(orders.map((o) => o.orderId))
@@ -130,7 +134,11 @@ const place = Effect.fn("Orchestrator.place")(function* (
 
   let resumed = 0
   // Abandoned sagas (a dead orchestrator's, whose lease expired) are claimed and finished here.
-  const sweeper = yield* Saga.sweep(registry, { owner, leaseFor, concurrency: config.concurrency }).pipe(
+  const sweeper = yield* Saga.sweep(registry, {
+    owner: sweepOwner,
+    leaseFor,
+    concurrency: config.concurrency
+  }).pipe(
     Effect.tap((outcomes) =>
       Effect.sync(() => {
         for (const outcome of outcomes) {

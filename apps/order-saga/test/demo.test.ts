@@ -49,7 +49,7 @@ describe("order saga on PGlite", () => {
   it("every order ends completed or compensated, under duplicated and dropped messages", async () => {
     const config = testConfig({
       name: "lite",
-      faults: { declineRate: 0.2, slowRate: 0.1, slowMillis: 2500, duplicateRate: 0.3, dropRate: 0.1 }
+      faults: { declineRate: 0.2, slowRate: 0.1, slowMillis: 6000, duplicateRate: 0.3, dropRate: 0.1 }
     })
     configs.push(config)
     const result = await Run.run(config)
@@ -68,7 +68,7 @@ describe.skipIf(server === undefined)("order saga on real PostgreSQL", () => {
     const config = testConfig({
       name: "pg",
       pgUrl: server!.adminUrl,
-      faults: { declineRate: 0.2, slowRate: 0.1, slowMillis: 2500, duplicateRate: 1, dropRate: 0.1 }
+      faults: { declineRate: 0.2, slowRate: 0.1, slowMillis: 6000, duplicateRate: 1, dropRate: 0.1 }
     })
     configs.push(config)
     const result = await Run.run(config)
@@ -83,7 +83,7 @@ describe.skipIf(server === undefined)("order saga on real PostgreSQL", () => {
       pgUrl: server!.adminUrl,
       orders: 24,
       killOrchestratorAfter: 10,
-      faults: { declineRate: 0.15, slowRate: 0.05, slowMillis: 2500, duplicateRate: 0.1, dropRate: 0.05 }
+      faults: { declineRate: 0.15, slowRate: 0.05, slowMillis: 6000, duplicateRate: 0.1, dropRate: 0.05 }
     })
     configs.push(config)
     const result = await Run.run(config)

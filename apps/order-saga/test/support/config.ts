@@ -26,15 +26,16 @@ export const testConfig = (overrides: Partial<RunConfig> & { readonly name: stri
     dbPrefix: `accord_t_order_${name}_`,
     customers: 20,
     stockBase: 4,
-    faults: { ...defaultFaults, slowRate: 0.1, slowMillis: 2500 },
-    timing: { stepTimeoutMillis: 1200, retries: 4, retryBaseMillis: 20, leaseMillis: 1000 },
+    faults: { ...defaultFaults, slowRate: 0.1, slowMillis: 6000 },
+    timing: { stepTimeoutMillis: 2500, retries: 4, retryBaseMillis: 20, leaseMillis: 3000 },
     ...rest
   }
 }
 
 /** Drops the databases of a run configuration (or removes its PGlite folders). */
 export const dropDatabases = async (config: RunConfig): Promise<void> => {
-  if (config.pgUrl === undefined) return rmSync(config.dataRoot, { recursive: true, force: true })
+  rmSync(config.dataRoot, { recursive: true, force: true })
+  if (config.pgUrl === undefined) return
   for (const name of [...serviceNames, "saga"])
     await TestDatabase.dropDatabase(config.pgUrl, `${config.dbPrefix}${name}`)
 }
