@@ -69,8 +69,7 @@ end $accord$;`
  */
 export type Target = postgres.Sql | PGlite
 
-/** @internal */
-export const toClient = (target: Target): Client =>
+const toClient = (target: Target): Client =>
   typeof target === "function" ? fromPostgres(target) : fromPglite(target)
 
 const run = (target: Target, ddl: string) =>

@@ -134,6 +134,12 @@ export interface PgliteOptions extends CommonOptions {
 }
 
 /**
+ * The PGlite exclusivity gate (see `PgliteOptions.gate`).
+ * @since 0.1.0
+ */
+export type { Gate }
+
+/**
  * A fresh gate, for PGlite participants that must not share the process-wide one.
  * @since 0.1.0
  */
@@ -458,9 +464,13 @@ const pgliteBranch = (
         Effect.async<Ending, StageFailure>((resume) => {
           const pending = runPgliteBranch(db, ctx, mode, work)
           // The gate is left here, on the promise, so that it is left even after an interruption.
+          let abandoned = false
           pending.then(
             (ending) => {
               if (ending._tag !== "Prepared") gate.leave(ctx.gid)
+              // Prepared after its caller gave up: a rollback may already have left the gate, so
+              // hold it again until recovery resolves this branch.
+              else if (abandoned) gate.holdFor([ctx.gid])
               resume(Effect.succeed(ending))
             },
             (error: unknown) => {
@@ -470,10 +480,10 @@ const pgliteBranch = (
               resume(Effect.fail({ stage, failure: toFailure(cause) }))
             }
           )
-          return Effect.promise(() => pending.then(noop, noop)).pipe(
-            Effect.timeout(cancelTimeout),
-            Effect.ignore
-          )
+          return Effect.promise(() => {
+            abandoned = true
+            return pending.then(noop, noop)
+          }).pipe(Effect.timeout(cancelTimeout), Effect.ignore)
         })
       )
     })
@@ -551,7 +561,16 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       if (options.migrate !== false) {
         yield* Effect.tryPromise({
           try: () => client.script(Migrations.participantDdl),
-          catch: (error) => callError(self, "begin", toFailure(error), false)
+          catch: (error) => {
+            const failure = toFailure(error)
+            return failure.sqlState === "42501"
+              ? new TransactionError.ConfigurationError({
+                  participant: name,
+                  reason: `cannot create Accord's marker table accord_branch: ${failure.message}`,
+                  fix: "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
+                })
+              : callError(self, "begin", failure, false)
+          }
         })
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))

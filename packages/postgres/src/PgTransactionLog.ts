@@ -37,6 +37,8 @@ export interface GroupCommit {
   readonly maxWait?: Duration.DurationInput
   /** Most decisions in one insert. Default 64. */
   readonly maxBatch?: number
+  /** Inserts in flight at once (each a batch): one forms while another is flushed. Default 2. */
+  readonly writers?: number
 }
 
 /**
@@ -166,7 +168,8 @@ const build = (client: Client, options: Options) =>
       decide = yield* batcher(
         writeBatch,
         Duration.decode(settings.maxWait ?? Duration.micros(200n)),
-        Math.max(1, settings.maxBatch ?? 64)
+        Math.max(1, settings.maxBatch ?? 64),
+        Math.max(1, settings.writers ?? 2)
       )
     }
 
@@ -236,15 +239,16 @@ interface Pending {
 }
 
 /**
- * One writer fiber drains the queue: whatever queued while the previous write was in flight goes
- * in the next insert. A lone decision is written at once.
+ * `writers` fibers drain the queue: whatever queued while the writes were in flight goes in the
+ * next insert. A lone decision is written at once.
  */
 const batcher = (
   writeBatch: (
     records: ReadonlyArray<CoreLog.DecisionRecord>
   ) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>,
   maxWait: Duration.Duration,
-  maxBatch: number
+  maxBatch: number,
+  writers: number
 ) =>
   Effect.gen(function* () {
     const queue = yield* Queue.unbounded<Pending>()
@@ -264,7 +268,7 @@ const batcher = (
         )
       }
     }).pipe(Effect.forever)
-    yield* Effect.forkScoped(writer)
+    for (let i = 0; i < writers; i++) yield* Effect.forkScoped(writer)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         const left = yield* Queue.takeAll(queue)
