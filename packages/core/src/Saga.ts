@@ -912,6 +912,7 @@ export const resume: <R>(
 /**
  * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end.
  * Several orchestrators may sweep one log at once: a saga is claimed by one of them at a time.
+ * Claims are recorded under `<owner>/sweep-<token>`, unique per sweep.
  * @since 0.1.0
  */
 export const sweep: <R>(
@@ -932,7 +933,14 @@ export const sweep: <R>(
   }
 ) {
   const log = yield* SagaLog
-  const lease: Lease = { owner: options.owner, leaseFor: options.leaseFor ?? defaults.leaseFor }
+  // Each sweep claims under its own token (`<owner>/sweep-<random>`), so that a saga this process
+  // is still driving under `owner` (its lease starved, say) and the same saga claimed here are
+  // fenced from each other even when the caller passes one owner name to both.
+  const token = yield* Random.nextIntBetween(0, 2 ** 31)
+  const lease: Lease = {
+    owner: `${options.owner}/sweep-${token.toString(36)}`,
+    leaseFor: options.leaseFor ?? defaults.leaseFor
+  }
   const claimed = yield* log.claimAbandoned({ ...lease, limit: options.limit ?? 100 })
   const results = yield* Effect.forEach(
     claimed,

@@ -5,7 +5,7 @@
  * records are durable), whatever its steps had already done to the world.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Option, Schedule, TestClock } from "effect"
+import { Deferred, Effect, Exit, Fiber, Option, Schedule, TestClock } from "effect"
 import * as Saga from "../src/Saga.js"
 import { SagaLog, makeMemory } from "../src/SagaLog.js"
 import { LogError } from "../src/TransactionError.js"
@@ -307,5 +307,43 @@ describe("Saga resumption after a crash at every log record", () => {
           expect(outcome.cause).toMatchObject({ kind: "transient", inDoubt: true })
         expect(applied.size).toBe(0)
       })
+  )
+  it.effect("a sweep fences a saga from its first driver even when both use one owner name", () =>
+    Effect.gen(function* () {
+      const release = yield* Deferred.make<void>()
+      const saga = Saga.make({
+        name: "fenced",
+        steps: [
+          Saga.step<unknown>({
+            name: "slow",
+            // The first driver hangs here, its lease not renewed (as when it is starved).
+            action: () => Deferred.await(release).pipe(Effect.as("late")),
+            timeout: "1 hour"
+          }),
+          Saga.step<unknown>({ name: "next", action: () => Effect.succeed("ok") })
+        ]
+      })
+      const log = yield* makeMemory
+      const starved: SagaLog["Type"] = { ...log, renewLease: () => Effect.succeed(true) }
+      const first = yield* Saga.run(saga, null, {
+        sagaId: "fence-1",
+        owner: "node-1",
+        leaseFor: "3 seconds"
+      }).pipe(Effect.provideService(SagaLog, starved), Effect.exit, Effect.fork)
+      yield* TestClock.adjust("4 seconds")
+      const swept = yield* Saga.sweep(Saga.registry([saga]), { owner: "node-1" }).pipe(
+        Effect.provideService(SagaLog, log),
+        Effect.fork
+      )
+      yield* TestClock.adjust("1 second")
+      const claimedBy = Option.getOrThrow(yield* log.load("fence-1")).owner
+      expect(claimedBy).toMatch(/^node-1\/sweep-[0-9a-z]+$/)
+      yield* Deferred.succeed(release, undefined)
+      const firstExit = yield* Fiber.join(first)
+      // The first driver's next write is refused: the sweep's claim fenced it.
+      expect(Exit.isFailure(firstExit)).toBe(true)
+      const [outcome] = yield* Fiber.join(swept)
+      expect(outcome?._tag).toBe("Completed")
+    })
   )
 })
