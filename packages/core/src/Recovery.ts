@@ -34,7 +34,7 @@ export interface Options {
   readonly callTimeout?: Duration.DurationInput
   /** Retries of a failed call within one pass. Default: 3 retries, exponential from 20 ms. */
   readonly retrySchedule?: Schedule.Schedule<unknown, BranchCallError>
-  /** Transactions resolved at once. Default 16. */
+  /** Transactions resolved at once (bounded in practice by the participants' pools). Default 64. */
   readonly concurrency?: number
   /** Most unfinished decisions read per pass. Default 100,000. */
   readonly limit?: number
@@ -84,7 +84,7 @@ export const run: (
     const byName = new Map<string, AnyParticipant>(participants.map((p) => [p.name, p]))
     const callTimeout = Duration.decode(options.callTimeout ?? Duration.seconds(5))
     const retry = options.retrySchedule ?? defaultRetry
-    const concurrency = options.concurrency ?? 16
+    const concurrency = options.concurrency ?? 64
     const orphanAfterMillis = Duration.toMillis(Duration.decode(options.orphanAfter ?? Duration.seconds(30)))
 
     const call = <A>(
@@ -159,6 +159,9 @@ export const run: (
       )
     }
 
+    const finishedTxIds: Array<TransactionId> = []
+    const forgettable = new Map<string, Array<BranchContext>>()
+
     const finishDecision = (
       decision: DecisionRecord,
       branches: ReadonlyArray<{ branch: BranchName; gid: Gid }>
@@ -169,17 +172,13 @@ export const run: (
         })
         const allDone = results.every((r) => r._tag === "Done")
         if (allDone) {
-          yield* log.complete(decision.txId)
-          const ctxs = branches.map((b) => ({ txId: decision.txId, branch: b.branch, gid: b.gid }))
-          // Marker rows are bookkeeping only once the entry is complete.
-          yield* Effect.forEach(
-            ctxs,
-            (ctx) => {
-              const p = byName.get(ctx.branch)
-              return p === undefined ? Effect.void : p.forget([ctx]).pipe(Effect.ignore)
-            },
-            { discard: true }
-          )
+          // Completion and marker clean-up are batched at the end of the pass.
+          finishedTxIds.push(decision.txId)
+          for (const b of branches) {
+            const list = forgettable.get(b.branch) ?? []
+            list.push({ txId: decision.txId, branch: b.branch, gid: b.gid })
+            forgettable.set(b.branch, list)
+          }
         }
         return { decision, results, allDone }
       })
@@ -300,6 +299,22 @@ export const run: (
       { concurrency }
     )
     for (const r of resolvedOrphans) tally(r)
+
+    // Not forced: a lost completion only makes the next pass re-drive idempotent calls.
+    if (finishedTxIds.length > 0) {
+      yield* log.completeMany === undefined
+        ? Effect.forEach(finishedTxIds, (txId) => log.complete(txId), { concurrency, discard: true })
+        : log.completeMany(finishedTxIds)
+    }
+    // Marker rows are bookkeeping once the entry is complete; one call per participant.
+    yield* Effect.forEach(
+      forgettable,
+      ([branch, ctxs]) => {
+        const p = byName.get(branch)
+        return p === undefined ? Effect.void : p.forget(ctxs).pipe(Effect.ignore)
+      },
+      { concurrency: "unbounded", discard: true }
+    )
 
     return {
       transactionsFinished,

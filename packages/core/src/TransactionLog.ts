@@ -72,6 +72,8 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
     readonly decision: (txId: TransactionId) => Effect.Effect<Option.Option<DecisionRecord>, LogError>
     /** Marks a decided transaction finished: every branch acknowledged (not forced). */
     readonly complete: (txId: TransactionId) => Effect.Effect<void, LogError>
+    /** Optional: marks many transactions finished in one write (recovery batches with it). */
+    readonly completeMany?: (txIds: ReadonlyArray<TransactionId>) => Effect.Effect<void, LogError>
     /** Decisions without completion, oldest first (commit and abort). */
     readonly unfinished: (options?: {
       readonly olderThanMillis?: number

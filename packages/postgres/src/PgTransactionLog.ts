@@ -72,7 +72,8 @@ export interface PgTransactionLog extends LogService {
 }
 
 const COLUMNS =
-  "tx_id, decision, branches, round(extract(epoch from decided_at) * 1000)::float8 as decided_at_ms"
+  "tx_id, decision, branches, round(extract(epoch from decided_at) * 1000)::float8 as decided_at_ms, " +
+  "round(extract(epoch from completed_at) * 1000)::float8 as completed_at_ms"
 
 const DECIDE_SQL = `insert into accord_decision (tx_id, decision, branches, decided_at)
 select d.tx_id, d.decision, d.branches::jsonb, to_timestamp(d.decided_at_ms / 1000.0)
@@ -86,6 +87,9 @@ const READ_SQL = `select ${COLUMNS} from accord_decision where tx_id = any($1::t
 const COMPLETE_SQL = `update accord_decision set completed_at = now()
 from (select set_config('synchronous_commit', 'off', true) as relaxed) as f
 where tx_id = $1 and completed_at is null and f.relaxed is not null`
+const COMPLETE_MANY_SQL = `update accord_decision set completed_at = now()
+from (select set_config('synchronous_commit', 'off', true) as relaxed) as f
+where tx_id = any($1::text[]) and completed_at is null and f.relaxed is not null`
 const UNFINISHED_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is null and decided_at <= now() - make_interval(secs => $1::float8)
 order by decided_at limit $2`
@@ -102,6 +106,7 @@ interface DecisionRow {
   readonly decision: string
   readonly branches: unknown
   readonly decided_at_ms: number
+  readonly completed_at_ms: number | null
 }
 
 const toRecord = (row: DecisionRow): CoreLog.DecisionRecord => ({
@@ -110,7 +115,10 @@ const toRecord = (row: DecisionRow): CoreLog.DecisionRecord => ({
   branches: (typeof row.branches === "string"
     ? JSON.parse(row.branches)
     : row.branches) as CoreLog.DecisionRecord["branches"],
-  decidedAt: Number(row.decided_at_ms)
+  decidedAt: Number(row.decided_at_ms),
+  ...(row.completed_at_ms === null || row.completed_at_ms === undefined
+    ? {}
+    : { completedAt: Number(row.completed_at_ms) })
 })
 
 const logError = (operation: string, txId?: string) => (failure: PgFailure) =>
@@ -190,6 +198,12 @@ const build = (client: Client, options: Options) =>
           Effect.asVoid,
           Effect.mapError(logError("complete", txId)),
           Effect.withSpan("PgTransactionLog.complete", { attributes: { txId } })
+        ),
+      completeMany: (txIds) =>
+        query(COMPLETE_MANY_SQL, [txIds]).pipe(
+          Effect.asVoid,
+          Effect.mapError(logError("complete")),
+          Effect.withSpan("PgTransactionLog.completeMany", { attributes: { count: txIds.length } })
         ),
       unfinished: (opts) =>
         query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null]).pipe(

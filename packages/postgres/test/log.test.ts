@@ -80,6 +80,27 @@ const contract = (
     })
   )
 
+  scopedLive(`${name}: completeMany completes in one write and decisions then report completedAt`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const a = yield* TransactionId.make
+      const b = yield* TransactionId.make
+      yield* log.decide(record("commit", a, Date.now()))
+      yield* log.decide(record("commit", b, Date.now()))
+      expect(Option.getOrThrow(yield* log.decision(a)).completedAt).toBeUndefined()
+      yield* log.completeMany!([a, b])
+      const unfinished = (yield* log.unfinished()).map((d) => d.txId)
+      expect(unfinished).not.toContain(a)
+      expect(unfinished).not.toContain(b)
+      const read = Option.getOrThrow(yield* log.decision(a))
+      expect(read.completedAt).toBeGreaterThan(0)
+      // A late presumed abort sees the completed commit (recovery refuses to re-commit a re-prepared gid).
+      const winner = yield* log.decide(record("abort", b))
+      expect(winner.decision).toBe("commit")
+      expect(winner.completedAt).toBeGreaterThan(0)
+    })
+  )
+
   scopedLive(`${name}: heuristic outcomes are recorded`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()
