@@ -14,7 +14,7 @@ describe("bank transfer on embedded PGlite", () => {
       dir,
       "--fresh",
       "--transfers",
-      "300",
+      "150",
       "--concurrency",
       "8",
       "--accounts",
@@ -55,7 +55,7 @@ describe("bank transfer on embedded PGlite with 3PC", () => {
       "--protocol",
       "3pc",
       "--transfers",
-      "150",
+      "80",
       "--concurrency",
       "8",
       "--json"

@@ -102,7 +102,10 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
             await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
           } catch (e) {
             // Presumed abort, as a hand-written coordinator must: never leave a branch prepared.
-            await Promise.allSettled([a.unsafe(`ROLLBACK PREPARED '${gidA}'`), b.unsafe(`ROLLBACK PREPARED '${gidB}'`)])
+            await Promise.allSettled([
+              a.unsafe(`ROLLBACK PREPARED '${gidA}'`),
+              b.unsafe(`ROLLBACK PREPARED '${gidB}'`)
+            ])
             throw e
           }
           await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
@@ -223,7 +226,10 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
 // Same cache file as the bank-transfer demo.
 const templatePath = join(
   tmpdir(),
-  `accord-pglite-template-${createHash("sha1").update(import.meta.resolve("@electric-sql/pglite")).digest("hex").slice(0, 12)}.tar`
+  `accord-pglite-template-${createHash("sha1")
+    .update(import.meta.resolve("@electric-sql/pglite"))
+    .digest("hex")
+    .slice(0, 12)}.tar`
 )
 
 const openPglite = async (dir: string): Promise<PGlite> => {

@@ -26,6 +26,8 @@ export interface Options {
   readonly recovery: number | undefined
   /** `--soak S`: accord2pc at concurrency 32 for S seconds, sampling RSS (instead of the table). */
   readonly soak: number | undefined
+  /** Clients of the soak run. */
+  readonly soakConcurrency: number
   readonly dbPrefix: string
   readonly help: boolean
 }
@@ -40,15 +42,16 @@ Measures Accord's 2PC against hand-written SQL 2PC and local commits in one run.
 
 Options:
   --pg URL            PostgreSQL superuser URL (or ACCORD_PG_URL)
-  --duration S        seconds measured per cell (default 4)
+  --duration S        seconds measured per cell (default 2)
   --warmup S          warm-up seconds per cell (default 1)
-  --rounds R          slices per cell, interleaved across modes (default 3)
+  --rounds R          slices per cell, interleaved across modes (default 2)
   --concurrency LIST  comma-separated client counts (default 1,8,32)
   --modes LIST        only these modes (default all)
   --no-pglite         skip the PGlite rows
   --out DIR           results folder (default results)
   --recovery N        leave N in-doubt transactions and time recovery
-  --soak S            accord2pc at concurrency 32 for S seconds, sampling RSS
+  --soak S            accord2pc for S seconds, sampling RSS
+  --soak-concurrency C  clients of the soak (default 32; each holds 2 of max_prepared_transactions)
   --db-prefix P       database name prefix (default accord_bench_)
   --json              print the JSON summary as the last line of stdout`
 
@@ -77,12 +80,14 @@ export const parse = (
       new UsageError({ message: `${e instanceof Error ? e.message.split("\n")[0] : e} (see --help)` })
     )
   }
-  const duration = positive("--duration", values.duration, 4)
+  const duration = positive("--duration", values.duration, 3)
   const warmup = positive("--warmup", values.warmup, 1)
-  const rounds = positive("--rounds", values.rounds, 3)
+  const rounds = positive("--rounds", values.rounds, 2)
   const recovery = positive("--recovery", values.recovery, undefined)
   const soak = positive("--soak", values.soak, undefined)
-  for (const e of [duration, warmup, rounds, recovery, soak]) if (Either.isLeft(e)) return Either.left(e.left)
+  const soakConcurrency = positive("--soak-concurrency", values["soak-concurrency"], 32)
+  for (const e of [duration, warmup, rounds, recovery, soak, soakConcurrency])
+    if (Either.isLeft(e)) return Either.left(e.left)
   const concurrency = (values.concurrency ?? "1,8,32").split(",").map(Number)
   if (concurrency.some((c) => !Number.isInteger(c) || c < 1 || c > 256)) {
     return Either.left(
@@ -107,6 +112,7 @@ export const parse = (
     out: values.out ?? "results",
     recovery: Either.getOrThrow(recovery),
     soak: Either.getOrThrow(soak),
+    soakConcurrency: Math.max(1, Math.round(Either.getOrThrow(soakConcurrency)!)),
     dbPrefix,
     help: values.help ?? false
   })
@@ -128,6 +134,7 @@ const spec = (args: Array<string>) =>
       out: { type: "string" },
       recovery: { type: "string" },
       soak: { type: "string" },
+      "soak-concurrency": { type: "string" },
       "db-prefix": { type: "string" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" }

@@ -132,6 +132,23 @@ export const slice = async (
 }
 
 /**
+ * A slice that could not run at all.
+ * @since 0.1.0
+ */
+export const failedSlice = (e: unknown): Slice => ({
+  warmDone: 0,
+  done: 0,
+  errors: 1,
+  firstError: e instanceof Error ? e.message.split("\n")[0] : String(e),
+  seconds: 0,
+  latencies: [],
+  walSyncs: 0,
+  statements: 0,
+  prepares: 0,
+  commitPrepared: 0
+})
+
+/**
  * Sums the slices of one mode at one concurrency into a row.
  * @since 0.1.0
  */
@@ -154,7 +171,7 @@ export const combine = (
     errors: sum((s) => s.errors),
     firstError: slices.find((s) => s.firstError !== undefined)?.firstError,
     seconds: round(seconds),
-    tps: round(done / seconds, 1),
+    tps: seconds > 0 ? round(done / seconds, 1) : 0,
     p50Ms: round(quantile(latencies, 0.5), 3),
     p99Ms: round(quantile(latencies, 0.99), 3),
     walSyncsPerTx: usesServer

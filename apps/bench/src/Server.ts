@@ -165,3 +165,19 @@ export const pickAccounts = (): readonly [number, number] => {
   if (y === x) y = (y % accounts) + 1
   return [x, y]
 }
+
+/**
+ * Prepared transactions left in the given databases (should be 0 after a run).
+ * @since 0.1.0
+ */
+export const preparedIn = async (adminUrl: string, urls: ReadonlyArray<string>): Promise<number> => {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    const names = urls.map((u) => new URL(u).pathname.slice(1))
+    const [row] = await admin<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database IN ${admin(names)}`
+    return row?.n ?? 0
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+}

@@ -41,7 +41,11 @@ export const run = async (
   let errors = 0
   const started = performance.now()
   const end = started + seconds * 1000
+  // With `node --expose-gc`, a full collection before each sample shows the retained heap rather
+  // than whatever garbage the collector has not reached yet.
+  const gc = (globalThis as { gc?: () => void }).gc
   const sample = () => {
+    gc?.()
     const m = process.memoryUsage()
     samples.push({
       t: Math.round((performance.now() - started) / 100) / 10,
@@ -79,6 +83,7 @@ export const run = async (
   const steady = samples.slice(Math.floor(samples.length / 10))
   const xs = steady.map((s) => s.t / 60)
   return {
+    gcBeforeSample: gc !== undefined,
     seconds,
     concurrency,
     transactions: done,

@@ -2,7 +2,13 @@ import { describe, expect, it } from "vitest"
 import * as Report from "../src/Report.js"
 import type { Cell } from "../src/Runner.js"
 
-const cell = (mode: string, concurrency: number, tps: number, p50Ms: number, extra: Partial<Cell> = {}): Cell => ({
+const cell = (
+  mode: string,
+  concurrency: number,
+  tps: number,
+  p50Ms: number,
+  extra: Partial<Cell> = {}
+): Cell => ({
   mode,
   backend: "postgres",
   concurrency,
@@ -29,7 +35,12 @@ const baselines = new Map([
 describe("benchmark report", () => {
   it("compares each mode with its baseline at the same concurrency", () => {
     const cells = Report.withRatios(
-      [cell("raw2pc", 1, 600, 1.6), cell("accord2pc", 1, 570, 1.8), cell("raw2pc", 8, 1200, 6), cell("accord2pc", 8, 600, 12)],
+      [
+        cell("raw2pc", 1, 600, 1.6),
+        cell("accord2pc", 1, 570, 1.8),
+        cell("raw2pc", 8, 1200, 6),
+        cell("accord2pc", 8, 600, 12)
+      ],
       baselines
     )
     const at1 = cells.find((c) => c.mode === "accord2pc" && c.concurrency === 1)!
