@@ -52,10 +52,13 @@ export const none: Profile = {
 /**
  * Draws a run's profile: some seeds are calm, some stormy, most in between.
  * `crashOnly` keeps only crash faults and short delays (no lost messages, no long delays): the
- * failure model classic 3PC promises to survive.
+ * failure model classic 3PC promises to survive. Partitions only with `partitions`.
  * @since 0.1.0
  */
-export const draw = (rng: Rng.Rng, options: { readonly crashOnly?: boolean } = {}): Profile => {
+export const draw = (
+  rng: Rng.Rng,
+  options: { readonly crashOnly?: boolean; readonly partitions?: boolean } = {}
+): Profile => {
   const level = rng.pick([0, 0.02, 0.05, 0.1, 0.2])
   const drawn = {
     dropRequest: level * rng.next(),
@@ -66,7 +69,7 @@ export const draw = (rng: Rng.Rng, options: { readonly crashOnly?: boolean } = {
     participantCrash: Math.min(1, level * 3 * rng.next()),
     coordinatorCrash: rng.pick([0, 0.3, 0.5, 0.7]),
     concurrentSweep: rng.pick([0, 0, 0.3]),
-    partition: rng.pick([0, 0.5, 0.9])
+    partition: rng.pick([0, 0.5, 0.9]) * (options.partitions === true ? 1 : 0)
   }
   return options.crashOnly === true
     ? { ...drawn, dropRequest: 0, loseResponse: 0, longDelay: 0, partition: 0 }

@@ -43,43 +43,19 @@ export class SimLog {
     else if (list[list.length - 1] !== record.decision) list.push(record.decision)
   }
 
-  private fail(operation: string, txId: string | undefined, landed: boolean): LogError {
-    this.injector.inject(
-      "log-failure",
-      "log",
-      `${operation}${txId ? ` ${txId.slice(-6)}` : ""} failed ${landed ? "after" : "before"} it landed`
-    )
-    return new LogError({
-      operation,
-      ...(txId === undefined ? {} : { txId }),
-      reason: "simulated write failure"
-    })
-  }
-
   private write<A>(
     process: SimNetwork.Process,
     operation: string,
     txId: string | undefined,
     apply: () => A
   ): Effect.Effect<A, LogError> {
-    return Effect.gen(this, function* () {
-      yield* process.boundary(`before log ${operation}`)
-      yield* Effect.sleep(Duration.millis(this.injector.healed ? 1 : this.injector.rng.int(1, 3)))
-      if (this.injector.roll("logFailure")) {
-        const landed = this.injector.rng.chance(0.5)
-        if (landed) apply()
-        return yield* this.fail(operation, txId, landed)
-      }
-      const result = apply()
-      yield* process.boundary(`after log ${operation}`)
-      return result
-    })
+    return durableWrite(this.injector, process, "log", operation, txId, Effect.sync(apply))
   }
 
   private read<A>(operation: string, read: () => A): Effect.Effect<A, LogError> {
     return Effect.suspend(() =>
       this.injector.roll("logFailure")
-        ? Effect.fail(this.fail(operation, undefined, false))
+        ? Effect.fail(failure(this.injector, "log", operation, undefined, false))
         : Effect.succeed(read())
     )
   }
@@ -128,3 +104,49 @@ export class SimLog {
     }
   }
 }
+
+const failure = (
+  injector: Faults.Injector,
+  who: string,
+  operation: string,
+  txId: string | undefined,
+  landed: boolean
+): LogError => {
+  injector.inject(
+    "log-failure",
+    who,
+    `${operation}${txId ? ` ${txId.slice(-6)}` : ""} failed ${landed ? "after" : "before"} it landed`
+  )
+  return new LogError({
+    operation,
+    ...(txId === undefined ? {} : { txId }),
+    reason: "simulated write failure"
+  })
+}
+
+/**
+ * A forced write to a simulated durable log, as process `process` performs it: the process may
+ * die just before or just after it, it takes a few virtual milliseconds, and it may fail before it
+ * landed or after (the writer cannot tell which).
+ * @since 0.1.0
+ */
+export const durableWrite = <A, E>(
+  injector: Faults.Injector,
+  process: SimNetwork.Process,
+  who: string,
+  operation: string,
+  txId: string | undefined,
+  write: Effect.Effect<A, E>
+): Effect.Effect<A, E | LogError> =>
+  Effect.gen(function* () {
+    yield* process.boundary(`before log ${operation}`)
+    yield* Effect.sleep(Duration.millis(injector.healed ? 1 : injector.rng.int(1, 3)))
+    if (injector.roll("logFailure")) {
+      const landed = injector.rng.chance(0.5)
+      if (landed) yield* write
+      return yield* failure(injector, who, operation, txId, landed)
+    }
+    const result = yield* write
+    yield* process.boundary(`after log ${operation}`)
+    return result
+  })

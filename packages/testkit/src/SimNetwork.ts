@@ -207,13 +207,16 @@ export class Network {
     ctx: { readonly txId: string } | undefined,
     act: Effect.Effect<A, E>,
     error: (reason: string, inDoubt: boolean) => E,
-    options: { readonly idempotent?: boolean } = {}
+    options: {
+      /** False: never delivered twice. Default true. */
+      readonly idempotent?: boolean
+    } = {}
   ): Effect.Effect<A, E> {
     const what = `${op}${ctx === undefined ? "" : ` ${ctx.txId.slice(-6)}`}`
-    // Only idempotent calls are ever delivered twice: a prepare or one-phase commit carries work,
-    // and a TCP request is never replayed; phase-2 and read calls do repeat in practice (a
-    // coordinator and a recovery sweep drive the same branch).
-    const idempotent = options.idempotent ?? (op !== "prepare" && op !== "onePhaseCommit")
+    // Any call may be delivered twice (a client retry, a proxy), prepares included: a participant
+    // must refuse a second prepare of a gid and recovery must not commit it (Recovery's rule since
+    // 1c193cd). Saga actions opt out: see internal/saga.ts.
+    const idempotent = options.idempotent ?? true
     return Effect.gen(this, function* () {
       yield* from.boundary(`before ${what} -> ${target.name}`)
       const reply = yield* Deferred.make<A, E>()

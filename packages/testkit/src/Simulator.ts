@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, Exit } from "effect"
+import { Cause, Effect, Exit } from "effect"
 import * as Invariants from "./Invariants.js"
 import { runDeterministic } from "./SimRuntime.js"
 import * as saga from "./internal/saga.js"
@@ -90,7 +90,10 @@ export const run = async (options: Options): Promise<Result> => {
     (clock) =>
       Effect.gen(function* () {
         // Classic 3PC promises atomicity under crash failures with bounded delays only.
-        const w = World.make(options.seed, clock, { crashOnly: options.protocol === "3pc" })
+        const w = World.make(options.seed, clock, {
+          crashOnly: options.protocol === "3pc",
+          partitions: options.protocol === "3pc-quorum"
+        })
         world = w
         switch (options.protocol) {
           case "2pc": {
@@ -128,7 +131,7 @@ export const run = async (options: Options): Promise<Result> => {
   })
   if (world === undefined) throw new Error("the simulation did not start")
   if (outcome !== undefined && Exit.isFailure(outcome.exit)) {
-    world.violations.push(`defect: ${Exit.isFailure(outcome.exit) ? String(outcome.exit.cause) : ""}`)
+    world.violations.push(`defect: ${Cause.pretty(outcome.exit.cause)}`)
   }
   return {
     protocol: options.protocol,
@@ -202,6 +205,8 @@ export const runMany = async (options: {
   let transactions = 0
   let seeds = 0
   for (let seed = from; seed < from + options.seeds; seed++) {
+    // A run never touches Node's event loop; let the host process breathe between seeds.
+    await new Promise<void>((resolve) => setImmediate(resolve))
     const result = await run({
       protocol: options.protocol,
       seed,

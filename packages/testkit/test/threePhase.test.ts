@@ -47,7 +47,7 @@ describe("3PC simulation", () => {
         "--seeds",
         String(ciSeeds),
         "--stop-after",
-        "10",
+        "2",
         "--json"
       ])
       expect(code).toBe(1)

@@ -15,10 +15,12 @@ const canRestartServer = (() => {
 })()
 
 if (pgUrl === undefined) {
-  const message =
-    "torture.test.ts: SKIPPED — no PostgreSQL (set ACCORD_PG_URL=postgres://postgres@127.0.0.1:5432/postgres)"
-  if (required) throw new Error(`${message}, and ACCORD_REQUIRE_PG=1`)
-  console.warn(`\n!!! ${message}\n`)
+  const reason = "torture.test.ts needs a server (no ACCORD_PG_URL)"
+  if (required) throw new Error(`${reason}, and ACCORD_REQUIRE_PG=1`)
+  const line = "!".repeat(78)
+  console.warn(
+    `\n${line}\n  REAL-POSTGRESQL TESTS SKIPPED: ${reason}\n  Set ACCORD_PG_URL=postgres://postgres@127.0.0.1:5432/postgres to run them.\n${line}\n`
+  )
 }
 
 interface TortureSummary {

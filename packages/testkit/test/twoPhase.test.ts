@@ -88,6 +88,8 @@ describe("2PC simulation", () => {
       "commit-before-decision",
       "--seeds",
       "200",
+      "--stop-after",
+      "1",
       "--json"
     ])
     const seed = summary.failingSeeds[0] ?? -1

@@ -117,14 +117,17 @@ const main = async () => {
     }
   }
   const parts = await Promise.all(
-    jobs.map((job) =>
-      workers === 1
-        ? runJob(job)
-        : new Promise<Simulator.Summary>((resolve, reject) => {
-            const worker = new Worker(new URL(import.meta.url), { workerData: job })
-            worker.once("message", resolve)
-            worker.once("error", reject)
+    jobs.map(
+      (job) =>
+        new Promise<Simulator.Summary>((resolve, reject) => {
+          // Effect allocates many short-lived objects: a larger young generation saves ~20% in GC.
+          const worker = new Worker(new URL(import.meta.url), {
+            workerData: job,
+            resourceLimits: { maxYoungGenerationSizeMb: 192 }
           })
+          worker.once("message", resolve)
+          worker.once("error", reject)
+        })
     )
   )
   const summary = merge(parts, performance.now() - started)

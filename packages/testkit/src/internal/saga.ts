@@ -1,9 +1,9 @@
 import { Duration, Effect, Exit, Option, Schedule } from "effect"
 import * as Saga from "@accord/core/Saga"
 import * as SagaLog from "@accord/core/SagaLog"
-import { LogError } from "@accord/core/TransactionError"
 import * as TransactionId from "@accord/core/TransactionId"
 import * as Broken from "../Broken.js"
+import * as SimLog from "../SimLog.js"
 import * as SimNetwork from "../SimNetwork.js"
 import * as World from "./world.js"
 
@@ -149,23 +149,7 @@ const logFor = (
   process: SimNetwork.Process
 ): SagaLog.SagaLog["Type"] => {
   const write = <A, E>(label: string, sagaId: string, effect: Effect.Effect<A, E>) =>
-    Effect.gen(function* () {
-      yield* process.boundary(`before log ${label}`)
-      yield* Effect.sleep(Duration.millis(world.injector.healed ? 1 : world.injector.rng.int(1, 3)))
-      if (world.injector.roll("logFailure")) {
-        const landed = world.injector.rng.chance(0.5)
-        if (landed) yield* effect
-        world.injector.inject(
-          "log-failure",
-          "saga-log",
-          `${label} ${sagaId.slice(-6)} failed ${landed ? "after" : "before"} it landed`
-        )
-        return yield* new LogError({ operation: label, txId: sagaId, reason: "simulated write failure" })
-      }
-      const result = yield* effect
-      yield* process.boundary(`after log ${label}`)
-      return result
-    })
+    SimLog.durableWrite(world.injector, process, "saga-log", label, sagaId, effect)
   return {
     ...log,
     start: (record, lease) => write("start", record.sagaId, log.start(record, lease)),

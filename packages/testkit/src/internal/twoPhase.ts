@@ -97,7 +97,7 @@ export const planTransactions = (world: World.World, targets: ReadonlyArray<Targ
       plans.push({ txId, startAt, branches, told: "Crashed" })
       world.trace.add(
         "sim",
-        `plan tx ${txId.slice(-6)} at +${startAt}ms: ${branches.map((b) => `${b.target.name}${b.writes ? "" : "(ro/no)"}`).join(" ")}`
+        `plan tx ${txId.slice(-6)} at +${startAt}ms: ${branches.map((b) => `${b.target.name}:${b.target.sim === undefined ? (b.writes ? "writes" : "reads") : (b.work as SimParticipant.Work).vote}`).join(" ")}`
       )
     }
     return plans

@@ -20,7 +20,7 @@ export interface World {
 export const make = (
   seed: number,
   clock: VirtualClock,
-  options: { readonly crashOnly?: boolean } = {}
+  options: { readonly crashOnly?: boolean; readonly partitions?: boolean } = {}
 ): World => {
   const rng = Rng.make(seed)
   const start = clock.unsafeCurrentTimeMillis()
