@@ -14,24 +14,35 @@ const setup = Effect.gen(function* () {
   return { log, a, b }
 })
 
+/** A commit decision over both branches, as a coordinator that died before phase 2 left it. */
+const commitDecisionFor = (
+  { log, a, b }: Effect.Effect.Success<typeof setup>,
+  prepare: { readonly a: boolean; readonly b: boolean }
+) =>
+  Effect.gen(function* () {
+    const txId = yield* TransactionId.make
+    const gidA = TransactionId.gid(txId, a.participant.name)
+    const gidB = TransactionId.gid(txId, b.participant.name)
+    yield* prepare.a ? a.seedPrepared(gidA) : a.forceRollback(gidA)
+    yield* prepare.b ? b.seedPrepared(gidB) : b.forceRollback(gidB)
+    yield* log.decide({
+      txId,
+      decision: "commit",
+      branches: [
+        { branch: a.participant.name, gid: gidA },
+        { branch: b.participant.name, gid: gidB }
+      ],
+      decidedAt: 0
+    })
+    return { txId, gidA, gidB }
+  })
+
 describe("Recovery.run", () => {
   it.effect("commits the branches of a commit decision whose phase 2 never ran", () =>
     Effect.gen(function* () {
-      const { log, a, b } = yield* setup
-      const txId = yield* TransactionId.make
-      const gidA = TransactionId.gid(txId, a.participant.name)
-      const gidB = TransactionId.gid(txId, b.participant.name)
-      yield* a.seedPrepared(gidA)
-      yield* b.seedPrepared(gidB)
-      yield* log.decide({
-        txId,
-        decision: "commit",
-        branches: [
-          { branch: a.participant.name, gid: gidA },
-          { branch: b.participant.name, gid: gidB }
-        ],
-        decidedAt: 0
-      })
+      const world = yield* setup
+      const { log, a, b } = world
+      const { txId, gidA, gidB } = yield* commitDecisionFor(world, { a: true, b: true })
       const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
         Effect.provideService(TransactionLog.TransactionLog, log)
       )
@@ -168,21 +179,10 @@ describe("Recovery.run", () => {
 
   it.effect("records a commit that finds its branch rolled back by hand as heuristic", () =>
     Effect.gen(function* () {
-      const { log, a, b } = yield* setup
-      const txId = yield* TransactionId.make
-      const gidA = TransactionId.gid(txId, a.participant.name)
-      const gidB = TransactionId.gid(txId, b.participant.name)
-      yield* a.seedPrepared(gidA)
-      yield* b.forceRollback(gidB)
-      yield* log.decide({
-        txId,
-        decision: "commit",
-        branches: [
-          { branch: a.participant.name, gid: gidA },
-          { branch: b.participant.name, gid: gidB }
-        ],
-        decidedAt: 0
-      })
+      const world = yield* setup
+      const { log, a, b } = world
+      // bank-b's branch was rolled back by hand after the commit decision.
+      yield* commitDecisionFor(world, { a: true, b: false })
       const report = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
         Effect.provideService(TransactionLog.TransactionLog, log)
       )

@@ -630,45 +630,42 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     return yield* callError(ctx, "onePhaseCommit", failure, stage === "end")
   })
 
+  /**
+   * `COMMIT PREPARED` or `ROLLBACK PREPARED` by gid. A gid already gone is idempotent success; then
+   * the marker tells what became of it (present = committed), so a branch resolved outside the
+   * protocol is reported as a heuristic outcome.
+   */
+  const finishPrepared = (ctx: Participant.BranchContext, phase: "commit" | "rollback") =>
+    Effect.gen(function* () {
+      const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
+        Effect.mapError((e) =>
+          callError(ctx, phase, { sqlState: undefined, message: e.reason, connectionLost: false }, false)
+        )
+      )
+      const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
+      const done = yield* query(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
+      if (Either.isRight(done)) {
+        driver.resolved(gid)
+        return "finished" as const
+      }
+      const failure = done.left
+      if (failure.sqlState !== UNDEFINED_OBJECT)
+        return yield* callError(ctx, phase, failure, failure.connectionLost)
+      const committed = yield* markerExists(ctx, phase)
+      driver.resolved(gid)
+      return committed ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
+    })
+
   const commit = Effect.fn("PgParticipant.commit")(function* (ctx: Participant.BranchContext) {
     yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "commit" })
-    const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
-      Effect.mapError((e) =>
-        callError(ctx, "commit", { sqlState: undefined, message: e.reason, connectionLost: false }, false)
-      )
-    )
-    const done = yield* query(`COMMIT PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
-    if (Either.isRight(done)) {
-      driver.resolved(gid)
-      return "Committed" as const
-    }
-    const failure = done.left
-    if (failure.sqlState !== UNDEFINED_OBJECT)
-      return yield* callError(ctx, "commit", failure, failure.connectionLost)
-    // Gone: committed already (marker), or rolled back outside the protocol (no marker).
-    const committed = yield* markerExists(ctx, "commit")
-    driver.resolved(gid)
-    return committed ? ("Committed" as const) : ("HeuristicRollback" as const)
+    const result = yield* finishPrepared(ctx, "commit")
+    return result === "goneNotCommitted" ? ("HeuristicRollback" as const) : ("Committed" as const)
   })
 
   const rollback = Effect.fn("PgParticipant.rollback")(function* (ctx: Participant.BranchContext) {
     yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "rollback" })
-    const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
-      Effect.mapError((e) =>
-        callError(ctx, "rollback", { sqlState: undefined, message: e.reason, connectionLost: false }, false)
-      )
-    )
-    const done = yield* query(`ROLLBACK PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
-    if (Either.isRight(done)) {
-      driver.resolved(gid)
-      return "RolledBack" as const
-    }
-    const failure = done.left
-    if (failure.sqlState !== UNDEFINED_OBJECT)
-      return yield* callError(ctx, "rollback", failure, failure.connectionLost)
-    const committed = yield* markerExists(ctx, "rollback")
-    driver.resolved(gid)
-    return committed ? ("HeuristicCommit" as const) : ("RolledBack" as const)
+    const result = yield* finishPrepared(ctx, "rollback")
+    return result === "goneCommitted" ? ("HeuristicCommit" as const) : ("RolledBack" as const)
   })
 
   const state = Effect.fn("PgParticipant.state")(function* (ctx: Participant.BranchContext) {
