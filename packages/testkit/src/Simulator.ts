@@ -43,6 +43,15 @@ export const protocols: ReadonlyArray<Protocol> = ["2pc", "3pc", "3pc-quorum", "
 export type Plugged<Work> = twoPhase.Plugged<Work>
 
 /**
+ * A saga step of your own plugged into a saga simulation: `action(key)` and `compensation(key)`
+ * receive the step's idempotency key and are called through the faulty simulated network;
+ * `observe(key)` tells the checkers whether the action ever took effect and how many times it was
+ * undone. Build the steps inside the `steps` effect so each seed starts from fresh state.
+ * @since 0.1.0
+ */
+export type PluggedStep = saga.PluggedStep
+
+/**
  * Which implementation runs: the real one, or a deliberately broken variant (to prove the
  * checkers can fail).
  * @since 0.1.0
@@ -59,6 +68,8 @@ export interface Options {
   readonly variant?: Variant
   /** Your participants (2PC/3PC), made fresh for each seed. Default: simulated Postgres-like participants. */
   readonly participants?: Effect.Effect<ReadonlyArray<twoPhase.AnyPlugged>>
+  /** Your saga steps (protocol `saga`), made fresh for each seed. Default: simulated services. */
+  readonly steps?: Effect.Effect<ReadonlyArray<saga.PluggedStep>>
 }
 
 /**
@@ -117,7 +128,8 @@ export const run = async (options: Options): Promise<Result> => {
             return
           }
           case "saga": {
-            const { services, result } = yield* saga.run(w, variant as saga.Variant)
+            const steps = options.steps === undefined ? undefined : yield* options.steps
+            const { services, result } = yield* saga.run(w, variant as saga.Variant, steps)
             transactions = 1
             saga.check(w, services, result)
             return
@@ -192,6 +204,7 @@ export const runMany = async (options: {
   readonly from?: number
   readonly variant?: Variant
   readonly participants?: Options["participants"]
+  readonly steps?: Options["steps"]
   readonly stopAfterFailures?: number
   readonly onFailure?: (result: Result) => void
 }): Promise<Summary> => {
@@ -211,7 +224,8 @@ export const runMany = async (options: {
       protocol: options.protocol,
       seed,
       ...(options.variant === undefined ? {} : { variant: options.variant }),
-      ...(options.participants === undefined ? {} : { participants: options.participants })
+      ...(options.participants === undefined ? {} : { participants: options.participants }),
+      ...(options.steps === undefined ? {} : { steps: options.steps })
     })
     seeds++
     faultsInjected += result.faultsInjected

@@ -21,6 +21,21 @@ export interface StepPlan {
   readonly compensationFailures: number
 }
 
+/**
+ * A saga step of your own plugged into the simulator: its action and compensation (called with the
+ * step's idempotency key, through the simulated network: dropped, late, duplicated, lost answers)
+ * and `observe`, the ground truth the checkers read afterwards.
+ */
+export interface PluggedStep {
+  readonly name: string
+  readonly action: (key: string) => Effect.Effect<unknown, Saga.StepError>
+  readonly compensation?: (key: string) => Effect.Effect<void, Saga.StepError>
+  /** Whether `key`'s action ever took effect, and how many times its effect was undone. */
+  readonly observe: (
+    key: string
+  ) => Effect.Effect<{ readonly applied: boolean; readonly compensations: number }>
+}
+
 /** The retries the simulation configures: the checker knows them. */
 export const actionRetries = 3
 export const compensationRetries = 4
@@ -41,13 +56,16 @@ export class Service {
   private compensationLeft: number
   constructor(
     readonly plan: StepPlan,
-    readonly world: World.World
+    readonly world: World.World,
+    readonly user?: PluggedStep
   ) {
     this.node = SimNetwork.node(`svc-${plan.name}`)
     this.transientLeft = plan.transientFailures
     this.compensationLeft = plan.compensationFailures
   }
   action(key: string): Effect.Effect<string, Saga.StepError> {
+    const user = this.user
+    if (user !== undefined) return user.action(key).pipe(Effect.as(`${key}:done`))
     return Effect.suspend((): Effect.Effect<string, Saga.StepError> => {
       if (this.nullCompensated.has(key)) {
         return Effect.fail(
@@ -66,6 +84,16 @@ export class Service {
     })
   }
   compensation(key: string): Effect.Effect<void, Saga.StepError> {
+    const user = this.user
+    if (user?.compensation !== undefined) {
+      return user.compensation(key).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            if (!this.undone.some((u) => u.key === key)) this.undone.push({ key, at: this.world.now() })
+          })
+        )
+      )
+    }
     return Effect.suspend((): Effect.Effect<void, Saga.StepError> => {
       if (this.compensationLeft > 0) {
         this.compensationLeft--
@@ -82,6 +110,25 @@ export class Service {
     })
   }
 }
+
+/** Reads a plugged step's ground truth into the service's ghost state, for the checkers. */
+export const observe = (services: ReadonlyArray<Service>, sagaId: string) =>
+  Effect.forEach(
+    services,
+    (svc) =>
+      svc.user === undefined
+        ? Effect.void
+        : svc.user.observe(`${sagaId}/${svc.plan.name}`).pipe(
+            Effect.tap(({ applied, compensations }) =>
+              Effect.sync(() => {
+                const key = `${sagaId}/${svc.plan.name}`
+                if (applied) svc.applied.add(key)
+                svc.compensated.set(key, compensations)
+              })
+            )
+          ),
+    { discard: true }
+  )
 
 const lost = (reason: string, inDoubt: boolean): Saga.StepError =>
   inDoubt ? new Saga.StepInDoubtError({ reason }) : new Saga.StepTransientError({ reason })
@@ -163,22 +210,31 @@ export interface SagaFinal {
   readonly final: Option.Option<Saga.Outcome>
 }
 
-export const run = (world: World.World, variant: Variant) =>
+export const run = (world: World.World, variant: Variant, plugged?: ReadonlyArray<PluggedStep>) =>
   Effect.gen(function* () {
     const { rng, trace, injector } = world
-    const count = rng.int(2, 5)
+    const count = plugged?.length ?? rng.int(2, 5)
     const refuser = rng.chance(0.35) ? rng.int(0, count - 1) : -1
-    const plans: Array<StepPlan> = Array.from({ length: count }, (_, i) => ({
-      name: `step${i}`,
-      refuses: i === refuser,
-      transientFailures: rng.chance(0.3) ? rng.int(1, actionRetries + 1) : 0,
-      hasCompensation: rng.chance(0.9),
-      compensationFailures: rng.chance(0.08)
-        ? Number.POSITIVE_INFINITY
-        : rng.chance(0.3)
-          ? rng.int(1, compensationRetries)
-          : 0
-    }))
+    // Plugged steps behave as they are written; the simulator's own steps draw their behaviour.
+    const plans: Array<StepPlan> =
+      plugged?.map((step) => ({
+        name: step.name,
+        refuses: false,
+        transientFailures: 0,
+        hasCompensation: step.compensation !== undefined,
+        compensationFailures: 0
+      })) ??
+      Array.from({ length: count }, (_, i) => ({
+        name: `step${i}`,
+        refuses: i === refuser,
+        transientFailures: rng.chance(0.3) ? rng.int(1, actionRetries + 1) : 0,
+        hasCompensation: rng.chance(0.9),
+        compensationFailures: rng.chance(0.08)
+          ? Number.POSITIVE_INFINITY
+          : rng.chance(0.3)
+            ? rng.int(1, compensationRetries)
+            : 0
+      }))
     for (const p of plans) {
       trace.add(
         "sim",
@@ -187,7 +243,7 @@ export const run = (world: World.World, variant: Variant) =>
         }`
       )
     }
-    const services = plans.map((p) => new Service(p, world))
+    const services = plans.map((p, i) => new Service(p, world, plugged?.[i]))
     yield* World.scheduleNodeCrashes(
       world,
       services.map((s) => s.node)
@@ -264,6 +320,7 @@ export const run = (world: World.World, variant: Variant) =>
         )
       }
     }
+    yield* observe(services, sagaId)
     return { services, result: { sagaId, told, final } satisfies SagaFinal }
   })
 
