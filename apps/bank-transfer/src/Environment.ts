@@ -4,15 +4,12 @@
  *
  * @since 0.1.0
  */
-import { createHash } from "node:crypto"
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import type { Participant } from "@accord/core"
 import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgThreePhaseParticipant from "@accord/postgres/PgThreePhaseParticipant"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
-import { PGlite } from "@electric-sql/pglite"
+import type { PGlite } from "@electric-sql/pglite"
 import { Effect, type Scope } from "effect"
 import postgres from "postgres"
 import type { Db } from "./Bank.js"
@@ -168,39 +165,12 @@ const openPostgres = Effect.fn("BankTransfer.openPostgres")(function* (options: 
   } satisfies Environment
 })
 
-// A fresh PGlite data folder costs an initdb (15-20 s on a 2-core box); a dump of a fresh one
-// loads in about 1 s. The first fresh instance leaves its dump here for the others and later runs.
-const templatePath = join(
-  tmpdir(),
-  `accord-pglite-template-${createHash("sha1")
-    .update(import.meta.resolve("@electric-sql/pglite"))
-    .digest("hex")
-    .slice(0, 12)}.tar`
-)
-
-const openPgliteDir = async (dir: string): Promise<PGlite> => {
-  mkdirSync(dir, { recursive: true })
-  if (existsSync(join(dir, "PG_VERSION"))) return PgParticipant.openPglite(dir)
-  if (existsSync(templatePath)) {
-    return PGlite.create(dir, {
-      loadDataDir: new Blob([readFileSync(templatePath)]),
-      startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
-    })
-  }
-  const db = await PgParticipant.openPglite(dir)
-  const dump = await db.dumpDataDir("none")
-  const partial = `${templatePath}.${process.pid}`
-  writeFileSync(partial, Buffer.from(await dump.arrayBuffer()))
-  renameSync(partial, templatePath)
-  return db
-}
-
 const openPglite = Effect.fn("BankTransfer.openPglite")(function* (options: Options) {
   const root = resolve(options.dataDir)
   const open = (name: string) =>
     Effect.acquireRelease(
       Effect.tryPromise({
-        try: () => openPgliteDir(join(root, name)),
+        try: () => PgParticipant.openPgliteCloned(join(root, name)),
         catch: (e) =>
           new DemoError({
             message: `cannot open the embedded database in ${join(root, name)} (${e instanceof Error ? e.message.split("\n")[0] : String(e)}): delete that folder or pass another --data-dir`

@@ -14,8 +14,7 @@
  *
  * @since 0.1.0
  */
-import { createHash } from "node:crypto"
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Participant, Saga, SagaLog, TransactionLog, TwoPhaseCommit } from "@accord/core"
@@ -23,7 +22,7 @@ import * as Barrier from "@accord/postgres/Barrier"
 import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgSagaLog from "@accord/postgres/PgSagaLog"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
-import { PGlite } from "@electric-sql/pglite"
+import type { PGlite } from "@electric-sql/pglite"
 import { Duration, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
 import type postgres from "postgres"
 import * as Server from "./Server.js"
@@ -222,31 +221,6 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
   ]
 }
 
-// A fresh PGlite folder costs an initdb (15-20 s here); a dump of a fresh instance loads in 1-4 s.
-// Same cache file as the bank-transfer demo.
-const templatePath = join(
-  tmpdir(),
-  `accord-pglite-template-${createHash("sha1")
-    .update(import.meta.resolve("@electric-sql/pglite"))
-    .digest("hex")
-    .slice(0, 12)}.tar`
-)
-
-const openPglite = async (dir: string): Promise<PGlite> => {
-  if (existsSync(templatePath)) {
-    return PGlite.create(dir, {
-      loadDataDir: new Blob([readFileSync(templatePath)]),
-      startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
-    })
-  }
-  const db = await PgParticipant.openPglite(dir)
-  const dump = await db.dumpDataDir("none")
-  const partial = `${templatePath}.${process.pid}`
-  writeFileSync(partial, Buffer.from(await dump.arrayBuffer()))
-  renameSync(partial, templatePath)
-  return db
-}
-
 const seedPglite = async (db: PGlite) => {
   await db.exec(`CREATE TABLE IF NOT EXISTS accounts (id integer PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
     TRUNCATE accounts;
@@ -263,7 +237,7 @@ export const pgliteModes = (): ReadonlyArray<Mode> => [
     backend: "pglite",
     open: async () => {
       const dir = mkdtempSync(join(tmpdir(), "accord-bench-"))
-      const db = await openPglite(join(dir, "a"))
+      const db = await PgParticipant.openPgliteCloned(join(dir, "a"))
       await seedPglite(db)
       return {
         tx: async () => {
@@ -291,9 +265,9 @@ export const pgliteModes = (): ReadonlyArray<Mode> => [
     uncounted: true,
     open: async () => {
       const dir = mkdtempSync(join(tmpdir(), "accord-bench-"))
-      const a = await openPglite(join(dir, "a"))
-      const b = await openPglite(join(dir, "b"))
-      const c = await openPglite(join(dir, "coordinator"))
+      const a = await PgParticipant.openPgliteCloned(join(dir, "a"))
+      const b = await PgParticipant.openPgliteCloned(join(dir, "b"))
+      const c = await PgParticipant.openPgliteCloned(join(dir, "coordinator"))
       await seedPglite(a)
       await seedPglite(b)
       const opened = await withScope(
