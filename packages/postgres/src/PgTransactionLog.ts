@@ -6,8 +6,18 @@
  * recovery's presumed abort. The insert runs with `synchronous_commit = on` forced for its own
  * transaction (`set_config(..., true)` inside the statement: one round trip, same effect as
  * `SET LOCAL`), so a commit decision is on disk before any branch is told to commit, whatever the
- * database's default. `complete` is not forced (`synchronous_commit = off`): a lost completion only
- * makes recovery re-drive idempotent commits.
+ * database's default.
+ *
+ * Completion (`completion`): `complete` only queues the txId and returns; one writer fiber marks
+ * queued transactions completed, one `update ... where tx_id = any($1)` per batch, not forced
+ * (`synchronous_commit = off`). A lone completion is written at once; completions queued while a
+ * write is in flight go in the next one. Reads of this log (`decision`, `unfinished`, `completed`,
+ * `purge`) first wait until every completion queued before them is written, and closing the log's
+ * scope writes what is still queued (waiting at most 5 s), so within a process a completion is seen
+ * as soon as `complete` returns. Another process may see it a little later. A completion that is
+ * never written (crash, failed write: logged as a warning and dropped) leaves the decision
+ * unfinished, which only makes recovery re-drive idempotent COMMIT/ROLLBACK PREPAREDs.
+ * `completion: "immediate"` writes each completion before `complete` returns, as one update.
  *
  * Sharing: several coordinator processes may use one log database at once. Keys are ULIDs (no
  * coordination needed to make them), every decision is a first-writer-wins insert, and recovery in
@@ -22,7 +32,7 @@
  */
 import { TransactionError, TransactionLog as CoreLog } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
-import { Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
+import { Cause, Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
 import type postgres from "postgres"
 import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
@@ -50,6 +60,13 @@ export interface Options {
   readonly groupCommit?: GroupCommit | boolean
   /** Run the log-table migration in `make` (default true). */
   readonly migrate?: boolean
+  /**
+   * How `complete` writes. `"batched"` (default): `complete` queues the txId and returns at once; a
+   * writer fiber completes queued transactions in one update per batch (up to 256), and this log's
+   * reads wait for what was queued before them. `"immediate"`: `complete` waits for its own update.
+   * Either way a completion is not forced to disk.
+   */
+  readonly completion?: "batched" | "immediate"
 }
 
 type LogService = CoreLog.TransactionLog["Type"]
@@ -181,6 +198,17 @@ const build = (client: Client, options: Options) =>
       )
     }
 
+    const completeOne = (txId: string) =>
+      query(COMPLETE_SQL, [txId]).pipe(Effect.asVoid, Effect.mapError(logError("complete", txId)))
+    const completion =
+      options.completion === "immediate"
+        ? { complete: completeOne, flush: Effect.void }
+        : yield* completer(
+            (txIds) => query(COMPLETE_MANY_SQL, [txIds]).pipe(Effect.mapError(logError("complete"))),
+            completeOne
+          )
+    const { flush } = completion
+
     const log: PgTransactionLog = {
       decide: (record) =>
         decide(record).pipe(
@@ -189,16 +217,15 @@ const build = (client: Client, options: Options) =>
           })
         ),
       decision: (txId) =>
-        query<DecisionRow>(READ_SQL, [[txId]]).pipe(
+        flush.pipe(
+          Effect.zipRight(query<DecisionRow>(READ_SQL, [[txId]])),
           Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toRecord)),
           Effect.mapError(logError("decision", txId))
         ),
       complete: (txId) =>
-        query(COMPLETE_SQL, [txId]).pipe(
-          Effect.asVoid,
-          Effect.mapError(logError("complete", txId)),
-          Effect.withSpan("PgTransactionLog.complete", { attributes: { txId } })
-        ),
+        completion
+          .complete(txId)
+          .pipe(Effect.withSpan("PgTransactionLog.complete", { attributes: { txId } })),
       completeMany: (txIds) =>
         query(COMPLETE_MANY_SQL, [txIds]).pipe(
           Effect.asVoid,
@@ -206,7 +233,10 @@ const build = (client: Client, options: Options) =>
           Effect.withSpan("PgTransactionLog.completeMany", { attributes: { count: txIds.length } })
         ),
       unfinished: (opts) =>
-        query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null]).pipe(
+        flush.pipe(
+          Effect.zipRight(
+            query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null])
+          ),
           Effect.map((rows) => rows.map(toRecord)),
           Effect.mapError(logError("unfinished"))
         ),
@@ -232,14 +262,18 @@ const build = (client: Client, options: Options) =>
         Effect.mapError(logError("heuristics"))
       ),
       completed: (opts) =>
-        query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000]).pipe(
+        flush.pipe(
+          Effect.zipRight(
+            query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000])
+          ),
           Effect.map((rows) => rows.map(toRecord)),
           Effect.mapError(logError("completed"))
         ),
       purge: (txIds) =>
         txIds.length === 0
           ? Effect.succeed(0)
-          : query<{ deleted: number }>(PURGE_SQL, [txIds]).pipe(
+          : flush.pipe(
+              Effect.zipRight(query<{ deleted: number }>(PURGE_SQL, [txIds])),
               Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
               Effect.mapError(logError("purge"))
             )
@@ -303,9 +337,94 @@ const batcher = (
       })
   })
 
+/** Most completions in one update. */
+const COMPLETE_BATCH = 256
+/** How long closing the log waits for queued completions to be written. */
+const CLOSE_FLUSH_TIMEOUT = Duration.seconds(5)
+
+/**
+ * One writer fiber drains the completion queue, one update per batch: it takes what is queued as
+ * soon as it is idle (no timer), so a lone completion is written at once and completions queued
+ * during a write go in the next. `flush` waits until every completion queued before it has been
+ * written, or dropped after a failed write: `enqueued` and `settled` count them, in queue order.
+ */
+const completer = (
+  writeMany: (txIds: ReadonlyArray<string>) => Effect.Effect<unknown, TransactionError.LogError>,
+  writeOne: (txId: string) => Effect.Effect<void, TransactionError.LogError>
+) =>
+  Effect.gen(function* () {
+    const queue = yield* Queue.unbounded<string>()
+    let enqueued = 0
+    let settled = 0
+    let closed = false
+    let waiters: Array<{ readonly upTo: number; readonly done: Deferred.Deferred<void> }> = []
+
+    const release = Effect.suspend(() => {
+      const ready = waiters.filter((w) => w.upTo <= settled)
+      waiters = waiters.filter((w) => w.upTo > settled)
+      return Effect.forEach(ready, (w) => Deferred.succeed(w.done, undefined), { discard: true })
+    })
+
+    const flush = Effect.suspend(() => {
+      const upTo = enqueued
+      if (settled >= upTo) return Effect.void
+      return Deferred.make<void>().pipe(
+        Effect.flatMap((done) =>
+          // Checked again with the push, in one step: the writer may have settled meanwhile.
+          Effect.suspend(() => {
+            if (settled >= upTo) return Effect.void
+            waiters.push({ upTo, done })
+            return Deferred.await(done)
+          })
+        )
+      )
+    })
+
+    const writer = Effect.gen(function* () {
+      const first = yield* Queue.take(queue)
+      const batch = [first, ...(yield* Queue.takeUpTo(queue, COMPLETE_BATCH - 1))]
+      const exit = yield* Effect.exit(writeMany(batch))
+      if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)) {
+        // Dropped: these decisions stay unfinished and recovery re-drives their idempotent commits.
+        yield* Effect.logWarning(
+          `PgTransactionLog: ${batch.length} completion(s) not written; recovery will finish them again`,
+          exit.cause
+        )
+      }
+      settled += batch.length
+      yield* release
+    }).pipe(Effect.forever)
+    yield* Effect.forkScoped(writer)
+
+    // Added after the fork, so it runs before the writer is interrupted.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        closed = true
+        yield* flush.pipe(Effect.timeout(CLOSE_FLUSH_TIMEOUT), Effect.ignore)
+        // Nothing more will be written: no read may wait for it.
+        settled = Math.max(settled, enqueued)
+        yield* release
+        yield* Queue.shutdown(queue)
+      })
+    )
+
+    return {
+      complete: (txId: string): Effect.Effect<void, TransactionError.LogError> =>
+        Effect.suspend(() => {
+          // After the scope closed, there is no writer: write directly.
+          if (closed) return writeOne(txId)
+          enqueued++
+          Queue.unsafeOffer(queue, txId)
+          return Effect.void
+        }),
+      flush
+    }
+  })
+
 /**
  * A log on a postgres.js pool (creates its tables unless `migrate: false`). Scoped: group commit
- * runs a writer fiber for the scope's lifetime.
+ * and batched completion run writer fibers for the scope's lifetime; closing the scope writes the
+ * completions still queued.
  * @since 0.1.0
  */
 export const make = (

@@ -1,7 +1,7 @@
 import { TransactionId, type TransactionLog } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { getTableColumns, getTableName } from "drizzle-orm"
-import { Effect, Option } from "effect"
+import { Effect, Logger, LogLevel, Option } from "effect"
 import type postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
@@ -38,6 +38,23 @@ const record = (
 
 const inserts = (pool: CountingSql) =>
   pool.statements.filter((s) => s.startsWith("insert into accord_decision")).length
+
+/** Statements that mark decisions completed (one per `complete` when immediate, one per batch when batched). */
+const updates = (pool: CountingSql) =>
+  pool.statements.filter((s) => s.startsWith("update accord_decision set completed_at")).length
+
+/** Decides `count` fresh commits, `concurrency` at a time; returns their txIds. */
+const decideCommits = (log: PgTransactionLog.PgTransactionLog, count: number) =>
+  Effect.forEach(
+    Array.from({ length: count }),
+    () =>
+      Effect.gen(function* () {
+        const txId = yield* TransactionId.make
+        yield* log.decide(record("commit", txId))
+        return txId
+      }),
+    { concurrency: 16 }
+  )
 
 /** The behaviour every log must have, on whichever database `log` runs. */
 const contract = (
@@ -101,6 +118,57 @@ const contract = (
     })
   )
 
+  scopedLive(`${name}: a completion is seen by the next read of the same log`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const [txId] = yield* decideCommits(log, 1)
+      yield* log.complete(txId!)
+      expect((yield* log.unfinished()).map((d) => d.txId)).not.toContain(txId)
+      expect(Option.getOrThrow(yield* log.decision(txId!)).completedAt).toBeGreaterThan(0)
+      expect((yield* log.completed()).map((d) => d.txId)).toContain(txId)
+      expect(yield* log.purge([txId!])).toBe(1)
+    })
+  )
+
+  scopedLive(
+    `${name}: 200 concurrent transactions decided then completed all leave the unfinished list`,
+    () =>
+      Effect.gen(function* () {
+        const log = yield* makeLog()
+        const txIds = yield* Effect.forEach(
+          Array.from({ length: 200 }),
+          () =>
+            Effect.gen(function* () {
+              const txId = yield* TransactionId.make
+              yield* log.decide(record("commit", txId))
+              yield* log.complete(txId)
+              return txId
+            }),
+          { concurrency: "unbounded" }
+        )
+        const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
+        expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
+      })
+  )
+
+  scopedLive(`${name}: closing the log writes the completions still queued`, () =>
+    Effect.gen(function* () {
+      const txIds = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const log = yield* makeLog()
+          const txIds = yield* decideCommits(log, 50)
+          // Queued back to back and the scope closes at once: no read flushes them.
+          yield* Effect.forEach(txIds, (txId) => log.complete(txId), { discard: true })
+          return txIds
+        })
+      )
+      const reopened = yield* makeLog()
+      for (const txId of txIds) {
+        expect(Option.getOrThrow(yield* reopened.decision(txId)).completedAt).toBeGreaterThan(0)
+      }
+    })
+  )
+
   scopedLive(`${name}: heuristic outcomes are recorded`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()
@@ -136,6 +204,115 @@ describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {
 
   contract("postgres.js", () => PgTransactionLog.make({ sql: pool.sql }))
   contract("postgres.js with group commit", () => PgTransactionLog.make({ sql: pool.sql, groupCommit: true }))
+  contract("postgres.js with immediate completion", () =>
+    PgTransactionLog.make({ sql: pool.sql, completion: "immediate" })
+  )
+
+  scopedLive("batched completion writes 200 concurrent completions in far fewer updates", () =>
+    Effect.gen(function* () {
+      const log = yield* PgTransactionLog.make({ sql: pool.sql })
+      const before = updates(pool)
+      const txIds = yield* Effect.forEach(
+        Array.from({ length: 200 }),
+        () =>
+          Effect.gen(function* () {
+            const txId = yield* TransactionId.make
+            yield* log.decide(record("commit", txId))
+            yield* log.complete(txId)
+            return txId
+          }),
+        { concurrency: "unbounded" }
+      )
+      const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
+      expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
+      const sent = updates(pool) - before
+      expect(sent).toBeGreaterThan(0)
+      expect(sent).toBeLessThan(50)
+    })
+  )
+
+  scopedLive("batched completion writes a lone completion without waiting for company or a read", () =>
+    Effect.gen(function* () {
+      const log = yield* PgTransactionLog.make({ sql: pool.sql })
+      const [txId] = yield* decideCommits(log, 1)
+      const before = updates(pool)
+      yield* log.complete(txId!)
+      // `complete` returned before the write; the next read waits for that one update, no more.
+      yield* log.unfinished({ limit: 1 })
+      expect(updates(pool) - before).toBe(1)
+      const [row] = yield* Effect.promise(
+        () =>
+          other<
+            { done: boolean }[]
+          >`select completed_at is not null as done from accord_decision where tx_id = ${txId!}`
+      )
+      expect(row?.done).toBe(true)
+    })
+  )
+
+  scopedLive(
+    "immediate completion writes one update per complete, visible to another pool when it returns",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* PgTransactionLog.make({ sql: pool.sql, completion: "immediate" })
+        const txIds = yield* decideCommits(log, 3)
+        const before = updates(pool)
+        for (const txId of txIds) {
+          yield* log.complete(txId)
+          const [row] = yield* Effect.promise(
+            () =>
+              other<
+                { done: boolean }[]
+              >`select completed_at is not null as done from accord_decision where tx_id = ${txId}`
+          )
+          expect(row?.done).toBe(true)
+        }
+        expect(updates(pool) - before).toBe(3)
+      })
+  )
+
+  scopedLive("a failed completion write is logged and dropped; the writer goes on", () =>
+    Effect.gen(function* () {
+      // A trigger refuses to complete the txIds listed in accord_t_poison.
+      yield* Effect.promise(() =>
+        pool.sql
+          .unsafe(`
+          create table if not exists accord_t_poison (tx_id text primary key);
+          create or replace function accord_t_refuse() returns trigger language plpgsql as $$
+          begin
+            if exists (select 1 from accord_t_poison where tx_id = new.tx_id) then
+              raise exception 'completion refused for %', new.tx_id;
+            end if;
+            return new;
+          end $$;
+          drop trigger if exists accord_t_refuse on accord_decision;
+          create trigger accord_t_refuse before update on accord_decision
+            for each row execute function accord_t_refuse();`)
+          .simple()
+      )
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => pool.sql.unsafe("drop trigger if exists accord_t_refuse on accord_decision"))
+      )
+      const warnings: Array<string> = []
+      const capture = Logger.make(({ logLevel, message }) => {
+        if (logLevel === LogLevel.Warning) warnings.push(String(message))
+      })
+      const log = yield* PgTransactionLog.make({ sql: pool.sql }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
+      const [poisoned, healthy] = yield* decideCommits(log, 2)
+      yield* Effect.promise(() => pool.sql`insert into accord_t_poison (tx_id) values (${poisoned!})`)
+      yield* log.complete(poisoned!)
+      // The read waits for the failed write too: a drop settles the flush.
+      expect((yield* log.unfinished()).map((d) => d.txId)).toContain(poisoned)
+      expect(warnings).toHaveLength(1)
+      yield* log.complete(healthy!)
+      const unfinished = (yield* log.unfinished()).map((d) => d.txId)
+      expect(unfinished).toContain(poisoned)
+      expect(unfinished).not.toContain(healthy)
+      expect(warnings).toHaveLength(1)
+    })
+  )
 
   scopedLive("the tables match the drizzle schema", () =>
     Effect.gen(function* () {
@@ -218,4 +395,7 @@ describe("PgTransactionLog on PGlite", () => {
   })
   contract("PGlite", () => PgTransactionLog.makePglite(db))
   contract("PGlite with group commit", () => PgTransactionLog.makePglite(db, { groupCommit: true }))
+  contract("PGlite with immediate completion", () =>
+    PgTransactionLog.makePglite(db, { completion: "immediate" })
+  )
 })
