@@ -371,7 +371,7 @@ export const run = (
   branches: ReadonlyArray<AnyBranch>,
   options: Options = {}
 ): Effect.Effect<Outcome, InvalidTransactionError | BranchCallError | LogError, TransactionLog> =>
-  Effect.withSpan(runTransaction(branches, options), "TwoPhaseCommit.run")
+  Effect.withSpan(runTransaction(branches, options), "TwoPhaseCommit.run", { captureStackTrace: false })
 
 const runTransaction = Effect.fnUntraced(function* (branches: ReadonlyArray<AnyBranch>, options: Options) {
   const started = yield* Clock.currentTimeMillis

@@ -25,9 +25,21 @@ import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
 import { Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
-import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import {
+  type Cancellable,
+  type Client,
+  defaultCancelTimeout,
+  delay,
+  fromPglite,
+  fromPostgres,
+  settle,
+  statement,
+  usesPreparedStatements
+} from "./internal/client.js"
 import { type PgFailure, toFailure, UNDEFINED_OBJECT } from "./internal/errors.js"
 import { Gate, shared as sharedGate } from "./internal/gate.js"
+import * as Branch from "./internal/pgBranch.js"
+import { type Ending, MARKER_SQL, type Mode, type StageFailure } from "./internal/pgBranch.js"
 import * as Migrations from "./Migrations.js"
 
 /**
@@ -197,10 +209,6 @@ export const openPgliteCloned = async (dataDir: string): Promise<PGlite> => {
 // ---------------------------------------------------------------------------------------------
 // SQL
 
-/** Inserted only when the branch already wrote something (the marker itself would assign an xid). */
-const MARKER_SQL =
-  "insert into accord_branch (gid, tx_id, branch) select $1::text, $2::text, $3::text " +
-  "where pg_current_xact_id_if_assigned() is not null returning 1 as marked"
 const MARKER_EXISTS_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
 const STATE_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
@@ -217,221 +225,35 @@ const GC_SQL =
 // ---------------------------------------------------------------------------------------------
 // Branch execution
 
-/** How a branch ended. */
-type Ending =
-  | { readonly _tag: "WorkFailed"; readonly failure: PgFailure }
-  | { readonly _tag: "ReadOnly" }
-  | { readonly _tag: "Prepared" }
-  | { readonly _tag: "Committed" }
-
-/** A statement of Accord's own (not the work) failed, at `stage`. */
-interface StageFailure {
-  /** `busy`: the PGlite gate stayed closed; nothing was sent. */
-  readonly stage: "busy" | "begin" | "marker" | "end"
-  readonly failure: PgFailure
-}
-
-type Mode = "prepare" | "onePhase"
-
 const noop = () => undefined
 
-const runWork = (
-  work: PgWork,
-  session: BranchSession,
-  onInterrupt: () => void,
-  cancelTimeout: Duration.Duration
-): Effect.Effect<void, PgFailure> =>
-  Effect.async<void, PgFailure>((resume) => {
-    let pending: Promise<unknown>
-    try {
-      pending = Promise.resolve(work(session))
-    } catch (error) {
-      pending = Promise.reject(error)
-    }
-    pending.then(
-      () => resume(Effect.void),
-      (error: unknown) => resume(Effect.fail(toFailure(error)))
-    )
-    // Interrupted: stop the work's statements and wait (bounded) for it to settle, so that nothing
-    // it still sends can land after the connection is cleaned up.
-    return Effect.promise(() => {
-      onInterrupt()
-      return pending.then(noop, noop)
-    }).pipe(Effect.timeout(cancelTimeout), Effect.ignore)
-  })
-
-interface PendingQuery<T> extends Promise<T> {
-  cancel(): void
-}
-
-/** A session on a reserved postgres.js connection that tracks its statements so they can be cancelled. */
-const trackedSession = (conn: postgres.ReservedSql) => {
-  const inflight = new Set<PendingQuery<unknown>>()
-  let closed = false
-  const track = <T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> => {
-    if (closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
-    const pending = conn.unsafe(
-      text,
-      (params ?? []) as Array<postgres.ParameterOrJSON<never>>
-    ) as unknown as PendingQuery<Array<T>>
-    inflight.add(pending)
-    return pending.then(
-      (rows) => {
-        inflight.delete(pending)
-        return rows
-      },
-      (error: unknown) => {
-        inflight.delete(pending)
-        throw error
-      }
-    )
-  }
-  const session: BranchSession = {
-    query: (text, params) => track(text, params),
-    execute: (q) => {
-      const { sql, params } = q.toSQL()
-      return track(sql, params)
-    },
-    sql: conn
-  }
-  return {
-    session,
-    close: () => {
-      closed = true
-    },
-    cancelAll: () => {
-      closed = true
-      for (const q of inflight) q.cancel()
-    }
-  }
-}
-
-interface ConnState {
-  /** A transaction is open on the connection and must be rolled back before release. */
-  open: boolean
-  /** The connection dropped: it is not released (postgres.js reconnects it on demand). */
-  broken: boolean
-  pid: number | undefined
-}
-
-const stageFailure = (stage: StageFailure["stage"], state: ConnState) => (failure: PgFailure) => {
-  if (failure.connectionLost) state.broken = true
-  // COMMIT or PREPARE that the server refused has ended the transaction.
-  if (stage === "end" && failure.sqlState !== undefined) state.open = false
-  return { stage, failure } satisfies StageFailure
-}
-
-const reserve = (sql: postgres.Sql): Effect.Effect<postgres.ReservedSql, StageFailure> =>
-  Effect.async<postgres.ReservedSql, StageFailure>((resume) => {
-    let abandoned = false
-    sql.reserve().then(
-      (conn) => (abandoned ? conn.release() : resume(Effect.succeed(conn))),
-      (error: unknown) => resume(Effect.fail({ stage: "begin", failure: toFailure(error) }))
-    )
-    // Interrupted while waiting for the pool: a connection that arrives later goes straight back.
-    return Effect.sync(() => {
-      abandoned = true
-    })
-  })
-
-/** Leaves the connection clean, then releases it; runs uninterruptibly. */
-const cleanUp = (
-  sql: postgres.Sql,
-  conn: postgres.ReservedSql,
-  state: ConnState,
-  cancelTimeout: Duration.Duration
-): Effect.Effect<void> =>
-  Effect.gen(function* () {
-    if (state.broken) return
-    if (state.open) {
-      const rolledBack = yield* statement(conn, "ROLLBACK", undefined, cancelTimeout).pipe(
-        Effect.timeout(cancelTimeout),
-        Effect.either
-      )
-      if (Either.isLeft(rolledBack)) {
-        const lost = "connectionLost" in rolledBack.left && rolledBack.left.connectionLost
-        if (!lost && state.pid !== undefined) {
-          // Stuck: end the backend so the connection can never be reused inside a transaction.
-          yield* statement(sql, "select pg_terminate_backend($1)", [state.pid], cancelTimeout).pipe(
-            Effect.timeout(cancelTimeout),
-            Effect.ignore
-          )
-        }
-        return
-      }
-    }
-    conn.release()
-  })
-
+/**
+ * A postgres.js branch: one `Effect.async` around `internal/pgBranch.run` (one Promise). Interrupted,
+ * it abandons the branch and waits (bounded) for its clean-up.
+ */
 const pgBranch = (
   sql: postgres.Sql,
+  prepare: boolean,
+  slots: Branch.Slots,
   ctx: Participant.BranchContext,
   mode: Mode,
   work: PgWork,
   cancelTimeout: Duration.Duration
 ): Effect.Effect<Ending, StageFailure> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function* () {
-      const conn = yield* restore(reserve(sql))
-      const state: ConnState = { open: false, broken: false, pid: undefined }
-      const body = Effect.gen(function* () {
-        state.open = true
-        const begun = yield* statement<unknown>(conn, "BEGIN", undefined, cancelTimeout).pipe(
-          Effect.mapError(stageFailure("begin", state))
-        )
-        const backend = (begun as { state?: { pid?: number } }).state
-        state.pid = typeof backend?.pid === "number" ? backend.pid : undefined
-        const tracked = trackedSession(conn)
-        const worked = yield* runWork(work, tracked.session, tracked.cancelAll, cancelTimeout).pipe(
-          Effect.either
-        )
-        tracked.close()
-        if (Either.isLeft(worked)) {
-          if (worked.left.connectionLost) state.broken = true
-          else {
-            yield* statement(conn, "ROLLBACK", undefined, cancelTimeout).pipe(
-              Effect.tap(() => {
-                state.open = false
-              }),
-              Effect.ignore
-            )
-          }
-          return { _tag: "WorkFailed", failure: worked.left } satisfies Ending
-        }
-        if (mode === "onePhase") {
-          yield* statement(conn, "COMMIT", undefined, cancelTimeout).pipe(
-            Effect.mapError(stageFailure("end", state))
-          )
-          state.open = false
-          return { _tag: "Committed" } satisfies Ending
-        }
-        const marked = yield* statement(
-          conn,
-          MARKER_SQL,
-          [ctx.gid, ctx.txId, ctx.branch],
-          cancelTimeout
-        ).pipe(Effect.mapError(stageFailure("marker", state)))
-        if (marked.length === 0) {
-          yield* statement(conn, "COMMIT", undefined, cancelTimeout).pipe(
-            Effect.mapError(stageFailure("end", state))
-          )
-          state.open = false
-          return { _tag: "ReadOnly" } satisfies Ending
-        }
-        yield* statement(
-          conn,
-          `PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`,
-          undefined,
-          cancelTimeout
-        ).pipe(Effect.mapError(stageFailure("end", state)))
-        state.open = false
-        return { _tag: "Prepared" } satisfies Ending
-      })
-      const exit = yield* Effect.exit(restore(body))
-      yield* cleanUp(sql, conn, state, cancelTimeout)
-      return yield* exit
+  Effect.async<Ending, StageFailure>((resume) => {
+    const control = new Branch.Control()
+    const cancelMs = Duration.toMillis(cancelTimeout)
+    const pending = Branch.run(sql, prepare, slots, control, ctx, mode, work, cancelMs)
+    pending.then(
+      (ending) => resume(Effect.succeed(ending)),
+      (failure: StageFailure) => resume(Effect.fail(failure))
+    )
+    return Effect.promise(() => {
+      control.abandon()
+      // Work, rollback and (if need be) terminate are each bounded by cancelTimeout.
+      return Promise.race([pending.then(noop, noop), new Promise((r) => setTimeout(r, 3 * cancelMs))])
     })
-  )
+  })
 
 class PgliteStageError {
   constructor(
@@ -613,17 +435,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
 
-  const markerExists = (ctx: Participant.BranchContext, phase: TransactionError.Phase) =>
-    query<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid]).pipe(
-      Effect.map((rows) => rows[0]?.committed === true),
-      Effect.mapError((f) => callError(ctx, phase, f, f.connectionLost))
-    )
-
-  const prepare = Effect.fn("PgParticipant.prepare")(function* (
-    ctx: Participant.BranchContext,
-    work: PgWork
-  ) {
-    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "prepare" })
+  const prepare = Effect.fnUntraced(function* (ctx: Participant.BranchContext, work: PgWork) {
     const ended = yield* Effect.either(driver.branch(ctx, "prepare", work))
     if (Either.isRight(ended)) {
       const ending = ended.right
@@ -648,11 +460,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     return yield* callError(ctx, "prepare", failure, stage === "end")
   })
 
-  const commitOnePhase = Effect.fn("PgParticipant.commitOnePhase")(function* (
-    ctx: Participant.BranchContext,
-    work: PgWork
-  ) {
-    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "onePhaseCommit" })
+  const commitOnePhase = Effect.fnUntraced(function* (ctx: Participant.BranchContext, work: PgWork) {
     const ended = yield* Effect.either(driver.branch(ctx, "onePhase", work))
     if (Either.isRight(ended)) {
       const ending = ended.right
@@ -673,35 +481,62 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
    * the marker tells what became of it (present = committed), so a branch resolved outside the
    * protocol is reported as a heuristic outcome.
    */
-  const finishPrepared = (ctx: Participant.BranchContext, phase: "commit" | "rollback") =>
-    Effect.gen(function* () {
-      const gid = yield* TransactionId.validateGid(ctx.gid).pipe(
-        Effect.mapError((e) =>
-          callError(ctx, phase, { sqlState: undefined, message: e.reason, connectionLost: false }, false)
-        )
+  const cancelMs = Duration.toMillis(cancelTimeout)
+  /**
+   * `COMMIT PREPARED` or `ROLLBACK PREPARED` by gid. A gid already gone is idempotent success; then
+   * the marker tells what became of it (present = committed), so a branch resolved outside the
+   * protocol is reported as a heuristic outcome. One `Effect.async` around the statements;
+   * interrupted, the statement in flight is cancelled.
+   */
+  const finishPrepared = (
+    ctx: Participant.BranchContext,
+    phase: "commit" | "rollback"
+  ): Effect.Effect<"finished" | "goneCommitted" | "goneNotCommitted", TransactionError.BranchCallError> => {
+    const gid = TransactionId.validateGid(ctx.gid)
+    if (Either.isLeft(gid)) {
+      return Effect.fail(
+        callError(ctx, phase, { sqlState: undefined, message: gid.left.reason, connectionLost: false }, false)
       )
-      const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
-      const done = yield* query(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid)}`).pipe(Effect.either)
-      if (Either.isRight(done)) {
-        driver.resolved(gid)
-        return "finished" as const
+    }
+    const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
+    return Effect.async((resume) => {
+      let inflight: Cancellable | undefined
+      const send = <T>(text: string, params?: ReadonlyArray<unknown>) => {
+        const pending = client.send<T>(text, params)
+        inflight = pending
+        return settle(pending)
       }
-      const failure = done.left
-      if (failure.sqlState !== UNDEFINED_OBJECT)
-        return yield* callError(ctx, phase, failure, failure.connectionLost)
-      const committed = yield* markerExists(ctx, phase)
-      driver.resolved(gid)
-      return committed ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
+      const pending = (async () => {
+        const done = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
+        if (done.ok) {
+          driver.resolved(gid.right)
+          return Effect.succeed("finished" as const)
+        }
+        if (done.failure.sqlState !== UNDEFINED_OBJECT) {
+          return Effect.fail(callError(ctx, phase, done.failure, done.failure.connectionLost))
+        }
+        const marker = await send<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid])
+        if (!marker.ok)
+          return Effect.fail(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
+        driver.resolved(gid.right)
+        return Effect.succeed(
+          marker.value[0]?.committed === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
+        )
+      })()
+      pending.then(resume)
+      return Effect.promise(() => {
+        inflight?.cancel?.()
+        return Promise.race([pending.then(noop), delay(cancelMs)])
+      })
     })
+  }
 
-  const commit = Effect.fn("PgParticipant.commit")(function* (ctx: Participant.BranchContext) {
-    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "commit" })
+  const commit = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {
     const result = yield* finishPrepared(ctx, "commit")
     return result === "goneNotCommitted" ? ("HeuristicRollback" as const) : ("Committed" as const)
   })
 
-  const rollback = Effect.fn("PgParticipant.rollback")(function* (ctx: Participant.BranchContext) {
-    yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "rollback" })
+  const rollback = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {
     const result = yield* finishPrepared(ctx, "rollback")
     return result === "goneCommitted" ? ("HeuristicCommit" as const) : ("RolledBack" as const)
   })
@@ -813,13 +648,13 @@ export const make = (
 ): Effect.Effect<PgParticipant, TransactionError.ConfigurationError | TransactionError.BranchCallError> => {
   const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
   const poolSize = Number((options.sql as { options?: { max?: number } }).options?.max ?? 10)
-  const slots = Effect.unsafeMakeSemaphore(Math.max(1, options.maxBranches ?? poolSize - 1))
+  const slots = new Branch.Slots(Math.max(1, options.maxBranches ?? poolSize - 1))
+  const prepare = usesPreparedStatements(options.sql)
   return build(
     {
       kind: "postgres",
       client: fromPostgres(options.sql),
-      branch: (ctx, mode, work) =>
-        slots.withPermits(1)(pgBranch(options.sql, ctx, mode, work, cancelTimeout)),
+      branch: (ctx, mode, work) => pgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout),
       resolved: noop,
       fix: postgresFix
     },

@@ -34,7 +34,16 @@ import { TransactionError, TransactionLog as CoreLog } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { Cause, Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
 import type postgres from "postgres"
-import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import {
+  type Cancellable,
+  type Client,
+  defaultCancelTimeout,
+  delay,
+  fromPglite,
+  fromPostgres,
+  settle,
+  statement
+} from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
 import * as Migrations from "./Migrations.js"
 
@@ -159,29 +168,51 @@ const build = (client: Client, options: Options) =>
     }
 
     /** Writes a batch; returns, per input record, the decision that holds. */
-    const writeBatch = (records: ReadonlyArray<CoreLog.DecisionRecord>) =>
-      Effect.gen(function* () {
-        const txIds = records.map((r) => r.txId)
-        const inserted = yield* query<{ tx_id: string }>(DECIDE_SQL, [
-          txIds,
-          records.map((r) => r.decision),
-          records.map((r) => JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))),
-          records.map((r) => r.decidedAt)
-        ])
-        const won = new Set(inserted.map((r) => r.tx_id))
-        // Within one batch the first record of a txId is the one inserted; the rest lost to it.
-        const winners = new Map<string, CoreLog.DecisionRecord>()
-        const losers: Array<string> = []
-        for (const r of records) {
-          if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
-          else if (!won.has(r.txId)) losers.push(r.txId)
+    /**
+     * Writes a batch; returns, per input record, the decision that holds. One `Effect.async` around
+     * the statements (this is on every transaction's path); interrupted, the statement in flight is
+     * cancelled.
+     */
+    const writeBatch = (
+      records: ReadonlyArray<CoreLog.DecisionRecord>
+    ): Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError> =>
+      Effect.async((resume) => {
+        let inflight: Cancellable | undefined
+        const send = <T>(text: string, params: ReadonlyArray<unknown>) => {
+          const pending = client.send<T>(text, params)
+          inflight = pending
+          return settle(pending)
         }
-        if (losers.length > 0) {
-          const rows = yield* query<DecisionRow>(READ_SQL, [losers])
-          for (const row of rows) winners.set(row.tx_id, toRecord(row))
-        }
-        return records.map((r) => winners.get(r.txId) ?? r)
-      }).pipe(Effect.mapError(logError("decide", records.length === 1 ? records[0]!.txId : undefined)))
+        const failed = logError("decide", records.length === 1 ? records[0]!.txId : undefined)
+        const pending = (async () => {
+          const inserted = await send<{ tx_id: string }>(DECIDE_SQL, [
+            records.map((r) => r.txId),
+            records.map((r) => r.decision),
+            records.map((r) => JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))),
+            records.map((r) => r.decidedAt)
+          ])
+          if (!inserted.ok) return Effect.fail(failed(inserted.failure))
+          const won = new Set(inserted.value.map((r) => r.tx_id))
+          // Within one batch the first record of a txId is the one inserted; the rest lost to it.
+          const winners = new Map<string, CoreLog.DecisionRecord>()
+          const losers: Array<string> = []
+          for (const r of records) {
+            if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
+            else if (!won.has(r.txId)) losers.push(r.txId)
+          }
+          if (losers.length > 0) {
+            const rows = await send<DecisionRow>(READ_SQL, [losers])
+            if (!rows.ok) return Effect.fail(failed(rows.failure))
+            for (const row of rows.value) winners.set(row.tx_id, toRecord(row))
+          }
+          return Effect.succeed(records.map((r) => winners.get(r.txId) ?? r))
+        })()
+        pending.then(resume)
+        return Effect.promise(() => {
+          inflight?.cancel?.()
+          return Promise.race([pending.then(() => undefined), delay(Duration.toMillis(cancelTimeout))])
+        })
+      })
 
     let decide: (
       record: CoreLog.DecisionRecord
@@ -210,22 +241,15 @@ const build = (client: Client, options: Options) =>
     const { flush } = completion
 
     const log: PgTransactionLog = {
-      decide: (record) =>
-        decide(record).pipe(
-          Effect.withSpan("PgTransactionLog.decide", {
-            attributes: { txId: record.txId, decision: record.decision }
-          })
-        ),
+      // No span here: this is on every transaction's path; the run's span times the decision.
+      decide: (record) => decide(record),
       decision: (txId) =>
         flush.pipe(
           Effect.zipRight(query<DecisionRow>(READ_SQL, [[txId]])),
           Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toRecord)),
           Effect.mapError(logError("decision", txId))
         ),
-      complete: (txId) =>
-        completion
-          .complete(txId)
-          .pipe(Effect.withSpan("PgTransactionLog.complete", { attributes: { txId } })),
+      complete: (txId) => completion.complete(txId),
       completeMany: (txIds) =>
         query(COMPLETE_MANY_SQL, [txIds]).pipe(
           Effect.asVoid,

@@ -11,33 +11,77 @@ import { type PgFailure, toFailure } from "./errors.js"
 export interface Client {
   readonly kind: "postgres" | "pglite"
   readonly query: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>
+  /** `query`, with the driver's cancel when it has one (postgres.js). */
+  readonly send: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>> & Cancellable
   readonly script: (text: string) => Promise<void>
 }
 
+/**
+ * Whether parameterised statements go as named prepared statements: yes unless the pool was made
+ * with `prepare: false` (pgbouncer in transaction mode). An unnamed parameterised statement costs
+ * postgres.js two round trips (describe, then bind and execute); a named one is described once per
+ * connection.
+ */
+export const usesPreparedStatements = (sql: postgres.Sql): boolean =>
+  (sql as { options?: { prepare?: boolean } }).options?.prepare !== false
+
+const send = (
+  sql: postgres.Sql,
+  prepare: boolean,
+  text: string,
+  params: ReadonlyArray<unknown> | undefined
+) => {
+  const args = (params ?? []) as Array<postgres.ParameterOrJSON<never>>
+  return args.length > 0 && prepare ? sql.unsafe(text, args, { prepare: true }) : sql.unsafe(text, args)
+}
+
 /** A postgres.js pool as a `Client`. */
-export const fromPostgres = (sql: postgres.Sql): Client => ({
-  kind: "postgres",
-  query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
-    (await sql.unsafe(text, (params ?? []) as Array<postgres.ParameterOrJSON<never>>)) as unknown as Array<T>,
-  script: async (text) => {
-    await sql.unsafe(text).simple()
+export const fromPostgres = (sql: postgres.Sql): Client => {
+  const prepare = usesPreparedStatements(sql)
+  return {
+    kind: "postgres",
+    query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      (await send(sql, prepare, text, params)) as unknown as Array<T>,
+    send: <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      send(sql, prepare, text, params) as unknown as Promise<Array<T>> & Cancellable,
+    script: async (text) => {
+      await sql.unsafe(text).simple()
+    }
   }
-})
+}
 
 /** A PGlite instance as a `Client`. */
 export const fromPglite = (db: PGlite): Client => ({
   kind: "pglite",
   query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
     (await db.query<T>(text, params as Array<unknown> | undefined)).rows,
+  send: <T>(text: string, params?: ReadonlyArray<unknown>) =>
+    db.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows),
   script: async (text) => {
     await db.exec(text)
   }
 })
 
 /** postgres.js's debug-free cancel: a pending query can be cancelled by the server. */
-interface Cancellable {
+export interface Cancellable {
   readonly cancel?: () => void
 }
+
+/** A settled Promise, without throwing: the value or the failure as `PgFailure`. */
+export type Settled<A> =
+  | { readonly ok: true; readonly value: A }
+  | { readonly ok: false; readonly failure: PgFailure }
+
+/** Settles `p` into a `Settled`. */
+export const settle = <A>(p: Promise<A>): Promise<Settled<A>> =>
+  p.then(
+    (value) => ({ ok: true, value }),
+    (error: unknown) => ({ ok: false, failure: toFailure(error) })
+  )
+
+/** Resolves with "timeout" after `ms`. */
+export const delay = (ms: number): Promise<"timeout"> =>
+  new Promise((resolve) => setTimeout(() => resolve("timeout"), ms))
 
 /**
  * Runs one statement as an Effect. When interrupted, the statement is cancelled on the server
@@ -53,10 +97,8 @@ export const statement = <T>(
   Effect.async<Array<T>, PgFailure>((resume) => {
     let pending: Promise<Array<T>> & Cancellable
     if (typeof client === "function") {
-      pending = client.unsafe(
-        text,
-        (params ?? []) as Array<postgres.ParameterOrJSON<never>>
-      ) as unknown as Promise<Array<T>> & Cancellable
+      pending = send(client, usesPreparedStatements(client), text, params) as unknown as Promise<Array<T>> &
+        Cancellable
     } else {
       pending = client.query<T>(text, params)
     }

@@ -1,0 +1,316 @@
+/**
+ * A postgres.js branch as ONE Promise: wait for a branch slot, reserve a connection, BEGIN and the
+ * work, then COMMIT (one phase) or the marker and PREPARE TRANSACTION, and leave the connection
+ * clean. `PgParticipant` wraps it in a single `Effect.async`.
+ *
+ * Why a Promise and not a chain of Effects: on the 2-core benchmark box every Effect operation costs
+ * a few microseconds and a fiber hop per statement tens; a branch built from ~10 Effects per
+ * statement cost more client CPU than the statements themselves. The rules are the same as before:
+ *
+ * - Round trips: the work starts as soon as BEGIN is sent, so its first statement is pipelined
+ *   behind it; a branch whose work certainly wrote (a statement reported rows changed: the
+ *   transaction has an xid) sends the marker and the PREPARE together. Otherwise the marker is
+ *   inserted only if the transaction has an xid (`pg_current_xact_id_if_assigned()`); no row means
+ *   read-only: COMMIT, no PREPARE.
+ * - Parameterised statements are named prepared statements (one round trip instead of two) unless
+ *   the pool was made with `prepare: false`.
+ * - Abandoned (the caller was interrupted): new statements are refused, running ones cancelled on
+ *   the server, the work is waited for (bounded by `cancelTimeout`), the transaction rolled back;
+ *   a connection that cannot be rolled back within `cancelTimeout` has its backend terminated and
+ *   is never returned to the pool in a transaction. A dropped connection is not released.
+ */
+import { type Participant, TransactionId } from "@accord/core"
+import type postgres from "postgres"
+import type { BranchSession, PgWork } from "../PgParticipant.js"
+import { delay, settle } from "./client.js"
+import { type PgFailure, toFailure } from "./errors.js"
+
+/** How a branch ended. */
+export type Ending =
+  | { readonly _tag: "WorkFailed"; readonly failure: PgFailure }
+  | { readonly _tag: "ReadOnly" }
+  | { readonly _tag: "Prepared" }
+  | { readonly _tag: "Committed" }
+
+/** A statement of Accord's own (not the work) failed, at `stage`. */
+export interface StageFailure {
+  /** `busy`: the PGlite gate stayed closed; nothing was sent. */
+  readonly stage: "busy" | "begin" | "marker" | "end"
+  readonly failure: PgFailure
+}
+
+export type Mode = "prepare" | "onePhase"
+
+/** Inserted only when the branch already wrote something (the marker itself would assign an xid). */
+export const MARKER_SQL =
+  "insert into accord_branch (gid, tx_id, branch) select $1::text, $2::text, $3::text " +
+  "where pg_current_xact_id_if_assigned() is not null returning 1 as marked"
+const MARKER_INSERT_SQL =
+  "insert into accord_branch (gid, tx_id, branch) values ($1::text, $2::text, $3::text)"
+
+const noop = () => undefined
+
+interface PendingQuery<T> extends Promise<T> {
+  cancel(): void
+}
+
+/** The command tag and affected rows postgres.js attaches to a result. */
+interface ResultTag {
+  readonly command?: string
+  readonly count?: number
+}
+
+const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
+
+const interrupted: PgFailure = {
+  sqlState: undefined,
+  connectionLost: false,
+  message: "the branch was interrupted"
+}
+
+/** The branch-slot limiter (at most `max` branches hold a connection at once). */
+export class Slots {
+  private free: number
+  private readonly waiting: Array<() => void> = []
+  constructor(max: number) {
+    this.free = max
+  }
+  /** Resolves when a slot is taken; `false` when `control` was abandoned while waiting. */
+  acquire(control: Control): Promise<boolean> | boolean {
+    if (this.free > 0) {
+      this.free--
+      return true
+    }
+    return new Promise<boolean>((resolve) => {
+      const take = () => resolve(true)
+      this.waiting.push(take)
+      control.onAbandon = () => {
+        const i = this.waiting.indexOf(take)
+        if (i >= 0) {
+          this.waiting.splice(i, 1)
+          resolve(false)
+        }
+      }
+    })
+  }
+  release(): void {
+    const next = this.waiting.shift()
+    if (next !== undefined) next()
+    else this.free++
+  }
+}
+
+/** How an interrupted caller reaches a running branch. */
+export class Control {
+  abandoned = false
+  onAbandon: () => void = noop
+  private abandonedSignal: (() => void) | undefined
+  /** Resolves once `abandon` was called. */
+  readonly whenAbandoned = new Promise<void>((resolve) => {
+    this.abandonedSignal = resolve
+  })
+  abandon(): void {
+    if (this.abandoned) return
+    this.abandoned = true
+    this.abandonedSignal?.()
+    this.onAbandon()
+  }
+}
+
+/** A session on a reserved connection whose statements are tracked (cancellable, writes noticed). */
+class Session {
+  readonly inflight = new Set<PendingQuery<unknown>>()
+  closed = false
+  wrote = false
+  readonly session: BranchSession
+  constructor(
+    readonly conn: postgres.ReservedSql,
+    readonly prepare: boolean
+  ) {
+    this.session = {
+      query: (text, params) => this.work(text, params),
+      execute: (q) => {
+        const { sql, params } = q.toSQL()
+        return this.work(sql, params)
+      },
+      sql: conn
+    }
+  }
+  /** Sends a statement, tracked for cancellation. */
+  send<T>(text: string, params?: ReadonlyArray<unknown>): Promise<Array<T>> {
+    const args = (params ?? []) as Array<postgres.ParameterOrJSON<never>>
+    const pending = (args.length > 0 && this.prepare
+      ? this.conn.unsafe(text, args, { prepare: true })
+      : this.conn.unsafe(text, args)) as unknown as PendingQuery<Array<T>>
+    this.inflight.add(pending)
+    const forget = () => this.inflight.delete(pending)
+    pending.then(forget, forget)
+    return pending
+  }
+  /** A statement of the work: refused once the work's time is over; notices certain writes. */
+  work<T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> {
+    if (this.closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
+    return this.send<T>(text, params).then((rows) => {
+      const tag = rows as unknown as ResultTag
+      if ((tag.count ?? 0) > 0 && tag.command !== undefined && WRITE_COMMANDS.has(tag.command))
+        this.wrote = true
+      return rows
+    })
+  }
+  cancelAll(): void {
+    this.closed = true
+    for (const q of this.inflight) q.cancel()
+  }
+}
+
+interface ConnState {
+  /** A transaction is open on the connection and must be rolled back before release. */
+  open: boolean
+  /** The connection dropped: it is not released (postgres.js reconnects it on demand). */
+  broken: boolean
+  pid: number | undefined
+}
+
+const fail = (stage: StageFailure["stage"], state: ConnState, failure: PgFailure): StageFailure => {
+  if (failure.connectionLost) state.broken = true
+  // COMMIT or PREPARE that the server refused has ended the transaction.
+  if (stage === "end" && failure.sqlState !== undefined) state.open = false
+  return { stage, failure }
+}
+
+/** Settles `p`, or gives up `ms` after the branch was abandoned. */
+const unlessAbandoned = <A>(p: Promise<A>, control: Control, ms: number): Promise<A | "timeout"> =>
+  Promise.race([p, control.whenAbandoned.then(() => delay(ms))])
+
+const body = async (
+  s: Session,
+  state: ConnState,
+  control: Control,
+  ctx: Participant.BranchContext,
+  mode: Mode,
+  work: PgWork,
+  cancelMs: number
+): Promise<Ending> => {
+  state.open = true
+  // BEGIN is not awaited before the work starts: the work's first statement follows it in the pipe.
+  const begun = settle(s.send<unknown>("BEGIN"))
+  let worked: Promise<unknown>
+  try {
+    worked = Promise.resolve(work(s.session))
+  } catch (error) {
+    worked = Promise.reject(error)
+  }
+  const both = await unlessAbandoned(Promise.all([begun, settle(worked)]), control, cancelMs)
+  s.closed = true
+  if (both === "timeout") throw fail("end", state, interrupted)
+  const [b, w] = both
+  if (!b.ok) throw fail("begin", state, b.failure)
+  const backend = (b.value as { state?: { pid?: number } }).state
+  state.pid = typeof backend?.pid === "number" ? backend.pid : undefined
+  if (!w.ok) {
+    if (w.failure.connectionLost) state.broken = true
+    else if (!control.abandoned) {
+      const rolledBack = await settle(s.send("ROLLBACK"))
+      if (rolledBack.ok) state.open = false
+    }
+    return { _tag: "WorkFailed", failure: w.failure }
+  }
+  if (control.abandoned) throw fail("end", state, interrupted)
+  if (mode === "onePhase") {
+    const committed = await settle(s.send("COMMIT"))
+    if (!committed.ok) throw fail("end", state, committed.failure)
+    state.open = false
+    return { _tag: "Committed" }
+  }
+  const prepareSql = `PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`
+  if (s.wrote) {
+    // Certainly a writer: marker and PREPARE in one round trip. A refused marker aborts the
+    // transaction, and the PREPARE that follows then only rolls it back.
+    const [marked, prepared] = await Promise.all([
+      settle(s.send(MARKER_INSERT_SQL, [ctx.gid, ctx.txId, ctx.branch])),
+      settle(s.send(prepareSql))
+    ])
+    if (!prepared.ok) throw fail("end", state, prepared.failure)
+    state.open = false
+    if (!marked.ok) throw fail("marker", state, marked.failure)
+    return { _tag: "Prepared" }
+  }
+  const marked = await settle(s.send<{ marked: number }>(MARKER_SQL, [ctx.gid, ctx.txId, ctx.branch]))
+  if (!marked.ok) throw fail("marker", state, marked.failure)
+  if (control.abandoned) throw fail("end", state, interrupted)
+  if (marked.value.length === 0) {
+    const committed = await settle(s.send("COMMIT"))
+    if (!committed.ok) throw fail("end", state, committed.failure)
+    state.open = false
+    return { _tag: "ReadOnly" }
+  }
+  const prepared = await settle(s.send(prepareSql))
+  if (!prepared.ok) throw fail("end", state, prepared.failure)
+  state.open = false
+  return { _tag: "Prepared" }
+}
+
+/** Leaves the connection clean, then releases it. */
+const cleanUp = async (sql: postgres.Sql, s: Session, state: ConnState, cancelMs: number) => {
+  if (state.broken) return
+  if (state.open) {
+    const rolledBack = await Promise.race([settle(s.conn.unsafe("ROLLBACK")), delay(cancelMs)])
+    if (rolledBack === "timeout" || !rolledBack.ok) {
+      const lost = rolledBack !== "timeout" && rolledBack.failure.connectionLost
+      if (!lost && state.pid !== undefined) {
+        // Stuck: end the backend so the connection can never be reused inside a transaction.
+        await Promise.race([
+          settle(sql.unsafe("select pg_terminate_backend($1)", [state.pid])),
+          delay(cancelMs)
+        ])
+      }
+      return
+    }
+  }
+  s.conn.release()
+}
+
+/**
+ * Runs one branch. The promise resolves with the ending or rejects with a `StageFailure`;
+ * `control.abandon()` stops it (see the module doc).
+ */
+export const run = async (
+  sql: postgres.Sql,
+  prepare: boolean,
+  slots: Slots,
+  control: Control,
+  ctx: Participant.BranchContext,
+  mode: Mode,
+  work: PgWork,
+  cancelMs: number
+): Promise<Ending> => {
+  const acquired = slots.acquire(control)
+  if (acquired !== true && !(await acquired))
+    throw { stage: "begin", failure: interrupted } satisfies StageFailure
+  try {
+    let conn: postgres.ReservedSql
+    try {
+      conn = await sql.reserve()
+    } catch (error) {
+      throw { stage: "begin", failure: toFailure(error) } satisfies StageFailure
+    }
+    if (control.abandoned) {
+      conn.release()
+      throw { stage: "begin", failure: interrupted } satisfies StageFailure
+    }
+    const s = new Session(conn, prepare)
+    control.onAbandon = () => s.cancelAll()
+    const state: ConnState = { open: false, broken: false, pid: undefined }
+    try {
+      return await body(s, state, control, ctx, mode, work, cancelMs)
+    } catch (error) {
+      throw error !== null && typeof error === "object" && "stage" in error
+        ? error
+        : ({ stage: "end", failure: toFailure(error) } satisfies StageFailure)
+    } finally {
+      await cleanUp(sql, s, state, cancelMs)
+    }
+  } finally {
+    slots.release()
+  }
+}
