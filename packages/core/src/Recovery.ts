@@ -16,6 +16,7 @@
  */
 import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
+import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
 import { BranchCallError, type LogError } from "./TransactionError.js"
 import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
 import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
@@ -162,14 +163,52 @@ export const run: (
     const finishedTxIds: Array<TransactionId> = []
     const forgettable = new Map<string, Array<BranchContext>>()
 
+    /** One call per branch, no per-call wrapping (see `finishDecision`). */
+    const attempt = (
+      decision: DecisionRecord,
+      b: { branch: BranchName; gid: Gid },
+      participant: AnyParticipant
+    ) => {
+      const ctx: BranchContext = { txId: decision.txId, branch: b.branch, gid: b.gid }
+      return decision.decision === "commit"
+        ? Effect.map(participant.commit(ctx), (ack) => ack === "Committed")
+        : Effect.map(participant.rollback(ctx), (ack) => ack === "RolledBack")
+    }
+
+    /**
+     * Fast path first: every branch's call concurrently under ONE `callTimeout` bound, without a
+     * timeout and a retry schedule per call (those cost more client CPU than the call itself on a
+     * small machine). A branch whose call failed, timed out or ended against the decision goes
+     * through `driveBranch` (per-call timeout, retries, heuristic records).
+     */
     const finishDecision = (
       decision: DecisionRecord,
       branches: ReadonlyArray<{ branch: BranchName; gid: Gid }>
     ) =>
       Effect.gen(function* () {
-        const results = yield* Effect.forEach(branches, (b) => driveBranch(decision, b.branch, b.gid), {
-          concurrency: "unbounded"
-        })
+        const first = yield* forEachWithin(
+          branches,
+          (b) => {
+            const participant = byName.get(b.branch)
+            return participant === undefined
+              ? Effect.succeed(false)
+              : Effect.orElseSucceed(attempt(decision, b, participant), () => false)
+          },
+          callTimeout
+        )
+        const results: Array<BranchResult> = []
+        const again: Array<number> = []
+        for (const [i, r] of first.entries()) {
+          if (Option.isSome(r) && r.value) {
+            results[i] = { _tag: "Done", committed: decision.decision === "commit" }
+          } else again.push(i)
+        }
+        if (again.length > 0) {
+          const retried = yield* forEachConcurrently(again, (i) =>
+            driveBranch(decision, branches[i]!.branch, branches[i]!.gid)
+          )
+          for (const [k, i] of again.entries()) results[i] = retried[k]!
+        }
         const allDone = results.every((r) => r._tag === "Done")
         if (allDone) {
           // Completion and marker clean-up are batched at the end of the pass.

@@ -76,6 +76,13 @@ export interface Options {
    * Either way a completion is not forced to disk.
    */
   readonly completion?: "batched" | "immediate"
+  /**
+   * Batched completion: how long a batch with room left waits for more completions before its
+   * update is sent (default 20 ms; 0 = write at once). This takes the per-transaction completion
+   * statement off a lightly loaded coordinator too; a read of this log (`unfinished`, ...) cuts
+   * the wait short, and another process's recovery would at worst re-drive idempotent commits.
+   */
+  readonly completionGather?: Duration.DurationInput
 }
 
 type LogService = CoreLog.TransactionLog["Type"]
@@ -236,7 +243,8 @@ const build = (client: Client, options: Options) =>
         ? { complete: completeOne, flush: Effect.void }
         : yield* completer(
             (txIds) => query(COMPLETE_MANY_SQL, [txIds]).pipe(Effect.mapError(logError("complete"))),
-            completeOne
+            completeOne,
+            Duration.toMillis(Duration.decode(options.completionGather ?? Duration.millis(20)))
           )
     const { flush } = completion
 
@@ -374,7 +382,8 @@ const CLOSE_FLUSH_TIMEOUT = Duration.seconds(5)
  */
 const completer = (
   writeMany: (txIds: ReadonlyArray<string>) => Effect.Effect<unknown, TransactionError.LogError>,
-  writeOne: (txId: string) => Effect.Effect<void, TransactionError.LogError>
+  writeOne: (txId: string) => Effect.Effect<void, TransactionError.LogError>,
+  gatherMillis: number
 ) =>
   Effect.gen(function* () {
     const queue = yield* Queue.unbounded<string>()
@@ -389,9 +398,28 @@ const completer = (
       return Effect.forEach(ready, (w) => Deferred.succeed(w.done, undefined), { discard: true })
     })
 
+    // A batch smaller than COMPLETE_BATCH waits up to `gatherMillis` for company (a plain timer, not
+    // Effect's Clock: a TestClock must not stall the log); a read that needs it cuts the wait short.
+    let hurry: (() => void) | undefined
+    const gather = Effect.promise(
+      () =>
+        new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            hurry = undefined
+            resolve()
+          }, gatherMillis)
+          hurry = () => {
+            hurry = undefined
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+    )
+
     const flush = Effect.suspend(() => {
       const upTo = enqueued
       if (settled >= upTo) return Effect.void
+      hurry?.()
       return Deferred.make<void>().pipe(
         Effect.flatMap((done) =>
           // Checked again with the push, in one step: the writer may have settled meanwhile.
@@ -406,6 +434,14 @@ const completer = (
 
     const writer = Effect.gen(function* () {
       const first = yield* Queue.take(queue)
+      if (
+        gatherMillis > 0 &&
+        !closed &&
+        (yield* Queue.size(queue)) < COMPLETE_BATCH - 1 &&
+        waiters.length === 0
+      ) {
+        yield* gather
+      }
       const batch = [first, ...(yield* Queue.takeUpTo(queue, COMPLETE_BATCH - 1))]
       const exit = yield* Effect.exit(writeMany(batch))
       if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)) {
