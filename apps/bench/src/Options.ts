@@ -24,6 +24,11 @@ export interface Options {
   readonly out: string
   /** `--recovery N`: leave N in-doubt transactions and time their recovery (instead of the table). */
   readonly recovery: number | undefined
+  /**
+   * `--breakdown [N]`: N sequential operations per shape (default 2000) explaining the client CPU
+   * of each Accord piece against its hand-written twin (instead of the table).
+   */
+  readonly breakdown: number | undefined
   /** `--soak S`: accord2pc at concurrency 32 for S seconds, sampling RSS (instead of the table). */
   readonly soak: number | undefined
   /** Clients of the soak run. */
@@ -50,6 +55,8 @@ Options:
   --no-pglite         skip the PGlite rows
   --out DIR           results folder (default results)
   --recovery N        leave N in-doubt transactions and time recovery
+  --breakdown [N]     client CPU per operation, Accord pieces against hand-written SQL,
+                      N sequential operations per shape (default 2000)
   --soak S            accord2pc for S seconds, sampling RSS
   --soak-concurrency C  clients of the soak (default 32; each holds 2 of max_prepared_transactions)
   --db-prefix P       database name prefix (default accord_bench_)
@@ -66,12 +73,26 @@ const positive = (flag: string, raw: string | undefined, fallback: number | unde
   return Either.right(n)
 }
 
+/**
+ * Operations per shape of `--breakdown` given without a count.
+ * @since 0.1.0
+ */
+export const defaultBreakdown = 2000
+
+/** `--breakdown` takes an optional count: given none (last, or before another flag), the default. */
+const withBreakdownCount = (args: ReadonlyArray<string>): Array<string> =>
+  args.map((arg, i) =>
+    arg === "--breakdown" && (args[i + 1] === undefined || args[i + 1]!.startsWith("-"))
+      ? `--breakdown=${defaultBreakdown}`
+      : arg
+  )
+
 /** @since 0.1.0 */
 export const parse = (
   argv: ReadonlyArray<string>,
   env: NodeJS.ProcessEnv
 ): Either.Either<Options, UsageError> => {
-  const args = argv[0] === "--" ? argv.slice(1) : [...argv]
+  const args = withBreakdownCount(argv[0] === "--" ? argv.slice(1) : argv)
   let values: ReturnType<typeof spec>["values"]
   try {
     values = spec(args).values
@@ -84,10 +105,17 @@ export const parse = (
   const warmup = positive("--warmup", values.warmup, 1)
   const rounds = positive("--rounds", values.rounds, 2)
   const recovery = positive("--recovery", values.recovery, undefined)
+  const breakdown = positive("--breakdown", values.breakdown, undefined)
   const soak = positive("--soak", values.soak, undefined)
   const soakConcurrency = positive("--soak-concurrency", values["soak-concurrency"], 32)
-  for (const e of [duration, warmup, rounds, recovery, soak, soakConcurrency])
+  for (const e of [duration, warmup, rounds, recovery, breakdown, soak, soakConcurrency])
     if (Either.isLeft(e)) return Either.left(e.left)
+  const breakdownCount = Either.getOrThrow(breakdown)
+  if (breakdownCount !== undefined && (!Number.isInteger(breakdownCount) || breakdownCount < 1)) {
+    return Either.left(
+      new UsageError({ message: `--breakdown must be a positive integer, got ${values.breakdown}` })
+    )
+  }
   const concurrency = (values.concurrency ?? "1,8,32").split(",").map(Number)
   if (concurrency.some((c) => !Number.isInteger(c) || c < 1 || c > 256)) {
     return Either.left(
@@ -111,6 +139,7 @@ export const parse = (
     json: values.json ?? false,
     out: values.out ?? "results",
     recovery: Either.getOrThrow(recovery),
+    breakdown: breakdownCount,
     soak: Either.getOrThrow(soak),
     soakConcurrency: Math.max(1, Math.round(Either.getOrThrow(soakConcurrency)!)),
     dbPrefix,
@@ -133,6 +162,7 @@ const spec = (args: Array<string>) =>
       "no-pglite": { type: "boolean" },
       out: { type: "string" },
       recovery: { type: "string" },
+      breakdown: { type: "string" },
       soak: { type: "string" },
       "soak-concurrency": { type: "string" },
       "db-prefix": { type: "string" },

@@ -10,6 +10,7 @@ import { cpus, totalmem } from "node:os"
 import { join, resolve } from "node:path"
 import { Either } from "effect"
 import postgres from "postgres"
+import * as Breakdown from "./Breakdown.js"
 import * as CoreOverhead from "./CoreOverhead.js"
 import * as Modes from "./Modes.js"
 import * as Options from "./Options.js"
@@ -86,6 +87,24 @@ const main = async () => {
     })
     log(`wrote ${files.join(", ")}`)
     process.stdout.write(`${JSON.stringify({ kind: "recovery", meta, ...result })}\n`)
+    return
+  }
+  if (options.breakdown !== undefined) {
+    const result = await Breakdown.run(adminUrl, dbs, options.breakdown, log)
+    const breakdownMeta = {
+      ...meta,
+      duration: `${result.operations} sequential operations per shape after ${result.warmup} of warm-up, in ${result.rounds} interleaved rounds`
+    }
+    const files = writeResults(`breakdown-${stamp}`, {
+      json: `${JSON.stringify({ meta: breakdownMeta, ...result }, null, 2)}\n`
+    })
+    if (!options.json) process.stdout.write(Breakdown.markdown(result))
+    log(`wrote ${files.join(", ")}`)
+    if (options.json) {
+      process.stdout.write(
+        `${JSON.stringify({ kind: "breakdown", meta: breakdownMeta, ...result, files })}\n`
+      )
+    }
     return
   }
   if (options.soak !== undefined) {
