@@ -116,6 +116,13 @@ where f.forced is not null
 order by d.n
 on conflict (tx_id) do nothing
 returning tx_id`
+/** `DECIDE_SQL` for one record (the usual case without group commit): no arrays to unnest. */
+const DECIDE_ONE_SQL = `insert into accord_decision (tx_id, decision, branches, decided_at)
+select $1::text, $2::text, $3::jsonb, to_timestamp($4::float8 / 1000.0)
+from (select set_config('synchronous_commit', 'on', true) as forced) as f
+where f.forced is not null
+on conflict (tx_id) do nothing
+returning tx_id`
 const READ_SQL = `select ${COLUMNS} from accord_decision where tx_id = any($1::text[])`
 const COMPLETE_SQL = `update accord_decision set completed_at = now()
 from (select set_config('synchronous_commit', 'off', true) as relaxed) as f
@@ -192,12 +199,17 @@ const build = (client: Client, options: Options) =>
         }
         const failed = logError("decide", records.length === 1 ? records[0]!.txId : undefined)
         const pending = (async () => {
-          const inserted = await send<{ tx_id: string }>(DECIDE_SQL, [
-            records.map((r) => r.txId),
-            records.map((r) => r.decision),
-            records.map((r) => JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))),
-            records.map((r) => r.decidedAt)
-          ])
+          const branches = (r: CoreLog.DecisionRecord) =>
+            JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))
+          const one = records.length === 1 ? records[0]! : undefined
+          const inserted = await (one !== undefined
+            ? send<{ tx_id: string }>(DECIDE_ONE_SQL, [one.txId, one.decision, branches(one), one.decidedAt])
+            : send<{ tx_id: string }>(DECIDE_SQL, [
+                records.map((r) => r.txId),
+                records.map((r) => r.decision),
+                records.map(branches),
+                records.map((r) => r.decidedAt)
+              ]))
           if (!inserted.ok) return Effect.fail(failed(inserted.failure))
           const won = new Set(inserted.value.map((r) => r.tx_id))
           // Within one batch the first record of a txId is the one inserted; the rest lost to it.
