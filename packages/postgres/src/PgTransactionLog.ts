@@ -24,9 +24,9 @@
  * any process goes through the same key, so no lease is needed for correctness.
  *
  * Group commit (`groupCommit`): concurrent decisions are written by ONE multi-row insert (one WAL
- * flush). A decision that finds the writer idle is written at once; decisions arriving while a
- * write is in flight form the next batch (up to `maxBatch`), which waits at most `maxWait` for
- * company. First writer wins still holds row by row.
+ * flush). A decision that finds no insert in flight is written at once by its own fiber;
+ * decisions arriving while a write is in flight form the next batch (up to `maxBatch`), which
+ * waits at most `maxWait` for company. First writer wins still holds row by row.
  *
  * @since 0.1.0
  */
@@ -344,6 +344,8 @@ const batcher = (
 ) =>
   Effect.gen(function* () {
     const queue = yield* Queue.unbounded<Pending>()
+    /** Inserts in flight (the writers' and direct ones). */
+    let busy = 0
     // Setting a sub-millisecond timer is not possible in Node: below 1 ms, wait one scheduler turn.
     const wait = Duration.lessThan(maxWait, Duration.millis(1)) ? Effect.yieldNow() : Effect.sleep(maxWait)
     const writer = Effect.gen(function* () {
@@ -352,7 +354,9 @@ const batcher = (
         yield* wait
         batch = batch.concat(Chunk.toArray(yield* Queue.takeUpTo(queue, maxBatch - batch.length)))
       }
+      busy++
       const exit = yield* Effect.exit(writeBatch(batch.map((p) => p.record)))
+      busy--
       for (const [i, p] of batch.entries()) {
         yield* Deferred.done(
           p.done,
@@ -375,6 +379,19 @@ const batcher = (
     )
     return (record: CoreLog.DecisionRecord) =>
       Effect.gen(function* () {
+        if (busy === 0) {
+          // No insert in flight: write at once from the caller's fiber (no queue, no hand-off), so a
+          // lone transaction pays nothing for group commit; the ones arriving meanwhile queue up.
+          busy++
+          return yield* writeBatch([record]).pipe(
+            Effect.map((rows) => rows[0]!),
+            Effect.ensuring(
+              Effect.sync(() => {
+                busy--
+              })
+            )
+          )
+        }
         const done = yield* Deferred.make<CoreLog.DecisionRecord, TransactionError.LogError>()
         yield* Queue.offer(queue, { record, done })
         return yield* Deferred.await(done)
