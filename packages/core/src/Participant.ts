@@ -105,6 +105,17 @@ export interface Participant<in out Work = unknown> {
   readonly state: (ctx: BranchContext) => Effect.Effect<BranchState, BranchCallError>
   /** Accord's prepared branches on this participant (its own database only). */
   readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtBranch>, BranchCallError>
+  /**
+   * Optional batch form of `commit` / `rollback` for recovery, which may have thousands of branches
+   * to finish: one call for many gids (e.g. their statements sent together). Per context, `true`
+   * means the branch now stands as decided (finished by this call or before it); `false` means
+   * "not known here": the caller then uses `commit` / `rollback` for it, which also retries and
+   * reports heuristics. Must never fail.
+   */
+  readonly finishMany?: (
+    phase: "commit" | "rollback",
+    ctxs: ReadonlyArray<BranchContext>
+  ) => Effect.Effect<ReadonlyArray<boolean>>
   /** Forgets the bookkeeping of a finished transaction (marker rows); best effort. */
   readonly forget: (ctxs: ReadonlyArray<BranchContext>) => Effect.Effect<void, BranchCallError>
   /**

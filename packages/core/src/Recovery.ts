@@ -37,6 +37,8 @@ export interface Options {
   readonly retrySchedule?: Schedule.Schedule<unknown, BranchCallError>
   /** Transactions resolved at once (bounded in practice by the participants' pools). Default 64. */
   readonly concurrency?: number
+  /** Decisions per `finishMany` round (participants that offer it). Default 256. */
+  readonly batch?: number
   /** Most unfinished decisions read per pass. Default 100,000. */
   readonly limit?: number
 }
@@ -86,6 +88,7 @@ export const run: (
     const callTimeout = Duration.decode(options.callTimeout ?? Duration.seconds(5))
     const retry = options.retrySchedule ?? defaultRetry
     const concurrency = options.concurrency ?? 64
+    const batch = Math.max(1, options.batch ?? 256)
     const orphanAfterMillis = Duration.toMillis(Duration.decode(options.orphanAfter ?? Duration.seconds(30)))
 
     const call = <A>(
@@ -278,7 +281,65 @@ export const run: (
       ...(options.limit === undefined ? {} : { limit: options.limit })
     })
     const handled = new Set<string>()
-    const finished = yield* Effect.forEach(unfinished, (d) => finishDecision(d, d.branches), { concurrency })
+    // Fast path for participants with `finishMany`: a round of up to `batch` decisions sends each
+    // participant's branches in one call, all participants at once, under one `callTimeout` bound.
+    // Decisions whose every branch came back `true` are done; the rest take the per-decision path.
+    const batched = new Set(participants.filter((p) => p.finishMany !== undefined).map((p) => p.name))
+    const rest: Array<DecisionRecord> = []
+    for (let start = 0; start < unfinished.length; start += batch) {
+      const round = unfinished.slice(start, start + batch)
+      const fast = round.filter(
+        (d) => d.branches.length > 0 && d.branches.every((b) => batched.has(b.branch))
+      )
+      for (const d of round) if (!fast.includes(d)) rest.push(d)
+      if (fast.length === 0) continue
+      const byParticipant = new Map<string, { phase: "commit" | "rollback"; ctxs: Array<BranchContext> }[]>()
+      for (const d of fast) {
+        for (const b of d.branches) {
+          const groups = byParticipant.get(b.branch) ?? []
+          let group = groups.find((g) => g.phase === (d.decision === "commit" ? "commit" : "rollback"))
+          if (group === undefined) {
+            group = { phase: d.decision === "commit" ? "commit" : "rollback", ctxs: [] }
+            groups.push(group)
+            byParticipant.set(b.branch, groups)
+          }
+          group.ctxs.push({ txId: d.txId, branch: b.branch, gid: b.gid })
+        }
+      }
+      const calls = [...byParticipant.entries()].flatMap(([name, groups]) =>
+        groups.map((g) => ({ participant: byName.get(name)!, ...g }))
+      )
+      const answers = yield* forEachWithin(
+        calls,
+        (c) => c.participant.finishMany!(c.phase, c.ctxs),
+        callTimeout
+      )
+      const done = new Set<string>()
+      for (const [i, c] of calls.entries()) {
+        const answer = answers[i]!
+        if (Option.isNone(answer)) continue
+        for (const [k, ctx] of c.ctxs.entries()) if (answer.value[k] === true) done.add(ctx.gid)
+      }
+      for (const d of fast) {
+        if (!d.branches.every((b) => done.has(b.gid))) {
+          rest.push(d)
+          continue
+        }
+        finishedTxIds.push(d.txId)
+        for (const b of d.branches) {
+          const list = forgettable.get(b.branch) ?? []
+          list.push({ txId: d.txId, branch: b.branch, gid: b.gid })
+          forgettable.set(b.branch, list)
+          handled.add(b.gid)
+        }
+        tally({
+          decision: d,
+          results: d.branches.map(() => ({ _tag: "Done", committed: d.decision === "commit" })),
+          allDone: true
+        })
+      }
+    }
+    const finished = yield* Effect.forEach(rest, (d) => finishDecision(d, d.branches), { concurrency })
     for (const r of finished) {
       tally(r)
       for (const b of r.decision.branches) handled.add(b.gid)

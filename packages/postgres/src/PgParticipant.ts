@@ -209,6 +209,7 @@ export const openPgliteCloned = async (dataDir: string): Promise<PGlite> => {
 // ---------------------------------------------------------------------------------------------
 // SQL
 
+const MARKERS_SQL = "select gid from accord_branch where gid = any($1::text[])"
 const MARKER_EXISTS_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
 const STATE_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
@@ -531,6 +532,56 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     })
   }
 
+  /**
+   * Recovery's batch: every gid's `COMMIT PREPARED` / `ROLLBACK PREPARED` sent at once (the pool
+   * pipelines them over its connections); the gids already gone are looked up in one marker query.
+   * `true` = the branch now stands as decided (finished by this call, or earlier: marker present
+   * after a commit, absent after a rollback). Anything else (connection lost, a gone branch that
+   * ended against the decision, an invalid gid) is `false` and goes through `commit` / `rollback`,
+   * which retries and reports heuristics.
+   */
+  const finishMany = (phase: "commit" | "rollback", ctxs: ReadonlyArray<Participant.BranchContext>) =>
+    Effect.async<ReadonlyArray<boolean>>((resume) => {
+      const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
+      const inflight: Array<Cancellable> = []
+      const send = <T>(text: string, params?: ReadonlyArray<unknown>) => {
+        const sent = client.send<T>(text, params)
+        inflight.push(sent)
+        return settle(sent)
+      }
+      const pending = (async () => {
+        const gone: Array<number> = []
+        const oks = await Promise.all(
+          ctxs.map(async (ctx, i) => {
+            const gid = TransactionId.validateGid(ctx.gid)
+            if (Either.isLeft(gid)) return false
+            const r = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
+            if (r.ok) driver.resolved(gid.right)
+            else if (r.failure.sqlState === UNDEFINED_OBJECT) gone.push(i)
+            return r.ok
+          })
+        )
+        if (gone.length > 0) {
+          const marked = await send<{ gid: string }>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
+          if (marked.ok) {
+            const present = new Set(marked.value.map((row) => row.gid))
+            for (const i of gone) {
+              if (present.has(ctxs[i]!.gid) === (phase === "commit")) {
+                oks[i] = true
+                driver.resolved(ctxs[i]!.gid as TransactionId.Gid)
+              }
+            }
+          }
+        }
+        return oks
+      })()
+      pending.then((oks) => resume(Effect.succeed(oks)))
+      return Effect.promise(() => {
+        for (const q of inflight) q.cancel?.()
+        return Promise.race([pending.then(noop, noop), delay(cancelMs)])
+      })
+    })
+
   const commit = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {
     const result = yield* finishPrepared(ctx, "commit")
     return result === "goneNotCommitted" ? ("HeuristicRollback" as const) : ("Committed" as const)
@@ -626,6 +677,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     state,
     inDoubt,
     forget,
+    finishMany,
     gcMarkers,
     fromOperations
   }

@@ -59,6 +59,13 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     expect(stuck).toEqual([])
   }, 60_000)
 
+  const ctxFor = (name: string) =>
+    Effect.map(TransactionId.make, (txId) => ({
+      txId,
+      branch: name as TransactionId.BranchName,
+      gid: TransactionId.gid(txId, name as TransactionId.BranchName)
+    }))
+
   const participants = Effect.gen(function* () {
     const pa = yield* PgParticipant.make({ name: "bank-a", sql: a.sql })
     const pb = yield* PgParticipant.make({ name: "bank-b", sql: b.sql })
@@ -178,6 +185,133 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       expect(sent.filter((q) => /PREPARE|COMMIT PREPARED|ROLLBACK PREPARED/.test(q))).toEqual([])
       expect(sent.at(-1)).toBe("COMMIT")
     })
+  )
+
+  /** Account 11, outside the 1..10 the other tests check by value. */
+  const SPARE = 11
+  const spareAccount = Effect.promise(
+    () => a.sql`insert into accounts (id, balance) values (${SPARE}, 100) on conflict (id) do nothing`
+  )
+
+  it.live(
+    "a writer's marker and PREPARE go in one round trip after BEGIN shared the work's first write",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        yield* spareAccount
+        const ctx = yield* ctxFor("bank-a")
+        const before = a.statements.length
+        const vote = yield* pa.prepare(ctx, adjust(SPARE, -1))
+        expect(vote._tag).toBe("Prepared")
+        // The plain marker insert (not the xid probe): the UPDATE reported a changed row.
+        expect(a.statements.slice(before)).toEqual([
+          "BEGIN",
+          "update accounts set balance = balance + $2 where id = $1",
+          "insert into accord_branch (gid, tx_id, branch) values ($1::text, $2::text, $3::text)",
+          `PREPARE TRANSACTION '${ctx.gid}'`
+        ])
+        expect(yield* pa.commit(ctx)).toBe("Committed")
+      })
+  )
+
+  it.live(
+    "a refused marker sent with the PREPARE is a No with its SQLSTATE: nothing prepared, nothing applied",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        yield* spareAccount
+        const ctx = yield* ctxFor("bank-a")
+        // A marker row already holding this gid: the pipelined insert fails with 23505, which aborts
+        // the transaction, and the PREPARE right behind it only rolls it back.
+        yield* Effect.promise(
+          () => a.sql`insert into accord_branch (gid, tx_id, branch) values (${ctx.gid}, 'x', 'bank-a')`
+        )
+        const before = yield* balance(a.sql, SPARE)
+        const vote = yield* pa.prepare(ctx, adjust(SPARE, -5))
+        expect(vote._tag).toBe("No")
+        if (vote._tag === "No") expect(vote.sqlState).toBe("23505")
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A]))).toEqual([])
+        expect(yield* balance(a.sql, SPARE)).toBe(before)
+        yield* Effect.promise(() => a.sql`delete from accord_branch where gid = ${ctx.gid}`)
+        // The connection went back clean: the next branch on the same pool works.
+        const next = yield* ctxFor("bank-a")
+        expect((yield* pa.prepare(next, adjust(SPARE, 1)))._tag).toBe("Prepared")
+        expect(yield* pa.commit(next)).toBe("Committed")
+      })
+  )
+
+  it.live("an UPDATE that matched no row leaves the branch read-only: the xid probe, then COMMIT", () =>
+    Effect.gen(function* () {
+      const { pa } = yield* participants
+      yield* spareAccount
+      const ctx = yield* ctxFor("bank-a")
+      const before = a.statements.length
+      const vote = yield* pa.prepare(ctx, adjust(999_999, 1))
+      expect(vote._tag).toBe("ReadOnly")
+      const sent = a.statements.slice(before)
+      expect(sent.filter((q) => q.startsWith("PREPARE"))).toEqual([])
+      expect(sent[2]).toContain("pg_current_xact_id_if_assigned()")
+      expect(sent.at(-1)).toBe("COMMIT")
+    })
+  )
+
+  it.live("a write through the session's tagged-template sql (not seen by Accord) is still prepared", () =>
+    Effect.gen(function* () {
+      const { pa } = yield* participants
+      yield* spareAccount
+      const ctx = yield* ctxFor("bank-a")
+      const before = yield* balance(a.sql, SPARE)
+      const vote = yield* pa.prepare(ctx, async (s) => {
+        await s.sql!`update accounts set balance = balance + 3 where id = ${SPARE}`
+      })
+      expect(vote._tag).toBe("Prepared")
+      expect((yield* Effect.promise(() => preparedIn(adminUrl, [DB_A]))).map((p) => p.gid)).toContain(ctx.gid)
+      expect(yield* pa.commit(ctx)).toBe("Committed")
+      expect(yield* balance(a.sql, SPARE)).toBe(before! + 3)
+    })
+  )
+
+  it.live("a pool made with prepare: false (pgbouncer) still runs branches, with unnamed statements", () =>
+    Effect.gen(function* () {
+      const url = new URL(adminUrl)
+      url.pathname = `/${DB_A}`
+      const plain = postgres(url.toString(), { max: 3, prepare: false, onnotice: () => {} })
+      yield* Effect.addFinalizer(() => Effect.promise(() => plain.end({ timeout: 5 })))
+      yield* spareAccount
+      const p = yield* PgParticipant.make({ name: "bank-a", sql: plain })
+      const ctx = yield* ctxFor("bank-a")
+      const before = yield* balance(a.sql, SPARE)
+      expect((yield* p.prepare(ctx, adjust(SPARE, 2)))._tag).toBe("Prepared")
+      expect(yield* p.commit(ctx)).toBe("Committed")
+      expect(yield* balance(a.sql, SPARE)).toBe(before! + 2)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live(
+    "finishMany (recovery's batch): prepared or already committed = true; rolled back by hand = false",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        yield* spareAccount
+        const prepared = yield* ctxFor("bank-a")
+        const committed = yield* ctxFor("bank-a")
+        const meddled = yield* ctxFor("bank-a")
+        // Three rows: a prepared branch keeps its row locked.
+        yield* Effect.promise(
+          () =>
+            a.sql`insert into accounts (id, balance) values (12, 100), (13, 100) on conflict (id) do nothing`
+        )
+        for (const [i, ctx] of [prepared, committed, meddled].entries()) {
+          expect((yield* pa.prepare(ctx, adjust(SPARE + i, 1)))._tag).toBe("Prepared")
+        }
+        expect(yield* pa.commit(committed)).toBe("Committed")
+        yield* Effect.promise(() => a.sql.unsafe(`ROLLBACK PREPARED '${meddled.gid}'`))
+        const answers = yield* pa.finishMany!("commit", [prepared, committed, meddled])
+        expect(answers).toEqual([true, true, false])
+        // The one answered false is the heuristic that `commit` reports.
+        expect(yield* pa.commit(meddled)).toBe("HeuristicRollback")
+        expect((yield* Effect.promise(() => preparedIn(adminUrl, [DB_A]))).map((p) => p.gid)).toEqual([])
+      })
   )
 
   it.live(
