@@ -56,6 +56,20 @@ const decideCommits = (log: PgTransactionLog.PgTransactionLog, count: number) =>
     { concurrency: 16 }
   )
 
+/** Decides and completes `count` fresh commits, all at once; returns their txIds. */
+const decideAndComplete = (log: PgTransactionLog.PgTransactionLog, count: number) =>
+  Effect.forEach(
+    Array.from({ length: count }),
+    () =>
+      Effect.gen(function* () {
+        const txId = yield* TransactionId.make
+        yield* log.decide(record("commit", txId))
+        yield* log.complete(txId)
+        return txId
+      }),
+    { concurrency: "unbounded" }
+  )
+
 /** The behaviour every log must have, on whichever database `log` runs. */
 const contract = (
   name: string,
@@ -135,17 +149,7 @@ const contract = (
     () =>
       Effect.gen(function* () {
         const log = yield* makeLog()
-        const txIds = yield* Effect.forEach(
-          Array.from({ length: 200 }),
-          () =>
-            Effect.gen(function* () {
-              const txId = yield* TransactionId.make
-              yield* log.decide(record("commit", txId))
-              yield* log.complete(txId)
-              return txId
-            }),
-          { concurrency: "unbounded" }
-        )
+        const txIds = yield* decideAndComplete(log, 200)
         const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
         expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
       })
@@ -212,17 +216,7 @@ describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {
     Effect.gen(function* () {
       const log = yield* PgTransactionLog.make({ sql: pool.sql })
       const before = updates(pool)
-      const txIds = yield* Effect.forEach(
-        Array.from({ length: 200 }),
-        () =>
-          Effect.gen(function* () {
-            const txId = yield* TransactionId.make
-            yield* log.decide(record("commit", txId))
-            yield* log.complete(txId)
-            return txId
-          }),
-        { concurrency: "unbounded" }
-      )
+      const txIds = yield* decideAndComplete(log, 200)
       const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
       expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
       const sent = updates(pool) - before

@@ -22,8 +22,10 @@ import {
   type CountingSql,
   countingPool,
   createBank,
+  ctxFor,
   preparedIn,
-  total
+  total,
+  transfer as twoPhaseTransfer
 } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
@@ -59,13 +61,6 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     expect(stuck).toEqual([])
   }, 60_000)
 
-  const ctxFor = (name: string) =>
-    Effect.map(TransactionId.make, (txId) => ({
-      txId,
-      branch: name as TransactionId.BranchName,
-      gid: TransactionId.gid(txId, name as TransactionId.BranchName)
-    }))
-
   const participants = Effect.gen(function* () {
     const pa = yield* PgParticipant.make({ name: "bank-a", sql: a.sql })
     const pb = yield* PgParticipant.make({ name: "bank-b", sql: b.sql })
@@ -78,11 +73,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     from: number,
     to: number,
     amount: number
-  ) =>
-    TwoPhaseCommit.run([
-      Participant.branch(pa, adjust(from, -amount)),
-      Participant.branch(pb, adjust(to, amount))
-    ]).pipe(Effect.provide(TransactionLog.layerMemory))
+  ) => twoPhaseTransfer(pa, pb, from, to, amount).pipe(Effect.provide(TransactionLog.layerMemory))
 
   it.live("both branches commit", () =>
     Effect.gen(function* () {

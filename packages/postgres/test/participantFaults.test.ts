@@ -4,11 +4,12 @@
  * played by a scripted postgres.js stand-in. Everything Postgres decides is tested on a real
  * server in participant.test.ts.
  */
-import { TransactionError, TransactionId } from "@accord/core"
+import { TransactionError } from "@accord/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import type postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
+import { ctxFor } from "./support/pg2pc.js"
 
 type Answer = (text: string) => Promise<ReadonlyArray<unknown>>
 
@@ -33,13 +34,6 @@ const scripted = (answer: Answer) => {
 }
 
 const healthy: Answer = async (text) => (text.startsWith("show") ? [{ max_prepared_transactions: "64" }] : [])
-
-const ctxFor = (name: string) =>
-  Effect.map(TransactionId.make, (txId) => ({
-    txId,
-    branch: name as TransactionId.BranchName,
-    gid: TransactionId.gid(txId, name as TransactionId.BranchName)
-  }))
 
 describe("PgParticipant driver faults", () => {
   it.effect("max_prepared_transactions = 0 fails make with the fix, before any other statement", () =>

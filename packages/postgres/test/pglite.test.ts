@@ -9,7 +9,7 @@ import { Duration, Effect, Either } from "effect"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
-import { adjust, BANK_DDL } from "./support/pg2pc.js"
+import { adjust, BANK_DDL, transfer } from "./support/pg2pc.js"
 
 const seed = async (db: PGlite) => {
   await db.exec(BANK_DDL)
@@ -56,18 +56,6 @@ describe("PgParticipant on PGlite", () => {
   })
 
   const logLayer = () => PgTransactionLog.layerPglite(dbLog)
-
-  const transfer = (
-    pa: PgParticipant.PgParticipant,
-    pb: PgParticipant.PgParticipant,
-    from: number,
-    to: number,
-    amount: number
-  ) =>
-    TwoPhaseCommit.run([
-      Participant.branch(pa, adjust(from, -amount)),
-      Participant.branch(pb, adjust(to, amount))
-    ])
 
   it.live("both branches commit", () =>
     Effect.gen(function* () {

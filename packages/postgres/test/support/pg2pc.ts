@@ -2,9 +2,10 @@
  * Shared set-up of the pg2pc integration tests: bank databases with a CHECK (balance >= 0),
  * pools that count the statements they send, and end-of-file checks.
  */
+import { Participant, TransactionId, TwoPhaseCommit } from "@accord/core"
 import { Effect } from "effect"
 import postgres from "postgres"
-import type { BranchSession } from "../../src/PgParticipant.js"
+import type { BranchSession, PgParticipant } from "../../src/PgParticipant.js"
 import * as TestDatabase from "../../src/TestDatabase.js"
 
 export const BANK_DDL = `create table accounts (
@@ -65,3 +66,18 @@ export const total = (sql: postgres.Sql) =>
 /** Accord gids prepared in the given databases. */
 export const preparedIn = async (adminUrl: string, databases: ReadonlyArray<string>) =>
   (await TestDatabase.preparedOnServer(adminUrl)).filter((p) => databases.includes(p.database))
+
+/** A fresh branch context (txId, branch, gid) for calling a participant directly. */
+export const ctxFor = (name: string) =>
+  Effect.map(TransactionId.make, (txId) => ({
+    txId,
+    branch: name as TransactionId.BranchName,
+    gid: TransactionId.gid(txId, name as TransactionId.BranchName)
+  }))
+
+/** `amount` from account `from` in `pa` to account `to` in `pb`, through 2PC (needs a TransactionLog). */
+export const transfer = (pa: PgParticipant, pb: PgParticipant, from: number, to: number, amount: number) =>
+  TwoPhaseCommit.run([
+    Participant.branch(pa, adjust(from, -amount)),
+    Participant.branch(pb, adjust(to, amount))
+  ])
