@@ -218,3 +218,31 @@ describe("TwoPhaseCommit.run", () => {
     )
   )
 })
+
+describe("TwoPhaseCommit.run under the live clock", () => {
+  // Node fires a timer longer than 2^31-1 ms after 1 ms: a 30-day or infinite bound must not.
+  for (const [label, bound] of [
+    ["30 days", Duration.days(30)],
+    ["infinite", Duration.infinity]
+  ] as const) {
+    it.live(`a ${label} bound does not cut a 20 ms prepare short`, () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          const slow = (m: Effect.Effect.Success<ReturnType<typeof MemoryParticipant.make>>) => ({
+            ...m.participant,
+            prepare: (ctx: Parameters<typeof m.participant.prepare>[0], work: unknown) =>
+              Effect.zipRight(Effect.sleep(Duration.millis(20)), m.participant.prepare(ctx, work as never))
+          })
+          const a = yield* MemoryParticipant.make("bank-a")
+          const b = yield* MemoryParticipant.make("bank-b")
+          const outcome = yield* TwoPhaseCommit.run([branch(slow(a), "debit"), branch(slow(b), "credit")], {
+            prepareTimeout: bound,
+            transactionTimeout: bound,
+            callTimeout: bound
+          })
+          expect(outcome._tag).toBe("Committed")
+        })
+      )
+    )
+  }
+})

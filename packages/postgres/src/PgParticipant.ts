@@ -252,7 +252,7 @@ const pgBranch = (
     return Effect.promise(() => {
       control.abandon()
       // Work, rollback and (if need be) terminate are each bounded by cancelTimeout.
-      return Promise.race([pending.then(noop, noop), new Promise((r) => setTimeout(r, 3 * cancelMs))])
+      return Promise.race([pending.then(noop, noop), delay(3 * cancelMs)])
     })
   })
 

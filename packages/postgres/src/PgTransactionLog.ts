@@ -78,9 +78,10 @@ export interface Options {
   readonly completion?: "batched" | "immediate"
   /**
    * Batched completion: how long a batch with room left waits for more completions before its
-   * update is sent (default 20 ms; 0 = write at once). This takes the per-transaction completion
-   * statement off a lightly loaded coordinator too; a read of this log (`unfinished`, ...) cuts
-   * the wait short, and another process's recovery would at worst re-drive idempotent commits.
+   * update is sent (default 20 ms, at most 60 s; 0 = write at once). This takes the
+   * per-transaction completion statement off a lightly loaded coordinator too; a read of this log
+   * (`unfinished`, ...) cuts the wait short, and another process's recovery would at worst
+   * re-drive idempotent commits.
    */
   readonly completionGather?: Duration.DurationInput
 }
@@ -433,10 +434,13 @@ const completer = (
     const gather = Effect.promise(
       () =>
         new Promise<void>((resolve) => {
-          const timer = setTimeout(() => {
-            hurry = undefined
-            resolve()
-          }, gatherMillis)
+          const timer = setTimeout(
+            () => {
+              hurry = undefined
+              resolve()
+            },
+            Math.min(gatherMillis, 60_000)
+          )
           hurry = () => {
             hurry = undefined
             clearTimeout(timer)

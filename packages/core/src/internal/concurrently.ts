@@ -19,6 +19,23 @@ export const forEachConcurrently = <A, B, E, R>(
   })
 }
 
+/** Node's largest timer delay; a longer one fires after 1 ms instead (with a warning). */
+const MAX_TIMER_MS = 2_147_483_647
+
+/** `setTimeout` for any delay: re-armed past Node's limit, never for an infinite one. Returns a cancel. */
+export const longTimer = (ms: number, fire: () => void): (() => void) => {
+  if (!(ms < Number.POSITIVE_INFINITY)) return () => undefined
+  let handle: ReturnType<typeof setTimeout>
+  const arm = (left: number) => {
+    handle = setTimeout(
+      () => (left > MAX_TIMER_MS ? arm(left - MAX_TIMER_MS) : fire()),
+      Math.min(left, MAX_TIMER_MS)
+    )
+  }
+  arm(Math.max(0, ms))
+  return () => clearTimeout(handle)
+}
+
 /** The constructor of Effect's live clock: its sleeps are plain `setTimeout`s. */
 const LiveClock = Clock.make().constructor
 
@@ -69,16 +86,16 @@ export const forEachWithin = <A, B, R>(
         )
     yield* Effect.async<void>((resume) => {
       if (left === 0) return resume(Effect.void)
-      let handle: ReturnType<typeof setTimeout> | undefined
+      let cancel: (() => void) | undefined
       wake = () => {
         wake = undefined
-        if (handle !== undefined) clearTimeout(handle)
+        cancel?.()
         resume(Effect.void)
       }
-      if (live) handle = setTimeout(() => wake?.(), Math.max(0, Duration.toMillis(bound)))
+      if (live) cancel = longTimer(Duration.toMillis(bound), () => wake?.())
       return Effect.sync(() => {
         wake = undefined
-        if (handle !== undefined) clearTimeout(handle)
+        cancel?.()
       })
     })
     if (timer !== undefined) yield* Fiber.interrupt(timer)

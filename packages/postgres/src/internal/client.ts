@@ -79,9 +79,12 @@ export const settle = <A>(p: Promise<A>): Promise<Settled<A>> =>
     (error: unknown) => ({ ok: false, failure: toFailure(error) })
   )
 
-/** Resolves with "timeout" after `ms`. */
+/** Node's largest timer delay; a longer one would fire after 1 ms. */
+const MAX_TIMER_MS = 2_147_483_647
+
+/** Resolves with "timeout" after `ms` (at most about 24.8 days: Node's timer limit). */
 export const delay = (ms: number): Promise<"timeout"> =>
-  new Promise((resolve) => setTimeout(() => resolve("timeout"), ms))
+  new Promise((resolve) => setTimeout(() => resolve("timeout"), Math.min(Math.max(0, ms), MAX_TIMER_MS)))
 
 /**
  * Runs one statement as an Effect. When interrupted, the statement is cancelled on the server
