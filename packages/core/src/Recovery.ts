@@ -165,6 +165,18 @@ export const run: (
 
     const finishedTxIds: Array<TransactionId> = []
     const forgettable = new Map<string, Array<BranchContext>>()
+    /** Completion and marker clean-up are batched at the end of the pass. */
+    const markFinished = (
+      decision: DecisionRecord,
+      branches: ReadonlyArray<{ branch: BranchName; gid: Gid }>
+    ) => {
+      finishedTxIds.push(decision.txId)
+      for (const b of branches) {
+        const list = forgettable.get(b.branch) ?? []
+        list.push({ txId: decision.txId, branch: b.branch, gid: b.gid })
+        forgettable.set(b.branch, list)
+      }
+    }
 
     /** One call per branch, no per-call wrapping (see `finishDecision`). */
     const attempt = (
@@ -213,15 +225,7 @@ export const run: (
           for (const [k, i] of again.entries()) results[i] = retried[k]!
         }
         const allDone = results.every((r) => r._tag === "Done")
-        if (allDone) {
-          // Completion and marker clean-up are batched at the end of the pass.
-          finishedTxIds.push(decision.txId)
-          for (const b of branches) {
-            const list = forgettable.get(b.branch) ?? []
-            list.push({ txId: decision.txId, branch: b.branch, gid: b.gid })
-            forgettable.set(b.branch, list)
-          }
-        }
+        if (allDone) markFinished(decision, branches)
         return { decision, results, allDone }
       })
 
@@ -325,13 +329,8 @@ export const run: (
           rest.push(d)
           continue
         }
-        finishedTxIds.push(d.txId)
-        for (const b of d.branches) {
-          const list = forgettable.get(b.branch) ?? []
-          list.push({ txId: d.txId, branch: b.branch, gid: b.gid })
-          forgettable.set(b.branch, list)
-          handled.add(b.gid)
-        }
+        markFinished(d, d.branches)
+        for (const b of d.branches) handled.add(b.gid)
         tally({
           decision: d,
           results: d.branches.map(() => ({ _tag: "Done", committed: d.decision === "commit" })),

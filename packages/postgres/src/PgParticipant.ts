@@ -26,15 +26,14 @@ import { PGlite } from "@electric-sql/pglite"
 import { Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
 import {
-  type Cancellable,
   type Client,
   defaultCancelTimeout,
   delay,
   fromPglite,
   fromPostgres,
-  settle,
   statement,
-  usesPreparedStatements
+  usesPreparedStatements,
+  viaPromise
 } from "./internal/client.js"
 import { type PgFailure, toFailure, UNDEFINED_OBJECT } from "./internal/errors.js"
 import { Gate, shared as sharedGate } from "./internal/gate.js"
@@ -500,35 +499,21 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       )
     }
     const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
-    return Effect.async((resume) => {
-      let inflight: Cancellable | undefined
-      const send = <T>(text: string, params?: ReadonlyArray<unknown>) => {
-        const pending = client.send<T>(text, params)
-        inflight = pending
-        return settle(pending)
-      }
-      const pending = (async () => {
-        const done = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
-        if (done.ok) {
-          driver.resolved(gid.right)
-          return Effect.succeed("finished" as const)
-        }
-        if (done.failure.sqlState !== UNDEFINED_OBJECT) {
-          return Effect.fail(callError(ctx, phase, done.failure, done.failure.connectionLost))
-        }
-        const marker = await send<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid])
-        if (!marker.ok)
-          return Effect.fail(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
+    return viaPromise(client, cancelMs, async (send) => {
+      const done = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
+      if (done.ok) {
         driver.resolved(gid.right)
-        return Effect.succeed(
-          marker.value[0]?.committed === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
-        )
-      })()
-      pending.then(resume)
-      return Effect.promise(() => {
-        inflight?.cancel?.()
-        return Promise.race([pending.then(noop), delay(cancelMs)])
-      })
+        return Effect.succeed("finished" as const)
+      }
+      if (done.failure.sqlState !== UNDEFINED_OBJECT) {
+        return Effect.fail(callError(ctx, phase, done.failure, done.failure.connectionLost))
+      }
+      const marker = await send<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid])
+      if (!marker.ok) return Effect.fail(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
+      driver.resolved(gid.right)
+      return Effect.succeed(
+        marker.value[0]?.committed === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
+      )
     })
   }
 
@@ -541,45 +526,32 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
    * which retries and reports heuristics.
    */
   const finishMany = (phase: "commit" | "rollback", ctxs: ReadonlyArray<Participant.BranchContext>) =>
-    Effect.async<ReadonlyArray<boolean>>((resume) => {
+    viaPromise(client, cancelMs, async (send): Promise<Effect.Effect<ReadonlyArray<boolean>>> => {
       const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
-      const inflight: Array<Cancellable> = []
-      const send = <T>(text: string, params?: ReadonlyArray<unknown>) => {
-        const sent = client.send<T>(text, params)
-        inflight.push(sent)
-        return settle(sent)
-      }
-      const pending = (async () => {
-        const gone: Array<number> = []
-        const oks = await Promise.all(
-          ctxs.map(async (ctx, i) => {
-            const gid = TransactionId.validateGid(ctx.gid)
-            if (Either.isLeft(gid)) return false
-            const r = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
-            if (r.ok) driver.resolved(gid.right)
-            else if (r.failure.sqlState === UNDEFINED_OBJECT) gone.push(i)
-            return r.ok
-          })
-        )
-        if (gone.length > 0) {
-          const marked = await send<{ gid: string }>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
-          if (marked.ok) {
-            const present = new Set(marked.value.map((row) => row.gid))
-            for (const i of gone) {
-              if (present.has(ctxs[i]!.gid) === (phase === "commit")) {
-                oks[i] = true
-                driver.resolved(ctxs[i]!.gid as TransactionId.Gid)
-              }
+      const gone: Array<number> = []
+      const oks = await Promise.all(
+        ctxs.map(async (ctx, i) => {
+          const gid = TransactionId.validateGid(ctx.gid)
+          if (Either.isLeft(gid)) return false
+          const r = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
+          if (r.ok) driver.resolved(gid.right)
+          else if (r.failure.sqlState === UNDEFINED_OBJECT) gone.push(i)
+          return r.ok
+        })
+      )
+      if (gone.length > 0) {
+        const marked = await send<{ gid: string }>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
+        if (marked.ok) {
+          const present = new Set(marked.value.map((row) => row.gid))
+          for (const i of gone) {
+            if (present.has(ctxs[i]!.gid) === (phase === "commit")) {
+              oks[i] = true
+              driver.resolved(ctxs[i]!.gid as TransactionId.Gid)
             }
           }
         }
-        return oks
-      })()
-      pending.then((oks) => resume(Effect.succeed(oks)))
-      return Effect.promise(() => {
-        for (const q of inflight) q.cancel?.()
-        return Promise.race([pending.then(noop, noop), delay(cancelMs)])
-      })
+      }
+      return Effect.succeed(oks)
     })
 
   const commit = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {

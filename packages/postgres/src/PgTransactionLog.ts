@@ -35,14 +35,12 @@ import type { PGlite } from "@electric-sql/pglite"
 import { Cause, Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
 import type postgres from "postgres"
 import {
-  type Cancellable,
   type Client,
   defaultCancelTimeout,
-  delay,
   fromPglite,
   fromPostgres,
-  settle,
-  statement
+  statement,
+  viaPromise
 } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
 import * as Migrations from "./Migrations.js"
@@ -191,47 +189,34 @@ const build = (client: Client, options: Options) =>
     const writeBatch = (
       records: ReadonlyArray<CoreLog.DecisionRecord>
     ): Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError> =>
-      Effect.async((resume) => {
-        let inflight: Cancellable | undefined
-        const send = <T>(text: string, params: ReadonlyArray<unknown>) => {
-          const pending = client.send<T>(text, params)
-          inflight = pending
-          return settle(pending)
-        }
+      viaPromise(client, Duration.toMillis(cancelTimeout), async (send) => {
         const failed = logError("decide", records.length === 1 ? records[0]!.txId : undefined)
-        const pending = (async () => {
-          const branches = (r: CoreLog.DecisionRecord) =>
-            JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))
-          const one = records.length === 1 ? records[0]! : undefined
-          const inserted = await (one !== undefined
-            ? send<{ tx_id: string }>(DECIDE_ONE_SQL, [one.txId, one.decision, branches(one), one.decidedAt])
-            : send<{ tx_id: string }>(DECIDE_SQL, [
-                records.map((r) => r.txId),
-                records.map((r) => r.decision),
-                records.map(branches),
-                records.map((r) => r.decidedAt)
-              ]))
-          if (!inserted.ok) return Effect.fail(failed(inserted.failure))
-          const won = new Set(inserted.value.map((r) => r.tx_id))
-          // Within one batch the first record of a txId is the one inserted; the rest lost to it.
-          const winners = new Map<string, CoreLog.DecisionRecord>()
-          const losers: Array<string> = []
-          for (const r of records) {
-            if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
-            else if (!won.has(r.txId)) losers.push(r.txId)
-          }
-          if (losers.length > 0) {
-            const rows = await send<DecisionRow>(READ_SQL, [losers])
-            if (!rows.ok) return Effect.fail(failed(rows.failure))
-            for (const row of rows.value) winners.set(row.tx_id, toRecord(row))
-          }
-          return Effect.succeed(records.map((r) => winners.get(r.txId) ?? r))
-        })()
-        pending.then(resume)
-        return Effect.promise(() => {
-          inflight?.cancel?.()
-          return Promise.race([pending.then(() => undefined), delay(Duration.toMillis(cancelTimeout))])
-        })
+        const branches = (r: CoreLog.DecisionRecord) =>
+          JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))
+        const one = records.length === 1 ? records[0]! : undefined
+        const inserted = await (one !== undefined
+          ? send<{ tx_id: string }>(DECIDE_ONE_SQL, [one.txId, one.decision, branches(one), one.decidedAt])
+          : send<{ tx_id: string }>(DECIDE_SQL, [
+              records.map((r) => r.txId),
+              records.map((r) => r.decision),
+              records.map(branches),
+              records.map((r) => r.decidedAt)
+            ]))
+        if (!inserted.ok) return Effect.fail(failed(inserted.failure))
+        const won = new Set(inserted.value.map((r) => r.tx_id))
+        // Within one batch the first record of a txId is the one inserted; the rest lost to it.
+        const winners = new Map<string, CoreLog.DecisionRecord>()
+        const losers: Array<string> = []
+        for (const r of records) {
+          if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
+          else if (!won.has(r.txId)) losers.push(r.txId)
+        }
+        if (losers.length > 0) {
+          const rows = await send<DecisionRow>(READ_SQL, [losers])
+          if (!rows.ok) return Effect.fail(failed(rows.failure))
+          for (const row of rows.value) winners.set(row.tx_id, toRecord(row))
+        }
+        return Effect.succeed(records.map((r) => winners.get(r.txId) ?? r))
       })
 
     let decide: (

@@ -43,31 +43,22 @@ const inserts = (pool: CountingSql) =>
 const updates = (pool: CountingSql) =>
   pool.statements.filter((s) => s.startsWith("update accord_decision set completed_at")).length
 
-/** Decides `count` fresh commits, `concurrency` at a time; returns their txIds. */
-const decideCommits = (log: PgTransactionLog.PgTransactionLog, count: number) =>
+/** Decides `count` fresh commits (and completes them when asked); returns their txIds. */
+const decideCommits = (
+  log: PgTransactionLog.PgTransactionLog,
+  count: number,
+  options: { readonly complete?: boolean; readonly concurrency?: number | "unbounded" } = {}
+) =>
   Effect.forEach(
     Array.from({ length: count }),
     () =>
       Effect.gen(function* () {
         const txId = yield* TransactionId.make
         yield* log.decide(record("commit", txId))
+        if (options.complete === true) yield* log.complete(txId)
         return txId
       }),
-    { concurrency: 16 }
-  )
-
-/** Decides and completes `count` fresh commits, all at once; returns their txIds. */
-const decideAndComplete = (log: PgTransactionLog.PgTransactionLog, count: number) =>
-  Effect.forEach(
-    Array.from({ length: count }),
-    () =>
-      Effect.gen(function* () {
-        const txId = yield* TransactionId.make
-        yield* log.decide(record("commit", txId))
-        yield* log.complete(txId)
-        return txId
-      }),
-    { concurrency: "unbounded" }
+    { concurrency: options.concurrency ?? 16 }
   )
 
 /** The behaviour every log must have, on whichever database `log` runs. */
@@ -149,7 +140,7 @@ const contract = (
     () =>
       Effect.gen(function* () {
         const log = yield* makeLog()
-        const txIds = yield* decideAndComplete(log, 200)
+        const txIds = yield* decideCommits(log, 200, { complete: true, concurrency: "unbounded" })
         const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
         expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
       })
@@ -216,7 +207,7 @@ describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {
     Effect.gen(function* () {
       const log = yield* PgTransactionLog.make({ sql: pool.sql })
       const before = updates(pool)
-      const txIds = yield* decideAndComplete(log, 200)
+      const txIds = yield* decideCommits(log, 200, { complete: true, concurrency: "unbounded" })
       const unfinished = new Set((yield* log.unfinished()).map((d) => d.txId))
       expect(txIds.filter((txId) => unfinished.has(txId))).toEqual([])
       const sent = updates(pool) - before

@@ -22,7 +22,7 @@
 import { type Participant, TransactionId } from "@accord/core"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
-import { delay, settle } from "./client.js"
+import { delay, sendOn, settle } from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
@@ -138,10 +138,7 @@ class Session {
   }
   /** Sends a statement, tracked for cancellation. */
   send<T>(text: string, params?: ReadonlyArray<unknown>): Promise<Array<T>> {
-    const args = (params ?? []) as Array<postgres.ParameterOrJSON<never>>
-    const pending = (args.length > 0 && this.prepare
-      ? this.conn.unsafe(text, args, { prepare: true })
-      : this.conn.unsafe(text, args)) as unknown as PendingQuery<Array<T>>
+    const pending = sendOn(this.conn, this.prepare, text, params) as unknown as PendingQuery<Array<T>>
     this.inflight.add(pending)
     const forget = () => this.inflight.delete(pending)
     pending.then(forget, forget)
