@@ -169,7 +169,11 @@ export interface Endpoint {
   readonly baseUrl: string
 }
 
-type Raw =
+/**
+ * One copy's answer as the client saw it: an HTTP status and body, or no answer.
+ * @since 0.1.0
+ */
+export type Raw =
   | { readonly ok: true; readonly status: number; readonly body: unknown }
   | { readonly ok: false; readonly reason: string }
 
@@ -190,9 +194,25 @@ const post = async (url: string, body: unknown, key: string, signal: AbortSignal
 }
 
 /**
+ * What two concurrent copies of one request say together. The copies ran one after the other behind
+ * the service's barrier, and the world may have changed in between (stock released by another
+ * order), so they can disagree; the answer must describe the effect, not the first copy:
+ * - a copy answered 2xx: the step took effect (the other copy was a duplicate, or refused before
+ *   the one that applied): success;
+ * - otherwise a copy's answer was lost: that copy may have applied after the other was refused:
+ *   in doubt, never a definite refusal (which would leave the step uncompensated);
+ * - otherwise both answered: the first answer (both refusals or failures are definite for the
+ *   request, since no copy of it is left in flight).
+ * @since 0.1.0
+ */
+export const mergeCopies = (copies: readonly [Raw, Raw]): Raw =>
+  copies.find((r) => r.ok && r.status >= 200 && r.status < 300) ?? copies.find((r) => !r.ok) ?? copies[0]
+
+/**
  * Calls `POST <baseUrl>/<op>`. With probability `duplicateRate` the same request is delivered twice,
- * concurrently (the transport's duplicate); the first answer that arrived intact is used.
- * Interrupting the effect (a step timeout) aborts the request: the call is then in doubt.
+ * concurrently (the transport's duplicate); both answers are awaited and read together
+ * (`mergeCopies`). Interrupting the effect (a step timeout) aborts the request: the call is then in
+ * doubt.
  * @since 0.1.0
  */
 export const call = (options: {
@@ -210,11 +230,12 @@ export const call = (options: {
       const twice = options.duplicateRate > 0 && options.random() < options.duplicateRate
       if (!twice) return post(url, options.body, options.idempotencyKey, signal)
       options.onDuplicate?.()
-      const both = await Promise.all([
-        post(url, options.body, options.idempotencyKey, signal),
-        post(url, options.body, options.idempotencyKey, signal)
-      ])
-      return both.find((r) => r.ok) ?? both[0]
+      return mergeCopies(
+        await Promise.all([
+          post(url, options.body, options.idempotencyKey, signal),
+          post(url, options.body, options.idempotencyKey, signal)
+        ])
+      )
     },
     catch: (error) =>
       new ServiceInDoubtError({ service: options.endpoint.service, op: options.op, reason: String(error) })

@@ -1,0 +1,89 @@
+/**
+ * The transport's duplicate delivery: two copies of one request can get different answers (the
+ * first refused for lack of stock, the second applied after another order released some). The call
+ * must report what happened to the effect: applied if a copy applied, in doubt if a copy's answer
+ * was lost, a refusal only when every copy was refused. Real HTTP on loopback.
+ */
+import { Effect, Either } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import * as Http from "../src/Http.js"
+
+const servers: Http.Server[] = []
+afterEach(async () => {
+  for (const s of servers.splice(0)) await s.close()
+})
+
+const applied: Http.Reply = { status: 200, body: { status: "applied", result: { ok: 1 } } }
+const refused: Http.Reply = { status: 409, body: { error: "out_of_stock", message: "not enough" } }
+
+/** A service answering its n-th request with `script[n]` (after `delayMs[n]`). */
+const scripted = async (
+  script: ReadonlyArray<Http.Reply>,
+  options: { readonly delayMs?: ReadonlyArray<number>; readonly drops?: ReadonlyArray<boolean> } = {}
+) => {
+  let calls = 0
+  let replies = 0
+  const server = await Http.serve({
+    handlers: {
+      reserve: async () => {
+        const n = calls++
+        await new Promise((r) => setTimeout(r, options.delayMs?.[n] ?? 0))
+        return script[n]!
+      }
+    },
+    dropRate: options.drops === undefined ? 0 : 0.5,
+    // Called once per reply, in the order the replies are ready: drop the ones marked.
+    random: () => (options.drops?.[replies++] === true ? 0 : 0.99)
+  })
+  servers.push(server)
+  return { server, calls: () => calls }
+}
+
+const callTwice = (port: number) =>
+  Effect.runPromise(
+    Effect.either(
+      Http.call({
+        endpoint: { service: "inventory", baseUrl: `http://127.0.0.1:${port}` },
+        op: "reserve",
+        body: { sagaId: "S1", step: "reserve-stock" },
+        idempotencyKey: "S1/reserve-stock",
+        duplicateRate: 1,
+        random: () => 0.5
+      })
+    )
+  )
+
+describe("duplicate delivery", () => {
+  it("a refused copy and an applied copy: the step took effect", async () => {
+    // The refusal arrives first (no delay), the application 30 ms later.
+    const { server, calls } = await scripted([refused, applied], { delayMs: [0, 30] })
+    const result = await callTwice(server.port)
+    expect(calls()).toBe(2)
+    expect(result).toEqual(Either.right({ ok: 1 }))
+  })
+
+  it("a refused copy and a copy whose answer was lost: in doubt, not a refusal", async () => {
+    const { server, calls } = await scripted([refused, applied], { delayMs: [0, 30], drops: [false, true] })
+    const result = await callTwice(server.port)
+    expect(calls()).toBe(2)
+    expect(Either.isLeft(result) && result.left._tag).toBe("ServiceInDoubtError")
+  })
+
+  it("both copies refused: a definite refusal", async () => {
+    const { server } = await scripted([refused, refused])
+    const result = await callTwice(server.port)
+    expect(Either.isLeft(result) && result.left._tag).toBe("ServiceRejectedError")
+  })
+
+  it("mergeCopies prefers an applied answer, then a lost one, then the first", () => {
+    const ok = { ok: true, status: 200, body: {} } as const
+    const no = { ok: true, status: 409, body: {} } as const
+    const down = { ok: true, status: 503, body: {} } as const
+    const lost = { ok: false, reason: "ECONNRESET" } as const
+    expect(Http.mergeCopies([no, ok])).toBe(ok)
+    expect(Http.mergeCopies([lost, ok])).toBe(ok)
+    expect(Http.mergeCopies([no, lost])).toBe(lost)
+    expect(Http.mergeCopies([down, no])).toBe(down)
+    expect(Http.mergeCopies([no, down])).toBe(no)
+  })
+})
