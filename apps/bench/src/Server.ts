@@ -73,11 +73,18 @@ export interface Databases {
 export const accounts = 10_000
 
 /**
+ * The names of the three databases under `prefix`.
+ * @since 0.1.0
+ */
+export const databaseNames = (prefix: string) =>
+  ({ a: `${prefix}a`, b: `${prefix}b`, coordinator: `${prefix}coordinator` }) as const
+
+/**
  * Creates (if missing) the databases and (re)creates the tables; resolves leftovers of a killed run.
  * @since 0.1.0
  */
 export const setup = async (adminUrl: string, prefix: string): Promise<Databases> => {
-  const names = { a: `${prefix}a`, b: `${prefix}b`, coordinator: `${prefix}coordinator` }
+  const names = databaseNames(prefix)
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   try {
     const [setting] = await admin<

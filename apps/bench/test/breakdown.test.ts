@@ -2,6 +2,7 @@ import * as TestDatabase from "@accord/postgres/TestDatabase"
 import { afterAll, describe, expect, it } from "vitest"
 import * as Breakdown from "../src/Breakdown.js"
 import * as Server from "../src/Server.js"
+import { dropSetup } from "./support/databases.js"
 
 const server = await TestDatabase.server()
 
@@ -11,10 +12,7 @@ const prefix = "accord_bench_breakdown_test_"
 describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
   const adminUrl = server?.adminUrl ?? ""
 
-  afterAll(async () => {
-    for (const name of ["a", "b", "coordinator"])
-      await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
-  })
+  afterAll(() => dropSetup(adminUrl, prefix))
 
   it("measures every shape with client CPU, counts each piece's statements and leaves nothing prepared", async () => {
     const dbs = await Server.setup(adminUrl, prefix)

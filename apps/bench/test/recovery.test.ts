@@ -2,6 +2,7 @@ import * as TestDatabase from "@accord/postgres/TestDatabase"
 import { afterAll, describe, expect, it } from "vitest"
 import * as RecoveryBench from "../src/RecoveryBench.js"
 import * as Server from "../src/Server.js"
+import { dropSetup } from "./support/databases.js"
 
 const server = await TestDatabase.server()
 
@@ -23,10 +24,7 @@ describe("recovery benchmark batches", () => {
 describe.skipIf(server === undefined)("recovery benchmark on PostgreSQL", () => {
   const adminUrl = server?.adminUrl ?? ""
 
-  afterAll(async () => {
-    for (const name of ["a", "b", "coordinator"])
-      await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
-  })
+  afterAll(() => dropSetup(adminUrl, prefix))
 
   it("leaves N transactions in doubt, recovery commits every branch, and nothing stays prepared", async () => {
     const dbs = await Server.setup(adminUrl, prefix)
