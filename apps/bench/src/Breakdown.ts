@@ -13,11 +13,14 @@
  *   log, its batched completion).
  * - `promises only` / `core only, async participants`: the coordinator's control flow with
  *   participants and a log that answer after `setImmediate`, no database.
- * - `raw2pc transaction` / `accord2pc transaction`: one whole transfer, as in the table modes.
+ * - `raw2pc transaction` / `accord SQL by hand` / `accord2pc transaction`: one whole transfer, as
+ *   in the table modes; the middle one sends Accord's statements from a hand-written script, so
+ *   its gap to `raw2pc` is the SQL's and the gap from it to `accord2pc` the coordinator code's.
  *
  * @since 0.1.0
  */
 import { Participant, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import * as Migrations from "@accord/postgres/Migrations"
 import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
 import { Effect, Either, Exit, Layer, ManagedRuntime, Option, Scope } from "effect"
@@ -286,10 +289,70 @@ const raw2pc = (dbs: Server.Databases): Shape => ({
   }
 })
 
+/**
+ * Accord's statements for one transfer, sent by hand with postgres.js and Promises: per branch BEGIN
+ * pipelined with the UPDATE, then the marker and the PREPARE in one simple-protocol message; the
+ * forced decision insert; the two COMMIT PREPAREDs. What `accord2pc` sends, without the coordinator's
+ * code (Effect runtime, participant and log wrappers): the gap to `raw2pc` is the SQL's, the gap
+ * from here to `accord2pc` is the code's.
+ */
+const accordSqlByHand = (dbs: Server.Databases): Shape => ({
+  name: "accord SQL by hand",
+  twin: "raw2pc transaction",
+  open: async () => {
+    const a = Server.pool(dbs.a, 2)
+    const b = Server.pool(dbs.b, 2)
+    const coordinator = Server.pool(dbs.coordinator, 1)
+    await Promise.all([a, b].map((sql) => sql.unsafe(Migrations.participantDdl).simple()))
+    const branch = async (sql: postgres.Sql, id: string, gid: string, account: number, delta: number) => {
+      const conn = await sql.reserve()
+      try {
+        const [, updated] = await Promise.all([
+          conn.unsafe("BEGIN"),
+          conn.unsafe("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [delta, account], {
+            prepare: true
+          })
+        ])
+        if (updated.count !== 1) throw new Error("accord SQL by hand: the UPDATE matched no row")
+        await conn
+          .unsafe(
+            `insert into accord_branch (gid, tx_id, branch) values ('${gid}', '${id}', 'bank'); PREPARE TRANSACTION '${gid}'`
+          )
+          .simple()
+      } catch (e) {
+        await conn.unsafe("ROLLBACK").catch(() => {})
+        throw e
+      } finally {
+        conn.release()
+      }
+    }
+    return {
+      op: async () => {
+        const [x, y] = Server.pickAccounts()
+        const id = rawId()
+        const gidA = `rawbench_${id}_a`
+        const gidB = `rawbench_${id}_b`
+        try {
+          await Promise.all([branch(a, id, gidA, x, -1), branch(b, id, gidB, y, 1)])
+          await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
+        } catch (e) {
+          await Promise.allSettled([
+            a.unsafe(`ROLLBACK PREPARED '${gidA}'`),
+            b.unsafe(`ROLLBACK PREPARED '${gidB}'`)
+          ])
+          throw e
+        }
+        await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
+      },
+      close: () => closeAll(a, b, coordinator)
+    }
+  }
+})
+
 /** The `accord2pc` mode of Modes.ts at concurrency 1, with its log at hand to settle it. */
 const accord2pc = (dbs: Server.Databases): Shape => ({
   name: "accord2pc transaction",
-  twin: "raw2pc transaction",
+  twin: "accord SQL by hand",
   open: async () => {
     const a = Server.pool(dbs.a, 2)
     const b = Server.pool(dbs.b, 2)
@@ -337,6 +400,7 @@ export const shapes = (dbs: Server.Databases): ReadonlyArray<Shape> => [
   promisesOnly,
   coreOnly,
   raw2pc(dbs),
+  accordSqlByHand(dbs),
   accord2pc(dbs)
 ]
 

@@ -31,6 +31,7 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
       "promises only",
       "core only, async participants",
       "raw2pc transaction",
+      "accord SQL by hand",
       "accord2pc transaction"
     ])
     for (const r of result.rows) {
@@ -40,7 +41,7 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
     }
     // BEGIN, UPDATE, PREPARE TRANSACTION, COMMIT PREPARED.
     expect(row("raw branch").statementsPerOp).toBe(4)
-    // BEGIN, UPDATE, marker INSERT, PREPARE TRANSACTION, COMMIT PREPARED.
+    // BEGIN, UPDATE, marker INSERT + PREPARE TRANSACTION (one message, two statements), COMMIT PREPARED.
     expect(row("PgParticipant branch").statementsPerOp).toBe(5)
     expect(row("raw decision insert").statementsPerOp).toBe(1)
     // The decision insert, plus the batched completions (at most one update per operation).
@@ -50,6 +51,8 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
     expect(row("core only, async participants").statementsPerOp).toBe(0)
     // Two branches of 4, the decision insert.
     expect(row("raw2pc transaction").statementsPerOp).toBe(9)
+    // Two branches of 5, the decision insert: Accord's statements, sent by hand.
+    expect(row("accord SQL by hand").statementsPerOp).toBe(11)
     expect(row("accord2pc transaction").statementsPerOp).toBeGreaterThan(11)
 
     const pairs = result.rows.filter((r) => r.twin !== undefined)
@@ -57,7 +60,8 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
       "raw branch",
       "raw decision insert",
       "promises only",
-      "raw2pc transaction"
+      "raw2pc transaction",
+      "accord SQL by hand"
     ])
     for (const r of pairs) {
       expect(r.cpuMicrosOverTwin).toBeCloseTo(r.cpuMicrosPerOp - row(r.twin!).cpuMicrosPerOp, 0)

@@ -148,7 +148,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     })
   )
 
-  it.live("a writing branch sends BEGIN, work, marker, PREPARE; phase 2 is one COMMIT PREPARED", () =>
+  it.live("a writing branch sends BEGIN, work, marker + PREPARE; phase 2 is one COMMIT PREPARED", () =>
     Effect.gen(function* () {
       const { pa, pb } = yield* participants
       const before = a.statements.length
@@ -157,8 +157,11 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       const gid = outcome.votes.find((v) => v.branch === "bank-a")!.gid
       const sent = a.statements.slice(before)
       expect(sent[0]).toBe("BEGIN")
-      expect(sent[2]).toContain("insert into accord_branch")
-      expect(sent.slice(3)).toEqual([`PREPARE TRANSACTION '${gid}'`, `COMMIT PREPARED '${gid}'`])
+      expect(sent[2]).toMatch(/^insert into accord_branch .*; PREPARE TRANSACTION '[^']+'$/)
+      expect(sent[2]!.endsWith(`PREPARE TRANSACTION '${gid}'`)).toBe(true)
+      expect(sent.slice(3)).toEqual([`COMMIT PREPARED '${gid}'`])
+      // The marker is there: the branch reads as committed.
+      expect(yield* pa.state({ txId: outcome.txId, branch: pa.name, gid })).toBe("committed")
     })
   )
 
@@ -184,24 +187,91 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     () => a.sql`insert into accounts (id, balance) values (${SPARE}, 100) on conflict (id) do nothing`
   )
 
+  it.live("a writer's marker and PREPARE go in one message after BEGIN shared the work's first write", () =>
+    Effect.gen(function* () {
+      const { pa } = yield* participants
+      yield* spareAccount
+      const ctx = yield* ctxFor("bank-a")
+      const before = a.statements.length
+      const vote = yield* pa.prepare(ctx, adjust(SPARE, -1))
+      expect(vote._tag).toBe("Prepared")
+      // The plain marker insert (not the xid probe): the UPDATE reported a changed row.
+      expect(a.statements.slice(before)).toEqual([
+        "BEGIN",
+        "update accounts set balance = balance + $2 where id = $1",
+        `insert into accord_branch (gid, tx_id, branch) values ('${ctx.gid}', '${ctx.txId}', 'bank-a'); PREPARE TRANSACTION '${ctx.gid}'`
+      ])
+      expect(yield* pa.commit(ctx)).toBe("Committed")
+      // The marker, written inside the prepared transaction, is visible once it committed.
+      const [marker] = yield* Effect.promise(
+        () =>
+          a.sql<
+            { tx_id: string; branch: string }[]
+          >`select tx_id, branch from accord_branch where gid = ${ctx.gid}`
+      )
+      expect(marker).toEqual({ tx_id: ctx.txId, branch: "bank-a" })
+    })
+  )
+
   it.live(
-    "a writer's marker and PREPARE go in one round trip after BEGIN shared the work's first write",
+    "a PREPARE refused inside the marker's message (gid in use on the server) is a No: nothing applied, connection clean",
     () =>
       Effect.gen(function* () {
         const { pa } = yield* participants
         yield* spareAccount
         const ctx = yield* ctxFor("bank-a")
-        const before = a.statements.length
-        const vote = yield* pa.prepare(ctx, adjust(SPARE, -1))
-        expect(vote._tag).toBe("Prepared")
-        // The plain marker insert (not the xid probe): the UPDATE reported a changed row.
-        expect(a.statements.slice(before)).toEqual([
-          "BEGIN",
-          "update accounts set balance = balance + $2 where id = $1",
-          "insert into accord_branch (gid, tx_id, branch) values ($1::text, $2::text, $3::text)",
-          `PREPARE TRANSACTION '${ctx.gid}'`
-        ])
-        expect(yield* pa.commit(ctx)).toBe("Committed")
+        // The same gid prepared in the other database: gids are unique per server (42710).
+        const other = yield* Effect.promise(() => b.sql.reserve())
+        yield* Effect.promise(async () => {
+          await other`begin`
+          await other`update accounts set balance = balance where id = 1`
+          await other.unsafe(`PREPARE TRANSACTION '${ctx.gid}'`)
+          other.release()
+        })
+        const before = yield* balance(a.sql, SPARE)
+        const vote = yield* pa
+          .prepare(ctx, adjust(SPARE, -5))
+          .pipe(Effect.ensuring(Effect.promise(() => b.sql.unsafe(`ROLLBACK PREPARED '${ctx.gid}'`))))
+        expect(vote._tag).toBe("No")
+        if (vote._tag === "No") expect(vote.sqlState).toBe("42710")
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A, DB_B]))).toEqual([])
+        expect(yield* balance(a.sql, SPARE)).toBe(before)
+        const markers = yield* Effect.promise(
+          () => a.sql<{ n: number }[]>`select count(*)::int as n from accord_branch where gid = ${ctx.gid}`
+        )
+        expect(markers[0]!.n).toBe(0)
+        const next = yield* ctxFor("bank-a")
+        expect((yield* pa.prepare(next, adjust(SPARE, 1)))._tag).toBe("Prepared")
+        expect(yield* pa.commit(next)).toBe("Committed")
+      })
+  )
+
+  it.live(
+    "a context whose gid is not the one Accord builds for its txId and branch is refused before anything is sent",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        yield* spareAccount
+        const good = yield* ctxFor("bank-a")
+        const other = yield* ctxFor("bank-a")
+        const forged: ReadonlyArray<Participant.BranchContext> = [
+          // A valid gid of another transaction: its marker would name the wrong txId.
+          { ...good, gid: other.gid },
+          // A quote in the gid: never reaches SQL.
+          { ...good, gid: `${good.gid}'); drop table accounts; --` as TransactionId.Gid },
+          { ...good, branch: "bank-b" as TransactionId.BranchName }
+        ]
+        const balanceBefore = yield* balance(a.sql, SPARE)
+        for (const ctx of forged) {
+          const before = a.statements.length
+          const result = yield* Effect.either(pa.prepare(ctx, adjust(SPARE, -1)))
+          expect(Either.isLeft(result)).toBe(true)
+          if (Either.isLeft(result)) expect(result.left.reason).toContain("refused gid")
+          // Refused before BEGIN: nothing at all was sent.
+          expect(a.statements.slice(before)).toEqual([])
+        }
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A]))).toEqual([])
+        expect(yield* balance(a.sql, SPARE)).toBe(balanceBefore)
       })
   )
 
