@@ -282,8 +282,8 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
         const { pa } = yield* participants
         yield* spareAccount
         const ctx = yield* ctxFor("bank-a")
-        // A marker row already holding this gid: the pipelined insert fails with 23505, which aborts
-        // the transaction, and the PREPARE right behind it only rolls it back.
+        // A marker row already holding this gid: the insert fails with 23505, the server skips the
+        // PREPARE of the same message, and the clean-up rolls the aborted transaction back.
         yield* Effect.promise(
           () => a.sql`insert into accord_branch (gid, tx_id, branch) values (${ctx.gid}, 'x', 'bank-a')`
         )

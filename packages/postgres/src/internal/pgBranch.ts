@@ -9,9 +9,9 @@
  *
  * - Round trips: the work starts as soon as BEGIN is sent, so its first statement is pipelined
  *   behind it; a branch whose work certainly wrote (a statement reported rows changed: the
- *   transaction has an xid) sends the marker and the PREPARE in one simple-protocol message. Otherwise the marker is
- *   inserted only if the transaction has an xid (`pg_current_xact_id_if_assigned()`); no row means
- *   read-only: COMMIT, no PREPARE.
+ *   transaction has an xid) sends the marker and the PREPARE in one simple-protocol message.
+ *   Otherwise the marker is inserted only if the transaction has an xid
+ *   (`pg_current_xact_id_if_assigned()`); no row means read-only: COMMIT, no PREPARE.
  * - Parameterised statements are named prepared statements (one round trip instead of two) unless
  *   the pool was made with `prepare: false`.
  * - Abandoned (the caller was interrupted): new statements are refused, running ones cancelled on
