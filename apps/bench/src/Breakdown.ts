@@ -304,7 +304,9 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
     const b = Server.pool(dbs.b, 2)
     const coordinator = Server.pool(dbs.coordinator, 1)
     await Promise.all([a, b].map((sql) => sql.unsafe(Migrations.participantDdl).simple()))
-    const branch = async (sql: postgres.Sql, id: string, gid: string, account: number, delta: number) => {
+    const branch = async (sql: postgres.Sql, gid: string, account: number, delta: number) => {
+      // The transfer's id, as Accord's marker names the global transaction.
+      const id = gid.slice("rawbench_".length, -"_a".length)
       const conn = await sql.reserve()
       try {
         const [, updated] = await Promise.all([
@@ -327,23 +329,7 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
       }
     }
     return {
-      op: async () => {
-        const [x, y] = Server.pickAccounts()
-        const id = rawId()
-        const gidA = `rawbench_${id}_a`
-        const gidB = `rawbench_${id}_b`
-        try {
-          await Promise.all([branch(a, id, gidA, x, -1), branch(b, id, gidB, y, 1)])
-          await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
-        } catch (e) {
-          await Promise.allSettled([
-            a.unsafe(`ROLLBACK PREPARED '${gidA}'`),
-            b.unsafe(`ROLLBACK PREPARED '${gidB}'`)
-          ])
-          throw e
-        }
-        await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
-      },
+      op: () => Modes.byHandTransfer({ a, b, coordinator }, rawId(), branch),
       close: () => closeAll(a, b, coordinator)
     }
   }

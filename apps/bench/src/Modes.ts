@@ -56,6 +56,36 @@ const closeAll = (...pools: ReadonlyArray<postgres.Sql>) =>
 let rawCounter = 0
 
 /**
+ * A hand-written coordinator's transfer: both branches prepared in parallel by `branch`, a forced
+ * decision INSERT, both COMMIT PREPAREDs in parallel; on any failure before the decision, both gids
+ * rolled back (presumed abort, as a hand-written coordinator must: never leave a branch prepared).
+ * `raw2pc` and the breakdown's "accord SQL by hand" differ only in `branch`.
+ * @since 0.1.0
+ */
+export const byHandTransfer = async (
+  pools: { readonly a: postgres.Sql; readonly b: postgres.Sql; readonly coordinator: postgres.Sql },
+  id: string,
+  branch: (sql: postgres.Sql, gid: string, account: number, delta: number) => Promise<unknown>
+): Promise<void> => {
+  const { a, b, coordinator } = pools
+  const [x, y] = Server.pickAccounts()
+  const gidA = `rawbench_${id}_a`
+  const gidB = `rawbench_${id}_b`
+  try {
+    await Promise.all([branch(a, gidA, x, -1), branch(b, gidB, y, 1)])
+    // Forced: synchronous_commit is on (the server default).
+    await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
+  } catch (e) {
+    await Promise.allSettled([
+      a.unsafe(`ROLLBACK PREPARED '${gidA}'`),
+      b.unsafe(`ROLLBACK PREPARED '${gidB}'`)
+    ])
+    throw e
+  }
+  await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
+}
+
+/**
  * The hand-written baselines on PostgreSQL.
  * @since 0.1.0
  */
@@ -90,25 +120,7 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
           await tx.prepare(gid)
         })
       return {
-        tx: async () => {
-          const [x, y] = Server.pickAccounts()
-          const id = `${process.pid}_${++rawCounter}`
-          const gidA = `rawbench_${id}_a`
-          const gidB = `rawbench_${id}_b`
-          try {
-            await Promise.all([branch(a, gidA, x, -1), branch(b, gidB, y, 1)])
-            // Forced: synchronous_commit is on (the server default).
-            await coordinator`INSERT INTO raw_decisions (tx_id, decision, gids) VALUES (${id}, 'commit', ${[gidA, gidB]})`
-          } catch (e) {
-            // Presumed abort, as a hand-written coordinator must: never leave a branch prepared.
-            await Promise.allSettled([
-              a.unsafe(`ROLLBACK PREPARED '${gidA}'`),
-              b.unsafe(`ROLLBACK PREPARED '${gidB}'`)
-            ])
-            throw e
-          }
-          await Promise.all([a.unsafe(`COMMIT PREPARED '${gidA}'`), b.unsafe(`COMMIT PREPARED '${gidB}'`)])
-        },
+        tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, branch),
         close: () => closeAll(a, b, coordinator)
       }
     }
