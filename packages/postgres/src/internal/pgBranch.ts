@@ -159,21 +159,20 @@ class Session {
       sql: conn
     }
   }
-  /** Sends a statement, tracked for cancellation. */
-  send<T>(text: string, params?: ReadonlyArray<unknown>): Promise<Array<T>> {
-    const pending = sendOn(this.conn, this.prepare, text, params) as unknown as PendingQuery<Array<T>>
+  /** Keeps `pending` cancellable until it settles. */
+  private track<A>(pending: PendingQuery<A>): PendingQuery<A> {
     this.inflight.add(pending)
     const forget = () => this.inflight.delete(pending)
     pending.then(forget, forget)
     return pending
   }
+  /** Sends a statement, tracked for cancellation. */
+  send<T>(text: string, params?: ReadonlyArray<unknown>): Promise<Array<T>> {
+    return this.track(sendOn(this.conn, this.prepare, text, params) as unknown as PendingQuery<Array<T>>)
+  }
   /** A multi-statement script (simple protocol, no parameters), tracked for cancellation. */
   sendScript(text: string): Promise<unknown> {
-    const pending = this.conn.unsafe(text).simple() as unknown as PendingQuery<unknown>
-    this.inflight.add(pending)
-    const forget = () => this.inflight.delete(pending)
-    pending.then(forget, forget)
-    return pending
+    return this.track(this.conn.unsafe(text).simple() as unknown as PendingQuery<unknown>)
   }
   /** A statement of the work: refused once the work's time is over; notices certain writes. */
   work<T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> {
