@@ -20,11 +20,13 @@ import {
   type AnyBranch,
   type BranchContext,
   type CommitAck,
+  type Direct,
+  directCall,
   OnePhaseResult,
   Vote
 } from "./Participant.js"
 import { BranchCallError, InvalidTransactionError, type LogError, TimeoutError } from "./TransactionError.js"
-import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
+import { forEachConcurrently, forEachStarted, forEachWithin } from "./internal/concurrently.js"
 import * as TransactionId from "./TransactionId.js"
 import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
 
@@ -202,12 +204,40 @@ const prepareBranch = (r: Resolved): Effect.Effect<PrepareResult> =>
     )
   )
 
+/** Every branch's Promise-level `call` (see `Participant.direct`), or undefined unless all have it. */
+const directOf = <K extends "prepare" | "commitOnePhase" | "commit">(
+  resolved: ReadonlyArray<Resolved>,
+  call: K
+): ReadonlyArray<Direct<unknown>[K]> | undefined => {
+  const calls: Array<Direct<unknown>[K]> = []
+  for (const r of resolved) {
+    const direct = directCall(r.participant, call)
+    if (direct === undefined) return undefined
+    calls.push(direct)
+  }
+  return calls
+}
+
+/** A started call's result as `prepareBranch` makes it: a failure is a No that may still be prepared. */
+const toPrepareResult = (done: Either.Either<Vote, BranchCallError>): PrepareResult =>
+  Either.isRight(done)
+    ? { vote: done.right, definite: true }
+    : { vote: Vote.No({ reason: done.left.message }), definite: false }
+
 /**
  * Prepares every branch concurrently under one bound for the whole phase (one timer, not one per
  * branch); a branch that has not answered when it fires is interrupted and counts as No.
  */
-const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duration) =>
-  Effect.map(forEachWithin(resolved, prepareBranch, bound), (results) =>
+const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duration) => {
+  const direct = directOf(resolved, "prepare")
+  const phase: Effect.Effect<Array<Option.Option<PrepareResult>>> =
+    direct === undefined
+      ? forEachWithin(resolved, prepareBranch, bound)
+      : Effect.map(
+          forEachStarted(resolved, (r, i) => direct[i]!(r.ctx, r.work), bound),
+          (results) => results.map((o) => Option.map(o, toPrepareResult))
+        )
+  return Effect.map(phase, (results) =>
     resolved.map((r, i): PrepareResult => {
       const result = results[i]!
       if (Option.isSome(result)) return result.value
@@ -224,6 +254,7 @@ const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duratio
       }
     })
   )
+}
 
 /** One phase-2 call bounded by `callTimeout`, retried with `schedule` (the slow path). */
 const commitBranch = (
@@ -260,11 +291,12 @@ const commitPhase = (
   Effect.gen(function* () {
     const now = yield* Clock.currentTimeMillis
     const remaining = Duration.millis(Math.max(0, deadline - now))
-    const first = yield* forEachWithin(
-      writers,
-      (r) => Effect.either(r.participant.commit(r.ctx)),
-      Duration.min(callTimeout, remaining)
-    )
+    const bound = Duration.min(callTimeout, remaining)
+    const direct = directOf(writers, "commit")
+    const first =
+      direct === undefined
+        ? yield* forEachWithin(writers, (r) => Effect.either(r.participant.commit(r.ctx)), bound)
+        : yield* forEachStarted(writers, (r, i) => direct[i]!(r.ctx), bound)
     const acks: Array<Option.Option<CommitAck>> = first.map((o) =>
       Option.isSome(o) && Either.isRight(o.value) ? Option.some(o.value.right) : Option.none()
     )
@@ -298,11 +330,16 @@ const rollbackBranch = (
 
 const onePhase = (r: Resolved, timeout: Duration.Duration) =>
   Effect.gen(function* () {
-    const done = (yield* forEachWithin(
-      [r],
-      (x) => Effect.either(x.participant.commitOnePhase(x.ctx, x.work)),
-      timeout
-    ))[0]!
+    const direct = directCall(r.participant, "commitOnePhase")
+    const done = (
+      direct === undefined
+        ? yield* forEachWithin(
+            [r],
+            (x) => Effect.either(x.participant.commitOnePhase(x.ctx, x.work)),
+            timeout
+          )
+        : yield* forEachStarted([r], (x) => direct(x.ctx, x.work), timeout)
+    )[0]!
     if (Option.isNone(done)) {
       // The COMMIT may have been sent: the outcome is unknown, not failed.
       return yield* new BranchCallError({

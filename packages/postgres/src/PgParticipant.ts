@@ -31,6 +31,7 @@ import {
   delay,
   fromPglite,
   fromPostgres,
+  startVia,
   statement,
   usesPreparedStatements,
   viaPromise
@@ -228,10 +229,11 @@ const GC_SQL =
 const noop = () => undefined
 
 /**
- * A postgres.js branch: one `Effect.async` around `internal/pgBranch.run` (one Promise). Interrupted,
- * it abandons the branch and waits (bounded) for its clean-up.
+ * A postgres.js branch as a started call around `internal/pgBranch.run` (one Promise). Abandoned,
+ * the branch is stopped and the result settles after its clean-up (each step of which is bounded
+ * by `cancelTimeout`), or rejects after three of them.
  */
-const pgBranch = (
+const startPgBranch = (
   sql: postgres.Sql,
   prepare: boolean,
   slots: Branch.Slots,
@@ -239,21 +241,25 @@ const pgBranch = (
   mode: Mode,
   work: PgWork,
   cancelTimeout: Duration.Duration
-): Effect.Effect<Ending, StageFailure> =>
-  Effect.async<Ending, StageFailure>((resume) => {
-    const control = new Branch.Control()
-    const cancelMs = Duration.toMillis(cancelTimeout)
-    const pending = Branch.run(sql, prepare, slots, control, ctx, mode, work, cancelMs)
-    pending.then(
-      (ending) => resume(Effect.succeed(ending)),
-      (failure: StageFailure) => resume(Effect.fail(failure))
-    )
-    return Effect.promise(() => {
-      control.abandon()
-      // Work, rollback and (if need be) terminate are each bounded by cancelTimeout.
-      return Promise.race([pending.then(noop, noop), delay(3 * cancelMs)])
-    })
-  })
+): Participant.Started<Ending, StageFailure> => {
+  const control = new Branch.Control()
+  const cancelMs = Duration.toMillis(cancelTimeout)
+  const done = Branch.run(sql, prepare, slots, control, ctx, mode, work, cancelMs).then(
+    (ending) => Either.right(ending),
+    (failure: StageFailure) => Either.left(failure)
+  )
+  const gaveUp = control.whenAbandoned
+    .then(() => delay(3 * cancelMs))
+    .then(() => Promise.reject(new Error(`branch ${ctx.gid} still cleaning up after ${3 * cancelMs} ms`)))
+  gaveUp.catch(noop)
+  return { result: Promise.race([done, gaveUp]), abandon: () => control.abandon() }
+}
+
+/** A started call with its value mapped (the abandon is the same). */
+const mapStarted = <A, E, B, E2>(
+  call: Participant.Started<A, E>,
+  f: (done: Either.Either<A, E>) => Either.Either<B, E2>
+): Participant.Started<B, E2> => ({ result: call.result.then(f), abandon: call.abandon })
 
 class PgliteStageError {
   constructor(
@@ -360,6 +366,12 @@ interface Driver {
     mode: Mode,
     work: PgWork
   ) => Effect.Effect<Ending, StageFailure>
+  /** postgres.js: the branch as a started Promise (then `branch` is this, as an Effect). */
+  readonly start?: (
+    ctx: Participant.BranchContext,
+    mode: Mode,
+    work: PgWork
+  ) => Participant.Started<Ending, StageFailure>
   /** Called once a prepared branch is resolved (PGlite: leaves the gate). */
   readonly resolved: (gid: TransactionId.Gid) => void
   readonly fix: string
@@ -435,17 +447,22 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
 
-  const prepare = Effect.fnUntraced(function* (ctx: Participant.BranchContext, work: PgWork) {
-    const ended = yield* Effect.either(driver.branch(ctx, "prepare", work))
+  /** How a prepared branch's ending is a vote. */
+  const voteOf = (
+    ctx: Participant.BranchContext,
+    ended: Either.Either<Ending, StageFailure>
+  ): Either.Either<Participant.Vote, TransactionError.BranchCallError> => {
     if (Either.isRight(ended)) {
       const ending = ended.right
       switch (ending._tag) {
         case "WorkFailed":
-          return Participant.Vote.No({ reason: ending.failure.message, sqlState: ending.failure.sqlState })
+          return Either.right(
+            Participant.Vote.No({ reason: ending.failure.message, sqlState: ending.failure.sqlState })
+          )
         case "ReadOnly":
-          return Participant.Vote.ReadOnly()
+          return Either.right(Participant.Vote.ReadOnly())
         default:
-          return Participant.Vote.Prepared()
+          return Either.right(Participant.Vote.Prepared())
       }
     }
     const { stage, failure } = ended.left
@@ -454,68 +471,120 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       stage === "busy" ||
       (stage !== "begin" && !failure.connectionLost && failure.sqlState !== undefined)
     ) {
-      return Participant.Vote.No({ reason: failure.message, sqlState: failure.sqlState })
+      return Either.right(Participant.Vote.No({ reason: failure.message, sqlState: failure.sqlState }))
     }
     // Could not start, or the connection dropped: the coordinator rolls the gid back to be sure.
-    return yield* callError(ctx, "prepare", failure, stage === "end")
-  })
+    return Either.left(callError(ctx, "prepare", failure, stage === "end"))
+  }
 
-  const commitOnePhase = Effect.fnUntraced(function* (ctx: Participant.BranchContext, work: PgWork) {
-    const ended = yield* Effect.either(driver.branch(ctx, "onePhase", work))
+  /** How a one-phase branch's ending is a result. */
+  const onePhaseOf = (
+    ctx: Participant.BranchContext,
+    ended: Either.Either<Ending, StageFailure>
+  ): Either.Either<Participant.OnePhaseResult, TransactionError.BranchCallError> => {
     if (Either.isRight(ended)) {
       const ending = ended.right
-      return ending._tag === "WorkFailed"
-        ? Participant.OnePhaseResult.No({ reason: ending.failure.message, sqlState: ending.failure.sqlState })
-        : Participant.OnePhaseResult.Committed()
+      return Either.right(
+        ending._tag === "WorkFailed"
+          ? Participant.OnePhaseResult.No({
+              reason: ending.failure.message,
+              sqlState: ending.failure.sqlState
+            })
+          : Participant.OnePhaseResult.Committed()
+      )
     }
     const { stage, failure } = ended.left
     if (stage === "busy" || (stage === "end" && !failure.connectionLost && failure.sqlState !== undefined)) {
-      return Participant.OnePhaseResult.No({ reason: failure.message, sqlState: failure.sqlState })
+      return Either.right(
+        Participant.OnePhaseResult.No({ reason: failure.message, sqlState: failure.sqlState })
+      )
     }
     // A COMMIT whose answer was lost may have committed.
-    return yield* callError(ctx, "onePhaseCommit", failure, stage === "end")
-  })
+    return Either.left(callError(ctx, "onePhaseCommit", failure, stage === "end"))
+  }
 
-  /**
-   * `COMMIT PREPARED` or `ROLLBACK PREPARED` by gid. A gid already gone is idempotent success; then
-   * the marker tells what became of it (present = committed), so a branch resolved outside the
-   * protocol is reported as a heuristic outcome.
-   */
   const cancelMs = Duration.toMillis(cancelTimeout)
   /**
    * `COMMIT PREPARED` or `ROLLBACK PREPARED` by gid. A gid already gone is idempotent success; then
    * the marker tells what became of it (present = committed), so a branch resolved outside the
-   * protocol is reported as a heuristic outcome. One `Effect.async` around the statements;
-   * interrupted, the statement in flight is cancelled.
+   * protocol is reported as a heuristic outcome. Abandoned, the statement in flight is cancelled.
    */
-  const finishPrepared = (
+  const startFinish = (
     ctx: Participant.BranchContext,
     phase: "commit" | "rollback"
-  ): Effect.Effect<"finished" | "goneCommitted" | "goneNotCommitted", TransactionError.BranchCallError> => {
+  ): Participant.Started<
+    "finished" | "goneCommitted" | "goneNotCommitted",
+    TransactionError.BranchCallError
+  > => {
     const gid = TransactionId.validateGid(ctx.gid)
     if (Either.isLeft(gid)) {
-      return Effect.fail(
-        callError(ctx, phase, { sqlState: undefined, message: gid.left.reason, connectionLost: false }, false)
+      const refused = callError(
+        ctx,
+        phase,
+        { sqlState: undefined, message: gid.left.reason, connectionLost: false },
+        false
       )
+      return { result: Promise.resolve(Either.left(refused)), abandon: noop }
     }
     const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
-    return viaPromise(client, cancelMs, async (send) => {
+    return startVia(client, cancelMs, async (send) => {
       const done = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
       if (done.ok) {
         driver.resolved(gid.right)
-        return Effect.succeed("finished" as const)
+        return Either.right("finished" as const)
       }
       if (done.failure.sqlState !== UNDEFINED_OBJECT) {
-        return Effect.fail(callError(ctx, phase, done.failure, done.failure.connectionLost))
+        return Either.left(callError(ctx, phase, done.failure, done.failure.connectionLost))
       }
       const marker = await send<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid])
-      if (!marker.ok) return Effect.fail(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
+      if (!marker.ok) return Either.left(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
       driver.resolved(gid.right)
-      return Effect.succeed(
+      return Either.right(
         marker.value[0]?.committed === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
       )
     })
   }
+
+  type Start = NonNullable<Driver["start"]>
+  const startPrepare = (start: Start, ctx: Participant.BranchContext, work: PgWork) =>
+    mapStarted(start(ctx, "prepare", work), (ended) => voteOf(ctx, ended))
+  const startOnePhase = (start: Start, ctx: Participant.BranchContext, work: PgWork) =>
+    mapStarted(start(ctx, "onePhase", work), (ended) => onePhaseOf(ctx, ended))
+
+  const startCommit = (
+    ctx: Participant.BranchContext
+  ): Participant.Started<Participant.CommitAck, TransactionError.BranchCallError> =>
+    mapStarted(startFinish(ctx, "commit"), (done) =>
+      Either.map(done, (result) =>
+        result === "goneNotCommitted" ? ("HeuristicRollback" as const) : ("Committed" as const)
+      )
+    )
+
+  const start = driver.start
+  // The Effect calls: over the started ones when the driver has them (postgres.js), so that the
+  // Effect and Promise calls are one implementation.
+  const prepare = (ctx: Participant.BranchContext, work: PgWork) =>
+    start === undefined
+      ? Effect.flatMap(Effect.either(driver.branch(ctx, "prepare", work)), (ended) => voteOf(ctx, ended))
+      : Participant.fromStarted(() => startPrepare(start, ctx, work))
+
+  const commitOnePhase = (ctx: Participant.BranchContext, work: PgWork) =>
+    start === undefined
+      ? Effect.flatMap(Effect.either(driver.branch(ctx, "onePhase", work)), (ended) => onePhaseOf(ctx, ended))
+      : Participant.fromStarted(() => startOnePhase(start, ctx, work))
+
+  const commit = (ctx: Participant.BranchContext) => Participant.fromStarted(() => startCommit(ctx))
+
+  /** The Promise-level calls, for the postgres.js driver (see `Participant.direct`). */
+  const direct: Participant.Direct<PgWork> | undefined =
+    start === undefined
+      ? undefined
+      : {
+          prepare: (ctx, work) => startPrepare(start, ctx, work),
+          commitOnePhase: (ctx, work) => startOnePhase(start, ctx, work),
+          commit: startCommit,
+          twins: { prepare, commitOnePhase, commit }
+        }
 
   /**
    * Recovery's batch: every gid's `COMMIT PREPARED` / `ROLLBACK PREPARED` sent at once (the pool
@@ -526,7 +595,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
    * which retries and reports heuristics.
    */
   const finishMany = (phase: "commit" | "rollback", ctxs: ReadonlyArray<Participant.BranchContext>) =>
-    viaPromise(client, cancelMs, async (send): Promise<Effect.Effect<ReadonlyArray<boolean>>> => {
+    viaPromise(client, cancelMs, async (send): Promise<Either.Either<ReadonlyArray<boolean>>> => {
       const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
       const gone: Array<number> = []
       const oks = await Promise.all(
@@ -551,18 +620,14 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
           }
         }
       }
-      return Effect.succeed(oks)
+      return Either.right(oks)
     })
 
-  const commit = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {
-    const result = yield* finishPrepared(ctx, "commit")
-    return result === "goneNotCommitted" ? ("HeuristicRollback" as const) : ("Committed" as const)
-  })
-
-  const rollback = Effect.fnUntraced(function* (ctx: Participant.BranchContext) {
-    const result = yield* finishPrepared(ctx, "rollback")
-    return result === "goneCommitted" ? ("HeuristicCommit" as const) : ("RolledBack" as const)
-  })
+  const rollback = (ctx: Participant.BranchContext) =>
+    Effect.map(
+      Participant.fromStarted(() => startFinish(ctx, "rollback")),
+      (result) => (result === "goneCommitted" ? ("HeuristicCommit" as const) : ("RolledBack" as const))
+    )
 
   const state = Effect.fn("PgParticipant.state")(function* (ctx: Participant.BranchContext) {
     yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
@@ -645,6 +710,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     prepare,
     commitOnePhase,
     commit,
+    ...(direct === undefined ? {} : { direct }),
     rollback,
     state,
     inDoubt,
@@ -678,7 +744,11 @@ export const make = (
     {
       kind: "postgres",
       client: fromPostgres(options.sql),
-      branch: (ctx, mode, work) => pgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout),
+      branch: (ctx, mode, work) =>
+        Participant.fromStarted(() =>
+          startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout)
+        ),
+      start: (ctx, mode, work) => startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout),
       resolved: noop,
       fix: postgresFix
     },

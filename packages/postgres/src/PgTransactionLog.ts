@@ -32,7 +32,19 @@
  */
 import { TransactionError, TransactionLog as CoreLog } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
-import { Cause, Chunk, Deferred, Duration, Effect, Exit, Layer, Option, Queue, type Scope } from "effect"
+import {
+  Cause,
+  Chunk,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Layer,
+  Option,
+  Queue,
+  type Scope
+} from "effect"
 import type postgres from "postgres"
 import {
   type Client,
@@ -180,7 +192,6 @@ const build = (client: Client, options: Options) =>
       })
     }
 
-    /** Writes a batch; returns, per input record, the decision that holds. */
     /**
      * Writes a batch; returns, per input record, the decision that holds. One `Effect.async` around
      * the statements (this is on every transaction's path); interrupted, the statement in flight is
@@ -202,7 +213,7 @@ const build = (client: Client, options: Options) =>
               records.map(branches),
               records.map((r) => r.decidedAt)
             ]))
-        if (!inserted.ok) return Effect.fail(failed(inserted.failure))
+        if (!inserted.ok) return Either.left(failed(inserted.failure))
         const won = new Set(inserted.value.map((r) => r.tx_id))
         // Within one batch the first record of a txId is the one inserted; the rest lost to it.
         const winners = new Map<string, CoreLog.DecisionRecord>()
@@ -213,10 +224,10 @@ const build = (client: Client, options: Options) =>
         }
         if (losers.length > 0) {
           const rows = await send<DecisionRow>(READ_SQL, [losers])
-          if (!rows.ok) return Effect.fail(failed(rows.failure))
+          if (!rows.ok) return Either.left(failed(rows.failure))
           for (const row of rows.value) winners.set(row.tx_id, toRecord(row))
         }
-        return Effect.succeed(records.map((r) => winners.get(r.txId) ?? r))
+        return Either.right(records.map((r) => winners.get(r.txId) ?? r))
       })
 
     let decide: (

@@ -88,6 +88,20 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     })
   )
 
+  it.live("postgres.js participants offer direct calls twinned with their own Effect calls", () =>
+    Effect.gen(function* () {
+      const { pa } = yield* participants
+      // The coordinator runs a phase's calls without a fiber each only through these.
+      expect(Participant.directCall(pa, "prepare")).toBe(pa.direct?.prepare)
+      expect(Participant.directCall(pa, "commit")).toBe(pa.direct?.commit)
+      expect(Participant.directCall(pa, "commitOnePhase")).toBe(pa.direct?.commitOnePhase)
+      expect(pa.direct?.prepare).toBeTypeOf("function")
+      // A wrapper of commit is honoured: the direct commit is no longer used for it.
+      expect(Participant.directCall({ ...pa, commit: pa.commit }, "commit")).toBe(pa.direct?.commit)
+      expect(Participant.directCall({ ...pa, commit: (ctx) => pa.commit(ctx) }, "commit")).toBeUndefined()
+    })
+  )
+
   it.live("a CHECK violation is a No vote with SQLSTATE 23514 and both branches roll back", () =>
     Effect.gen(function* () {
       const { pa, pb } = yield* participants

@@ -57,6 +57,14 @@ describe("PgParticipant on PGlite", () => {
 
   const logLayer = () => PgTransactionLog.layerPglite(dbLog)
 
+  it.live("PGlite participants have no direct calls: their branches go through the gate's Effects", () =>
+    Effect.gen(function* () {
+      const { pa } = yield* participants
+      expect(pa.direct).toBeUndefined()
+      expect(Participant.directCall(pa, "prepare")).toBeUndefined()
+    })
+  )
+
   it.live("both branches commit", () =>
     Effect.gen(function* () {
       const { pa, pb } = yield* participants

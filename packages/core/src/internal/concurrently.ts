@@ -1,4 +1,5 @@
-import { Clock, Duration, Effect, Fiber, Option } from "effect"
+import { Clock, Duration, Effect, type Either, Fiber, Option } from "effect"
+import { fromStarted, type Started } from "../Participant.js"
 
 /**
  * Runs `f` over `items` concurrently, results in order. A transaction has a handful of branches;
@@ -103,4 +104,83 @@ export const forEachWithin = <A, B, R>(
       yield* Fiber.interruptAll(fibers.filter((_, i) => Option.isNone(results[i]!)))
     }
     return results
+  })
+
+/**
+ * `forEachWithin` for calls that are started Promises (`Participant.direct`): no fiber per call.
+ * ONE `Effect.async` starts every call, counts them down and holds the bound's `setTimeout`; when
+ * the bound fires, the unfinished calls are abandoned and their clean-up awaited before this
+ * returns, as `forEachWithin` awaits the interruption of its fibers. Interrupted itself, it
+ * abandons every unfinished call and awaits them too. Under any clock but Effect's live one it is
+ * `forEachWithin` over `fromStarted`, so `TestClock` and the simulator drive the bound.
+ */
+export const forEachStarted = <A, B, E>(
+  items: ReadonlyArray<A>,
+  start: (item: A, index: number) => Started<B, E>,
+  bound: Duration.Duration
+): Effect.Effect<Array<Option.Option<Either.Either<B, E>>>> =>
+  Effect.flatMap(Effect.clock, (clock) => {
+    if (clock.constructor !== LiveClock) {
+      return forEachWithin(items, (item, i) => Effect.either(fromStarted(() => start(item, i))), bound)
+    }
+    const results: Array<Option.Option<Either.Either<B, E>>> = items.map(() => Option.none())
+    if (items.length === 0) return Effect.succeed(results)
+    return Effect.async<Array<Option.Option<Either.Either<B, E>>>>((resume) => {
+      let left = items.length
+      let finished = false
+      const calls: Array<Started<B, E>> = []
+      /** Abandons the unfinished calls; resolves once every call has settled. */
+      const abandonRest = () => {
+        const waits: Array<Promise<unknown>> = []
+        for (let i = 0; i < calls.length; i++) {
+          if (Option.isNone(results[i]!)) {
+            calls[i]!.abandon()
+            waits.push(calls[i]!.result.catch(() => undefined))
+          }
+        }
+        return Promise.all(waits).then(() => undefined)
+      }
+      let cancelTimer: () => void = () => undefined
+      const end = () => {
+        finished = true
+        cancelTimer()
+      }
+      for (let i = 0; i < items.length; i++) {
+        let call: Started<B, E>
+        try {
+          call = start(items[i]!, i)
+        } catch (defect) {
+          // A bug in the participant: the calls already started are abandoned, not leaked.
+          end()
+          abandonRest().then(() => resume(Effect.die(defect)))
+          return
+        }
+        calls.push(call)
+        call.result.then(
+          (either) => {
+            if (finished) return
+            results[i] = Option.some(either)
+            if (--left === 0) {
+              end()
+              resume(Effect.succeed(results))
+            }
+          },
+          (defect: unknown) => {
+            if (finished) return
+            end()
+            abandonRest().then(() => resume(Effect.die(defect)))
+          }
+        )
+      }
+      cancelTimer = longTimer(Duration.toMillis(bound), () => {
+        if (finished) return
+        end()
+        abandonRest().then(() => resume(Effect.succeed(results)))
+      })
+      return Effect.promise(() => {
+        if (finished) return Promise.resolve()
+        end()
+        return abandonRest()
+      })
+    })
   })

@@ -3,7 +3,8 @@
  * query returning rows, and a multi-statement script (simple protocol).
  */
 import type { PGlite } from "@electric-sql/pglite"
-import { Duration, Effect } from "effect"
+import { Participant } from "@accord/core"
+import { Duration, Effect, type Either } from "effect"
 import type postgres from "postgres"
 import { type PgFailure, toFailure } from "./errors.js"
 
@@ -80,32 +81,50 @@ export const settle = <A>(p: Promise<A>): Promise<Settled<A>> =>
     (error: unknown) => ({ ok: false, failure: toFailure(error) })
   )
 
+/** The `send` a statement body is given: each statement settled, never thrown, and cancellable. */
+export type Send = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Settled<Array<T>>>
+
 /**
- * Statements over `client` as ONE Effect: `body` sends them through the `send` it is given (each
- * settled, never thrown) and resolves with the Effect to return. Interrupted, every statement
- * still in flight is cancelled and the body is waited for, at most `cancelMs`. One `Effect.async`
- * in place of one per statement: on a small machine each costs as much CPU as a round trip.
+ * Statements over `client` as ONE started call (`Participant.Started`): `body` sends them through
+ * the `send` it is given and resolves with the outcome. Abandoned, every statement still in flight
+ * is cancelled and the result settles once the body has, or rejects `cancelMs` later.
+ */
+export const startVia = <A, E>(
+  client: Client,
+  cancelMs: number,
+  body: (send: Send) => Promise<Either.Either<A, E>>
+): Participant.Started<A, E> => {
+  const inflight: Array<Cancellable> = []
+  let abandoned: (() => void) | undefined
+  // Rejects only after an abandon, once `cancelMs` passed: the caller has stopped listening then.
+  const gaveUp = new Promise<never>((_, reject) => {
+    abandoned = () => {
+      abandoned = undefined
+      for (const q of inflight) q.cancel?.()
+      delay(cancelMs).then(() => reject(new Error(`abandoned statements still running after ${cancelMs} ms`)))
+    }
+  })
+  gaveUp.catch(noop)
+  const done = body(<T>(text: string, params?: ReadonlyArray<unknown>) => {
+    const sent = client.send<T>(text, params)
+    inflight.push(sent)
+    return settle(sent)
+  })
+  return {
+    result: Promise.race([done, gaveUp]),
+    abandon: () => abandoned?.()
+  }
+}
+
+/**
+ * `startVia` as ONE Effect, in place of one `Effect.async` per statement: on a small machine each
+ * costs as much CPU as a round trip. Interrupted, it cancels and waits as `startVia` abandons.
  */
 export const viaPromise = <A, E>(
   client: Client,
   cancelMs: number,
-  body: (
-    send: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Settled<Array<T>>>
-  ) => Promise<Effect.Effect<A, E>>
-): Effect.Effect<A, E> =>
-  Effect.async<A, E>((resume) => {
-    const inflight: Array<Cancellable> = []
-    const pending = body(<T>(text: string, params?: ReadonlyArray<unknown>) => {
-      const sent = client.send<T>(text, params)
-      inflight.push(sent)
-      return settle(sent)
-    })
-    pending.then(resume, (error: unknown) => resume(Effect.die(error)))
-    return Effect.promise(() => {
-      for (const q of inflight) q.cancel?.()
-      return Promise.race([pending.then(noop, noop), delay(cancelMs)])
-    })
-  })
+  body: (send: Send) => Promise<Either.Either<A, E>>
+): Effect.Effect<A, E> => Participant.fromStarted(() => startVia(client, cancelMs, body))
 
 const noop = () => undefined
 
