@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Option, Schedule, TestClock } from "effect"
+import { Duration, Effect, Fiber, Metric, Option, Schedule, TestClock, Tracer } from "effect"
 import { branch } from "../src/Participant.js"
 import * as TransactionId from "../src/TransactionId.js"
 import * as TransactionLog from "../src/TransactionLog.js"
@@ -216,6 +216,86 @@ describe("TwoPhaseCommit.run", () => {
         expect(Option.isSome(yield* log.decision(txId))).toBe(true)
       })
     )
+  )
+})
+
+/** A tracer that keeps every span it starts, with its attributes. */
+const recordingTracer = () => {
+  const spans: Array<Tracer.Span> = []
+  const tracer = Tracer.make({
+    span: (name, parent, context, links, startTime, kind) => {
+      const attributes = new Map<string, unknown>()
+      const span: Tracer.Span = {
+        _tag: "Span",
+        name,
+        spanId: `span-${spans.length}`,
+        traceId: "trace",
+        parent,
+        context,
+        status: { _tag: "Started", startTime },
+        attributes,
+        links,
+        sampled: true,
+        kind,
+        end: () => undefined,
+        attribute: (key, value) => {
+          attributes.set(key, value)
+        },
+        event: () => undefined,
+        addLinks: () => undefined
+      }
+      spans.push(span)
+      return span
+    },
+    context: (f) => f()
+  })
+  return { spans, tracer }
+}
+
+describe("TwoPhaseCommit.run observability", () => {
+  it.effect(
+    "the run's span carries the txId, branches, phase timings and outcome; the metrics count it",
+    () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          const committed = Metric.tagged(TwoPhaseCommit.outcomes, "outcome", "Committed")
+          const aborted = Metric.tagged(TwoPhaseCommit.outcomes, "outcome", "Aborted")
+          const before = [(yield* Metric.value(committed)).count, (yield* Metric.value(aborted)).count]
+          const latencyBefore = (yield* Metric.value(TwoPhaseCommit.latency)).count
+          const { spans, tracer } = recordingTracer()
+          const a = yield* MemoryParticipant.make("bank-a")
+          const b = yield* MemoryParticipant.make("bank-b")
+          const no = yield* MemoryParticipant.make("bank-c", { vote: "no" })
+          const ok = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)]).pipe(
+            Effect.withTracer(tracer)
+          )
+          const refused = yield* TwoPhaseCommit.run([
+            branch(a.participant, 3),
+            branch(no.participant, 4)
+          ]).pipe(Effect.withTracer(tracer))
+          const runs = spans.filter((s) => s.name === "TwoPhaseCommit.run")
+          expect(runs).toHaveLength(2)
+          expect(Object.fromEntries(runs[0]!.attributes)).toEqual({
+            txId: ok.txId,
+            branches: "bank-a,bank-b",
+            prepareMs: 0,
+            decideMs: 0,
+            outcome: "Committed",
+            ms: 0
+          })
+          expect(Object.fromEntries(runs[1]!.attributes)).toEqual({
+            txId: refused.txId,
+            branches: "bank-a,bank-c",
+            prepareMs: 0,
+            aborted: "bank-c: insufficient funds",
+            outcome: "Aborted",
+            ms: 0
+          })
+          expect((yield* Metric.value(committed)).count - before[0]!).toBe(1)
+          expect((yield* Metric.value(aborted)).count - before[1]!).toBe(1)
+          expect((yield* Metric.value(TwoPhaseCommit.latency)).count - latencyBefore).toBe(2)
+        })
+      )
   )
 })
 
