@@ -11,8 +11,9 @@
  * - `raw branch` / `PgParticipant branch`: one branch on bank A, prepared then committed.
  * - `raw decision insert` / `PgTransactionLog.decide`: the forced commit decision (plus, for the
  *   log, its batched completion).
- * - `promises only` / `core only, async participants`: the coordinator's control flow with
- *   participants and a log that answer after `setImmediate`, no database.
+ * - `promises only` / `core only, async participants`: the coordinator's control flow with Promise
+ *   participants (with direct calls, as PgParticipant's) and a log that answer after `setImmediate`,
+ *   no database.
  * - `raw2pc transaction` / `accord SQL by hand` / `accord2pc transaction`: one whole transfer, as
  *   in the table modes; the middle one sends Accord's statements from a hand-written script, so
  *   its gap to `raw2pc` is the SQL's and the gap from it to `accord2pc` the coordinator code's.
@@ -25,6 +26,7 @@ import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
 import { Effect, Either, Exit, Layer, ManagedRuntime, Option, Scope } from "effect"
 import type postgres from "postgres"
+import * as CoreOverhead from "./CoreOverhead.js"
 import * as Modes from "./Modes.js"
 import * as Server from "./Server.js"
 
@@ -225,17 +227,12 @@ const later = <A>(value: A): Effect.Effect<A> =>
     setImmediate(() => resume(Effect.succeed(value)))
   })
 
-const asyncParticipant = (name: string): Participant.Participant<null> => ({
-  name: name as Participant.Participant["name"],
-  verify: Effect.void,
-  prepare: () => later(Participant.Vote.Prepared()),
-  commitOnePhase: () => later(Participant.OnePhaseResult.Committed()),
-  commit: () => later("Committed" as const),
-  rollback: () => later("RolledBack" as const),
-  state: () => later("committed" as const),
-  inDoubt: Effect.succeed([]),
-  forget: () => Effect.void
-})
+/** Answers on a later turn of the event loop, with direct calls as PgParticipant's. */
+const asyncParticipant = (name: string) =>
+  CoreOverhead.promiseParticipant(
+    name,
+    (value) => new Promise((resolve) => setImmediate(() => resolve(value)))
+  )
 
 const asyncLog: TransactionLog.TransactionLog["Type"] = {
   decide: (record) => later(record),

@@ -1,24 +1,49 @@
 /**
  * What the coordinator itself costs, without any database: `TwoPhaseCommit.run` over participants
- * that answer at once and a log that records nothing, one transaction after another. The CPU time
+ * whose Promises resolve at once (with direct calls, as PgParticipant's) and a log that records nothing, one transaction after another. The CPU time
  * per transaction is the floor Accord adds to every real transaction on this machine.
  *
  * @since 0.1.0
  */
 import { Participant, TransactionLog, TwoPhaseCommit } from "@accord/core"
-import { Effect, Layer, ManagedRuntime, Option } from "effect"
+import { Effect, Either, Layer, ManagedRuntime, Option } from "effect"
 
-const instant = (name: string): Participant.Participant<null> => ({
-  name: name as Participant.Participant["name"],
-  verify: Effect.void,
-  prepare: () => Effect.succeed(Participant.Vote.Prepared()),
-  commitOnePhase: () => Effect.succeed(Participant.OnePhaseResult.Committed()),
-  commit: () => Effect.succeed("Committed" as const),
-  rollback: () => Effect.succeed("RolledBack" as const),
-  state: () => Effect.succeed("committed" as const),
-  inDoubt: Effect.succeed([]),
-  forget: () => Effect.void
-})
+/**
+ * A participant whose calls are Promises answered by `answer`, with Promise-level calls
+ * (`Participant.direct`) and Effect twins over them, as PgParticipant has for postgres.js.
+ * @since 0.1.0
+ */
+export const promiseParticipant = (
+  name: string,
+  answer: <A>(value: A) => Promise<A>
+): Participant.Participant<null> => {
+  const started = <A>(value: A): Participant.Started<A, never> => ({
+    result: answer(value).then(Either.right),
+    abandon: () => undefined
+  })
+  const direct = {
+    prepare: () => started(Participant.Vote.Prepared()),
+    commitOnePhase: () => started(Participant.OnePhaseResult.Committed()),
+    commit: () => started("Committed" as const)
+  }
+  const twins = {
+    prepare: () => Participant.fromStarted(direct.prepare),
+    commitOnePhase: () => Participant.fromStarted(direct.commitOnePhase),
+    commit: () => Participant.fromStarted(direct.commit)
+  }
+  return {
+    name: name as Participant.Participant["name"],
+    verify: Effect.void,
+    ...twins,
+    rollback: () => Effect.promise(() => answer("RolledBack" as const)),
+    state: () => Effect.promise(() => answer("committed" as const)),
+    inDoubt: Effect.succeed([]),
+    forget: () => Effect.void,
+    direct: { ...direct, twins }
+  }
+}
+
+const instant = (name: string) => promiseParticipant(name, (value) => Promise.resolve(value))
 
 const nullLog: TransactionLog.TransactionLog["Type"] = {
   decide: (record) => Effect.succeed(record),
