@@ -6,19 +6,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Fiber, Schedule, TestClock } from "effect"
 import { branch } from "../src/Participant.js"
-import * as TransactionLog from "../src/TransactionLog.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as PromiseParticipant from "./support/PromiseParticipant.js"
-
-const withLog = <A, E>(
-  body: (
-    log: Effect.Effect.Success<typeof TransactionLog.makeMemory>
-  ) => Effect.Effect<A, E, TransactionLog.TransactionLog>
-) =>
-  Effect.gen(function* () {
-    const log = yield* TransactionLog.makeMemory
-    return yield* body(log).pipe(Effect.provideService(TransactionLog.TransactionLog, log))
-  })
+import { withLog } from "./support/withLog.js"
 
 describe("TwoPhaseCommit.run over direct calls (live clock)", () => {
   it.live("calls prepare and commit directly, never through the Effect twins, and commits", () =>

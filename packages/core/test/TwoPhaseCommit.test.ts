@@ -2,19 +2,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Metric, Option, Schedule, TestClock, Tracer } from "effect"
 import { branch } from "../src/Participant.js"
 import * as TransactionId from "../src/TransactionId.js"
-import * as TransactionLog from "../src/TransactionLog.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
-
-const withLog = <A, E>(
-  body: (
-    log: Effect.Effect.Success<typeof TransactionLog.makeMemory>
-  ) => Effect.Effect<A, E, TransactionLog.TransactionLog>
-) =>
-  Effect.gen(function* () {
-    const log = yield* TransactionLog.makeMemory
-    return yield* body(log).pipe(Effect.provideService(TransactionLog.TransactionLog, log))
-  })
+import { withLog } from "./support/withLog.js"
 
 describe("TwoPhaseCommit.run", () => {
   it.effect("commits both branches after forcing the commit decision", () =>
