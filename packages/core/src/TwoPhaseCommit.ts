@@ -437,7 +437,9 @@ const runTransaction = Effect.fnUntraced(function* (branches: ReadonlyArray<AnyB
   const schedule = options.commitSchedule ?? defaults.commitSchedule
   const deadline = started + Duration.toMillis(transactionTimeout)
 
-  // Phase timings and the abort reason, written to the span with the outcome in one step.
+  // Phase timings and the abort reason, written to the span with the outcome in one step. A run
+  // that fails instead (a log that cannot be written at the commit point) ends its span with the
+  // error, its txId and branches, without these.
   const timings: Record<string, string | number> = {}
   const finish = (outcome: Outcome) =>
     Effect.withFiberRuntime<Outcome>((fiber) => {
