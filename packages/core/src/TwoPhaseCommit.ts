@@ -34,6 +34,7 @@ import {
   type Direct,
   directCall,
   OnePhaseResult,
+  type Started,
   Vote
 } from "./Participant.js"
 import { BranchCallError, InvalidTransactionError, type LogError, TimeoutError } from "./TransactionError.js"
@@ -199,24 +200,16 @@ interface PrepareResult {
   readonly definite: boolean
 }
 
-/**
- * The hot path carries no span or timeout per branch call: on the benchmark box a span costs about
- * 25 µs, an `Effect.fn` wrapper about 40 µs and an `Effect.timeout` about 115 µs, against about
- * 110 µs of client CPU for a whole statement round trip. Each phase has one timer
- * (`forEachWithin`); the run's span carries the phase timings as attributes.
- */
-const prepareBranch = (r: Resolved): Effect.Effect<PrepareResult> =>
-  r.participant.prepare(r.ctx, r.work).pipe(
-    Effect.map((vote): PrepareResult => ({ vote, definite: true })),
-    // A failed prepare is a No vote; the branch may still become prepared, so it is rolled back
-    // with the others (`definite: false`).
-    Effect.catchAll((e) =>
-      Effect.succeed<PrepareResult>({ vote: Vote.No({ reason: e.message }), definite: false })
-    )
-  )
+/** What each branch call answers. */
+interface CallAnswer {
+  readonly prepare: Vote
+  readonly commitOnePhase: OnePhaseResult
+  readonly commit: CommitAck
+}
+type BranchCall = keyof CallAnswer
 
 /** Every branch's Promise-level `call` (see `Participant.direct`), or undefined unless all have it. */
-const directOf = <K extends "prepare" | "commitOnePhase" | "commit">(
+const directOf = <K extends BranchCall>(
   resolved: ReadonlyArray<Resolved>,
   call: K
 ): ReadonlyArray<Direct<unknown>[K]> | undefined => {
@@ -229,7 +222,44 @@ const directOf = <K extends "prepare" | "commitOnePhase" | "commit">(
   return calls
 }
 
-/** A started call's result as `prepareBranch` makes it: a failure is a No that may still be prepared. */
+/**
+ * Every branch's `call` concurrently under ONE bound: `Some` with the answer or the failure when
+ * it came in time, `None` when it had not (that call was interrupted or abandoned). Promise-level
+ * calls inside one `Effect.async` when every branch has them, a fiber per call otherwise.
+ *
+ * The hot path carries no span or timeout per branch call: on the benchmark box a span costs about
+ * 25 µs, an `Effect.fn` wrapper about 40 µs and an `Effect.timeout` about 115 µs, against about
+ * 110 µs of client CPU for a whole statement round trip; the run's span carries the phase timings.
+ */
+const callAll = <K extends BranchCall>(
+  resolved: ReadonlyArray<Resolved>,
+  call: K,
+  bound: Duration.Duration
+): Effect.Effect<Array<Option.Option<Either.Either<CallAnswer[K], BranchCallError>>>> => {
+  // `commit` ignores the work it is passed; the casts only pick one member of a union by `call`.
+  const direct = directOf(resolved, call) as
+    | ReadonlyArray<(ctx: BranchContext, work: unknown) => Started<CallAnswer[K], BranchCallError>>
+    | undefined
+  if (direct !== undefined) return forEachStarted(resolved, (r, i) => direct[i]!(r.ctx, r.work), bound)
+  return forEachWithin(
+    resolved,
+    (r) =>
+      Effect.either(
+        (
+          r.participant[call] as (
+            ctx: BranchContext,
+            work: unknown
+          ) => Effect.Effect<CallAnswer[K], BranchCallError>
+        )(r.ctx, r.work)
+      ),
+    bound
+  )
+}
+
+/**
+ * A prepare's answer as a vote. A failed prepare is a No vote; the branch may still become
+ * prepared, so it is rolled back with the others (`definite: false`).
+ */
 const toPrepareResult = (done: Either.Either<Vote, BranchCallError>): PrepareResult =>
   Either.isRight(done)
     ? { vote: done.right, definite: true }
@@ -239,19 +269,11 @@ const toPrepareResult = (done: Either.Either<Vote, BranchCallError>): PrepareRes
  * Prepares every branch concurrently under one bound for the whole phase (one timer, not one per
  * branch); a branch that has not answered when it fires is interrupted and counts as No.
  */
-const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duration) => {
-  const direct = directOf(resolved, "prepare")
-  const phase: Effect.Effect<Array<Option.Option<PrepareResult>>> =
-    direct === undefined
-      ? forEachWithin(resolved, prepareBranch, bound)
-      : Effect.map(
-          forEachStarted(resolved, (r, i) => direct[i]!(r.ctx, r.work), bound),
-          (results) => results.map((o) => Option.map(o, toPrepareResult))
-        )
-  return Effect.map(phase, (results) =>
+const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duration) =>
+  Effect.map(callAll(resolved, "prepare", bound), (results) =>
     resolved.map((r, i): PrepareResult => {
       const result = results[i]!
-      if (Option.isSome(result)) return result.value
+      if (Option.isSome(result)) return toPrepareResult(result.value)
       return {
         vote: Vote.No({
           reason: new TimeoutError({
@@ -265,7 +287,6 @@ const preparePhase = (resolved: ReadonlyArray<Resolved>, bound: Duration.Duratio
       }
     })
   )
-}
 
 /** One phase-2 call bounded by `callTimeout`, retried with `schedule` (the slow path). */
 const commitBranch = (
@@ -303,12 +324,7 @@ const commitPhase = (
   Effect.gen(function* () {
     const now = clock.unsafeCurrentTimeMillis()
     const remaining = Duration.millis(Math.max(0, deadline - now))
-    const bound = Duration.min(callTimeout, remaining)
-    const direct = directOf(writers, "commit")
-    const first =
-      direct === undefined
-        ? yield* forEachWithin(writers, (r) => Effect.either(r.participant.commit(r.ctx)), bound)
-        : yield* forEachStarted(writers, (r, i) => direct[i]!(r.ctx), bound)
+    const first = yield* callAll(writers, "commit", Duration.min(callTimeout, remaining))
     const acks: Array<Option.Option<CommitAck>> = first.map((o) =>
       Option.isSome(o) && Either.isRight(o.value) ? Option.some(o.value.right) : Option.none()
     )
@@ -342,16 +358,7 @@ const rollbackBranch = (
 
 const onePhase = (r: Resolved, timeout: Duration.Duration) =>
   Effect.gen(function* () {
-    const direct = directCall(r.participant, "commitOnePhase")
-    const done = (
-      direct === undefined
-        ? yield* forEachWithin(
-            [r],
-            (x) => Effect.either(x.participant.commitOnePhase(x.ctx, x.work)),
-            timeout
-          )
-        : yield* forEachStarted([r], (x) => direct(x.ctx, x.work), timeout)
-    )[0]!
+    const done = (yield* callAll([r], "commitOnePhase", timeout))[0]!
     if (Option.isNone(done)) {
       // The COMMIT may have been sent: the outcome is unknown, not failed.
       return yield* new BranchCallError({
