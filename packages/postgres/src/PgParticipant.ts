@@ -28,11 +28,11 @@ import type postgres from "postgres"
 import {
   type Client,
   defaultCancelTimeout,
-  delay,
   fromPglite,
   fromPostgres,
   startVia,
   statement,
+  unlessGivenUp,
   usesPreparedStatements,
   viaPromise
 } from "./internal/client.js"
@@ -248,11 +248,10 @@ const startPgBranch = (
     (ending) => Either.right(ending),
     (failure: StageFailure) => Either.left(failure)
   )
-  const gaveUp = control.whenAbandoned
-    .then(() => delay(3 * cancelMs))
-    .then(() => Promise.reject(new Error(`branch ${ctx.gid} still cleaning up after ${3 * cancelMs} ms`)))
-  gaveUp.catch(noop)
-  return { result: Promise.race([done, gaveUp]), abandon: () => control.abandon() }
+  return {
+    result: unlessGivenUp(done, control.whenAbandoned, 3 * cancelMs, `branch ${ctx.gid}'s clean-up`),
+    abandon: () => control.abandon()
+  }
 }
 
 /** A started call with its value mapped (the abandon is the same). */
@@ -358,20 +357,32 @@ const pgliteBranch = (
 // ---------------------------------------------------------------------------------------------
 // The participant
 
+/**
+ * How a driver runs a branch: as a started Promise (postgres.js, which then offers `direct` calls)
+ * or as an Effect (PGlite, whose gate is an Effect).
+ */
+type BranchRunner =
+  | {
+      readonly _tag: "Started"
+      readonly start: (
+        ctx: Participant.BranchContext,
+        mode: Mode,
+        work: PgWork
+      ) => Participant.Started<Ending, StageFailure>
+    }
+  | {
+      readonly _tag: "Effect"
+      readonly branch: (
+        ctx: Participant.BranchContext,
+        mode: Mode,
+        work: PgWork
+      ) => Effect.Effect<Ending, StageFailure>
+    }
+
 interface Driver {
   readonly kind: "postgres" | "pglite"
   readonly client: Client
-  readonly branch: (
-    ctx: Participant.BranchContext,
-    mode: Mode,
-    work: PgWork
-  ) => Effect.Effect<Ending, StageFailure>
-  /** postgres.js: the branch as a started Promise (then `branch` is this, as an Effect). */
-  readonly start?: (
-    ctx: Participant.BranchContext,
-    mode: Mode,
-    work: PgWork
-  ) => Participant.Started<Ending, StageFailure>
+  readonly runner: BranchRunner
   /** Called once a prepared branch is resolved (PGlite: leaves the gate). */
   readonly resolved: (gid: TransactionId.Gid) => void
   readonly fix: string
@@ -545,12 +556,6 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     })
   }
 
-  type Start = NonNullable<Driver["start"]>
-  const startPrepare = (start: Start, ctx: Participant.BranchContext, work: PgWork) =>
-    mapStarted(start(ctx, "prepare", work), (ended) => voteOf(ctx, ended))
-  const startOnePhase = (start: Start, ctx: Participant.BranchContext, work: PgWork) =>
-    mapStarted(start(ctx, "onePhase", work), (ended) => onePhaseOf(ctx, ended))
-
   const startCommit = (
     ctx: Participant.BranchContext
   ): Participant.Started<Participant.CommitAck, TransactionError.BranchCallError> =>
@@ -560,31 +565,33 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       )
     )
 
-  const start = driver.start
-  // The Effect calls: over the started ones when the driver has them (postgres.js), so that the
-  // Effect and Promise calls are one implementation.
-  const prepare = (ctx: Participant.BranchContext, work: PgWork) =>
-    start === undefined
-      ? Effect.flatMap(Effect.either(driver.branch(ctx, "prepare", work)), (ended) => voteOf(ctx, ended))
-      : Participant.fromStarted(() => startPrepare(start, ctx, work))
-
-  const commitOnePhase = (ctx: Participant.BranchContext, work: PgWork) =>
-    start === undefined
-      ? Effect.flatMap(Effect.either(driver.branch(ctx, "onePhase", work)), (ended) => onePhaseOf(ctx, ended))
-      : Participant.fromStarted(() => startOnePhase(start, ctx, work))
-
   const commit = (ctx: Participant.BranchContext) => Participant.fromStarted(() => startCommit(ctx))
 
-  /** The Promise-level calls, for the postgres.js driver (see `Participant.direct`). */
-  const direct: Participant.Direct<PgWork> | undefined =
-    start === undefined
-      ? undefined
-      : {
-          prepare: (ctx, work) => startPrepare(start, ctx, work),
-          commitOnePhase: (ctx, work) => startOnePhase(start, ctx, work),
-          commit: startCommit,
-          twins: { prepare, commitOnePhase, commit }
-        }
+  // prepare and commitOnePhase: over the started branch when the driver has one (postgres.js), so
+  // that the Effect and the Promise-level calls are one implementation.
+  const runner = driver.runner
+  let prepare: Participant.Participant<PgWork>["prepare"]
+  let commitOnePhase: Participant.Participant<PgWork>["commitOnePhase"]
+  let direct: Participant.Direct<PgWork> | undefined
+  if (runner._tag === "Started") {
+    const startPrepare = (ctx: Participant.BranchContext, work: PgWork) =>
+      mapStarted(runner.start(ctx, "prepare", work), (ended) => voteOf(ctx, ended))
+    const startOnePhase = (ctx: Participant.BranchContext, work: PgWork) =>
+      mapStarted(runner.start(ctx, "onePhase", work), (ended) => onePhaseOf(ctx, ended))
+    prepare = (ctx, work) => Participant.fromStarted(() => startPrepare(ctx, work))
+    commitOnePhase = (ctx, work) => Participant.fromStarted(() => startOnePhase(ctx, work))
+    direct = {
+      prepare: startPrepare,
+      commitOnePhase: startOnePhase,
+      commit: startCommit,
+      twins: { prepare, commitOnePhase, commit }
+    }
+  } else {
+    prepare = (ctx, work) =>
+      Effect.flatMap(Effect.either(runner.branch(ctx, "prepare", work)), (ended) => voteOf(ctx, ended))
+    commitOnePhase = (ctx, work) =>
+      Effect.flatMap(Effect.either(runner.branch(ctx, "onePhase", work)), (ended) => onePhaseOf(ctx, ended))
+  }
 
   /**
    * Recovery's batch: every gid's `COMMIT PREPARED` / `ROLLBACK PREPARED` sent at once (the pool
@@ -744,11 +751,10 @@ export const make = (
     {
       kind: "postgres",
       client: fromPostgres(options.sql),
-      branch: (ctx, mode, work) =>
-        Participant.fromStarted(() =>
-          startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout)
-        ),
-      start: (ctx, mode, work) => startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout),
+      runner: {
+        _tag: "Started",
+        start: (ctx, mode, work) => startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout)
+      },
       resolved: noop,
       fix: postgresFix
     },
@@ -774,8 +780,11 @@ export const makePglite = (
       {
         kind: "pglite",
         client: fromPglite(options.db),
-        branch: (ctx, mode, work) =>
-          pgliteBranch(options.db, gate, lockTimeout, ctx, mode, work, cancelTimeout),
+        runner: {
+          _tag: "Effect",
+          branch: (ctx, mode, work) =>
+            pgliteBranch(options.db, gate, lockTimeout, ctx, mode, work, cancelTimeout)
+        },
         resolved: (gid) => gate.leave(gid),
         fix: 'open PGlite with PgParticipant.openPglite(dataDir), i.e. startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]'
       },

@@ -95,25 +95,40 @@ export const startVia = <A, E>(
   body: (send: Send) => Promise<Either.Either<A, E>>
 ): Participant.Started<A, E> => {
   const inflight: Array<Cancellable> = []
-  let abandoned: (() => void) | undefined
-  // Rejects only after an abandon, once `cancelMs` passed: the caller has stopped listening then.
-  const gaveUp = new Promise<never>((_, reject) => {
-    abandoned = () => {
-      abandoned = undefined
+  let abandon: (() => void) | undefined
+  const abandoned = new Promise<void>((resolve) => {
+    abandon = () => {
+      abandon = undefined
       for (const q of inflight) q.cancel?.()
-      delay(cancelMs).then(() => reject(new Error(`abandoned statements still running after ${cancelMs} ms`)))
+      resolve()
     }
   })
-  gaveUp.catch(noop)
   const done = body(<T>(text: string, params?: ReadonlyArray<unknown>) => {
     const sent = client.send<T>(text, params)
     inflight.push(sent)
     return settle(sent)
   })
   return {
-    result: Promise.race([done, gaveUp]),
-    abandon: () => abandoned?.()
+    result: unlessGivenUp(done, abandoned, cancelMs, "abandoned statements"),
+    abandon: () => abandon?.()
   }
+}
+
+/**
+ * `done`, unless `abandoned` resolved and `ms` more passed first: then a rejection, as a started
+ * call's result does when its clean-up outlives the bound (its caller has stopped listening).
+ */
+export const unlessGivenUp = <A>(
+  done: Promise<A>,
+  abandoned: Promise<void>,
+  ms: number,
+  what: string
+): Promise<A> => {
+  const gaveUp = abandoned
+    .then(() => delay(ms))
+    .then(() => Promise.reject(new Error(`${what} still running after ${ms} ms`)))
+  gaveUp.catch(noop)
+  return Promise.race([done, gaveUp])
 }
 
 /**
