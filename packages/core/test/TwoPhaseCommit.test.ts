@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Metric, Option, Schedule, TestClock, Tracer } from "effect"
+import type * as Participant from "../src/Participant.js"
 import { branch } from "../src/Participant.js"
 import * as TransactionId from "../src/TransactionId.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
@@ -286,6 +287,57 @@ describe("TwoPhaseCommit.run observability", () => {
           expect((yield* Metric.value(TwoPhaseCommit.latency)).count - latencyBefore).toBe(2)
         })
       )
+  )
+})
+
+describe("TwoPhaseCommit.run and the tracer", () => {
+  /** A participant that records the name of the span its prepare runs under. */
+  const spanSeeing = (participant: Participant.Participant<number>, seen: Array<string>) => ({
+    ...participant,
+    prepare: (ctx: Participant.BranchContext, work: number) =>
+      Effect.currentSpan.pipe(
+        Effect.match({ onFailure: () => "none", onSuccess: (span) => span.name }),
+        Effect.tap((name) => Effect.sync(() => seen.push(name))),
+        Effect.zipRight(participant.prepare(ctx, work))
+      )
+  })
+
+  it.effect("under Effect's built-in tracer the run makes no span and annotates none of the caller's", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const seen: Array<string> = []
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const [outcome, callerAttributes] = yield* Effect.gen(function* () {
+          const outcome = yield* TwoPhaseCommit.run([
+            branch(spanSeeing(a.participant, seen), 1),
+            branch(b.participant, 2)
+          ])
+          return [outcome, (yield* Effect.currentSpan).attributes.size] as const
+        }).pipe(Effect.withSpan("caller"))
+        expect(outcome._tag).toBe("Committed")
+        expect(seen).toEqual(["caller"])
+        expect(callerAttributes).toBe(0)
+      })
+    )
+  )
+
+  it.effect("under any other tracer the branch calls run inside the run's span", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const seen: Array<string> = []
+        const { spans, tracer } = recordingTracer()
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        yield* TwoPhaseCommit.run([
+          branch(spanSeeing(a.participant, seen), 1),
+          branch(b.participant, 2)
+        ]).pipe(Effect.withSpan("caller"), Effect.withTracer(tracer))
+        expect(seen).toEqual(["TwoPhaseCommit.run"])
+        const caller = spans.find((s) => s.name === "caller")!
+        expect(caller.attributes.size).toBe(0)
+      })
+    )
   )
 })
 
