@@ -127,9 +127,13 @@ where f.forced is not null
 order by d.n
 on conflict (tx_id) do nothing
 returning tx_id`
-/** `DECIDE_SQL` for one record (the usual case without group commit): no arrays to unnest. */
+/**
+ * `DECIDE_SQL` for one record (the usual case without group commit): no arrays to unnest. The
+ * branches go as text cast to jsonb on the server: a `$3::jsonb` parameter would make postgres.js
+ * JSON-encode the already encoded text again and store a jsonb string, not the array.
+ */
 const DECIDE_ONE_SQL = `insert into accord_decision (tx_id, decision, branches, decided_at)
-select $1::text, $2::text, $3::jsonb, to_timestamp($4::float8 / 1000.0)
+select $1::text, $2::text, $3::text::jsonb, to_timestamp($4::float8 / 1000.0)
 from (select set_config('synchronous_commit', 'on', true) as forced) as f
 where f.forced is not null
 on conflict (tx_id) do nothing
@@ -163,6 +167,8 @@ interface DecisionRow {
 const toRecord = (row: DecisionRow): CoreLog.DecisionRecord => ({
   txId: row.tx_id as CoreLog.DecisionRecord["txId"],
   decision: row.decision === "commit" ? "commit" : "abort",
+  // A jsonb string holding the array: what single decisions were stored as before DECIDE_ONE_SQL
+  // cast its text parameter on the server; such rows are still read right.
   branches: (typeof row.branches === "string"
     ? JSON.parse(row.branches)
     : row.branches) as CoreLog.DecisionRecord["branches"],

@@ -64,8 +64,38 @@ const decideCommits = (
 /** The behaviour every log must have, on whichever database `log` runs. */
 const contract = (
   name: string,
-  makeLog: () => Effect.Effect<PgTransactionLog.PgTransactionLog, unknown, import("effect").Scope.Scope>
+  makeLog: () => Effect.Effect<PgTransactionLog.PgTransactionLog, unknown, import("effect").Scope.Scope>,
+  /** A read of the log's database outside the log, as an operator's SQL would see it. */
+  select: () => (
+    text: string,
+    params: ReadonlyArray<unknown>
+  ) => Promise<ReadonlyArray<Record<string, unknown>>>
 ) => {
+  scopedLive(
+    `${name}: a decision's branches are stored as a jsonb array, whether written alone or in a batch`,
+    () =>
+      Effect.gen(function* () {
+        const log = yield* makeLog()
+        const alone = yield* TransactionId.make
+        yield* log.decide(record("commit", alone))
+        const together = yield* Effect.forEach(Array.from({ length: 8 }), () => TransactionId.make)
+        yield* Effect.forEach(together, (txId) => log.decide(record("commit", txId)), {
+          concurrency: "unbounded"
+        })
+        for (const txId of [alone, ...together]) {
+          const rows = yield* Effect.promise(() =>
+            select()(
+              "select jsonb_typeof(branches) as kind, branches->1->>'gid' as gid from accord_decision where tx_id = $1",
+              [txId]
+            )
+          )
+          expect(rows).toEqual([
+            { kind: "array", gid: TransactionId.gid(txId, "b" as TransactionId.BranchName) }
+          ])
+        }
+      })
+  )
+
   scopedLive(`${name}: the first decision written wins`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()
@@ -197,10 +227,20 @@ describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {
     await TestDatabase.dropDatabase(adminUrl, DB_LOG)
   }, 60_000)
 
-  contract("postgres.js", () => PgTransactionLog.make({ sql: pool.sql }))
-  contract("postgres.js with group commit", () => PgTransactionLog.make({ sql: pool.sql, groupCommit: true }))
-  contract("postgres.js with immediate completion", () =>
-    PgTransactionLog.make({ sql: pool.sql, completion: "immediate" })
+  const select = () => (text: string, params: ReadonlyArray<unknown>) =>
+    other.unsafe(text, params as Array<postgres.ParameterOrJSON<never>>) as unknown as Promise<
+      ReadonlyArray<Record<string, unknown>>
+    >
+  contract("postgres.js", () => PgTransactionLog.make({ sql: pool.sql }), select)
+  contract(
+    "postgres.js with group commit",
+    () => PgTransactionLog.make({ sql: pool.sql, groupCommit: true }),
+    select
+  )
+  contract(
+    "postgres.js with immediate completion",
+    () => PgTransactionLog.make({ sql: pool.sql, completion: "immediate" }),
+    select
   )
 
   scopedLive("batched completion writes 200 concurrent completions in far fewer updates", () =>
@@ -378,9 +418,13 @@ describe("PgTransactionLog on PGlite", () => {
   afterAll(async () => {
     await db?.close()
   })
-  contract("PGlite", () => PgTransactionLog.makePglite(db))
-  contract("PGlite with group commit", () => PgTransactionLog.makePglite(db, { groupCommit: true }))
-  contract("PGlite with immediate completion", () =>
-    PgTransactionLog.makePglite(db, { completion: "immediate" })
+  const select = () => async (text: string, params: ReadonlyArray<unknown>) =>
+    (await db.query<Record<string, unknown>>(text, [...params])).rows
+  contract("PGlite", () => PgTransactionLog.makePglite(db), select)
+  contract("PGlite with group commit", () => PgTransactionLog.makePglite(db, { groupCommit: true }), select)
+  contract(
+    "PGlite with immediate completion",
+    () => PgTransactionLog.makePglite(db, { completion: "immediate" }),
+    select
   )
 })
