@@ -249,7 +249,7 @@ const startPgBranch = (
     (failure: StageFailure) => Either.left(failure)
   )
   return {
-    result: unlessGivenUp(done, control.whenAbandoned, 3 * cancelMs, `branch ${ctx.gid}'s clean-up`),
+    result: unlessGivenUp(done, control, 3 * cancelMs, `branch ${ctx.gid}'s clean-up`),
     abandon: () => control.abandon()
   }
 }

@@ -85,6 +85,82 @@ export const settle = <A>(p: Promise<A>): Promise<Settled<A>> =>
 export type Send = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Settled<Array<T>>>
 
 /**
+ * A call that can be abandoned once. Listeners run when it is, at once if it already was: plain
+ * callbacks, not a Promise per call, because every branch and log call of every transaction makes
+ * one and most are never abandoned.
+ */
+export class Abandonment {
+  abandoned = false
+  private listeners: Array<() => void> | undefined
+  listen(listener: () => void): void {
+    if (this.abandoned) listener()
+    else (this.listeners ??= []).push(listener)
+  }
+  abandon(): void {
+    if (this.abandoned) return
+    this.abandoned = true
+    const listeners = this.listeners
+    this.listeners = undefined
+    if (listeners !== undefined) for (const listener of listeners) listener()
+  }
+}
+
+/**
+ * `p`, unless `abandonment` happens and `ms` more pass before `p` settles: then `gaveUp()` (its value,
+ * or its throw as a rejection). One timer, set only on abandonment and cleared when `p` settles.
+ */
+export const unlessAbandoned = <A, B>(
+  p: Promise<A>,
+  abandonment: Abandonment,
+  ms: number,
+  gaveUp: () => B
+): Promise<A | B> =>
+  new Promise<A | B>((resolve, reject) => {
+    let settled = false
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const stop = () => {
+      settled = true
+      if (timer !== undefined) clearTimeout(timer)
+    }
+    p.then(
+      (value) => {
+        stop()
+        resolve(value)
+      },
+      (error: unknown) => {
+        stop()
+        reject(error)
+      }
+    )
+    abandonment.listen(() => {
+      if (settled) return
+      timer = setTimeout(() => {
+        if (settled) return
+        settled = true
+        try {
+          resolve(gaveUp())
+        } catch (error) {
+          reject(error)
+        }
+      }, timerMillis(ms))
+    })
+  })
+
+/**
+ * `done`, unless abandoned and `ms` more passed first: then a rejection, as a started call's
+ * result does when its clean-up outlives the bound (its caller has stopped listening).
+ */
+export const unlessGivenUp = <A>(
+  done: Promise<A>,
+  abandonment: Abandonment,
+  ms: number,
+  what: string
+): Promise<A> =>
+  unlessAbandoned(done, abandonment, ms, () => {
+    throw new Error(`${what} still running after ${ms} ms`)
+  })
+
+/**
  * Statements over `client` as ONE started call (`Participant.Started`): `body` sends them through
  * the `send` it is given and resolves with the outcome. Abandoned, every statement still in flight
  * is cancelled and the result settles once the body has, or rejects `cancelMs` later.
@@ -95,13 +171,9 @@ export const startVia = <A, E>(
   body: (send: Send) => Promise<Either.Either<A, E>>
 ): Participant.Started<A, E> => {
   const inflight: Array<Cancellable> = []
-  let abandon: (() => void) | undefined
-  const abandoned = new Promise<void>((resolve) => {
-    abandon = () => {
-      abandon = undefined
-      for (const q of inflight) q.cancel?.()
-      resolve()
-    }
+  const abandonment = new Abandonment()
+  abandonment.listen(() => {
+    for (const q of inflight) q.cancel?.()
   })
   const done = body(<T>(text: string, params?: ReadonlyArray<unknown>) => {
     const sent = client.send<T>(text, params)
@@ -109,26 +181,9 @@ export const startVia = <A, E>(
     return settle(sent)
   })
   return {
-    result: unlessGivenUp(done, abandoned, cancelMs, "abandoned statements"),
-    abandon: () => abandon?.()
+    result: unlessGivenUp(done, abandonment, cancelMs, "abandoned statements"),
+    abandon: () => abandonment.abandon()
   }
-}
-
-/**
- * `done`, unless `abandoned` resolved and `ms` more passed first: then a rejection, as a started
- * call's result does when its clean-up outlives the bound (its caller has stopped listening).
- */
-export const unlessGivenUp = <A>(
-  done: Promise<A>,
-  abandoned: Promise<void>,
-  ms: number,
-  what: string
-): Promise<A> => {
-  const gaveUp = abandoned
-    .then(() => delay(ms))
-    .then(() => Promise.reject(new Error(`${what} still running after ${ms} ms`)))
-  gaveUp.catch(noop)
-  return Promise.race([done, gaveUp])
 }
 
 /**
@@ -141,14 +196,15 @@ export const viaPromise = <A, E>(
   body: (send: Send) => Promise<Either.Either<A, E>>
 ): Effect.Effect<A, E> => Participant.fromStarted(() => startVia(client, cancelMs, body))
 
-const noop = () => undefined
-
 /** Node's largest timer delay; a longer one would fire after 1 ms. */
 const MAX_TIMER_MS = 2_147_483_647
 
+/** `ms` as a timer delay (at most about 24.8 days: Node's timer limit). */
+const timerMillis = (ms: number) => Math.min(Math.max(0, ms), MAX_TIMER_MS)
+
 /** Resolves with "timeout" after `ms` (at most about 24.8 days: Node's timer limit). */
 export const delay = (ms: number): Promise<"timeout"> =>
-  new Promise((resolve) => setTimeout(() => resolve("timeout"), Math.min(Math.max(0, ms), MAX_TIMER_MS)))
+  new Promise((resolve) => setTimeout(() => resolve("timeout"), timerMillis(ms)))
 
 /**
  * Runs one statement as an Effect. When interrupted, the statement is cancelled on the server

@@ -23,7 +23,7 @@ import { type Participant, TransactionId } from "@accord/core"
 import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
-import { delay, sendOn, settle } from "./client.js"
+import { Abandonment, delay, sendOn, settle, unlessAbandoned } from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
@@ -123,20 +123,15 @@ export class Slots {
   }
 }
 
-/** How an interrupted caller reaches a running branch. */
-export class Control {
-  abandoned = false
+/**
+ * How an interrupted caller reaches a running branch: `onAbandon` is what stops the branch's current
+ * step (leave the slot queue, cancel the statements), replaced as the branch moves on.
+ */
+export class Control extends Abandonment {
   onAbandon: () => void = noop
-  private abandonedSignal: (() => void) | undefined
-  /** Resolves once `abandon` was called. */
-  readonly whenAbandoned = new Promise<void>((resolve) => {
-    this.abandonedSignal = resolve
-  })
-  abandon(): void {
-    if (this.abandoned) return
-    this.abandoned = true
-    this.abandonedSignal?.()
-    this.onAbandon()
+  constructor() {
+    super()
+    this.listen(() => this.onAbandon())
   }
 }
 
@@ -205,10 +200,6 @@ const fail = (stage: StageFailure["stage"], state: ConnState, failure: PgFailure
   return { stage, failure }
 }
 
-/** Settles `p`, or gives up `ms` after the branch was abandoned. */
-const unlessAbandoned = <A>(p: Promise<A>, control: Control, ms: number): Promise<A | "timeout"> =>
-  Promise.race([p, control.whenAbandoned.then(() => delay(ms))])
-
 const body = async (
   s: Session,
   state: ConnState,
@@ -236,7 +227,12 @@ const body = async (
   } catch (error) {
     worked = Promise.reject(error)
   }
-  const both = await unlessAbandoned(Promise.all([begun, settle(worked)]), control, cancelMs)
+  const both = await unlessAbandoned(
+    Promise.all([begun, settle(worked)]),
+    control,
+    cancelMs,
+    () => "timeout" as const
+  )
   s.closed = true
   if (both === "timeout") throw fail("end", state, interrupted)
   const [b, w] = both
