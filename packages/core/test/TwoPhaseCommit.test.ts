@@ -292,9 +292,9 @@ describe("TwoPhaseCommit.run observability", () => {
 
 describe("TwoPhaseCommit.run and the tracer", () => {
   /** A participant that records the name of the span its prepare runs under. */
-  const spanSeeing = (participant: Participant.Participant<number>, seen: Array<string>) => ({
+  const spanSeeing = (participant: Participant.Participant<unknown>, seen: Array<string>) => ({
     ...participant,
-    prepare: (ctx: Participant.BranchContext, work: number) =>
+    prepare: (ctx: Participant.BranchContext, work: unknown) =>
       Effect.currentSpan.pipe(
         Effect.match({ onFailure: () => "none", onSuccess: (span) => span.name }),
         Effect.tap((name) => Effect.sync(() => seen.push(name))),

@@ -5,7 +5,8 @@
 import { describe, expect, it } from "vitest"
 import { Abandonment, unlessAbandoned, unlessGivenUp } from "../src/internal/client.js"
 
-const after = <A>(ms: number, value: A) => new Promise<A>((resolve) => setTimeout(() => resolve(value), ms))
+const settleAfter = <A>(ms: number, value: A) =>
+  new Promise<A>((resolve) => setTimeout(() => resolve(value), ms))
 const never = new Promise<never>(() => undefined)
 
 describe("Abandonment", () => {
@@ -25,7 +26,9 @@ describe("Abandonment", () => {
 describe("unlessAbandoned / unlessGivenUp", () => {
   it("is the call's own outcome when it is not abandoned, however long it takes", async () => {
     const abandonment = new Abandonment()
-    await expect(unlessAbandoned(after(30, "done"), abandonment, 5, () => "gave up")).resolves.toBe("done")
+    await expect(unlessAbandoned(settleAfter(30, "done"), abandonment, 5, () => "gave up")).resolves.toBe(
+      "done"
+    )
     await expect(unlessGivenUp(Promise.reject(new Error("failed")), abandonment, 5, "x")).rejects.toThrow(
       "failed"
     )
@@ -33,7 +36,7 @@ describe("unlessAbandoned / unlessGivenUp", () => {
 
   it("is the call's own outcome when its clean-up ends within the bound after the abandon", async () => {
     const abandonment = new Abandonment()
-    const result = unlessAbandoned(after(10, "cleaned up"), abandonment, 200, () => "gave up")
+    const result = unlessAbandoned(settleAfter(10, "cleaned up"), abandonment, 200, () => "gave up")
     abandonment.abandon()
     await expect(result).resolves.toBe("cleaned up")
   })
@@ -43,7 +46,7 @@ describe("unlessAbandoned / unlessGivenUp", () => {
     const started = Date.now()
     const value = unlessAbandoned(never, abandonment, 20, () => "gave up")
     const rejected = unlessGivenUp(never, abandonment, 20, "branch x's clean-up")
-    await after(30, undefined)
+    await settleAfter(30, undefined)
     expect(Date.now() - started).toBeGreaterThanOrEqual(30)
     abandonment.abandon()
     await expect(value).resolves.toBe("gave up")
@@ -56,7 +59,7 @@ describe("unlessAbandoned / unlessGivenUp", () => {
     const result = unlessGivenUp(Promise.resolve("done"), abandonment, 1, "x")
     await expect(result).resolves.toBe("done")
     abandonment.abandon()
-    await after(10, undefined)
+    await settleAfter(10, undefined)
     await expect(result).resolves.toBe("done")
   })
 })

@@ -94,7 +94,8 @@ export class Abandonment {
   private listeners: Array<() => void> | undefined
   listen(listener: () => void): void {
     if (this.abandoned) listener()
-    else (this.listeners ??= []).push(listener)
+    else if (this.listeners === undefined) this.listeners = [listener]
+    else this.listeners.push(listener)
   }
   abandon(): void {
     if (this.abandoned) return
