@@ -14,9 +14,11 @@
  * - `promises only` / `core only, async participants`: the coordinator's control flow with Promise
  *   participants (with direct calls, as PgParticipant's) and a log that answer after `setImmediate`,
  *   no database.
- * - `raw2pc transaction` / `accord SQL by hand` / `accord2pc transaction`: one whole transfer, as
- *   in the table modes; the middle one sends Accord's statements from a hand-written script, so
- *   its gap to `raw2pc` is the SQL's and the gap from it to `accord2pc` the coordinator code's.
+ * - `raw2pc transaction` / `accord SQL by hand` / `accord calls, Promise-sequenced` /
+ *   `accord2pc transaction`: one whole transfer, as in the table modes. The second sends Accord's
+ *   statements from a hand-written script (its gap to `raw2pc` is the SQL's); the third makes
+ *   Accord's own participant and log calls from a Promise script (its gap to the second is that
+ *   code's); the gap from it to `accord2pc` is the protocol program's.
  *
  * @since 0.1.0
  */
@@ -332,10 +334,67 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
   }
 })
 
+/**
+ * Accord's own participant and log calls for one transfer, sequenced by a plain Promise script
+ * instead of `TwoPhaseCommit.run`: both PgParticipant prepares as started Promise calls
+ * (`Participant.directCall`), the log's `decide` and `complete`, both commits. Nothing else: no
+ * timeouts, no abort path, no metrics. Its gap to `accord SQL by hand` is the participant's and the
+ * log's code; the gap from here to `accord2pc` is the protocol program's (fiber, generator, phase
+ * bounds, metrics).
+ */
+const accordCallsByHand = (dbs: Server.Databases): Shape => ({
+  name: "accord calls, Promise-sequenced",
+  twin: "accord SQL by hand",
+  open: async () => {
+    const a = Server.pool(dbs.a, 2)
+    const b = Server.pool(dbs.b, 2)
+    const coordinator = Server.pool(dbs.coordinator, 2)
+    const opened = await withScope(
+      Effect.gen(function* () {
+        const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
+        const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
+        const log = yield* PgTransactionLog.make({ sql: coordinator })
+        return { pa, pb, log }
+      })
+    )
+    const { pa, pb, log } = opened.value
+    const prepare = [pa, pb].map((p) => Participant.directCall(p, "prepare")!)
+    const commit = [pa, pb].map((p) => Participant.directCall(p, "commit")!)
+    return {
+      op: async () => {
+        const [x, y] = Server.pickAccounts()
+        const txId = Effect.runSync(TransactionId.make)
+        const resolved = Either.getOrThrow(
+          TwoPhaseCommit.validate(
+            [Participant.branch(pa, updateWork(x, -1)), Participant.branch(pb, updateWork(y, 1))],
+            txId
+          )
+        )
+        const votes = await Promise.all(
+          resolved.map((r, i) => prepare[i]!(r.ctx, r.work as PgParticipant.PgWork).result)
+        )
+        if (!votes.every((v) => Either.isRight(v) && v.right._tag === "Prepared")) {
+          throw new Error("accord calls, Promise-sequenced: a branch did not prepare")
+        }
+        const branches = resolved.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid }))
+        await Effect.runPromise(log.decide({ txId, decision: "commit", branches, decidedAt: Date.now() }))
+        const acks = await Promise.all(resolved.map((r, i) => commit[i]!(r.ctx).result))
+        if (!acks.every(Either.isRight)) throw new Error("accord calls, Promise-sequenced: a commit failed")
+        await Effect.runPromise(log.complete(txId))
+      },
+      settle: settleLog(log),
+      close: async () => {
+        await opened.close()
+        await closeAll(a, b, coordinator)
+      }
+    }
+  }
+})
+
 /** The `accord2pc` mode of Modes.ts at concurrency 1, with its log at hand to settle it. */
 const accord2pc = (dbs: Server.Databases): Shape => ({
   name: "accord2pc transaction",
-  twin: "accord SQL by hand",
+  twin: "accord calls, Promise-sequenced",
   open: async () => {
     const a = Server.pool(dbs.a, 2)
     const b = Server.pool(dbs.b, 2)
@@ -384,6 +443,7 @@ export const shapes = (dbs: Server.Databases): ReadonlyArray<Shape> => [
   coreOnly,
   raw2pc(dbs),
   accordSqlByHand(dbs),
+  accordCallsByHand(dbs),
   accord2pc(dbs)
 ]
 
