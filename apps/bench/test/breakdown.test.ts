@@ -32,6 +32,7 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
       "core only, async participants",
       "raw2pc transaction",
       "accord SQL by hand",
+      "accord calls, Promise-sequenced",
       "accord2pc transaction"
     ])
     for (const r of result.rows) {
@@ -53,6 +54,8 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
     expect(row("raw2pc transaction").statementsPerOp).toBe(9)
     // Two branches of 5, the decision insert: Accord's statements, sent by hand.
     expect(row("accord SQL by hand").statementsPerOp).toBe(11)
+    // Accord's own calls send what accord2pc sends: the same statements and batched completions.
+    expect(row("accord calls, Promise-sequenced").statementsPerOp).toBeGreaterThan(11)
     expect(row("accord2pc transaction").statementsPerOp).toBeGreaterThan(11)
 
     const pairs = result.rows.filter((r) => r.twin !== undefined)
@@ -61,7 +64,8 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
       "raw decision insert",
       "promises only",
       "raw2pc transaction",
-      "accord SQL by hand"
+      "accord SQL by hand",
+      "accord calls, Promise-sequenced"
     ])
     for (const r of pairs) {
       expect(r.cpuMicrosOverTwin).toBeCloseTo(r.cpuMicrosPerOp - row(r.twin!).cpuMicrosPerOp, 0)
