@@ -336,11 +336,9 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
 
 /**
  * Accord's own participant and log calls for one transfer, sequenced by a plain Promise script
- * instead of `TwoPhaseCommit.run`: both PgParticipant prepares as started Promise calls
- * (`Participant.directCall`), the log's `decide` and `complete`, both commits. Nothing else: no
- * timeouts, no abort path, no metrics. Its gap to `accord SQL by hand` is the participant's and the
- * log's code; the gap from here to `accord2pc` is the protocol program's (fiber, generator, phase
- * bounds, metrics).
+ * (`Modes.accordCallsTransfer`, the `accord-calls-by-hand` mode). Its gap to `accord SQL by hand`
+ * is the participant's and the log's code; the gap from here to `accord2pc` is the protocol
+ * program's.
  */
 const accordCallsByHand = (dbs: Server.Databases): Shape => ({
   name: "accord calls, Promise-sequenced",
@@ -358,29 +356,11 @@ const accordCallsByHand = (dbs: Server.Databases): Shape => ({
       })
     )
     const { pa, pb, log } = opened.value
-    const prepare = [pa, pb].map((p) => Participant.directCall(p, "prepare")!)
-    const commit = [pa, pb].map((p) => Participant.directCall(p, "commit")!)
+    const transfer = Modes.accordCallsTransfer(pa, pb, log)
     return {
-      op: async () => {
+      op: () => {
         const [x, y] = Server.pickAccounts()
-        const txId = Effect.runSync(TransactionId.make)
-        const resolved = Either.getOrThrow(
-          TwoPhaseCommit.validate(
-            [Participant.branch(pa, updateWork(x, -1)), Participant.branch(pb, updateWork(y, 1))],
-            txId
-          )
-        )
-        const votes = await Promise.all(
-          resolved.map((r, i) => prepare[i]!(r.ctx, r.work as PgParticipant.PgWork).result)
-        )
-        if (!votes.every((v) => Either.isRight(v) && v.right._tag === "Prepared")) {
-          throw new Error("accord calls, Promise-sequenced: a branch did not prepare")
-        }
-        const branches = resolved.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid }))
-        await Effect.runPromise(log.decide({ txId, decision: "commit", branches, decidedAt: Date.now() }))
-        const acks = await Promise.all(resolved.map((r, i) => commit[i]!(r.ctx).result))
-        if (!acks.every(Either.isRight)) throw new Error("accord calls, Promise-sequenced: a commit failed")
-        await Effect.runPromise(log.complete(txId))
+        return transfer([updateWork(x, -1), updateWork(y, 1)])
       },
       settle: settleLog(log),
       close: async () => {

@@ -17,13 +17,13 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Participant, Saga, SagaLog, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import { Participant, Saga, SagaLog, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
 import * as Barrier from "@accord/postgres/Barrier"
 import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgSagaLog from "@accord/postgres/PgSagaLog"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
 import type { PGlite } from "@electric-sql/pglite"
-import { Duration, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
+import { Duration, Effect, Either, Exit, Layer, ManagedRuntime, Scope } from "effect"
 import type postgres from "postgres"
 import * as Server from "./Server.js"
 
@@ -47,6 +47,8 @@ export interface Mode {
   readonly baseline?: string
   /** Statements are not counted (PGlite branches run inside PGlite's own transaction API). */
   readonly uncounted?: boolean
+  /** Runs only when named in `--modes` (an explanation of a gap, not a row issue 6 asks for). */
+  readonly optIn?: boolean
   readonly open: (concurrency: number) => Promise<Instance>
 }
 
@@ -162,12 +164,51 @@ const readWork: PgParticipant.PgWork = async (session) => {
 }
 
 /**
+ * One transfer made of Accord's own participant and log calls, sequenced by a plain Promise script
+ * instead of `TwoPhaseCommit.run`: both PgParticipant prepares as started Promise calls
+ * (`Participant.directCall`), the log's `decide` and `complete`, both commits. Nothing else: no
+ * phase bounds, no abort path, no metrics. Its gap to `accord2pc` is the protocol program's
+ * (fiber, generator, phase bounds, metrics); its gap to `raw2pc` is Accord's SQL and the
+ * participant's and log's code.
+ * @since 0.1.0
+ */
+export const accordCallsTransfer = (
+  pa: Participant.Participant<PgParticipant.PgWork>,
+  pb: Participant.Participant<PgParticipant.PgWork>,
+  log: Log
+) => {
+  const prepare = [pa, pb].map((p) => Participant.directCall(p, "prepare")!)
+  const commit = [pa, pb].map((p) => Participant.directCall(p, "commit")!)
+  return async (moves: readonly [PgParticipant.PgWork, PgParticipant.PgWork]): Promise<void> => {
+    const txId = Effect.runSync(TransactionId.make)
+    const resolved = Either.getOrThrow(
+      TwoPhaseCommit.validate([Participant.branch(pa, moves[0]), Participant.branch(pb, moves[1])], txId)
+    )
+    const votes = await Promise.all(
+      resolved.map((r, i) => prepare[i]!(r.ctx, r.work as PgParticipant.PgWork).result)
+    )
+    if (!votes.every((v) => Either.isRight(v) && v.right._tag === "Prepared")) {
+      // Not a coordinator: it only cleans up what it prepared, so the bench leaves nothing behind.
+      await Promise.all(
+        resolved.map((r, i) => Effect.runPromise(Effect.ignore([pa, pb][i]!.rollback(r.ctx))))
+      )
+      throw new Error("accord calls by hand: a branch did not prepare")
+    }
+    const branches = resolved.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid }))
+    await Effect.runPromise(log.decide({ txId, decision: "commit", branches, decidedAt: Date.now() }))
+    const acks = await Promise.all(resolved.map((r, i) => commit[i]!(r.ctx).result))
+    if (!acks.every(Either.isRight)) throw new Error("accord calls by hand: a commit failed")
+    await Effect.runPromise(log.complete(txId))
+  }
+}
+
+/**
  * Accord on PostgreSQL.
  * @since 0.1.0
  */
 export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
   const open =
-    (shape: "2pc" | "1pc" | "readonly", groupCommit: boolean) =>
+    (shape: "2pc" | "1pc" | "readonly" | "calls", groupCommit: boolean) =>
     async (concurrency: number): Promise<Instance> => {
       const a = Server.pool(dbs.a, concurrency + 1)
       const b = Server.pool(dbs.b, concurrency + 1)
@@ -186,10 +227,13 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
       )
       const { pa, pb, log } = opened.value
       const accord = accordTx(log)
+      const byHand = accordCallsTransfer(pa, pb, log)
       return {
         tx: () => {
           const [x, y] = Server.pickAccounts()
           switch (shape) {
+            case "calls":
+              return byHand([updateWork([[x, -1]]), updateWork([[y, 1]])])
             case "2pc":
               return accord.run([
                 Participant.branch(pa, updateWork([[x, -1]])),
@@ -229,7 +273,14 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
     { name: "accord2pc", backend: "postgres", baseline: "raw2pc", open: open("2pc", false) },
     { name: "accord2pc-group", backend: "postgres", baseline: "raw2pc", open: open("2pc", true) },
     { name: "accord1pc", backend: "postgres", baseline: "local", open: open("1pc", false) },
-    { name: "accord-readonly", backend: "postgres", baseline: "raw2pc", open: open("readonly", false) }
+    { name: "accord-readonly", backend: "postgres", baseline: "raw2pc", open: open("readonly", false) },
+    {
+      name: "accord-calls-by-hand",
+      backend: "postgres",
+      baseline: "raw2pc",
+      optIn: true,
+      open: open("calls", false)
+    }
   ]
 }
 
@@ -365,6 +416,16 @@ export const sagaModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
     }
   }
 ]
+
+/**
+ * The modes a run measures: those named in `--modes`, else every mode but the opt-in ones.
+ * @since 0.1.0
+ */
+export const select = (
+  all: ReadonlyArray<Mode>,
+  names: ReadonlyArray<string> | undefined
+): ReadonlyArray<Mode> =>
+  names === undefined ? all.filter((m) => m.optIn !== true) : all.filter((m) => names.includes(m.name))
 
 /**
  * Modes of issue 6 this build cannot measure, with the reason.

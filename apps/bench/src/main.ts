@@ -121,7 +121,7 @@ const main = async () => {
     ...Modes.sagaModes(dbs),
     ...(options.pglite ? Modes.pgliteModes() : [])
   ]
-  const modes = options.modes === undefined ? all : all.filter((m) => options.modes!.includes(m.name))
+  const modes = Modes.select(all, options.modes)
   const missing = Modes.missingModes()
   const coreOverhead = await CoreOverhead.measure()
   for (const o of coreOverhead)

@@ -1,5 +1,6 @@
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
+import * as Modes from "../src/Modes.js"
 import * as Options from "../src/Options.js"
 
 const parse = (...argv: ReadonlyArray<string>) => Options.parse(argv, {})
@@ -27,5 +28,26 @@ describe("benchmark options", () => {
       const parsed = parse("--breakdown", bad)
       expect(Either.isLeft(parsed) && parsed.left.message).toMatch(/--breakdown must be/)
     }
+  })
+})
+
+describe("benchmark modes", () => {
+  const mode = (name: string, optIn?: boolean): Modes.Mode => ({
+    name,
+    backend: "postgres",
+    ...(optIn === undefined ? {} : { optIn }),
+    open: () => Promise.reject(new Error("not opened here"))
+  })
+  const all = [mode("raw2pc"), mode("accord2pc"), mode("accord-calls-by-hand", true)]
+
+  it("runs every mode but the opt-in ones by default", () => {
+    expect(Modes.select(all, undefined).map((m) => m.name)).toEqual(["raw2pc", "accord2pc"])
+  })
+
+  it("runs an opt-in mode when --modes names it", () => {
+    expect(Modes.select(all, ["raw2pc", "accord-calls-by-hand"]).map((m) => m.name)).toEqual([
+      "raw2pc",
+      "accord-calls-by-hand"
+    ])
   })
 })
