@@ -335,6 +335,31 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
 })
 
 /**
+ * Two PgParticipants and a PgTransactionLog on the benchmark databases, two connections a pool;
+ * `close` closes the pieces, then the pools.
+ */
+const openAccordPieces = async (dbs: Server.Databases) => {
+  const a = Server.pool(dbs.a, 2)
+  const b = Server.pool(dbs.b, 2)
+  const coordinator = Server.pool(dbs.coordinator, 2)
+  const opened = await withScope(
+    Effect.gen(function* () {
+      const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
+      const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
+      const log = yield* PgTransactionLog.make({ sql: coordinator })
+      return { pa, pb, log }
+    })
+  )
+  return {
+    ...opened.value,
+    close: async () => {
+      await opened.close()
+      await closeAll(a, b, coordinator)
+    }
+  }
+}
+
+/**
  * Accord's own participant and log calls for one transfer, sequenced by a plain Promise script
  * (`Modes.accordCallsTransfer`, the `accord-calls-by-hand` mode). Its gap to `accord SQL by hand`
  * is the participant's and the log's code; the gap from here to `accord2pc` is the protocol
@@ -344,18 +369,7 @@ const accordCallsByHand = (dbs: Server.Databases): Shape => ({
   name: "accord calls, Promise-sequenced",
   twin: "accord SQL by hand",
   open: async () => {
-    const a = Server.pool(dbs.a, 2)
-    const b = Server.pool(dbs.b, 2)
-    const coordinator = Server.pool(dbs.coordinator, 2)
-    const opened = await withScope(
-      Effect.gen(function* () {
-        const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
-        const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
-        const log = yield* PgTransactionLog.make({ sql: coordinator })
-        return { pa, pb, log }
-      })
-    )
-    const { pa, pb, log } = opened.value
+    const { pa, pb, log, close } = await openAccordPieces(dbs)
     const transfer = Modes.accordCallsTransfer(pa, pb, log)
     return {
       op: () => {
@@ -363,10 +377,7 @@ const accordCallsByHand = (dbs: Server.Databases): Shape => ({
         return transfer([updateWork(x, -1), updateWork(y, 1)])
       },
       settle: settleLog(log),
-      close: async () => {
-        await opened.close()
-        await closeAll(a, b, coordinator)
-      }
+      close
     }
   }
 })
@@ -376,18 +387,7 @@ const accord2pc = (dbs: Server.Databases): Shape => ({
   name: "accord2pc transaction",
   twin: "accord calls, Promise-sequenced",
   open: async () => {
-    const a = Server.pool(dbs.a, 2)
-    const b = Server.pool(dbs.b, 2)
-    const coordinator = Server.pool(dbs.coordinator, 2)
-    const opened = await withScope(
-      Effect.gen(function* () {
-        const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
-        const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
-        const log = yield* PgTransactionLog.make({ sql: coordinator })
-        return { pa, pb, log }
-      })
-    )
-    const { pa, pb, log } = opened.value
+    const { pa, pb, log, close } = await openAccordPieces(dbs)
     const runtime = ManagedRuntime.make(Layer.succeed(TransactionLog.TransactionLog, log))
     return {
       op: async () => {
@@ -403,8 +403,7 @@ const accord2pc = (dbs: Server.Databases): Shape => ({
       settle: settleLog(log),
       close: async () => {
         await runtime.dispose()
-        await opened.close()
-        await closeAll(a, b, coordinator)
+        await close()
       }
     }
   }
