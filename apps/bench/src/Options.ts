@@ -51,8 +51,9 @@ Options:
   --warmup S          warm-up seconds per cell (default 1)
   --rounds R          slices per cell, interleaved across modes (default 2)
   --concurrency LIST  comma-separated client counts (default 1,8,32)
-  --modes LIST        only these modes (default all but accord-calls-by-hand, which
-                      runs only when named: Accord's calls sequenced by a Promise script)
+  --modes LIST        only these modes (default all but the opt-in ones, which run only
+                      when named: accord-calls-by-hand, Accord's calls sequenced by a
+                      Promise script; raw2pc-group, raw2pc with its decisions batched)
   --no-pglite         skip the PGlite rows
   --out DIR           results folder (default results)
   --recovery N        leave N in-doubt transactions and time recovery

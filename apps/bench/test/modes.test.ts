@@ -1,0 +1,51 @@
+import * as TestDatabase from "@accord/postgres/TestDatabase"
+import postgres from "postgres"
+import { afterAll, describe, expect, it } from "vitest"
+import * as Modes from "../src/Modes.js"
+import * as Server from "../src/Server.js"
+import { dropSetup } from "./support/databases.js"
+
+const server = await TestDatabase.server()
+
+// Databases of their own, apart from those of a benchmark run on the same server.
+const prefix = "accord_bench_modes_test_"
+
+describe.skipIf(server === undefined)("opt-in modes on PostgreSQL", () => {
+  const adminUrl = server?.adminUrl ?? ""
+
+  afterAll(() => dropSetup(adminUrl, prefix))
+
+  it("raw2pc-group writes concurrent decisions in fewer INSERTs, one row each, and commits every transfer", async () => {
+    const dbs = await Server.setup(adminUrl, prefix)
+    const mode = Modes.rawModes(dbs).find((m) => m.name === "raw2pc-group")!
+    expect(mode.optIn).toBe(true)
+    const instance = await mode.open(16)
+    const transfers = 160
+    Server.resetCounters()
+    try {
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          for (let i = 0; i < transfers / 16; i++) await instance.tx()
+        })
+      )
+    } finally {
+      await instance.close()
+    }
+    const counted = Server.snapshotCounters()
+    // Per transfer: 2 x (BEGIN, UPDATE, PREPARE), 2 COMMIT PREPARED; the decisions share INSERTs.
+    const inserts = counted.statements - transfers * 8
+    expect(inserts).toBeGreaterThan(0)
+    expect(inserts).toBeLessThan(transfers)
+    expect(counted.prepares).toBe(2 * transfers)
+    expect(counted.commitPrepared).toBe(2 * transfers)
+    const coordinator = postgres(dbs.coordinator, { max: 1, onnotice: () => {} })
+    try {
+      const [row] = await coordinator<{ n: number; gids: number }[]>`
+        SELECT count(*)::int AS n, sum(cardinality(gids))::int AS gids FROM raw_decisions`
+      expect(row).toEqual({ n: transfers, gids: 2 * transfers })
+    } finally {
+      await coordinator.end({ timeout: 5 })
+    }
+    expect(await Server.preparedIn(adminUrl, [dbs.a, dbs.b])).toBe(0)
+  }, 60_000)
+})
