@@ -258,15 +258,22 @@ export const accordCallsTransfer = (
     const votes = await Promise.all(
       resolved.map((r, i) => prepare[i]!(r.ctx, r.work as PgParticipant.PgWork).result)
     )
-    if (!votes.every((v) => Either.isRight(v) && v.right._tag === "Prepared")) {
-      // Not a coordinator: it only cleans up what it prepared, so the bench leaves nothing behind.
-      await Promise.all(
+    // Not a coordinator: before the decision it only rolls back what it prepared, as raw2pc does,
+    // so the bench leaves nothing behind.
+    const rollBack = (reason: string) =>
+      Promise.all(
         resolved.map((r, i) => Effect.runPromise(Effect.ignore([pa, pb][i]!.rollback(r.ctx))))
-      )
-      throw new Error("accord calls by hand: a branch did not prepare")
+      ).then(() => {
+        throw new Error(`accord calls by hand: ${reason}`)
+      })
+    if (!votes.every((v) => Either.isRight(v) && v.right._tag === "Prepared")) {
+      return rollBack("a branch did not prepare")
     }
     const branches = resolved.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid }))
-    await Effect.runPromise(log.decide({ txId, decision: "commit", branches, decidedAt: Date.now() }))
+    const decided = await Effect.runPromise(
+      Effect.either(log.decide({ txId, decision: "commit", branches, decidedAt: Date.now() }))
+    )
+    if (Either.isLeft(decided)) return rollBack(`the decision was not written: ${decided.left.message}`)
     const acks = await Promise.all(resolved.map((r, i) => commit[i]!(r.ctx).result))
     if (!acks.every(Either.isRight)) throw new Error("accord calls by hand: a commit failed")
     await Effect.runPromise(log.complete(txId))
