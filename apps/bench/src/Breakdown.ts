@@ -335,31 +335,6 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
 })
 
 /**
- * Two PgParticipants and a PgTransactionLog on the benchmark databases, two connections a pool;
- * `close` closes the pieces, then the pools.
- */
-const openAccordPieces = async (dbs: Server.Databases) => {
-  const a = Server.pool(dbs.a, 2)
-  const b = Server.pool(dbs.b, 2)
-  const coordinator = Server.pool(dbs.coordinator, 2)
-  const opened = await withScope(
-    Effect.gen(function* () {
-      const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
-      const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
-      const log = yield* PgTransactionLog.make({ sql: coordinator })
-      return { pa, pb, log }
-    })
-  )
-  return {
-    ...opened.value,
-    close: async () => {
-      await opened.close()
-      await closeAll(a, b, coordinator)
-    }
-  }
-}
-
-/**
  * Accord's own participant and log calls for one transfer, sequenced by a plain Promise script
  * (`Modes.accordCallsTransfer`, the `accord-calls-by-hand` mode). Its gap to `accord SQL by hand`
  * is the participant's and the log's code; the gap from here to `accord2pc` is the protocol
@@ -369,7 +344,7 @@ const accordCallsByHand = (dbs: Server.Databases): Shape => ({
   name: "accord calls, Promise-sequenced",
   twin: "accord SQL by hand",
   open: async () => {
-    const { pa, pb, log, close } = await openAccordPieces(dbs)
+    const { pa, pb, log, close } = await Modes.openPieces(dbs, 2, false)
     const transfer = Modes.accordCallsTransfer(pa, pb, log)
     return {
       op: () => {
@@ -387,7 +362,7 @@ const accord2pc = (dbs: Server.Databases): Shape => ({
   name: "accord2pc transaction",
   twin: "accord calls, Promise-sequenced",
   open: async () => {
-    const { pa, pb, log, close } = await openAccordPieces(dbs)
+    const { pa, pb, log, close } = await Modes.openPieces(dbs, 2, false)
     const runtime = ManagedRuntime.make(Layer.succeed(TransactionLog.TransactionLog, log))
     return {
       op: async () => {

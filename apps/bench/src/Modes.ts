@@ -281,6 +281,36 @@ export const accordCallsTransfer = (
 }
 
 /**
+ * Two PgParticipants (bank A and B) and a PgTransactionLog on the benchmark databases, `poolSize`
+ * connections a pool, the log with group commit if asked; `close` closes the pieces, then the pools.
+ * @since 0.1.0
+ */
+export const openPieces = async (dbs: Server.Databases, poolSize: number, groupCommit: boolean) => {
+  const a = Server.pool(dbs.a, poolSize)
+  const b = Server.pool(dbs.b, poolSize)
+  const coordinator = Server.pool(dbs.coordinator, poolSize)
+  const opened = await withScope(
+    Effect.gen(function* () {
+      const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
+      const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
+      const log = yield* PgTransactionLog.make(
+        groupCommit
+          ? { sql: coordinator, groupCommit: { maxWait: Duration.micros(200n), maxBatch: 64 } }
+          : { sql: coordinator }
+      )
+      return { pa, pb, log }
+    })
+  )
+  return {
+    ...opened.value,
+    close: async () => {
+      await opened.close()
+      await closeAll(a, b, coordinator)
+    }
+  }
+}
+
+/**
  * Accord on PostgreSQL.
  * @since 0.1.0
  */
@@ -288,22 +318,7 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
   const open =
     (shape: "2pc" | "1pc" | "readonly" | "calls", groupCommit: boolean) =>
     async (concurrency: number): Promise<Instance> => {
-      const a = Server.pool(dbs.a, concurrency + 1)
-      const b = Server.pool(dbs.b, concurrency + 1)
-      const coordinator = Server.pool(dbs.coordinator, concurrency + 1)
-      const opened = await withScope(
-        Effect.gen(function* () {
-          const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
-          const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
-          const log = yield* PgTransactionLog.make(
-            groupCommit
-              ? { sql: coordinator, groupCommit: { maxWait: Duration.micros(200n), maxBatch: 64 } }
-              : { sql: coordinator }
-          )
-          return { pa, pb, log }
-        })
-      )
-      const { pa, pb, log } = opened.value
+      const { pa, pb, log, close } = await openPieces(dbs, concurrency + 1, groupCommit)
       const accord = accordTx(log)
       const byHand = accordCallsTransfer(pa, pb, log)
       return {
@@ -342,8 +357,7 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
         },
         close: async () => {
           await accord.dispose()
-          await opened.close()
-          await closeAll(a, b, coordinator)
+          await close()
         }
       }
     }
