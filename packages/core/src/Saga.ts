@@ -26,7 +26,7 @@
  *
  * @since 0.1.0
  */
-import { Data, Duration, Effect, Either, Metric, Option, Random, Schedule, Schema } from "effect"
+import { Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
 import {
   type Lease,
   LeaseLostError,
@@ -38,6 +38,7 @@ import {
 } from "./SagaLog.js"
 import type { LogError } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
+import { randomChars } from "./internal/entropy.js"
 
 // ---------------------------------------------------------------------------------------------
 // Step failures
@@ -483,7 +484,8 @@ interface Running<R> {
   readonly ending: { value: boolean }
 }
 
-const freshOwner = Effect.map(Random.nextIntBetween(0, 2 ** 31), (n) => `orchestrator-${n.toString(36)}`)
+/** An owner name of its own per run: 80 random bits (`internal/entropy.ts`), so that leases fence runs apart. */
+const freshOwner = Effect.map(randomChars(4), (token) => `orchestrator-${token.toLowerCase()}`)
 
 const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<string, unknown>> =>
   Object.fromEntries(completed)
@@ -936,9 +938,9 @@ export const sweep: <R>(
   // Each sweep claims under its own token (`<owner>/sweep-<random>`), so that a saga this process
   // is still driving under `owner` (its lease starved, say) and the same saga claimed here are
   // fenced from each other even when the caller passes one owner name to both.
-  const token = yield* Random.nextIntBetween(0, 2 ** 31)
+  const token = yield* randomChars(4)
   const lease: Lease = {
-    owner: `${options.owner}/sweep-${token.toString(36)}`,
+    owner: `${options.owner}/sweep-${token.toLowerCase()}`,
     leaseFor: options.leaseFor ?? defaults.leaseFor
   }
   const claimed = yield* log.claimAbandoned({ ...lease, limit: options.limit ?? 100 })

@@ -18,6 +18,7 @@
 import { Duration, Effect, Option, Schedule } from "effect"
 import * as Saga from "./Saga.js"
 import { SagaLog, makeMemory } from "./SagaLog.js"
+import { secureChars } from "./internal/entropy.js"
 
 /**
  * What a Promise action receives.
@@ -197,7 +198,7 @@ export class SagaOrchestrator {
     this.options = options
     this.name = options.name ?? "saga"
     this.log = options.log ?? Effect.runSync(makeMemory)
-    this.owner = options.owner ?? `orchestrator-${Math.random().toString(36).slice(2, 10)}`
+    this.owner = options.owner ?? `orchestrator-${secureChars(16).toLowerCase()}`
   }
 
   private toStep(spec: StepSpec): Saga.Step<unknown, never> {

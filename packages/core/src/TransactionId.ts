@@ -9,7 +9,8 @@
  *
  * @since 0.1.0
  */
-import { type Brand, Clock, Effect, Either, Option, Random } from "effect"
+import { type Brand, Effect, Either, Option } from "effect"
+import { CROCKFORD, randomChars } from "./internal/entropy.js"
 import { InvalidTransactionError } from "./TransactionError.js"
 
 /**
@@ -29,8 +30,6 @@ export type BranchName = string & Brand.Brand<"@accord/core/BranchName">
  * @since 0.1.0
  */
 export type Gid = string & Brand.Brand<"@accord/core/Gid">
-
-const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 /** @since 0.1.0 */
 export const transactionIdPattern = /^[0-9A-HJKMNP-TV-Z]{26}$/
@@ -62,22 +61,17 @@ const encodeTime = (millis: number): string => {
 }
 
 /**
- * A fresh transaction id from the current `Clock` and `Random`.
+ * A fresh transaction id: the `Clock`'s milliseconds and 80 random bits. Under Effect's built-in
+ * `Random` (a PCG seeded with 32 bits per process) the bits come from `crypto.getRandomValues`;
+ * a provided `Random` (a seeded simulation) is used as given, so its ids repeat run after run.
  * @since 0.1.0
  */
-export const make: Effect.Effect<TransactionId> = Effect.gen(function* () {
-  const millis = yield* Clock.currentTimeMillis
-  // 80 random bits as four 20-bit draws (four characters each).
-  let random = ""
-  for (let i = 0; i < 4; i++) {
-    let draw = yield* Random.nextIntBetween(0, 1 << 20)
-    for (let j = 0; j < 4; j++) {
-      random += CROCKFORD[draw & 31]
-      draw >>>= 5
-    }
-  }
-  return (encodeTime(millis) + random) as TransactionId
-})
+export const make: Effect.Effect<TransactionId> = Effect.clockWith((clock) =>
+  Effect.map(
+    randomChars(4),
+    (random) => (encodeTime(clock.unsafeCurrentTimeMillis()) + random) as TransactionId
+  )
+)
 
 /**
  * Checks a transaction id supplied from outside.

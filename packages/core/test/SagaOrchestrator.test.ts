@@ -2,6 +2,13 @@ import { describe, expect, it } from "vitest"
 import { SagaOrchestrator, business, inDoubt, transient } from "../src/SagaOrchestrator.js"
 
 describe("SagaOrchestrator (Promise facade)", () => {
+  it("names each orchestrator with 80 random bits unless given an owner", () => {
+    const owners = Array.from({ length: 500 }, () => new SagaOrchestrator().owner)
+    for (const owner of owners) expect(owner).toMatch(/^orchestrator-[0-9a-hjkmnp-tv-z]{16}$/)
+    expect(new Set(owners).size).toBe(owners.length)
+    expect(new SagaOrchestrator({ owner: "node-1" }).owner).toBe("node-1")
+  })
+
   it("runs the steps in order with their keys and earlier outputs, resolving to completed", async () => {
     const seen: Array<string> = []
     const saga = new SagaOrchestrator({ name: "order" })

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
+import { vi } from "vitest"
 import { Effect, Either, Option, Random, TestClock } from "effect"
 import * as TransactionId from "../src/TransactionId.js"
+import { CROCKFORD } from "../src/internal/entropy.js"
 
 describe("TransactionId", () => {
   it.effect("makes time-sortable ULIDs that are deterministic for a seeded Random", () =>
@@ -13,6 +15,48 @@ describe("TransactionId", () => {
       expect(first).toMatch(TransactionId.transactionIdPattern)
       expect(again).toBe(first)
       expect(later > first).toBe(true)
+    })
+  )
+
+  it.effect("draws the random part from crypto.getRandomValues under Effect's built-in Random", () =>
+    Effect.gen(function* () {
+      // The pool is refilled on the next draw that does not fit; draw until a refill is seen.
+      const real = globalThis.crypto.getRandomValues.bind(globalThis.crypto)
+      const fill = vi.spyOn(globalThis.crypto, "getRandomValues")
+      try {
+        // Real bytes, except the first 16 of the refill: known ones, which the next id must carry.
+        const known = Array.from({ length: 16 }, (_, i) => (i * 7 + 3) & 0xff)
+        fill.mockImplementation(((array: Uint8Array) => {
+          real(array)
+          array.set(known)
+          return array
+        }) as typeof globalThis.crypto.getRandomValues)
+        let made = ""
+        for (let i = 0; i < 300 && fill.mock.calls.length === 0; i++) made = yield* TransactionId.make
+        // The id whose draw refilled the pool took its first 16 bytes, 5 bits each.
+        expect(fill).toHaveBeenCalledTimes(1)
+        expect(made.slice(10)).toBe(known.map((b) => CROCKFORD[b & 31]).join(""))
+        expect(made).toMatch(TransactionId.transactionIdPattern)
+      } finally {
+        fill.mockRestore()
+      }
+    })
+  )
+
+  it.effect("leaves crypto alone under a provided Random; ids made at one instant are distinct", () =>
+    Effect.gen(function* () {
+      const fill = vi.spyOn(globalThis.crypto, "getRandomValues")
+      try {
+        for (let i = 0; i < 300; i++) yield* TransactionId.make.pipe(Effect.withRandom(Random.make(i)))
+        expect(fill).not.toHaveBeenCalled()
+      } finally {
+        fill.mockRestore()
+      }
+      // 2,000 ids at one instant under the built-in Random: all distinct (80 bits each).
+      yield* TestClock.setTime(1_700_000_000_000)
+      const ids = new Set<string>()
+      for (let i = 0; i < 2000; i++) ids.add(yield* TransactionId.make)
+      expect(ids.size).toBe(2000)
     })
   )
 
