@@ -128,7 +128,11 @@ export const byHandTransfer = async (
   const gidA = `rawbench_${id}_a`
   const gidB = `rawbench_${id}_b`
   try {
-    await Promise.all([branch(a, gidA, x, -1), branch(b, gidB, y, 1)])
+    // Both branches settle before a failure rolls back: with `Promise.all` the ROLLBACK PREPARED of
+    // a branch still preparing came first and its PREPARE then left it prepared for good (seen when
+    // max_prepared_transactions ran out at c = 32).
+    const prepared = await Promise.allSettled([branch(a, gidA, x, -1), branch(b, gidB, y, 1)])
+    for (const p of prepared) if (p.status === "rejected") throw p.reason
     await decide(id, gidA, gidB)
   } catch (e) {
     await Promise.allSettled([

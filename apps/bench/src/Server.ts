@@ -4,10 +4,12 @@
  *
  * @since 0.1.0
  */
+import * as net from "node:net"
 import postgres from "postgres"
 
 /**
- * Statements sent by every pool of this process, classified. Counted in the driver (`debug`).
+ * Statements sent by every pool of this process, classified. Counted on the driver's sockets, from
+ * the protocol messages it writes (see `countingSocket`).
  * @since 0.1.0
  */
 export const counters = { statements: 0, prepares: 0, commitPrepared: 0, rollbackPrepared: 0 }
@@ -32,7 +34,7 @@ const countOne = (statement: string): void => {
 }
 
 /**
- * Counts the statements of one message by its text (used by the postgres.js `debug` hook and the
+ * Counts the statements of one message by its text (simple-protocol queries on the wire and the
  * PGlite wrapper). A multi-statement message (Accord's marker + PREPARE) counts each statement:
  * the table reports SQL statements, not round trips. Splitting on `;` is enough for the texts
  * measured here (no literal in them holds one).
@@ -45,19 +47,117 @@ export const count = (query: string): void => {
 /** @since 0.1.0 */
 export const applicationName = "accord-bench"
 
+type Kind = "prepare" | "commitPrepared" | "rollbackPrepared" | "other"
+
+const kindOf = (head: string): Kind => {
+  const upper = head.trimStart().toUpperCase()
+  if (upper.startsWith("PREPARE TRANSACTION")) return "prepare"
+  if (upper.startsWith("COMMIT PREPARED")) return "commitPrepared"
+  if (upper.startsWith("ROLLBACK PREPARED")) return "rollbackPrepared"
+  return "other"
+}
+
+/** Where a NUL-terminated string that starts at `at` ends (the NUL's index). */
+const cstringEnd = (buf: Uint8Array, at: number, limit: number): number => {
+  let i = at
+  while (i < limit && buf[i] !== 0) i++
+  return i
+}
+
+/**
+ * Counts the statements in the frontend protocol messages of one socket write: each `Execute` of
+ * the extended protocol is one statement, classified by the `Parse` its `Bind` names (a named
+ * statement is parsed once per connection and executed many times); a simple `Query` counts each
+ * statement of its text. postgres.js writes whole messages per `write`; a connection's first
+ * message (startup, or a cancel request) has no type byte and is skipped.
+ */
+const wireCounter = () => {
+  let started = false
+  const parsed = new Map<string, Kind>()
+  let bound: Kind = "other"
+  return (chunk: unknown): void => {
+    if (!(chunk instanceof Uint8Array)) return
+    const buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+    let at = 0
+    if (!started) {
+      started = true
+      if (buf.length < 4) return
+      at = buf.readInt32BE(0)
+    }
+    while (at + 5 <= buf.length) {
+      const type = buf[at]!
+      const end = at + 1 + buf.readInt32BE(at + 1)
+      const body = at + 5
+      if (type === 0x51 /* Q */) {
+        count(buf.toString("utf8", body, Math.max(body, end - 1)))
+      } else if (type === 0x50 /* P */) {
+        const nameEnd = cstringEnd(buf, body, end)
+        const text = nameEnd + 1
+        parsed.set(
+          buf.toString("latin1", body, nameEnd),
+          kindOf(buf.toString("latin1", text, Math.min(end, text + 24)))
+        )
+      } else if (type === 0x42 /* B */) {
+        const portalEnd = cstringEnd(buf, body, end)
+        const nameEnd = cstringEnd(buf, portalEnd + 1, end)
+        bound = parsed.get(buf.toString("latin1", portalEnd + 1, nameEnd)) ?? "other"
+      } else if (type === 0x45 /* E */) {
+        counters.statements++
+        if (bound !== "other") counters[bound === "prepare" ? "prepares" : bound]++
+      }
+      at = end
+    }
+  }
+}
+
+/**
+ * A connected TCP socket (or Unix socket, for a `host` that is a path) whose writes are counted by
+ * `wireCounter`: postgres.js's `socket` option, which takes a socket already connected.
+ *
+ * Why not postgres.js's `debug` hook: with `debug` set, postgres.js captures a stack trace
+ * (`new Error()`) for every query it builds, about 15-18 µs of client CPU per statement here,
+ * 10% of `raw2pc`'s whole profile: the counter cost more than some of what it measured.
+ */
+const countingSocket = (options: {
+  host: ReadonlyArray<string>
+  port: ReadonlyArray<number>
+  path?: string | false
+}) =>
+  new Promise<net.Socket>((resolve, reject) => {
+    const socket =
+      typeof options.path === "string" && options.path !== ""
+        ? net.connect(options.path)
+        : net.connect(options.port[0] ?? 5432, options.host[0] ?? "localhost")
+    const counted = wireCounter()
+    const write = socket.write.bind(socket) as (...args: Array<unknown>) => boolean
+    socket.write = ((...args: Array<unknown>) => {
+      counted(args[0])
+      return write(...args)
+    }) as typeof socket.write
+    socket.once("connect", () => {
+      socket.off("error", reject)
+      resolve(socket)
+    })
+    socket.once("error", reject)
+  })
+
 /**
  * A pool on `url` whose statements are counted.
  * @since 0.1.0
  */
-export const pool = (url: string, max: number): postgres.Sql =>
-  postgres(url, {
+export const pool = (url: string, max: number): postgres.Sql => {
+  const options: postgres.Options<{}> & { readonly socket: typeof countingSocket } = {
     max,
     connect_timeout: 10,
     idle_timeout: 0,
     onnotice: () => {},
-    debug: (_connection, query) => count(query),
+    // postgres.js's documented `socket` option (a function returning a connected socket), missing
+    // from its type declarations.
+    socket: countingSocket,
     connection: { application_name: applicationName, lock_timeout: 2000 }
-  })
+  }
+  return postgres(url, options)
+}
 
 /** @since 0.1.0 */
 export const urlFor = (adminUrl: string, name: string): string => {
@@ -119,9 +219,7 @@ export const setup = async (adminUrl: string, prefix: string): Promise<Databases
     try {
       // Branches a killed run left prepared (these databases belong to the benchmark, whose data is
       // re-seeded below): roll them all back, so no slot of max_prepared_transactions stays taken.
-      const leftovers = await sql<{ gid: string }[]>`
-        SELECT gid FROM pg_prepared_xacts WHERE database = current_database()`
-      for (const { gid } of leftovers) await sql.unsafe(`ROLLBACK PREPARED '${gid.replaceAll("'", "''")}'`)
+      await rollBackAllPrepared(sql)
       await sql.unsafe(`DROP TABLE IF EXISTS accord_branch`)
       await sql.unsafe(`DROP TABLE IF EXISTS accounts`)
       await sql.unsafe(
@@ -178,6 +276,31 @@ export const pickAccounts = (): readonly [number, number] => {
   let y = 1 + Math.floor(Math.random() * accounts)
   if (y === x) y = (y % accounts) + 1
   return [x, y]
+}
+
+const rollBackAllPrepared = async (sql: postgres.Sql): Promise<number> => {
+  const leftovers = await sql<{ gid: string }[]>`
+    SELECT gid FROM pg_prepared_xacts WHERE database = current_database()`
+  for (const { gid } of leftovers) await sql.unsafe(`ROLLBACK PREPARED '${gid.replaceAll("'", "''")}'`)
+  return leftovers.length
+}
+
+/**
+ * Rolls back every transaction left prepared in the benchmark's own databases `urls` (a run that
+ * ends with some reports them first); returns how many.
+ * @since 0.1.0
+ */
+export const rollBackLeftovers = async (urls: ReadonlyArray<string>): Promise<number> => {
+  let n = 0
+  for (const url of urls) {
+    const sql = postgres(url, { max: 1, onnotice: () => {} })
+    try {
+      n += await rollBackAllPrepared(sql)
+    } finally {
+      await sql.end({ timeout: 5 })
+    }
+  }
+  return n
 }
 
 /**

@@ -164,6 +164,13 @@ const main = async () => {
     missing.length > 0 ? `\nNot measured: ${missing.map((m) => `${m.mode} (${m.reason})`).join("; ")}\n` : ""
   }`
   const preparedLeft = await Server.preparedIn(adminUrl, [dbs.a, dbs.b])
+  if (preparedLeft > 0) {
+    // Reported in the summary, then not left holding slots and locks on the server.
+    const rolledBack = await Server.rollBackLeftovers([dbs.a, dbs.b])
+    log(
+      `warning: ${preparedLeft} transactions were left prepared in the benchmark's databases; rolled back ${rolledBack}`
+    )
+  }
   const summary = { kind: "bench", meta, cells: withRatios, targets, coreOverhead, missing, preparedLeft }
   const files = writeResults(`bench-${stamp}`, {
     md,

@@ -15,6 +15,35 @@ describe.skipIf(server === undefined)("opt-in modes on PostgreSQL", () => {
 
   afterAll(() => dropSetup(adminUrl, prefix))
 
+  it("a by-hand transfer whose other branch fails leaves nothing prepared, even when that branch prepares late", async () => {
+    const dbs = await Server.setup(adminUrl, prefix)
+    const pools = {
+      a: Server.pool(dbs.a, 2),
+      b: Server.pool(dbs.b, 2),
+      coordinator: Server.pool(dbs.coordinator, 2)
+    }
+    const id = `late_${process.pid}`
+    try {
+      // Branch b fails at once; branch a prepares 100 ms later, after the failure is known.
+      let branchA: Promise<unknown> = Promise.resolve()
+      const branch = (sql: postgres.Sql, gid: string) => {
+        if (sql === pools.b) return Promise.reject(new Error("branch b refused"))
+        branchA = new Promise((resolve) => setTimeout(resolve, 100)).then(() =>
+          sql.begin(async (tx) => {
+            await tx.prepare(gid)
+          })
+        )
+        return branchA
+      }
+      await expect(Modes.byHandTransfer(pools, id, branch)).rejects.toThrow("branch b refused")
+      await branchA.catch(() => undefined)
+      expect(await Server.preparedIn(adminUrl, [dbs.a, dbs.b])).toBe(0)
+    } finally {
+      await Server.rollBackLeftovers([dbs.a, dbs.b])
+      await Promise.all([pools.a.end(), pools.b.end(), pools.coordinator.end()])
+    }
+  })
+
   it("raw2pc-group writes concurrent decisions in fewer INSERTs, one row each, and commits every transfer", async () => {
     const dbs = await Server.setup(adminUrl, prefix)
     const mode = Modes.rawModes(dbs).find((m) => m.name === "raw2pc-group")!

@@ -1,0 +1,49 @@
+import * as TestDatabase from "@accord/postgres/TestDatabase"
+import { describe, expect, it } from "vitest"
+import * as Server from "../src/Server.js"
+
+const server = await TestDatabase.server()
+
+describe.skipIf(server === undefined)("statement counting on the wire", () => {
+  const adminUrl = server?.adminUrl ?? ""
+
+  it("counts each executed statement once, classified, without postgres.js's debug hook", async () => {
+    const sql = Server.pool(adminUrl, 1)
+    const gid = `accord_bench_count_test_${process.pid}`
+    try {
+      // postgres.js captures a stack trace per query when `debug` is set: the pools must not set it.
+      expect(sql.options.debug).toBeFalsy()
+      await sql`select 1 as warm` // the connection, its startup and type fetch: not counted below
+      Server.resetCounters()
+      // A parameterised statement: parsed and described once, then bound and executed each time.
+      for (let i = 0; i < 3; i++) expect(await sql`select ${i}::int as n`).toEqual([{ n: i }])
+      expect(Server.snapshotCounters()).toEqual({
+        statements: 3,
+        prepares: 0,
+        commitPrepared: 0,
+        rollbackPrepared: 0
+      })
+      // A simple-protocol message of two statements counts two.
+      await sql.unsafe("select 1; select 2").simple()
+      expect(Server.snapshotCounters().statements).toBe(5)
+      // BEGIN, the statement, PREPARE TRANSACTION (extended protocol), then ROLLBACK PREPARED.
+      await sql.begin(async (tx) => {
+        await tx`select ${gid}::text as g`
+        await tx.prepare(gid)
+      })
+      await sql.unsafe(`ROLLBACK PREPARED '${gid}'`)
+      // The same through one simple message, then COMMIT PREPARED.
+      await sql.unsafe(`BEGIN; PREPARE TRANSACTION '${gid}'`).simple()
+      await sql.unsafe(`COMMIT PREPARED '${gid}'`)
+      expect(Server.snapshotCounters()).toEqual({
+        statements: 12,
+        prepares: 2,
+        commitPrepared: 1,
+        rollbackPrepared: 1
+      })
+    } finally {
+      await sql.unsafe(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined)
+      await sql.end({ timeout: 5 })
+    }
+  })
+})
