@@ -70,6 +70,13 @@ export interface RecoveryReport {
 
 const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
 
+/** What driving one decision's branches did. */
+interface Finished {
+  readonly decision: DecisionRecord
+  readonly results: ReadonlyArray<BranchResult>
+  readonly allDone: boolean
+}
+
 type BranchResult =
   | { readonly _tag: "Done"; readonly committed: boolean; readonly heuristic?: HeuristicRecord }
   | { readonly _tag: "Failed"; readonly branch: string; readonly reason: string }
@@ -375,29 +382,48 @@ export const run: (
         orphans.push(b)
       }
     }
+    // One decision per transaction, whatever number of its branches were found.
+    const orphansByTx = new Map<string, Array<InDoubtBranch>>()
+    for (const b of orphans) {
+      const list = orphansByTx.get(b.txId)
+      if (list === undefined) orphansByTx.set(b.txId, [b])
+      else list.push(b)
+    }
     const resolvedOrphans = yield* Effect.forEach(
-      orphans,
-      (b) =>
+      orphansByTx.values(),
+      (found) =>
         Effect.gen(function* () {
+          const txId = found[0]!.txId
           const decidedAt = yield* Clock.currentTimeMillis
           // First writer wins: if the coordinator's commit landed first, this returns it.
           const decision = yield* log.decide({
-            txId: b.txId,
+            txId,
             decision: "abort",
-            branches: [{ branch: b.branch, gid: b.gid }],
+            branches: found.map((b) => ({ branch: b.branch, gid: b.gid })),
             decidedAt
           })
-          if (decision.decision === "abort" && decision.decidedAt === decidedAt) presumedAborts++
-          if (decision.decision === "commit" && decision.completedAt !== undefined) {
-            // Every branch acknowledged before completion, so this is the same gid prepared again
-            // (a duplicated, late delivery of the work): committing it would apply the work twice.
-            return yield* rollBackDuplicate(decision, b)
+          if (decision.decision === "abort") {
+            if (decision.decidedAt === decidedAt) presumedAborts++
+            return [yield* finishDecision(decision, found)]
           }
-          return yield* finishDecision(decision, [{ branch: b.branch, gid: b.gid }])
+          // A commit decision: its own branch list is what commits. A found branch it does not list
+          // (or, once the decision is complete, any found branch: every listed one acknowledged
+          // before completion) is the same gid prepared again, a duplicated late delivery of the
+          // work: committing it would apply the work twice, so it is rolled back.
+          const listed = new Set<string>(decision.branches.map((b) => b.gid))
+          const strays = found.filter((b) => decision.completedAt !== undefined || !listed.has(b.gid))
+          const results: Array<Finished> = yield* Effect.forEach(strays, (b) =>
+            rollBackDuplicate(decision, b)
+          )
+          // Every listed branch is driven, not only the ones found here: completing the decision
+          // after committing some of them would leave the others to be taken for duplicates.
+          if (decision.completedAt === undefined)
+            results.push(yield* finishDecision(decision, decision.branches))
+          return results
         }),
       { concurrency }
     )
-    for (const r of resolvedOrphans) tally(r)
+    for (const r of resolvedOrphans.flat()) tally(r)
 
     // Not forced: a lost completion only makes the next pass re-drive idempotent calls.
     if (finishedTxIds.length > 0) {

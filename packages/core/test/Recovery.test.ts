@@ -54,6 +54,81 @@ describe("Recovery.run", () => {
     })
   )
 
+  it.effect(
+    "a commit decision met through one old orphan is driven on all its branches before it completes",
+    () =>
+      Effect.gen(function* () {
+        const { log, a, b } = yield* setup
+        yield* TestClock.setTime(100_000)
+        const txId = yield* TransactionId.make
+        const gidA = TransactionId.gid(txId, a.participant.name)
+        const gidB = TransactionId.gid(txId, b.participant.name)
+        // A prepared 40 s ago, B 15 s ago (a slow prepare), the decision 10 s ago; the coordinator died.
+        yield* a.seedPrepared(gidA, 60_000)
+        yield* b.seedPrepared(gidB, 85_000)
+        yield* log.decide({
+          txId,
+          decision: "commit",
+          branches: [
+            { branch: a.participant.name, gid: gidA },
+            { branch: b.participant.name, gid: gidB }
+          ],
+          decidedAt: 90_000
+        })
+        const pass = Recovery.run([a.participant, b.participant]).pipe(
+          Effect.provideService(TransactionLog.TransactionLog, log)
+        )
+        // A is an orphan (older than orphanAfter, 30 s); the decision and B are young.
+        const first = yield* pass
+        expect(first.branchesCommitted).toBe(2)
+        expect((yield* b.states).get(gidB)).toBe("committed")
+        expect((yield* log.snapshot).completed.has(txId)).toBe(true)
+        yield* TestClock.adjust(Duration.seconds(30))
+        const second = yield* pass
+        expect(second.branchesRolledBack).toBe(0)
+        expect(second.heuristics).toEqual([])
+        expect((yield* a.states).get(gidA)).toBe("committed")
+        expect((yield* b.states).get(gidB)).toBe("committed")
+      })
+  )
+
+  it.effect(
+    "a commit decision with a branch this recovery cannot reach is not completed, and that branch commits later",
+    () =>
+      Effect.gen(function* () {
+        const { log, a, b } = yield* setup
+        yield* TestClock.setTime(40_000)
+        const txId = yield* TransactionId.make
+        const gidA = TransactionId.gid(txId, a.participant.name)
+        const gidB = TransactionId.gid(txId, b.participant.name)
+        yield* a.seedPrepared(gidA, 0)
+        yield* b.seedPrepared(gidB, 0)
+        yield* log.decide({
+          txId,
+          decision: "commit",
+          branches: [
+            { branch: a.participant.name, gid: gidA },
+            { branch: b.participant.name, gid: gidB }
+          ],
+          decidedAt: 35_000
+        })
+        // Only A's participant is given; the decision is young (5 s), so A is met as an orphan.
+        const onlyA = yield* Recovery.run([a.participant]).pipe(
+          Effect.provideService(TransactionLog.TransactionLog, log)
+        )
+        expect(onlyA.branchesCommitted).toBe(1)
+        expect(onlyA.unresolved.map((u) => u.branch)).toEqual(["bank-b"])
+        expect((yield* log.snapshot).completed.has(txId)).toBe(false)
+        const both = yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
+          Effect.provideService(TransactionLog.TransactionLog, log)
+        )
+        expect(both.branchesRolledBack).toBe(0)
+        expect((yield* a.states).get(gidA)).toBe("committed")
+        expect((yield* b.states).get(gidB)).toBe("committed")
+        expect((yield* log.snapshot).completed.has(txId)).toBe(true)
+      })
+  )
+
   it.effect("presumes abort for an orphan by writing the abort decision, then rolls it back", () =>
     Effect.gen(function* () {
       const { log, a, b } = yield* setup

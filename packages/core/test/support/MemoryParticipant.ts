@@ -25,6 +25,7 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
   Effect.gen(function* () {
     const calls = yield* Ref.make<ReadonlyArray<string>>([])
     const branches = yield* Ref.make<ReadonlyMap<string, BranchState & string>>(new Map())
+    const preparedAt = new Map<string, number>()
     const commitFailures = yield* Ref.make(behaviour.commitFailures ?? 0)
     const work = yield* Ref.make<ReadonlyArray<unknown>>([])
     const record = (call: string) => Ref.update(calls, (c) => [...c, call])
@@ -92,7 +93,7 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
                 gid: parsed.value.gid,
                 txId: parsed.value.txId,
                 branch: parsed.value.branch,
-                preparedAt: 0
+                preparedAt: preparedAt.get(gid) ?? 0
               }
             })
         )
@@ -105,8 +106,12 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
       calls: Ref.get(calls),
       work: Ref.get(work),
       states: Ref.get(branches),
-      /** Pretends the branch was prepared by an earlier, crashed coordinator. */
-      seedPrepared: (gid: string) => setState(gid, "prepared"),
+      /** Pretends the branch was prepared by an earlier, crashed coordinator (at `at`, default 0). */
+      seedPrepared: (gid: string, at = 0) =>
+        Effect.zipRight(
+          Effect.sync(() => preparedAt.set(gid, at)),
+          setState(gid, "prepared")
+        ),
       /** Simulates an operator's manual ROLLBACK PREPARED. */
       forceRollback: (gid: string) => setState(gid, "aborted")
     }
