@@ -44,11 +44,13 @@ export const namespacePattern = /^[a-z0-9]{1,16}$/
 export const gidPattern = /^accord(-[a-z0-9]{1,16})?_([0-9A-HJKMNP-TV-Z]{26})_([A-Za-z0-9.-]{1,64})$/
 
 /**
- * The SQL `LIKE` pattern matching Accord's gids (optionally of one namespace) in `pg_prepared_xacts`.
+ * The SQL `LIKE` pattern matching Accord's gids in `pg_prepared_xacts`: those of `namespace`, or
+ * without one, those built without a namespace (never another deployment's `accord-<ns>_...`).
  * @since 0.1.0
  */
 export const gidLikePattern = (namespace?: string): string =>
-  namespace === undefined ? "accord%" : `accord-${namespace}\\_%`
+  // `_` is a LIKE wildcard: escaped, so that without a namespace `accord-<ns>_...` does not match.
+  namespace === undefined ? "accord\\_%" : `accord-${namespace}\\_%`
 
 const encodeTime = (millis: number): string => {
   let out = ""

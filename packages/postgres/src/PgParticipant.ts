@@ -657,7 +657,8 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       rows.flatMap((row) => {
         const parsed = TransactionId.parseGid(row.gid)
         if (parsed._tag === "None") return []
-        if (options.namespace !== undefined && parsed.value.namespace !== options.namespace) return []
+        // Another deployment's branches (another namespace, or one where this has none) are not ours.
+        if (parsed.value.namespace !== options.namespace) return []
         return [
           {
             gid: parsed.value.gid,

@@ -512,6 +512,57 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     })
   )
 
+  it.live(
+    "one phase: work that catches a failed statement is Aborted, not Committed (COMMIT answered ROLLBACK)",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        const before = yield* balance(a.sql, 3)
+        const outcome = yield* TwoPhaseCommit.run([
+          Participant.branch(pa, async (session: PgParticipant.BranchSession) => {
+            await session.query("update accounts set balance = balance + 100 where id = $1", [3])
+            try {
+              await session.query("select 1 / 0")
+            } catch {
+              // swallowed: the transaction is aborted (25P02) from here on
+            }
+          })
+        ]).pipe(Effect.provide(TransactionLog.layerMemory))
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag === "Aborted")
+          expect(outcome.votes[0]?.vote).toMatchObject({ _tag: "No", sqlState: "25P02" })
+        expect(yield* balance(a.sql, 3)).toBe(before)
+      })
+  )
+
+  it.live(
+    "in-doubt scans keep to their namespace: none sees only un-namespaced gids, 'y' only accord-y_",
+    () =>
+      Effect.gen(function* () {
+        const plain = yield* PgParticipant.make({ name: "bank-a", sql: a.sql })
+        const inY = yield* PgParticipant.make({ name: "bank-a", sql: a.sql, namespace: "y" })
+        const txPlain = yield* TransactionId.make
+        const txY = yield* TransactionId.make
+        const name = "bank-a" as TransactionId.BranchName
+        const ctxPlain = { txId: txPlain, branch: name, gid: TransactionId.gid(txPlain, name) }
+        const ctxY = { txId: txY, branch: name, gid: TransactionId.gid(txY, name, "y") }
+        expect(yield* plain.prepare(ctxPlain, adjust(1, -1))).toEqual(Participant.Vote.Prepared())
+        expect(yield* inY.prepare(ctxY, adjust(2, -1))).toEqual(Participant.Vote.Prepared())
+        try {
+          const seenPlain = (yield* plain.inDoubt).map((b) => b.gid)
+          const seenY = (yield* inY.inDoubt).map((b) => b.gid)
+          // Before the fix the un-namespaced scan listed accord-y_... too, and its recovery presumed
+          // the other deployment's branch aborted.
+          expect(seenPlain).toContain(ctxPlain.gid)
+          expect(seenPlain).not.toContain(ctxY.gid)
+          expect(seenY).toEqual([ctxY.gid])
+        } finally {
+          yield* plain.rollback(ctxPlain)
+          yield* inY.rollback(ctxY)
+        }
+      })
+  )
+
   it.live("hostile gids, bad names and namespaces are refused before any SQL is sent", () =>
     Effect.gen(function* () {
       const { pa, pb } = yield* participants

@@ -85,6 +85,18 @@ interface ResultTag {
 
 const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
 
+/**
+ * `COMMIT` of a transaction that an error had aborted succeeds with the command tag `ROLLBACK`: the
+ * work caught a failed statement (25P02 from then on) and returned normally. Nothing committed.
+ */
+const rolledBackInstead = (result: unknown): boolean => (result as ResultTag).command === "ROLLBACK"
+
+const abortedByWork: PgFailure = {
+  sqlState: "25P02",
+  connectionLost: false,
+  message: "the transaction was aborted by a statement error that the work caught; COMMIT rolled it back"
+}
+
 const interrupted: PgFailure = {
   sqlState: undefined,
   connectionLost: false,
@@ -252,6 +264,7 @@ const body = async (
     const committed = await settle(s.send("COMMIT"))
     if (!committed.ok) throw fail("end", state, committed.failure)
     state.open = false
+    if (rolledBackInstead(committed.value)) return { _tag: "WorkFailed", failure: abortedByWork }
     return { _tag: "Committed" }
   }
   if (s.wrote && script !== undefined) {
@@ -271,6 +284,7 @@ const body = async (
     const committed = await settle(s.send("COMMIT"))
     if (!committed.ok) throw fail("end", state, committed.failure)
     state.open = false
+    if (rolledBackInstead(committed.value)) return { _tag: "WorkFailed", failure: abortedByWork }
     return { _tag: "ReadOnly" }
   }
   const prepared = await settle(s.send(`PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`))
