@@ -464,7 +464,10 @@ export const replay = (records: ReadonlyArray<SagaRecord>): Replayed => {
 export interface RunOptions {
   /** The saga id (default: a fresh ULID). `[A-Za-z0-9._:-]{1,128}`. */
   readonly sagaId?: string
-  /** This orchestrator's identity in leases (default: a random one per call). */
+  /**
+   * This orchestrator's identity (default `"orchestrator"`). The lease itself is held under
+   * `<owner>/run-<token>`, unique to this run (see `driveLease`).
+   */
   readonly owner?: string
   /** How long a lease lasts; renewed every third of it while the saga runs. Default 30 s. */
   readonly leaseFor?: Duration.DurationInput
@@ -484,8 +487,23 @@ interface Running<R> {
   readonly ending: { value: boolean }
 }
 
-/** An owner name of its own per run: 80 random bits (`internal/entropy.ts`), so that leases fence runs apart. */
-const freshOwner = Effect.map(randomChars(4), (token) => `orchestrator-${token.toLowerCase()}`)
+/**
+ * The lease of one drive of a saga (a run, a resume, a sweep, an operator action), held under
+ * `<owner>/<kind>-<token>`: the configured owner stays visible to operators, and 80 random bits
+ * (`internal/entropy.ts`) make the token unique to this drive. Leases fence drives, not processes:
+ * a second drive under the same configured owner (the orchestrator resuming a saga it is still
+ * running, two replicas configured alike) is refused while the first's lease is live, and the
+ * appends of whichever drive lost the lease are rejected. A restarted process needs no old token:
+ * it takes the saga over once the dead drive's lease has expired.
+ */
+const driveLease = (
+  kind: "run" | "resume" | "sweep" | "retry" | "resolve",
+  options?: { readonly owner?: string | undefined; readonly leaseFor?: Duration.DurationInput | undefined }
+): Effect.Effect<Lease> =>
+  Effect.map(randomChars(4), (token) => ({
+    owner: `${options?.owner ?? "orchestrator"}/${kind}-${token.toLowerCase()}`,
+    leaseFor: options?.leaseFor ?? defaults.leaseFor
+  }))
 
 const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<string, unknown>> =>
   Object.fromEntries(completed)
@@ -614,12 +632,15 @@ export const outcomes = Metric.counter("accord_saga_outcomes_total", {
 })
 
 const end = <R>(run: Running<R>, outcome: Outcome) =>
-  run.log
-    .append(SagaRecord.SagaEnded({ sagaId: run.sagaId, outcome }), run.owner)
-    .pipe(
-      Effect.zipRight(Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))),
-      Effect.as(outcome)
-    )
+  Effect.suspend(() => {
+    // The SagaEnded write releases the lease: a heartbeat landing after it commits finds no lease
+    // to renew, which is the end, not a loss (a lease really lost is caught by the write's fence).
+    run.ending.value = true
+    return run.log.append(SagaRecord.SagaEnded({ sagaId: run.sagaId, outcome }), run.owner)
+  }).pipe(
+    Effect.zipRight(Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))),
+    Effect.as(outcome)
+  )
 
 /** Which steps must be compensated: started (completed, in doubt, or failed in doubt), with a compensation. */
 const needsCompensation = <R>(s: AnyStep<R>, state: Replayed): boolean => {
@@ -782,10 +803,7 @@ export const run: <R>(
   }
   yield* Effect.annotateCurrentSpan({ sagaId, saga: saga.name })
   const log = yield* SagaLog
-  const lease: Lease = {
-    owner: options?.owner ?? (yield* freshOwner),
-    leaseFor: options?.leaseFor ?? defaults.leaseFor
-  }
+  const lease = yield* driveLease("run", options)
   const started = SagaRecord.SagaStarted({ sagaId, sagaType: saga.name, input })
   yield* log.start(started, lease)
   const running: Running<R> = {
@@ -841,6 +859,7 @@ export const orFail = (
  * @since 0.1.0
  */
 export interface ResumeOptions {
+  /** As in `RunOptions`: the lease is held under `<owner>/<kind>-<token>`, unique to this call. */
   readonly owner?: string
   readonly leaseFor?: Duration.DurationInput
 }
@@ -863,6 +882,13 @@ const continueClaimed = <R>(
       )
     }
     yield* validate(saga)
+    // Claims work on ended sagas too: one that ended after the caller last looked is not driven
+    // again, and the lease just taken on it is given back.
+    const ended = replay([...history.records, ...extra]).ended
+    if (Option.isSome(ended)) {
+      yield* log.release(history.sagaId, lease.owner)
+      return ended.value
+    }
     const running: Running<R> = {
       saga,
       sagaId: history.sagaId,
@@ -885,7 +911,8 @@ const continueClaimed = <R>(
  * Resumes a saga from its log records with the same definition (found by type name): a step that
  * started without completing is run again (at least once) or compensated, whichever an
  * uninterrupted run would have done. An ended saga returns its recorded outcome and runs nothing.
- * Fails with `SagaBusyError` while another orchestrator holds a live lease.
+ * Fails with `SagaBusyError` while another drive holds a live lease, even one under the same owner
+ * (this orchestrator's own `run` of the saga still in flight).
  * @since 0.1.0
  */
 export const resume: <R>(
@@ -903,10 +930,7 @@ export const resume: <R>(
   if (Option.isNone(existing)) return yield* Effect.fail(new SagaNotFoundError({ sagaId }))
   const ended = replay(existing.value.records).ended
   if (Option.isSome(ended)) return ended.value
-  const lease: Lease = {
-    owner: options?.owner ?? (yield* freshOwner),
-    leaseFor: options?.leaseFor ?? defaults.leaseFor
-  }
+  const lease = yield* driveLease("resume", options)
   const history = yield* log.claim(sagaId, lease)
   return yield* continueClaimed(sagas, history, lease)
 })
@@ -914,7 +938,7 @@ export const resume: <R>(
 /**
  * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end.
  * Several orchestrators may sweep one log at once: a saga is claimed by one of them at a time.
- * Claims are recorded under `<owner>/sweep-<token>`, unique per sweep.
+ * Claims are recorded under `<owner>/sweep-<token>`, unique per sweep (see `driveLease`).
  * @since 0.1.0
  */
 export const sweep: <R>(
@@ -935,14 +959,9 @@ export const sweep: <R>(
   }
 ) {
   const log = yield* SagaLog
-  // Each sweep claims under its own token (`<owner>/sweep-<random>`), so that a saga this process
-  // is still driving under `owner` (its lease starved, say) and the same saga claimed here are
-  // fenced from each other even when the caller passes one owner name to both.
-  const token = yield* randomChars(4)
-  const lease: Lease = {
-    owner: `${options.owner}/sweep-${token.toLowerCase()}`,
-    leaseFor: options.leaseFor ?? defaults.leaseFor
-  }
+  // Each sweep claims under its own token, so that a saga this process is still driving under
+  // `owner` (its lease starved, say) and the same saga claimed here are fenced from each other.
+  const lease = yield* driveLease("sweep", options)
   const claimed = yield* log.claimAbandoned({ ...lease, limit: options.limit ?? 100 })
   const results = yield* Effect.forEach(
     claimed,
@@ -963,7 +982,8 @@ export const sweep: <R>(
 
 /**
  * Operator: runs a stuck saga again from where it stuck (the failed compensation, or after the pivot
- * the failed action), with fresh retries. Records an `OperatorAction` first.
+ * the failed action), with fresh retries. Records an `OperatorAction` first. Fails with
+ * `SagaBusyError` while any drive (even one under the same owner) holds a live lease on the saga.
  * @since 0.1.0
  */
 export const retryStuck: <R>(
@@ -977,10 +997,7 @@ export const retryStuck: <R>(
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
   const log = yield* SagaLog
-  const lease: Lease = {
-    owner: options?.owner ?? (yield* freshOwner),
-    leaseFor: options?.leaseFor ?? defaults.leaseFor
-  }
+  const lease = yield* driveLease("retry", options)
   const history = yield* log.claim(sagaId, lease)
   const ended = replay(history.records).ended
   if (Option.isSome(ended) && ended.value._tag !== "Stuck") {
@@ -1009,10 +1026,7 @@ export const resolveStuck: (
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
   const log = yield* SagaLog
-  const lease: Lease = {
-    owner: options?.owner ?? (yield* freshOwner),
-    leaseFor: options?.leaseFor ?? defaults.leaseFor
-  }
+  const lease = yield* driveLease("resolve", options)
   const history = yield* log.claim(sagaId, lease)
   const state = replay(history.records)
   if (Option.isNone(state.ended) || state.ended.value._tag !== "Stuck") {

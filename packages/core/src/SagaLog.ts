@@ -10,6 +10,9 @@
  * Ownership: a running saga has one owner holding a lease (`owner`, `leaseUntil`). The owner renews
  * the lease while it works; appends are fenced by owner (a process that lost its lease cannot write);
  * a saga whose lease expired is *abandoned* and another orchestrator claims it (`claimAbandoned`).
+ * The log compares owners as plain strings; `Saga` gives every drive of a saga (run, resume, sweep,
+ * operator action) an owner of its own, `<configured owner>/<kind>-<token>`, so that two drives
+ * under one configured owner fence each other like any two orchestrators.
  *
  * @since 0.1.0
  */
@@ -121,7 +124,8 @@ export class SagaLog extends Context.Tag("@accord/core/SagaLog")<
     readonly load: (sagaId: string) => Effect.Effect<Option.Option<SagaHistory>, LogError>
     /**
      * Takes the lease of one saga (to resume it by id): succeeds if nobody holds a live lease, or the
-     * caller does. Works on ended sagas too (an operator retrying a stuck one).
+     * caller's owner string already does (so an owner string must stand for one drive, never for a
+     * whole process). Works on ended sagas too (an operator retrying a stuck one).
      */
     readonly claim: (
       sagaId: string,

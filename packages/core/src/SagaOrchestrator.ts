@@ -13,9 +13,16 @@
  * `SagaOrchestrator.transient(reason)` / `SagaOrchestrator.inDoubt(reason)`, or an error with
  * `retryable: true` / `inDoubt: true`. Timed-out attempts are aborted through `ctx.signal`.
  *
+ * A saga's outcome (completed, compensated, stuck) resolves the promise. A promise rejects with the
+ * typed error itself (its `_tag` says which), never a wrapper: `InvalidSagaError` (definition or id
+ * refused; nothing ran), `LogError` (the log failed), `SagaBusyError` (another drive holds the saga:
+ * `execute` with an id already started, `resume` / `retryStuck` while a drive, even this
+ * orchestrator's own `execute`, holds a live lease), `LeaseLostError` (this drive's lease expired
+ * and another took the saga over: it stopped at once, and the saga goes on there).
+ *
  * @since 0.1.0
  */
-import { Duration, Effect, Option, Schedule } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Schedule } from "effect"
 import * as Saga from "./Saga.js"
 import { SagaLog, makeMemory } from "./SagaLog.js"
 import { secureChars } from "./internal/entropy.js"
@@ -142,44 +149,49 @@ const callPromise = <A>(f: (signal: AbortSignal) => Promise<A>): Effect.Effect<A
     catch: classify
   })
 
-const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]): Promise<SagaResult> =>
-  Effect.runPromise(
-    log.load(outcome.sagaId).pipe(
-      Effect.map((h) => {
-        const state = Option.map(h, (x) => Saga.replay(x.records))
-        const outputs = Option.match(state, {
-          onNone: () => ({}),
-          onSome: (s) => Object.fromEntries(s.completed)
-        })
-        return Saga.Outcome.$match(outcome, {
-          Completed: (o): SagaResult => ({
-            status: "completed",
-            sagaId: o.sagaId,
-            outputs: o.outputs,
-            compensated: [],
-            outcome
-          }),
-          Compensated: (o): SagaResult => ({
-            status: "compensated",
-            sagaId: o.sagaId,
-            outputs,
-            failedStep: o.cause.step,
-            error: o.cause.reason,
-            compensated: o.undone,
-            outcome
-          }),
-          Stuck: (o): SagaResult => ({
-            status: "stuck",
-            sagaId: o.sagaId,
-            outputs,
-            failedStep: o.step,
-            error: o.cause,
-            compensated: Option.match(state, { onNone: () => [], onSome: (s) => s.undone }),
-            outcome
-          })
+/** Runs `effect`; a failure rejects with the typed error (or the defect) itself, not a `FiberFailure`. */
+const runToPromise = async <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
+  const exit = await Effect.runPromiseExit(effect)
+  if (Exit.isSuccess(exit)) return exit.value
+  throw Cause.squash(exit.cause)
+}
+
+const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]) =>
+  log.load(outcome.sagaId).pipe(
+    Effect.map((h) => {
+      const state = Option.map(h, (x) => Saga.replay(x.records))
+      const outputs = Option.match(state, {
+        onNone: () => ({}),
+        onSome: (s) => Object.fromEntries(s.completed)
+      })
+      return Saga.Outcome.$match(outcome, {
+        Completed: (o): SagaResult => ({
+          status: "completed",
+          sagaId: o.sagaId,
+          outputs: o.outputs,
+          compensated: [],
+          outcome
+        }),
+        Compensated: (o): SagaResult => ({
+          status: "compensated",
+          sagaId: o.sagaId,
+          outputs,
+          failedStep: o.cause.step,
+          error: o.cause.reason,
+          compensated: o.undone,
+          outcome
+        }),
+        Stuck: (o): SagaResult => ({
+          status: "stuck",
+          sagaId: o.sagaId,
+          outputs,
+          failedStep: o.step,
+          error: o.cause,
+          compensated: Option.match(state, { onNone: () => [], onSome: (s) => s.undone }),
+          outcome
         })
       })
-    )
+    })
   )
 
 /**
@@ -189,6 +201,7 @@ const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]): Promise<SagaResu
 export class SagaOrchestrator {
   readonly name: string
   readonly log: SagaLog["Type"]
+  /** This orchestrator's identity; each drive holds its lease under `<owner>/<kind>-<token>`. */
   readonly owner: string
   private readonly options: OrchestratorOptions
   private readonly units: Array<Saga.Step<unknown, never> | Saga.Group<never>> = []
@@ -258,12 +271,18 @@ export class SagaOrchestrator {
   }
 
   private runOutcome(effect: Effect.Effect<Saga.Outcome, Saga.SagaError, SagaLog>): Promise<SagaResult> {
-    return Effect.runPromise(Effect.provideService(effect, SagaLog, this.log)).then((o) =>
-      toResult(o, this.log)
+    return runToPromise(
+      effect.pipe(
+        Effect.flatMap((o) => toResult(o, this.log)),
+        Effect.provideService(SagaLog, this.log)
+      )
     )
   }
 
-  /** Runs the saga to its end. Rejects only when the log fails or the definition is invalid. */
+  /**
+   * Runs the saga to its end. Rejects (with the typed error) only when it could not be driven to
+   * an end: invalid definition or id, log failure, id already started, lease lost.
+   */
   execute(input?: unknown, options?: { readonly sagaId?: string }): Promise<SagaResult> {
     const { owner, leaseFor } = this.lease()
     return this.runOutcome(
@@ -275,7 +294,7 @@ export class SagaOrchestrator {
     )
   }
 
-  /** Resumes a saga of this type from the log. */
+  /** Resumes a saga of this type from the log; rejects with `SagaBusyError` while a drive holds its lease. */
   resume(sagaId: string): Promise<SagaResult> {
     return this.runOutcome(Saga.resume(Saga.registry([this.saga]), sagaId, this.lease()))
   }
@@ -286,8 +305,11 @@ export class SagaOrchestrator {
       ...this.lease(),
       ...(options?.limit === undefined ? {} : { limit: options.limit })
     })
-    return Effect.runPromise(Effect.provideService(effect, SagaLog, this.log)).then((os) =>
-      Promise.all(os.map((o) => toResult(o, this.log)))
+    return runToPromise(
+      effect.pipe(
+        Effect.flatMap((os) => Effect.forEach(os, (o) => toResult(o, this.log))),
+        Effect.provideService(SagaLog, this.log)
+      )
     )
   }
 

@@ -1,5 +1,17 @@
+import { Effect, Option } from "effect"
 import { describe, expect, it } from "vitest"
+import { InvalidSagaError } from "../src/Saga.js"
+import { SagaBusyError } from "../src/SagaLog.js"
 import { SagaOrchestrator, business, inDoubt, transient } from "../src/SagaOrchestrator.js"
+
+/** A promise and the function that settles it. */
+const gate = () => {
+  let open: () => void = () => {}
+  const opened = new Promise<void>((resolve) => {
+    open = resolve
+  })
+  return { opened, open }
+}
 
 describe("SagaOrchestrator (Promise facade)", () => {
   it("names each orchestrator with 80 random bits unless given an owner", () => {
@@ -156,5 +168,77 @@ describe("SagaOrchestrator (Promise facade)", () => {
       compensated: ["reserve", "order"]
     })
     expect(undone).toEqual(["reserve", "order"])
+  })
+
+  it("resume while this orchestrator's execute of the saga is in flight rejects with SagaBusyError", async () => {
+    const charging = gate()
+    const replied = gate()
+    const ledger = { balance: 100, events: [] as Array<string> }
+    let calls = 0
+    const saga = new SagaOrchestrator({ name: "order", owner: "node-1", retries: 0 })
+      .addStep({
+        name: "reserve",
+        action: async () => "r",
+        compensation: async () => void ledger.events.push("release")
+      })
+      .addStep({
+        name: "charge",
+        action: async () => {
+          calls++
+          charging.open()
+          await replied.opened
+          ledger.balance -= 10
+          ledger.events.push("charged")
+          return "tx-1"
+        },
+        compensation: async (ctx) => {
+          if (ctx.completed) {
+            ledger.balance += 10
+            ledger.events.push("refund")
+          }
+        }
+      })
+    const first = saga.execute({}, { sagaId: "s-2" })
+    await charging.opened
+    await expect(saga.resume("s-2")).rejects.toBeInstanceOf(SagaBusyError)
+    replied.open()
+    expect(await first).toMatchObject({ status: "completed" })
+    expect(calls).toBe(1)
+    expect(ledger).toEqual({ balance: 90, events: ["charged"] })
+  })
+
+  it("two orchestrators configured with one owner do not drive one saga at once", async () => {
+    const charging = gate()
+    const replied = gate()
+    let calls = 0
+    const define = (o: SagaOrchestrator) =>
+      o.addStep({
+        name: "charge",
+        action: async () => {
+          calls++
+          charging.open()
+          await replied.opened
+          return "tx-1"
+        }
+      })
+    const a = define(new SagaOrchestrator({ name: "order", owner: "node-1" }))
+    const b = define(new SagaOrchestrator({ name: "order", owner: "node-1", log: a.log }))
+    const first = a.execute(null, { sagaId: "replicas-1" })
+    await charging.opened
+    await expect(b.resume("replicas-1")).rejects.toMatchObject({ _tag: "SagaBusyError" })
+    await expect(b.retryStuck("replicas-1")).rejects.toMatchObject({ _tag: "SagaBusyError" })
+    const owner = Option.getOrThrow(await Effect.runPromise(a.log.load("replicas-1"))).owner
+    expect(owner).toMatch(/^node-1\/run-[0-9a-z]{16}$/)
+    replied.open()
+    expect(await first).toMatchObject({ status: "completed" })
+    expect(calls).toBe(1)
+  })
+
+  it("rejects with the typed error itself, not a FiberFailure wrapper", async () => {
+    const saga = new SagaOrchestrator().addStep({ name: "a", action: async () => 1 })
+    await expect(saga.execute(null, { sagaId: "not a valid id" })).rejects.toBeInstanceOf(InvalidSagaError)
+    await saga.execute(null, { sagaId: "taken-1" })
+    await expect(saga.execute(null, { sagaId: "taken-1" })).rejects.toBeInstanceOf(SagaBusyError)
+    await expect(saga.resume("missing-1")).rejects.toMatchObject({ _tag: "SagaNotFoundError" })
   })
 })

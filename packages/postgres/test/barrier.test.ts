@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { eq, sql as dsql } from "drizzle-orm"
 import { integer, pgTable, text } from "drizzle-orm/pg-core"
 import { drizzle } from "drizzle-orm/pg-proxy"
-import { Effect, Either, Exit, Schedule } from "effect"
+import { Effect, Either, Exit, Option, Schedule } from "effect"
 import postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
 import * as TestDatabase from "../src/TestDatabase.js"
@@ -277,6 +277,9 @@ const suite = (
           )
           expect(Exit.isFailure(exit)).toBe(true)
           expect(yield* Effect.promise(t.qtyNow)).toBe(9)
+          // The killed orchestrator's lease runs out; the restarted one (same owner, new token) takes over.
+          const dead = Option.getOrThrow(yield* log.load(t.gid))
+          yield* log.restore({ ...dead, leaseUntil: 0 })
           const outcome = yield* Saga.resume(Saga.registry([saga]), t.gid, { owner: "n1" }).pipe(
             Effect.provideService(SagaLog.SagaLog, log)
           )

@@ -2,7 +2,7 @@
  * PgSagaLog on real PostgreSQL (and PGlite): records, fencing, resumption after a crash at every
  * record, stuck sagas, operator retry.
  */
-import { Saga, SagaLog } from "@accord/core"
+import { Saga, SagaLog, SagaOrchestrator } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit, Option, Schedule } from "effect"
@@ -56,6 +56,21 @@ const crashing = (log: Log, after: number): Log => {
       return Effect.uninterruptible(write)
     })
   return { ...log, start: (r, l) => guard(log.start(r, l)), append: (r, o) => guard(log.append(r, o)) }
+}
+
+/** The passage of time for a dead orchestrator's lease, on the database's clock. */
+const expireLease = (conn: PgSagaLog.PgConnection, sagaId: string): Promise<unknown> => {
+  const text = "update accord_saga set lease_until = now() - interval '1 second' where saga_id = $1"
+  return typeof conn === "function" ? conn.unsafe(text, [sagaId]) : conn.query(text, [sagaId])
+}
+
+/** A promise and the function that settles it. */
+const gate = () => {
+  let open: () => void = () => {}
+  const opened = new Promise<void>((resolve) => {
+    open = resolve
+  })
+  return { opened, open }
 }
 
 const suite = (
@@ -204,6 +219,11 @@ const suite = (
               )
               expect(Exit.isFailure(exit)).toBe(true)
               expect(Option.getOrThrow(yield* log.load(id)).records.length).toBe(k)
+              // The restarted process has the same configured owner but not the dead drive's token:
+              // it must wait for that lease to run out.
+              const early = yield* Effect.either(Saga.resume(Saga.registry([saga]), id, { owner: "node-1" }))
+              expect(Either.isLeft(early) && early.left._tag).toBe("SagaBusyError")
+              yield* Effect.promise(() => expireLease(conn, id))
               const resumed = yield* Saga.resume(Saga.registry([saga]), id, { owner: "node-1" })
               const summary = (o: Saga.Outcome) => ({
                 k,
@@ -223,6 +243,50 @@ const suite = (
           })
         ),
       60_000
+    )
+
+    it.live("two orchestrators configured with one owner never drive one saga at once", () =>
+      withLog((log) =>
+        Effect.gen(function* () {
+          const charging = gate()
+          const replied = gate()
+          let charges = 0
+          const define = () =>
+            new SagaOrchestrator.SagaOrchestrator({
+              name: "replicated",
+              owner: "node-1",
+              log,
+              retries: 0
+            }).addStep({
+              name: "charge",
+              action: async () => {
+                charges++
+                if (charges === 1) {
+                  charging.open()
+                  await replied.opened
+                }
+                return charges
+              }
+            })
+          const [a, b] = [define(), define()]
+          const id = `replicas-${label.toLowerCase()}-${Date.now()}`
+          const first = a.execute(null, { sagaId: id })
+          yield* Effect.promise(() => charging.opened)
+          const second = yield* Effect.promise(() =>
+            b.resume(id).then(
+              () => "resumed",
+              (e: { readonly _tag?: string }) => e._tag
+            )
+          )
+          expect(second).toBe("SagaBusyError")
+          replied.open()
+          expect(yield* Effect.promise(() => first)).toMatchObject({ status: "completed" })
+          expect(charges).toBe(1)
+          const history = Option.getOrThrow(yield* log.load(id))
+          expect(history.records.filter((r) => r._tag === "StepStarted").length).toBe(1)
+          expect(history.owner).toBeNull()
+        })
+      )
     )
 
     it.live("a stuck saga is recorded durably, listed for operators, and retryStuck finishes it", () =>
