@@ -45,9 +45,15 @@ import * as TwoPhaseCommit from "./TwoPhaseCommit.js"
  */
 export interface PromiseParticipant {
   readonly name: string
+  /**
+   * `signal` aborts when the coordinator stops waiting (the prepare timed out or the transaction was
+   * interrupted): the transaction then aborts, so a prepare that still answers yes afterwards is
+   * rolled back (`rollback` is called once it settles) rather than left prepared.
+   */
   readonly prepare: (
     txId: string,
-    operations: ReadonlyArray<OperationCall>
+    operations: ReadonlyArray<OperationCall>,
+    options?: { readonly signal: AbortSignal }
   ) => Promise<boolean | "prepared" | "read-only" | { readonly vote: "no"; readonly reason: string }>
   readonly commit: (txId: string) => Promise<void>
   readonly rollback: (txId: string) => Promise<void>
@@ -63,6 +69,18 @@ export const fromPromiseParticipant = (p: PromiseParticipant): Participant<Reado
   const parsed = TransactionId.parseBranchName(p?.name)
   if (Either.isLeft(parsed)) throw parsed.left
   const name = parsed.right
+  const callError = (
+    ctx: { txId: string },
+    phase: "prepare" | "commit" | "rollback" | "state" | "onePhaseCommit",
+    e: unknown
+  ) =>
+    new BranchCallError({
+      txId: ctx.txId,
+      branch: name,
+      phase,
+      reason: e instanceof Error ? e.message : String(e),
+      inDoubt: phase !== "prepare"
+    })
   const attempt = <A>(
     ctx: { txId: string },
     phase: "prepare" | "commit" | "rollback" | "state" | "onePhaseCommit",
@@ -70,14 +88,7 @@ export const fromPromiseParticipant = (p: PromiseParticipant): Participant<Reado
   ) =>
     Effect.tryPromise({
       try: f,
-      catch: (e) =>
-        new BranchCallError({
-          txId: ctx.txId,
-          branch: name,
-          phase,
-          reason: e instanceof Error ? e.message : String(e),
-          inDoubt: phase !== "prepare"
-        })
+      catch: (e) => callError(ctx, phase, e)
     })
   const toVote = (answer: Awaited<ReturnType<PromiseParticipant["prepare"]>>): Vote =>
     answer === true || answer === "prepared"
@@ -87,11 +98,31 @@ export const fromPromiseParticipant = (p: PromiseParticipant): Participant<Reado
         : Vote.No({
             reason: typeof answer === "object" && answer !== null ? answer.reason : "participant voted no"
           })
+  /**
+   * The prepare Promise, not left running unseen when the coordinator stops waiting: the signal
+   * aborts, and if the prepare still answers yes, the branch is rolled back then. A prepare the
+   * coordinator gave up on is a No vote (or, one phase, nothing sent after it), so the transaction
+   * never commits it; without this a rollback sent before a late PREPARE would leave it prepared,
+   * and a Promise participant reports no in-doubt branches for recovery to find.
+   */
   const prepare = (ctx: { txId: string }, work: ReadonlyArray<OperationCall>) =>
-    attempt(ctx, "prepare", () => p.prepare(ctx.txId, work)).pipe(
-      Effect.map(toVote),
-      Effect.catchAll((e) => Effect.succeed(Vote.No({ reason: e.reason })))
-    )
+    Effect.async<Vote>((resume) => {
+      const controller = new AbortController()
+      let abandoned = false
+      const answer = Promise.resolve().then(() => p.prepare(ctx.txId, work, { signal: controller.signal }))
+      answer.then(
+        (a) => abandoned || resume(Effect.succeed(toVote(a))),
+        (e: unknown) =>
+          abandoned || resume(Effect.succeed(Vote.No({ reason: callError(ctx, "prepare", e).reason })))
+      )
+      return Effect.sync(() => {
+        abandoned = true
+        controller.abort()
+        answer
+          .then((a) => (toVote(a)._tag === "Prepared" ? p.rollback(ctx.txId) : undefined))
+          .catch(() => undefined)
+      })
+    })
   return {
     name,
     verify: participantDefaults.verify,

@@ -250,7 +250,21 @@ const callAll = <K extends BranchCall>(
             ctx: BranchContext,
             work: unknown
           ) => Effect.Effect<CallAnswer[K], BranchCallError>
-        )(r.ctx, r.work)
+        )(r.ctx, r.work).pipe(
+          // A bug in a participant (a defect) is a failed call, in doubt: a prepare that died is a
+          // No vote whose branch is rolled back with the others, a commit that died is retried.
+          Effect.catchAllDefect((defect) =>
+            Effect.fail(
+              new BranchCallError({
+                txId: r.ctx.txId,
+                branch: r.ctx.branch,
+                phase: call === "commitOnePhase" ? "onePhaseCommit" : call,
+                reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
+                inDoubt: true
+              })
+            )
+          )
+        )
       ),
     bound
   )
@@ -504,7 +518,16 @@ const runTransaction = Effect.fnUntraced(function* (
       const toRollBack = resolved.filter(
         (_, i) => prepared[i]!.vote._tag === "Prepared" || !prepared[i]!.definite
       )
-      yield* forEachConcurrently(toRollBack, (r) => rollbackBranch(r, callTimeout, schedule))
+      // Each rollback is bounded by `callTimeout` and all of them by the transaction's deadline
+      // (at least 1 ms, so each is sent), so an unanswered rollback does not hold the outcome past
+      // `transactionTimeout`. A branch still prepared after that is an orphan that recovery
+      // presumes aborted. (Not left running in the background: a coordinator that dies takes its
+      // calls with it, and the simulator checks the protocol under exactly that.)
+      const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
+      yield* Effect.timeoutOption(
+        forEachConcurrently(toRollBack, (r) => rollbackBranch(r, callTimeout, schedule)),
+        Duration.min(callTimeout, left)
+      )
       timings.aborted = reason
       return yield* finish(Outcome.Aborted({ txId, votes, reason }))
     })

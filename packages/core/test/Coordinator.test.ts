@@ -47,6 +47,90 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     await coordinator.dispose()
   })
 
+  /** A Promise participant with a scripted prepare delay and rollbacks that may never answer. */
+  const scripted = (
+    name: string,
+    script: { prepareMs?: number; vote?: "no"; rollbackHangs?: boolean } = {}
+  ) => {
+    const state = {
+      value: "none" as "none" | "prepared" | "committed" | "rolled back",
+      calls: [] as Array<string>
+    }
+    let signal: AbortSignal | undefined
+    const participant: PromiseParticipant = {
+      name,
+      prepare: async (_txId, _operations, options) => {
+        signal = options?.signal
+        state.calls.push("prepare")
+        if (script.prepareMs !== undefined)
+          await new Promise((resolve) => setTimeout(resolve, script.prepareMs))
+        if (script.vote === "no") return { vote: "no", reason: "insufficient funds" }
+        state.value = "prepared"
+        state.calls.push("prepared")
+        return "prepared"
+      },
+      commit: async () => {
+        state.calls.push("commit")
+        state.value = "committed"
+      },
+      rollback: async () => {
+        state.calls.push("rollback")
+        if (script.rollbackHangs) return new Promise<void>(() => undefined)
+        if (state.value === "prepared") state.value = "rolled back"
+      }
+    }
+    return { participant, state, signal: () => signal }
+  }
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+  it("answers an abort within its timeout even when a rollback does not answer", async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: 150 })
+    const a = scripted("bank-a", { rollbackHangs: true })
+    const b = scripted("bank-b", { vote: "no" })
+    await coordinator.registerParticipant(a.participant)
+    await coordinator.registerParticipant(b.participant)
+    const started = Date.now()
+    const result = await coordinator.executeTransaction([
+      [a.participant, "debit", {}],
+      [b.participant, "credit", {}]
+    ])
+    // Before: it waited for the rollback's own 5 s bound.
+    expect(result.status).toBe("aborted")
+    expect(Date.now() - started).toBeLessThan(1_000)
+    expect(a.state.calls).toContain("rollback")
+    await coordinator.dispose()
+  })
+
+  it("rolls back a prepare that answers yes after the coordinator gave up on it (two branches and one)", async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: 100 })
+    const slow = scripted("bank-a", { prepareMs: 250 })
+    const quick = scripted("bank-b")
+    await coordinator.registerParticipant(slow.participant)
+    await coordinator.registerParticipant(quick.participant)
+    const two = await coordinator.executeTransaction([
+      [slow.participant, "debit", {}],
+      [quick.participant, "credit", {}]
+    ])
+    expect(two.status).toBe("aborted")
+    expect(slow.signal()?.aborted).toBe(true)
+    await sleep(400)
+    // The coordinator's rollback came before the late PREPARE; the late yes was rolled back too.
+    expect(slow.state.value).toBe("rolled back")
+    expect(quick.state.value).toBe("rolled back")
+
+    const alone = scripted("bank-c", { prepareMs: 250 })
+    await coordinator.registerParticipant(alone.participant)
+    const one = await coordinator.executeTransaction([[alone.participant, "debit", {}]]).then(
+      (r) => r.status,
+      (e: unknown) => (e as { _tag?: string })._tag
+    )
+    expect(one).toBe("BranchCallError") // in doubt: the caller cannot know yet
+    await sleep(400)
+    expect(alone.state.value).toBe("rolled back")
+    expect(alone.state.calls).toEqual(["prepare", "prepared", "rollback"])
+    await coordinator.dispose()
+  })
+
   it("resolves an abort with committed false, the votes and the reason", async () => {
     const coordinator = new TwoPhaseCoordinator()
     const a = promiseParticipant("orders")

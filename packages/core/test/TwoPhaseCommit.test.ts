@@ -8,6 +8,29 @@ import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import { withLog } from "./support/withLog.js"
 
 describe("TwoPhaseCommit.run", () => {
+  it.live("a participant that dies in prepare (a bug) is a No vote: the others are rolled back at once", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const buggy: Participant.Participant<unknown> = {
+          ...b.participant,
+          prepare: () => Effect.dieMessage("cannot read properties of undefined")
+        }
+        const started = Date.now()
+        const outcome = yield* TwoPhaseCommit.run([branch(a.participant, "debit"), branch(buggy, "credit")], {
+          prepareTimeout: Duration.seconds(5)
+        })
+        // Before: the defect was dropped and the run waited out prepareTimeout, "timed out".
+        expect(Date.now() - started).toBeLessThan(2_000)
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag === "Aborted")
+          expect(outcome.reason).toContain("cannot read properties of undefined")
+        expect([...(yield* a.states).values()]).toEqual(["aborted"])
+      })
+    )
+  )
+
   it.effect("commits both branches after forcing the commit decision", () =>
     withLog((log) =>
       Effect.gen(function* () {

@@ -1,4 +1,4 @@
-import { Clock, Duration, Effect, type Either, Fiber, Option } from "effect"
+import { Cause, Clock, Duration, Effect, type Either, Exit, Fiber, Option } from "effect"
 import { fromStarted, type Started } from "../Participant.js"
 
 /**
@@ -63,14 +63,18 @@ export const forEachWithin = <A, B, R>(
     const clock = yield* Effect.clock
     let left = items.length
     let wake: (() => void) | undefined
+    // A call that dies (a bug in a participant) ends the wait at once and is re-raised below, as
+    // `forEachStarted` does, instead of being taken for a call that never answered.
+    let died: Cause.Cause<never> | undefined
     const fibers: Array<Fiber.RuntimeFiber<void>> = []
     for (let i = 0; i < items.length; i++) {
       fibers.push(
         yield* Effect.fork(
-          Effect.flatMap(f(items[i]!, i), (b) =>
+          Effect.flatMap(Effect.exit(f(items[i]!, i)), (exit) =>
             Effect.sync(() => {
-              results[i] = Option.some(b)
-              if (--left === 0) wake?.()
+              if (Exit.isSuccess(exit)) results[i] = Option.some(exit.value)
+              else if (!Cause.isInterruptedOnly(exit.cause)) died ??= exit.cause
+              if (--left === 0 || died !== undefined) wake?.()
             })
           )
         )
@@ -86,7 +90,7 @@ export const forEachWithin = <A, B, R>(
           )
         )
     yield* Effect.async<void>((resume) => {
-      if (left === 0) return resume(Effect.void)
+      if (left === 0 || died !== undefined) return resume(Effect.void)
       let cancel: (() => void) | undefined
       wake = () => {
         wake = undefined
@@ -103,6 +107,7 @@ export const forEachWithin = <A, B, R>(
     if (left > 0) {
       yield* Fiber.interruptAll(fibers.filter((_, i) => Option.isNone(results[i]!)))
     }
+    if (died !== undefined) return yield* Effect.failCause(died)
     return results
   })
 
