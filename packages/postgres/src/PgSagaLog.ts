@@ -175,7 +175,8 @@ export const make = (
                returning saga_id
              )
              insert into accord_saga_record (saga_id, seq, kind, step, payload)
-             select saga_id, 1, 'SagaStarted', null, $6::text::jsonb from ins
+             select saga_id, 1, 'SagaStarted', null, $6::text::jsonb
+             from ins, (select set_config('synchronous_commit', 'on', true) as forced) as f
              returning seq`,
             [
               record.sagaId,

@@ -126,6 +126,38 @@ describe.skipIf(server === undefined)("Saga sweep on PostgreSQL", () => {
     120_000
   )
 
+  it.live("SagaStarted is forced even on a pool whose sessions run with synchronous_commit = off", () =>
+    Effect.gen(function* () {
+      const relaxed = postgres(url, { max: 1, onnotice: () => {}, connection: { synchronous_commit: "off" } })
+      const reader = pool()
+      const log = yield* PgSagaLog.make(relaxed)
+      // A backend's WAL statistics reach pg_stat_wal when it flushes them (at the latest when it
+      // exits): read after the writing connection has closed.
+      const syncs = () =>
+        Effect.promise(async () => {
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          await reader`select pg_stat_force_next_flush()`
+          const [row] = await reader<{ n: number }[]>`select wal_sync::float8 as n from pg_stat_wal`
+          return row!.n
+        })
+      const before = yield* syncs()
+      const n = 20
+      for (let i = 0; i < n; i++) {
+        yield* log.start(
+          SagaLog.SagaRecord.SagaStarted({ sagaId: `forced-${i}`, sagaType: "forced", input: null }),
+          {
+            owner: "me",
+            leaseFor: Duration.seconds(30)
+          }
+        )
+      }
+      yield* Effect.promise(() => relaxed.end({ timeout: 5 }))
+      // One WAL flush per forced start (other sessions' flushes only add). Unforced on this pool,
+      // twenty starts in a few milliseconds were flushed by the WAL writer in one or two syncs.
+      expect((yield* syncs()) - before).toBeGreaterThanOrEqual(n)
+    })
+  )
+
   it.live("claimAbandoned from many concurrent sweepers hands each abandoned saga to exactly one", () =>
     Effect.gen(function* () {
       const seedLog = yield* PgSagaLog.make(pool())
