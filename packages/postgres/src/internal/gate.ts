@@ -45,7 +45,11 @@ export class Gate {
       })
     }).pipe(
       Effect.timeout(timeout),
-      Effect.catchTag("TimeoutException", () => Effect.succeed(false))
+      Effect.catchTag("TimeoutException", () => Effect.succeed(false)),
+      // Interrupted after `leave` admitted it but before the caller saw the admission (in the
+      // same tick, or inside the timeout's race): the gate would be held for `gid` by nobody.
+      // Leaving a gid the gate does not hold changes nothing.
+      Effect.onInterrupt(() => Effect.sync(() => this.leave(gid)))
     )
   }
 
