@@ -1004,6 +1004,16 @@ export const retryStuck: <R>(
     yield* log.release(sagaId, lease.owner)
     return ended.value
   }
+  if (sagas.get(history.sagaType) === undefined) {
+    // Refused before the retry record is written: written first, it left the saga "running" with
+    // no driver, out of the stuck list.
+    yield* log.release(sagaId, lease.owner)
+    return yield* Effect.fail(
+      new InvalidSagaError({
+        reason: `saga ${sagaId}: no definition registered for type ${history.sagaType}`
+      })
+    )
+  }
   const action = SagaRecord.OperatorAction({ sagaId, action: "retry", note: options?.note ?? "retry" })
   yield* log.append(action, lease.owner)
   return yield* continueClaimed(sagas, history, lease, [action])

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Option, TestClock } from "effect"
 import * as Saga from "../src/Saga.js"
-import { SagaLog, makeMemory } from "../src/SagaLog.js"
+import { SagaLog, SagaRecord, makeMemory } from "../src/SagaLog.js"
 
 type Log = Effect.Effect.Success<typeof makeMemory>
 
@@ -178,6 +178,26 @@ describe("Saga lease fencing", () => {
         expect(calls).toEqual({ slow: 2, next: 1 })
         expect(yield* endedRecords(log, "takeover-1")).toBe(1)
       })
+  )
+
+  it.effect("retryStuck of a saga whose type is not registered writes nothing and leaves it to a sweep", () =>
+    Effect.gen(function* () {
+      const log = yield* makeMemory
+      yield* log.start(SagaRecord.SagaStarted({ sagaId: "unknown-1", sagaType: "elsewhere", input: null }), {
+        owner: "gone",
+        leaseFor: "10 millis"
+      })
+      yield* TestClock.adjust("1 second")
+      const exit = yield* Saga.retryStuck(Saga.registry<never>([]), "unknown-1", { owner: "ops" }).pipe(
+        Effect.provideService(SagaLog, log),
+        Effect.exit
+      )
+      expect(Exit.isFailure(exit)).toBe(true)
+      const history = Option.getOrThrow(yield* log.load("unknown-1"))
+      // Before: an OperatorAction "retry" was appended first, then the run failed.
+      expect(history.records.map((r) => r._tag)).toEqual(["SagaStarted"])
+      expect(history.owner ?? null).toBeNull()
+    })
   )
 
   it.effect("a saga that ended between resume's look and its claim is not left leased", () =>
