@@ -445,6 +445,31 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     })
   )
 
+  it.live(
+    "after its connection is lost, a branch's session sends nothing more (no statement on a reconnected connection)",
+    () =>
+      Effect.gen(function* () {
+        const { pa, pb } = yield* participants
+        let afterLoss = ""
+        const outcome = yield* TwoPhaseCommit.run([
+          Participant.branch(pa, async (s) => {
+            const [row] = await s.query<{ pid: number }>("select pg_backend_pid() as pid")
+            await admin`select pg_terminate_backend(${row!.pid})`
+            await s.query("select 1").catch(() => undefined) // the loss, swallowed by the work
+            // postgres.js may have reconnected this connection for another caller by now.
+            afterLoss = await s.query("select 2").then(
+              () => "sent",
+              (e: Error) => e.message
+            )
+          }),
+          Participant.branch(pb, adjust(5, 1))
+        ]).pipe(Effect.provide(TransactionLog.layerMemory))
+        expect(afterLoss).toMatch(/connection was lost/)
+        expect(outcome._tag).toBe("Aborted")
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A, DB_B]))).toEqual([])
+      })
+  )
+
   it.live("an interrupted branch is rolled back and its connection returned to the pool clean", () =>
     Effect.gen(function* () {
       const { pa } = yield* participants

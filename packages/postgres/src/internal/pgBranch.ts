@@ -83,6 +83,12 @@ interface ResultTag {
   readonly count?: number
 }
 
+/** What a statement gets after the branch's connection was lost (read as connection lost). */
+const lostError = () =>
+  Object.assign(new Error("the branch's connection was lost; no further statement is sent on it"), {
+    code: "CONNECTION_CLOSED"
+  })
+
 const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
 
 /**
@@ -151,6 +157,8 @@ export class Control extends Abandonment {
 class Session {
   readonly inflight = new Set<PendingQuery<unknown>>()
   closed = false
+  /** A statement of this session failed with the connection lost. */
+  lost = false
   wrote = false
   readonly session: BranchSession
   constructor(
@@ -170,11 +178,18 @@ class Session {
   private track<A>(pending: PendingQuery<A>): PendingQuery<A> {
     this.inflight.add(pending)
     const forget = () => this.inflight.delete(pending)
-    pending.then(forget, forget)
+    pending.then(forget, (error: unknown) => {
+      forget()
+      // postgres.js reconnects a dead reserved connection on demand, possibly for another
+      // branch's reserve(), and this session's handle would still run statements on it: none
+      // more goes through here once the connection is lost.
+      if (toFailure(error).connectionLost) this.lost = true
+    })
     return pending
   }
   /** Sends a statement, tracked for cancellation. */
   send<T>(text: string, params?: ReadonlyArray<unknown>): Promise<Array<T>> {
+    if (this.lost) return Promise.reject(lostError())
     return this.track(sendOn(this.conn, this.prepare, text, params) as unknown as PendingQuery<Array<T>>)
   }
   /** A multi-statement script (simple protocol, no parameters), tracked for cancellation. */
@@ -184,6 +199,7 @@ class Session {
   /** A statement of the work: refused once the work's time is over; notices certain writes. */
   work<T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> {
     if (this.closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
+    if (this.lost) return Promise.reject(lostError())
     return this.send<T>(text, params).then((rows) => {
       const tag = rows as unknown as ResultTag
       if ((tag.count ?? 0) > 0 && tag.command !== undefined && WRITE_COMMANDS.has(tag.command))
@@ -258,6 +274,19 @@ const body = async (
       if (rolledBack.ok) state.open = false
     }
     return { _tag: "WorkFailed", failure: w.failure }
+  }
+  if (s.lost) {
+    // The work went on after its connection was lost (it caught the failure): the server ended
+    // the transaction with the session, and nothing of Accord's (marker, PREPARE, COMMIT) was sent.
+    state.broken = true
+    return {
+      _tag: "WorkFailed",
+      failure: {
+        sqlState: undefined,
+        connectionLost: true,
+        message: "the branch's connection was lost during its work (the work caught the failure)"
+      }
+    }
   }
   if (control.abandoned) throw fail("end", state, interrupted)
   if (mode === "onePhase") {

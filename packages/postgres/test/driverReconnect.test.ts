@@ -1,0 +1,72 @@
+/**
+ * postgres.js 3.4.9 and a connection that dies while it is reserved (a backend terminated by an
+ * operator, a server restart, a dropped network), which is how a branch loses its connection:
+ *
+ * - a statement sent on the reserved connection after its socket closed scheduled a write on a
+ *   null socket: an uncaught TypeError that ended the process;
+ * - a `reserve()` waiting for that connection was handed to its reconnect and then dropped (the
+ *   reconnect's first ReadyForQuery discards a reserve request, expecting it still queued), so it
+ *   never resolved; and the closed socket's last error was replayed on the reconnected one,
+ *   rejecting the next request with the old 57P01.
+ *
+ * Accord's patch (`patches/postgres@3.4.9.patch`) fixes all three; these tests fail without it.
+ */
+import postgres from "postgres"
+import { afterAll, describe, expect, it } from "vitest"
+import * as TestDatabase from "../src/TestDatabase.js"
+
+const server = await TestDatabase.server()
+
+describe.skipIf(server === undefined)("postgres.js when a reserved connection dies", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  afterAll(() => admin.end({ timeout: 5 }))
+
+  const within = <A>(promise: Promise<A>, ms: number) =>
+    Promise.race([promise, new Promise<"timed out">((resolve) => setTimeout(() => resolve("timed out"), ms))])
+
+  it("a statement on a reserved connection whose socket has closed fails instead of ending the process", async () => {
+    const pool = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    try {
+      const first = await pool.reserve()
+      await first`begin`
+      const [row] = await first<{ pid: number }[]>`select pg_backend_pid() as pid`
+      const pid = row!.pid
+      await admin`select pg_terminate_backend(${pid})`
+      await new Promise((resolve) => setTimeout(resolve, 300)) // the close is processed
+      const late = await within(
+        first`select 1`.then(
+          () => "answered",
+          (e: { code?: string }) => e.code
+        ),
+        5_000
+      )
+      expect(late).toBe("CONNECTION_CLOSED")
+      // The pool reconnects on demand.
+      expect(await within(pool`select 2 as two`, 10_000)).toEqual([{ two: 2 }])
+    } finally {
+      await pool.end({ timeout: 5 })
+    }
+  }, 30_000)
+
+  it("a reserve() waiting for the pool's one connection gets it when the reserved one dies", async () => {
+    const pool = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    try {
+      const first = await pool.reserve()
+      await first`begin`
+      const [row] = await first<{ pid: number }[]>`select pg_backend_pid() as pid`
+      const pid = row!.pid
+      const waiting = pool.reserve() // the pool's only connection is reserved: this waits
+      await admin`select pg_terminate_backend(${pid})`
+      const second = await within(waiting, 10_000)
+      expect(second).not.toBe("timed out")
+      if (second !== "timed out") {
+        expect(await second`select 1 as one`).toEqual([{ one: 1 }])
+        second.release()
+      }
+      expect(await within(pool`select 2 as two`, 10_000)).toEqual([{ two: 2 }])
+    } finally {
+      await pool.end({ timeout: 5 })
+    }
+  }, 30_000)
+})
