@@ -55,26 +55,41 @@ export const applyWork =
   }
 
 /**
- * True when `db` already holds a seeded bank.
+ * The seed id of the dataset `db` holds (written by `seed`), or `undefined` when it holds none (no
+ * tables, or a dataset seeded before seed ids existed). Two banks belong to one dataset only when
+ * both hold the same seed id: a run killed between seeding bank A and bank B leaves them different.
  * @since 0.1.0
  */
-export const isSeeded = async (db: Db): Promise<boolean> => {
+export const seedIdOf = async (db: Db): Promise<string | undefined> => {
   const rows = await db.query<{ present: boolean }>(
     "SELECT to_regclass('bank_meta') IS NOT NULL AND to_regclass('accounts') IS NOT NULL AND to_regclass('ledger') IS NOT NULL AS present"
   )
-  if (rows[0]?.present !== true) return false
-  const seeded = await db.query<{ n: number }>(
-    "SELECT count(*)::int AS n FROM bank_meta WHERE key = 'seeded_total'"
+  if (rows[0]?.present !== true) return undefined
+  const meta = await db.query<{ seed_id: string | null; seeded: number }>(
+    `SELECT (SELECT value FROM bank_meta WHERE key = 'seed_id') AS seed_id,
+            (SELECT count(*)::int FROM bank_meta WHERE key = 'seeded_total') AS seeded`
   )
-  return (seeded[0]?.n ?? 0) === 1
+  const row = meta[0]
+  return row !== undefined && row.seeded === 1 && typeof row.seed_id === "string" && row.seed_id !== ""
+    ? row.seed_id
+    : undefined
 }
 
 /**
- * Drops the demo tables and seeds `accounts` accounts of `initialBalance` each, recording the
- * seeded total in `bank_meta`, all in one local transaction.
+ * True when the two banks hold one dataset: both seeded by the same `seed` run (same seed id).
+ * Otherwise (either unseeded, or a seed interrupted between the banks) both must be re-seeded.
  * @since 0.1.0
  */
-export const seed = (db: Db, accounts: number): Promise<void> =>
+export const sameDataset = (a: string | undefined, b: string | undefined): boolean =>
+  a !== undefined && a === b
+
+/**
+ * Drops the demo tables and seeds `accounts` accounts of `initialBalance` each, recording the
+ * seeded total and `seedId` (shared by both banks of one dataset) in `bank_meta`, all in one local
+ * transaction.
+ * @since 0.1.0
+ */
+export const seed = (db: Db, accounts: number, seedId: string): Promise<void> =>
   db.transaction([
     ...Schema.dropTables.map((text) => ({ text })),
     ...Schema.createTables.map((text) => ({ text })),
@@ -83,8 +98,8 @@ export const seed = (db: Db, accounts: number): Promise<void> =>
       params: [accounts, initialBalance]
     },
     {
-      text: "INSERT INTO bank_meta (key, value) VALUES ('seeded_total', $1::text), ('accounts', $2::text)",
-      params: [String(accounts * initialBalance), String(accounts)]
+      text: "INSERT INTO bank_meta (key, value) VALUES ('seeded_total', $1::text), ('accounts', $2::text), ('seed_id', $3::text)",
+      params: [String(accounts * initialBalance), String(accounts), seedId]
     }
   ])
 

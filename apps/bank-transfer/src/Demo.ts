@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import { randomUUID } from "node:crypto"
 import { ThreePhaseCommit } from "@accord/core"
 import * as PgRecovery from "@accord/postgres/PgRecovery"
 import cliProgress from "cli-progress"
@@ -146,12 +147,16 @@ export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
       const atStart = yield* recover(env)
 
       const [a, b] = env.banks
-      const seededA = yield* db("reading bank A", () => Bank.isSeeded(a.db))
-      const seededB = yield* db("reading bank B", () => Bank.isSeeded(b.db))
-      const seeding = options.fresh || !seededA || !seededB
+      // Seeding is two local transactions (one per bank): a run killed between them leaves the
+      // banks on different datasets. Both carry the id of the seed run that wrote them; the dataset
+      // is reused only when both hold the same id, otherwise both are seeded again.
+      const seedA = yield* db("reading bank A", () => Bank.seedIdOf(a.db))
+      const seedB = yield* db("reading bank B", () => Bank.seedIdOf(b.db))
+      const seeding = options.fresh || !Bank.sameDataset(seedA, seedB)
       if (seeding) {
-        yield* db("seeding bank A", () => Bank.seed(a.db, options.accounts))
-        yield* db("seeding bank B", () => Bank.seed(b.db, options.accounts))
+        const seedId = randomUUID()
+        yield* db("seeding bank A", () => Bank.seed(a.db, options.accounts, seedId))
+        yield* db("seeding bank B", () => Bank.seed(b.db, options.accounts, seedId))
       }
       const before = yield* db("reading bank A", () => Bank.state(a.db))
 

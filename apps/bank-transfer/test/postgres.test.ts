@@ -104,4 +104,41 @@ describe.skipIf(server === undefined)("bank transfer on real PostgreSQL", () => 
     const left = await TestDatabase.preparedOnServer(adminUrl)
     expect(left.filter((p) => names.includes(p.database))).toEqual([])
   }, 180_000)
+
+  it("a seed interrupted between the banks (A re-seeded, B old) is seeded again by the next run", async () => {
+    const first = await run(args("--fresh", "--transfers", "50", "--concurrency", "4", "--accounts", "100"))
+    expect(first.code, first.stderr).toBe(0)
+    expect(summaryOf(first).seeded).toBe(true)
+    // What a run killed after seeding bank A and before seeding bank B leaves: bank B holds the old
+    // dataset, with the credit of a transfer whose debit was in the old bank A; bank A holds a new
+    // dataset (its own seed, its own seed id), and no longer that debit.
+    const sqlA = postgres(TestDatabase.urlFor(adminUrl, names[0]!), { max: 1, onnotice: () => {} })
+    const sqlB = postgres(TestDatabase.urlFor(adminUrl, names[1]!), { max: 1, onnotice: () => {} })
+    try {
+      await sqlB.begin(async (tx) => {
+        await tx`UPDATE accounts SET balance = balance + 777 WHERE id = 1`
+        await tx`INSERT INTO ledger (tx_id, account, delta) VALUES ('half-seed-credit', 1, 777)`
+      })
+      await sqlA.begin(async (tx) => {
+        await tx`DELETE FROM ledger`
+        await tx`UPDATE accounts SET balance = 1000`
+        await tx`UPDATE bank_meta SET value = 'a-newer-seed' WHERE key = 'seed_id'`
+        await tx`INSERT INTO bank_meta (key, value) VALUES ('seed_id', 'a-newer-seed') ON CONFLICT DO NOTHING`
+      })
+    } finally {
+      await sqlA.end({ timeout: 5 })
+      await sqlB.end({ timeout: 5 })
+    }
+    const r = await run(args("--transfers", "20", "--concurrency", "4"))
+    expect(r.code, r.stderr).toBe(0)
+    const s = summaryOf(r)
+    expect(s.seeded).toBe(true)
+    expect(s.total).toBe(s.expectedTotal)
+    expect(s.halfApplied).toBe(0)
+    expect(s.ledgerMismatches).toBe(0)
+    // And the dataset the re-seed wrote is reused as one by the run after.
+    const again = await run(args("--transfers", "0"))
+    expect(again.code, again.stderr).toBe(0)
+    expect(summaryOf(again).seeded).toBe(false)
+  }, 120_000)
 })
