@@ -992,6 +992,12 @@ export interface RecoveryReport {
  * @since 0.1.0
  */
 export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
+  /**
+   * Recover only the gids of this namespace; voted branches of another namespace are left alone
+   * (reported `blocked`). Omitted: every namespace. Either way a branch's peers are probed under
+   * the namespace of the gid the scan found.
+   */
+  readonly namespace?: string
   /** Prepared branches younger than this are left to their coordinator. Default 30 s. */
   readonly orphanAfter?: Duration.DurationInput
   /**
@@ -1001,6 +1007,19 @@ export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
    * (with its log) may resolve. Run this pass first, then 2PC `Recovery`.
    */
   readonly unvoted?: "rollback" | "leave"
+}
+
+/** The namespace of a scanned gid (`Some(undefined)` when it has none; `None` when unparsable). */
+const gidNamespace = (gid: string): Option.Option<string | undefined> =>
+  Option.map(TransactionId.parseGid(gid), (g) => g.namespace)
+
+/** `options` with `namespace` replaced by the given one (removed when undefined). */
+const withNamespace = <O extends { readonly namespace?: string }>(
+  options: O,
+  namespace: string | undefined
+): Omit<O, "namespace"> & { readonly namespace?: string } => {
+  const { namespace: _ignored, ...rest } = options
+  return namespace === undefined ? rest : { ...rest, namespace }
 }
 
 /**
@@ -1031,11 +1050,19 @@ export const recover: (
       ),
     { concurrency: "unbounded" }
   )
+  // Keyed by namespace and txId: a branch's gids are rebuilt from the namespace of the gid the scan
+  // found (not from `options.namespace`, which would probe gids that do not exist).
   const byTx = new Map<
     string,
-    { members: ReadonlyArray<TransactionId.BranchName> | undefined; young: boolean }
+    {
+      txId: TransactionId.TransactionId
+      namespace: string | undefined
+      members: ReadonlyArray<TransactionId.BranchName> | undefined
+      young: boolean
+    }
   >()
   const unvoted: Array<{ participant: AnyThreePhaseParticipant; branch: InDoubtMember }> = []
+  const blocked: Array<{ txId: TransactionId.TransactionId; reason: string }> = []
   const youngLeft = yield* Ref.make(0)
   for (const found of scans.flatMap((s) => s.found)) {
     const young = now - found.branch.preparedAt < orphanAfter
@@ -1044,9 +1071,27 @@ export const recover: (
       else unvoted.push(found)
       continue
     }
-    const entry = byTx.get(found.branch.txId)
+    const namespace = gidNamespace(found.branch.gid)
+    if (Option.isNone(namespace)) {
+      blocked.push({ txId: found.branch.txId, reason: `unparsable gid ${JSON.stringify(found.branch.gid)}` })
+      continue
+    }
+    if (options.namespace !== undefined && namespace.value !== options.namespace) {
+      blocked.push({
+        txId: found.branch.txId,
+        reason: `gid ${found.branch.gid} is not in namespace ${JSON.stringify(options.namespace)}: left to its own recovery`
+      })
+      continue
+    }
+    const key = `${namespace.value ?? ""}/${found.branch.txId}`
+    const entry = byTx.get(key)
     if (entry === undefined || entry.young)
-      byTx.set(found.branch.txId, { members: found.branch.members, young })
+      byTx.set(key, {
+        txId: found.branch.txId,
+        namespace: namespace.value,
+        members: found.branch.members,
+        young
+      })
   }
   const leave = options.unvoted === "leave"
   for (const b of leave ? [] : unvoted) {
@@ -1054,9 +1099,8 @@ export const recover: (
   }
   const committed: Array<TransactionId.TransactionId> = []
   const aborted: Array<TransactionId.TransactionId> = []
-  const blocked: Array<{ txId: TransactionId.TransactionId; reason: string }> = []
   const pending: Array<{ txId: TransactionId.TransactionId; branch: TransactionId.BranchName }> = []
-  for (const [txId, { members, young }] of byTx) {
+  for (const { txId, namespace, members, young } of byTx.values()) {
     if (young) {
       yield* Ref.update(youngLeft, (n) => n + 1)
       continue
@@ -1065,10 +1109,10 @@ export const recover: (
     const p = plan(
       txId,
       participants.filter((q) => names.has(q.name)),
-      { ...options, ...(members === undefined ? {} : { members }) }
+      withNamespace({ ...options, ...(members === undefined ? {} : { members }) }, namespace)
     )
     if (Either.isLeft(p)) {
-      blocked.push({ txId: txId as TransactionId.TransactionId, reason: p.left.message })
+      blocked.push({ txId, reason: p.left.message })
       continue
     }
     const t = yield* terminatePlan(p.right, { ...options, from: options.from ?? "recovery" })
@@ -1093,7 +1137,8 @@ export const recover: (
 
 /**
  * A participant-side daemon: every `interval` it scans `self`'s in-doubt branches and runs an
- * `agent` for each one not already watched. Fork it next to the participant; it never ends.
+ * `agent` for each one not already watched (over the namespace of the gid it found; with
+ * `namespace`, only that namespace's gids). Fork it next to the participant; it never ends.
  * @since 0.1.0
  */
 export const watch = (
@@ -1112,13 +1157,16 @@ export const watch = (
         if ((yield* Ref.get(watching)).has(b.gid)) continue
         const members = b.members
         if (members === undefined) continue // never voted yes: `recover` rolls it back once old
+        const namespace = gidNamespace(b.gid)
+        if (Option.isNone(namespace)) continue
+        if (options.namespace !== undefined && namespace.value !== options.namespace) continue
         yield* Ref.update(watching, (s) => new Set([...s, b.gid]))
         const names = new Set(members)
         yield* agent(
           b.txId,
           self,
           peers.filter((q) => names.has(q.name)),
-          { ...options, members }
+          withNamespace({ ...options, members }, namespace.value)
         ).pipe(
           Effect.ignore,
           Effect.ensuring(

@@ -56,8 +56,8 @@ const three = Effect.all([
   ThreePhaseMemory.make("bank-c")
 ])
 
-const statesOf = (members: ReadonlyArray<ThreePhaseMemory.Memory>, txId: string) =>
-  Effect.forEach(members, (m) => m.stateOf(txId))
+const statesOf = (members: ReadonlyArray<ThreePhaseMemory.Memory>, txId: string, namespace?: string) =>
+  Effect.forEach(members, (m) => m.stateOf(txId, namespace))
 
 const forkAgents = (
   txId: string,
@@ -438,6 +438,76 @@ describe("ThreePhaseCommit.agent (coordinator stops)", () => {
         const again = yield* ThreePhaseCommit.recover([a.participant, b.participant], { orphanAfter: 0 })
         expect(again.committed).toEqual([])
       })
+  )
+})
+
+describe("ThreePhaseCommit recovery of namespaced gids", () => {
+  /** The coordinator (namespace "ns") dies after a's precommit landed; b stays uncertain. */
+  const precommitOnlyA = (a: ThreePhaseMemory.Memory, b: ThreePhaseMemory.Memory) =>
+    Effect.gen(function* () {
+      const stopped = yield* Deferred.make<void>()
+      const done = yield* Deferred.make<void>()
+      const txId = yield* TransactionId.make
+      yield* runUntil(
+        [
+          ThreePhaseCommit.branch(signalAfterPrecommit(a.participant, done), null),
+          ThreePhaseCommit.branch(
+            {
+              ...b.participant,
+              precommit: () =>
+                Deferred.await(done).pipe(
+                  Effect.andThen(Deferred.succeed(stopped, undefined)),
+                  Effect.andThen(Effect.never)
+                )
+            },
+            null
+          )
+        ],
+        stopped,
+        { txId, namespace: "ns" }
+      )
+      expect(yield* statesOf([a, b], txId, "ns")).toEqual(["precommitted", "uncertain"])
+      return txId
+    })
+
+  it.effect("recover without the namespace option drives the gids the scan found", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* Effect.all([ThreePhaseMemory.make("bank-a"), ThreePhaseMemory.make("bank-b")])
+      const txId = yield* precommitOnlyA(a, b)
+      const report = yield* ThreePhaseCommit.recover([a.participant, b.participant], { orphanAfter: 0 })
+      expect(report.committed).toEqual([txId])
+      expect(report.aborted).toEqual([])
+      expect(yield* statesOf([a, b], txId, "ns")).toEqual(["committed", "committed"])
+    })
+  )
+
+  it.effect("recover with another namespace leaves the branch alone", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* Effect.all([ThreePhaseMemory.make("bank-a"), ThreePhaseMemory.make("bank-b")])
+      const txId = yield* precommitOnlyA(a, b)
+      const report = yield* ThreePhaseCommit.recover([a.participant, b.participant], {
+        orphanAfter: 0,
+        namespace: "other"
+      })
+      expect(report.committed).toEqual([])
+      expect(report.aborted).toEqual([])
+      expect(report.blocked.map((x) => x.txId)).toEqual([txId, txId])
+      expect(yield* statesOf([a, b], txId, "ns")).toEqual(["precommitted", "uncertain"])
+    })
+  )
+
+  it.effect("watch runs its agents over the gids the scan found", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* Effect.all([ThreePhaseMemory.make("bank-a"), ThreePhaseMemory.make("bank-b")])
+      const txId = yield* precommitOnlyA(a, b)
+      const watcher = yield* ThreePhaseCommit.watch(b.participant, [a.participant], {
+        timeout: agentTimeout
+      }).pipe(Effect.fork)
+      yield* TestClock.adjust(agentTimeout)
+      yield* TestClock.adjust(agentTimeout)
+      expect(yield* b.stateOf(txId, "ns")).toBe("committed")
+      yield* Fiber.interrupt(watcher)
+    })
   )
 })
 

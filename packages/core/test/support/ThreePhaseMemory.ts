@@ -128,8 +128,8 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
       participant,
       calls: Ref.get(calls),
       /** The state of this participant's branch of `txId`. */
-      stateOf: (txId: string) =>
-        get(TransactionId.gid(txId as TransactionId.TransactionId, branch)).pipe(
+      stateOf: (txId: string, namespace?: string) =>
+        get(TransactionId.gid(txId as TransactionId.TransactionId, branch, namespace)).pipe(
           Effect.map((e) => e?.state ?? "initial")
         ),
       crash: Ref.set(down, true),
