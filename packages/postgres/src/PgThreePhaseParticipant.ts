@@ -15,8 +15,12 @@
  * The member's state is derived from durable facts only, so it survives restarts:
  * committed = marker row present (`accord_branch`, committed with the branch); otherwise, prepared
  * (`pg_prepared_xacts`) → the recorded row (`initial` when none); otherwise `aborted` if a row
- * exists, `initial` if nothing does. `pg_prepared_xacts` is read in a statement *before* the marker,
- * so a `COMMIT PREPARED` landing between the two reads is seen as prepared, never as aborted.
+ * exists, `initial` if nothing does. Three statements, in this order: the state row, then
+ * `pg_prepared_xacts`, then the marker (each a later snapshot). A row is only written after
+ * `PREPARE TRANSACTION` (or as a fence, before `ROLLBACK PREPARED`), so a `PREPARE` + yes vote
+ * landing after the row read is seen with no row (`initial`), never as aborted; and a
+ * `COMMIT PREPARED` landing after the `pg_prepared_xacts` read is seen as prepared or by its marker,
+ * never as aborted. So "row present, not prepared, no marker" really means rolled back.
  *
  * @since 0.1.0
  */
@@ -63,9 +67,8 @@ const FENCE_SQL =
   "on conflict (gid) do update set state = 'aborted', updated_at = now()"
 const PREPARED_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
-const AFTER_SQL =
-  "select exists (select 1 from accord_branch where gid = $1) as committed, " +
-  "(select state from accord_3pc_state where gid = $1) as recorded"
+const ROW_SQL = "select state from accord_3pc_state where gid = $1"
+const MARKER_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
 const ROWS_SQL = "select gid, state, members from accord_3pc_state where gid = any($1::text[])"
 const FORGET_SQL = "delete from accord_3pc_state where gid = any($1::text[])"
 
@@ -117,17 +120,14 @@ const build = (
 
     const state = Effect.fn("PgThreePhaseParticipant.state")(function* (ctx: Participant.BranchContext) {
       yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
-      // Order matters: prepared first, then the marker in a later snapshot (see the module doc).
+      // Order matters: the row, then prepared, then the marker, each in a later snapshot (see the
+      // module doc).
+      const recorded = (yield* query<{ state: Recorded }>(ROW_SQL, [ctx.gid], ctx, "state"))[0]?.state ?? null
       const prepared =
         (yield* query<{ prepared: boolean }>(PREPARED_SQL, [ctx.gid], ctx, "state"))[0]?.prepared === true
-      const after = (yield* query<{ committed: boolean; recorded: Recorded | null }>(
-        AFTER_SQL,
-        [ctx.gid],
-        ctx,
-        "state"
-      ))[0]
-      if (after?.committed === true) return "committed" as const
-      const recorded = after?.recorded ?? null
+      const committed =
+        (yield* query<{ committed: boolean }>(MARKER_SQL, [ctx.gid], ctx, "state"))[0]?.committed === true
+      if (committed) return "committed" as const
       if (prepared) return recorded ?? ("initial" as const)
       return recorded === null ? ("initial" as const) : ("aborted" as const)
     })

@@ -129,6 +129,62 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
     )
 
   it.live(
+    "state never reads a branch that prepares and votes yes during the call as aborted",
+    () =>
+      Effect.gen(function* () {
+        const [, , c] = yield* participants
+        // An observer on bank-c whose second state() statement waits until the branch prepared
+        // and voted (a slow network between the two statements).
+        let armed = false
+        let seen = 0
+        let release!: () => void
+        const gate = new Promise<void>((r) => {
+          release = r
+        })
+        let reached!: () => void
+        const atGate = new Promise<void>((r) => {
+          reached = r
+        })
+        const raw = pool(2)
+        const slow = new Proxy(raw, {
+          get(target, key) {
+            if (key === "unsafe")
+              return (...args: Parameters<typeof raw.unsafe>) => {
+                if (armed && ++seen === 2) {
+                  reached()
+                  return gate.then(() => target.unsafe(...args))
+                }
+                return target.unsafe(...args)
+              }
+            return Reflect.get(target, key)
+          }
+        })
+        const observer = yield* PgThreePhaseParticipant.make({ name: "bank-c", sql: slow })
+        const txId = yield* TransactionId.make
+        const ctx = {
+          txId,
+          branch: c.name,
+          gid: TransactionId.gid(txId, c.name),
+          members: [c.name]
+        }
+        armed = true
+        const read = yield* observer.state(ctx).pipe(Effect.fork)
+        yield* Effect.promise(() => atGate)
+        const seenState = yield* Effect.gen(function* () {
+          const vote = yield* c.prepare(ctx, adjust(20, 1))
+          expect(vote._tag).toBe("Prepared")
+          expect(yield* stateOf(c, txId)).toBe("uncertain")
+          release()
+          return yield* Fiber.join(read)
+        }).pipe(Effect.ensuring(c.rollback(ctx).pipe(Effect.ignore)))
+        expect(["initial", "uncertain"]).toContain(seenState)
+        expect(yield* stateOf(c, txId)).toBe("aborted")
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
+  )
+
+  it.live(
     "commits a transfer in three phases and leaves nothing prepared",
     () =>
       Effect.gen(function* () {
