@@ -6,7 +6,11 @@
  * A call ends in one of three ways, and the saga treats them differently:
  * - the service answered 2xx: the step took effect (or had already);
  * - the service answered 409: a definite business refusal (out of stock, card declined): compensate;
- * - the service answered 5xx: it rolled back; retrying is safe;
+ * - the service answered 5xx with `rolledBack: true` (`rolledBack`): its database refused the work
+ *   and rolled it back; the step did not act; retrying is safe;
+ * - any other 5xx (`inDoubt`, 503: the service lost its database connection with the COMMIT
+ *   possibly sent, or a handler failed after acting; or a 5xx from anything that does not say it
+ *   rolled back): in doubt, like no answer;
  * - no answer (connection lost, timeout): in doubt, the service may have acted: retry, the barrier
  *   makes the retry harmless, and if the step is given up its compensation must survive both cases.
  *
@@ -39,6 +43,26 @@ export interface Server {
   readonly port: number
   readonly close: () => Promise<void>
 }
+
+/**
+ * The reply of a service whose database answered a failure: the local transaction, barrier row
+ * included, rolled back; the step did not act (HTTP 500, `rolledBack: true`).
+ * @since 0.1.0
+ */
+export const rolledBack = (message: string): Reply => ({
+  status: 500,
+  body: { error: "rolled_back", rolledBack: true, message }
+})
+
+/**
+ * The reply of a service that cannot tell whether the step took effect (it lost its database
+ * connection with the COMMIT possibly sent, or failed after acting): HTTP 503, `inDoubt: true`.
+ * @since 0.1.0
+ */
+export const inDoubt = (message: string): Reply => ({
+  status: 503,
+  body: { error: "in_doubt", inDoubt: true, message }
+})
 
 const readBody = (req: IncomingMessage): Promise<string> =>
   new Promise((resolve, reject) => {
@@ -89,11 +113,8 @@ export const serve = (options: {
             }
             send(res, reply)
           },
-          (error: unknown) =>
-            send(res, {
-              status: 500,
-              body: { error: "internal", message: String((error as Error)?.message ?? error) }
-            })
+          // A handler that threw may have acted: it did not say it rolled back.
+          (error: unknown) => send(res, inDoubt(String((error as Error)?.message ?? error)))
         )
     })
     // Closing must not wait for the orchestrator's idle keep-alive sockets.
@@ -128,7 +149,8 @@ export class ServiceRejectedError extends Schema.TaggedError<ServiceRejectedErro
 }
 
 /**
- * The service answered that it failed and rolled back: retrying is safe.
+ * The service answered that it did not act (a 5xx saying it rolled back, or a 4xx other than 409
+ * such as an unknown operation): retrying is safe.
  * @since 0.1.0
  */
 export class ServiceUnavailableError extends Schema.TaggedError<ServiceUnavailableError>()(
@@ -141,7 +163,8 @@ export class ServiceUnavailableError extends Schema.TaggedError<ServiceUnavailab
 }
 
 /**
- * No answer: the service may or may not have acted.
+ * No answer, or a 5xx that does not say the service rolled back: the service may or may not have
+ * acted.
  * @since 0.1.0
  */
 export class ServiceInDoubtError extends Schema.TaggedError<ServiceInDoubtError>()("ServiceInDoubtError", {
@@ -150,7 +173,7 @@ export class ServiceInDoubtError extends Schema.TaggedError<ServiceInDoubtError>
   reason: Schema.String
 }) {
   override get message(): string {
-    return `${this.service}/${this.op}: no answer (${this.reason})`
+    return `${this.service}/${this.op}: in doubt (${this.reason})`
   }
 }
 
@@ -194,19 +217,31 @@ const post = async (url: string, body: unknown, key: string, signal: AbortSignal
 }
 
 /**
+ * An answer that leaves the effect in doubt: no answer, or a 5xx that does not say `rolledBack: true`.
+ * @since 0.1.0
+ */
+export const isInDoubt = (raw: Raw): boolean =>
+  !raw.ok ||
+  (raw.status >= 500 &&
+    (typeof raw.body !== "object" ||
+      raw.body === null ||
+      (raw.body as { rolledBack?: unknown }).rolledBack !== true))
+
+/**
  * What two concurrent copies of one request say together. The copies ran one after the other behind
  * the service's barrier, and the world may have changed in between (stock released by another
  * order), so they can disagree; the answer must describe the effect, not the first copy:
  * - a copy answered 2xx: the step took effect (the other copy was a duplicate, or refused before
  *   the one that applied): success;
- * - otherwise a copy's answer was lost: that copy may have applied after the other was refused:
- *   in doubt, never a definite refusal (which would leave the step uncompensated);
+ * - otherwise a copy's answer was lost or in doubt (`isInDoubt`): that copy may have applied after
+ *   the other was refused: in doubt, never a definite refusal (which would leave the step
+ *   uncompensated);
  * - otherwise both answered: the first answer (both refusals or failures are definite for the
  *   request, since no copy of it is left in flight).
  * @since 0.1.0
  */
 export const mergeCopies = (copies: readonly [Raw, Raw]): Raw =>
-  copies.find((r) => r.ok && r.status >= 200 && r.status < 300) ?? copies.find((r) => !r.ok) ?? copies[0]
+  copies.find((r) => r.ok && r.status >= 200 && r.status < 300) ?? copies.find(isInDoubt) ?? copies[0]
 
 /**
  * Calls `POST <baseUrl>/<op>`. With probability `duplicateRate` the same request is delivered twice,
@@ -244,7 +279,11 @@ export const call = (options: {
       const { service } = options.endpoint
       if (!raw.ok)
         return Effect.fail(new ServiceInDoubtError({ service, op: options.op, reason: raw.reason }))
-      const body = raw.body as { error?: string; message?: string; result?: unknown }
+      const body = (typeof raw.body === "object" && raw.body !== null ? raw.body : {}) as {
+        error?: string
+        message?: string
+        result?: unknown
+      }
       if (raw.status >= 200 && raw.status < 300) return Effect.succeed(body.result)
       if (raw.status === 409)
         return Effect.fail(
@@ -253,6 +292,14 @@ export const call = (options: {
             op: options.op,
             code: body.error ?? "rejected",
             reason: body.message ?? ""
+          })
+        )
+      if (isInDoubt(raw))
+        return Effect.fail(
+          new ServiceInDoubtError({
+            service,
+            op: options.op,
+            reason: `HTTP ${raw.status}: ${body.message ?? body.error ?? "no reason given"}`
           })
         )
       return Effect.fail(

@@ -36,7 +36,14 @@ export interface Transport {
   readonly onDuplicate?: () => void
 }
 
-const toStepError = (error: Http.CallError): Saga.StepError => {
+/**
+ * Reads a call's failure as a step failure: a business refusal is definite (not compensated), an
+ * answer saying the service rolled back is transient (the step did not act), and anything in doubt
+ * (no answer, or the service lost its database with the COMMIT possibly sent) is in doubt: retried,
+ * and compensated if the step is given up.
+ * @since 0.1.0
+ */
+export const toStepError = (error: Http.CallError): Saga.StepError => {
   switch (error._tag) {
     case "ServiceRejectedError":
       return new Saga.StepBusinessError({ reason: `${error.code}: ${error.reason}` })

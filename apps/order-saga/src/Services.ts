@@ -67,29 +67,36 @@ const barrierHandler =
     lookup: (body: Record<string, unknown>) => Promise<unknown>
   ): Handler =>
   async (body) => {
+    let outcome: StepBarrier.BarrierOutcome<unknown>
     try {
       const key = { gid: text(body, "sagaId"), branch: text(body, "step"), op }
-      const outcome = await StepBarrier.run(db, key, (tx) => work(tx, body))
-      switch (outcome._tag) {
-        case "Applied":
-          return { status: 200, body: { status: "applied", result: outcome.value } }
-        case "Duplicate":
-          return { status: 200, body: { status: "duplicate", result: outcome.value ?? (await lookup(body)) } }
-        case "NullCompensation":
-          return { status: 200, body: { status: "null-compensation", result: null } }
-        case "Refused":
-          return {
-            status: 409,
-            body: {
-              error: "refused",
-              message: "the step was already compensated; the late action is refused"
-            }
-          }
-      }
+      outcome = await StepBarrier.run(db, key, (tx) => work(tx, body))
     } catch (error) {
       if (error instanceof BusinessRuleError)
         return { status: 409, body: { error: error.code, message: error.message } }
-      throw error
+      // The connection to the database was lost with the COMMIT possibly on the wire: the step may
+      // have taken effect. Never answer that as "rolled back" (the saga would skip its compensation).
+      if (error instanceof StepBarrier.InDoubtError) return Http.inDoubt(error.reason)
+      // The database answered the failure: the transaction, barrier row included, rolled back.
+      return Http.rolledBack(String((error as Error)?.message ?? error))
+    }
+    // From here the step took effect (or had already): a failure of `lookup` propagates, and the
+    // server answers it as in doubt, not as rolled back.
+    switch (outcome._tag) {
+      case "Applied":
+        return { status: 200, body: { status: "applied", result: outcome.value } }
+      case "Duplicate":
+        return { status: 200, body: { status: "duplicate", result: outcome.value ?? (await lookup(body)) } }
+      case "NullCompensation":
+        return { status: 200, body: { status: "null-compensation", result: null } }
+      case "Refused":
+        return {
+          status: 409,
+          body: {
+            error: "refused",
+            message: "the step was already compensated; the late action is refused"
+          }
+        }
     }
   }
 

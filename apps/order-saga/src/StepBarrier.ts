@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import { Barrier } from "@accord/postgres"
+import { Cause, Effect, Exit } from "effect"
 import type { Db, Queryable } from "./Database.js"
 
 /**
@@ -34,8 +35,23 @@ const connectionOf = (db: Db): Barrier.Connection =>
   db.driver.kind === "pglite" ? db.driver.db : db.driver.sql
 
 /**
+ * The barrier's transaction may have committed: the connection was lost after the work ran (while
+ * the barrier's statements or the COMMIT were on the wire). The step may have taken effect; only a
+ * later delivery (answered by the barrier) can tell.
+ * @since 0.1.0
+ */
+export class InDoubtError extends Error {
+  constructor(readonly reason: string) {
+    super(`in doubt: ${reason}`)
+  }
+}
+
+/**
  * Runs `work` in one local transaction with the barrier row. An error thrown by `work` rolls the
- * barrier row back with it and is rethrown as it was thrown (so a business refusal stays one).
+ * barrier row back with it and is rethrown as it was thrown (so a business refusal stays one): the
+ * COMMIT was never sent. Any other failure is the barrier's `BarrierWorkError`: rethrown as it is
+ * when the database answered it (rolled back), as `InDoubtError` when the connection was lost (the
+ * COMMIT may have landed).
  * @since 0.1.0
  */
 export const run = async <A>(
@@ -44,8 +60,8 @@ export const run = async <A>(
   work: (tx: Queryable) => Promise<A>
 ): Promise<BarrierOutcome<A>> => {
   let thrown: { readonly error: unknown } | undefined
-  try {
-    return await Barrier.runPromise(connectionOf(db), key, async (session) => {
+  const exit = await Effect.runPromiseExit(
+    Barrier.run(connectionOf(db), key, async (session) => {
       try {
         return await work({
           query: <T>(text: string, params?: ReadonlyArray<unknown>) =>
@@ -56,9 +72,12 @@ export const run = async <A>(
         throw error
       }
     })
-  } catch (error) {
-    throw thrown === undefined ? error : thrown.error
-  }
+  )
+  if (Exit.isSuccess(exit)) return exit.value
+  if (thrown !== undefined) throw thrown.error
+  const error = Cause.squash(exit.cause)
+  if (error instanceof Barrier.BarrierWorkError && error.connectionLost) throw new InDoubtError(error.reason)
+  throw error
 }
 
 /**
