@@ -7,8 +7,12 @@
  * 2. Every charge is captured for a completed order, or refunded; every completed order was captured.
  * 3. No order is left pending.
  * 4. No compensation (and no action) took effect twice: the ledgers have at most one release, refund,
- *    cancel (and reserve, charge, schedule) per order; the barrier has at most one compensation row
- *    per step.
+ *    cancel (and reserve, charge, schedule) per order.
+ * 4b. The barriers and the ledgers agree on compensations: every compensation the barrier of a service
+ *    recorded as applied has exactly one compensation effect in that service's own data (a release
+ *    event, a refund event, a shipment cancel event, a cancelled order), and every such effect has an
+ *    applied compensation row. (A "more than one compensation row per step" count cannot fail: the
+ *    barrier's primary key (gid, branch, op) allows one.)
  * 5. A cancelled (compensated) order holds no live reservation, charge or shipment.
  *
  * @since 0.1.0
@@ -52,8 +56,11 @@ export interface Report {
     readonly nullCompensations: number
     /** (order, kind) pairs with more than one ledger entry: must be 0. */
     readonly effectsTwice: number
-    /** Steps with more than one applied compensation in the barrier: must be 0. */
-    readonly compensationsTwice: number
+    /**
+     * Applied compensation rows in a barrier without exactly one compensation effect in the same
+     * service's data, plus compensation effects without an applied compensation row: must be 0.
+     */
+    readonly unmatched: number
   }
   /** Cancelled orders that still hold a reservation, a charge or a shipment. */
   readonly compensatedWithLiveEffects: number
@@ -62,6 +69,7 @@ export interface Report {
     readonly chargesSettled: boolean
     readonly noPendingOrders: boolean
     readonly noCompensationTwice: boolean
+    readonly compensationsMatchBarrier: boolean
     readonly compensatedOrdersClean: boolean
   }
   readonly invariantsHold: boolean
@@ -80,17 +88,40 @@ export interface ServiceDbs {
 
 const num = (v: unknown): number => Number(v ?? 0)
 
-const barrierFigures = async (db: Db): Promise<{ applied: number; nulls: number; twice: number }> => {
+const barrierFigures = async (db: Db): Promise<{ applied: number; nulls: number }> => {
   const [row] = await db.query<{ applied: unknown; nulls: unknown }>(
     `select count(*) filter (where op = 'compensation' and reason = 'compensation') as applied,
             count(*) filter (where op = 'compensation' and reason <> 'compensation') as nulls
        from ${StepBarrier.barrierTable}`
   )
-  const [twice] = await db.query<{ n: unknown }>(
-    `select count(*) as n from (select gid, branch from ${StepBarrier.barrierTable}
-       where op = 'compensation' group by gid, branch having count(*) > 1) t`
+  return { applied: num(row?.applied), nulls: num(row?.nulls) }
+}
+
+/**
+ * Each service's compensation effects, one row per effect, keyed by order id (= saga id = the
+ * barrier's gid): the order service's cancelled orders, and the release / refund / cancel events of
+ * the others' ledgers.
+ */
+const compensationEffects = {
+  orders: "select id as gid from orders where status = 'cancelled'",
+  inventory: "select order_id as gid from stock_events where kind = 'release'",
+  payment: "select order_id as gid from payment_events where kind = 'refund'",
+  shipping: "select order_id as gid from shipping_events where kind = 'cancel'"
+} as const
+
+/**
+ * Applied compensation rows of a service's barrier that do not match exactly one compensation
+ * effect in its data, plus effects (by order) that no applied compensation row accounts for.
+ */
+const unmatchedCompensations = async (db: Db, effects: string): Promise<number> => {
+  const [row] = await db.query<{ n: unknown }>(
+    `select count(*) as n
+       from (select gid, count(*) as rows from ${StepBarrier.barrierTable}
+              where op = 'compensation' and reason = 'compensation' group by gid) b
+       full join (select gid, count(*) as effects from (${effects}) e group by gid) e on e.gid = b.gid
+      where b.gid is null or e.gid is null or b.rows <> 1 or e.effects <> 1`
   )
-  return { applied: num(row?.applied), nulls: num(row?.nulls), twice: num(twice?.n) }
+  return num(row?.n)
 }
 
 const effectsTwice = async (db: Db, table: string): Promise<number> => {
@@ -167,7 +198,11 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
     (await effectsTwice(dbs.inventory, "stock_events")) +
     (await effectsTwice(dbs.payment, "payment_events")) +
     (await effectsTwice(dbs.shipping, "shipping_events"))
-  const barrierTwice = barriers.reduce((acc, b) => acc + b.twice, 0)
+  const unmatched =
+    (await unmatchedCompensations(dbs.orders, compensationEffects.orders)) +
+    (await unmatchedCompensations(dbs.inventory, compensationEffects.inventory)) +
+    (await unmatchedCompensations(dbs.payment, compensationEffects.payment)) +
+    (await unmatchedCompensations(dbs.shipping, compensationEffects.shipping))
 
   // 5. cancelled orders hold nothing
   const liveReservations = await drizzleOf(dbs.inventory)
@@ -186,7 +221,8 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
     stockBalanced: unbalancedProducts.length === 0,
     chargesSettled: open === 0 && capturedWithoutCompletedOrder === 0 && completedOrdersWithoutCapture === 0,
     noPendingOrders: count("pending") === 0,
-    noCompensationTwice: twice === 0 && barrierTwice === 0,
+    noCompensationTwice: twice === 0,
+    compensationsMatchBarrier: unmatched === 0,
     compensatedOrdersClean: compensatedWithLiveEffects === 0
   }
   return {
@@ -215,7 +251,7 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
       applied: barriers.reduce((acc, b) => acc + b.applied, 0),
       nullCompensations: barriers.reduce((acc, b) => acc + b.nulls, 0),
       effectsTwice: twice,
-      compensationsTwice: barrierTwice
+      unmatched
     },
     compensatedWithLiveEffects,
     checks,

@@ -67,7 +67,8 @@ export const table = (config: RunConfig, result: Result): string => {
     `  ${mark(inv.checks.stockBalanced)} stock: on hand ${inv.stock.onHand} + reserved ${inv.stock.reserved} = initial ${inv.stock.initial} - shipped ${inv.stock.shipped}${inv.stock.unbalancedProducts.length > 0 ? ` (unbalanced: ${inv.stock.unbalancedProducts.join(", ")})` : ""}`,
     `  ${mark(inv.checks.chargesSettled)} charges: ${inv.charges.captured} captured for completed orders, ${inv.charges.refunded} refunded, ${inv.charges.open} open, ${inv.charges.capturedWithoutCompletedOrder} captured without a completed order, ${inv.charges.completedOrdersWithoutCapture} completed orders without capture`,
     `  ${mark(inv.checks.noPendingOrders)} orders: ${inv.orders.completed} completed, ${inv.orders.cancelled} cancelled, ${inv.orders.pending} pending`,
-    `  ${mark(inv.checks.noCompensationTwice)} compensations: ${inv.compensations.applied} applied, ${inv.compensations.nullCompensations} null; ${inv.compensations.effectsTwice} effects twice in the ledgers, ${inv.compensations.compensationsTwice} in the barriers`,
+    `  ${mark(inv.checks.noCompensationTwice)} compensations: ${inv.compensations.applied} applied, ${inv.compensations.nullCompensations} null; ${inv.compensations.effectsTwice} effects twice in the ledgers`,
+    `  ${mark(inv.checks.compensationsMatchBarrier)} barriers and ledgers agree: ${inv.compensations.unmatched} applied compensations without exactly one effect (or effects without one)`,
     `  ${mark(inv.checks.compensatedOrdersClean)} compensated orders holding a reservation, charge or shipment: ${inv.compensatedWithLiveEffects}`,
     `  => invariants ${inv.invariantsHold ? "hold" : "VIOLATED"}`,
     ""

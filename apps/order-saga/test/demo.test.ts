@@ -31,6 +31,7 @@ const expectSound = (result: Run.Result, orders: number): void => {
     chargesSettled: true,
     noPendingOrders: true,
     noCompensationTwice: true,
+    compensationsMatchBarrier: true,
     compensatedOrdersClean: true
   })
   expect(invariants.invariantsHold).toBe(true)
