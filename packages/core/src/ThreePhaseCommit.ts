@@ -114,6 +114,25 @@ export interface InDoubtMember extends InDoubtBranch {
 }
 
 /**
+ * What a 3PC `rollback` answers: the 2PC acks, plus `"Precommitted"` when it refused a member that
+ * is precommitted (the member is left precommitted).
+ * @since 0.1.0
+ */
+export type ThreePhaseRollbackAck = RollbackAck | "Precommitted"
+
+/**
+ * Options of a 3PC `rollback`.
+ * @since 0.1.0
+ */
+export interface RollbackOptions {
+  /**
+   * Roll back a precommitted member too. Only a quorum-mode terminator that sees an abort quorum
+   * (Va members aborted or preaborted: no commit quorum can form any more) sets it.
+   */
+  readonly overPrecommit?: boolean
+}
+
+/**
  * A 3PC participant. It parallels the 2PC `Participant` (same `verify`, `commit`, `rollback`,
  * `forget`, `fromOperations`) and adds the durable `precommit`/`preabort` transitions and the 3PC
  * `state`. Every method is idempotent, and:
@@ -123,6 +142,10 @@ export interface InDoubtMember extends InDoubtBranch {
  *   each returns the state afterwards and never moves a member out of the other one.
  * - `rollback` of a gid that is not prepared yet fences it: a later `prepare` of that gid votes No
  *   (so a termination protocol racing a slow prepare cannot be overtaken by it).
+ * - `rollback` never moves a member out of `committed` (`"HeuristicCommit"`), nor out of
+ *   `precommitted` unless told `overPrecommit` (quorum mode, an abort quorum exists): it refuses and
+ *   answers `"Precommitted"`, so a terminator that decided abort on a stale view re-evaluates
+ *   instead of splitting the transaction.
  * @since 0.1.0
  */
 export interface ThreePhaseParticipant<in out Work = unknown> {
@@ -138,8 +161,15 @@ export interface ThreePhaseParticipant<in out Work = unknown> {
   readonly preabort: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
   /** DoCommit: commits the prepared branch; idempotent. */
   readonly commit: (ctx: BranchContext) => Effect.Effect<CommitAck, BranchCallError>
-  /** Rolls the branch back (or fences a gid not prepared yet); idempotent. */
-  readonly rollback: (ctx: BranchContext) => Effect.Effect<RollbackAck, BranchCallError>
+  /**
+   * Rolls the branch back (or fences a gid not prepared yet); idempotent. Refuses a committed
+   * member (`"HeuristicCommit"`) and, unless `options.overPrecommit`, a precommitted one
+   * (`"Precommitted"`, left as it is).
+   */
+  readonly rollback: (
+    ctx: BranchContext,
+    options?: RollbackOptions
+  ) => Effect.Effect<ThreePhaseRollbackAck, BranchCallError>
   /** The member's state, from durable records only. */
   readonly state: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
   /** Accord's prepared branches on this participant, with their recorded state and members. */
@@ -597,12 +627,19 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         state: Option.getOrElse(states[i]!, () => "unreachable" as const)
       }))
 
+    // An abort may roll back precommitted members only when no commit quorum can ever form: in
+    // quorum mode, once Va members are aborted or preaborted (neither can become precommitted).
+    const overPrecommit = (states: ReadonlyArray<Option.Option<State>>): boolean =>
+      p.mode.kind === "quorum" &&
+      states.filter((s) => Option.isSome(s) && (s.value === "aborted" || s.value === "preaborted")).length >=
+        p.mode.abort
     const finishWith = (
       decision: "commit" | "abort",
       rule: string,
       states: ReadonlyArray<Option.Option<State>>
     ) =>
       Effect.gen(function* () {
+        const rollbackOptions: RollbackOptions = { overPrecommit: overPrecommit(states) }
         const acks = yield* Effect.forEach(
           p.members,
           (m, i) => {
@@ -613,11 +650,18 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
             // Unreachable members are still told if they answer now: a decision is a decision.
             return decision === "commit"
               ? tell(m, "commit", (q) => q.commit(m.ctx)).pipe(Effect.map(Option.isSome))
-              : tell(m, "rollback", (q) => q.rollback(m.ctx)).pipe(Effect.map(Option.isSome))
+              : tell(m, "rollback", (q) => q.rollback(m.ctx, rollbackOptions)).pipe(
+                  Effect.map((ack) =>
+                    Option.isSome(ack) ? ack.value !== "Precommitted" || "refused" : false
+                  )
+                )
           },
           { concurrency: "unbounded" }
         )
-        const pending = p.members.filter((_, i) => !acks[i]).map((m) => m.name)
+        // A member refused the rollback because it is precommitted: the abort was decided on a
+        // stale view (the coordinator or another terminator moved on). Re-evaluate, do not abort.
+        if (acks.includes("refused")) return undefined
+        const pending = p.members.filter((_, i) => acks[i] !== true).map((m) => m.name)
         const observed = toObserved(states)
         return decision === "commit"
           ? Termination.Committed({ txId: p.txId, rule, observed, pending })
@@ -635,9 +679,19 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
           observed: toObserved(states)
         })
       }
-      if (count("committed") > 0) return yield* finishWith("commit", "a member had committed", states)
-      if (count("aborted") > 0) return yield* finishWith("abort", "a member had aborted", states)
-      if (count("initial") > 0) return yield* finishWith("abort", "a member had not voted yes", states)
+      if (count("committed") > 0) return (yield* finishWith("commit", "a member had committed", states))!
+      const abortRule =
+        count("aborted") > 0
+          ? "a member had aborted"
+          : count("initial") > 0
+            ? "a member had not voted yes"
+            : undefined
+      if (abortRule !== undefined) {
+        const t = yield* finishWith("abort", abortRule, states)
+        if (t !== undefined) return t
+        states = yield* observe
+        continue
+      }
 
       const precommitted = count("precommitted")
       const uncertain = count("uncertain")
@@ -667,16 +721,19 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
           states = yield* moveUncertain("precommit")
           const after = states.flatMap((s) => (Option.isSome(s) ? [s.value] : []))
           if (after.every((s) => s === "precommitted" || s === "committed")) {
-            return yield* finishWith(
+            return (yield* finishWith(
               "commit",
               "a member was precommitted: precommitted the rest, then committed",
               states
-            )
+            ))!
           }
           states = yield* observe
           continue
         }
-        return yield* finishWith("abort", "every reachable member was uncertain", states)
+        const t = yield* finishWith("abort", "every reachable member was uncertain", states)
+        if (t !== undefined) return t
+        states = yield* observe
+        continue
       }
 
       const { commit: vc, abort: va } = p.mode
@@ -684,11 +741,11 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         states = yield* moveUncertain("precommit")
         const reached = states.filter((s) => Option.isSome(s) && s.value === "precommitted").length
         if (reached >= vc) {
-          return yield* finishWith(
+          return (yield* finishWith(
             "commit",
             `commit quorum: ${reached} of ${p.mode.members} precommitted (Vc=${vc})`,
             states
-          )
+          ))!
         }
         states = yield* observe
         continue
@@ -697,11 +754,12 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         states = yield* moveUncertain("preabort")
         const reached = states.filter((s) => Option.isSome(s) && s.value === "preaborted").length
         if (reached >= va) {
-          return yield* finishWith(
+          const t = yield* finishWith(
             "abort",
             `abort quorum: ${reached} of ${p.mode.members} preaborted (Va=${va})`,
             states
           )
+          if (t !== undefined) return t
         }
         states = yield* observe
         continue

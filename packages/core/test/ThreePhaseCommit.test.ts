@@ -441,6 +441,60 @@ describe("ThreePhaseCommit.agent (coordinator stops)", () => {
   )
 })
 
+describe("ThreePhaseCommit rollback never overrides a precommit", () => {
+  for (const mode of ["classic", "quorum"] as const) {
+    it.effect(`a ${mode} terminator that decided abort on a stale view re-evaluates and commits`, () =>
+      Effect.gen(function* () {
+        const ms = yield* Effect.all([
+          ThreePhaseMemory.make("bank-a"),
+          ThreePhaseMemory.make("bank-b"),
+          ThreePhaseMemory.make("bank-c")
+        ])
+        const txId = yield* TransactionId.make
+        const members = ms.map((m) => m.participant.name)
+        // The coordinator had every yes vote and precommitted everyone (then died)...
+        for (const m of ms) {
+          const ctx = {
+            txId,
+            branch: m.participant.name,
+            gid: TransactionId.gid(txId, m.participant.name),
+            members
+          }
+          expect((yield* m.participant.prepare(ctx, null))._tag).toBe("Prepared")
+          expect(yield* m.participant.precommit(ctx)).toBe("precommitted")
+        }
+        // ...but the terminator's first read of bank-c was taken before bank-c voted.
+        const reads = yield* Ref.make(0)
+        const c = ms[2]!.participant
+        const staleC: P3 = {
+          ...c,
+          state: (ctx) =>
+            Ref.getAndUpdate(reads, (n) => n + 1).pipe(
+              Effect.flatMap((n) => (n === 0 ? Effect.succeed("initial" as const) : c.state(ctx)))
+            )
+        }
+        const t = yield* ThreePhaseCommit.terminate(txId, [ms[0]!.participant, ms[1]!.participant, staleC], {
+          mode
+        })
+        expect(t._tag).toBe("Committed")
+        expect(yield* statesOf(ms, txId)).toEqual(["committed", "committed", "committed"])
+      })
+    )
+  }
+
+  it.effect("rollback of a precommitted member refuses and leaves it precommitted", () =>
+    Effect.gen(function* () {
+      const a = yield* ThreePhaseMemory.make("bank-a")
+      const txId = yield* TransactionId.make
+      const ctx = { txId, branch: a.participant.name, gid: TransactionId.gid(txId, a.participant.name) }
+      yield* a.participant.prepare({ ...ctx, members: [a.participant.name] }, null)
+      yield* a.participant.precommit(ctx)
+      expect(yield* a.participant.rollback(ctx)).toBe("Precommitted")
+      expect(yield* a.stateOf(txId)).toBe("precommitted")
+    })
+  )
+})
+
 describe("ThreePhaseCommit recovery of namespaced gids", () => {
   /** The coordinator (namespace "ns") dies after a's precommit landed; b stays uncertain. */
   const precommitOnlyA = (a: ThreePhaseMemory.Memory, b: ThreePhaseMemory.Memory) =>

@@ -10,7 +10,11 @@
  * - PreCommit: `uncertain → precommitted`; pre-abort: `uncertain → preaborted`. Both are
  *   conditional updates of that one row, so they exclude each other under any concurrency;
  * - rollback: the row becomes `aborted` *before* `ROLLBACK PREPARED`. For a gid that is not prepared
- *   yet this is a fence: the branch's own vote then finds `aborted` and rolls itself back.
+ *   yet this is a fence: the branch's own vote then finds `aborted` and rolls itself back. The fence
+ *   is conditional: a `precommitted` row is not overwritten (the same row lock orders it against
+ *   PreCommit) unless the caller passes `overPrecommit` (a quorum terminator seeing an abort
+ *   quorum); the rollback then refuses, answering `Precommitted` (`HeuristicCommit` once the
+ *   branch committed), so a terminator that decided abort on a stale view re-evaluates.
  *
  * The member's state is derived from durable facts only, so it survives restarts:
  * committed = marker row present (`accord_branch`, committed with the branch); otherwise, prepared
@@ -62,9 +66,11 @@ const VOTE_SQL =
   "on conflict (gid) do update set state = accord_3pc_state.state returning state"
 const MOVE_SQL =
   "update accord_3pc_state set state = $2, updated_at = now() where gid = $1 and state = 'uncertain' returning state"
+// Returns no row when the member is precommitted and $4 (overPrecommit) is false: the fence refuses.
 const FENCE_SQL =
   "insert into accord_3pc_state (gid, tx_id, branch, state) values ($1, $2, $3, 'aborted') " +
-  "on conflict (gid) do update set state = 'aborted', updated_at = now()"
+  "on conflict (gid) do update set state = 'aborted', updated_at = now() " +
+  "where accord_3pc_state.state <> 'precommitted' or $4 returning state"
 const PREPARED_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
 const ROW_SQL = "select state from accord_3pc_state where gid = $1"
@@ -178,7 +184,8 @@ const build = (
       })
 
     const rollback = Effect.fn("PgThreePhaseParticipant.rollback")(function* (
-      ctx: Participant.BranchContext
+      ctx: Participant.BranchContext,
+      options?: ThreePhaseCommit.RollbackOptions
     ) {
       yield* Effect.annotateCurrentSpan({
         txId: ctx.txId,
@@ -186,7 +193,17 @@ const build = (
         gid: ctx.gid,
         phase: "rollback"
       })
-      yield* query(FENCE_SQL, [ctx.gid, ctx.txId, ctx.branch], ctx, "rollback")
+      const fenced = yield* query<{ state: Recorded }>(
+        FENCE_SQL,
+        [ctx.gid, ctx.txId, ctx.branch, options?.overPrecommit === true],
+        ctx,
+        "rollback"
+      )
+      if (fenced.length === 0) {
+        // Precommitted: left alone. Its state tells whether it has committed since.
+        const now = yield* state(ctx)
+        return now === "committed" ? ("HeuristicCommit" as const) : ("Precommitted" as const)
+      }
       return yield* pg.rollback(ctx)
     })
 

@@ -171,7 +171,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         const read = yield* observer.state(ctx).pipe(Effect.fork)
         yield* Effect.promise(() => atGate)
         const seenState = yield* Effect.gen(function* () {
-          const vote = yield* c.prepare(ctx, adjust(20, 1))
+          const vote = yield* c.prepare(ctx, adjust(50, 1))
           expect(vote._tag).toBe("Prepared")
           expect(yield* stateOf(c, txId)).toBe("uncertain")
           release()
@@ -179,6 +179,46 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
         }).pipe(Effect.ensuring(c.rollback(ctx).pipe(Effect.ignore)))
         expect(["initial", "uncertain"]).toContain(seenState)
         expect(yield* stateOf(c, txId)).toBe("aborted")
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
+  )
+
+  it.live(
+    "rollback never overwrites a precommit: it refuses, and a stale aborting terminator re-evaluates and commits",
+    () =>
+      Effect.gen(function* () {
+        const [a, b, c] = yield* participants
+        const ps = [a, b, c] as const
+        const txId = yield* TransactionId.make
+        const members = ps.map((p) => p.name)
+        const ctxOf = (p: P3) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name), members })
+        // The coordinator had every yes vote and precommitted everyone, then died.
+        yield* Effect.gen(function* () {
+          for (const [i, p] of ps.entries()) {
+            expect((yield* p.prepare(ctxOf(p), adjust(51, i === 0 ? -2 : 1)))._tag).toBe("Prepared")
+            expect(yield* p.precommit(ctxOf(p))).toBe("precommitted")
+          }
+          expect(yield* a.rollback(ctxOf(a))).toBe("Precommitted")
+          expect(yield* stateOf(a, txId)).toBe("precommitted")
+          // A quorum terminator whose first read of bank-c predates bank-c's vote decides abort.
+          let reads = 0
+          const staleC: P3 = {
+            ...c,
+            state: (ctx) => (reads++ === 0 ? Effect.succeed("initial" as const) : c.state(ctx))
+          }
+          const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleC], { mode: "quorum" })
+          expect(t._tag).toBe("Committed")
+          expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
+          expect(yield* a.rollback(ctxOf(a))).toBe("HeuristicCommit")
+        }).pipe(
+          Effect.ensuring(
+            Effect.forEach(ps, (p) => p.twoPhase.rollback(ctxOf(p)).pipe(Effect.ignore), { discard: true })
+          )
+        )
+        expect(yield* balance(0, 51)).toBe(START - 2)
+        expect(yield* balance(1, 51)).toBe(START + 1)
+        expect(yield* balance(2, 51)).toBe(START + 1)
         expect(yield* prepared).toEqual([])
       }),
     30_000

@@ -1,7 +1,12 @@
 import { type Duration, Effect, Ref } from "effect"
-import type { CommitAck, RollbackAck } from "../../src/Participant.js"
+import type { CommitAck } from "../../src/Participant.js"
 import { Vote } from "../../src/Participant.js"
-import type { InDoubtMember, State, ThreePhaseParticipant } from "../../src/ThreePhaseCommit.js"
+import type {
+  InDoubtMember,
+  State,
+  ThreePhaseParticipant,
+  ThreePhaseRollbackAck
+} from "../../src/ThreePhaseCommit.js"
 import { BranchCallError } from "../../src/TransactionError.js"
 import * as TransactionId from "../../src/TransactionId.js"
 
@@ -93,15 +98,18 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
           yield* set(ctx.gid, { ...entry, state: "committed" })
           return "Committed" as CommitAck
         }),
-      rollback: (ctx) =>
+      rollback: (ctx, options) =>
         Effect.gen(function* () {
           yield* alive(ctx, "rollback")
           yield* record(`rollback:${ctx.branch}`)
           const entry = yield* get(ctx.gid)
-          if (entry?.state === "committed") return "HeuristicCommit" as RollbackAck
+          if (entry?.state === "committed") return "HeuristicCommit" as ThreePhaseRollbackAck
+          // Never over a precommitted member: the rollback refuses and says so.
+          if (entry?.state === "precommitted" && options?.overPrecommit !== true)
+            return "Precommitted" as ThreePhaseRollbackAck
           // Also fences a gid that is not prepared yet: its prepare will vote No.
           yield* set(ctx.gid, { state: "aborted", members: entry?.members })
-          return "RolledBack" as RollbackAck
+          return "RolledBack" as ThreePhaseRollbackAck
         }),
       state: (ctx) =>
         alive(ctx, "state").pipe(

@@ -1,5 +1,5 @@
 import { Cause, Duration, Effect, Exit, Fiber } from "effect"
-import { type BranchContext, type CommitAck, type RollbackAck, Vote } from "@accord/core/Participant"
+import { type BranchContext, type CommitAck, Vote } from "@accord/core/Participant"
 import * as ThreePhaseCommit from "@accord/core/ThreePhaseCommit"
 import { BranchCallError } from "@accord/core/TransactionError"
 import * as TransactionId from "@accord/core/TransactionId"
@@ -84,14 +84,16 @@ export class Member {
           }
           return e?.state === "committed" ? "Committed" : "HeuristicRollback"
         }),
-      rollback: (ctx) =>
-        Effect.sync((): RollbackAck => {
+      rollback: (ctx, options) =>
+        Effect.sync((): ThreePhaseCommit.ThreePhaseRollbackAck => {
           const e = entries.get(ctx.gid)
           if (e === undefined) {
             fenced.add(ctx.gid)
             return "RolledBack"
           }
           if (e.state === "committed") return "HeuristicCommit"
+          // Never over a precommit (as PgThreePhaseParticipant's conditional fence): refuse, say so.
+          if (e.state === "precommitted" && options?.overPrecommit !== true) return "Precommitted"
           e.state = "aborted"
           return "RolledBack"
         }),
@@ -132,7 +134,7 @@ const wrap = (
     precommit: (ctx) => call("precommit", ctx, p.precommit(ctx)),
     preabort: (ctx) => call("preabort", ctx, p.preabort(ctx)),
     commit: (ctx) => call("commit", ctx, p.commit(ctx)),
-    rollback: (ctx) => call("rollback", ctx, p.rollback(ctx)),
+    rollback: (ctx, options) => call("rollback", ctx, p.rollback(ctx, options)),
     state: (ctx) => call("state", ctx, p.state(ctx)),
     inDoubt: call("recover", undefined, p.inDoubt),
     forget: p.forget
