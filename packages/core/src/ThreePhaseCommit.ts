@@ -100,6 +100,11 @@ export type State = "initial" | "uncertain" | "precommitted" | "preaborted" | "c
  */
 export interface MemberContext extends BranchContext {
   readonly members: ReadonlyArray<TransactionId.BranchName>
+  /**
+   * The transaction's mode with its quorum sizes; participants record it with the yes vote, so
+   * recovery and agents terminate the transaction under the rules it ran with.
+   */
+  readonly mode?: Mode
 }
 
 /**
@@ -111,6 +116,8 @@ export interface MemberContext extends BranchContext {
 export interface InDoubtMember extends InDoubtBranch {
   readonly state: State
   readonly members: ReadonlyArray<TransactionId.BranchName> | undefined
+  /** The mode recorded with the yes vote (absent when none was recorded). */
+  readonly mode?: Mode | undefined
 }
 
 /**
@@ -524,7 +531,13 @@ export const plan = (
       )
       members.push({
         name,
-        ctx: { txId: id, branch: name, gid, members: parsed },
+        ctx: {
+          txId: id,
+          branch: name,
+          gid,
+          members: parsed,
+          mode: mode.kind === "classic" ? "classic" : { commit: mode.commit, abort: mode.abort }
+        },
         participant: byName.get(name)
       })
     }
@@ -1116,6 +1129,7 @@ export const recover: (
       txId: TransactionId.TransactionId
       namespace: string | undefined
       members: ReadonlyArray<TransactionId.BranchName> | undefined
+      mode: Mode | undefined
       young: boolean
     }
   >()
@@ -1148,6 +1162,7 @@ export const recover: (
         txId: found.branch.txId,
         namespace: namespace.value,
         members: found.branch.members,
+        mode: found.branch.mode,
         young
       })
   }
@@ -1158,7 +1173,7 @@ export const recover: (
   const committed: Array<TransactionId.TransactionId> = []
   const aborted: Array<TransactionId.TransactionId> = []
   const pending: Array<{ txId: TransactionId.TransactionId; branch: TransactionId.BranchName }> = []
-  for (const { txId, namespace, members, young } of byTx.values()) {
+  for (const { txId, namespace, members, mode, young } of byTx.values()) {
     if (young) {
       yield* Ref.update(youngLeft, (n) => n + 1)
       continue
@@ -1167,7 +1182,15 @@ export const recover: (
     const p = plan(
       txId,
       participants.filter((q) => names.has(q.name)),
-      withNamespace({ ...options, ...(members === undefined ? {} : { members }) }, namespace)
+      // The mode recorded with the vote wins over this process's own `mode` option.
+      withNamespace(
+        {
+          ...options,
+          ...(members === undefined ? {} : { members }),
+          ...(mode === undefined ? {} : { mode })
+        },
+        namespace
+      )
     )
     if (Either.isLeft(p)) {
       blocked.push({ txId, reason: p.left.message })
@@ -1224,7 +1247,10 @@ export const watch = (
           b.txId,
           self,
           peers.filter((q) => names.has(q.name)),
-          withNamespace({ ...options, members }, namespace.value)
+          withNamespace(
+            { ...options, members, ...(b.mode === undefined ? {} : { mode: b.mode }) },
+            namespace.value
+          )
         ).pipe(
           Effect.ignore,
           Effect.ensuring(

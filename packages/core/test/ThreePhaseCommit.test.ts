@@ -495,6 +495,49 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
   )
 })
 
+describe("ThreePhaseCommit recovery uses the mode recorded with the vote", () => {
+  it.effect("recover without a mode option finishes a quorum transaction by the quorum rules", () =>
+    Effect.gen(function* () {
+      const ms = yield* Effect.all([
+        ThreePhaseMemory.make("bank-a"),
+        ThreePhaseMemory.make("bank-b"),
+        ThreePhaseMemory.make("bank-c")
+      ])
+      const [a, b, c] = ms
+      const txId = yield* TransactionId.make
+      const members = ms.map((m) => m.participant.name)
+      const ctxOf = (m: ThreePhaseMemory.Memory) => ({
+        txId,
+        branch: m.participant.name,
+        gid: TransactionId.gid(txId, m.participant.name),
+        members
+      })
+      // A quorum transaction: the coordinator precommitted a, then died; b and c's agents formed
+      // the abort quorum (Va = 2) and died before rolling anyone back.
+      const p = ThreePhaseCommit.plan(
+        txId,
+        ms.map((m) => m.participant),
+        { mode: "quorum" }
+      )
+      if (Either.isLeft(p)) return yield* Effect.die(p.left)
+      for (const [i, m] of ms.entries()) {
+        expect((yield* m.participant.prepare(p.right.members[i]!.ctx, null))._tag).toBe("Prepared")
+      }
+      expect(yield* a!.participant.precommit(ctxOf(a!))).toBe("precommitted")
+      expect(yield* b!.participant.preabort(ctxOf(b!))).toBe("preaborted")
+      expect(yield* c!.participant.preabort(ctxOf(c!))).toBe("preaborted")
+      // A restarted process recovers with its default (classic) options.
+      const report = yield* ThreePhaseCommit.recover(
+        ms.map((m) => m.participant),
+        { orphanAfter: 0 }
+      )
+      expect(report.aborted).toEqual([txId])
+      expect(report.blocked).toEqual([])
+      expect(yield* statesOf(ms, txId)).toEqual(["aborted", "aborted", "aborted"])
+    })
+  )
+})
+
 describe("ThreePhaseCommit recovery of namespaced gids", () => {
   /** The coordinator (namespace "ns") dies after a's precommit landed; b stays uncertain. */
   const precommitOnlyA = (a: ThreePhaseMemory.Memory, b: ThreePhaseMemory.Memory) =>

@@ -5,7 +5,8 @@
  *
  * What 3PC adds is one row per branch in `accord_3pc_state`, written and committed in the same
  * database in its own short transaction (never inside the prepared one, whose locks would block it):
- * - after `PREPARE TRANSACTION` succeeds: `uncertain`, with the transaction's member list. Only then
+ * - after `PREPARE TRANSACTION` succeeds: `uncertain`, with the transaction's member list and mode
+ *   (quorum sizes), so recovery terminates it under the rules it ran with. Only then
  *   does the participant vote yes, so a prepared branch without a row never voted yes;
  * - PreCommit: `uncertain → precommitted`; pre-abort: `uncertain → preaborted`. Both are
  *   conditional updates of that one row, so they exclude each other under any concurrency;
@@ -83,8 +84,31 @@ type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
 /** Assigns the branch a transaction id, so that it always prepares (3PC has no read-only vote). */
 const FORCE_XID_SQL = "select pg_current_xact_id()"
 
-const parseMembers = (text: string | null | undefined): ReadonlyArray<string> | undefined =>
-  text === null || text === undefined || text === "" ? undefined : text.split(",")
+// The `members` column holds the yes vote: `<mode>|<member>,<member>...`, the mode being `classic`
+// or `quorum:<Vc>:<Va>` (rows written before the mode was recorded hold the member list only).
+const encodeVote = (ctx: ThreePhaseCommit.MemberContext): string => {
+  const members = ctx.members.join(",")
+  const mode = ctx.mode
+  if (mode === undefined) return members
+  if (mode === "classic" || mode === "quorum") return `${mode}|${members}`
+  return `quorum:${mode.commit}:${mode.abort}|${members}`
+}
+
+const parseMode = (text: string): ThreePhaseCommit.Mode | undefined => {
+  if (text === "classic" || text === "quorum") return text
+  const match = /^quorum:(\d+):(\d+)$/.exec(text)
+  return match === null ? undefined : { commit: Number(match[1]), abort: Number(match[2]) }
+}
+
+const parseVote = (
+  text: string | null | undefined
+): { members: ReadonlyArray<string> | undefined; mode: ThreePhaseCommit.Mode | undefined } => {
+  if (text === null || text === undefined || text === "") return { members: undefined, mode: undefined }
+  const bar = text.indexOf("|")
+  if (bar < 0) return { members: text.split(","), mode: undefined }
+  const members = text.slice(bar + 1)
+  return { members: members === "" ? undefined : members.split(","), mode: parseMode(text.slice(0, bar)) }
+}
 
 const build = (
   pg: PgParticipant.PgParticipant,
@@ -157,7 +181,7 @@ const build = (
       // The yes vote, with the members, is durable before it is sent; first writer wins against a fence.
       const recorded = yield* query<{ state: Recorded }>(
         VOTE_SQL,
-        [ctx.gid, ctx.txId, ctx.branch, ctx.members.join(",")],
+        [ctx.gid, ctx.txId, ctx.branch, encodeVote(ctx)],
         ctx,
         "prepare"
       )
@@ -219,10 +243,12 @@ const build = (
       const byGid = new Map(rows.map((r) => [r.gid, r]))
       return branches.map((b): ThreePhaseCommit.InDoubtMember => {
         const row = byGid.get(b.gid)
+        const vote = parseVote(row?.members)
         return {
           ...b,
           state: row?.state ?? "initial",
-          members: parseMembers(row?.members) as ThreePhaseCommit.InDoubtMember["members"]
+          members: vote.members as ThreePhaseCommit.InDoubtMember["members"],
+          mode: vote.mode
         }
       })
     }).pipe(Effect.withSpan("PgThreePhaseParticipant.inDoubt", { attributes: { branch: name } }))

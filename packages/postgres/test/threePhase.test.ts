@@ -225,6 +225,41 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
   )
 
   it.live(
+    "the mode is recorded with the yes vote: a default recover finishes a quorum transaction by the quorum rules",
+    () =>
+      Effect.gen(function* () {
+        const [a, b, c] = yield* participants
+        const ps = [a, b, c] as const
+        const txId = yield* TransactionId.make
+        const p = ThreePhaseCommit.plan(txId, ps, { mode: "quorum" })
+        if (p._tag === "Left") return yield* Effect.die(p.left)
+        const ctx = (i: number) => p.right.members[i]!.ctx
+        yield* Effect.gen(function* () {
+          for (const [i, q] of ps.entries()) {
+            expect((yield* q.prepare(ctx(i), adjust(52, i === 0 ? -2 : 1)))._tag).toBe("Prepared")
+          }
+          // The coordinator precommitted a, then died; b and c formed the abort quorum (Va = 2).
+          expect(yield* a.precommit(ctx(0))).toBe("precommitted")
+          expect(yield* b.preabort(ctx(1))).toBe("preaborted")
+          expect(yield* c.preabort(ctx(2))).toBe("preaborted")
+          const found = (yield* a.inDoubt).find((d) => d.txId === txId)
+          expect(found?.mode).toEqual({ commit: 2, abort: 2 })
+          // A restarted process recovers with its default (classic) options.
+          const report = yield* ThreePhaseCommit.recover(ps, { orphanAfter: 0 })
+          expect(report.aborted).toEqual([txId])
+          expect(yield* statesOf(ps, txId)).toEqual(["aborted", "aborted", "aborted"])
+        }).pipe(
+          Effect.ensuring(
+            Effect.forEach(ps, (q, i) => q.twoPhase.rollback(ctx(i)).pipe(Effect.ignore), { discard: true })
+          )
+        )
+        for (const i of [0, 1, 2]) expect(yield* balance(i, 52)).toBe(START)
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
+  )
+
+  it.live(
     "commits a transfer in three phases and leaves nothing prepared",
     () =>
       Effect.gen(function* () {

@@ -3,6 +3,7 @@ import type { CommitAck } from "../../src/Participant.js"
 import { Vote } from "../../src/Participant.js"
 import type {
   InDoubtMember,
+  Mode,
   State,
   ThreePhaseParticipant,
   ThreePhaseRollbackAck
@@ -19,6 +20,7 @@ export interface Behaviour {
 interface Entry {
   readonly state: State
   readonly members: ReadonlyArray<TransactionId.BranchName> | undefined
+  readonly mode?: Mode | undefined
 }
 
 /**
@@ -74,7 +76,7 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
             yield* set(ctx.gid, { state: "aborted", members: undefined })
             return Vote.No({ reason: "insufficient funds", sqlState: "23514" })
           }
-          yield* set(ctx.gid, { state: "uncertain", members: ctx.members })
+          yield* set(ctx.gid, { state: "uncertain", members: ctx.members, mode: ctx.mode })
           return Vote.Prepared()
         }),
       precommit: (ctx) =>
@@ -108,7 +110,7 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
           if (entry?.state === "precommitted" && options?.overPrecommit !== true)
             return "Precommitted" as ThreePhaseRollbackAck
           // Also fences a gid that is not prepared yet: its prepare will vote No.
-          yield* set(ctx.gid, { state: "aborted", members: entry?.members })
+          yield* set(ctx.gid, { state: "aborted", members: entry?.members, mode: entry?.mode })
           return "RolledBack" as ThreePhaseRollbackAck
         }),
       state: (ctx) =>
@@ -125,7 +127,7 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
             .map(([gid, e]): InDoubtMember => {
               const parsed = TransactionId.parseGid(gid)
               if (parsed._tag === "None") throw new Error(`bad gid ${gid}`)
-              return { ...parsed.value, preparedAt: 0, state: e.state, members: e.members }
+              return { ...parsed.value, preparedAt: 0, state: e.state, members: e.members, mode: e.mode }
             })
         )
       ),

@@ -14,6 +14,7 @@ type State = ThreePhaseCommit.State
 interface Entry {
   state: State
   readonly members: ReadonlyArray<TransactionId.BranchName>
+  readonly mode: ThreePhaseCommit.Mode | undefined
   readonly txId: TransactionId.TransactionId
   readonly branch: TransactionId.BranchName
   readonly preparedAt: number
@@ -66,6 +67,7 @@ export class Member {
           entries.set(ctx.gid, {
             state: "uncertain",
             members: ctx.members,
+            mode: ctx.mode,
             txId: ctx.txId,
             branch: ctx.branch,
             preparedAt: now()
@@ -107,7 +109,8 @@ export class Member {
             branch: e.branch,
             preparedAt: e.preparedAt,
             state: e.state,
-            members: e.members
+            members: e.members,
+            mode: e.mode
           }))
       ),
       forget: () => Effect.void
