@@ -25,13 +25,24 @@ export const resetCounters = (): void => {
 /** @since 0.1.0 */
 export const snapshotCounters = () => ({ ...counters })
 
-const countOne = (statement: string): void => {
-  counters.statements++
-  const head = statement.trimStart().slice(0, 20).toUpperCase()
-  if (head.startsWith("PREPARE TRANSACTION")) counters.prepares++
-  else if (head.startsWith("COMMIT PREPARED")) counters.commitPrepared++
-  else if (head.startsWith("ROLLBACK PREPARED")) counters.rollbackPrepared++
+type Kind = "prepare" | "commitPrepared" | "rollbackPrepared" | "other"
+
+/** What a statement is, by the start of its text. */
+const kindOf = (head: string): Kind => {
+  const upper = head.trimStart().slice(0, 24).toUpperCase()
+  if (upper.startsWith("PREPARE TRANSACTION")) return "prepare"
+  if (upper.startsWith("COMMIT PREPARED")) return "commitPrepared"
+  if (upper.startsWith("ROLLBACK PREPARED")) return "rollbackPrepared"
+  return "other"
 }
+
+/** Counts one executed statement of kind `kind`. */
+const countKind = (kind: Kind): void => {
+  counters.statements++
+  if (kind !== "other") counters[kind === "prepare" ? "prepares" : kind]++
+}
+
+const countOne = (statement: string): void => countKind(kindOf(statement))
 
 /**
  * Counts the statements of one message by its text (simple-protocol queries on the wire and the
@@ -46,16 +57,6 @@ export const count = (query: string): void => {
 
 /** @since 0.1.0 */
 export const applicationName = "accord-bench"
-
-type Kind = "prepare" | "commitPrepared" | "rollbackPrepared" | "other"
-
-const kindOf = (head: string): Kind => {
-  const upper = head.trimStart().toUpperCase()
-  if (upper.startsWith("PREPARE TRANSACTION")) return "prepare"
-  if (upper.startsWith("COMMIT PREPARED")) return "commitPrepared"
-  if (upper.startsWith("ROLLBACK PREPARED")) return "rollbackPrepared"
-  return "other"
-}
 
 /** Where a NUL-terminated string that starts at `at` ends (the NUL's index). */
 const cstringEnd = (buf: Uint8Array, at: number, limit: number): number => {
@@ -102,8 +103,7 @@ const wireCounter = () => {
         const nameEnd = cstringEnd(buf, portalEnd + 1, end)
         bound = parsed.get(buf.toString("latin1", portalEnd + 1, nameEnd)) ?? "other"
       } else if (type === 0x45 /* E */) {
-        counters.statements++
-        if (bound !== "other") counters[bound === "prepare" ? "prepares" : bound]++
+        countKind(bound)
       }
       at = end
     }

@@ -864,6 +864,19 @@ export interface ResumeOptions {
   readonly leaseFor?: Duration.DurationInput
 }
 
+/** The claimed saga's definition; without one, the lease just taken is given back and it fails. */
+const definitionOf = <R>(sagas: Registry<R>, history: SagaHistory, lease: Lease) =>
+  Effect.gen(function* () {
+    const saga = sagas.get(history.sagaType)
+    if (saga !== undefined) return saga
+    yield* (yield* SagaLog).release(history.sagaId, lease.owner)
+    return yield* Effect.fail(
+      new InvalidSagaError({
+        reason: `saga ${history.sagaId}: no definition registered for type ${history.sagaType}`
+      })
+    )
+  })
+
 const continueClaimed = <R>(
   sagas: Registry<R>,
   history: SagaHistory,
@@ -872,15 +885,7 @@ const continueClaimed = <R>(
 ): Effect.Effect<Outcome, SagaError, SagaLog | R> =>
   Effect.gen(function* () {
     const log = yield* SagaLog
-    const saga = sagas.get(history.sagaType)
-    if (saga === undefined) {
-      yield* log.release(history.sagaId, lease.owner)
-      return yield* Effect.fail(
-        new InvalidSagaError({
-          reason: `saga ${history.sagaId}: no definition registered for type ${history.sagaType}`
-        })
-      )
-    }
+    const saga = yield* definitionOf(sagas, history, lease)
     yield* validate(saga)
     // Claims work on ended sagas too: one that ended after the caller last looked is not driven
     // again, and the lease just taken on it is given back.
@@ -1004,16 +1009,9 @@ export const retryStuck: <R>(
     yield* log.release(sagaId, lease.owner)
     return ended.value
   }
-  if (sagas.get(history.sagaType) === undefined) {
-    // Refused before the retry record is written: written first, it left the saga "running" with
-    // no driver, out of the stuck list.
-    yield* log.release(sagaId, lease.owner)
-    return yield* Effect.fail(
-      new InvalidSagaError({
-        reason: `saga ${sagaId}: no definition registered for type ${history.sagaType}`
-      })
-    )
-  }
+  // Refused before the retry record is written: written first, it left the saga "running" with
+  // no driver, out of the stuck list.
+  yield* definitionOf(sagas, history, lease)
   const action = SagaRecord.OperatorAction({ sagaId, action: "retry", note: options?.note ?? "retry" })
   yield* log.append(action, lease.owner)
   return yield* continueClaimed(sagas, history, lease, [action])

@@ -22,16 +22,21 @@ describe.skipIf(server === undefined)("postgres.js when a reserved connection di
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   afterAll(() => admin.end({ timeout: 5 }))
 
+  /** A reserved connection inside a transaction, and its backend's pid. */
+  const reserveInTransaction = async (pool: postgres.Sql) => {
+    const first = await pool.reserve()
+    await first`begin`
+    const [row] = await first<{ pid: number }[]>`select pg_backend_pid() as pid`
+    return { first, pid: row!.pid }
+  }
+
   const within = <A>(promise: Promise<A>, ms: number) =>
     Promise.race([promise, new Promise<"timed out">((resolve) => setTimeout(() => resolve("timed out"), ms))])
 
   it("a statement on a reserved connection whose socket has closed fails instead of ending the process", async () => {
     const pool = postgres(adminUrl, { max: 1, onnotice: () => {} })
     try {
-      const first = await pool.reserve()
-      await first`begin`
-      const [row] = await first<{ pid: number }[]>`select pg_backend_pid() as pid`
-      const pid = row!.pid
+      const { first, pid } = await reserveInTransaction(pool)
       await admin`select pg_terminate_backend(${pid})`
       await new Promise((resolve) => setTimeout(resolve, 300)) // the close is processed
       const late = await within(
@@ -52,10 +57,7 @@ describe.skipIf(server === undefined)("postgres.js when a reserved connection di
   it("a reserve() waiting for the pool's one connection gets it when the reserved one dies", async () => {
     const pool = postgres(adminUrl, { max: 1, onnotice: () => {} })
     try {
-      const first = await pool.reserve()
-      await first`begin`
-      const [row] = await first<{ pid: number }[]>`select pg_backend_pid() as pid`
-      const pid = row!.pid
+      const { pid } = await reserveInTransaction(pool)
       const waiting = pool.reserve() // the pool's only connection is reserved: this waits
       await admin`select pg_terminate_backend(${pid})`
       const second = await within(waiting, 10_000)
