@@ -122,10 +122,11 @@ export interface InDoubtMember extends InDoubtBranch {
 
 /**
  * What a 3PC `rollback` answers: the 2PC acks, plus `"Precommitted"` when it refused a member that
- * is precommitted (the member is left precommitted).
+ * is precommitted (the member is left precommitted), and `"Voted"` when, told `onlyIfUnvoted`, it
+ * refused a member that has recorded its yes vote (the member is left as it is).
  * @since 0.1.0
  */
-export type ThreePhaseRollbackAck = RollbackAck | "Precommitted"
+export type ThreePhaseRollbackAck = RollbackAck | "Precommitted" | "Voted"
 
 /**
  * Options of a 3PC `rollback`.
@@ -137,6 +138,14 @@ export interface RollbackOptions {
    * (Va members aborted or preaborted: no commit quorum can form any more) sets it.
    */
   readonly overPrecommit?: boolean
+  /**
+   * Fence the gid only while the member has not voted yes; once its yes vote is recorded, refuse
+   * (`"Voted"`) and leave it. A terminator that decided abort because a member *had not voted*
+   * fences that member this way first: the fence then proves that the member can never vote yes
+   * (so nobody can ever be precommitted), and a view gone stale in between is re-read instead of
+   * aborting a member that others may have precommitted on.
+   */
+  readonly onlyIfUnvoted?: boolean
 }
 
 /**
@@ -153,6 +162,8 @@ export interface RollbackOptions {
  *   `precommitted` unless told `overPrecommit` (quorum mode, an abort quorum exists): it refuses and
  *   answers `"Precommitted"`, so a terminator that decided abort on a stale view re-evaluates
  *   instead of splitting the transaction.
+ * - told `onlyIfUnvoted`, `rollback` fences or rolls back only a member without a recorded yes
+ *   vote, atomically with that check against `prepare`'s vote; otherwise it answers `"Voted"`.
  * @since 0.1.0
  */
 export interface ThreePhaseParticipant<in out Work = unknown> {
@@ -646,17 +657,39 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
       p.mode.kind === "quorum" &&
       states.filter((s) => Option.isSome(s) && (s.value === "aborted" || s.value === "preaborted")).length >=
         p.mode.abort
+    // `unvoted`: the members whose missing yes vote is the reason for an abort. They are fenced
+    // first, each only if it still has not voted (`onlyIfUnvoted`); one such fence proves that no
+    // member can ever be precommitted, and only then are the others rolled back. Rolled back all at
+    // once on a view gone stale (the member voted meanwhile and the coordinator precommitted the
+    // others), the member would be aborted while the others refuse as precommitted and stay free
+    // to form a commit quorum elsewhere: a split.
     const finishWith = (
       decision: "commit" | "abort",
       rule: string,
-      states: ReadonlyArray<Option.Option<State>>
+      states: ReadonlyArray<Option.Option<State>>,
+      unvoted: ReadonlyArray<number> = []
     ) =>
       Effect.gen(function* () {
+        const fenced = new Set<number>()
+        if (decision === "abort" && unvoted.length > 0) {
+          const fences = yield* Effect.forEach(
+            unvoted,
+            (i) =>
+              tell(p.members[i]!, "rollback", (q) => q.rollback(p.members[i]!.ctx, { onlyIfUnvoted: true })),
+            { concurrency: "unbounded" }
+          )
+          fences.forEach((f, k) => {
+            if (Option.isSome(f) && f.value === "RolledBack") fenced.add(unvoted[k]!)
+          })
+          // Every such member voted meanwhile (or did not answer): the view is stale; re-read it.
+          if (fenced.size === 0) return undefined
+        }
         const rollbackOptions: RollbackOptions = { overPrecommit: overPrecommit(states) }
         const acks = yield* Effect.forEach(
           p.members,
           (m, i) => {
             const s = states[i]!
+            if (fenced.has(i)) return Effect.succeed(true)
             if (Option.isSome(s) && s.value === (decision === "commit" ? "committed" : "aborted")) {
               return Effect.succeed(true)
             }
@@ -665,7 +698,9 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
               ? tell(m, "commit", (q) => q.commit(m.ctx)).pipe(Effect.map(Option.isSome))
               : tell(m, "rollback", (q) => q.rollback(m.ctx, rollbackOptions)).pipe(
                   Effect.map((ack) =>
-                    Option.isSome(ack) ? ack.value !== "Precommitted" || "refused" : false
+                    Option.isSome(ack)
+                      ? (ack.value !== "Precommitted" && ack.value !== "Voted") || "refused"
+                      : false
                   )
                 )
           },
@@ -700,7 +735,11 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
             ? "a member had not voted yes"
             : undefined
       if (abortRule !== undefined) {
-        const t = yield* finishWith("abort", abortRule, states)
+        const unvoted =
+          count("aborted") > 0
+            ? []
+            : states.flatMap((s, i) => (Option.isSome(s) && s.value === "initial" ? [i] : []))
+        const t = yield* finishWith("abort", abortRule, states, unvoted)
         if (t !== undefined) return t
         states = yield* observe
         continue
@@ -1167,8 +1206,17 @@ export const recover: (
       })
   }
   const leave = options.unvoted === "leave"
+  // Only while still unvoted: a yes vote recorded since the scan (a slow process between its
+  // PREPARE and its vote) makes the branch a member that others may be precommitted on.
+  let unvotedRolledBack = 0
   for (const b of leave ? [] : unvoted) {
-    yield* timed(b.participant.rollback(b.branch), b.branch, "rollback", callTimeout).pipe(Effect.ignore)
+    const ack = yield* timed(
+      b.participant.rollback(b.branch, { onlyIfUnvoted: true }),
+      b.branch,
+      "rollback",
+      callTimeout
+    ).pipe(Effect.option)
+    if (Option.isSome(ack) && ack.value === "RolledBack") unvotedRolledBack++
   }
   const committed: Array<TransactionId.TransactionId> = []
   const aborted: Array<TransactionId.TransactionId> = []
@@ -1209,7 +1257,7 @@ export const recover: (
     aborted,
     blocked,
     pending,
-    unvotedRolledBack: leave ? 0 : unvoted.length,
+    unvotedRolledBack,
     unvotedLeft: leave ? unvoted.length : 0,
     unscanned: scans.filter((s) => !s.ok).map((s) => s.name),
     youngLeft: yield* Ref.get(youngLeft)

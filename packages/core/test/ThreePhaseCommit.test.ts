@@ -482,6 +482,96 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
     )
   }
 
+  for (const mode of ["classic", "quorum"] as const) {
+    it.effect(
+      `a ${mode} terminator that saw a voted member as unvoted fences it only if unvoted, and commits`,
+      () =>
+        Effect.gen(function* () {
+          const ms = yield* three
+          const txId = yield* TransactionId.make
+          const members = ms.map((m) => m.participant.name)
+          const ctxOf = (m: ThreePhaseMemory.Memory) => ({
+            txId,
+            branch: m.participant.name,
+            gid: TransactionId.gid(txId, m.participant.name),
+            members
+          })
+          // Everyone voted yes; the coordinator precommitted a and b, then died before c...
+          for (const m of ms) expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
+          expect(yield* ms[0]!.participant.precommit(ctxOf(ms[0]!))).toBe("precommitted")
+          expect(yield* ms[1]!.participant.precommit(ctxOf(ms[1]!))).toBe("precommitted")
+          // ...and the terminator's first read of c was taken before c voted: "initial".
+          const reads = yield* Ref.make(0)
+          const c = ms[2]!.participant
+          const staleC: P3 = {
+            ...c,
+            state: (ctx) =>
+              Ref.getAndUpdate(reads, (n) => n + 1).pipe(
+                Effect.flatMap((n) => (n === 0 ? Effect.succeed("initial" as const) : c.state(ctx)))
+              )
+          }
+          // Rolling every member back on that view would abort c while a and b refuse: a split.
+          const t = yield* ThreePhaseCommit.terminate(
+            txId,
+            [ms[0]!.participant, ms[1]!.participant, staleC],
+            {
+              mode
+            }
+          )
+          expect(t._tag).toBe("Committed")
+          expect(yield* statesOf(ms, txId)).toEqual(["committed", "committed", "committed"])
+        })
+    )
+  }
+
+  it.effect("a terminator that saw a member unvoted fences it first, then aborts the others", () =>
+    Effect.gen(function* () {
+      const ms = yield* three
+      const txId = yield* TransactionId.make
+      const members = ms.map((m) => m.participant.name)
+      for (const m of ms.slice(0, 2)) {
+        const ctx = {
+          txId,
+          branch: m.participant.name,
+          gid: TransactionId.gid(txId, m.participant.name),
+          members
+        }
+        expect((yield* m.participant.prepare(ctx, null))._tag).toBe("Prepared")
+      }
+      const t = yield* ThreePhaseCommit.terminate(
+        txId,
+        ms.map((m) => m.participant)
+      )
+      expect(t._tag).toBe("Aborted")
+      expect(yield* statesOf(ms, txId)).toEqual(["aborted", "aborted", "aborted"])
+      // The fence holds: c's late prepare votes No.
+      const c = ms[2]!.participant
+      const late = yield* c.prepare(
+        { txId, branch: c.name, gid: TransactionId.gid(txId, c.name), members },
+        null
+      )
+      expect(late._tag).toBe("No")
+    })
+  )
+
+  it.effect("rollback told onlyIfUnvoted refuses a voted member and fences an unvoted one", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* three
+      const txId = yield* TransactionId.make
+      const ctx = (m: ThreePhaseMemory.Memory) => ({
+        txId,
+        branch: m.participant.name,
+        gid: TransactionId.gid(txId, m.participant.name),
+        members: [a!.participant.name, b!.participant.name]
+      })
+      yield* a!.participant.prepare(ctx(a!), null)
+      expect(yield* a!.participant.rollback(ctx(a!), { onlyIfUnvoted: true })).toBe("Voted")
+      expect(yield* a!.stateOf(txId)).toBe("uncertain")
+      expect(yield* b!.participant.rollback(ctx(b!), { onlyIfUnvoted: true })).toBe("RolledBack")
+      expect((yield* b!.participant.prepare(ctx(b!), null))._tag).toBe("No")
+    })
+  )
+
   it.effect("rollback of a precommitted member refuses and leaves it precommitted", () =>
     Effect.gen(function* () {
       const a = yield* ThreePhaseMemory.make("bank-a")
@@ -534,6 +624,52 @@ describe("ThreePhaseCommit recovery uses the mode recorded with the vote", () =>
       expect(report.aborted).toEqual([txId])
       expect(report.blocked).toEqual([])
       expect(yield* statesOf(ms, txId)).toEqual(["aborted", "aborted", "aborted"])
+    })
+  )
+})
+
+describe("ThreePhaseCommit recovery of branches scanned before their vote", () => {
+  it.effect("recover rolls back an unvoted branch only if it is still unvoted", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* three
+      const txId = yield* TransactionId.make
+      const members = [a!.participant.name, b!.participant.name]
+      const ctx = (m: ThreePhaseMemory.Memory) => ({
+        txId,
+        branch: m.participant.name,
+        gid: TransactionId.gid(txId, m.participant.name),
+        members
+      })
+      // a's scan saw the branch prepared with no vote; a's vote landed right after the scan.
+      yield* a!.participant.prepare(ctx(a!), null)
+      const scannedEarly: P3 = {
+        ...a!.participant,
+        inDoubt: a!.participant.inDoubt.pipe(
+          Effect.map((found) => found.map((f) => ({ ...f, members: undefined })))
+        )
+      }
+      const report = yield* ThreePhaseCommit.recover([scannedEarly, b!.participant], { orphanAfter: 0 })
+      expect(report.unvotedRolledBack).toBe(0)
+      expect(yield* a!.stateOf(txId)).toBe("uncertain")
+      // Still unvoted (b prepared nothing and recorded nothing): rolled back.
+      const unvotedB: P3 = {
+        ...b!.participant,
+        inDoubt: Effect.succeed([
+          {
+            txId,
+            branch: b!.participant.name,
+            gid: TransactionId.gid(txId, b!.participant.name),
+            preparedAt: 0,
+            state: "uncertain" as const,
+            members: undefined,
+            mode: undefined
+          }
+        ])
+      }
+      const second = yield* ThreePhaseCommit.recover([unvotedB], { orphanAfter: 0 })
+      expect(second.unvotedRolledBack).toBe(1)
+      expect(yield* b!.stateOf(txId)).toBe("aborted")
+      yield* a!.participant.rollback(ctx(a!))
     })
   )
 })

@@ -15,7 +15,8 @@
  *   is conditional: a `precommitted` row is not overwritten (the same row lock orders it against
  *   PreCommit) unless the caller passes `overPrecommit` (a quorum terminator seeing an abort
  *   quorum); the rollback then refuses, answering `Precommitted` (`HeuristicCommit` once the
- *   branch committed), so a terminator that decided abort on a stale view re-evaluates.
+ *   branch committed), so a terminator that decided abort on a stale view re-evaluates. Told
+ *   `onlyIfUnvoted`, it fences only while no yes vote is recorded (else `Voted`).
  *
  * The member's state is derived from durable facts only, so it survives restarts:
  * committed = marker row present (`accord_branch`, committed with the branch); otherwise, prepared
@@ -67,11 +68,14 @@ const VOTE_SQL =
   "on conflict (gid) do update set state = accord_3pc_state.state returning state"
 const MOVE_SQL =
   "update accord_3pc_state set state = $2, updated_at = now() where gid = $1 and state = 'uncertain' returning state"
-// Returns no row when the member is precommitted and $4 (overPrecommit) is false: the fence refuses.
+// Returns no row when the fence refuses: the member is precommitted and $4 (overPrecommit) is
+// false, or $5 (onlyIfUnvoted) is true and the member recorded its yes vote (any row not `aborted`).
+// The insert and the vote's insert conflict on the same key, so exactly one of them comes first.
 const FENCE_SQL =
   "insert into accord_3pc_state (gid, tx_id, branch, state) values ($1, $2, $3, 'aborted') " +
   "on conflict (gid) do update set state = 'aborted', updated_at = now() " +
-  "where accord_3pc_state.state <> 'precommitted' or $4 returning state"
+  "where accord_3pc_state.state = 'aborted' or (not $5 and (accord_3pc_state.state <> 'precommitted' or $4)) " +
+  "returning state"
 const PREPARED_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
 const ROW_SQL = "select state from accord_3pc_state where gid = $1"
@@ -219,14 +223,18 @@ const build = (
       })
       const fenced = yield* query<{ state: Recorded }>(
         FENCE_SQL,
-        [ctx.gid, ctx.txId, ctx.branch, options?.overPrecommit === true],
+        [ctx.gid, ctx.txId, ctx.branch, options?.overPrecommit === true, options?.onlyIfUnvoted === true],
         ctx,
         "rollback"
       )
       if (fenced.length === 0) {
-        // Precommitted: left alone. Its state tells whether it has committed since.
+        // Refused: left alone. Its state tells whether it has committed since.
         const now = yield* state(ctx)
-        return now === "committed" ? ("HeuristicCommit" as const) : ("Precommitted" as const)
+        return now === "committed"
+          ? ("HeuristicCommit" as const)
+          : now === "precommitted"
+            ? ("Precommitted" as const)
+            : ("Voted" as const)
       }
       return yield* pg.rollback(ctx)
     })

@@ -224,6 +224,74 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
     30_000
   )
 
+  for (const [mode, id] of [
+    ["classic", 53],
+    ["quorum", 55]
+  ] as const) {
+    it.live(
+      `a ${mode} terminator that saw a voted member as unvoted fences it only if unvoted (refused: Voted), and commits`,
+      () =>
+        Effect.gen(function* () {
+          const [a, b, c] = yield* participants
+          const ps = [a, b, c] as const
+          const txId = yield* TransactionId.make
+          const members = ps.map((p) => p.name)
+          const ctxOf = (p: P3) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name), members })
+          yield* Effect.gen(function* () {
+            for (const [i, p] of ps.entries()) {
+              expect((yield* p.prepare(ctxOf(p), adjust(id, i === 0 ? -2 : 1)))._tag).toBe("Prepared")
+            }
+            // The coordinator precommitted a and b, then died before c: c voted and is uncertain.
+            expect(yield* a.precommit(ctxOf(a))).toBe("precommitted")
+            expect(yield* b.precommit(ctxOf(b))).toBe("precommitted")
+            expect(yield* c.rollback(ctxOf(c), { onlyIfUnvoted: true })).toBe("Voted")
+            expect(yield* a.rollback(ctxOf(a), { onlyIfUnvoted: true })).toBe("Precommitted")
+            expect(yield* statesOf(ps, txId)).toEqual(["precommitted", "precommitted", "uncertain"])
+            // A terminator whose first read of c predates c's vote sees "a member had not voted yes";
+            // rolling everyone back on that view would abort c while a and b refuse: a split.
+            let reads = 0
+            const staleC: P3 = {
+              ...c,
+              state: (ctx) => (reads++ === 0 ? Effect.succeed("initial" as const) : c.state(ctx))
+            }
+            const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleC], { mode })
+            expect(t._tag).toBe("Committed")
+            expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
+          }).pipe(
+            Effect.ensuring(
+              Effect.forEach(ps, (p) => p.twoPhase.rollback(ctxOf(p)).pipe(Effect.ignore), { discard: true })
+            )
+          )
+          expect(yield* balance(0, id)).toBe(START - 2)
+          expect(yield* balance(1, id)).toBe(START + 1)
+          expect(yield* balance(2, id)).toBe(START + 1)
+          expect(yield* prepared).toEqual([])
+        }),
+      30_000
+    )
+  }
+
+  it.live(
+    "rollback told onlyIfUnvoted fences a gid before its prepare (the vote becomes No) and rolls back an aborted one",
+    () =>
+      Effect.gen(function* () {
+        const [a] = yield* participants
+        const txId = yield* TransactionId.make
+        const ctx = { txId, branch: a.name, gid: TransactionId.gid(txId, a.name), members: [a.name] }
+        yield* Effect.gen(function* () {
+          expect(yield* a.rollback(ctx, { onlyIfUnvoted: true })).toBe("RolledBack")
+          const vote = yield* a.prepare(ctx, adjust(54, 5))
+          expect(vote._tag).toBe("No")
+          expect(yield* stateOf(a, txId)).toBe("aborted")
+          // Already aborted: the fence answers as a rollback, idempotently.
+          expect(yield* a.rollback(ctx, { onlyIfUnvoted: true })).toBe("RolledBack")
+        }).pipe(Effect.ensuring(a.twoPhase.rollback(ctx).pipe(Effect.ignore)))
+        expect(yield* balance(0, 54)).toBe(START)
+        expect(yield* prepared).toEqual([])
+      }),
+    30_000
+  )
+
   it.live(
     "the mode is recorded with the yes vote: a default recover finishes a quorum transaction by the quorum rules",
     () =>

@@ -109,6 +109,14 @@ export const make = (name: string, behaviour: Behaviour = {}) =>
           // Never over a precommitted member: the rollback refuses and says so.
           if (entry?.state === "precommitted" && options?.overPrecommit !== true)
             return "Precommitted" as ThreePhaseRollbackAck
+          // Told to fence only an unvoted member: one that recorded its yes vote is left alone.
+          if (
+            options?.onlyIfUnvoted === true &&
+            entry !== undefined &&
+            entry.state !== "aborted" &&
+            entry.state !== "initial"
+          )
+            return "Voted" as ThreePhaseRollbackAck
           // Also fences a gid that is not prepared yet: its prepare will vote No.
           yield* set(ctx.gid, { state: "aborted", members: entry?.members, mode: entry?.mode })
           return "RolledBack" as ThreePhaseRollbackAck

@@ -96,6 +96,7 @@ export class Member {
           if (e.state === "committed") return "HeuristicCommit"
           // Never over a precommit (as PgThreePhaseParticipant's conditional fence): refuse, say so.
           if (e.state === "precommitted" && options?.overPrecommit !== true) return "Precommitted"
+          if (options?.onlyIfUnvoted === true && e.state !== "aborted") return "Voted"
           e.state = "aborted"
           return "RolledBack"
         }),
