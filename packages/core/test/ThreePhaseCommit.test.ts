@@ -25,6 +25,20 @@ const signalAfterPrecommit = (p: P3, done: Deferred.Deferred<void>): P3 => ({
   precommit: (ctx) => p.precommit(ctx).pipe(Effect.tap(() => Deferred.succeed(done, undefined)))
 })
 
+/** A copy of `p` whose first `state` read answers "initial": a view taken before its vote. */
+const staleFirstRead = (p: P3) =>
+  Ref.make(0).pipe(
+    Effect.map(
+      (reads): P3 => ({
+        ...p,
+        state: (ctx) =>
+          Ref.getAndUpdate(reads, (n) => n + 1).pipe(
+            Effect.flatMap((n) => (n === 0 ? Effect.succeed("initial" as const) : p.state(ctx)))
+          )
+      })
+    )
+  )
+
 /** Runs the coordinator until `stopped` fires, then kills it (interrupts its fiber). */
 const runUntil = (
   branches: ReadonlyArray<ThreePhaseCommit.AnyBranch>,
@@ -464,15 +478,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
           expect(yield* m.participant.precommit(ctx)).toBe("precommitted")
         }
         // ...but the terminator's first read of bank-c was taken before bank-c voted.
-        const reads = yield* Ref.make(0)
-        const c = ms[2]!.participant
-        const staleC: P3 = {
-          ...c,
-          state: (ctx) =>
-            Ref.getAndUpdate(reads, (n) => n + 1).pipe(
-              Effect.flatMap((n) => (n === 0 ? Effect.succeed("initial" as const) : c.state(ctx)))
-            )
-        }
+        const staleC = yield* staleFirstRead(ms[2]!.participant)
         const t = yield* ThreePhaseCommit.terminate(txId, [ms[0]!.participant, ms[1]!.participant, staleC], {
           mode
         })
@@ -501,16 +507,8 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
           expect(yield* ms[0]!.participant.precommit(ctxOf(ms[0]!))).toBe("precommitted")
           expect(yield* ms[1]!.participant.precommit(ctxOf(ms[1]!))).toBe("precommitted")
           // ...and the terminator's first read of c was taken before c voted: "initial".
-          const reads = yield* Ref.make(0)
-          const c = ms[2]!.participant
-          const staleC: P3 = {
-            ...c,
-            state: (ctx) =>
-              Ref.getAndUpdate(reads, (n) => n + 1).pipe(
-                Effect.flatMap((n) => (n === 0 ? Effect.succeed("initial" as const) : c.state(ctx)))
-              )
-          }
           // Rolling every member back on that view would abort c while a and b refuse: a split.
+          const staleC = yield* staleFirstRead(ms[2]!.participant)
           const t = yield* ThreePhaseCommit.terminate(
             txId,
             [ms[0]!.participant, ms[1]!.participant, staleC],

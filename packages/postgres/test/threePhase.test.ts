@@ -106,6 +106,17 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
   const statesOf = (ps: ReadonlyArray<P3>, txId: string) =>
     Effect.forEach(ps, (p) => stateOf(p, txId).pipe(Effect.orDie))
 
+  /** A copy of `p` whose first `state` read answers "initial": a view taken before its vote. */
+  const staleFirstRead = (p: P3): P3 => {
+    let reads = 0
+    return { ...p, state: (ctx) => (reads++ === 0 ? Effect.succeed("initial" as const) : p.state(ctx)) }
+  }
+  /** Rolls back whatever of the transaction's branches is still prepared (a test's clean-up). */
+  const rollBackAll = (
+    ps: ReadonlyArray<PgThreePhaseParticipant.PgThreePhaseParticipant>,
+    ctxOf: (p: P3) => Participant.BranchContext
+  ) => Effect.forEach(ps, (p) => p.twoPhase.rollback(ctxOf(p)).pipe(Effect.ignore), { discard: true })
+
   const stopAt = (p: P3, method: "precommit" | "commit", stopped: Deferred.Deferred<void>): P3 => ({
     ...p,
     [method]: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
@@ -202,20 +213,11 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
           expect(yield* a.rollback(ctxOf(a))).toBe("Precommitted")
           expect(yield* stateOf(a, txId)).toBe("precommitted")
           // A quorum terminator whose first read of bank-c predates bank-c's vote decides abort.
-          let reads = 0
-          const staleC: P3 = {
-            ...c,
-            state: (ctx) => (reads++ === 0 ? Effect.succeed("initial" as const) : c.state(ctx))
-          }
-          const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleC], { mode: "quorum" })
+          const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleFirstRead(c)], { mode: "quorum" })
           expect(t._tag).toBe("Committed")
           expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
           expect(yield* a.rollback(ctxOf(a))).toBe("HeuristicCommit")
-        }).pipe(
-          Effect.ensuring(
-            Effect.forEach(ps, (p) => p.twoPhase.rollback(ctxOf(p)).pipe(Effect.ignore), { discard: true })
-          )
-        )
+        }).pipe(Effect.ensuring(rollBackAll(ps, ctxOf)))
         expect(yield* balance(0, 51)).toBe(START - 2)
         expect(yield* balance(1, 51)).toBe(START + 1)
         expect(yield* balance(2, 51)).toBe(START + 1)
@@ -249,19 +251,10 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
             expect(yield* statesOf(ps, txId)).toEqual(["precommitted", "precommitted", "uncertain"])
             // A terminator whose first read of c predates c's vote sees "a member had not voted yes";
             // rolling everyone back on that view would abort c while a and b refuse: a split.
-            let reads = 0
-            const staleC: P3 = {
-              ...c,
-              state: (ctx) => (reads++ === 0 ? Effect.succeed("initial" as const) : c.state(ctx))
-            }
-            const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleC], { mode })
+            const t = yield* ThreePhaseCommit.terminate(txId, [a, b, staleFirstRead(c)], { mode })
             expect(t._tag).toBe("Committed")
             expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
-          }).pipe(
-            Effect.ensuring(
-              Effect.forEach(ps, (p) => p.twoPhase.rollback(ctxOf(p)).pipe(Effect.ignore), { discard: true })
-            )
-          )
+          }).pipe(Effect.ensuring(rollBackAll(ps, ctxOf)))
           expect(yield* balance(0, id)).toBe(START - 2)
           expect(yield* balance(1, id)).toBe(START + 1)
           expect(yield* balance(2, id)).toBe(START + 1)
