@@ -25,6 +25,16 @@ const signalAfterPrecommit = (p: P3, done: Deferred.Deferred<void>): P3 => ({
   precommit: (ctx) => p.precommit(ctx).pipe(Effect.tap(() => Deferred.succeed(done, undefined)))
 })
 
+/** The context a member gets for `txId` among `members`. */
+const memberContext =
+  (txId: TransactionId.TransactionId, members: ReadonlyArray<TransactionId.BranchName>) =>
+  (m: ThreePhaseMemory.Memory) => ({
+    txId,
+    branch: m.participant.name,
+    gid: TransactionId.gid(txId, m.participant.name),
+    members
+  })
+
 /** A copy of `p` whose first `state` read answers "initial": a view taken before its vote. */
 const staleFirstRead = (p: P3) =>
   Ref.make(0).pipe(
@@ -496,12 +506,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
           const ms = yield* three
           const txId = yield* TransactionId.make
           const members = ms.map((m) => m.participant.name)
-          const ctxOf = (m: ThreePhaseMemory.Memory) => ({
-            txId,
-            branch: m.participant.name,
-            gid: TransactionId.gid(txId, m.participant.name),
-            members
-          })
+          const ctxOf = memberContext(txId, members)
           // Everyone voted yes; the coordinator precommitted a and b, then died before c...
           for (const m of ms) expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
           expect(yield* ms[0]!.participant.precommit(ctxOf(ms[0]!))).toBe("precommitted")
@@ -594,12 +599,7 @@ describe("ThreePhaseCommit recovery uses the mode recorded with the vote", () =>
       const [a, b, c] = ms
       const txId = yield* TransactionId.make
       const members = ms.map((m) => m.participant.name)
-      const ctxOf = (m: ThreePhaseMemory.Memory) => ({
-        txId,
-        branch: m.participant.name,
-        gid: TransactionId.gid(txId, m.participant.name),
-        members
-      })
+      const ctxOf = memberContext(txId, members)
       // A quorum transaction: the coordinator precommitted a, then died; b and c's agents formed
       // the abort quorum (Va = 2) and died before rolling anyone back.
       const p = ThreePhaseCommit.plan(
