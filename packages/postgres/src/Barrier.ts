@@ -12,6 +12,11 @@
  * - The work and the barrier rows commit or roll back together: a failing work rolls its barrier
  *   row back and surfaces as `BarrierWorkError` with the SQLSTATE, never swallowed; the step can
  *   be retried.
+ * - What the work returned is kept in the row (jsonb) and handed back on a duplicate, so a retry sees
+ *   the value the first run saw. With a `result` schema it is encoded before commit and decoded on a
+ *   duplicate (Dates, bigints, ... come back as they were). Without one it must be plain JSON (it
+ *   survives `JSON.parse(JSON.stringify(v))` unchanged); anything else is refused *before commit*
+ *   with `BarrierResultRefusedError`, so the work rolls back with its row and nothing is half-done.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
  *
  * Use gid = saga id and branch = step name: `fromKey(ctx.key)`. `sagaAction` / `sagaCompensation`
@@ -22,7 +27,7 @@
 import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
 import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
-import { Effect, Schema } from "effect"
+import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
 import { toFailure } from "./internal/errors.js"
 import type { BranchSession } from "./PgParticipant.js"
@@ -50,16 +55,33 @@ export type Op = "action" | "compensation"
  * The barrier's verdict.
  * - `Applied`: the work ran and committed with its barrier row.
  * - `Duplicate`: this op already ran for this branch; the work was skipped. `value` is what the
- *   first run's work returned (as JSON), `null` for a null compensation.
+ *   first run's work returned: decoded with the `result` schema when one is given (then `D` is
+ *   `A | undefined`), else the stored JSON (`D` is `unknown`: rows written before results were
+ *   checked may hold a lossy copy). `undefined` when the first run returned `undefined`, and for a
+ *   compensation repeated after a null compensation (no work ever ran). Rows written before
+ *   `undefined` was kept apart from `null` give `null` for a void result.
  * - `NullCompensation`: a compensation found no action: nothing to undo; the late action will be refused.
  * - `Refused`: an action arrived after its (null) compensation; the work did not run.
  * @since 0.1.0
  */
-export type Result<A> =
+export type Result<A, D = unknown> =
   | { readonly _tag: "Applied"; readonly value: A }
-  | { readonly _tag: "Duplicate"; readonly value: unknown }
+  | { readonly _tag: "Duplicate"; readonly value: D }
   | { readonly _tag: "NullCompensation" }
   | { readonly _tag: "Refused"; readonly reason: string }
+
+/**
+ * Options of `run` / `sagaAction`.
+ * @since 0.1.0
+ */
+export interface RunOptions<A, I> {
+  /**
+   * How the work's result is kept for a duplicate: encoded with this schema inside the transaction,
+   * before commit (its encoded side must be plain JSON: `Schema.Date`, `Schema.BigInt`, not
+   * `Schema.DateFromSelf`), and decoded on a duplicate. Without it the result must be plain JSON.
+   */
+  readonly result: Schema.Schema<A, I, never>
+}
 
 /**
  * The work (or the barrier's own statements) failed; the local transaction, barrier row included,
@@ -78,6 +100,53 @@ export class BarrierWorkError extends Schema.TaggedError<BarrierWorkError>()("Ba
     return `${this.op} of ${this.gid}/${this.branch} failed: ${this.reason}`
   }
 }
+
+/**
+ * The work's result could not be kept faithfully for a duplicate, so the barrier refused it before
+ * commit: the work and its barrier row were rolled back, nothing took effect. Without a `result`
+ * schema the value is not plain JSON (`reason` says where: a Date, a bigint, a Map, an `undefined`
+ * field, NaN, ...); with one, the schema rejected the value or encoded it to something that is not
+ * plain JSON. Retrying the same code gives the same refusal: pass a result schema or return plain JSON.
+ * @since 0.1.0
+ */
+export class BarrierResultRefusedError extends Schema.TaggedError<BarrierResultRefusedError>()(
+  "BarrierResultRefusedError",
+  {
+    gid: Schema.String,
+    branch: Schema.String,
+    op: Schema.Literal("action", "compensation"),
+    reason: Schema.String
+  }
+) {
+  override get message(): string {
+    return `${this.op} of ${this.gid}/${this.branch} refused before commit (the work was rolled back): ${this.reason}; it would not come back the same on a duplicate. Pass a result schema (the \`result\` option, e.g. Schema.Date, Schema.BigInt) or return plain JSON`
+  }
+}
+
+/**
+ * A duplicate: the op had already committed, but its stored result does not decode with the given
+ * `result` schema (the schema changed, or the row was written without it).
+ * @since 0.1.0
+ */
+export class BarrierResultDecodeError extends Schema.TaggedError<BarrierResultDecodeError>()(
+  "BarrierResultDecodeError",
+  {
+    gid: Schema.String,
+    branch: Schema.String,
+    op: Schema.Literal("action", "compensation"),
+    reason: Schema.String
+  }
+) {
+  override get message(): string {
+    return `${this.op} of ${this.gid}/${this.branch} already ran, but its stored result does not decode with the result schema: ${this.reason}`
+  }
+}
+
+/**
+ * What the barrier fails with.
+ * @since 0.1.0
+ */
+export type BarrierError = BarrierWorkError | BarrierResultRefusedError | BarrierResultDecodeError
 
 /**
  * The barrier's identity.
@@ -112,20 +181,147 @@ type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array
 const INSERT =
   "insert into accord_saga_barrier (gid, branch, op, reason) values ($1, $2, $3, $4) on conflict do nothing returning 1 as ok"
 
+const isIdentifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
+const keyPath = (path: string, key: string) =>
+  isIdentifier.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`
+
+const kindOf = (value: object): string => {
+  const name = (value as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+  return typeof name === "string" && name !== "" ? `a ${name}` : "an object with a custom prototype"
+}
+
+/**
+ * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally), or
+ * `undefined` if it would. Shared references are fine (they come back as equal copies); numbers
+ * compare with `===`, so `-0` (read back as `0`) is accepted.
+ */
+const jsonProblem = (value: unknown, path: string, open: Set<object>): string | undefined => {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return undefined
+    case "number":
+      return Number.isFinite(value) ? undefined : `${path} is ${value} (JSON writes null)`
+    case "bigint":
+      return `${path} is a bigint (JSON cannot write it)`
+    case "undefined":
+      return `${path} is undefined (JSON drops it, or writes null in an array)`
+    case "function":
+    case "symbol":
+      return `${path} is a ${typeof value} (JSON drops it)`
+    case "object": {
+      if (value === null) return undefined
+      if (open.has(value)) return `${path} is circular`
+      const proto: unknown = Object.getPrototypeOf(value)
+      if (Array.isArray(value) ? proto !== Array.prototype : proto !== Object.prototype && proto !== null)
+        return `${path} is ${kindOf(value)} (JSON keeps only its plain fields)`
+      if (
+        Object.getOwnPropertySymbols(value).some((k) => Object.prototype.propertyIsEnumerable.call(value, k))
+      )
+        return `${path} has a symbol key (JSON drops it)`
+      open.add(value)
+      try {
+        if (Array.isArray(value)) {
+          for (let i = 0; i < value.length; i++) {
+            if (!(i in value)) return `${path}[${i}] is a hole (JSON writes null)`
+            const problem = jsonProblem(value[i], `${path}[${i}]`, open)
+            if (problem !== undefined) return problem
+          }
+          const extra = Object.keys(value).find((k) => !/^(0|[1-9][0-9]*)$/.test(k))
+          return extra === undefined ? undefined : `${keyPath(path, extra)} is not an index (JSON drops it)`
+        }
+        for (const key of Object.keys(value)) {
+          const problem = jsonProblem((value as Record<string, unknown>)[key], keyPath(path, key), open)
+          if (problem !== undefined) return problem
+        }
+        return undefined
+      } finally {
+        open.delete(value)
+      }
+    }
+  }
+}
+
+/**
+ * How a result is kept in the barrier row: `store` runs inside the transaction, before commit, and
+ * throws `BarrierResultRefusedError` (rolling the work back); `load` reads a duplicate's row.
+ * Stored as jsonb text; `null` (SQL NULL) is a result of `undefined`.
+ */
+interface Codec<A> {
+  readonly store: (value: A, target: Target) => Promise<string | null>
+  readonly load: (stored: string | null, target: Target) => Effect.Effect<A, BarrierResultDecodeError>
+}
+
+const refuse = (target: Target, reason: string) =>
+  new BarrierResultRefusedError({ gid: target.gid, branch: target.branch, op: target.op, reason })
+
+const storeJson = (value: unknown, target: Target, what: string): string | null => {
+  if (value === undefined) return null
+  const problem = jsonProblem(value, "result", new Set())
+  if (problem !== undefined) throw refuse(target, `${what}${problem}`)
+  return JSON.stringify(value)
+}
+
+const plainJson: Codec<unknown> = {
+  store: async (value, target) =>
+    storeJson(value, target, "without a result schema the result must be plain JSON: "),
+  load: (stored) => Effect.sync(() => (stored === null ? undefined : JSON.parse(stored)))
+}
+
+const withSchema = <A, I>(schema: Schema.Schema<A, I, never>): Codec<A> => {
+  const encode = Schema.encode(schema)
+  const decode = Schema.decodeUnknown(schema)
+  return {
+    store: async (value, target) => {
+      const encoded = await Effect.runPromiseExit(encode(value))
+      if (Exit.isFailure(encoded)) {
+        const error =
+          encoded.cause._tag === "Fail" ? encoded.cause.error.message : Cause.pretty(encoded.cause)
+        throw refuse(target, `the result schema rejected the result: ${error}`)
+      }
+      return storeJson(encoded.value, target, "the result schema's encoded form must be plain JSON: ")
+    },
+    load: (stored, target) =>
+      decode(stored === null ? undefined : JSON.parse(stored)).pipe(
+        Effect.mapError(
+          (error) =>
+            new BarrierResultDecodeError({
+              gid: target.gid,
+              branch: target.branch,
+              op: target.op,
+              reason: error.message
+            })
+        )
+      )
+  }
+}
+
+/**
+ * What the transaction decided. A duplicate carries the stored text, decoded after the commit; a
+ * compensation repeated after a null compensation is told apart (it has no result).
+ */
+type Decision<A> =
+  | { readonly _tag: "Applied"; readonly value: A }
+  | { readonly _tag: "Duplicate"; readonly stored: string | null }
+  | { readonly _tag: "NullCompensation"; readonly repeated: boolean }
+  | { readonly _tag: "Refused"; readonly reason: string }
+
 /** The barrier protocol inside an open transaction. */
 const protocol = async <A>(
   query: Query,
   session: BarrierSession,
   target: Target,
-  work: (s: BarrierSession) => Promise<A>
-): Promise<Result<A>> => {
+  work: (s: BarrierSession) => Promise<A>,
+  codec: Codec<A>
+): Promise<Decision<A>> => {
   const { gid, branch, op } = target
   const insert = async (rowOp: Op, reason: string) =>
     (await query<{ ok: number }>(INSERT, [gid, branch, rowOp, reason])).length === 1
+  // As text: SQL NULL (a result of `undefined`) and JSON null stay apart, whatever the driver's jsonb parser.
   const existing = async (rowOp: Op) =>
     (
-      await query<{ reason: string; result: unknown }>(
-        "select reason, result from accord_saga_barrier where gid = $1 and branch = $2 and op = $3",
+      await query<{ reason: string; result: string | null }>(
+        "select reason, result::text as result from accord_saga_barrier where gid = $1 and branch = $2 and op = $3",
         [gid, branch, rowOp]
       )
     )[0]
@@ -134,19 +330,24 @@ const protocol = async <A>(
       const row = await existing("action")
       return row?.reason === "null-compensation"
         ? { _tag: "Refused", reason: "the compensation of this step already ran (null compensation)" }
-        : { _tag: "Duplicate", value: row?.result ?? null }
+        : { _tag: "Duplicate", stored: row?.result ?? null }
     }
   } else {
     const actionMissing = await insert("action", "null-compensation")
     if (!(await insert("compensation", actionMissing ? "null-compensation" : "compensation"))) {
-      return { _tag: "Duplicate", value: (await existing("compensation"))?.result ?? null }
+      const row = await existing("compensation")
+      return row?.reason === "null-compensation"
+        ? { _tag: "NullCompensation", repeated: true }
+        : { _tag: "Duplicate", stored: row?.result ?? null }
     }
-    if (actionMissing) return { _tag: "NullCompensation" }
+    if (actionMissing) return { _tag: "NullCompensation", repeated: false }
   }
   const value = await work(session)
+  // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
+  const stored = await codec.store(value, target)
   await query(
     "update accord_saga_barrier set result = $4::text::jsonb where gid = $1 and branch = $2 and op = $3",
-    [gid, branch, op, JSON.stringify(value ?? null)]
+    [gid, branch, op, stored]
   )
   return { _tag: "Applied", value }
 }
@@ -161,33 +362,54 @@ const sessionOf = (query: Query, sql?: postgres.Sql): BarrierSession => ({
   ...(sql === undefined ? {} : { sql })
 })
 
-const onPostgres = <A>(sql: postgres.Sql, target: Target, work: (s: BarrierSession) => Promise<A>) =>
+const onPostgres = <A>(
+  sql: postgres.Sql,
+  target: Target,
+  work: (s: BarrierSession) => Promise<A>,
+  codec: Codec<A>
+) =>
   sql.begin(async (tx) => {
+    // Plain arrays, as on PGlite (postgres.js answers an Array subclass carrying `count`, `command`,
+    // ...): rows returned as they are stay plain JSON, and come back the same on a duplicate.
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
-      (await tx.unsafe(text, (params ?? []) as Array<postgres.ParameterOrJSON<never>>)) as unknown as Array<T>
+      Array.from(
+        (await tx.unsafe(
+          text,
+          (params ?? []) as Array<postgres.ParameterOrJSON<never>>
+        )) as unknown as Array<T>
+      )
     // The transaction handle offers the tagged-template API of `Sql` (what `BranchSession.sql` promises).
-    return protocol(query, sessionOf(query, tx as unknown as postgres.Sql), target, work)
-  }) as Promise<Result<A>>
+    return protocol(query, sessionOf(query, tx as unknown as postgres.Sql), target, work, codec)
+  }) as Promise<Decision<A>>
 
-const onPglite = <A>(db: PGlite, target: Target, work: (s: BarrierSession) => Promise<A>) =>
+const onPglite = <A>(db: PGlite, target: Target, work: (s: BarrierSession) => Promise<A>, codec: Codec<A>) =>
   db.transaction(async (tx: Transaction) => {
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
       (await tx.query<T>(text, params as Array<unknown> | undefined)).rows
-    return protocol(query, sessionOf(query), target, work)
+    return protocol(query, sessionOf(query), target, work, codec)
   })
 
-/**
- * Runs `work` in a local transaction guarded by the barrier row of `target`.
- * @since 0.1.0
- */
-export const run = <A>(
+/** A decision with the duplicate's result decoded. */
+type Verdict<A> =
+  | { readonly _tag: "Applied"; readonly value: A }
+  | { readonly _tag: "Duplicate"; readonly value: A }
+  | { readonly _tag: "NullCompensation"; readonly repeated: boolean }
+  | { readonly _tag: "Refused"; readonly reason: string }
+
+/** The transaction, with a duplicate's stored result decoded after it. */
+const decide = <A>(
   conn: Connection,
   target: Target,
-  work: (session: BarrierSession) => Promise<A>
-): Effect.Effect<Result<A>, BarrierWorkError> =>
+  work: (session: BarrierSession) => Promise<A>,
+  codec: Codec<A>
+): Effect.Effect<Verdict<A>, BarrierError> =>
   Effect.tryPromise({
-    try: () => (typeof conn === "function" ? onPostgres(conn, target, work) : onPglite(conn, target, work)),
-    catch: (error) => {
+    try: () =>
+      typeof conn === "function"
+        ? onPostgres(conn, target, work, codec)
+        : onPglite(conn, target, work, codec),
+    catch: (error): BarrierError => {
+      if (error instanceof BarrierResultRefusedError) return error
       const failure = toFailure(error)
       return new BarrierWorkError({
         gid: target.gid,
@@ -199,20 +421,82 @@ export const run = <A>(
       })
     }
   }).pipe(
+    Effect.flatMap(
+      (decision): Effect.Effect<Verdict<A>, BarrierResultDecodeError> =>
+        decision._tag === "Duplicate"
+          ? Effect.map(codec.load(decision.stored, target), (value) => ({ _tag: "Duplicate", value }))
+          : Effect.succeed(decision)
+    ),
     Effect.withSpan("Barrier.run", {
       attributes: { gid: target.gid, branch: target.branch, phase: target.op }
     })
   )
 
-/**
- * `run` as a Promise; rejects with `BarrierWorkError`.
- * @since 0.1.0
- */
-export const runPromise = <A>(
+/** Without a schema the stored JSON stands for A: `store` let through only values it equals. */
+const codecOf = <A, I>(options: RunOptions<A, I> | undefined): Codec<A> =>
+  options === undefined ? (plainJson as Codec<A>) : withSchema(options.result)
+
+const runWith = <A>(
   conn: Connection,
   target: Target,
-  work: (session: BarrierSession) => Promise<A>
-): Promise<Result<A>> => Effect.runPromise(run(conn, target, work))
+  work: (session: BarrierSession) => Promise<A>,
+  codec: Codec<A>
+): Effect.Effect<Result<A, A | undefined>, BarrierError> =>
+  Effect.map(
+    decide(conn, target, work, codec),
+    (verdict): Result<A, A | undefined> =>
+      verdict._tag !== "NullCompensation"
+        ? verdict
+        : verdict.repeated
+          ? // Repeating a null compensation is a duplicate (as it always was), with no result.
+            { _tag: "Duplicate", value: undefined }
+          : { _tag: "NullCompensation" }
+  )
+
+/**
+ * Runs `work` in a local transaction guarded by the barrier row of `target`. With `options.result`
+ * the work's result is encoded with that schema before commit and a duplicate's is decoded with it;
+ * without, the result must be plain JSON or the barrier refuses it before commit
+ * (`BarrierResultRefusedError`).
+ * @since 0.1.0
+ */
+export const run: {
+  <A, I>(
+    conn: Connection,
+    target: Target,
+    work: (session: BarrierSession) => Promise<A>,
+    options: RunOptions<A, I>
+  ): Effect.Effect<Result<A, A | undefined>, BarrierError>
+  <A>(
+    conn: Connection,
+    target: Target,
+    work: (session: BarrierSession) => Promise<A>
+  ): Effect.Effect<Result<A>, BarrierError>
+} = <A, I>(
+  conn: Connection,
+  target: Target,
+  work: (session: BarrierSession) => Promise<A>,
+  options?: RunOptions<A, I>
+): Effect.Effect<Result<A, A | undefined>, BarrierError> => runWith(conn, target, work, codecOf(options))
+
+/**
+ * `run` as a Promise; rejects with a `BarrierError`.
+ * @since 0.1.0
+ */
+export const runPromise: {
+  <A, I>(
+    conn: Connection,
+    target: Target,
+    work: (session: BarrierSession) => Promise<A>,
+    options: RunOptions<A, I>
+  ): Promise<Result<A, A | undefined>>
+  <A>(conn: Connection, target: Target, work: (session: BarrierSession) => Promise<A>): Promise<Result<A>>
+} = <A, I>(
+  conn: Connection,
+  target: Target,
+  work: (session: BarrierSession) => Promise<A>,
+  options?: RunOptions<A, I>
+): Promise<Result<A, A | undefined>> => Effect.runPromise(runWith(conn, target, work, codecOf(options)))
 
 // SQLSTATE classes worth retrying: serialization failure / deadlock (40), insufficient resources
 // (53), operator intervention (57, e.g. a statement timeout 57014), connection exceptions (08).
@@ -221,45 +505,74 @@ const TRANSIENT_CLASSES = new Set(["40", "53", "57", "08"])
 /**
  * Reads a barrier failure as a saga step failure: a lost connection is in doubt; serialization
  * failures, deadlocks and resource shortages are transient; anything else (a CHECK or unique
- * violation: the business said no) is definite.
+ * violation: the business said no) is definite. A result refused before commit is definite too,
+ * and a duplicate whose stored result does not decode is in doubt (see below).
  * @since 0.1.0
  */
-export const toStepError = (error: BarrierWorkError): StepError =>
-  error.connectionLost
-    ? new StepInDoubtError({ reason: error.reason })
-    : error.sqlState !== undefined && TRANSIENT_CLASSES.has(error.sqlState.slice(0, 2))
-      ? new StepTransientError({ reason: error.reason })
-      : error.sqlState === undefined
-        ? new StepTransientError({ reason: error.reason })
-        : new StepBusinessError({ reason: error.reason })
+export const toStepError = (error: BarrierError): StepError => {
+  switch (error._tag) {
+    case "BarrierResultRefusedError":
+      // Business (definite): the work rolled back with its row, so the step did not act (nothing to
+      // compensate), and the same code returns the same kind of value on every attempt: retrying
+      // would loop until the retry budget runs out and then fail anyway. Fail once, loudly.
+      return new StepBusinessError({ reason: error.message })
+    case "BarrierResultDecodeError":
+      // In doubt, not business: this is a duplicate, the work *did* commit on its first run. A
+      // business error would mark the step "did not act" and leave its effect uncompensated; in
+      // doubt makes the saga retry (a fixed schema may be deployed) and, failing that, compensate it.
+      return new StepInDoubtError({ reason: error.message })
+    case "BarrierWorkError":
+      return error.connectionLost
+        ? new StepInDoubtError({ reason: error.reason })
+        : error.sqlState !== undefined && TRANSIENT_CLASSES.has(error.sqlState.slice(0, 2))
+          ? new StepTransientError({ reason: error.reason })
+          : error.sqlState === undefined
+            ? new StepTransientError({ reason: error.reason })
+            : new StepBusinessError({ reason: error.reason })
+  }
+}
 
 /**
  * A saga action whose local work runs behind the barrier of `ctx.key`: a duplicate returns the
- * first run's result; an action refused after its compensation fails as a business error.
+ * first run's result (decoded with `options.result` when given; without it the result must be plain
+ * JSON, else the step fails before commit as a business error); an action refused after its
+ * compensation fails as a business error.
  * @since 0.1.0
  */
-export const sagaAction = <A>(
+export const sagaAction: {
+  <A, I>(
+    conn: Connection,
+    ctx: StepContext,
+    work: (session: BarrierSession) => Promise<A>,
+    options: RunOptions<A, I>
+  ): Effect.Effect<A, StepError>
+  <A>(
+    conn: Connection,
+    ctx: StepContext,
+    work: (session: BarrierSession) => Promise<A>
+  ): Effect.Effect<A, StepError>
+} = <A, I>(
   conn: Connection,
   ctx: StepContext,
-  work: (session: BarrierSession) => Promise<A>
+  work: (session: BarrierSession) => Promise<A>,
+  options?: RunOptions<A, I>
 ): Effect.Effect<A, StepError> =>
-  run(conn, { ...fromKey(ctx.key), op: "action" }, work).pipe(
+  decide(conn, { ...fromKey(ctx.key), op: "action" }, work, codecOf(options)).pipe(
     Effect.mapError(toStepError),
     Effect.flatMap(
       (result): Effect.Effect<A, StepError> =>
-        result._tag === "Applied"
+        result._tag === "Applied" || result._tag === "Duplicate"
           ? Effect.succeed(result.value)
-          : result._tag === "Duplicate"
-            ? Effect.succeed(result.value as A)
-            : result._tag === "Refused"
-              ? Effect.fail(new StepBusinessError({ reason: result.reason }))
-              : Effect.die(new Error("unreachable: an action cannot be a null compensation"))
+          : result._tag === "Refused"
+            ? Effect.fail(new StepBusinessError({ reason: result.reason }))
+            : Effect.die(new Error("unreachable: an action cannot be a null compensation"))
     )
   )
 
 /**
  * A saga compensation whose local work runs behind the barrier of `ctx.key` (duplicates and null
- * compensations succeed without running the work).
+ * compensations succeed without running the work). What the work returns is not kept: the saga
+ * never reads it, so it need not be JSON.
  * @since 0.1.0
  */
 export const sagaCompensation = <A>(
@@ -267,7 +580,6 @@ export const sagaCompensation = <A>(
   ctx: CompensationContext<A>,
   work: (session: BarrierSession) => Promise<unknown>
 ): Effect.Effect<void, StepError> =>
-  run(conn, { ...fromKey(ctx.key), op: "compensation" }, work).pipe(
-    Effect.mapError(toStepError),
-    Effect.asVoid
-  )
+  run(conn, { ...fromKey(ctx.key), op: "compensation" }, async (session): Promise<void> => {
+    await work(session)
+  }).pipe(Effect.mapError(toStepError), Effect.asVoid)
