@@ -15,15 +15,30 @@
  * - Parameterised statements are named prepared statements (one round trip instead of two) unless
  *   the pool was made with `prepare: false`.
  * - Abandoned (the caller was interrupted): new statements are refused, running ones cancelled on
- *   the server, the work is waited for (bounded by `cancelTimeout`), the transaction rolled back;
- *   a connection that cannot be rolled back within `cancelTimeout` has its backend terminated and
- *   is never returned to the pool in a transaction. A dropped connection is not released.
+ *   the server, the work is waited for (bounded by `cancelTimeout`), the transaction rolled back.
+ * - A connection that stops answering (a blocked backend, a network partitioned under it, from
+ *   BEGIN on) is never returned to the pool as it is, nor lost to it (`end`): its session is
+ *   terminated by pid (`pg_terminate_backend` over another connection of the pool, bounded by
+ *   `cancelTimeout`, dropped if not written by then), which ends its transaction on the server,
+ *   then the reserved connection is destroyed on this side (`destroy()`, which Accord's postgres.js
+ *   patch adds: the socket is closed at once, what was sent on it fails, and the pool reconnects
+ *   that connection on demand as a new session). That is done when the clean-up's ROLLBACK does
+ *   not answer within `cancelTimeout` (BEGIN or the work did not either), and when a statement of
+ *   Accord's after the work (ROLLBACK, marker, PREPARE, COMMIT) of an abandoned branch is still
+ *   unanswered `cancelTimeout` after its cancel (it fails as on a lost connection: at "end", in
+ *   doubt). The pid is the one postgres.js gives a statement as it writes it (the connection's key
+ *   data from start-up), so it is known even when BEGIN never answered: no extra statement. On a
+ *   driver without the patch the connection stays reserved until its socket closes (the server's
+ *   close reaching it, or TCP keepalive), and so does a branch waiting on it. With it an abandoned
+ *   branch is done at most three `cancelTimeout`s after the abandon (the work, the ROLLBACK, the
+ *   terminate).
+ * - A dropped connection is not released: postgres.js reconnects it on demand.
  */
 import { type Participant, TransactionId } from "@accord/core"
 import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
-import { Abandonment, delay, sendOn, settle, unlessAbandoned } from "./client.js"
+import { Abandonment, delay, type Settled, sendOn, settle, unlessAbandoned } from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
@@ -75,6 +90,28 @@ const noop = () => undefined
 
 interface PendingQuery<T> extends Promise<T> {
   cancel(): void
+}
+
+/** postgres.js sets a statement's `state` to its connection's key data when it writes it. */
+interface Written {
+  readonly state?: { readonly pid?: unknown } | null
+}
+
+/** The pid of the session `query` was written to; `undefined` if not written yet. */
+const pidOf = (query: unknown): number | undefined => {
+  const pid = (query as Written).state?.pid
+  return typeof pid === "number" ? pid : undefined
+}
+
+/**
+ * Closes a reserved connection's socket at once instead of releasing it: `destroy()` from Accord's
+ * postgres.js patch (see docs/postgres.md); `false` on a driver without it.
+ */
+const destroy = (conn: postgres.ReservedSql): boolean => {
+  const reserved = conn as { destroy?: unknown }
+  if (typeof reserved.destroy !== "function") return false
+  reserved.destroy()
+  return true
 }
 
 /** The command tag and affected rows postgres.js attaches to a result. */
@@ -218,7 +255,12 @@ interface ConnState {
   open: boolean
   /** The connection dropped: it is not released (postgres.js reconnects it on demand). */
   broken: boolean
+  /** The session's backend pid, for terminating it when it is stuck (see `end`). */
   pid: number | undefined
+  /** Set once `end` has started: the connection is being ended, never released. */
+  ending: Promise<void> | undefined
+  /** Abandoned during Accord's own statements: ends the connection if they stay unanswered. */
+  stuck: ReturnType<typeof setTimeout> | undefined
 }
 
 const fail = (stage: StageFailure["stage"], state: ConnState, failure: PgFailure): StageFailure => {
@@ -229,6 +271,7 @@ const fail = (stage: StageFailure["stage"], state: ConnState, failure: PgFailure
 }
 
 const body = async (
+  sql: postgres.Sql,
   s: Session,
   state: ConnState,
   control: Control,
@@ -248,7 +291,16 @@ const body = async (
   }
   state.open = true
   // BEGIN is not awaited before the work starts: the work's first statement follows it in the pipe.
-  const begun = settle(s.send<unknown>("BEGIN"))
+  const begin = s.send<unknown>("BEGIN")
+  // The pid is read as BEGIN settles (the connection could close and reconnect as another session
+  // later, its key data with it), or below if BEGIN never does.
+  const begun = begin.then(
+    (value): Settled<unknown> => {
+      state.pid = pidOf(begin)
+      return { ok: true, value }
+    },
+    (error: unknown): Settled<unknown> => ({ ok: false, failure: toFailure(error) })
+  )
   let worked: Promise<unknown>
   try {
     worked = Promise.resolve(work(s.session))
@@ -262,11 +314,21 @@ const body = async (
     () => "timeout" as const
   )
   s.closed = true
-  if (both === "timeout") throw fail("end", state, interrupted)
+  if (both === "timeout") {
+    // BEGIN unanswered still: the session it was written to has not closed (a close fails every
+    // statement written on it), so its pid is this session's.
+    if (s.inflight.has(begin as PendingQuery<unknown>)) state.pid = pidOf(begin)
+    throw fail("end", state, interrupted)
+  }
   const [b, w] = both
   if (!b.ok) throw fail("begin", state, b.failure)
-  const backend = (b.value as { state?: { pid?: number } }).state
-  state.pid = typeof backend?.pid === "number" ? backend.pid : undefined
+  // From here on the statements are Accord's own (ROLLBACK, marker, PREPARE, COMMIT), which the
+  // work's bound does not cover: abandoned, they are cancelled, and if one is still unanswered
+  // `cancelMs` later the connection is ended, which fails it (a lost connection: at "end", in doubt).
+  control.onAbandon = () => {
+    s.cancelAll()
+    state.stuck = setTimeout(() => void end(sql, s, state, cancelMs), cancelMs)
+  }
   if (!w.ok) {
     if (w.failure.connectionLost) state.broken = true
     else if (!control.abandoned) {
@@ -322,21 +384,40 @@ const body = async (
   return { _tag: "Prepared" }
 }
 
-/** Leaves the connection clean, then releases it. */
+/**
+ * Ends a connection that is stuck (see the module doc): its session is terminated by pid on the
+ * server, then the reserved connection destroyed on this side. Never released. Once per branch.
+ */
+const end = (sql: postgres.Sql, s: Session, state: ConnState, cancelMs: number): Promise<void> => {
+  state.ending ??= (async () => {
+    if (state.pid !== undefined) {
+      const terminate = sql.unsafe("select pg_terminate_backend($1)", [state.pid])
+      const terminated = await Promise.race([settle(terminate), delay(cancelMs)])
+      // Not written yet (no free connection): dropped, so that it never runs later, when the pid
+      // may be another session's. (A written one is left alone: cancelling it would open a
+      // connection to a server that may not answer.)
+      if (terminated === "timeout" && pidOf(terminate) === undefined) terminate.cancel()
+    }
+    // Never reused as it is, and not lost to the pool.
+    destroy(s.conn)
+  })()
+  return state.ending
+}
+
+/**
+ * Leaves the connection clean, then releases it; one that cannot be rolled back is ended instead
+ * (see `end`).
+ */
 const cleanUp = async (sql: postgres.Sql, s: Session, state: ConnState, cancelMs: number) => {
+  if (state.stuck !== undefined) clearTimeout(state.stuck)
+  if (state.ending !== undefined) return state.ending
   if (state.broken) return
   if (state.open) {
     const rolledBack = await Promise.race([settle(s.conn.unsafe("ROLLBACK")), delay(cancelMs)])
     if (rolledBack === "timeout" || !rolledBack.ok) {
-      const lost = rolledBack !== "timeout" && rolledBack.failure.connectionLost
-      if (!lost && state.pid !== undefined) {
-        // Stuck: end the backend so the connection can never be reused inside a transaction.
-        await Promise.race([
-          settle(sql.unsafe("select pg_terminate_backend($1)", [state.pid])),
-          delay(cancelMs)
-        ])
-      }
-      return
+      // Dropped: postgres.js has closed it and reconnects it on demand.
+      if (rolledBack !== "timeout" && rolledBack.failure.connectionLost) return
+      return end(sql, s, state, cancelMs)
     }
   }
   s.conn.release()
@@ -372,14 +453,22 @@ export const run = async (
     }
     const s = new Session(conn, prepare)
     control.onAbandon = () => s.cancelAll()
-    const state: ConnState = { open: false, broken: false, pid: undefined }
+    const state: ConnState = {
+      open: false,
+      broken: false,
+      pid: undefined,
+      ending: undefined,
+      stuck: undefined
+    }
     try {
-      return await body(s, state, control, ctx, mode, work, cancelMs)
+      return await body(sql, s, state, control, ctx, mode, work, cancelMs)
     } catch (error) {
       throw error !== null && typeof error === "object" && "stage" in error
         ? error
         : ({ stage: "end", failure: toFailure(error) } satisfies StageFailure)
     } finally {
+      // An abandon from now on has nothing to stop (and must not end a connection once released).
+      control.onAbandon = noop
       await cleanUp(sql, s, state, cancelMs)
     }
   } finally {
