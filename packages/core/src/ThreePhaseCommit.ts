@@ -39,8 +39,10 @@
  * ## What each mode promises
  * - **Classic** (default; crash-stop): atomic and non-blocking when members fail only by
  *   crashing, messages arrive within the timeouts, and a member that cannot be reached has
- *   crashed. A member's agent waits `agent timeout` > `canCommitTimeout + precommitTimeout`
- *   so that a slow coordinator is not mistaken for a dead one. **Not safe under network
+ *   crashed. A member's agent must wait at least `minimumAgentTimeout` =
+ *   1.25 × (`canCommitTimeout + precommitTimeout`) so that a slow coordinator is not mistaken
+ *   for a dead one; `run` refuses (`UnsafeTimeoutError`) phases that its `agentTimeout` option
+ *   (the agents' timeout, default 20 s) does not outlast. **Not safe under network
  *   partitions**: if the coordinator dies after precommitting A only and the network splits
  *   {A} | {B, C}, A's side sees `precommitted` and commits while B's side sees only `uncertain`
  *   and aborts (the test "classic mode decides differently on the two sides" shows it).
@@ -311,6 +313,14 @@ export interface Options {
   readonly canCommitTimeout?: Duration.DurationInput
   /** Bound on the PreCommit phase. Default 5 s. */
   readonly precommitTimeout?: Duration.DurationInput
+  /**
+   * The `timeout` the members' agents run with (`agent`, `watch`), declared here because the
+   * coordinator's phases must fit in it: in classic mode `run` refuses, with `UnsafeTimeoutError`
+   * and before anything is sent, phases for which it is below `minimumAgentTimeout`. It does not
+   * configure the agents (they run in the members' processes): give them the same value.
+   * Default 20 s (`defaults.agentTimeout`).
+   */
+  readonly agentTimeout?: Duration.DurationInput
   /** Bound on the DoCommit phase (retries included); then `CommitPending`. Default 10 s. */
   readonly commitTimeout?: Duration.DurationInput
   /** Bound on each single call (rollback, state, commit attempt). Default 5 s. */
@@ -328,13 +338,92 @@ export const defaults = {
   precommitTimeout: Duration.seconds(5),
   commitTimeout: Duration.seconds(10),
   callTimeout: Duration.seconds(5),
-  /** An agent's wait for news from the coordinator; must exceed canCommitTimeout + precommitTimeout. */
+  /** An agent's wait for news from the coordinator; at least `minimumAgentTimeout` (18.75 s by default). */
   agentTimeout: Duration.seconds(20),
   commitSchedule: Schedule.exponential(Duration.millis(10), 2).pipe(
     Schedule.jittered,
     Schedule.union(Schedule.spaced(Duration.seconds(1)))
   )
 } as const
+
+/**
+ * The shortest safe agent `timeout` for a classic-mode coordinator with these bounds:
+ * 1.25 × (`canCommitTimeout + precommitTimeout`), 18.75 s for the defaults.
+ *
+ * An agent's clock starts at the earliest when its member voted, which is after the coordinator
+ * started CanCommit; the coordinator's last PreCommit is sent within `canCommitTimeout` and
+ * acknowledged within `precommitTimeout` of that. An agent that hears nothing for longer can take
+ * the coordinator for dead. The extra quarter covers a PreCommit landing after the coordinator
+ * stopped waiting for it, and timers running at slightly different rates in different processes.
+ * Shorter, a slow but live coordinator races the agents: an agent that sees every member
+ * uncertain aborts while the coordinator precommits, which leaves the transaction blocked
+ * (aborted and precommitted members) or, once the aborted ones crash, split.
+ * @since 0.1.0
+ */
+export const minimumAgentTimeout = (
+  options: {
+    readonly canCommitTimeout?: Duration.DurationInput | undefined
+    readonly precommitTimeout?: Duration.DurationInput | undefined
+  } = {}
+): Duration.Duration =>
+  Duration.times(
+    Duration.sum(
+      Duration.decode(options.canCommitTimeout ?? defaults.canCommitTimeout),
+      Duration.decode(options.precommitTimeout ?? defaults.precommitTimeout)
+    ),
+    1.25
+  )
+
+/**
+ * Classic-mode coordinator bounds that the agents' timeout does not outlast
+ * (`agentTimeout < minimumAgentTimeout`). Nothing was sent.
+ * @since 0.1.0
+ */
+export class UnsafeTimeoutError extends Schema.TaggedError<UnsafeTimeoutError>()("UnsafeTimeoutError", {
+  agentTimeoutMillis: Schema.Number,
+  minimumMillis: Schema.Number,
+  canCommitTimeoutMillis: Schema.Number,
+  precommitTimeoutMillis: Schema.Number
+}) {
+  override get message(): string {
+    return (
+      `classic 3PC needs the agents' timeout (agentTimeout, ${this.agentTimeoutMillis} ms) to be at least ` +
+      `1.25 × (canCommitTimeout ${this.canCommitTimeoutMillis} ms + precommitTimeout ${this.precommitTimeoutMillis} ms) ` +
+      `= ${this.minimumMillis} ms, or a slow coordinator is taken for a dead one and the transaction can split; ` +
+      "raise agentTimeout (and the agents' timeout), lower the coordinator's timeouts, or use quorum mode"
+    )
+  }
+}
+
+/**
+ * Checks that agents waiting `agentTimeout` (default 20 s) outlast a coordinator with these
+ * bounds. Classic mode only: quorum mode stays atomic under any timeouts (an agent that runs too
+ * early can only make the transaction abort or block).
+ * @since 0.1.0
+ */
+export const checkAgentTimeout = (options: {
+  readonly mode?: Mode | undefined
+  readonly canCommitTimeout?: Duration.DurationInput | undefined
+  readonly precommitTimeout?: Duration.DurationInput | undefined
+  readonly agentTimeout?: Duration.DurationInput | undefined
+}): Either.Either<void, UnsafeTimeoutError> => {
+  if (options.mode !== undefined && options.mode !== "classic") return Either.void
+  const minimum = minimumAgentTimeout(options)
+  const agentTimeout = Duration.decode(options.agentTimeout ?? defaults.agentTimeout)
+  if (Duration.greaterThanOrEqualTo(agentTimeout, minimum)) return Either.void
+  return Either.left(
+    new UnsafeTimeoutError({
+      agentTimeoutMillis: Duration.toMillis(agentTimeout),
+      minimumMillis: Duration.toMillis(minimum),
+      canCommitTimeoutMillis: Duration.toMillis(
+        Duration.decode(options.canCommitTimeout ?? defaults.canCommitTimeout)
+      ),
+      precommitTimeoutMillis: Duration.toMillis(
+        Duration.decode(options.precommitTimeout ?? defaults.precommitTimeout)
+      )
+    })
+  )
+}
 
 /**
  * The outcome of a 3PC transaction, shaped like `TwoPhaseCommit.Outcome` plus the protocol:
@@ -830,154 +919,162 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
   })
 
 /**
+ * Why `run` refuses a transaction; in every case nothing was sent.
+ * @since 0.1.0
+ */
+export type RunError = InvalidTransactionError | InvalidQuorumError | UnsafeTimeoutError
+
+/**
  * Runs one global transaction with three-phase commit. Needs no coordinator log (see the module
- * documentation). Fails only on invalid input (nothing was sent).
+ * documentation). Fails only on invalid input (nothing was sent): bad members or quorum sizes, and
+ * in classic mode phases that the agents' declared timeout does not outlast (`UnsafeTimeoutError`).
  * @since 0.1.0
  */
 export const run: (
   branches: ReadonlyArray<AnyBranch>,
   options?: Options
-) => Effect.Effect<Outcome, InvalidTransactionError | InvalidQuorumError> = Effect.fn("ThreePhaseCommit.run")(
-  function* (branches: ReadonlyArray<AnyBranch>, options: Options = {}) {
-    const started = yield* Clock.currentTimeMillis
-    const txId =
-      options.txId === undefined
-        ? yield* TransactionId.make
-        : yield* TransactionId.parseTransactionId(options.txId)
-    if (!Array.isArray(branches) || branches.length === 0) {
-      return yield* new InvalidTransactionError({ reason: "a transaction needs at least one branch" })
-    }
-    for (const b of branches) {
-      if (b === null || typeof b !== "object" || b.participant === undefined || b.participant === null) {
-        return yield* new InvalidTransactionError({ reason: "a branch has no participant" })
-      }
-    }
-    const p = yield* plan(
-      txId,
-      branches.map((b) => b.participant),
-      {
-        ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
-        ...(options.mode === undefined ? {} : { mode: options.mode })
-      }
-    )
-    yield* Effect.annotateCurrentSpan({ txId, branches: branches.length, mode: p.mode.kind })
-    const mode = p.mode.kind
-    const canCommitTimeout = Duration.decode(options.canCommitTimeout ?? defaults.canCommitTimeout)
-    const precommitTimeout = Duration.decode(options.precommitTimeout ?? defaults.precommitTimeout)
-    const commitTimeout = Duration.decode(options.commitTimeout ?? defaults.commitTimeout)
-    const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
-    const schedule = options.commitSchedule ?? defaults.commitSchedule
-    const members = p.members.map((m, i) => ({
-      ...m,
-      participant: branches[i]!.participant,
-      work: branches[i]!.work
-    }))
-    const finish = (outcome: Outcome) =>
-      Effect.gen(function* () {
-        const millis = (yield* Clock.currentTimeMillis) - started
-        yield* Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))
-        yield* Metric.update(latency, millis)
-        yield* Effect.annotateCurrentSpan({ outcome: outcome._tag, millis })
-        return outcome
-      })
-
-    // Phase 1: CanCommit.
-    const prepared = yield* Effect.forEach(
-      members,
-      (m) =>
-        canCommit(m.participant, m.ctx, m.work, canCommitTimeout).pipe(
-          Effect.map((vote) => ({ vote, definite: true })),
-          Effect.catchAll((e) => Effect.succeed({ vote: Vote.No({ reason: e.message }), definite: false }))
-        ),
-      { concurrency: "unbounded" }
-    )
-    const votes: ReadonlyArray<BranchVote> = members.map((m, i) => ({
-      branch: m.name,
-      gid: m.ctx.gid,
-      vote: prepared[i]!.vote
-    }))
-    const refused = votes.find((v) => v.vote._tag !== "Prepared")
-    if (refused !== undefined) {
-      // Nobody was precommitted, so aborting needs no quorum. Rolling back a member whose prepare
-      // timed out fences its gid, so a late prepare votes No.
-      yield* Effect.forEach(
-        members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No")),
-        (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.ignore),
-        { concurrency: "unbounded", discard: true }
-      )
-      const reason =
-        refused.vote._tag === "No"
-          ? `${refused.branch}: ${refused.vote.reason}`
-          : `${refused.branch}: voted read-only; 3PC needs every member prepared`
-      return yield* finish(Outcome.Aborted({ txId, votes, reason, protocol: "3pc", mode }))
-    }
-
-    // Phase 2: PreCommit.
-    const acks = yield* Effect.forEach(
-      members,
-      (m) =>
-        preCommit(m.participant, m.ctx).pipe(
-          Effect.timeout(precommitTimeout),
-          Effect.map(Option.some),
-          Effect.catchAll(() => Effect.succeed(Option.none<State>()))
-        ),
-      { concurrency: "unbounded" }
-    )
-    const precommitted = acks.filter((a) => Option.isSome(a) && a.value === "precommitted").length
-    const decided =
-      p.mode.kind === "classic" ? precommitted === members.length : precommitted >= p.mode.commit
-
-    if (!decided) {
-      // Some member did not ack (or refused): the coordinator is just another terminator now.
-      const t = yield* terminatePlan({ ...p, members }, { from: "coordinator", callTimeout })
-      return yield* finish(
-        Termination.$match(t, {
-          Committed: ({ pending }) =>
-            pending.length === 0
-              ? Outcome.Committed({ txId, votes, heuristics: [], protocol: "3pc", mode })
-              : Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }),
-          Aborted: ({ rule }) =>
-            Outcome.Aborted({
-              txId,
-              votes,
-              reason: `precommit phase incomplete; ${rule}`,
-              protocol: "3pc",
-              mode
-            }),
-          Blocked: ({ reason }) => Outcome.Blocked({ txId, votes, reason, protocol: "3pc", mode })
-        })
-      )
-    }
-
-    // Phase 3: DoCommit. From here the outcome is commit, whatever happens.
-    const commits = yield* Effect.forEach(
-      members,
-      (m) =>
-        doCommit(m.participant, m.ctx, callTimeout, schedule).pipe(
-          Effect.timeout(commitTimeout),
-          Effect.map((ack): Option.Option<CommitAck> => Option.some(ack)),
-          Effect.catchAll(() => Effect.succeed(Option.none<CommitAck>()))
-        ),
-      { concurrency: "unbounded" }
-    )
-    const pending = members.filter((_, i) => Option.isNone(commits[i]!)).map((m) => m.name)
-    const heuristics: Array<Heuristic> = members.flatMap((m, i) => {
-      const ack = commits[i]!
-      return Option.isSome(ack) && ack.value === "HeuristicRollback"
-        ? [
-            {
-              branch: m.name,
-              gid: m.ctx.gid,
-              detail: "branch was rolled back outside the protocol after the commit decision"
-            }
-          ]
-        : []
-    })
-    if (pending.length > 0)
-      return yield* finish(Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }))
-    return yield* finish(Outcome.Committed({ txId, votes, heuristics, protocol: "3pc", mode }))
+) => Effect.Effect<Outcome, RunError> = Effect.fn("ThreePhaseCommit.run")(function* (
+  branches: ReadonlyArray<AnyBranch>,
+  options: Options = {}
+) {
+  const started = yield* Clock.currentTimeMillis
+  const txId =
+    options.txId === undefined
+      ? yield* TransactionId.make
+      : yield* TransactionId.parseTransactionId(options.txId)
+  if (!Array.isArray(branches) || branches.length === 0) {
+    return yield* new InvalidTransactionError({ reason: "a transaction needs at least one branch" })
   }
-)
+  for (const b of branches) {
+    if (b === null || typeof b !== "object" || b.participant === undefined || b.participant === null) {
+      return yield* new InvalidTransactionError({ reason: "a branch has no participant" })
+    }
+  }
+  const p = yield* plan(
+    txId,
+    branches.map((b) => b.participant),
+    {
+      ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+      ...(options.mode === undefined ? {} : { mode: options.mode })
+    }
+  )
+  if (p.mode.kind === "classic") yield* checkAgentTimeout({ ...options, mode: "classic" })
+  yield* Effect.annotateCurrentSpan({ txId, branches: branches.length, mode: p.mode.kind })
+  const mode = p.mode.kind
+  const canCommitTimeout = Duration.decode(options.canCommitTimeout ?? defaults.canCommitTimeout)
+  const precommitTimeout = Duration.decode(options.precommitTimeout ?? defaults.precommitTimeout)
+  const commitTimeout = Duration.decode(options.commitTimeout ?? defaults.commitTimeout)
+  const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
+  const schedule = options.commitSchedule ?? defaults.commitSchedule
+  const members = p.members.map((m, i) => ({
+    ...m,
+    participant: branches[i]!.participant,
+    work: branches[i]!.work
+  }))
+  const finish = (outcome: Outcome) =>
+    Effect.gen(function* () {
+      const millis = (yield* Clock.currentTimeMillis) - started
+      yield* Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))
+      yield* Metric.update(latency, millis)
+      yield* Effect.annotateCurrentSpan({ outcome: outcome._tag, millis })
+      return outcome
+    })
+
+  // Phase 1: CanCommit.
+  const prepared = yield* Effect.forEach(
+    members,
+    (m) =>
+      canCommit(m.participant, m.ctx, m.work, canCommitTimeout).pipe(
+        Effect.map((vote) => ({ vote, definite: true })),
+        Effect.catchAll((e) => Effect.succeed({ vote: Vote.No({ reason: e.message }), definite: false }))
+      ),
+    { concurrency: "unbounded" }
+  )
+  const votes: ReadonlyArray<BranchVote> = members.map((m, i) => ({
+    branch: m.name,
+    gid: m.ctx.gid,
+    vote: prepared[i]!.vote
+  }))
+  const refused = votes.find((v) => v.vote._tag !== "Prepared")
+  if (refused !== undefined) {
+    // Nobody was precommitted, so aborting needs no quorum. Rolling back a member whose prepare
+    // timed out fences its gid, so a late prepare votes No.
+    yield* Effect.forEach(
+      members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No")),
+      (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.ignore),
+      { concurrency: "unbounded", discard: true }
+    )
+    const reason =
+      refused.vote._tag === "No"
+        ? `${refused.branch}: ${refused.vote.reason}`
+        : `${refused.branch}: voted read-only; 3PC needs every member prepared`
+    return yield* finish(Outcome.Aborted({ txId, votes, reason, protocol: "3pc", mode }))
+  }
+
+  // Phase 2: PreCommit.
+  const acks = yield* Effect.forEach(
+    members,
+    (m) =>
+      preCommit(m.participant, m.ctx).pipe(
+        Effect.timeout(precommitTimeout),
+        Effect.map(Option.some),
+        Effect.catchAll(() => Effect.succeed(Option.none<State>()))
+      ),
+    { concurrency: "unbounded" }
+  )
+  const precommitted = acks.filter((a) => Option.isSome(a) && a.value === "precommitted").length
+  const decided = p.mode.kind === "classic" ? precommitted === members.length : precommitted >= p.mode.commit
+
+  if (!decided) {
+    // Some member did not ack (or refused): the coordinator is just another terminator now.
+    const t = yield* terminatePlan({ ...p, members }, { from: "coordinator", callTimeout })
+    return yield* finish(
+      Termination.$match(t, {
+        Committed: ({ pending }) =>
+          pending.length === 0
+            ? Outcome.Committed({ txId, votes, heuristics: [], protocol: "3pc", mode })
+            : Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }),
+        Aborted: ({ rule }) =>
+          Outcome.Aborted({
+            txId,
+            votes,
+            reason: `precommit phase incomplete; ${rule}`,
+            protocol: "3pc",
+            mode
+          }),
+        Blocked: ({ reason }) => Outcome.Blocked({ txId, votes, reason, protocol: "3pc", mode })
+      })
+    )
+  }
+
+  // Phase 3: DoCommit. From here the outcome is commit, whatever happens.
+  const commits = yield* Effect.forEach(
+    members,
+    (m) =>
+      doCommit(m.participant, m.ctx, callTimeout, schedule).pipe(
+        Effect.timeout(commitTimeout),
+        Effect.map((ack): Option.Option<CommitAck> => Option.some(ack)),
+        Effect.catchAll(() => Effect.succeed(Option.none<CommitAck>()))
+      ),
+    { concurrency: "unbounded" }
+  )
+  const pending = members.filter((_, i) => Option.isNone(commits[i]!)).map((m) => m.name)
+  const heuristics: Array<Heuristic> = members.flatMap((m, i) => {
+    const ack = commits[i]!
+    return Option.isSome(ack) && ack.value === "HeuristicRollback"
+      ? [
+          {
+            branch: m.name,
+            gid: m.ctx.gid,
+            detail: "branch was rolled back outside the protocol after the commit decision"
+          }
+        ]
+      : []
+  })
+  if (pending.length > 0)
+    return yield* finish(Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }))
+  return yield* finish(Outcome.Committed({ txId, votes, heuristics, protocol: "3pc", mode }))
+})
 
 const canCommit = Effect.fn("ThreePhaseCommit.canCommit")(function* (
   participant: AnyThreePhaseParticipant,
@@ -1014,11 +1111,26 @@ const doCommit = Effect.fn("ThreePhaseCommit.commit")(function* (
 export interface AgentOptions extends Omit<TerminateOptions, "from"> {
   /**
    * How long the agent waits without news (its own state not moving) before it runs the
-   * termination protocol. Classic mode needs it above the coordinator's
-   * `canCommitTimeout + precommitTimeout`. Default 20 s.
+   * termination protocol. Default 20 s.
+   *
+   * Classic mode needs it at least `minimumAgentTimeout` of the coordinator's options
+   * (1.25 × (`canCommitTimeout + precommitTimeout`)); shorter, a slow but live coordinator is taken
+   * for a dead one and the transaction can block or split. The agent cannot check it (the
+   * coordinator's timeouts are not recorded with the vote): `run` checks it against its own
+   * `agentTimeout` option, so give the agents that value. Quorum mode is atomic whatever the
+   * timeouts; a short one only makes aborts and blocking more likely.
    */
   readonly timeout?: Duration.DurationInput
 }
+
+/** What a member recorded with its yes vote: the transaction's members and (since it is recorded) mode. */
+interface RecordedVote {
+  readonly members: ReadonlyArray<TransactionId.BranchName>
+  readonly mode: Mode | undefined
+}
+
+const describeMode = (mode: ResolvedMode): string =>
+  mode.kind === "classic" ? "classic" : `quorum (Vc=${mode.commit}, Va=${mode.abort})`
 
 /**
  * A member's agent: after the member voted yes, it waits `timeout` for news from the coordinator
@@ -1026,8 +1138,15 @@ export interface AgentOptions extends Omit<TerminateOptions, "from"> {
  * peers it can reach, and again every `timeout` while blocked, until its own member is committed
  * or aborted. Returns the decision that finished its member.
  *
- * `peers` are handles to the other members (those missing count as unreachable); `reachable`
- * is asked with `from = self.name`.
+ * It terminates under the rules the transaction ran with: before its first termination it reads
+ * its member's recorded yes vote (`inDoubt`) and uses the recorded members and mode over its own
+ * `members` and `mode` options, as `recover` and `watch` do (an agent counting the wrong members,
+ * or applying classic rules to a quorum transaction, can split it). The options apply only while
+ * the member has not voted, and to votes recorded without a mode. While the record cannot be read
+ * (the call fails) it does not terminate; it waits another `timeout`.
+ *
+ * `peers` are handles to the other members (those missing count as unreachable; those that are not
+ * recorded members are ignored); `reachable` is asked with `from = self.name`.
  * @since 0.1.0
  */
 export const agent: (
@@ -1035,16 +1154,22 @@ export const agent: (
   self: AnyThreePhaseParticipant,
   peers: ReadonlyArray<AnyThreePhaseParticipant>,
   options?: AgentOptions
-) => Effect.Effect<Termination, InvalidTransactionError | InvalidQuorumError> = Effect.fn(
-  "ThreePhaseCommit.agent"
-)(function* (
+) => Effect.Effect<Termination, InvalidTransactionError | InvalidQuorumError> = (
+  txId,
+  self,
+  peers,
+  options = {}
+) => runAgent(txId, self, peers, options, undefined)
+
+const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   txId: string,
   self: AnyThreePhaseParticipant,
   peers: ReadonlyArray<AnyThreePhaseParticipant>,
-  options: AgentOptions = {}
+  options: AgentOptions,
+  known: RecordedVote | undefined
 ) {
   const everyone = [self, ...peers.filter((q) => q !== self && q?.name !== self?.name)]
-  const p = yield* plan(txId, everyone, options)
+  let p = yield* plan(txId, everyone, options)
   const me = p.members.find((m) => m.name === self.name)!
   yield* Effect.annotateCurrentSpan({ txId: p.txId, branch: me.name, mode: p.mode.kind })
   const timeout = Duration.decode(options.timeout ?? defaults.agentTimeout)
@@ -1053,6 +1178,31 @@ export const agent: (
     Effect.map(Option.some),
     Effect.catchAll(() => Effect.succeed(Option.none<State>()))
   )
+  // The plan under the recorded vote: the recorded members (peers outside them are dropped) and
+  // the recorded mode, which wins over this agent's own options.
+  const planFor = (vote: RecordedVote) =>
+    Effect.gen(function* () {
+      const names = new Set<string>(vote.members)
+      const recorded = yield* plan(
+        txId,
+        everyone.filter((q) => names.has(q.name)),
+        {
+          ...options,
+          members: vote.members,
+          ...(vote.mode === undefined ? {} : { mode: vote.mode })
+        }
+      )
+      const before = describeMode(p.mode)
+      const after = describeMode(recorded.mode)
+      if (options.mode !== undefined && before !== after)
+        yield* Effect.logWarning(
+          `3PC agent ${me.name} on ${p.txId}: its mode option is ${before} but the vote recorded ${after}; terminating under the recorded mode`
+        )
+      return recorded
+    })
+  // Once found, the vote is fixed: it is written once, before the member votes yes.
+  let vote: RecordedVote | undefined = known
+  if (known !== undefined) p = yield* planFor(known)
   const decidedBy = (state: "committed" | "aborted", rule: string): Termination =>
     state === "committed"
       ? Termination.Committed({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })
@@ -1066,6 +1216,19 @@ export const agent: (
     if (Option.isSome(now) && (Option.isNone(last) || last.value !== now.value)) {
       last = now // news from the coordinator: keep waiting
       continue
+    }
+    if (vote === undefined) {
+      const scan = yield* self.inDoubt.pipe(Effect.timeout(callTimeout), Effect.option)
+      if (Option.isNone(scan)) {
+        yield* Effect.logDebug(`3PC agent ${me.name} cannot read its vote on ${p.txId}; waiting`)
+        last = yield* own
+        continue
+      }
+      const mine = scan.value.find((b) => b.gid === me.ctx.gid)
+      if (mine?.members !== undefined) {
+        vote = { members: mine.members, mode: mine.mode }
+        p = yield* planFor(vote)
+      }
     }
     const t = yield* terminatePlan(p, { ...options, from: me.name })
     if (t._tag !== "Blocked" && !t.pending.includes(me.name)) return t
@@ -1291,14 +1454,16 @@ export const watch = (
         if (options.namespace !== undefined && namespace.value !== options.namespace) continue
         yield* Ref.update(watching, (s) => new Set([...s, b.gid]))
         const names = new Set(members)
-        yield* agent(
+        yield* runAgent(
           b.txId,
           self,
           peers.filter((q) => names.has(q.name)),
           withNamespace(
             { ...options, members, ...(b.mode === undefined ? {} : { mode: b.mode }) },
             namespace.value
-          )
+          ),
+          // The scan read the vote already.
+          { members, mode: b.mode }
         ).pipe(
           Effect.ignore,
           Effect.ensuring(

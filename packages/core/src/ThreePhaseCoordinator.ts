@@ -15,6 +15,13 @@
  * 3PC keeps no coordinator log (see `ThreePhaseCommit`): after a crash, `recover()` (or the
  * members' agents, `startAgents()`) finishes every in-doubt transaction from the members' states.
  *
+ * Timeouts (classic mode): the members' agents must outwait the coordinator's phases,
+ * `agentTimeout ≥ 1.25 × (canCommitTimeout + precommitTimeout)`. The coordinator does not stretch
+ * anything to make that hold: `executeTransaction` and `startAgents` reject an unsafe combination
+ * with `UnsafeTimeoutError` before anything is sent. `agentTimeout` (default 20 s) is both what
+ * `startAgents` runs its agents with and what the members' own agents (`ThreePhaseCommit.watch`)
+ * must be given.
+ *
  * @since 0.1.0
  */
 import { Duration, Effect, Fiber, ManagedRuntime, Layer } from "effect"
@@ -35,13 +42,26 @@ import * as TransactionId from "./TransactionId.js"
  * @since 0.1.0
  */
 export interface CoordinatorOptions {
-  /** Bound on each phase, in milliseconds (or a Duration); caps the phase defaults (10 s, 5 s, 10 s). */
+  /**
+   * Bound on each phase, in milliseconds (or a Duration); caps the phase defaults (10 s, 5 s, 10 s).
+   * It only lowers them, so it never breaks the agents' bound.
+   */
   readonly timeout?: number | Duration.DurationInput
   /** `"classic"` (default), `"quorum"` or explicit `{ commit, abort }` quorum sizes. */
   readonly mode?: ThreePhaseCommit.Mode
+  /** Bound on each member's prepare and vote (default 10 s, or `timeout` when lower). */
   readonly canCommitTimeout?: number | Duration.DurationInput
+  /** Bound on the PreCommit phase (default 5 s, or `timeout` when lower). */
   readonly precommitTimeout?: number | Duration.DurationInput
+  /** Bound on the DoCommit phase (default 10 s, or `timeout` when lower). */
   readonly commitTimeout?: number | Duration.DurationInput
+  /**
+   * The members' agents' timeout: `startAgents` runs its agents with it, and the members' own
+   * agents (`ThreePhaseCommit.watch` in their processes) must be given it. Classic mode needs it
+   * at least 1.25 × (`canCommitTimeout + precommitTimeout`); otherwise `executeTransaction` and
+   * `startAgents` reject with `UnsafeTimeoutError` before anything is sent. Default 20 s.
+   */
+  readonly agentTimeout?: number | Duration.DurationInput
   /** Gid namespace for this deployment. */
   readonly namespace?: string
 }
@@ -126,6 +146,10 @@ export class ThreePhaseCoordinator {
       canCommitTimeout: bound(options.canCommitTimeout, ThreePhaseCommit.defaults.canCommitTimeout),
       precommitTimeout: bound(options.precommitTimeout, ThreePhaseCommit.defaults.precommitTimeout),
       commitTimeout: bound(options.commitTimeout, ThreePhaseCommit.defaults.commitTimeout),
+      agentTimeout:
+        options.agentTimeout === undefined
+          ? ThreePhaseCommit.defaults.agentTimeout
+          : toDuration(options.agentTimeout),
       ...(options.mode === undefined ? {} : { mode: options.mode }),
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
     }
@@ -189,30 +213,37 @@ export class ThreePhaseCoordinator {
 
   /**
    * Runs every registered participant's agent in this process (`ThreePhaseCommit.watch`), as the
-   * participants' own processes would. Resolves to a function that stops them.
+   * participants' own processes would, with the coordinator's `agentTimeout` unless `timeout` is
+   * given. In classic mode a `timeout` below 1.25 × (`canCommitTimeout + precommitTimeout`) is
+   * rejected with `UnsafeTimeoutError` (no agent started). Resolves to a function that stops them.
    */
   async startAgents(
     options: ThreePhaseCommit.AgentOptions & { readonly interval?: Duration.DurationInput } = {}
   ) {
     await Promise.all(this.verifying)
     const all = [...this.participants.values()]
-    const fibers = await Promise.all(
-      all.map((p) =>
-        this.runtime.runPromise(
-          Effect.forkDaemon(
-            ThreePhaseCommit.watch(
-              p,
-              all.filter((q) => q !== p),
-              {
-                ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
-                ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
-                ...options
-              }
-            )
+    const agentOptions = {
+      ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
+      ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
+      ...options,
+      timeout: options.timeout ?? this.options.agentTimeout ?? ThreePhaseCommit.defaults.agentTimeout
+    }
+    const start = Effect.gen(this, function* () {
+      yield* ThreePhaseCommit.checkAgentTimeout({
+        ...this.options,
+        agentTimeout: agentOptions.timeout
+      })
+      return yield* Effect.forEach(all, (p) =>
+        Effect.forkDaemon(
+          ThreePhaseCommit.watch(
+            p,
+            all.filter((q) => q !== p),
+            agentOptions
           )
         )
       )
-    )
+    })
+    const fibers = await runToPromise(this.runtime, start)
     return () => this.runtime.runPromise(Fiber.interruptAll(fibers))
   }
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type * as ThreePhaseCommit from "../src/ThreePhaseCommit.js"
 import * as TransactionId from "../src/TransactionId.js"
-import { ThreePhaseCoordinator } from "../src/ThreePhaseCoordinator.js"
+import { type OperationTriple, ThreePhaseCoordinator } from "../src/ThreePhaseCoordinator.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
 
@@ -108,13 +108,88 @@ describe("ThreePhaseCoordinator (Promise facade)", () => {
       }
       return { participant, done }
     })
-    const coordinator = new ThreePhaseCoordinator()
+    // Agents of 50 ms are only safe for a coordinator whose phases take at most 40 ms (10 ms each here).
+    const coordinator = new ThreePhaseCoordinator({ timeout: 10 })
     for (const { participant } of committed) await coordinator.registerParticipant(participant)
     const stop = await coordinator.startAgents({ timeout: 50, interval: 20 })
     await Promise.all(committed.map((c) => c.done))
     await stop()
     expect(await Effect.runPromise(a!.stateOf(txId))).toBe("committed")
     expect(await Effect.runPromise(b!.stateOf(txId))).toBe("committed")
+    await coordinator.dispose()
+  })
+
+  it("rejects coordinator phases that the agents' timeout does not outlast, before anything is sent", async () => {
+    const [a, b] = await members(["bank-a"], ["bank-b"])
+    // Agents wait 20 s by default; 10 s + 25 s of phases need 43.75 s.
+    const coordinator = new ThreePhaseCoordinator({ precommitTimeout: 25_000 })
+    await coordinator.registerParticipant(a!.participant)
+    await coordinator.registerParticipant(b!.participant)
+    const operations: ReadonlyArray<OperationTriple> = [
+      [a!.participant, "debit", 1],
+      [b!.participant, "credit", 1]
+    ]
+    await expect(coordinator.executeTransaction(operations)).rejects.toMatchObject({
+      _tag: "UnsafeTimeoutError",
+      agentTimeoutMillis: 20_000,
+      minimumMillis: 43_750
+    })
+    expect(await Effect.runPromise(a!.calls)).toEqual([])
+    expect(await Effect.runPromise(b!.calls)).toEqual([])
+    await coordinator.dispose()
+    // Declaring agents that wait long enough makes the same phases acceptable; quorum mode needs no bound.
+    for (const options of [
+      { precommitTimeout: 25_000, agentTimeout: 45_000 },
+      { precommitTimeout: 25_000, mode: "quorum" as const }
+    ]) {
+      const ok = new ThreePhaseCoordinator(options)
+      await ok.registerParticipant(a!.participant)
+      await ok.registerParticipant(b!.participant)
+      expect((await ok.executeTransaction(operations)).status).toBe("committed")
+      await ok.dispose()
+    }
+  })
+
+  it("startAgents rejects an agent timeout shorter than the coordinator's phases", async () => {
+    const [a, b] = await members(["bank-a"], ["bank-b"])
+    const coordinator = new ThreePhaseCoordinator()
+    await coordinator.registerParticipant(a!.participant)
+    await coordinator.registerParticipant(b!.participant)
+    await expect(coordinator.startAgents({ timeout: 50 })).rejects.toMatchObject({
+      _tag: "UnsafeTimeoutError",
+      agentTimeoutMillis: 50,
+      minimumMillis: 18_750
+    })
+    await coordinator.dispose()
+  })
+
+  it("startAgents without a timeout runs agents with the coordinator's agentTimeout", async () => {
+    const [a, b] = await members(["bank-a"], ["bank-b"])
+    const txId = await Effect.runPromise(TransactionId.make)
+    const ctx = (p: ThreePhaseCommit.AnyThreePhaseParticipant) => ({
+      txId,
+      branch: p.name,
+      gid: TransactionId.gid(txId, p.name),
+      members: [a!.participant.name, b!.participant.name]
+    })
+    // A coordinator that died after the votes, before any PreCommit.
+    await Effect.runPromise(
+      Effect.gen(function* () {
+        yield* a!.participant.prepare(ctx(a!.participant), null)
+        yield* b!.participant.prepare(ctx(b!.participant), null)
+      })
+    )
+    const coordinator = new ThreePhaseCoordinator({ timeout: 10, agentTimeout: 60 })
+    await coordinator.registerParticipant(a!.participant)
+    await coordinator.registerParticipant(b!.participant)
+    const stop = await coordinator.startAgents()
+    const deadline = Date.now() + 3_000
+    while (Date.now() < deadline && (await Effect.runPromise(a!.stateOf(txId))) !== "aborted") {
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    await stop()
+    expect(await Effect.runPromise(a!.stateOf(txId))).toBe("aborted")
+    expect(await Effect.runPromise(b!.stateOf(txId))).toBe("aborted")
     await coordinator.dispose()
   })
 })
