@@ -24,6 +24,13 @@
  * Every record is written to the `SagaLog` before the effect it announces, so `resume` continues a
  * crashed saga exactly where it stopped and reaches the end state an uninterrupted run would.
  *
+ * **Outputs survive the log faithfully, or are refused.** A step's output is logged as JSON and is
+ * what later steps and compensations read after a resume. With an `output` schema it is encoded
+ * before the completion is logged and decoded on reload (Dates, bigints come back as they were);
+ * without one it must be plain JSON (survive `JSON.parse(JSON.stringify(v))` unchanged). An output
+ * that cannot be kept is refused before its completion is logged: the step fails for good
+ * (`outputRefused`, not retried) *after it acted*, so it is compensated with the rest.
+ *
  * @since 0.1.0
  */
 import { Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
@@ -110,12 +117,14 @@ export type AttemptError = StepError | StepTimeoutError
 
 /**
  * How a step failed for good, as the log and the outcome record it. `inDoubt` is true when any
- * attempt may have acted (then the step is compensated).
+ * attempt may have acted (then the step is compensated). `outputRefused`: the action succeeded
+ * (acted), but its output could not be kept faithfully in the log (see `step`'s `output`); it was
+ * refused before the completion was logged, not retried, and the step is compensated (`inDoubt`).
  * @since 0.1.0
  */
 export interface StepFailure {
   readonly step: string
-  readonly kind: "business" | "transient" | "inDoubt" | "timeout"
+  readonly kind: "business" | "transient" | "inDoubt" | "timeout" | "outputRefused"
   readonly reason: string
   readonly inDoubt: boolean
 }
@@ -169,10 +178,61 @@ export class SagaStuckError extends Schema.TaggedError<SagaStuckError>()("SagaSt
 }
 
 /**
+ * A step's output could not be kept faithfully in the saga log, so it was refused before its
+ * completion was logged. Without an `output` schema the value is not plain JSON (`reason` says
+ * where: a Date, a bigint, a Map, an `undefined` field, NaN, ...); with one, the schema rejected the
+ * value, encoded it to something that is not plain JSON, or does not decode its own encoding.
+ *
+ * The action had already run: the step fails for good with kind `outputRefused` (never retried:
+ * the same code returns the same kind of value on every attempt, and each attempt would act again)
+ * and is compensated like a step in doubt, its compensation getting `output: None`. Its `message`
+ * is the failure's `reason`.
+ * @since 0.1.0
+ */
+export class StepOutputRefusedError extends Schema.TaggedError<StepOutputRefusedError>()(
+  "StepOutputRefusedError",
+  {
+    sagaId: Schema.String,
+    step: Schema.String,
+    reason: Schema.String
+  }
+) {
+  override get message(): string {
+    return `output of step ${this.step} of saga ${this.sagaId} refused before its completion was logged (the action had run: the step is compensated, or after the pivot the saga is stuck): ${this.reason}; it would not come back the same after a resume. Pass an output schema (the \`output\` option, e.g. Schema.Date, Schema.BigInt) or return plain JSON`
+  }
+}
+
+/**
+ * A completed step's logged output does not decode with the step's `output` schema (the schema
+ * changed incompatibly, or a value logged without a schema does not fit it). Nothing ran: the
+ * drive (resume, sweep, operator retry) stops and gives its lease back, and the saga stays in the
+ * log as it was, for a drive with a definition that reads it.
+ * @since 0.1.0
+ */
+export class StepOutputDecodeError extends Schema.TaggedError<StepOutputDecodeError>()(
+  "StepOutputDecodeError",
+  {
+    sagaId: Schema.String,
+    step: Schema.String,
+    reason: Schema.String
+  }
+) {
+  override get message(): string {
+    return `saga ${this.sagaId}: the logged output of step ${this.step} does not decode with its output schema: ${this.reason}`
+  }
+}
+
+/**
  * The errors of running a saga (not its outcome).
  * @since 0.1.0
  */
-export type SagaError = LogError | InvalidSagaError | SagaNotFoundError | LeaseLostError | SagaBusyError
+export type SagaError =
+  | LogError
+  | InvalidSagaError
+  | SagaNotFoundError
+  | LeaseLostError
+  | SagaBusyError
+  | StepOutputDecodeError
 
 /**
  * The end of a saga.
@@ -216,7 +276,10 @@ export interface StepContext {
   readonly key: string
   /** The saga's input, as given to `run` (JSON). */
   readonly input: unknown
-  /** Outputs of the steps completed so far, by step name. */
+  /**
+   * Outputs of the steps completed so far, by step name, as the log gives them back: decoded with
+   * the step's `output` schema (the same values in an uninterrupted run and after a resume).
+   */
   readonly outputs: Readonly<Record<string, unknown>>
   /** 1-based attempt number within this run of the step. */
   readonly attempt: number
@@ -225,6 +288,8 @@ export interface StepContext {
 /**
  * What a compensation receives. `output` is `None` when the action's completion was never
  * recorded (in doubt): the action may or may not have run, and the compensation must cope with both.
+ * That includes an action that ran but whose output was refused (`outputRefused`): it did act, and
+ * the compensation undoes it by `key`, without its output.
  * @since 0.1.0
  */
 export interface CompensationContext<A> extends StepContext {
@@ -239,6 +304,12 @@ export interface Step<A, R> {
   readonly _tag: "Step"
   readonly name: string
   readonly action: (ctx: StepContext) => Effect.Effect<A, StepError, R>
+  /**
+   * How the output is logged (a schema whose `Type` is `A`, see `StepOptions`); absent: it must be
+   * plain JSON. Typed loosely so that a step of any output still fits `Step<any, R>`, even one whose
+   * action never succeeds (`A` = never): a schema's types are invariant.
+   */
+  readonly output?: Schema.Schema.AnyNoContext
   /** Undoes the action; absent for steps with nothing to undo (reads, the pivot). */
   compensation?(ctx: CompensationContext<A>): Effect.Effect<void, StepError, R>
   readonly retry: Schedule.Schedule<unknown, AttemptError>
@@ -289,14 +360,26 @@ export const defaults = {
 } as const
 
 /**
- * Options of a step.
+ * Options of a step. `I` is the encoded side of the `output` schema.
  * @since 0.1.0
  */
-export interface StepOptions<A, R> {
+export interface StepOptions<A, R, I = A> {
   /** `[A-Za-z0-9._-]{1,64}`, unique in the saga. */
   readonly name: string
-  /** The forward action. Its output must be JSON-serialisable: it is written to the log. */
+  /**
+   * The forward action. Its output is written to the log and is what later steps and compensations
+   * read, after a resume too: without an `output` schema it must be plain JSON, else it is refused
+   * (the step fails with kind `outputRefused` and is compensated).
+   */
   readonly action: (ctx: StepContext) => Effect.Effect<A, StepError, R>
+  /**
+   * How the output is kept in the log: encoded with this schema before the completion is logged and
+   * decoded when the saga is reloaded, so a `Date` comes back a `Date`, a `bigint` a `bigint`. Its
+   * *encoded* side must be plain JSON (`Schema.Date`, `Schema.BigInt`, `Schema.DateFromNumber`; not
+   * `Schema.DateFromSelf`). Later steps see the decoded value in an uninterrupted run too (fields the
+   * schema does not know are dropped in both). Without it the output must be plain JSON.
+   */
+  readonly output?: Schema.Schema<A, I, never>
   readonly compensation?: (ctx: CompensationContext<A>) => Effect.Effect<void, StepError, R>
   /** Retries of the action (business failures are never retried). Default `defaults.retry`. */
   readonly retry?: Schedule.Schedule<unknown, AttemptError>
@@ -314,10 +397,11 @@ export interface StepOptions<A, R> {
  * Defines a step.
  * @since 0.1.0
  */
-export const step = <A, R = never>(options: StepOptions<A, R>): Step<A, R> => ({
+export const step = <A, R = never, I = A>(options: StepOptions<A, R, I>): Step<A, R> => ({
   _tag: "Step",
   name: options.name,
   action: options.action,
+  ...(options.output === undefined ? {} : { output: options.output }),
   ...(options.compensation === undefined ? {} : { compensation: options.compensation }),
   retry: options.retry ?? defaults.retry,
   timeout: Duration.decode(options.timeout ?? defaults.timeout),
@@ -402,6 +486,7 @@ export const validate = <R>(saga: Saga<R>): Either.Either<Saga<R>, InvalidSagaEr
  */
 export interface Replayed {
   readonly started: ReadonlySet<string>
+  /** Outputs as logged (encoded, for steps with an `output` schema: see `decodeOutputs`). */
   readonly completed: ReadonlyMap<string, unknown>
   readonly failed: ReadonlyMap<string, StepFailure>
   readonly compensationStarted: ReadonlySet<string>
@@ -482,7 +567,10 @@ interface Running<R> {
   readonly input: unknown
   readonly owner: string
   readonly log: SagaLog["Type"]
+  /** Outputs of the completed steps as the steps read them (decoded). */
   readonly completed: Map<string, unknown>
+  /** The same outputs as logged (encoded): what `SagaEnded` records. */
+  readonly logged: Map<string, unknown>
   /** Set just before `SagaEnded` is written: that write releases the lease, so the heartbeat must not mistake it for a loss. */
   readonly ending: { value: boolean }
 }
@@ -507,6 +595,152 @@ const driveLease = (
 
 const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<string, unknown>> =>
   Object.fromEntries(completed)
+
+// ---------------------------------------------------------------------------------------------
+// Outputs in the log: encoded and checked before the completion is logged, decoded on reload
+// ---------------------------------------------------------------------------------------------
+
+const isIdentifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
+const keyPath = (path: string, key: string) =>
+  isIdentifier.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`
+
+const kindOf = (value: object): string => {
+  const name = (value as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
+  return typeof name === "string" && name !== "" ? `a ${name}` : "an object with a custom prototype"
+}
+
+/**
+ * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally), or
+ * `undefined` if it would: the check `Barrier` applies to its results, for the same reason. Shared
+ * references are fine (they come back as equal copies); numbers compare with `===`, so `-0` (read
+ * back as `0`) is accepted.
+ */
+const jsonProblem = (value: unknown, path: string, open: Set<object>): string | undefined => {
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return undefined
+    case "number":
+      return Number.isFinite(value) ? undefined : `${path} is ${value} (JSON writes null)`
+    case "bigint":
+      return `${path} is a bigint (JSON cannot write it)`
+    case "undefined":
+      return `${path} is undefined (JSON drops it, or writes null in an array)`
+    case "function":
+    case "symbol":
+      return `${path} is a ${typeof value} (JSON drops it)`
+    case "object": {
+      if (value === null) return undefined
+      if (open.has(value)) return `${path} is circular`
+      const proto: unknown = Object.getPrototypeOf(value)
+      if (Array.isArray(value) ? proto !== Array.prototype : proto !== Object.prototype && proto !== null)
+        return `${path} is ${kindOf(value)} (JSON keeps only its plain fields)`
+      if (
+        Object.getOwnPropertySymbols(value).some((k) => Object.prototype.propertyIsEnumerable.call(value, k))
+      )
+        return `${path} has a symbol key (JSON drops it)`
+      open.add(value)
+      try {
+        if (Array.isArray(value)) {
+          for (let i = 0; i < value.length; i++) {
+            if (!(i in value)) return `${path}[${i}] is a hole (JSON writes null)`
+            const problem = jsonProblem(value[i], `${path}[${i}]`, open)
+            if (problem !== undefined) return problem
+          }
+          const extra = Object.keys(value).find((k) => !/^(0|[1-9][0-9]*)$/.test(k))
+          return extra === undefined ? undefined : `${keyPath(path, extra)} is not an index (JSON drops it)`
+        }
+        for (const key of Object.keys(value)) {
+          const problem = jsonProblem((value as Record<string, unknown>)[key], keyPath(path, key), open)
+          if (problem !== undefined) return problem
+        }
+        return undefined
+      } finally {
+        open.delete(value)
+      }
+    }
+  }
+}
+
+/** `undefined` as the whole output (a void step) is kept: the log reads a missing output back as `undefined`. */
+const plainJsonProblem = (value: unknown): string | undefined =>
+  value === undefined ? undefined : jsonProblem(value, "output", new Set())
+
+/** An output as the step's successors read it, and as the log records it. */
+interface KeptOutput {
+  readonly value: unknown
+  readonly logged: unknown
+}
+
+/**
+ * What to log for `s`'s output, checked before the completion is logged. With a schema: encoded,
+ * checked as plain JSON, and decoded back, so that this run's later steps see exactly what a resumed
+ * run would (and a schema that cannot read its own encoding is caught now, not at the next resume).
+ * Without one: the value itself, if it is plain JSON.
+ */
+const keepOutput = <R>(
+  run: Running<R>,
+  s: AnyStep<R>,
+  value: unknown
+): Effect.Effect<KeptOutput, StepOutputRefusedError> => {
+  const refuse = (reason: string) => new StepOutputRefusedError({ sagaId: run.sagaId, step: s.name, reason })
+  const schema = s.output
+  if (schema === undefined) {
+    const problem = plainJsonProblem(value)
+    return problem === undefined
+      ? Effect.succeed({ value, logged: value })
+      : Effect.fail(refuse(`without an output schema the output must be plain JSON: ${problem}`))
+  }
+  return Effect.gen(function* () {
+    const logged = yield* Schema.encode(schema)(value).pipe(
+      Effect.mapError((e) => refuse(`the output schema rejected the output: ${e.message}`))
+    )
+    const problem = plainJsonProblem(logged)
+    if (problem !== undefined)
+      return yield* Effect.fail(refuse(`the output schema's encoded form must be plain JSON: ${problem}`))
+    const decoded = yield* Schema.decodeUnknown(schema)(logged).pipe(
+      Effect.mapError((e) => refuse(`the output schema does not decode its own encoded form: ${e.message}`))
+    )
+    return { value: decoded, logged }
+  })
+}
+
+/**
+ * The outputs of a saga's completed steps as its steps read them: each logged output (`Replayed`'s
+ * `completed`) decoded with its step's `output` schema. An output of a step without a schema, or of
+ * a step the definition no longer has, is returned as logged, so logs written before output schemas
+ * read as they always did. Fails with `StepOutputDecodeError` when a logged output does not decode.
+ * @since 0.1.0
+ */
+export const decodeOutputs = <R>(
+  saga: Saga<R>,
+  sagaId: string,
+  logged: ReadonlyMap<string, unknown>
+): Effect.Effect<Map<string, unknown>, StepOutputDecodeError> => {
+  const steps = new Map<string, AnyStep<R>>()
+  for (const unit of saga.units)
+    for (const s of unit._tag === "Group" ? unit.steps : [unit]) steps.set(s.name, s)
+  return Effect.forEach(logged, ([name, output]) => {
+    const schema = steps.get(name)?.output
+    return schema === undefined
+      ? Effect.succeed([name, output] as const)
+      : Schema.decodeUnknown(schema)(output).pipe(
+          Effect.map((value) => [name, value] as const),
+          Effect.mapError((e) => new StepOutputDecodeError({ sagaId, step: name, reason: e.message }))
+        )
+  }).pipe(Effect.map((entries) => new Map(entries)))
+}
+
+/** A recorded outcome as the caller reads it: a `Completed` one's outputs decoded (they are logged encoded). */
+const decodeOutcome = <R>(
+  saga: Saga<R> | undefined,
+  outcome: Outcome
+): Effect.Effect<Outcome, StepOutputDecodeError> =>
+  saga === undefined || outcome._tag !== "Completed"
+    ? Effect.succeed(outcome)
+    : Effect.map(decodeOutputs(saga, outcome.sagaId, new Map(Object.entries(outcome.outputs))), (decoded) =>
+        Outcome.Completed({ sagaId: outcome.sagaId, outputs: outputsOf(decoded) })
+      )
 
 const failureOf = (step: string, error: AttemptError, inDoubt: boolean): StepFailure => {
   switch (error._tag) {
@@ -564,11 +798,32 @@ const runAction = Effect.fn("Saga.action")(function* <R>(
     Effect.retry(once, { schedule: s.retry, while: (e: AttemptError) => e._tag !== "StepBusinessError" })
   )
   if (Either.isRight(result)) {
+    const kept = yield* Effect.either(keepOutput(run, s, result.right))
+    if (Either.isRight(kept)) {
+      yield* run.log.append(
+        SagaRecord.StepCompleted({ sagaId: run.sagaId, step: s.name, output: kept.right.logged }),
+        run.owner
+      )
+      return Either.right(kept.right)
+    }
+    // The action ran and acted, but its output cannot be logged faithfully. Logging the completion
+    // anyway would hand later steps (after a resume) a lossy copy, or not be writable at all (a
+    // bigint: the completion never landed and every resume ran the action again, forever). Retrying
+    // is no better: the same code returns the same kind of value, and each attempt acts again. So
+    // the step fails for good *after acting*: in doubt, hence compensated with the rest, and since
+    // no completion is logged its compensation gets `output: None`, as for any step in doubt.
+    const refused: StepFailure = {
+      step: s.name,
+      kind: "outputRefused",
+      reason: kept.left.message,
+      inDoubt: true
+    }
+    yield* Effect.annotateCurrentSpan({ failure: refused.kind })
     yield* run.log.append(
-      SagaRecord.StepCompleted({ sagaId: run.sagaId, step: s.name, output: result.right }),
+      SagaRecord.StepFailed({ sagaId: run.sagaId, step: s.name, failure: refused }),
       run.owner
     )
-    return Either.right(result.right)
+    return Either.left(refused)
   }
   const failure = failureOf(s.name, result.left, inDoubt)
   yield* Effect.annotateCurrentSpan({ failure: failure.kind })
@@ -636,7 +891,12 @@ const end = <R>(run: Running<R>, outcome: Outcome) =>
     // The SagaEnded write releases the lease: a heartbeat landing after it commits finds no lease
     // to renew, which is the end, not a loss (a lease really lost is caught by the write's fence).
     run.ending.value = true
-    return run.log.append(SagaRecord.SagaEnded({ sagaId: run.sagaId, outcome }), run.owner)
+    // The log keeps a completed saga's outputs as it keeps each step's: encoded.
+    const recorded =
+      outcome._tag === "Completed"
+        ? Outcome.Completed({ sagaId: outcome.sagaId, outputs: outputsOf(run.logged) })
+        : outcome
+    return run.log.append(SagaRecord.SagaEnded({ sagaId: run.sagaId, outcome: recorded }), run.owner)
   }).pipe(
     Effect.zipRight(Metric.increment(Metric.tagged(outcomes, "outcome", outcome._tag))),
     Effect.as(outcome)
@@ -708,8 +968,8 @@ const pivotPassed = <R>(saga: Saga<R>, completed: ReadonlyMap<string, unknown>):
 /** Drives a saga from its replayed state to its end. */
 const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: ReadonlyArray<SagaRecord>) {
   let state = replay(records)
-  if (Option.isSome(state.ended)) return state.ended.value
-  for (const [k, v] of state.completed) run.completed.set(k, v)
+  if (Option.isSome(state.ended)) return yield* decodeOutcome(run.saga, state.ended.value)
+  // Outputs already logged are decoded by the caller before the drive takes over (`continueClaimed`).
   const backwards = pivotPassed(run.saga, state.completed)
     ? Option.none()
     : firstFailure(run.saga, state.failed)
@@ -730,8 +990,10 @@ const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: Re
       { concurrency: "unbounded" }
     )
     for (const { step: name, r } of results) {
-      if (Either.isRight(r)) run.completed.set(name, r.right)
-      else failed.set(name, r.left)
+      if (Either.isRight(r)) {
+        run.completed.set(name, r.right.value)
+        run.logged.set(name, r.right.logged)
+      } else failed.set(name, r.left)
     }
     const failure = firstFailure(
       run.saga,
@@ -813,6 +1075,7 @@ export const run: <R>(
     owner: lease.owner,
     log,
     completed: new Map(),
+    logged: new Map(),
     ending: { value: false }
   }
   return yield* withLease(log, sagaId, lease, running.ending, drive(running, [started]))
@@ -889,18 +1152,24 @@ const continueClaimed = <R>(
     yield* validate(saga)
     // Claims work on ended sagas too: one that ended after the caller last looked is not driven
     // again, and the lease just taken on it is given back.
-    const ended = replay([...history.records, ...extra]).ended
-    if (Option.isSome(ended)) {
+    const state = replay([...history.records, ...extra])
+    if (Option.isSome(state.ended)) {
       yield* log.release(history.sagaId, lease.owner)
-      return ended.value
+      return yield* decodeOutcome(saga, state.ended.value)
     }
+    // A logged output this definition cannot read: nothing runs, the lease is given back and the
+    // saga waits in the log, as it does for a type with no definition.
+    const completed = yield* decodeOutputs(saga, history.sagaId, state.completed).pipe(
+      Effect.tapError(() => log.release(history.sagaId, lease.owner))
+    )
     const running: Running<R> = {
       saga,
       sagaId: history.sagaId,
       input: history.input,
       owner: lease.owner,
       log,
-      completed: new Map(),
+      completed,
+      logged: new Map(state.completed),
       ending: { value: false }
     }
     return yield* withLease(
@@ -934,7 +1203,7 @@ export const resume: <R>(
   const existing = yield* log.load(sagaId)
   if (Option.isNone(existing)) return yield* Effect.fail(new SagaNotFoundError({ sagaId }))
   const ended = replay(existing.value.records).ended
-  if (Option.isSome(ended)) return ended.value
+  if (Option.isSome(ended)) return yield* decodeOutcome(sagas.get(existing.value.sagaType), ended.value)
   const lease = yield* driveLease("resume", options)
   const history = yield* log.claim(sagaId, lease)
   return yield* continueClaimed(sagas, history, lease)
@@ -1007,7 +1276,7 @@ export const retryStuck: <R>(
   const ended = replay(history.records).ended
   if (Option.isSome(ended) && ended.value._tag !== "Stuck") {
     yield* log.release(sagaId, lease.owner)
-    return ended.value
+    return yield* decodeOutcome(sagas.get(history.sagaType), ended.value)
   }
   // Refused before the retry record is written: written first, it left the saga "running" with
   // no driver, out of the stuck list.
@@ -1019,8 +1288,9 @@ export const retryStuck: <R>(
 
 /**
  * Operator: declares a stuck saga resolved by hand. A saga stuck in a compensation ends
- * `Compensated` (the stuck step counted as undone); one stuck after the pivot ends `Completed`.
- * Nothing runs.
+ * `Compensated` (the stuck step counted as undone); one stuck after the pivot ends `Completed`,
+ * whose outputs are as logged (encoded, for steps with an `output` schema: it takes no definition
+ * to decode them with; `resume` with one returns them decoded). Nothing runs.
  * @since 0.1.0
  */
 export const resolveStuck: (

@@ -21,7 +21,8 @@ import type { Outcome, StepFailure } from "./Saga.js"
 import type { LogError } from "./TransactionError.js"
 
 /**
- * One record of a saga's history.
+ * One record of a saga's history. `StepCompleted.output` (and a `Completed` outcome's outputs) is
+ * plain JSON: the step's output, encoded with its `output` schema when it has one.
  * @since 0.1.0
  */
 export type SagaRecord = Data.TaggedEnum<{
@@ -188,6 +189,9 @@ export interface MemoryExtras {
 
 /**
  * An in-memory log for unit tests and the simulator. Not durable. Lease times come from `Clock`.
+ * Records are kept as given, by reference, not copied through JSON: `Saga` hands it each step's
+ * output already encoded (`output` schema) and checked as plain JSON, so a resume from it reads
+ * what a resume from a durable log reads.
  * @since 0.1.0
  */
 export const makeMemory: Effect.Effect<SagaLog["Type"] & MemoryExtras> = Effect.gen(function* () {

@@ -13,6 +13,12 @@
  * `SagaOrchestrator.transient(reason)` / `SagaOrchestrator.inDoubt(reason)`, or an error with
  * `retryable: true` / `inDoubt: true`. Timed-out attempts are aborted through `ctx.signal`.
  *
+ * What an action resolves to is logged, and is what later steps and compensations read after a
+ * resume: it must be plain JSON, or the step gives an `output` schema (`Schema.Date`,
+ * `Schema.BigInt`, ...) to encode it with. Anything else (a Date, a bigint, a class instance, an
+ * `undefined` field) is refused before the completion is logged: the step fails (`outputRefused`,
+ * not retried) and, having acted, is compensated with `output: undefined`.
+ *
  * A saga's outcome (completed, compensated, stuck) resolves the promise. A promise rejects with the
  * typed error itself (its `_tag` says which), never a wrapper: `InvalidSagaError` (definition or id
  * refused; nothing ran), `LogError` (the log failed), `SagaBusyError` (another drive holds the saga:
@@ -22,7 +28,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Exit, Option, Schedule } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Schedule, type Schema } from "effect"
 import * as Saga from "./Saga.js"
 import { SagaLog, makeMemory } from "./SagaLog.js"
 import { secureChars } from "./internal/entropy.js"
@@ -38,24 +44,31 @@ export interface ActionContext extends Saga.StepContext {
 
 /**
  * What a Promise compensation receives. `output` is `undefined` when the action's completion was
- * never recorded: it may not have run at all.
+ * never recorded: it may not have run at all, or it ran but its output was refused (not plain
+ * JSON, no `output` schema); `completed` tells the two cases with a recorded output apart.
  * @since 0.1.0
  */
-export interface CompensationContext extends Saga.StepContext {
+export interface CompensationContext<A = unknown> extends Saga.StepContext {
   readonly signal: AbortSignal
-  readonly output: unknown
+  readonly output: A | undefined
   readonly completed: boolean
 }
 
 /**
- * A step of the facade. Times are milliseconds.
+ * A step of the facade. Times are milliseconds. `I` is the encoded side of the `output` schema.
  * @since 0.1.0
  */
-export interface StepSpec {
+export interface StepSpec<A = unknown, I = A> {
   /** Default `step-<n>`. */
   readonly name?: string
-  readonly action: (ctx: ActionContext) => Promise<unknown>
-  readonly compensation?: (ctx: CompensationContext) => Promise<unknown>
+  /** Resolves to the step's output: plain JSON, or what the `output` schema encodes. */
+  readonly action: (ctx: ActionContext) => Promise<A>
+  readonly compensation?: (ctx: CompensationContext<A>) => Promise<unknown>
+  /**
+   * How the output is logged (see `Saga.step`'s `output`): encoded before the completion is logged,
+   * decoded for later steps and compensations, after a resume too. Absent: it must be plain JSON.
+   */
+  readonly output?: Schema.Schema<A, I, never>
   /** Per attempt; default the orchestrator's `stepTimeout` (30 000). */
   readonly timeout?: number
   /** Retries after the first attempt; default the orchestrator's `retries` (3). */
@@ -156,19 +169,26 @@ const runToPromise = async <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
   throw Cause.squash(exit.cause)
 }
 
-const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]) =>
+const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"], saga: Saga.Saga<never>) =>
   log.load(outcome.sagaId).pipe(
-    Effect.map((h) => {
+    Effect.flatMap((h) => {
       const state = Option.map(h, (x) => Saga.replay(x.records))
-      const outputs = Option.match(state, {
-        onNone: () => ({}),
-        onSome: (s) => Object.fromEntries(s.completed)
-      })
-      return Saga.Outcome.$match(outcome, {
+      // The log keeps outputs encoded: read them back as the steps saw them.
+      return Effect.map(
+        Option.match(state, {
+          onNone: () => Effect.succeed(new Map<string, unknown>()),
+          onSome: (s) => Saga.decodeOutputs(saga, outcome.sagaId, s.completed)
+        }),
+        (decoded) => ({ state, outputs: Object.fromEntries(decoded) })
+      )
+    }),
+    Effect.map(({ state, outputs }) =>
+      Saga.Outcome.$match(outcome, {
         Completed: (o): SagaResult => ({
           status: "completed",
           sagaId: o.sagaId,
-          outputs: o.outputs,
+          // From the log, decoded: `resolveStuck`'s outcome carries them encoded.
+          outputs: Option.isSome(state) ? outputs : o.outputs,
           compensated: [],
           outcome
         }),
@@ -191,7 +211,7 @@ const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"]) =>
           outcome
         })
       })
-    })
+    )
   )
 
 /**
@@ -204,7 +224,8 @@ export class SagaOrchestrator {
   /** This orchestrator's identity; each drive holds its lease under `<owner>/<kind>-<token>`. */
   readonly owner: string
   private readonly options: OrchestratorOptions
-  private readonly units: Array<Saga.Step<unknown, never> | Saga.Group<never>> = []
+  // biome-ignore lint/suspicious/noExplicitAny: existential step output, as in Saga
+  private readonly units: Array<Saga.Step<any, never> | Saga.Group<never>> = []
   private count = 0
 
   constructor(options: OrchestratorOptions = {}) {
@@ -214,19 +235,20 @@ export class SagaOrchestrator {
     this.owner = options.owner ?? `orchestrator-${secureChars(16).toLowerCase()}`
   }
 
-  private toStep(spec: StepSpec): Saga.Step<unknown, never> {
+  private toStep<A, I>(spec: StepSpec<A, I>): Saga.Step<A, never> {
     this.count++
     const delay = Duration.millis(this.options.retryDelay ?? 100)
     const schedule = (times: number) =>
       Schedule.exponential(delay, 2).pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(times)))
     const compensation = spec.compensation
-    return Saga.step<unknown>({
+    return Saga.step<A, never, I>({
       name: spec.name ?? `step-${this.count}`,
       action: (ctx) => callPromise((signal) => spec.action({ ...ctx, signal })),
+      ...(spec.output === undefined ? {} : { output: spec.output }),
       ...(compensation === undefined
         ? {}
         : {
-            compensation: (ctx: Saga.CompensationContext<unknown>) =>
+            compensation: (ctx: Saga.CompensationContext<A>) =>
               callPromise((signal) =>
                 compensation({
                   ...ctx,
@@ -245,13 +267,14 @@ export class SagaOrchestrator {
   }
 
   /** Adds a step after the existing ones. */
-  addStep(spec: StepSpec): this {
+  addStep<A = unknown, I = A>(spec: StepSpec<A, I>): this {
     this.units.push(this.toStep(spec))
     return this
   }
 
   /** Adds a group of steps that run concurrently. */
-  addParallel(specs: ReadonlyArray<StepSpec>, name?: string): this {
+  // biome-ignore lint/suspicious/noExplicitAny: each member has an output type of its own
+  addParallel(specs: ReadonlyArray<StepSpec<any, any>>, name?: string): this {
     this.units.push(
       Saga.parallel(
         name ?? `group-${this.units.length + 1}`,
@@ -273,7 +296,7 @@ export class SagaOrchestrator {
   private runOutcome(effect: Effect.Effect<Saga.Outcome, Saga.SagaError, SagaLog>): Promise<SagaResult> {
     return runToPromise(
       effect.pipe(
-        Effect.flatMap((o) => toResult(o, this.log)),
+        Effect.flatMap((o) => toResult(o, this.log, this.saga)),
         Effect.provideService(SagaLog, this.log)
       )
     )
@@ -307,7 +330,7 @@ export class SagaOrchestrator {
     })
     return runToPromise(
       effect.pipe(
-        Effect.flatMap((os) => Effect.forEach(os, (o) => toResult(o, this.log))),
+        Effect.flatMap((os) => Effect.forEach(os, (o) => toResult(o, this.log, this.saga))),
         Effect.provideService(SagaLog, this.log)
       )
     )

@@ -86,6 +86,22 @@ const payloadOf = (record: SagaRecord): string => {
 }
 
 /**
+ * The JSON text of `value`, or a `LogError` when `JSON.stringify` throws (a bigint, a cycle): a
+ * record the log cannot write fails the write, typed, instead of killing the caller's fiber. `Saga`
+ * never hands over such an output (it encodes or refuses it first); a caller's own records might.
+ */
+const jsonOf = (operation: string, sagaId: string, value: () => string) =>
+  Effect.try({
+    try: value,
+    catch: (error) =>
+      new LogError({
+        operation,
+        txId: sagaId,
+        reason: `the record is not JSON: ${error instanceof Error ? error.message : String(error)}`
+      })
+  })
+
+/**
  * Records that are forced (flushed to disk before the call returns). The others may be lost in a
  * crash of the *database* without harm: a lost StepCompleted / StepFailed re-runs the step (at
  * least once, in doubt), a lost CompensationStarted/Completed re-runs the compensation (which must
@@ -165,6 +181,8 @@ export const make = (
     const service: SagaLog["Type"] = {
       start: (record, lease) =>
         Effect.gen(function* () {
+          const input = yield* jsonOf("start", record.sagaId, () => JSON.stringify(record.input ?? null))
+          const payload = yield* jsonOf("start", record.sagaId, () => payloadOf(record))
           const rows = yield* query<{ seq: number }>(
             "start",
             record.sagaId,
@@ -178,14 +196,7 @@ export const make = (
              select saga_id, 1, 'SagaStarted', null, $6::text::jsonb
              from ins, (select set_config('synchronous_commit', 'on', true) as forced) as f
              returning seq`,
-            [
-              record.sagaId,
-              record.sagaType,
-              JSON.stringify(record.input ?? null),
-              lease.owner,
-              millis(lease),
-              payloadOf(record)
-            ]
+            [record.sagaId, record.sagaType, input, lease.owner, millis(lease), payload]
           )
           if (rows.length === 0) {
             const existing = yield* loadRow(record.sagaId)
@@ -201,6 +212,7 @@ export const make = (
         Effect.gen(function* () {
           const status = statusOfRecord(record)
           const ends = record._tag === "SagaEnded"
+          const payload = yield* jsonOf("append", record.sagaId, () => payloadOf(record))
           const rows = yield* query<{ seq: number }>(
             "append",
             record.sagaId,
@@ -223,7 +235,7 @@ export const make = (
               "step" in record ? record.step : null,
               status,
               ends,
-              payloadOf(record),
+              payload,
               forceAll || mustForce(record) ? "on" : "off"
             ]
           )
