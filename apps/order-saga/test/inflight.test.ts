@@ -106,7 +106,6 @@ describe.skipIf(server === undefined)(
   "a step whose commit landed while its service lost the database",
   () => {
     const adminUrl = server?.adminUrl ?? ""
-    const admin = new URL(adminUrl)
     let config: RunConfig | undefined
     afterAll(async () => {
       if (config !== undefined) await dropDatabases({ ...config, pgUrl: adminUrl })
@@ -118,6 +117,7 @@ describe.skipIf(server === undefined)(
         orders: 1,
         faults: { declineRate: 0, slowRate: 0, slowMillis: 0, duplicateRate: 0, dropRate: 0 }
       })
+      const admin = new URL(adminUrl)
       const proxy = await commitCutter(`${base.dbPrefix}inventory`, {
         host: admin.hostname,
         port: Number(admin.port === "" ? 5432 : admin.port)
