@@ -44,6 +44,7 @@ import {
   SagaRecord
 } from "./SagaLog.js"
 import type { LogError } from "./TransactionError.js"
+import * as Json from "./Json.js"
 import * as TransactionId from "./TransactionId.js"
 import { randomChars } from "./internal/entropy.js"
 
@@ -600,71 +601,9 @@ const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<str
 // Outputs in the log: encoded and checked before the completion is logged, decoded on reload
 // ---------------------------------------------------------------------------------------------
 
-const isIdentifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
-const keyPath = (path: string, key: string) =>
-  isIdentifier.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`
-
-const kindOf = (value: object): string => {
-  const name = (value as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
-  return typeof name === "string" && name !== "" ? `a ${name}` : "an object with a custom prototype"
-}
-
-/**
- * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally), or
- * `undefined` if it would: the check `Barrier` applies to its results, for the same reason. Shared
- * references are fine (they come back as equal copies); numbers compare with `===`, so `-0` (read
- * back as `0`) is accepted.
- */
-const jsonProblem = (value: unknown, path: string, open: Set<object>): string | undefined => {
-  switch (typeof value) {
-    case "string":
-    case "boolean":
-      return undefined
-    case "number":
-      return Number.isFinite(value) ? undefined : `${path} is ${value} (JSON writes null)`
-    case "bigint":
-      return `${path} is a bigint (JSON cannot write it)`
-    case "undefined":
-      return `${path} is undefined (JSON drops it, or writes null in an array)`
-    case "function":
-    case "symbol":
-      return `${path} is a ${typeof value} (JSON drops it)`
-    case "object": {
-      if (value === null) return undefined
-      if (open.has(value)) return `${path} is circular`
-      const proto: unknown = Object.getPrototypeOf(value)
-      if (Array.isArray(value) ? proto !== Array.prototype : proto !== Object.prototype && proto !== null)
-        return `${path} is ${kindOf(value)} (JSON keeps only its plain fields)`
-      if (
-        Object.getOwnPropertySymbols(value).some((k) => Object.prototype.propertyIsEnumerable.call(value, k))
-      )
-        return `${path} has a symbol key (JSON drops it)`
-      open.add(value)
-      try {
-        if (Array.isArray(value)) {
-          for (let i = 0; i < value.length; i++) {
-            if (!(i in value)) return `${path}[${i}] is a hole (JSON writes null)`
-            const problem = jsonProblem(value[i], `${path}[${i}]`, open)
-            if (problem !== undefined) return problem
-          }
-          const extra = Object.keys(value).find((k) => !/^(0|[1-9][0-9]*)$/.test(k))
-          return extra === undefined ? undefined : `${keyPath(path, extra)} is not an index (JSON drops it)`
-        }
-        for (const key of Object.keys(value)) {
-          const problem = jsonProblem((value as Record<string, unknown>)[key], keyPath(path, key), open)
-          if (problem !== undefined) return problem
-        }
-        return undefined
-      } finally {
-        open.delete(value)
-      }
-    }
-  }
-}
-
 /** `undefined` as the whole output (a void step) is kept: the log reads a missing output back as `undefined`. */
 const plainJsonProblem = (value: unknown): string | undefined =>
-  value === undefined ? undefined : jsonProblem(value, "output", new Set())
+  value === undefined ? undefined : Json.roundTripProblem(value, "output")
 
 /** An output as the step's successors read it, and as the log records it. */
 interface KeptOutput {

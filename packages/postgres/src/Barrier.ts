@@ -27,6 +27,7 @@
 import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
 import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
+import * as Json from "@accord/core/Json"
 import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
 import { toFailure } from "./internal/errors.js"
@@ -181,67 +182,6 @@ type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array
 const INSERT =
   "insert into accord_saga_barrier (gid, branch, op, reason) values ($1, $2, $3, $4) on conflict do nothing returning 1 as ok"
 
-const isIdentifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
-const keyPath = (path: string, key: string) =>
-  isIdentifier.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`
-
-const kindOf = (value: object): string => {
-  const name = (value as { readonly constructor?: { readonly name?: unknown } }).constructor?.name
-  return typeof name === "string" && name !== "" ? `a ${name}` : "an object with a custom prototype"
-}
-
-/**
- * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally), or
- * `undefined` if it would. Shared references are fine (they come back as equal copies); numbers
- * compare with `===`, so `-0` (read back as `0`) is accepted.
- */
-const jsonProblem = (value: unknown, path: string, open: Set<object>): string | undefined => {
-  switch (typeof value) {
-    case "string":
-    case "boolean":
-      return undefined
-    case "number":
-      return Number.isFinite(value) ? undefined : `${path} is ${value} (JSON writes null)`
-    case "bigint":
-      return `${path} is a bigint (JSON cannot write it)`
-    case "undefined":
-      return `${path} is undefined (JSON drops it, or writes null in an array)`
-    case "function":
-    case "symbol":
-      return `${path} is a ${typeof value} (JSON drops it)`
-    case "object": {
-      if (value === null) return undefined
-      if (open.has(value)) return `${path} is circular`
-      const proto: unknown = Object.getPrototypeOf(value)
-      if (Array.isArray(value) ? proto !== Array.prototype : proto !== Object.prototype && proto !== null)
-        return `${path} is ${kindOf(value)} (JSON keeps only its plain fields)`
-      if (
-        Object.getOwnPropertySymbols(value).some((k) => Object.prototype.propertyIsEnumerable.call(value, k))
-      )
-        return `${path} has a symbol key (JSON drops it)`
-      open.add(value)
-      try {
-        if (Array.isArray(value)) {
-          for (let i = 0; i < value.length; i++) {
-            if (!(i in value)) return `${path}[${i}] is a hole (JSON writes null)`
-            const problem = jsonProblem(value[i], `${path}[${i}]`, open)
-            if (problem !== undefined) return problem
-          }
-          const extra = Object.keys(value).find((k) => !/^(0|[1-9][0-9]*)$/.test(k))
-          return extra === undefined ? undefined : `${keyPath(path, extra)} is not an index (JSON drops it)`
-        }
-        for (const key of Object.keys(value)) {
-          const problem = jsonProblem((value as Record<string, unknown>)[key], keyPath(path, key), open)
-          if (problem !== undefined) return problem
-        }
-        return undefined
-      } finally {
-        open.delete(value)
-      }
-    }
-  }
-}
-
 /**
  * How a result is kept in the barrier row: `store` runs inside the transaction, before commit, and
  * throws `BarrierResultRefusedError` (rolling the work back); `load` reads a duplicate's row.
@@ -257,7 +197,7 @@ const refuse = (target: Target, reason: string) =>
 
 const storeJson = (value: unknown, target: Target, what: string): string | null => {
   if (value === undefined) return null
-  const problem = jsonProblem(value, "result", new Set())
+  const problem = Json.roundTripProblem(value, "result")
   if (problem !== undefined) throw refuse(target, `${what}${problem}`)
   return JSON.stringify(value)
 }
