@@ -7,6 +7,7 @@ import * as TransactionId from "../src/TransactionId.js"
 import * as TransactionLog from "../src/TransactionLog.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
+import * as Network from "./support/Network.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
 
 type P3 = ThreePhaseCommit.AnyThreePhaseParticipant
@@ -59,20 +60,6 @@ const runUntil = (
     ThreePhaseCommit.run(branches, options).pipe(Effect.map(Option.some)),
     Deferred.await(stopped).pipe(Effect.as(Option.none<ThreePhaseCommit.Outcome>()))
   )
-
-/** A network whose partitions the test changes; members in different groups cannot talk. */
-const network = Effect.gen(function* () {
-  const groups = yield* Ref.make<ReadonlyArray<ReadonlyArray<string>> | undefined>(undefined)
-  const reachable: ThreePhaseCommit.Reachability = (from, to) =>
-    Ref.get(groups).pipe(
-      Effect.map((g) => g === undefined || g.some((group) => group.includes(from) && group.includes(to)))
-    )
-  return {
-    reachable,
-    split: (...g: ReadonlyArray<ReadonlyArray<string>>) => Ref.set(groups, g),
-    heal: Ref.set(groups, undefined)
-  }
-})
 
 const three = Effect.all([
   ThreePhaseMemory.make("bank-a"),
@@ -476,16 +463,11 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
         ])
         const txId = yield* TransactionId.make
         const members = ms.map((m) => m.participant.name)
+        const ctxOf = memberContext(txId, members)
         // The coordinator had every yes vote and precommitted everyone (then died)...
         for (const m of ms) {
-          const ctx = {
-            txId,
-            branch: m.participant.name,
-            gid: TransactionId.gid(txId, m.participant.name),
-            members
-          }
-          expect((yield* m.participant.prepare(ctx, null))._tag).toBe("Prepared")
-          expect(yield* m.participant.precommit(ctx)).toBe("precommitted")
+          expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
+          expect(yield* m.participant.precommit(ctxOf(m))).toBe("precommitted")
         }
         // ...but the terminator's first read of bank-c was taken before bank-c voted.
         const staleC = yield* staleFirstRead(ms[2]!.participant)
@@ -532,15 +514,9 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
       const ms = yield* three
       const txId = yield* TransactionId.make
       const members = ms.map((m) => m.participant.name)
-      for (const m of ms.slice(0, 2)) {
-        const ctx = {
-          txId,
-          branch: m.participant.name,
-          gid: TransactionId.gid(txId, m.participant.name),
-          members
-        }
-        expect((yield* m.participant.prepare(ctx, null))._tag).toBe("Prepared")
-      }
+      const ctxOf = memberContext(txId, members)
+      for (const m of ms.slice(0, 2))
+        expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
       const t = yield* ThreePhaseCommit.terminate(
         txId,
         ms.map((m) => m.participant)
@@ -548,11 +524,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
       expect(t._tag).toBe("Aborted")
       expect(yield* statesOf(ms, txId)).toEqual(["aborted", "aborted", "aborted"])
       // The fence holds: c's late prepare votes No.
-      const c = ms[2]!.participant
-      const late = yield* c.prepare(
-        { txId, branch: c.name, gid: TransactionId.gid(txId, c.name), members },
-        null
-      )
+      const late = yield* ms[2]!.participant.prepare(ctxOf(ms[2]!), null)
       expect(late._tag).toBe("No")
     })
   )
@@ -771,7 +743,7 @@ describe("ThreePhaseCommit under a partition", () => {
   it.effect("classic mode decides differently on the two sides (the documented anomaly)", () =>
     Effect.gen(function* () {
       const [a, b, c] = yield* three
-      const net = yield* network
+      const net = yield* Network.make
       const txId = yield* precommitOnlyA([a, b, c], "classic")
       yield* net.split(["bank-a"], ["bank-b", "bank-c"])
       const agents = yield* forkAgents(txId, [a, b, c], { reachable: net.reachable })
@@ -786,7 +758,7 @@ describe("ThreePhaseCommit under a partition", () => {
   it.effect("quorum mode never does: the minority blocks, then converges when the partition heals", () =>
     Effect.gen(function* () {
       const [a, b, c] = yield* three
-      const net = yield* network
+      const net = yield* Network.make
       const txId = yield* precommitOnlyA([a, b, c], "quorum")
       yield* net.split(["bank-a"], ["bank-b", "bank-c"])
       const agents = yield* forkAgents(txId, [a, b, c], { reachable: net.reachable, mode: "quorum" })
@@ -807,7 +779,7 @@ describe("ThreePhaseCommit under a partition", () => {
   it.effect("quorum mode commits on the side holding the commit quorum; the minority learns it on heal", () =>
     Effect.gen(function* () {
       const [a, b, c] = yield* three
-      const net = yield* network
+      const net = yield* Network.make
       const stopped = yield* Deferred.make<void>()
       const txId = yield* TransactionId.make
       const doneA = yield* Deferred.make<void>()
@@ -905,7 +877,7 @@ describe("ThreePhaseCommit under a partition", () => {
           const precommitted = ps.map(() => next() < 0.4)
           for (const [i, p] of ps.entries()) if (precommitted[i]) yield* p.precommit(ctx(i))
           // A random split into two sides; it heals after a random number of agent rounds.
-          const net = yield* network
+          const net = yield* Network.make
           const left = names.filter(() => next() < 0.5)
           yield* net.split(
             left,

@@ -6,8 +6,32 @@ import { type OperationTriple, ThreePhaseCoordinator } from "../src/ThreePhaseCo
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
 
+type Member = ThreePhaseMemory.Memory
+
 const members = (...names: ReadonlyArray<[string, ThreePhaseMemory.Behaviour?]>) =>
   Effect.runPromise(Effect.forEach(names, ([name, behaviour]) => ThreePhaseMemory.make(name, behaviour)))
+
+/**
+ * A transaction of `a` and `b` whose coordinator died after both voted yes and after precommitting
+ * the members in `precommitted` only; returns its id.
+ */
+const diedAfterVotes = async (a: Member, b: Member, precommitted: ReadonlyArray<Member>) => {
+  const txId = await Effect.runPromise(TransactionId.make)
+  const ctx = (p: ThreePhaseCommit.AnyThreePhaseParticipant) => ({
+    txId,
+    branch: p.name,
+    gid: TransactionId.gid(txId, p.name),
+    members: [a.participant.name, b.participant.name]
+  })
+  await Effect.runPromise(
+    Effect.gen(function* () {
+      yield* a.participant.prepare(ctx(a.participant), null)
+      yield* b.participant.prepare(ctx(b.participant), null)
+      for (const m of precommitted) yield* m.participant.precommit(ctx(m.participant))
+    })
+  )
+  return txId
+}
 
 describe("ThreePhaseCoordinator (Promise facade)", () => {
   it("commits and reports the 2PC facade's shape plus protocol", async () => {
@@ -82,21 +106,8 @@ describe("ThreePhaseCoordinator (Promise facade)", () => {
 
   it("startAgents finishes a transaction whose coordinator died, from the members' own records", async () => {
     const [a, b] = await members(["bank-a"], ["bank-b"])
-    const txId = await Effect.runPromise(TransactionId.make)
-    const ctx = (p: ThreePhaseCommit.AnyThreePhaseParticipant) => ({
-      txId,
-      branch: p.name,
-      gid: TransactionId.gid(txId, p.name),
-      members: [a!.participant.name, b!.participant.name]
-    })
     // A coordinator that died after precommitting bank-a only.
-    await Effect.runPromise(
-      Effect.gen(function* () {
-        yield* a!.participant.prepare(ctx(a!.participant), null)
-        yield* b!.participant.prepare(ctx(b!.participant), null)
-        yield* a!.participant.precommit(ctx(a!.participant))
-      })
-    )
+    const txId = await diedAfterVotes(a!, b!, [a!])
     const committed = [a!, b!].map((m) => {
       let resolve: () => void = () => undefined
       const done = new Promise<void>((r) => {
@@ -165,20 +176,8 @@ describe("ThreePhaseCoordinator (Promise facade)", () => {
 
   it("startAgents without a timeout runs agents with the coordinator's agentTimeout", async () => {
     const [a, b] = await members(["bank-a"], ["bank-b"])
-    const txId = await Effect.runPromise(TransactionId.make)
-    const ctx = (p: ThreePhaseCommit.AnyThreePhaseParticipant) => ({
-      txId,
-      branch: p.name,
-      gid: TransactionId.gid(txId, p.name),
-      members: [a!.participant.name, b!.participant.name]
-    })
     // A coordinator that died after the votes, before any PreCommit.
-    await Effect.runPromise(
-      Effect.gen(function* () {
-        yield* a!.participant.prepare(ctx(a!.participant), null)
-        yield* b!.participant.prepare(ctx(b!.participant), null)
-      })
-    )
+    const txId = await diedAfterVotes(a!, b!, [])
     const coordinator = new ThreePhaseCoordinator({ timeout: 10, agentTimeout: 60 })
     await coordinator.registerParticipant(a!.participant)
     await coordinator.registerParticipant(b!.participant)

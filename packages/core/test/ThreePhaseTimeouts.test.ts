@@ -1,7 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Fiber, Ref, TestClock } from "effect"
+import { Duration, Effect, Either, Fiber, TestClock } from "effect"
 import * as ThreePhaseCommit from "../src/ThreePhaseCommit.js"
 import * as TransactionId from "../src/TransactionId.js"
+import * as Network from "./support/Network.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
 
 type P3 = ThreePhaseCommit.AnyThreePhaseParticipant
@@ -17,20 +18,6 @@ const slow = (p: P3, method: "precommit" | "rollback", delay: Duration.DurationI
 
 const statesOf = (members: ReadonlyArray<ThreePhaseMemory.Memory>, txId: string) =>
   Effect.forEach(members, (m) => m.stateOf(txId))
-
-/** A network whose partitions the test changes; members in different groups cannot talk. */
-const network = Effect.gen(function* () {
-  const groups = yield* Ref.make<ReadonlyArray<ReadonlyArray<string>> | undefined>(undefined)
-  const reachable: ThreePhaseCommit.Reachability = (from, to) =>
-    Ref.get(groups).pipe(
-      Effect.map((g) => g === undefined || g.some((group) => group.includes(from) && group.includes(to)))
-    )
-  return {
-    reachable,
-    split: (...g: ReadonlyArray<ReadonlyArray<string>>) => Ref.set(groups, g),
-    heal: Ref.set(groups, undefined)
-  }
-})
 
 describe("ThreePhaseCommit timeouts: agents must outwait the coordinator (classic mode)", () => {
   it.effect(
@@ -143,23 +130,33 @@ describe("ThreePhaseCommit timeouts: agents must outwait the coordinator (classi
   )
 })
 
+/**
+ * Five members m0..m4 of a quorum transaction (V = 5, Vc = 3, Va = 3), each asked to vote with the mode
+ * recorded, and m0 then asked to precommit: a coordinator that precommitted m0 only, then died. The
+ * answers are returned for the test to check.
+ */
+const quorumPrecommittedAtM0 = Effect.gen(function* () {
+  const ms = yield* Effect.forEach([0, 1, 2, 3, 4], (i) => ThreePhaseMemory.make(`m${i}`))
+  const ps = ms.map((m) => m.participant)
+  const txId = yield* TransactionId.make
+  const p = ThreePhaseCommit.plan(txId, ps, { mode: "quorum" })
+  if (Either.isLeft(p)) return yield* Effect.die(p.left)
+  const votes = yield* Effect.forEach(ps, (q, i) => q.prepare(p.right.members[i]!.ctx, null))
+  const precommit = yield* ps[0]!.precommit(p.right.members[0]!.ctx)
+  return { ms, ps, txId, votes, precommit }
+})
+
 describe("ThreePhaseCommit.agent terminates under the mode recorded with the vote", () => {
   it.effect(
     "an agent started in classic mode on a quorum transaction follows the recorded quorum: no split under a partition",
     () =>
       Effect.gen(function* () {
-        const ms = yield* Effect.forEach([0, 1, 2, 3, 4], (i) => ThreePhaseMemory.make(`m${i}`))
-        const ps = ms.map((m) => m.participant)
-        const txId = yield* TransactionId.make
         // A quorum transaction (V = 5, Vc = 3, Va = 3): every member voted yes with the mode recorded;
         // the coordinator precommitted m0 only, then died.
-        const p = ThreePhaseCommit.plan(txId, ps, { mode: "quorum" })
-        if (Either.isLeft(p)) return yield* Effect.die(p.left)
-        for (const [i, q] of ps.entries()) {
-          expect((yield* q.prepare(p.right.members[i]!.ctx, null))._tag).toBe("Prepared")
-        }
-        expect(yield* ps[0]!.precommit(p.right.members[0]!.ctx)).toBe("precommitted")
-        const net = yield* network
+        const { ms, ps, txId, votes, precommit } = yield* quorumPrecommittedAtM0
+        expect(votes.map((v) => v._tag)).toEqual(["Prepared", "Prepared", "Prepared", "Prepared", "Prepared"])
+        expect(precommit).toBe("precommitted")
+        const net = yield* Network.make
         yield* net.split(["m0", "m1"], ["m2", "m3", "m4"])
         // m1's agent was started with the default (classic) options; the others with quorum.
         const agents = yield* Effect.forEach(ps, (q, i) =>
@@ -188,13 +185,7 @@ describe("ThreePhaseCommit.agent terminates under the mode recorded with the vot
 
   it.effect("an agent given only some peers still counts every recorded member", () =>
     Effect.gen(function* () {
-      const ms = yield* Effect.forEach([0, 1, 2, 3, 4], (i) => ThreePhaseMemory.make(`m${i}`))
-      const ps = ms.map((m) => m.participant)
-      const txId = yield* TransactionId.make
-      const p = ThreePhaseCommit.plan(txId, ps, { mode: "quorum" })
-      if (Either.isLeft(p)) return yield* Effect.die(p.left)
-      for (const [i, q] of ps.entries()) yield* q.prepare(p.right.members[i]!.ctx, null)
-      yield* ps[0]!.precommit(p.right.members[0]!.ctx)
+      const { ms, ps, txId } = yield* quorumPrecommittedAtM0
       // m1's agent only knows m0: two members, so Vc = 2 by its own count. The transaction has five
       // (Vc = 3): one precommitted and one uncertain member make no commit quorum.
       const agent = yield* ThreePhaseCommit.agent(txId, ps[1]!, [ps[0]!], {

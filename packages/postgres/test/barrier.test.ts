@@ -5,15 +5,15 @@
  * refusal before commit when it could not be returned faithfully.
  */
 import { Saga, SagaLog } from "@accord/core"
-import { PGlite } from "@electric-sql/pglite"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { eq, sql as dsql } from "drizzle-orm"
 import { integer, pgTable, text } from "drizzle-orm/pg-core"
 import { drizzle } from "drizzle-orm/pg-proxy"
 import { Effect, Either, Exit, Option, Schedule, Schema } from "effect"
-import postgres from "postgres"
+import type postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { onPostgresAndPGlite } from "./support/backends.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_saga_barrier"
@@ -556,26 +556,4 @@ const suite = (
     )
   })
 
-if (server === undefined) {
-  describe.skip("Barrier on PostgreSQL (no server)", () => {
-    it("skipped", () => {})
-  })
-} else {
-  const adminUrl = server.adminUrl
-  suite("PostgreSQL", async () => {
-    const url = await TestDatabase.createDatabase(adminUrl, DB)
-    const sql = postgres(url, { max: 10, onnotice: () => {} })
-    return {
-      conn: sql,
-      close: async () => {
-        await sql.end({ timeout: 5 })
-        await TestDatabase.dropDatabase(adminUrl, DB)
-      }
-    }
-  })
-}
-
-suite("PGlite", async () => {
-  const db = await PGlite.create()
-  return { conn: db, close: () => db.close() }
-})
+onPostgresAndPGlite(server, { db: DB, max: 10, skipped: "Barrier on PostgreSQL (no server)" }, suite)

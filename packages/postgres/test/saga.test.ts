@@ -3,12 +3,11 @@
  * record, stuck sagas, operator retry.
  */
 import { Saga, SagaLog, SagaOrchestrator } from "@accord/core"
-import { PGlite } from "@electric-sql/pglite"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit, Option, Schedule } from "effect"
-import postgres from "postgres"
-import * as PgSagaLog from "../src/PgSagaLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { type Backend, onPostgresAndPGlite } from "./support/backends.js"
+import { crashing, sagaLogOn, expireLease } from "./support/sagaLog.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_saga_log"
@@ -42,28 +41,6 @@ const world = () => {
   return { applied, calls, mk }
 }
 
-type Log = SagaLog.SagaLog["Type"]
-
-const crashing = (log: Log, after: number): Log => {
-  let written = 0
-  const guard = <A, E>(write: Effect.Effect<A, E>) =>
-    Effect.suspend(() => {
-      // Counted before the write, so concurrent writers (a parallel group) cannot both slip
-      // through; a write in flight when the process "dies" lands (as it would on a real socket
-      // whose statement was sent), never after the resumption started.
-      if (written >= after) return Effect.die("orchestrator killed")
-      written++
-      return Effect.uninterruptible(write)
-    })
-  return { ...log, start: (r, l) => guard(log.start(r, l)), append: (r, o) => guard(log.append(r, o)) }
-}
-
-/** The passage of time for a dead orchestrator's lease, on the database's clock. */
-const expireLease = (conn: PgSagaLog.PgConnection, sagaId: string): Promise<unknown> => {
-  const text = "update accord_saga set lease_until = now() - interval '1 second' where saga_id = $1"
-  return typeof conn === "function" ? conn.unsafe(text, [sagaId]) : conn.query(text, [sagaId])
-}
-
 /** A promise and the function that settles it. */
 const gate = () => {
   let open: () => void = () => {}
@@ -73,22 +50,9 @@ const gate = () => {
   return { opened, open }
 }
 
-const suite = (
-  label: string,
-  open: () => Promise<{ conn: PgSagaLog.PgConnection; close: () => Promise<void> }>
-) =>
+const suite = (label: string, open: () => Promise<Backend>) =>
   describe(`PgSagaLog on ${label}`, () => {
-    let conn: PgSagaLog.PgConnection
-    let close: () => Promise<void>
-    beforeAll(async () => {
-      ;({ conn, close } = await open())
-    }, 60_000)
-    afterAll(async () => {
-      await close?.()
-    }, 60_000)
-
-    const withLog = <A, E>(f: (log: Log) => Effect.Effect<A, E, SagaLog.SagaLog>) =>
-      Effect.flatMap(PgSagaLog.make(conn), (log) => Effect.provideService(f(log), SagaLog.SagaLog, log))
+    const { conn, withLog } = sagaLogOn(open)
 
     it.live("records a saga's history in order and reloads it", () =>
       withLog((log) =>
@@ -223,7 +187,7 @@ const suite = (
               // it must wait for that lease to run out.
               const early = yield* Effect.either(Saga.resume(Saga.registry([saga]), id, { owner: "node-1" }))
               expect(Either.isLeft(early) && early.left._tag).toBe("SagaBusyError")
-              yield* Effect.promise(() => expireLease(conn, id))
+              yield* Effect.promise(() => expireLease(conn(), id))
               const resumed = yield* Saga.resume(Saga.registry([saga]), id, { owner: "node-1" })
               const summary = (o: Saga.Outcome) => ({
                 k,
@@ -336,26 +300,4 @@ const suite = (
     )
   })
 
-if (server === undefined) {
-  describe.skip("PgSagaLog on PostgreSQL (no server)", () => {
-    it("skipped", () => {})
-  })
-} else {
-  const adminUrl = server.adminUrl
-  suite("PostgreSQL", async () => {
-    const url = await TestDatabase.createDatabase(adminUrl, DB)
-    const sql = postgres(url, { max: 4, onnotice: () => {} })
-    return {
-      conn: sql,
-      close: async () => {
-        await sql.end({ timeout: 5 })
-        await TestDatabase.dropDatabase(adminUrl, DB)
-      }
-    }
-  })
-}
-
-suite("PGlite", async () => {
-  const db = await PGlite.create()
-  return { conn: db, close: () => db.close() }
-})
+onPostgresAndPGlite(server, { db: DB, max: 4, skipped: "PgSagaLog on PostgreSQL (no server)" }, suite)

@@ -6,75 +6,43 @@
  * schemas read as they did.
  */
 import { Saga, SagaLog, SagaOrchestrator } from "@accord/core"
-import { PGlite } from "@electric-sql/pglite"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option, Schedule, Schema } from "effect"
-import postgres from "postgres"
-import * as PgSagaLog from "../src/PgSagaLog.js"
+import type postgres from "postgres"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { type Backend, onPostgresAndPGlite } from "./support/backends.js"
+import { type Log, crashing, sagaLogOn, expireLease as expireLeaseOn } from "./support/sagaLog.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_saga_output"
-
-type Log = SagaLog.SagaLog["Type"]
 
 const AT = new Date("2024-02-29T12:34:56.789Z")
 const TOTAL = 12_345_678_901_234_567_890n
 const Receipt = Schema.Struct({ at: Schema.Date, total: Schema.BigInt })
 type Receipt = typeof Receipt.Type
 
-/** The log of an orchestrator that dies before its `after + 1`-th write. */
-const crashing = (log: Log, after: number): Log => {
-  let written = 0
-  const guard = <A, E>(write: Effect.Effect<A, E>) =>
-    Effect.suspend(() => {
-      if (written >= after) return Effect.die("orchestrator killed")
-      written++
-      return write
-    })
-  return { ...log, start: (r, l) => guard(log.start(r, l)), append: (r, o) => guard(log.append(r, o)) }
-}
-
 /** Records of a run that writes SagaStarted, StepStarted and StepCompleted of its first step, then dies. */
 const AFTER_FIRST_COMPLETION = 3
 
-const suite = (
-  label: string,
-  open: () => Promise<{ conn: PgSagaLog.PgConnection; close: () => Promise<void> }>
-) =>
+const suite = (label: string, open: () => Promise<Backend>) =>
   describe(`saga step outputs through PgSagaLog on ${label}`, () => {
-    let conn: PgSagaLog.PgConnection
-    let close: () => Promise<void>
-    beforeAll(async () => {
-      ;({ conn, close } = await open())
-    }, 60_000)
-    afterAll(async () => {
-      await close?.()
-    }, 60_000)
+    const { conn, withLog } = sagaLogOn(open)
 
     const sqlQuery = <T>(text: string, params: ReadonlyArray<unknown>) =>
-      Effect.promise(async () =>
-        typeof conn === "function"
-          ? ((await conn.unsafe(
-              text,
-              params as Array<postgres.ParameterOrJSON<never>>
-            )) as unknown as Array<T>)
-          : (await conn.query<T>(text, params as Array<unknown>)).rows
-      )
+      Effect.promise(async () => {
+        const db = conn()
+        return typeof db === "function"
+          ? ((await db.unsafe(text, params as Array<postgres.ParameterOrJSON<never>>)) as unknown as Array<T>)
+          : (await db.query<T>(text, params as Array<unknown>)).rows
+      })
     /** The passage of time for a dead orchestrator's lease, on the database's clock. */
-    const expireLease = (sagaId: string) =>
-      sqlQuery("update accord_saga set lease_until = now() - interval '1 second' where saga_id = $1", [
-        sagaId
-      ])
+    const expireLease = (sagaId: string) => Effect.promise(() => expireLeaseOn(conn(), sagaId))
     /** The JSON a record kind of a step holds in the database. */
     const payloads = (sagaId: string, kind: string) =>
       sqlQuery<{ payload: Record<string, unknown> }>(
         "select payload from accord_saga_record where saga_id = $1 and kind = $2 order by seq",
         [sagaId, kind]
       ).pipe(Effect.map((rows) => rows.map((r) => r.payload)))
-
-    const withLog = <A, E>(f: (log: Log) => Effect.Effect<A, E, SagaLog.SagaLog>) =>
-      Effect.flatMap(PgSagaLog.make(conn), (log) => Effect.provideService(f(log), SagaLog.SagaLog, log))
 
     const idOf = (name: string) => `${name}-${label.toLowerCase()}-${Date.now()}`
 
@@ -437,26 +405,4 @@ const suite = (
     )
   })
 
-if (server === undefined) {
-  describe.skip("saga step outputs on PostgreSQL (no server)", () => {
-    it("skipped", () => {})
-  })
-} else {
-  const adminUrl = server.adminUrl
-  suite("PostgreSQL", async () => {
-    const url = await TestDatabase.createDatabase(adminUrl, DB)
-    const sql = postgres(url, { max: 4, onnotice: () => {} })
-    return {
-      conn: sql,
-      close: async () => {
-        await sql.end({ timeout: 5 })
-        await TestDatabase.dropDatabase(adminUrl, DB)
-      }
-    }
-  })
-}
-
-suite("PGlite", async () => {
-  const db = await PGlite.create()
-  return { conn: db, close: () => db.close() }
-})
+onPostgresAndPGlite(server, { db: DB, max: 4, skipped: "saga step outputs on PostgreSQL (no server)" }, suite)
