@@ -106,6 +106,24 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
   const statesOf = (ps: ReadonlyArray<P3>, txId: string) =>
     Effect.forEach(ps, (p) => stateOf(p, txId).pipe(Effect.orDie))
 
+  /** Three participants and a fresh transaction over them, with each member's context. */
+  const threeMemberTransaction = Effect.gen(function* () {
+    const [a, b, c] = yield* participants
+    const ps = [a, b, c] as const
+    const txId = yield* TransactionId.make
+    const members = ps.map((p) => p.name)
+    const ctxOf = (p: P3) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name), members })
+    return { a, b, c, ps, txId, ctxOf }
+  })
+  /** Account `id` moved by a committed three-member transfer (-2 in a, +1 in b and c); nothing prepared. */
+  const transferCommitted = (id: number) =>
+    Effect.gen(function* () {
+      expect(yield* balance(0, id)).toBe(START - 2)
+      expect(yield* balance(1, id)).toBe(START + 1)
+      expect(yield* balance(2, id)).toBe(START + 1)
+      expect(yield* prepared).toEqual([])
+    })
+
   /** A copy of `p` whose first `state` read answers "initial": a view taken before its vote. */
   const staleFirstRead = (p: P3): P3 => {
     let reads = 0
@@ -199,11 +217,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
     "rollback never overwrites a precommit: it refuses, and a stale aborting terminator re-evaluates and commits",
     () =>
       Effect.gen(function* () {
-        const [a, b, c] = yield* participants
-        const ps = [a, b, c] as const
-        const txId = yield* TransactionId.make
-        const members = ps.map((p) => p.name)
-        const ctxOf = (p: P3) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name), members })
+        const { a, b, c, ps, txId, ctxOf } = yield* threeMemberTransaction
         // The coordinator had every yes vote and precommitted everyone, then died.
         yield* Effect.gen(function* () {
           for (const [i, p] of ps.entries()) {
@@ -218,10 +232,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
           expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
           expect(yield* a.rollback(ctxOf(a))).toBe("HeuristicCommit")
         }).pipe(Effect.ensuring(rollBackAll(ps, ctxOf)))
-        expect(yield* balance(0, 51)).toBe(START - 2)
-        expect(yield* balance(1, 51)).toBe(START + 1)
-        expect(yield* balance(2, 51)).toBe(START + 1)
-        expect(yield* prepared).toEqual([])
+        yield* transferCommitted(51)
       }),
     30_000
   )
@@ -234,11 +245,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
       `a ${mode} terminator that saw a voted member as unvoted fences it only if unvoted (refused: Voted), and commits`,
       () =>
         Effect.gen(function* () {
-          const [a, b, c] = yield* participants
-          const ps = [a, b, c] as const
-          const txId = yield* TransactionId.make
-          const members = ps.map((p) => p.name)
-          const ctxOf = (p: P3) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name), members })
+          const { a, b, c, ps, txId, ctxOf } = yield* threeMemberTransaction
           yield* Effect.gen(function* () {
             for (const [i, p] of ps.entries()) {
               expect((yield* p.prepare(ctxOf(p), adjust(id, i === 0 ? -2 : 1)))._tag).toBe("Prepared")
@@ -255,10 +262,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
             expect(t._tag).toBe("Committed")
             expect(yield* statesOf(ps, txId)).toEqual(["committed", "committed", "committed"])
           }).pipe(Effect.ensuring(rollBackAll(ps, ctxOf)))
-          expect(yield* balance(0, id)).toBe(START - 2)
-          expect(yield* balance(1, id)).toBe(START + 1)
-          expect(yield* balance(2, id)).toBe(START + 1)
-          expect(yield* prepared).toEqual([])
+          yield* transferCommitted(id)
         }),
       30_000
     )
