@@ -13,12 +13,18 @@
  * ```
  *
  * Several operations for one participant run in that participant's one branch, in order.
- * Without a `log` option the decisions live in memory: fine for tests, not for money. Pass a
- * durable log (for example `@accord/postgres`'s `PgTransactionLog`) in production.
+ * Without a `log` option the decisions live in memory, and the coordinator says so (a warning at
+ * construction, `durable === false`): a commit decision lost with the process lets recovery presume
+ * abort for a transaction that already committed some branches. Pass a durable log (for example
+ * `@accord/postgres`'s `PgTransactionLog.layer`) in production, or `log: "memory"` to choose memory
+ * knowingly (tests, demos).
+ *
+ * `dispose()` refuses new calls, waits for the calls in flight, then releases the runtime and the
+ * log's resources; a call after it rejects with `CoordinatorDisposedError`.
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Either, Exit, type Layer, ManagedRuntime } from "effect"
+import { Cause, Duration, Effect, Either, Exit, type Layer, ManagedRuntime, Schema } from "effect"
 import {
   type AnyParticipant,
   type BranchState,
@@ -169,12 +175,20 @@ const isCoreParticipant = (p: unknown): p is AnyParticipant =>
  * @since 0.1.0
  */
 export interface CoordinatorOptions {
-  /** Bound on the whole transaction, in milliseconds (or a Duration). Default 30 s. */
+  /**
+   * Bound on the whole transaction, in milliseconds (or a Duration), from the first prepare to the
+   * last acknowledgement; positive. Before the commit decision it aborts the transaction (a prepare
+   * that answers later is rolled back); after it, the result is `commit-pending`. Default 30 s.
+   */
   readonly timeout?: number | Duration.DurationInput
-  /** Bound on each branch's prepare. Default: `timeout`. */
+  /** Bound on each branch's prepare; positive. Default: `timeout`. */
   readonly prepareTimeout?: number | Duration.DurationInput
-  /** The coordinator log. Default: in memory (not durable). */
-  readonly log?: Layer.Layer<TransactionLog, unknown>
+  /**
+   * The coordinator log, where commit decisions are forced before any branch commits. Pass a
+   * durable one in production (`PgTransactionLog.layer(...)`). `"memory"` chooses an in-memory log
+   * knowingly: decisions are lost with the process. Omitted: in memory too, with a warning.
+   */
+  readonly log?: Layer.Layer<TransactionLog, unknown> | "memory"
   /** Gid namespace for this deployment. */
   readonly namespace?: string
 }
@@ -218,8 +232,36 @@ export type OperationTriple = readonly [
   params?: unknown
 ]
 
-const toDuration = (value: number | Duration.DurationInput): Duration.Duration =>
-  typeof value === "number" ? Duration.millis(value) : Duration.decode(value)
+/** A positive bound (a number is milliseconds); a bad one is refused before anything runs. */
+const toBound = (option: string, value: number | Duration.DurationInput): Duration.Duration => {
+  const refuse = () =>
+    new InvalidTransactionError({
+      reason: `${option} must be a positive duration (milliseconds or a Duration), got ${String(value)}`
+    })
+  // Duration.millis turns NaN and negative numbers into zero; they are refused here instead.
+  if (typeof value === "number" && !(value > 0)) throw refuse()
+  let duration: Duration.Duration
+  try {
+    duration = typeof value === "number" ? Duration.millis(value) : Duration.decode(value)
+  } catch {
+    throw refuse()
+  }
+  if (!Duration.greaterThan(duration, Duration.zero)) throw refuse()
+  return duration
+}
+
+/**
+ * A call made after `dispose()`: nothing was sent.
+ * @since 0.1.0
+ */
+export class CoordinatorDisposedError extends Schema.TaggedError<CoordinatorDisposedError>()(
+  "CoordinatorDisposedError",
+  { call: Schema.String }
+) {
+  override get message(): string {
+    return `${this.call} was called after the coordinator was disposed; nothing was sent`
+  }
+}
 
 /**
  * Runs an effect on a runtime and rejects with the typed error itself (not a wrapper).
@@ -259,10 +301,17 @@ export const groupOperations = (
       const [ref, operation, params] = triple
       const name = typeof ref === "string" ? ref : ref?.name
       const participant = name === undefined ? undefined : registered.get(name)
-      if (participant === undefined || (typeof ref !== "string" && adapt(ref) !== participant)) {
+      if (participant === undefined) {
         return Effect.fail(
           new InvalidTransactionError({
             reason: `unknown participant ${JSON.stringify(name)}: register it with registerParticipant first`
+          })
+        )
+      }
+      if (typeof ref !== "string" && adapt(ref) !== participant) {
+        return Effect.fail(
+          new InvalidTransactionError({
+            reason: `another participant named ${JSON.stringify(name)} is registered: pass the registered object or its name`
           })
         )
       }
@@ -380,7 +429,6 @@ export class Registry {
           catch: (e) =>
             e instanceof InvalidTransactionError ? e : new InvalidTransactionError({ reason: String(e) })
         })
-        this.adapted.set(p, participant)
       }
       yield* TransactionId.parseBranchName(participant.name)
       if (this.participants.has(participant.name)) {
@@ -388,6 +436,9 @@ export class Registry {
           reason: `a participant named ${participant.name} is already registered`
         })
       }
+      // Only once accepted: a refused second registration of the same object must not replace the
+      // adapter the registered one is known by.
+      if (!isCoreParticipant(p)) this.adapted.set(p, participant)
       this.participants.set(participant.name, participant)
       // Configuration problems (e.g. max_prepared_transactions = 0) surface here, before any work.
       yield* participant.verify.pipe(
@@ -409,21 +460,50 @@ export class Registry {
  * @since 0.1.0
  */
 export class TwoPhaseCoordinator {
+  /** False when commit decisions live in memory only (no `log`, or `log: "memory"`). */
+  readonly durable: boolean
   private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
   private readonly registry = new Registry()
   private readonly options: TwoPhaseCommit.Options
+  private readonly inFlight = new Set<Promise<unknown>>()
+  private disposed: Promise<void> | undefined
 
+  /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
   constructor(options: CoordinatorOptions = {}) {
-    const timeout = toDuration(options.timeout ?? TwoPhaseCommit.defaults.transactionTimeout)
+    const timeout = toBound("timeout", options.timeout ?? TwoPhaseCommit.defaults.transactionTimeout)
     this.options = {
       transactionTimeout: timeout,
       prepareTimeout:
-        options.prepareTimeout === undefined
-          ? Duration.min(timeout, TwoPhaseCommit.defaults.prepareTimeout)
-          : toDuration(options.prepareTimeout),
+        options.prepareTimeout === undefined ? timeout : toBound("prepareTimeout", options.prepareTimeout),
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
     }
-    this.runtime = ManagedRuntime.make(options.log ?? layerMemory)
+    const log = options.log ?? "memory"
+    this.durable = log !== "memory"
+    if (options.log === undefined) {
+      // Not silent: a user who believes the log durable would lose commit decisions on a crash.
+      Effect.runSync(
+        Effect.logWarning(
+          "TwoPhaseCoordinator: no `log` option, so commit decisions are kept in memory and lost with " +
+            "this process (recovery after a crash can then roll back branches of a committed " +
+            'transaction). Pass a durable log (e.g. PgTransactionLog.layer(...)), or log: "memory" ' +
+            "to choose memory knowingly."
+        )
+      )
+    }
+    this.runtime = ManagedRuntime.make(log === "memory" ? layerMemory : log)
+  }
+
+  /** Runs `call` unless disposed, tracked so that `dispose` waits for it. */
+  private track<A>(name: string, call: () => Promise<A>): Promise<A> {
+    if (this.disposed !== undefined) return Promise.reject(new CoordinatorDisposedError({ call: name }))
+    const running = call()
+    const settled = running.then(
+      () => undefined,
+      () => undefined
+    )
+    this.inFlight.add(settled)
+    void settled.then(() => this.inFlight.delete(settled))
+    return running
   }
 
   /**
@@ -431,26 +511,41 @@ export class TwoPhaseCoordinator {
    * bad or duplicate name and with the participant's `ConfigurationError` when it cannot take part.
    */
   registerParticipant(participant: AnyParticipant | PromiseParticipant): Promise<void> {
-    return this.registry.register(participant, (e) => runToPromise(this.runtime, e))
+    return this.track("registerParticipant", () =>
+      this.registry.register(participant, (e) => runToPromise(this.runtime, e))
+    )
   }
 
-  /** Runs one global transaction. Rejects only for invalid input, an in-doubt one-phase commit, or an unwritable log. */
-  async executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<TransactionResult> {
-    await this.registry.settled()
-    const program = groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
-      Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
-      Effect.map(toResult)
-    )
-    return runToPromise(this.runtime, program)
+  /**
+   * Runs one global transaction. Resolves with its outcome (`committed`, `commit-pending` or
+   * `aborted`); rejects only for invalid input (`InvalidTransactionError`, nothing sent), an
+   * in-doubt one-phase commit (`BranchCallError` with `inDoubt: true`), a log that cannot be
+   * written at the commit point (`LogError`), or a call after `dispose` (`CoordinatorDisposedError`).
+   */
+  executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<TransactionResult> {
+    return this.track("executeTransaction", async () => {
+      await this.registry.settled()
+      const program = groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
+        Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
+        Effect.map(toResult)
+      )
+      return runToPromise(this.runtime, program)
+    })
   }
 
   /** Runs one recovery pass over the registered participants. */
   recover(options?: Recovery.Options): Promise<Recovery.RecoveryReport> {
-    return runToPromise(this.runtime, Recovery.run([...this.registry.participants.values()], options))
+    return this.track("recover", () =>
+      runToPromise(this.runtime, Recovery.run([...this.registry.participants.values()], options))
+    )
   }
 
-  /** Releases the coordinator's runtime (and its log's resources). */
+  /**
+   * Refuses new calls, waits for the calls in flight to settle, then releases the coordinator's
+   * runtime and its log's resources (writer fibers, scopes). Calling it again returns the same promise.
+   */
   dispose(): Promise<void> {
-    return this.runtime.dispose()
+    this.disposed ??= Promise.all([...this.inFlight]).then(() => this.runtime.dispose())
+    return this.disposed
   }
 }
