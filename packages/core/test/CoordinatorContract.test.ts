@@ -182,6 +182,32 @@ describe("TwoPhaseCoordinator contract", () => {
     await coordinator.dispose()
   })
 
+  it("bounds the commit decision's log write by timeout: a log that never answers rejects with LogError", async () => {
+    const hanging = Layer.effect(
+      TransactionLog.TransactionLog,
+      Effect.map(TransactionLog.makeMemory, (log) => ({ ...log, decide: () => Effect.never }))
+    )
+    const coordinator = new TwoPhaseCoordinator({ timeout: 200, log: hanging })
+    const a = recording("bank-a")
+    const b = recording("bank-b")
+    await coordinator.registerParticipant(a.participant)
+    await coordinator.registerParticipant(b.participant)
+    const started = Date.now()
+    const outcome = await Promise.race([
+      rejection(
+        coordinator.executeTransaction([
+          [a.participant, "debit", {}],
+          [b.participant, "credit", {}]
+        ])
+      ),
+      new Promise((resolve) => setTimeout(() => resolve("still waiting after 3 s"), 3_000))
+    ])
+    expect(outcome).toBeInstanceOf(LogError)
+    expect((outcome as LogError).message).toMatch(/may or may not have been written/)
+    expect(Date.now() - started).toBeLessThan(1_000)
+    await coordinator.dispose()
+  })
+
   it("says so when the decision log defaults to memory, and is quiet when it is chosen explicitly", async () => {
     const printed: Array<string> = []
     vi.spyOn(console, "log").mockImplementation((...args: Array<unknown>) => {
