@@ -9,6 +9,7 @@
  * @since 0.1.0
  */
 import { Clock, Context, Effect, Layer, Option, Ref } from "effect"
+import type { Started } from "./Participant.js"
 import type { LogError } from "./TransactionError.js"
 import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
 
@@ -83,6 +84,18 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
     readonly recordHeuristic: (record: HeuristicRecord) => Effect.Effect<void, LogError>
     /** The recorded heuristic outcomes. */
     readonly heuristics: Effect.Effect<ReadonlyArray<HeuristicRecord>, LogError>
+    /**
+     * Optional: `decide` as a started Promise, for a log whose writes are Promises underneath (a
+     * database driver). The coordinator then bounds the commit decision's write with one timer in
+     * one `Effect.async` instead of a fiber (`Participant.direct` is the same idea for branch
+     * calls). It must behave exactly as `decide` (build `decide` with `Participant.fromStarted` over
+     * it), and is used only while `decide` is still its twin (`direct.twins.decide`), so a wrapper
+     * that replaces `decide` is called, not bypassed.
+     */
+    readonly direct?: {
+      readonly decide: (record: DecisionRecord) => Started<DecisionRecord, LogError>
+      readonly twins: { readonly decide: (record: DecisionRecord) => Effect.Effect<DecisionRecord, LogError> }
+    }
   }
 >() {}
 

@@ -1,8 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Metric, Option, Schedule, TestClock, Tracer } from "effect"
+import { Duration, Effect, Either, Fiber, Metric, Option, Schedule, TestClock, Tracer } from "effect"
 import type * as Participant from "../src/Participant.js"
-import { branch } from "../src/Participant.js"
+import { branch, fromStarted } from "../src/Participant.js"
+import { LogError } from "../src/TransactionError.js"
 import * as TransactionId from "../src/TransactionId.js"
+import * as TransactionLog from "../src/TransactionLog.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import { withLog } from "./support/withLog.js"
@@ -147,6 +149,84 @@ describe("TwoPhaseCommit.run", () => {
         expect((yield* log.snapshot).completed.has(outcome.txId)).toBe(true)
       })
     )
+  )
+
+  it.effect(
+    "a decision write that never answers fails the run with LogError at the deadline, branches left prepared",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* TransactionLog.makeMemory
+        // The log's connection hangs: the commit decision's insert never answers.
+        const hung: TransactionLog.TransactionLog["Type"] = { ...memory, decide: () => Effect.never }
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          transactionTimeout: Duration.seconds(5)
+        }).pipe(Effect.provideService(TransactionLog.TransactionLog, hung), Effect.either, Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(6))
+        const result = yield* Fiber.join(fiber)
+        expect(result._tag).toBe("Left")
+        if (result._tag === "Left") {
+          expect(result.left._tag).toBe("LogError")
+          expect(result.left.message).toContain("may or may not have been written")
+        }
+        // Not told anything after the decision point: recovery decides (presumed abort here).
+        expect((yield* a.calls).filter((c) => c.startsWith("commit") || c.startsWith("rollback"))).toEqual([])
+      })
+  )
+
+  it.effect(
+    "a log's Promise-level decide is used while decide is its twin, and abandoned at the deadline",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* TransactionLog.makeMemory
+        let started = 0
+        let abandoned = 0
+        // A log whose decide is a Promise underneath, hung: it settles only once abandoned.
+        const startHung = (): Participant.Started<TransactionLog.DecisionRecord, LogError> => {
+          started++
+          let settle: (e: Either.Either<TransactionLog.DecisionRecord, LogError>) => void = () => undefined
+          const result = new Promise<Either.Either<TransactionLog.DecisionRecord, LogError>>((r) => {
+            settle = r
+          })
+          return {
+            result,
+            abandon: () => {
+              abandoned++
+              settle(Either.left(new LogError({ operation: "decide", reason: "abandoned" })))
+            }
+          }
+        }
+        const decide = (_record: TransactionLog.DecisionRecord) => fromStarted(() => startHung())
+        const hung: TransactionLog.TransactionLog["Type"] = {
+          ...memory,
+          decide,
+          direct: { decide: () => startHung(), twins: { decide } }
+        }
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const run = TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          transactionTimeout: Duration.seconds(5)
+        })
+        const fiber = yield* run.pipe(
+          Effect.provideService(TransactionLog.TransactionLog, hung),
+          Effect.either,
+          Effect.fork
+        )
+        yield* TestClock.adjust(Duration.seconds(6))
+        const result = yield* Fiber.join(fiber)
+        expect(result._tag === "Left" && result.left._tag).toBe("LogError")
+        expect([started, abandoned]).toEqual([1, 1])
+        // A wrapper that replaces decide is called, not bypassed by the Promise-level call.
+        let wrapped = 0
+        const audited: TransactionLog.TransactionLog["Type"] = {
+          ...hung,
+          decide: (record) => Effect.sync(() => wrapped++).pipe(Effect.andThen(memory.decide(record)))
+        }
+        const outcome = yield* run.pipe(Effect.provideService(TransactionLog.TransactionLog, audited))
+        expect(outcome._tag).toBe("Committed")
+        expect([wrapped, started]).toEqual([1, 1])
+      })
   )
 
   it.effect("reports CommitPending, never Aborted, when a branch does not acknowledge in time", () =>
