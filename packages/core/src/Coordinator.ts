@@ -24,7 +24,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Duration, Effect, Either, Exit, type Layer, ManagedRuntime, Schema } from "effect"
+import { Cause, Duration, Effect, Either, Exit, type Layer, ManagedRuntime, Schema } from "effect"
 import {
   type AnyParticipant,
   type BranchState,
@@ -38,9 +38,9 @@ import {
   OnePhaseResult as OnePhase
 } from "./Participant.js"
 import * as Recovery from "./Recovery.js"
-import { BranchCallError, InvalidTransactionError, LogError } from "./TransactionError.js"
+import { BranchCallError, InvalidTransactionError } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
-import { TransactionLog, layerMemory } from "./TransactionLog.js"
+import { type TransactionLog, layerMemory } from "./TransactionLog.js"
 import * as TwoPhaseCommit from "./TwoPhaseCommit.js"
 
 /**
@@ -456,31 +456,6 @@ export class Registry {
 }
 
 /**
- * The log with each commit-decision write bounded by what is left until `deadline` (the
- * transaction's start plus `timeout`), so a log that stops answering cannot hold
- * `executeTransaction` past it. `TwoPhaseCommit.run` bounds the retries of a failed write, not the
- * first write; an unanswered write may still land, hence the error's wording: recovery decides.
- */
-const decideWithin = (log: TransactionLog["Type"], deadline: number): TransactionLog["Type"] => ({
-  ...log,
-  decide: (record) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      log.decide(record).pipe(
-        Effect.timeoutFail({
-          duration: Duration.millis(Math.max(1, deadline - now)),
-          onTimeout: () =>
-            new LogError({
-              operation: "decide",
-              txId: record.txId,
-              reason:
-                "no answer within the transaction's timeout; the commit decision may or may not have been written (recovery decides)"
-            })
-        })
-      )
-    )
-})
-
-/**
  * The Promise facade over `TwoPhaseCommit.run`, with the seed's names.
  * @since 0.1.0
  */
@@ -490,14 +465,12 @@ export class TwoPhaseCoordinator {
   private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
   private readonly registry = new Registry()
   private readonly options: TwoPhaseCommit.Options
-  private readonly timeoutMillis: number
   private readonly inFlight = new Set<Promise<unknown>>()
   private disposed: Promise<void> | undefined
 
   /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
   constructor(options: CoordinatorOptions = {}) {
     const timeout = toBound("timeout", options.timeout ?? TwoPhaseCommit.defaults.transactionTimeout)
-    this.timeoutMillis = Duration.toMillis(timeout)
     this.options = {
       transactionTimeout: timeout,
       prepareTimeout:
@@ -552,12 +525,11 @@ export class TwoPhaseCoordinator {
   executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<TransactionResult> {
     return this.track("executeTransaction", async () => {
       await this.registry.settled()
-      const program = Effect.flatMap(Clock.currentTimeMillis, (started) =>
-        groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
-          Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
-          Effect.map(toResult),
-          Effect.updateService(TransactionLog, (log) => decideWithin(log, started + this.timeoutMillis))
-        )
+      // `TwoPhaseCommit.run` bounds everything by `timeout` (`transactionTimeout`), the commit
+      // decision's log write included.
+      const program = groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
+        Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
+        Effect.map(toResult)
       )
       return runToPromise(this.runtime, program)
     })
