@@ -18,7 +18,7 @@ import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
 import { BranchCallError, type LogError } from "./TransactionError.js"
-import type { BranchName, Gid, TransactionId } from "./TransactionId.js"
+import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
 import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
 
 /**
@@ -241,11 +241,17 @@ export const run: (
         const participant = byName.get(b.branch)!
         const ctx: BranchContext = { txId: b.txId, branch: b.branch, gid: b.gid }
         const rolledBack = yield* call(ctx, "rollback", participant.rollback(ctx)).pipe(
-          Effect.as<BranchResult>({ _tag: "Done", committed: false }),
+          Effect.map((ack): BranchResult => ({ _tag: "Done", committed: ack === "HeuristicCommit" })),
           Effect.catchTag("BranchCallError", (e) =>
             Effect.succeed<BranchResult>({ _tag: "Failed", branch: b.branch, reason: e.message })
           )
         )
+        // Gone with its marker: not a duplicate but the branch itself, committed under the decision
+        // between this pass's scan and its read of the decision (its coordinator, or another
+        // recovery, finished phase 2 meanwhile). Nothing to report.
+        if (rolledBack._tag === "Done" && rolledBack.committed) {
+          return { decision, results: [rolledBack], allDone: false }
+        }
         if (rolledBack._tag === "Done") {
           const record: HeuristicRecord = {
             txId: b.txId,
@@ -258,6 +264,49 @@ export const run: (
           return { decision, results: [{ ...rolledBack, heuristic: record }], allDone: false }
         }
         return { decision, results: [rolledBack], allDone: false }
+      })
+
+    /**
+     * A presumed abort only knows the branches it found prepared. One of the transaction's other
+     * branches that is gone with its marker was committed by hand (an operator's COMMIT PREPARED)
+     * while no decision was logged: the transaction is split, reported as a heuristic commit. Each
+     * other participant is asked once, for the gid this transaction would have there, within one
+     * `callTimeout`; a participant that cannot answer is not reported (nothing is known).
+     */
+    const committedByHand = (decision: DecisionRecord, found: ReadonlyArray<InDoubtBranch>) =>
+      Effect.gen(function* () {
+        const namespace = Option.getOrUndefined(parseGid(found[0]!.gid))?.namespace
+        const foundHere = new Set<string>(found.map((b) => b.branch))
+        const others = participants.filter((p) => !foundHere.has(p.name))
+        if (others.length === 0) return undefined
+        const ctxs = others.map(
+          (p): BranchContext => ({
+            txId: decision.txId,
+            branch: p.name,
+            gid: gidOf(decision.txId, p.name, namespace)
+          })
+        )
+        const states = yield* forEachWithin(
+          others,
+          (p, i) => Effect.orElseSucceed(Effect.disconnect(p.state(ctxs[i]!)), () => "unknown" as const),
+          callTimeout
+        )
+        const results: Array<BranchResult> = []
+        for (const [i, state] of states.entries()) {
+          if (Option.isNone(state) || state.value !== "committed") continue
+          const ctx = ctxs[i]!
+          const record: HeuristicRecord = {
+            txId: decision.txId,
+            branch: ctx.branch,
+            gid: ctx.gid,
+            decision: "abort",
+            detail:
+              "branch was committed outside the protocol while no decision was logged; the transaction was presumed aborted"
+          }
+          yield* log.recordHeuristic(record)
+          results.push({ _tag: "Done", committed: true, heuristic: record })
+        }
+        return results.length === 0 ? undefined : ({ decision, results, allDone: false } satisfies Finished)
       })
 
     let transactionsFinished = 0
@@ -356,7 +405,21 @@ export const run: (
     const scans = yield* Effect.forEach(
       participants,
       (p) =>
-        p.inDoubt.pipe(
+        // An unreachable participant must not hold the pass for ever. Disconnected: the timeout does
+        // not wait for the interrupted scan to stop (a statement on a partitioned connection may
+        // never settle); it ends in the background.
+        Effect.disconnect(p.inDoubt).pipe(
+          Effect.timeoutFail({
+            duration: callTimeout,
+            onTimeout: () =>
+              new BranchCallError({
+                txId: "" as TransactionId,
+                branch: p.name,
+                phase: "recover",
+                reason: `no answer to the in-doubt scan within ${Duration.format(callTimeout)}`,
+                inDoubt: false
+              })
+          }),
           Effect.map((found) => ({ participant: p.name, found, error: Option.none<string>() })),
           Effect.catchTag("BranchCallError", (e) =>
             Effect.succeed({
@@ -375,7 +438,10 @@ export const run: (
       }
       for (const b of scan.found) {
         if (handled.has(b.gid)) continue
-        if (now - b.preparedAt < orphanAfterMillis) {
+        // `preparedAt` is the participant's clock (PostgreSQL: the server's), `now` this host's: a
+        // skew between them shifts the age. Safety never depends on it (first writer wins); with
+        // `orphanAfter` 0 no age is compared at all, so a skewed clock cannot spare an orphan.
+        if (orphanAfterMillis > 0 && now - b.preparedAt < orphanAfterMillis) {
           youngLeft++
           continue
         }
@@ -403,8 +469,13 @@ export const run: (
             decidedAt
           })
           if (decision.decision === "abort") {
-            if (decision.decidedAt === decidedAt) presumedAborts++
-            return [yield* finishDecision(decision, found)]
+            const results = [yield* finishDecision(decision, found)]
+            if (decision.decidedAt === decidedAt) {
+              presumedAborts++
+              const byHand = yield* committedByHand(decision, found)
+              if (byHand !== undefined) results.push(byHand)
+            }
+            return results
           }
           // A commit decision: its own branch list is what commits. A found branch it does not list
           // (or, once the decision is complete, any found branch: every listed one acknowledged
@@ -436,7 +507,9 @@ export const run: (
       forgettable,
       ([branch, ctxs]) => {
         const p = byName.get(branch)
-        return p === undefined ? Effect.void : p.forget(ctxs).pipe(Effect.ignore)
+        return p === undefined
+          ? Effect.void
+          : Effect.disconnect(p.forget(ctxs)).pipe(Effect.timeout(callTimeout), Effect.ignore)
       },
       { concurrency: "unbounded", discard: true }
     )

@@ -61,14 +61,22 @@ export const run: (args: {
     Effect.provideService(TransactionLog.TransactionLog, args.log)
   )
   const decisionsPurged =
-    options.gc === false ? 0 : yield* collect(args.participants, args.log, options.gc ?? {})
+    options.gc === false
+      ? 0
+      : yield* collect(
+          args.participants,
+          args.log,
+          options.gc ?? {},
+          Duration.decode(options.callTimeout ?? Duration.seconds(5))
+        )
   return { ...report, decisionsPurged } satisfies Report
 })
 
 const collect = (
   participants: ReadonlyArray<Participant.AnyParticipant>,
   log: PgTransactionLog,
-  gc: { readonly after?: Duration.DurationInput; readonly limit?: number }
+  gc: { readonly after?: Duration.DurationInput; readonly limit?: number },
+  callTimeout: Duration.Duration
 ) =>
   Effect.gen(function* () {
     const after = Duration.decode(gc.after ?? Duration.minutes(10))
@@ -93,13 +101,13 @@ const collect = (
     const forgotten = yield* Effect.forEach(
       [...perParticipant.entries()],
       ([name, ctxs]) =>
-        byName
-          .get(name)!
-          .forget(ctxs)
-          .pipe(
-            Effect.as(true),
-            Effect.catchAll(() => Effect.succeed(false))
-          ),
+        // Bounded, and not waiting for an interrupted statement to stop: an unreachable
+        // participant must not hold the pass; its markers are forgotten by a later pass.
+        Effect.disconnect(byName.get(name)!.forget(ctxs)).pipe(
+          Effect.timeout(callTimeout),
+          Effect.as(true),
+          Effect.catchAll(() => Effect.succeed(false))
+        ),
       { concurrency: "unbounded" }
     )
     // Purge only when every participant's markers went: otherwise the next pass tries again.
