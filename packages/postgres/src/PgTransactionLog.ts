@@ -30,7 +30,7 @@
  *
  * @since 0.1.0
  */
-import { TransactionError, TransactionLog as CoreLog } from "@accord/core"
+import { Participant, TransactionError, TransactionLog as CoreLog } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import {
   Cause,
@@ -51,6 +51,8 @@ import {
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
+  type Send,
+  startVia,
   statement,
   viaPromise
 } from "./internal/client.js"
@@ -199,48 +201,78 @@ const build = (client: Client, options: Options) =>
     }
 
     /**
-     * Writes a batch; returns, per input record, the decision that holds. One `Effect.async` around
-     * the statements (this is on every transaction's path); interrupted, the statement in flight is
-     * cancelled.
+     * Writes a batch; returns, per input record, the decision that holds. One Promise for the
+     * statements (this is on every transaction's path); abandoned, the statement in flight is
+     * cancelled. A record whose insert lost but whose row is gone by the read (purged in between:
+     * the other writer's transaction had completed) is inserted again, so what comes back is
+     * always a decision that is in the log, never the caller's own record unwritten.
      */
-    const writeBatch = (
-      records: ReadonlyArray<CoreLog.DecisionRecord>
-    ): Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError> =>
-      viaPromise(client, Duration.toMillis(cancelTimeout), async (send) => {
+    const cancelMs = Duration.toMillis(cancelTimeout)
+    const writeBody =
+      (records: ReadonlyArray<CoreLog.DecisionRecord>) =>
+      async (
+        send: Send
+      ): Promise<Either.Either<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>> => {
         const failed = logError("decide", records.length === 1 ? records[0]!.txId : undefined)
         const branches = (r: CoreLog.DecisionRecord) =>
           JSON.stringify(r.branches.map((b) => ({ branch: b.branch, gid: b.gid })))
-        const one = records.length === 1 ? records[0]! : undefined
-        const inserted = await (one !== undefined
-          ? send<{ tx_id: string }>(DECIDE_ONE_SQL, [one.txId, one.decision, branches(one), one.decidedAt])
-          : send<{ tx_id: string }>(DECIDE_SQL, [
-              records.map((r) => r.txId),
-              records.map((r) => r.decision),
-              records.map(branches),
-              records.map((r) => r.decidedAt)
-            ]))
-        if (!inserted.ok) return Either.left(failed(inserted.failure))
-        const won = new Set(inserted.value.map((r) => r.tx_id))
-        // Within one batch the first record of a txId is the one inserted; the rest lost to it.
-        const winners = new Map<string, CoreLog.DecisionRecord>()
-        const losers: Array<string> = []
-        for (const r of records) {
-          if (won.has(r.txId) && !winners.has(r.txId)) winners.set(r.txId, r)
-          else if (!won.has(r.txId)) losers.push(r.txId)
+        const holding = new Map<string, CoreLog.DecisionRecord>()
+        let pending = records
+        for (let attempt = 0; attempt < 3 && pending.length > 0; attempt++) {
+          const one = pending.length === 1 ? pending[0]! : undefined
+          const inserted = await (one !== undefined
+            ? send<{ tx_id: string }>(DECIDE_ONE_SQL, [one.txId, one.decision, branches(one), one.decidedAt])
+            : send<{ tx_id: string }>(DECIDE_SQL, [
+                pending.map((r) => r.txId),
+                pending.map((r) => r.decision),
+                pending.map(branches),
+                pending.map((r) => r.decidedAt)
+              ]))
+          if (!inserted.ok) return Either.left(failed(inserted.failure))
+          const won = new Set(inserted.value.map((r) => r.tx_id))
+          // Within one batch the first record of a txId is the one inserted; the rest lost to it.
+          const losers: Array<string> = []
+          for (const r of pending) {
+            if (won.has(r.txId)) {
+              if (!holding.has(r.txId)) holding.set(r.txId, r)
+            } else losers.push(r.txId)
+          }
+          if (losers.length > 0) {
+            const rows = await send<DecisionRow>(READ_SQL, [losers])
+            if (!rows.ok) return Either.left(failed(rows.failure))
+            for (const row of rows.value) holding.set(row.tx_id, toRecord(row))
+          }
+          pending = pending.filter((r) => !holding.has(r.txId))
         }
-        if (losers.length > 0) {
-          const rows = await send<DecisionRow>(READ_SQL, [losers])
-          if (!rows.ok) return Either.left(failed(rows.failure))
-          for (const row of rows.value) winners.set(row.tx_id, toRecord(row))
+        if (pending.length > 0) {
+          return Either.left(
+            failed({
+              sqlState: undefined,
+              connectionLost: false,
+              message: `the decision of ${pending[0]!.txId} lost its insert three times and was gone each time by the read`
+            })
+          )
         }
-        return Either.right(records.map((r) => winners.get(r.txId) ?? r))
-      })
+        return Either.right(records.map((r) => holding.get(r.txId)!))
+      }
+    const writeBatch = (records: ReadonlyArray<CoreLog.DecisionRecord>) =>
+      viaPromise(client, cancelMs, writeBody(records))
+    // One decision as a started Promise: the core bounds it by the transaction's deadline with a
+    // timer, no fiber (`TransactionLog` `direct`); `decide` is its Effect twin.
+    const startDecide = (
+      record: CoreLog.DecisionRecord
+    ): Participant.Started<CoreLog.DecisionRecord, TransactionError.LogError> => {
+      const started = startVia(client, cancelMs, writeBody([record]))
+      return { result: started.result.then(Either.map((rows) => rows[0]!)), abandon: started.abandon }
+    }
 
     let decide: (
       record: CoreLog.DecisionRecord
     ) => Effect.Effect<CoreLog.DecisionRecord, TransactionError.LogError>
+    let direct: CoreLog.TransactionLog["Type"]["direct"]
     if (options.groupCommit === undefined || options.groupCommit === false) {
-      decide = (record) => writeBatch([record]).pipe(Effect.map((rows) => rows[0]!))
+      decide = (record) => Participant.fromStarted(() => startDecide(record))
+      direct = { decide: startDecide, twins: { decide } }
     } else {
       const settings = options.groupCommit === true ? {} : options.groupCommit
       decide = yield* batcher(
@@ -265,7 +297,8 @@ const build = (client: Client, options: Options) =>
 
     const log: PgTransactionLog = {
       // No span here: this is on every transaction's path; the run's span times the decision.
-      decide: (record) => decide(record),
+      decide,
+      ...(direct === undefined ? {} : { direct }),
       decision: (txId) =>
         flush.pipe(
           Effect.zipRight(query<DecisionRow>(READ_SQL, [[txId]])),
