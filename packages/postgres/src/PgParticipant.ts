@@ -23,7 +23,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
-import { Duration, Effect, Either } from "effect"
+import { Clock, Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
 import {
   type Client,
@@ -214,9 +214,15 @@ const MARKER_EXISTS_SQL = "select exists (select 1 from accord_branch where gid 
 const STATE_SQL =
   "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
   "exists (select 1 from accord_branch where gid = $1) as committed"
+/**
+ * Each branch's age as the server measures it (its own clock on both ends), never its `prepared`
+ * timestamp: the scan's caller turns the age into a time on its own clock (see `inDoubt`), so that
+ * a skew between the recovery host and the database cannot make an orphan look young or a live
+ * branch old. `clock_timestamp()` is read per row, after the row's PREPARE: never a negative age.
+ */
 const IN_DOUBT_SQL =
-  "select gid, (extract(epoch from prepared) * 1000)::float8 as prepared_at from pg_prepared_xacts " +
-  "where database = current_database() and gid like $1 order by prepared"
+  "select gid, greatest(0, extract(epoch from (clock_timestamp() - prepared)) * 1000)::float8 as age_ms " +
+  "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
 const FORGET_SQL =
   "delete from accord_branch where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)"
 const GC_SQL =
@@ -646,14 +652,22 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     return row?.committed === true ? ("committed" as const) : ("aborted" as const)
   })
 
+  /**
+   * `preparedAt` is on the caller's `Clock` (the recovery host's, which compares it with its own
+   * `Clock.currentTimeMillis`): the time the answer arrived minus the age the server measured. The
+   * age the caller computes is then the server's, whatever the skew between the two clocks, less
+   * at most the time between the caller's reading of its clock and the answer (a branch looks
+   * younger by that, never older).
+   */
   const inDoubt: Effect.Effect<
     ReadonlyArray<Participant.InDoubtBranch>,
     TransactionError.BranchCallError
   > = query<{
     gid: string
-    prepared_at: number
+    age_ms: number
   }>(IN_DOUBT_SQL, [TransactionId.gidLikePattern(options.namespace)]).pipe(
-    Effect.map((rows) =>
+    Effect.zip(Clock.currentTimeMillis),
+    Effect.map(([rows, answeredAt]) =>
       rows.flatMap((row) => {
         const parsed = TransactionId.parseGid(row.gid)
         if (parsed._tag === "None") return []
@@ -664,7 +678,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
             gid: parsed.value.gid,
             txId: parsed.value.txId,
             branch: parsed.value.branch,
-            preparedAt: Number(row.prepared_at)
+            preparedAt: answeredAt - Number(row.age_ms)
           }
         ]
       })
