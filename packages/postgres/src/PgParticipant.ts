@@ -30,6 +30,7 @@ import {
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
+  settlesWithin,
   startVia,
   statement,
   unlessGivenUp,
@@ -351,10 +352,12 @@ const pgliteBranch = (
               resume(Effect.fail({ stage, failure: toFailure(cause) }))
             }
           )
+          // Bounded in the Promise: a canceler runs uninterruptibly, an Effect.timeout would not end
+          // it (see `settlesWithin`). The gate stays held until the branch settles.
           return Effect.promise(() => {
             abandoned = true
-            return pending.then(noop, noop)
-          }).pipe(Effect.timeout(cancelTimeout), Effect.ignore)
+            return settlesWithin(pending, Duration.toMillis(cancelTimeout))
+          })
         })
       )
     })

@@ -208,9 +208,45 @@ export const delay = (ms: number): Promise<"timeout"> =>
   new Promise((resolve) => setTimeout(() => resolve("timeout"), timerMillis(ms)))
 
 /**
+ * Whether `p` settles within `ms`: one timer, cleared when it does. For a canceler (the function an
+ * `Effect.async` returns): it runs uninterruptibly, so an `Effect.timeout` inside it cannot stop the
+ * wait it bounds (the timeout interrupts the waiting fiber, and that interruption waits for the
+ * Promise), only a bound in the Promise itself can.
+ */
+export const settlesWithin = (p: Promise<unknown>, ms: number): Promise<boolean> =>
+  new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), timerMillis(ms))
+    const done = () => {
+      clearTimeout(timer)
+      resolve(true)
+    }
+    p.then(done, done)
+  })
+
+/**
+ * Closes a reserved connection (`sql.reserve()`) at once, through `destroy()` from Accord's
+ * postgres.js patch: what was sent on it fails with CONNECTION_CLOSED and the pool reconnects it as
+ * a new session. False for a pool (postgres.js owns its connections) or an unpatched driver.
+ */
+const destroyReserved = (sql: postgres.Sql): boolean => {
+  const reserved = sql as { destroy?: unknown; release?: unknown }
+  if (typeof reserved.release !== "function" || typeof reserved.destroy !== "function") return false
+  reserved.destroy()
+  return true
+}
+
+/**
  * Runs one statement as an Effect. When interrupted, the statement is cancelled on the server
- * (postgres.js) and the interruption waits, up to `cancelTimeout`, for the statement to settle, so
- * the connection is not reused while a statement is still running on it.
+ * (postgres.js) and the interruption waits, at most `cancelTimeout`, for the statement to settle.
+ * Then it gives up: the interruption returns even when the connection stopped answering (a network
+ * partition: the cancel request may reach the server, the statement's answer never comes). Given
+ * up on a reserved connection, that connection is destroyed, so that it is never reused while the
+ * statement may still be running on it. On a pool's connection (a `Client`, or a pool `Sql`) the
+ * driver owns the connection and cannot close it: the statement is autocommitted, so no
+ * transaction stays open there, but the connection stays busy with it until the server or the
+ * network answers, and postgres.js may pipeline later statements behind it when every other
+ * connection of the pool is busy too (they then wait as long; each caller's own interruption is
+ * bounded the same way). See docs/postgres.md.
  */
 export const statement = <T>(
   client: Client | postgres.Sql,
@@ -219,24 +255,21 @@ export const statement = <T>(
   cancelTimeout: Duration.Duration
 ): Effect.Effect<Array<T>, PgFailure> =>
   Effect.async<Array<T>, PgFailure>((resume) => {
-    let pending: Promise<Array<T>> & Cancellable
-    if (typeof client === "function") {
-      pending = sendOn(client, usesPreparedStatements(client), text, params) as unknown as Promise<Array<T>> &
-        Cancellable
-    } else {
-      pending = client.query<T>(text, params)
-    }
+    // `send`, not `query`: only the driver's own pending query can be cancelled.
+    const pending =
+      typeof client === "function"
+        ? (sendOn(client, usesPreparedStatements(client), text, params) as unknown as Promise<Array<T>> &
+            Cancellable)
+        : client.send<T>(text, params)
     pending.then(
       (rows) => resume(Effect.succeed(rows)),
       (error: unknown) => resume(Effect.fail(toFailure(error)))
     )
-    return Effect.promise(() => {
+    return Effect.promise(async () => {
       pending.cancel?.()
-      return pending.then(
-        () => undefined,
-        () => undefined
-      )
-    }).pipe(Effect.timeout(cancelTimeout), Effect.ignore)
+      const settled = await settlesWithin(pending, Duration.toMillis(cancelTimeout))
+      if (!settled && typeof client === "function") destroyReserved(client)
+    })
   })
 
 /** The default bound on waiting for a cancelled statement to settle. */
