@@ -68,7 +68,12 @@ export interface InDoubtBranch {
   readonly gid: Gid
   readonly txId: TransactionId
   readonly branch: BranchName
-  /** When the branch was prepared, in epoch milliseconds (recovery leaves young ones alone). */
+  /**
+   * When the branch was prepared, in epoch milliseconds on the clock of the caller of `inDoubt`
+   * (its Effect `Clock`), so that recovery's age (its `now` minus this) compares one clock with
+   * itself: a participant whose own clock differs converts (PostgreSQL: the scan's server-side
+   * age subtracted from the caller's now). Recovery leaves young branches alone.
+   */
   readonly preparedAt: number
 }
 

@@ -438,9 +438,9 @@ export const run: (
       }
       for (const b of scan.found) {
         if (handled.has(b.gid)) continue
-        // `preparedAt` is the participant's clock (PostgreSQL: the server's), `now` this host's: a
-        // skew between them shifts the age. Safety never depends on it (first writer wins); with
-        // `orphanAfter` 0 no age is compared at all, so a skewed clock cannot spare an orphan.
+        // `preparedAt` is on this host's clock (`InDoubtBranch`; PostgreSQL computes the age on the
+        // server), so skew does not shift the age. Safety never depends on it anyway (first writer
+        // wins); with `orphanAfter` 0 no age is compared at all.
         if (orphanAfterMillis > 0 && now - b.preparedAt < orphanAfterMillis) {
           youngLeft++
           continue

@@ -528,7 +528,9 @@ const completer = (
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         closed = true
-        yield* flush.pipe(Effect.timeout(CLOSE_FLUSH_TIMEOUT), Effect.ignore)
+        // Interruptible, or the timeout could not end the wait: a finalizer runs uninterruptibly, so a
+        // writer hung on a connection that stopped answering would hold the close for ever.
+        yield* flush.pipe(Effect.interruptible, Effect.timeout(CLOSE_FLUSH_TIMEOUT), Effect.ignore)
         // Nothing more will be written: no read may wait for it.
         settled = Math.max(settled, enqueued)
         yield* release

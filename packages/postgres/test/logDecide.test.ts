@@ -117,6 +117,30 @@ describe.skipIf(server === undefined)("the commit decision's write on PostgreSQL
     30_000
   )
 
+  it.live(
+    "closing a log whose completion write hangs on a connection that stopped answering ends in bounded time",
+    () =>
+      Effect.gen(function* () {
+        const proxy = yield* Effect.promise(() => TcpProxy.start(urls.log))
+        const hungSql = pool(proxy.url(urls.log), 2)
+        const txId = yield* TransactionId.make
+        const frozen = proxy.freezeWhen((chunk) => chunk.includes("set completed_at"), { deliver: false })
+        const started = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const log = yield* PgTransactionLog.make({ sql: hungSql })
+            yield* log.complete(txId)
+            yield* Effect.promise(() => frozen)
+            return Date.now()
+          })
+        )
+        const took = Date.now() - started
+        yield* Effect.promise(() => proxy.close())
+        // The close's flush gives up after 5 s, then the writer's statement is abandoned (its own bound).
+        expect(took).toBeLessThan(5_000 + 5_000 + 2_000)
+      }),
+    30_000
+  )
+
   it.live("a decision that lost its insert to a row purged before the read is written, not assumed", () =>
     Effect.scoped(
       Effect.gen(function* () {
