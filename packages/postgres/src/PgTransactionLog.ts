@@ -24,9 +24,13 @@
  * any process goes through the same key, so no lease is needed for correctness.
  *
  * Group commit (`groupCommit`): concurrent decisions are written by ONE multi-row insert (one WAL
- * flush). A decision that finds no insert in flight is written at once by its own fiber;
+ * flush). A decision that finds no insert in flight is written at once, by its caller;
  * decisions arriving while a write is in flight form the next batch (up to `maxBatch`), which
  * waits at most `maxWait` for company. First writer wins still holds row by row.
+ *
+ * `decide` is the Effect twin of a started Promise (`direct.decide`, with or without group
+ * commit): the coordinator bounds the commit decision's write by the transaction's deadline with
+ * one timer and no fiber.
  *
  * @since 0.1.0
  */
@@ -266,22 +270,27 @@ const build = (client: Client, options: Options) =>
       return { result: started.result.then(Either.map((rows) => rows[0]!)), abandon: started.abandon }
     }
 
-    let decide: (
-      record: CoreLog.DecisionRecord
-    ) => Effect.Effect<CoreLog.DecisionRecord, TransactionError.LogError>
-    let direct: CoreLog.TransactionLog["Type"]["direct"]
-    if (options.groupCommit === undefined || options.groupCommit === false) {
-      decide = (record) => Participant.fromStarted(() => startDecide(record))
-      direct = { decide: startDecide, twins: { decide } }
-    } else {
-      const settings = options.groupCommit === true ? {} : options.groupCommit
-      decide = yield* batcher(
-        writeBatch,
-        Duration.decode(settings.maxWait ?? Duration.micros(200n)),
-        Math.max(1, settings.maxBatch ?? 64),
-        Math.max(1, settings.writers ?? 2)
-      )
-    }
+    // With group commit, a decision that finds no insert in flight is still written at once by
+    // `startDecide`; the others queue for the writers. Either way `decide` is the Effect twin of a
+    // started Promise, so the coordinator bounds it with one timer and no fiber.
+    const settings =
+      options.groupCommit === undefined || options.groupCommit === false
+        ? undefined
+        : options.groupCommit === true
+          ? {}
+          : options.groupCommit
+    const start =
+      settings === undefined
+        ? startDecide
+        : yield* batcher(
+            writeBatch,
+            startDecide,
+            Duration.decode(settings.maxWait ?? Duration.micros(200n)),
+            Math.max(1, settings.maxBatch ?? 64),
+            Math.max(1, settings.writers ?? 2)
+          )
+    const decide = (record: CoreLog.DecisionRecord) => Participant.fromStarted(() => start(record))
+    const direct = { decide: start, twins: { decide } }
 
     const completeOne = (txId: string) =>
       query(COMPLETE_SQL, [txId]).pipe(Effect.asVoid, Effect.mapError(logError("complete", txId)))
@@ -298,7 +307,7 @@ const build = (client: Client, options: Options) =>
     const log: PgTransactionLog = {
       // No span here: this is on every transaction's path; the run's span times the decision.
       decide,
-      ...(direct === undefined ? {} : { direct }),
+      direct,
       decision: (txId) =>
         flush.pipe(
           Effect.zipRight(query<DecisionRow>(READ_SQL, [[txId]])),
@@ -363,17 +372,22 @@ const build = (client: Client, options: Options) =>
 
 interface Pending {
   readonly record: CoreLog.DecisionRecord
-  readonly done: Deferred.Deferred<CoreLog.DecisionRecord, TransactionError.LogError>
+  readonly settle: (exit: Exit.Exit<CoreLog.DecisionRecord, TransactionError.LogError>) => void
 }
+
+type Started = Participant.Started<CoreLog.DecisionRecord, TransactionError.LogError>
 
 /**
  * `writers` fibers drain the queue: whatever queued while the writes were in flight goes in the
- * next insert. A lone decision is written at once.
+ * next insert. A lone decision is written at once (`startOne`). Returns `decide` as a started
+ * Promise: a queued decision settles when its batch does; abandoned while queued, it settles at
+ * once (it may still be written with its batch: the first writer wins, recovery reads what holds).
  */
 const batcher = (
   writeBatch: (
     records: ReadonlyArray<CoreLog.DecisionRecord>
   ) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>,
+  startOne: (record: CoreLog.DecisionRecord) => Started,
   maxWait: Duration.Duration,
   maxBatch: number,
   writers: number
@@ -393,45 +407,73 @@ const batcher = (
       busy++
       const exit = yield* Effect.exit(writeBatch(batch.map((p) => p.record)))
       busy--
-      for (const [i, p] of batch.entries()) {
-        yield* Deferred.done(
-          p.done,
-          Exit.map(exit, (rows) => rows[i]!)
-        )
-      }
+      for (const [i, p] of batch.entries()) p.settle(Exit.map(exit, (rows) => rows[i]!))
     }).pipe(Effect.forever)
     for (let i = 0; i < writers; i++) yield* Effect.forkScoped(writer)
+    const closedError = (txId: string) =>
+      new TransactionError.LogError({ operation: "decide", txId, reason: "log closed" })
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         const left = yield* Queue.takeAll(queue)
-        for (const p of left) {
-          yield* Deferred.fail(
-            p.done,
-            new TransactionError.LogError({ operation: "decide", txId: p.record.txId, reason: "log closed" })
-          )
-        }
+        for (const p of left) p.settle(Exit.fail(closedError(p.record.txId)))
         yield* Queue.shutdown(queue)
       })
     )
-    return (record: CoreLog.DecisionRecord) =>
-      Effect.gen(function* () {
-        if (busy === 0) {
-          // No insert in flight: write at once from the caller's fiber (no queue, no hand-off), so a
-          // lone transaction pays nothing for group commit; the ones arriving meanwhile queue up.
-          busy++
-          return yield* writeBatch([record]).pipe(
-            Effect.map((rows) => rows[0]!),
-            Effect.ensuring(
-              Effect.sync(() => {
-                busy--
+    return (record: CoreLog.DecisionRecord): Started => {
+      if (busy === 0) {
+        // No insert in flight: write at once (no queue, no hand-off), so a lone transaction pays
+        // nothing for group commit; the ones arriving meanwhile queue up.
+        busy++
+        const started = startOne(record)
+        return {
+          result: started.result.finally(() => {
+            busy--
+          }),
+          abandon: started.abandon
+        }
+      }
+      let resolve: (answer: Either.Either<CoreLog.DecisionRecord, TransactionError.LogError>) => void =
+        () => {}
+      const result = new Promise<Either.Either<CoreLog.DecisionRecord, TransactionError.LogError>>((r) => {
+        resolve = r
+      })
+      let settled = false
+      const answer = (value: Either.Either<CoreLog.DecisionRecord, TransactionError.LogError>) => {
+        if (settled) return
+        settled = true
+        resolve(value)
+      }
+      const settle = (exit: Exit.Exit<CoreLog.DecisionRecord, TransactionError.LogError>) =>
+        answer(
+          Exit.isSuccess(exit)
+            ? Either.right(exit.value)
+            : Either.left(
+                Option.getOrElse(
+                  Cause.failureOption(exit.cause),
+                  () =>
+                    new TransactionError.LogError({
+                      operation: "decide",
+                      txId: record.txId,
+                      reason: Cause.pretty(exit.cause)
+                    })
+                )
+              )
+        )
+      if (!Queue.unsafeOffer(queue, { record, settle })) answer(Either.left(closedError(record.txId)))
+      return {
+        result,
+        abandon: () =>
+          answer(
+            Either.left(
+              new TransactionError.LogError({
+                operation: "decide",
+                txId: record.txId,
+                reason: "abandoned while queued for a group write (it may still be written with its batch)"
               })
             )
           )
-        }
-        const done = yield* Deferred.make<CoreLog.DecisionRecord, TransactionError.LogError>()
-        yield* Queue.offer(queue, { record, done })
-        return yield* Deferred.await(done)
-      })
+      }
+    }
   })
 
 /** Most completions in one update. */

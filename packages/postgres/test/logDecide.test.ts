@@ -50,18 +50,30 @@ describe.skipIf(server === undefined)("the commit decision's write on PostgreSQL
     await session.query("update t set n = n + 1 where id = 1")
   }
 
-  it.live(
-    "a log without group commit offers decide as a started Promise, its own twin; with group commit it does not",
-    () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const sql = pool(urls.log)
-          const plain = yield* PgTransactionLog.make({ sql })
-          expect(plain.direct?.twins.decide).toBe(plain.decide)
-          const grouped = yield* PgTransactionLog.make({ sql, groupCommit: true })
-          expect(grouped.direct).toBeUndefined()
-        })
-      )
+  it.live("a log offers decide as a started Promise, its own twin, with and without group commit", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const sql = pool(urls.log)
+        for (const groupCommit of [false, true]) {
+          const log = yield* PgTransactionLog.make({ sql, groupCommit })
+          expect(log.direct?.twins.decide).toBe(log.decide)
+          // Concurrent decisions (batched under group commit) each get the decision that holds.
+          const records = yield* Effect.forEach(Array.from({ length: 20 }), () =>
+            Effect.map(
+              TransactionId.make,
+              (txId): TransactionLog.DecisionRecord => ({
+                txId,
+                decision: "commit",
+                branches: [],
+                decidedAt: Date.now()
+              })
+            )
+          )
+          const held = yield* Effect.forEach(records, (r) => log.decide(r), { concurrency: "unbounded" })
+          expect(held.map((r) => r.txId)).toEqual(records.map((r) => r.txId))
+        }
+      })
+    )
   )
 
   it.live(
