@@ -33,7 +33,7 @@
  *
  * @since 0.1.0
  */
-import { Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
 import {
   type Lease,
   LeaseLostError,
@@ -43,7 +43,7 @@ import {
   SagaNotFoundError,
   SagaRecord
 } from "./SagaLog.js"
-import type { LogError } from "./TransactionError.js"
+import { LogError } from "./TransactionError.js"
 import * as Json from "./Json.js"
 import * as TransactionId from "./TransactionId.js"
 import { randomChars } from "./internal/entropy.js"
@@ -959,29 +959,88 @@ const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: Re
   return yield* end(run, Outcome.Completed({ sagaId: run.sagaId, outputs: outputsOf(run.completed) }))
 })
 
-/** Runs `work` while renewing the lease; if the lease is lost, `work` is interrupted. */
+/**
+ * Runs `work` while renewing the lease every third of `leaseFor`; if the lease is lost, `work` is
+ * interrupted. Lost means: the log says another drive owns the saga, or the drive could not renew
+ * it (log unreachable, renewals failing or unanswered) before it lapsed. A lapsed lease may be
+ * claimed by another process at any moment, which then runs the step again: so the step is stopped
+ * when the lease runs out, as this process's clock counts it from the sending of the claim or the
+ * last successful renewal (never later than the log's own expiry, which is counted from when the
+ * statement reached the database). `takenAt` is when the claim (or start) that took the lease was sent.
+ */
 const withLease = <A, E, R>(
   log: SagaLog["Type"],
   sagaId: string,
   lease: Lease,
+  takenAt: number,
   ending: { readonly value: boolean },
   work: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | LeaseLostError, R> => {
-  const every = Duration.millis(
-    Math.max(1, Math.floor(Duration.toMillis(Duration.decode(lease.leaseFor)) / 3))
-  )
-  const heartbeat = Effect.sleep(every).pipe(
-    Effect.zipRight(Effect.either(log.renewLease(sagaId, lease))),
-    // A failed renewal (log unreachable) is tried again at the next beat; only "not the owner" stops.
-    Effect.flatMap((renewed) =>
-      Either.isRight(renewed) && !renewed.right && !ending.value
-        ? Effect.fail(new LeaseLostError({ sagaId, owner: lease.owner }))
-        : Effect.void
-    ),
-    Effect.forever
-  )
+  const leaseMs = Duration.toMillis(Duration.decode(lease.leaseFor))
+  const every = Math.max(1, Math.floor(leaseMs / 3))
+  const lost = new LeaseLostError({ sagaId, owner: lease.owner })
+  const heartbeat = Effect.gen(function* () {
+    let heldUntil = takenAt + leaseMs
+    while (true) {
+      const now = yield* Clock.currentTimeMillis
+      // Once SagaEnded is being written the lease no longer matters (that write is fenced itself).
+      yield* Effect.sleep(
+        Duration.millis(ending.value ? every : Math.max(0, Math.min(every, heldUntil - now)))
+      )
+      if (ending.value) continue
+      const sentAt = yield* Clock.currentTimeMillis
+      if (sentAt >= heldUntil) return yield* Effect.fail(lost)
+      // A renewal still unanswered when the lease runs out is a loss too.
+      const renewed = yield* Effect.either(log.renewLease(sagaId, lease)).pipe(
+        Effect.timeout(Duration.millis(heldUntil - sentAt)),
+        Effect.option
+      )
+      if (Option.isSome(renewed) && Either.isRight(renewed.value)) {
+        if (renewed.value.right) heldUntil = sentAt + leaseMs
+        else if (!ending.value) return yield* Effect.fail(lost)
+      }
+      // A failed renewal is tried again at the next beat, while the lease lasts.
+    }
+  })
   return Effect.raceFirst(work, heartbeat)
 }
+
+/**
+ * The log as a drive uses it: every call bounded by the lease (`leaseFor`). A write that has not
+ * answered within the lease is of no use (the lease may have passed to another drive by then), and
+ * unbounded, a log connection that stopped answering held the drive for ever while its heartbeat,
+ * on another connection, kept the lease alive, so that no sweep could take the saga over. It fails
+ * with `LogError`; whether the write landed is unknown, and a later drive reads the log as it is.
+ */
+const boundedLog = (log: SagaLog["Type"], leaseFor: Duration.DurationInput): SagaLog["Type"] => {
+  const bound = Duration.decode(leaseFor)
+  const within =
+    (operation: string, sagaId: string | undefined) =>
+    <A, E>(call: Effect.Effect<A, E>): Effect.Effect<A, E | LogError> =>
+      Effect.timeoutFail(call, {
+        duration: bound,
+        onTimeout: () =>
+          new LogError({
+            operation,
+            ...(sagaId === undefined ? {} : { txId: sagaId }),
+            reason: `the saga log did not answer within ${Duration.format(bound)} (the lease)`
+          })
+      })
+  return {
+    start: (record, lease) => within("start", record.sagaId)(log.start(record, lease)),
+    append: (record, owner) => within("append", record.sagaId)(log.append(record, owner)),
+    load: (sagaId) => within("load", sagaId)(log.load(sagaId)),
+    claim: (sagaId, lease) => within("claim", sagaId)(log.claim(sagaId, lease)),
+    claimAbandoned: (options) => within("claimAbandoned", undefined)(log.claimAbandoned(options)),
+    renewLease: (sagaId, lease) => within("renewLease", sagaId)(log.renewLease(sagaId, lease)),
+    release: (sagaId, owner) => within("release", sagaId)(log.release(sagaId, owner)),
+    list: (options) => within("list", undefined)(log.list(options))
+  }
+}
+
+/** The `SagaLog` of a drive holding leases of `leaseFor` (default `defaults.leaseFor`), bounded by it. */
+const driveLog = (leaseFor: Duration.DurationInput | undefined) =>
+  Effect.map(SagaLog, (log) => boundedLog(log, leaseFor ?? defaults.leaseFor))
 
 /**
  * Runs a new saga to its end: `Completed`, `Compensated` or `Stuck`. The start and every step are
@@ -1003,9 +1062,10 @@ export const run: <R>(
     return yield* Effect.fail(new InvalidSagaError({ reason: `invalid saga id ${JSON.stringify(sagaId)}` }))
   }
   yield* Effect.annotateCurrentSpan({ sagaId, saga: saga.name })
-  const log = yield* SagaLog
   const lease = yield* driveLease("run", options)
+  const log = yield* driveLog(lease.leaseFor)
   const started = SagaRecord.SagaStarted({ sagaId, sagaType: saga.name, input })
+  const takenAt = yield* Clock.currentTimeMillis
   yield* log.start(started, lease)
   const running: Running<R> = {
     saga,
@@ -1017,7 +1077,7 @@ export const run: <R>(
     logged: new Map(),
     ending: { value: false }
   }
-  return yield* withLease(log, sagaId, lease, running.ending, drive(running, [started]))
+  return yield* withLease(log, sagaId, lease, takenAt, running.ending, drive(running, [started]))
 })
 
 /**
@@ -1071,7 +1131,7 @@ const definitionOf = <R>(sagas: Registry<R>, history: SagaHistory, lease: Lease)
   Effect.gen(function* () {
     const saga = sagas.get(history.sagaType)
     if (saga !== undefined) return saga
-    yield* (yield* SagaLog).release(history.sagaId, lease.owner)
+    yield* (yield* driveLog(lease.leaseFor)).release(history.sagaId, lease.owner)
     return yield* Effect.fail(
       new InvalidSagaError({
         reason: `saga ${history.sagaId}: no definition registered for type ${history.sagaType}`
@@ -1083,10 +1143,11 @@ const continueClaimed = <R>(
   sagas: Registry<R>,
   history: SagaHistory,
   lease: Lease,
+  takenAt: number,
   extra: ReadonlyArray<SagaRecord> = []
 ): Effect.Effect<Outcome, SagaError, SagaLog | R> =>
   Effect.gen(function* () {
-    const log = yield* SagaLog
+    const log = yield* driveLog(lease.leaseFor)
     const saga = yield* definitionOf(sagas, history, lease)
     yield* validate(saga)
     // Claims work on ended sagas too: one that ended after the caller last looked is not driven
@@ -1115,6 +1176,7 @@ const continueClaimed = <R>(
       log,
       history.sagaId,
       lease,
+      takenAt,
       running.ending,
       drive(running, [...history.records, ...extra])
     )
@@ -1138,14 +1200,15 @@ export const resume: <R>(
   options?: ResumeOptions
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
-  const log = yield* SagaLog
+  const log = yield* driveLog(options?.leaseFor)
   const existing = yield* log.load(sagaId)
   if (Option.isNone(existing)) return yield* Effect.fail(new SagaNotFoundError({ sagaId }))
   const ended = replay(existing.value.records).ended
   if (Option.isSome(ended)) return yield* decodeOutcome(sagas.get(existing.value.sagaType), ended.value)
   const lease = yield* driveLease("resume", options)
+  const takenAt = yield* Clock.currentTimeMillis
   const history = yield* log.claim(sagaId, lease)
-  return yield* continueClaimed(sagas, history, lease)
+  return yield* continueClaimed(sagas, history, lease, takenAt)
 })
 
 /**
@@ -1171,23 +1234,43 @@ export const sweep: <R>(
     readonly concurrency?: number
   }
 ) {
-  const log = yield* SagaLog
   // Each sweep claims under its own token, so that a saga this process is still driving under
   // `owner` (its lease starved, say) and the same saga claimed here are fenced from each other.
   const lease = yield* driveLease("sweep", options)
-  const claimed = yield* log.claimAbandoned({ ...lease, limit: options.limit ?? 100 })
-  const results = yield* Effect.forEach(
-    claimed,
-    (h) =>
-      Effect.either(continueClaimed(sagas, h, lease)).pipe(
-        Effect.tap((r) =>
-          Either.isLeft(r)
-            ? Effect.logWarning(`saga sweep: ${h.sagaId} not finished now: ${r.left.message}`)
-            : Effect.void
-        )
-      ),
-    { concurrency: options.concurrency ?? 8 }
-  )
+  const log = yield* driveLog(lease.leaseFor)
+  const limit = options.limit ?? 100
+  const concurrency = Math.max(1, options.concurrency ?? 8)
+  // Claimed a batch of `concurrency` at a time, each batch when it can be driven: claimed all at
+  // once, the sagas waiting for a free slot had leases nobody renewed, which lapsed behind long
+  // drives (another sweeper then took them over, and this one's drive of them failed).
+  const results: Array<Either.Either<Outcome, SagaError>> = []
+  const seen = new Set<string>()
+  let more = true
+  while (more && results.length < limit) {
+    const takenAt = yield* Clock.currentTimeMillis
+    const wanted = Math.min(concurrency, limit - results.length)
+    const claimed = yield* log.claimAbandoned({ ...lease, limit: wanted })
+    // A saga given back by this sweep (no definition, an output it cannot decode) is claimable again
+    // at once: given back again, and the sweep ends rather than claim it over and over.
+    const again = claimed.filter((h) => seen.has(h.sagaId))
+    yield* Effect.forEach(again, (h) => log.release(h.sagaId, lease.owner), { discard: true })
+    const fresh = claimed.filter((h) => !seen.has(h.sagaId))
+    for (const h of fresh) seen.add(h.sagaId)
+    more = claimed.length === wanted && again.length === 0
+    const batch = yield* Effect.forEach(
+      fresh,
+      (h) =>
+        Effect.either(continueClaimed(sagas, h, lease, takenAt)).pipe(
+          Effect.tap((r) =>
+            Either.isLeft(r)
+              ? Effect.logWarning(`saga sweep: ${h.sagaId} not finished now: ${r.left.message}`)
+              : Effect.void
+          )
+        ),
+      { concurrency: "unbounded" }
+    )
+    results.push(...batch)
+  }
   // A saga that could not be finished now (lease lost, log error, no definition) stays in the log
   // for the next sweep; only log failures of the sweep itself are errors.
   return results.flatMap((r) => (Either.isRight(r) ? [r.right] : []))
@@ -1209,8 +1292,9 @@ export const retryStuck: <R>(
   options?: ResumeOptions & { readonly note?: string }
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
-  const log = yield* SagaLog
   const lease = yield* driveLease("retry", options)
+  const log = yield* driveLog(lease.leaseFor)
+  const takenAt = yield* Clock.currentTimeMillis
   const history = yield* log.claim(sagaId, lease)
   const ended = replay(history.records).ended
   if (Option.isSome(ended) && ended.value._tag !== "Stuck") {
@@ -1222,7 +1306,7 @@ export const retryStuck: <R>(
   yield* definitionOf(sagas, history, lease)
   const action = SagaRecord.OperatorAction({ sagaId, action: "retry", note: options?.note ?? "retry" })
   yield* log.append(action, lease.owner)
-  return yield* continueClaimed(sagas, history, lease, [action])
+  return yield* continueClaimed(sagas, history, lease, takenAt, [action])
 })
 
 /**
@@ -1242,8 +1326,8 @@ export const resolveStuck: (
   options?: ResumeOptions
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
-  const log = yield* SagaLog
   const lease = yield* driveLease("resolve", options)
+  const log = yield* driveLog(lease.leaseFor)
   const history = yield* log.claim(sagaId, lease)
   const state = replay(history.records)
   if (Option.isNone(state.ended) || state.ended.value._tag !== "Stuck") {

@@ -41,12 +41,13 @@ describe("Saga lease fencing", () => {
   it.effect("a heartbeat landing after SagaEnded was written leaves a completed saga completed", () =>
     Effect.gen(function* () {
       const memory = yield* makeMemory
-      // A durable log's SagaEnded write: the row (status, lease released) commits, the reply is slow.
+      // A durable log's SagaEnded write: the row (status, lease released) commits, the reply is slow
+      // (two heartbeats land before it, yet within the lease, which bounds every log call).
       const slowReply: SagaLog["Type"] = {
         ...memory,
         append: (record, owner) =>
           record._tag === "SagaEnded"
-            ? Effect.zipRight(memory.append(record, owner), Effect.sleep("60 millis"))
+            ? Effect.zipRight(memory.append(record, owner), Effect.sleep("25 millis"))
             : memory.append(record, owner)
       }
       const saga = Saga.make({
