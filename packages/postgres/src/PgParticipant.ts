@@ -19,6 +19,7 @@
  */
 import { createHash } from "node:crypto"
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
@@ -173,14 +174,19 @@ export const openPglite = (dataDir?: string): Promise<PGlite> =>
     startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
   })
 
+// Where PGlite is installed: `import.meta.resolve` under Node's ESM loader; Vite and vitest
+// rewrite `import.meta` without it (openPgliteCloned threw a TypeError in a vitest suite), so
+// then the CommonJS resolution of the same package.
+const pgliteLocation = (): string =>
+  typeof import.meta.resolve === "function"
+    ? import.meta.resolve("@electric-sql/pglite")
+    : createRequire(import.meta.url).resolve("@electric-sql/pglite")
+
 // One dump of a fresh instance per PGlite build, in the OS temp folder.
 const pgliteTemplatePath = (): string =>
   join(
     tmpdir(),
-    `accord-pglite-template-${createHash("sha1")
-      .update(import.meta.resolve("@electric-sql/pglite"))
-      .digest("hex")
-      .slice(0, 12)}.tar`
+    `accord-pglite-template-${createHash("sha1").update(pgliteLocation()).digest("hex").slice(0, 12)}.tar`
   )
 
 /**
@@ -224,6 +230,7 @@ const STATE_SQL =
 const IN_DOUBT_SQL =
   "select gid, greatest(0, extract(epoch from (clock_timestamp() - prepared)) * 1000)::float8 as age_ms " +
   "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
+const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
 const FORGET_SQL =
   "delete from accord_branch where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)"
 const GC_SQL =
@@ -318,8 +325,13 @@ const pgliteBranch = (
   mode: Mode,
   work: PgWork,
   cancelTimeout: Duration.Duration
-): Effect.Effect<Ending, StageFailure> =>
-  Effect.uninterruptibleMask((restore) =>
+): Effect.Effect<Ending, StageFailure> => {
+  // Once the transaction has started, its promise leaves the gate. Before that, an interruption
+  // landing after the admission (inside the wait's restore but after its own clean-up, or pending
+  // until the next restore, which then fails at once without starting anything) must leave it
+  // here, or the gate stays held for a branch that never ran: every later branch is busy for ever.
+  let started = false
+  return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function* () {
       const entered = yield* restore(gate.enter(ctx.txId, ctx.gid, lockTimeout))
       if (!entered) {
@@ -328,12 +340,13 @@ const pgliteBranch = (
           failure: {
             sqlState: "55P03",
             connectionLost: false,
-            message: `PGlite participant busy: transaction ${gate.holder ?? "?"} holds it (prepared, awaiting its decision) for more than ${Duration.format(lockTimeout)}; run recovery if its coordinator is gone`
+            message: `PGlite participant busy for more than ${Duration.format(lockTimeout)}: held by ${gate.holderDescription}`
           }
         })
       }
       return yield* restore(
         Effect.async<Ending, StageFailure>((resume) => {
+          started = true
           const pending = runPgliteBranch(db, ctx, mode, work)
           // The gate is left here, on the promise, so that it is left even after an interruption.
           let abandoned = false
@@ -360,8 +373,15 @@ const pgliteBranch = (
           })
         })
       )
-    })
+    }).pipe(
+      Effect.onInterrupt(() =>
+        Effect.sync(() => {
+          if (!started) gate.leave(ctx.gid)
+        })
+      )
+    )
   )
+}
 
 // ---------------------------------------------------------------------------------------------
 // The participant
@@ -783,8 +803,10 @@ export const make = (
 /**
  * A participant on a PGlite instance. Branches hold the PGlite gate from BEGIN through
  * COMMIT/ROLLBACK PREPARED, so no statement ever waits for a row held by a prepared transaction
- * (which would hang the single-session instance). Branches found prepared at start-up hold the
- * gate until recovery resolves them. Give each PGlite instance one participant.
+ * (which would hang the single-session instance, and with it the process). Transactions found
+ * prepared at start-up hold the gate until they are resolved: Accord's by recovery, others (by
+ * hand, another namespace) by whoever owns them, noticed by the next `inDoubt` scan. Give each
+ * PGlite instance one participant.
  * @since 0.1.0
  */
 export const makePglite = (
@@ -808,7 +830,44 @@ export const makePglite = (
       },
       options
     )
-    const leftover = yield* participant.inDoubt
-    gate.holdFor(leftover.map((b) => b.gid))
-    return participant
+    // Every prepared transaction of this database holds row locks a branch could wait on for ever
+    // (PGlite's wait is synchronous: the whole process stops), Accord's own and others alike:
+    // another namespace's, or one prepared by hand. The gate is held for all of them; recovery
+    // resolves Accord's, and each scan (`inDoubt`) lets go of the others once they are gone.
+    const client = fromPglite(options.db)
+    const allPrepared = statement<{ gid: string }>(client, ALL_PREPARED_SQL, [], cancelTimeout).pipe(
+      Effect.map((rows) => new Set(rows.map((row) => row.gid))),
+      Effect.mapError(
+        (f) =>
+          new TransactionError.BranchCallError({
+            txId: "",
+            branch: participant.name,
+            phase: "recover",
+            reason: f.message,
+            inDoubt: f.connectionLost,
+            sqlState: f.sqlState
+          })
+      )
+    )
+    const leftover = new Set((yield* participant.inDoubt).map((b) => b.gid as string))
+    const foreign = new Set([...(yield* allPrepared)].filter((gid) => !leftover.has(gid)))
+    gate.holdFor(
+      [...leftover, ...foreign],
+      foreign.size === 0
+        ? undefined
+        : `prepared transactions this participant does not resolve (${[...foreign].map((g) => `'${g}'`).join(", ")}): COMMIT PREPARED or ROLLBACK PREPARED them, or run their own participant's recovery` +
+            (leftover.size === 0 ? "" : "; and Accord branches found prepared at start-up: run recovery")
+    )
+    const inDoubt = Effect.tap(participant.inDoubt, () =>
+      foreign.size === 0
+        ? Effect.void
+        : Effect.map(allPrepared, (present) => {
+            for (const gid of foreign) {
+              if (present.has(gid)) continue
+              foreign.delete(gid)
+              gate.leave(gid)
+            }
+          })
+    )
+    return { ...participant, inDoubt }
   })

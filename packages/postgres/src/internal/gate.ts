@@ -18,11 +18,15 @@ interface Waiter {
   readonly admit: () => void
 }
 
+// The owner of a gate held for transactions found prepared when a participant started.
+const PREPARED_BEFORE_START = "(prepared before start)"
+
 /** Owned by one transaction at a time; entered per branch gid, left per branch gid. */
 export class Gate {
   private owner: string | undefined = undefined
   private readonly gids = new Set<string>()
   private waiters: Array<Waiter> = []
+  private reason: string | undefined = undefined
 
   private tryEnter(txId: string, gid: string): boolean {
     if (this.owner !== undefined && this.owner !== txId) return false
@@ -57,6 +61,7 @@ export class Gate {
   leave(gid: string): void {
     if (!this.gids.delete(gid) || this.gids.size > 0) return
     this.owner = undefined
+    this.reason = undefined
     // FIFO: the first waiter takes the gate, and every waiter of the same transaction follows it.
     const pending = this.waiters
     this.waiters = []
@@ -66,16 +71,33 @@ export class Gate {
     }
   }
 
-  /** Holds the gate for branches found prepared at start-up until recovery resolves them. */
-  holdFor(gids: ReadonlyArray<string>): void {
+  /**
+   * Holds the gate for transactions found prepared at start-up until they are resolved; `reason`
+   * (what they are and what frees them) goes into the busy message while they hold it.
+   */
+  holdFor(gids: ReadonlyArray<string>, reason?: string): void {
     if (gids.length === 0) return
-    if (this.owner === undefined) this.owner = "(prepared before start)"
+    if (this.owner === undefined) {
+      this.owner = PREPARED_BEFORE_START
+      this.reason = reason
+    }
     for (const gid of gids) this.gids.add(gid)
   }
 
   /** The transaction holding the gate, if any (for diagnostics). */
   get holder(): string | undefined {
     return this.owner
+  }
+
+  /** Who holds the gate and what frees it, for the busy message. */
+  get holderDescription(): string {
+    if (this.owner === undefined) return "nobody any more"
+    if (this.owner !== PREPARED_BEFORE_START)
+      return `transaction ${this.owner} (prepared, awaiting its decision; run recovery if its coordinator is gone)`
+    return (
+      this.reason ??
+      "branches found prepared at start-up (run recovery, e.g. PgRecovery.run, to resolve them)"
+    )
   }
 }
 
