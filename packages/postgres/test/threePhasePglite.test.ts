@@ -164,4 +164,96 @@ describe("PgThreePhaseParticipant on PGlite", () => {
       }),
     120_000
   )
+
+  it.live("a No vote aborts: the yes-voter is rolled back and both instances take a new transaction", () =>
+    Effect.gen(function* () {
+      const [a, b] = yield* participants()
+      const outcome = yield* ThreePhaseCommit.run([
+        ThreePhaseCommit.branch(a, adjust(4, -10)),
+        ThreePhaseCommit.branch(b, adjust(4, -1_000))
+      ])
+      expect(outcome._tag).toBe("Aborted")
+      expect(yield* prepared([dbA, dbB])).toEqual([])
+      const next = yield* ThreePhaseCommit.run([
+        ThreePhaseCommit.branch(a, adjust(4, -10)),
+        ThreePhaseCommit.branch(b, adjust(4, 10))
+      ]).pipe(Effect.timeout(Duration.seconds(5)))
+      expect(next._tag).toBe("Committed")
+      expect(yield* balanceOf(dbA, 4)).toBe(90)
+      expect(yield* balanceOf(dbB, 4)).toBe(110)
+    })
+  )
+
+  it.live(
+    "coordinator stops before PreCommit: recover aborts the uncertain members and the instances are usable",
+    () =>
+      Effect.gen(function* () {
+        const [a, b] = yield* participants()
+        const stopped = yield* Deferred.make<void>()
+        const stop = (
+          p: ThreePhaseCommit.AnyThreePhaseParticipant
+        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
+          ...p,
+          precommit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
+        })
+        const txId = yield* TransactionId.make
+        yield* Effect.raceFirst(
+          ThreePhaseCommit.run(
+            [ThreePhaseCommit.branch(stop(a), adjust(5, -5)), ThreePhaseCommit.branch(stop(b), adjust(5, 5))],
+            { txId }
+          ).pipe(Effect.map(Option.some)),
+          Deferred.await(stopped).pipe(Effect.as(Option.none()))
+        )
+        expect((yield* prepared([dbA, dbB])).length).toBe(2)
+        expect((yield* a.inDoubt).map((f) => f.state)).toEqual(["uncertain"])
+        const report = yield* ThreePhaseCommit.recover([a, b], { orphanAfter: 0 })
+        expect(report.aborted).toEqual([txId])
+        expect(yield* prepared([dbA, dbB])).toEqual([])
+        expect(yield* balanceOf(dbA, 5)).toBe(100)
+        const next = yield* ThreePhaseCommit.run([
+          ThreePhaseCommit.branch(a, adjust(5, -1)),
+          ThreePhaseCommit.branch(b, adjust(5, 1))
+        ]).pipe(Effect.timeout(Duration.seconds(5)))
+        expect(next._tag).toBe("Committed")
+      })
+  )
+
+  it.live(
+    "state rows are written beside another transaction's prepared branch in the same session without waiting",
+    () =>
+      Effect.gen(function* () {
+        const gate = PgParticipant.makeGate()
+        const options = { gate, lockTimeout: Duration.millis(300) }
+        const a = yield* PgThreePhaseParticipant.makePglite({ name: "bank-a", db: dbA, ...options })
+        const b = yield* PgThreePhaseParticipant.makePglite({ name: "bank-b", db: dbB, ...options })
+        // T1 prepares on both instances and its coordinator goes away: both gates are held.
+        const t1 = yield* TransactionId.make
+        const members = [a.name, b.name]
+        const member = (p: { readonly name: string }, txId: string) =>
+          ({
+            txId,
+            branch: p.name,
+            gid: TransactionId.gid(txId as TransactionId.TransactionId, p.name as TransactionId.BranchName),
+            members,
+            mode: "classic"
+          }) as unknown as ThreePhaseCommit.MemberContext
+        expect((yield* a.prepare(member(a, t1), adjust(6, -1)))._tag).toBe("Prepared")
+        expect((yield* b.prepare(member(b, t1), adjust(6, 1)))._tag).toBe("Prepared")
+        // T1's own state moves, and T2's fence and state reads, run beside the prepared branches.
+        const within = <A, E>(e: Effect.Effect<A, E>) => e.pipe(Effect.timeout(Duration.seconds(2)))
+        expect(yield* within(a.precommit(member(a, t1)))).toBe("precommitted")
+        const t2 = yield* TransactionId.make
+        expect(yield* within(b.rollback(member(b, t2)))).toBe("RolledBack")
+        expect(yield* within(b.state(member(b, t2)))).toBe("aborted")
+        // A T2 branch on the held instance is refused as busy, not hung on T1's row lock.
+        const vote = yield* within(a.prepare(member(a, t2), adjust(6, -1)))
+        expect(vote._tag).toBe("No")
+        const report = yield* ThreePhaseCommit.recover([a, b], { orphanAfter: 0 })
+        expect(report.committed).toEqual([t1])
+        expect(yield* prepared([dbA, dbB])).toEqual([])
+        expect(gate.holder).toBeUndefined()
+        expect(yield* balanceOf(dbA, 6)).toBe(99)
+        expect(yield* balanceOf(dbB, 6)).toBe(101)
+      })
+  )
 })
