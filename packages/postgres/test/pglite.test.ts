@@ -4,17 +4,13 @@ import { join } from "node:path"
 import { Participant, TransactionError, TransactionId, TwoPhaseCommit } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { PGlite as PGliteClass } from "@electric-sql/pglite"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either } from "effect"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
-import { adjust, BANK_DDL, transfer } from "./support/pg2pc.js"
-
-const seed = async (db: PGlite) => {
-  await db.exec(BANK_DDL)
-  await db.exec("insert into accounts (id, balance) select g, 100 from generate_series(1, 10) g")
-}
+import { adjust, transfer } from "./support/pg2pc.js"
+import { seedBank, usePgliteBanks } from "./support/pglite.js"
 
 const balanceOf = (db: PGlite, id: number) =>
   Effect.promise(
@@ -29,33 +25,15 @@ const prepared = (db: PGlite) =>
   )
 
 describe("PgParticipant on PGlite", () => {
-  let dbA: PGlite
-  let dbB: PGlite
-  let dbLog: PGlite
-
-  beforeAll(async () => {
-    dbA = await PgParticipant.openPglite()
-    dbB = await PgParticipant.openPglite()
-    dbLog = await PgParticipant.openPglite()
-    await seed(dbA)
-    await seed(dbB)
-  }, 60_000)
-
-  afterAll(async () => {
-    for (const db of [dbA, dbB]) {
-      expect((await db.query("select gid from pg_prepared_xacts")).rows).toEqual([])
-      await db.close()
-    }
-    await dbLog.close()
-  })
+  const banks = usePgliteBanks()
 
   const participants = Effect.gen(function* () {
-    const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: dbA })
-    const pb = yield* PgParticipant.makePglite({ name: "bank-b", db: dbB })
+    const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: banks.dbA })
+    const pb = yield* PgParticipant.makePglite({ name: "bank-b", db: banks.dbB })
     return { pa, pb }
   })
 
-  const logLayer = () => PgTransactionLog.layerPglite(dbLog)
+  const logLayer = () => PgTransactionLog.layerPglite(banks.dbLog)
 
   it.live("PGlite participants have no direct calls: their branches go through the gate's Effects", () =>
     Effect.gen(function* () {
@@ -70,9 +48,9 @@ describe("PgParticipant on PGlite", () => {
       const { pa, pb } = yield* participants
       const outcome = yield* transfer(pa, pb, 1, 1, 10).pipe(Effect.provide(logLayer()))
       expect(outcome._tag).toBe("Committed")
-      expect(yield* balanceOf(dbA, 1)).toBe(90)
-      expect(yield* balanceOf(dbB, 1)).toBe(110)
-      expect(yield* prepared(dbA)).toEqual([])
+      expect(yield* balanceOf(banks.dbA, 1)).toBe(90)
+      expect(yield* balanceOf(banks.dbB, 1)).toBe(110)
+      expect(yield* prepared(banks.dbA)).toEqual([])
     })
   )
 
@@ -82,10 +60,10 @@ describe("PgParticipant on PGlite", () => {
       const outcome = yield* transfer(pa, pb, 2, 2, 1_000).pipe(Effect.provide(logLayer()))
       expect(outcome._tag).toBe("Aborted")
       if (outcome._tag === "Aborted") expect(outcome.reason).toContain("23514")
-      expect(yield* balanceOf(dbA, 2)).toBe(100)
-      expect(yield* balanceOf(dbB, 2)).toBe(100)
-      expect(yield* prepared(dbA)).toEqual([])
-      expect(yield* prepared(dbB)).toEqual([])
+      expect(yield* balanceOf(banks.dbA, 2)).toBe(100)
+      expect(yield* balanceOf(banks.dbB, 2)).toBe(100)
+      expect(yield* prepared(banks.dbA)).toEqual([])
+      expect(yield* prepared(banks.dbB)).toEqual([])
     })
   )
 
@@ -106,7 +84,9 @@ describe("PgParticipant on PGlite", () => {
       expect(outcomes.every((o) => o._tag === "Committed")).toBe(true)
       const sum = async (db: PGlite) =>
         (await db.query<{ t: number }>("select sum(balance)::int as t from accounts")).rows[0]!.t
-      expect((yield* Effect.promise(() => sum(dbA))) + (yield* Effect.promise(() => sum(dbB)))).toBe(2_000)
+      expect(
+        (yield* Effect.promise(() => sum(banks.dbA))) + (yield* Effect.promise(() => sum(banks.dbB)))
+      ).toBe(2_000)
     })
   )
 
@@ -119,7 +99,7 @@ describe("PgParticipant on PGlite", () => {
       ]).pipe(Effect.provide(logLayer()))
       expect(outcome._tag).toBe("Committed")
       expect(outcome.votes.find((v) => v.branch === "bank-a")!.vote._tag).toBe("ReadOnly")
-      expect(yield* balanceOf(dbB, 9)).toBe(101)
+      expect(yield* balanceOf(banks.dbB, 9)).toBe(101)
     })
   )
 
@@ -151,7 +131,7 @@ describe("PgParticipant on PGlite", () => {
         const gate = PgParticipant.makeGate()
         const pa = yield* PgParticipant.makePglite({
           name: "bank-a",
-          db: dbA,
+          db: banks.dbA,
           gate,
           lockTimeout: Duration.millis(200)
         })
@@ -166,7 +146,7 @@ describe("PgParticipant on PGlite", () => {
         )
         expect(vote._tag).toBe("No")
         if (vote._tag === "No") expect(vote.reason).toContain("busy")
-        const log = yield* PgTransactionLog.makePglite(dbLog)
+        const log = yield* PgTransactionLog.makePglite(banks.dbLog)
         const report = yield* PgRecovery.run({
           participants: [pa],
           log,
@@ -179,7 +159,7 @@ describe("PgParticipant on PGlite", () => {
           adjust(10, -1)
         )
         expect(next._tag).toBe("Committed")
-        expect(yield* balanceOf(dbA, 10)).toBe(99)
+        expect(yield* balanceOf(banks.dbA, 10)).toBe(99)
       }).pipe(Effect.scoped)
   )
 
@@ -190,7 +170,7 @@ describe("PgParticipant on PGlite", () => {
         const dir = mkdtempSync(join(tmpdir(), "accord-pglite-"))
         try {
           const first = yield* Effect.promise(() => PgParticipant.openPglite(dir))
-          yield* Effect.promise(() => seed(first))
+          yield* Effect.promise(() => seedBank(first))
           const before = yield* PgParticipant.makePglite({
             name: "bank-c",
             db: first,
@@ -217,7 +197,7 @@ describe("PgParticipant on PGlite", () => {
             adjust(1, -1)
           )
           expect(refused._tag).toBe("No")
-          const log = yield* PgTransactionLog.makePglite(dbLog)
+          const log = yield* PgTransactionLog.makePglite(banks.dbLog)
           yield* log.decide({ txId, decision: "commit", branches: [ctx], decidedAt: Date.now() })
           const report = yield* PgRecovery.run({
             participants: [after],

@@ -4,19 +4,14 @@
  * prepared a second transaction must be refused as busy within its `lockTimeout`, never hang.
  */
 import { Participant, TransactionId, TwoPhaseCommit } from "@accord/core"
-import type { PGlite } from "@electric-sql/pglite"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Fiber } from "effect"
 import { Gate } from "../src/internal/gate.js"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
-import { adjust, BANK_DDL } from "./support/pg2pc.js"
-
-const seed = async (db: PGlite) => {
-  await db.exec(BANK_DDL)
-  await db.exec("insert into accounts (id, balance) select g, 100 from generate_series(1, 10) g")
-}
+import { adjust } from "./support/pg2pc.js"
+import { usePgliteBanks } from "./support/pglite.js"
 
 const ctxOf = (txId: TransactionId.TransactionId, branch: string) => ({
   txId,
@@ -25,33 +20,15 @@ const ctxOf = (txId: TransactionId.TransactionId, branch: string) => ({
 })
 
 describe("the PGlite gate on every path", () => {
-  let dbA: PGlite
-  let dbB: PGlite
-  let dbLog: PGlite
-
-  beforeAll(async () => {
-    dbA = await PgParticipant.openPglite()
-    dbB = await PgParticipant.openPglite()
-    dbLog = await PgParticipant.openPglite()
-    await seed(dbA)
-    await seed(dbB)
-  }, 60_000)
-
-  afterAll(async () => {
-    for (const db of [dbA, dbB]) {
-      expect((await db.query("select gid from pg_prepared_xacts")).rows).toEqual([])
-      await db.close()
-    }
-    await dbLog.close()
-  })
+  const banks = usePgliteBanks()
 
   /** Two participants on a gate of their own, with a short lockTimeout. */
   const setup = Effect.gen(function* () {
     const gate = PgParticipant.makeGate()
     const options = { gate, lockTimeout: Duration.millis(300), cancelTimeout: Duration.millis(500) }
-    const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: dbA, ...options })
-    const pb = yield* PgParticipant.makePglite({ name: "bank-b", db: dbB, ...options })
-    const log = yield* PgTransactionLog.makePglite(dbLog)
+    const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: banks.dbA, ...options })
+    const pb = yield* PgParticipant.makePglite({ name: "bank-b", db: banks.dbB, ...options })
+    const log = yield* PgTransactionLog.makePglite(banks.dbLog)
     return { gate, pa, pb, log }
   })
 
@@ -66,7 +43,7 @@ describe("the PGlite gate on every path", () => {
       const outcome = yield* TwoPhaseCommit.run([
         Participant.branch(pa, adjust(1, -1)),
         Participant.branch(pb, adjust(1, 1))
-      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(dbLog)), Effect.timeout(Duration.seconds(3)))
+      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(banks.dbLog)), Effect.timeout(Duration.seconds(3)))
       expect(outcome._tag).toBe("Committed")
       expect(gate.holder).toBeUndefined()
     })
@@ -83,7 +60,7 @@ describe("the PGlite gate on every path", () => {
       const outcome = yield* TwoPhaseCommit.run([
         Participant.branch(pa, adjust(2, -1)),
         Participant.branch(pb, adjust(2, 1))
-      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(dbLog)))
+      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(banks.dbLog)))
       expect(outcome._tag).toBe("Committed")
       yield* usable(pa, pb, gate)
     }).pipe(Effect.scoped)
@@ -95,7 +72,7 @@ describe("the PGlite gate on every path", () => {
       const outcome = yield* TwoPhaseCommit.run([
         Participant.branch(pa, adjust(2, -1)),
         Participant.branch(pb, adjust(2, -10_000))
-      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(dbLog)))
+      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(banks.dbLog)))
       expect(outcome._tag).toBe("Aborted")
       yield* usable(pa, pb, gate)
     }).pipe(Effect.scoped)
@@ -109,7 +86,7 @@ describe("the PGlite gate on every path", () => {
         Participant.branch(pb, async () => {
           throw new Error("boom")
         })
-      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(dbLog)))
+      ]).pipe(Effect.provide(PgTransactionLog.layerPglite(banks.dbLog)))
       expect(outcome._tag).toBe("Aborted")
       yield* usable(pa, pb, gate)
     }).pipe(Effect.scoped)
@@ -127,7 +104,7 @@ describe("the PGlite gate on every path", () => {
           })
         ],
         { prepareTimeout: Duration.millis(100) }
-      ).pipe(Effect.provide(PgTransactionLog.layerPglite(dbLog)))
+      ).pipe(Effect.provide(PgTransactionLog.layerPglite(banks.dbLog)))
       expect(outcome._tag).toBe("Aborted")
       yield* usable(pa, pb, gate)
     }).pipe(Effect.scoped)
@@ -150,7 +127,9 @@ describe("the PGlite gate on every path", () => {
         expect(vote.sqlState).toBe("55P03")
       }
       // The instance itself still answers statements that take no row lock.
-      expect((yield* Effect.promise(() => dbA.query("select count(*) from accounts"))).rows.length).toBe(1)
+      expect(
+        (yield* Effect.promise(() => banks.dbA.query("select count(*) from accounts"))).rows.length
+      ).toBe(1)
       const report = yield* recover(pa, pb, log)
       expect(report.branchesRolledBack).toBe(1)
       yield* usable(pa, pb, gate)
@@ -197,7 +176,7 @@ describe("the PGlite gate on every path", () => {
                       commit: () => Deferred.succeed(reached, undefined).pipe(Effect.andThen(Effect.never))
                     })
               }
-        const logLayer = PgTransactionLog.layerPglite(dbLog)
+        const logLayer = PgTransactionLog.layerPglite(banks.dbLog)
         const run =
           point === "after both prepared"
             ? Effect.gen(function* () {
@@ -262,12 +241,14 @@ describe("the PGlite gate on every path", () => {
           }
         }
         const gate = new InterruptedOnAdmission()
-        const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: dbA, gate })
+        const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: banks.dbA, gate })
         const txId = yield* TransactionId.make
         const exit = yield* Effect.exit(pa.prepare(ctxOf(txId, "bank-a"), adjust(6, -1)))
         expect(exit._tag).toBe("Failure")
         expect(gate.holder).toBeUndefined()
-        expect(yield* Effect.promise(() => dbA.query("select gid from pg_prepared_xacts"))).toMatchObject({
+        expect(
+          yield* Effect.promise(() => banks.dbA.query("select gid from pg_prepared_xacts"))
+        ).toMatchObject({
           rows: []
         })
       })

@@ -5,11 +5,11 @@
  */
 import { Saga, SagaLog } from "@accord/core"
 import { LogError } from "@accord/core/TransactionError"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option } from "effect"
-import postgres from "postgres"
 import * as PgSagaLog from "../src/PgSagaLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { usePoolsOnDatabase } from "./support/sagaLog.js"
 import * as TcpProxy from "./support/tcpProxy.js"
 
 const server = await TestDatabase.server()
@@ -20,21 +20,7 @@ const within = <A>(promise: Promise<A>, ms: number) =>
 
 describe.skipIf(server === undefined)("Saga leases and log faults on PostgreSQL", () => {
   const adminUrl = server?.adminUrl ?? ""
-  let url: string
-  const pools: Array<postgres.Sql> = []
-  beforeAll(async () => {
-    url = await TestDatabase.createDatabase(adminUrl, DB)
-  }, 60_000)
-  afterAll(async () => {
-    for (const p of pools) await p.end({ timeout: 1 })
-    await TestDatabase.dropDatabase(adminUrl, DB)
-  }, 60_000)
-
-  const pool = (target = url, max = 4) => {
-    const sql = postgres(target, { max, onnotice: () => {} })
-    pools.push(sql)
-    return sql
-  }
+  const { url, pool } = usePoolsOnDatabase(adminUrl, DB, { max: 4, endTimeout: 1 })
 
   const kinds = (log: SagaLog.SagaLog["Type"], sagaId: string) =>
     Effect.map(log.load(sagaId), (h) => Option.getOrThrow(h).records.map((r) => r._tag))
@@ -100,9 +86,9 @@ describe.skipIf(server === undefined)("Saga leases and log faults on PostgreSQL"
     "a completion write that never answers fails the drive within its lease, and the saga is swept after it",
     () =>
       Effect.gen(function* () {
-        const proxy = yield* Effect.promise(() => TcpProxy.start(url))
+        const proxy = yield* Effect.promise(() => TcpProxy.start(url()))
         yield* Effect.addFinalizer(() => Effect.promise(() => proxy.close()))
-        const frozenLog = yield* PgSagaLog.make(pool(proxy.url(url)))
+        const frozenLog = yield* PgSagaLog.make(pool(proxy.url(url())))
         let runs = 0
         const saga = Saga.make({
           name: "frozen-write",

@@ -4,11 +4,12 @@
  * overlap detector around every step, on real PostgreSQL with one pool per orchestrator.
  */
 import { Saga, SagaLog } from "@accord/core"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Option, Random } from "effect"
 import postgres from "postgres"
 import * as PgSagaLog from "../src/PgSagaLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { usePoolsOnDatabase } from "./support/sagaLog.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_saga_sweep"
@@ -33,21 +34,7 @@ class OverlapDetector {
 
 describe.skipIf(server === undefined)("Saga sweep on PostgreSQL", () => {
   const adminUrl = server?.adminUrl ?? ""
-  let url: string
-  const pools: Array<postgres.Sql> = []
-  beforeAll(async () => {
-    url = await TestDatabase.createDatabase(adminUrl, DB)
-  }, 60_000)
-  afterAll(async () => {
-    for (const p of pools) await p.end({ timeout: 5 })
-    await TestDatabase.dropDatabase(adminUrl, DB)
-  }, 60_000)
-
-  const pool = () => {
-    const sql = postgres(url, { max: 6, onnotice: () => {} })
-    pools.push(sql)
-    return sql
-  }
+  const { url, pool } = usePoolsOnDatabase(adminUrl, DB, { max: 6, endTimeout: 5 })
 
   it.live(
     "two orchestrators sweeping one log concurrently never run one saga at the same time",
@@ -128,7 +115,11 @@ describe.skipIf(server === undefined)("Saga sweep on PostgreSQL", () => {
 
   it.live("SagaStarted is forced even on a pool whose sessions run with synchronous_commit = off", () =>
     Effect.gen(function* () {
-      const relaxed = postgres(url, { max: 1, onnotice: () => {}, connection: { synchronous_commit: "off" } })
+      const relaxed = postgres(url(), {
+        max: 1,
+        onnotice: () => {},
+        connection: { synchronous_commit: "off" }
+      })
       const reader = pool()
       const log = yield* PgSagaLog.make(relaxed)
       // A backend's WAL statistics reach pg_stat_wal when it flushes them (at the latest when it

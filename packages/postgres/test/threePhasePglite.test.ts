@@ -22,6 +22,33 @@ const balanceOf = (db: PGlite, id: number) =>
         ?.balance
   )
 
+/**
+ * Runs a transfer whose members never answer `phase` (the coordinator stops there), returning its
+ * txId once the first member is asked for it.
+ */
+const runStoppingAt = (
+  phase: "precommit" | "commit",
+  branches: ReadonlyArray<readonly [ThreePhaseCommit.AnyThreePhaseParticipant, ReturnType<typeof adjust>]>
+) =>
+  Effect.gen(function* () {
+    const stopped = yield* Deferred.make<void>()
+    const stop = (
+      p: ThreePhaseCommit.AnyThreePhaseParticipant
+    ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
+      ...p,
+      [phase]: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
+    })
+    const txId = yield* TransactionId.make
+    yield* Effect.raceFirst(
+      ThreePhaseCommit.run(
+        branches.map(([p, work]) => ThreePhaseCommit.branch(stop(p), work)),
+        { txId }
+      ).pipe(Effect.map(Option.some)),
+      Deferred.await(stopped).pipe(Effect.as(Option.none()))
+    )
+    return txId
+  })
+
 const prepared = (dbs: ReadonlyArray<PGlite>) =>
   Effect.promise(async () => {
     const gids: Array<string> = []
@@ -77,26 +104,10 @@ describe("PgThreePhaseParticipant on PGlite", () => {
     () =>
       Effect.gen(function* () {
         const [a, b] = yield* participants()
-        const stopped = yield* Deferred.make<void>()
-        const stop = (
-          p: ThreePhaseCommit.AnyThreePhaseParticipant
-        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
-          ...p,
-          commit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
-        })
-        const txId = yield* TransactionId.make
-        yield* Effect.raceFirst(
-          ThreePhaseCommit.run(
-            [
-              ThreePhaseCommit.branch(stop(a), adjust(2, -20)),
-              ThreePhaseCommit.branch(stop(b), adjust(2, 20))
-            ],
-            {
-              txId
-            }
-          ).pipe(Effect.map(Option.some)),
-          Deferred.await(stopped).pipe(Effect.as(Option.none()))
-        )
+        const txId = yield* runStoppingAt("commit", [
+          [a, adjust(2, -20)],
+          [b, adjust(2, 20)]
+        ])
         expect((yield* prepared([dbA, dbB])).length).toBe(2)
         const found = yield* a.inDoubt
         expect(found.map((f) => f.state)).toEqual(["precommitted"])
@@ -132,23 +143,10 @@ describe("PgThreePhaseParticipant on PGlite", () => {
         let dbC = yield* open(dir, true)
         const c = yield* PgThreePhaseParticipant.makePglite({ name: "bank-c", db: dbC })
         const [a] = yield* participants()
-        const stopped = yield* Deferred.make<void>()
-        const stop = (
-          p: ThreePhaseCommit.AnyThreePhaseParticipant
-        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
-          ...p,
-          commit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
-        })
-        const txId = yield* TransactionId.make
-        yield* Effect.raceFirst(
-          ThreePhaseCommit.run(
-            [ThreePhaseCommit.branch(stop(a), adjust(3, -5)), ThreePhaseCommit.branch(stop(c), adjust(3, 5))],
-            {
-              txId
-            }
-          ).pipe(Effect.map(Option.some)),
-          Deferred.await(stopped).pipe(Effect.as(Option.none()))
-        )
+        const txId = yield* runStoppingAt("commit", [
+          [a, adjust(3, -5)],
+          [c, adjust(3, 5)]
+        ])
         // bank-c's process stops with its branch precommitted, and starts again from the same directory.
         yield* Effect.promise(() => dbC.close())
         dbC = yield* open(dir, false)
@@ -189,21 +187,10 @@ describe("PgThreePhaseParticipant on PGlite", () => {
     () =>
       Effect.gen(function* () {
         const [a, b] = yield* participants()
-        const stopped = yield* Deferred.make<void>()
-        const stop = (
-          p: ThreePhaseCommit.AnyThreePhaseParticipant
-        ): ThreePhaseCommit.AnyThreePhaseParticipant => ({
-          ...p,
-          precommit: () => Deferred.succeed(stopped, undefined).pipe(Effect.andThen(Effect.never))
-        })
-        const txId = yield* TransactionId.make
-        yield* Effect.raceFirst(
-          ThreePhaseCommit.run(
-            [ThreePhaseCommit.branch(stop(a), adjust(5, -5)), ThreePhaseCommit.branch(stop(b), adjust(5, 5))],
-            { txId }
-          ).pipe(Effect.map(Option.some)),
-          Deferred.await(stopped).pipe(Effect.as(Option.none()))
-        )
+        const txId = yield* runStoppingAt("precommit", [
+          [a, adjust(5, -5)],
+          [b, adjust(5, 5)]
+        ])
         expect((yield* prepared([dbA, dbB])).length).toBe(2)
         expect((yield* a.inDoubt).map((f) => f.state)).toEqual(["uncertain"])
         const report = yield* ThreePhaseCommit.recover([a, b], { orphanAfter: 0 })

@@ -1,10 +1,13 @@
 /**
- * Saga-log helpers of the PgSagaLog suites: the log on a suite's back-end, an orchestrator killed
- * between two records, and the expiry of its lease.
+ * Saga-log helpers of the PgSagaLog suites: the log on a suite's back-end, a database with one pool
+ * per orchestrator "process", an orchestrator killed between two records, and the expiry of its lease.
  */
 import { SagaLog } from "@accord/core"
+import { afterAll, beforeAll } from "@effect/vitest"
 import { Effect } from "effect"
+import postgres from "postgres"
 import * as PgSagaLog from "../../src/PgSagaLog.js"
+import * as TestDatabase from "../../src/TestDatabase.js"
 import { type Backend, useBackend } from "./backends.js"
 
 export type Log = SagaLog.SagaLog["Type"]
@@ -18,6 +21,34 @@ export const sagaLogOn = (open: () => Promise<Backend>) => {
   const withLog = <A, E>(f: (log: Log) => Effect.Effect<A, E, SagaLog.SagaLog>) =>
     Effect.flatMap(PgSagaLog.make(conn()), (log) => Effect.provideService(f(log), SagaLog.SagaLog, log))
   return { conn, withLog }
+}
+
+/**
+ * A fresh database `db` on the server for the tests of the enclosing `describe`: `url()` gives its
+ * address (inside a test), and `pool(target, max)` opens a pool, one per "process", on it (or on
+ * `target`, say a proxy to it). After the tests every pool is ended (waiting at most `endTimeout`
+ * seconds) and the database dropped.
+ */
+export const usePoolsOnDatabase = (
+  adminUrl: string,
+  db: string,
+  options: { readonly max: number; readonly endTimeout: number }
+) => {
+  let url = ""
+  const pools: Array<postgres.Sql> = []
+  beforeAll(async () => {
+    url = await TestDatabase.createDatabase(adminUrl, db)
+  }, 60_000)
+  afterAll(async () => {
+    for (const p of pools) await p.end({ timeout: options.endTimeout })
+    await TestDatabase.dropDatabase(adminUrl, db)
+  }, 60_000)
+  const pool = (target = url, max = options.max) => {
+    const sql = postgres(target, { max, onnotice: () => {} })
+    pools.push(sql)
+    return sql
+  }
+  return { url: () => url, pool }
 }
 
 /** The log of an orchestrator that dies (the process is killed) instead of writing record `after + 1`. */
