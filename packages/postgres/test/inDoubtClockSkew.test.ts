@@ -8,30 +8,17 @@
  */
 import { type Participant, Recovery, TransactionId, TransactionLog, ThreePhaseCommit } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect } from "effect"
+import { Duration, Effect } from "effect"
 import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { adjust, createBank, preparedIn } from "./support/pg2pc.js"
+import { adjust, createBank, prepareOnly, preparedIn, skewedClock } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DB_A = "accord_t_pg_skew_a"
 const DB_B = "accord_t_pg_skew_b"
 const SKEW_MS = 10 * 60_000
-
-/** A clock `offsetMillis` off the real one (a host whose clock is skewed against the database's). */
-const skewedClock = (offsetMillis: number): Clock.Clock => {
-  const live = Clock.make()
-  return {
-    [Clock.ClockTypeId]: Clock.ClockTypeId,
-    unsafeCurrentTimeMillis: () => live.unsafeCurrentTimeMillis() + offsetMillis,
-    unsafeCurrentTimeNanos: () => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n,
-    currentTimeMillis: Effect.sync(() => live.unsafeCurrentTimeMillis() + offsetMillis),
-    currentTimeNanos: Effect.sync(() => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n),
-    sleep: (d) => live.sleep(d)
-  }
-}
 
 describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery host clock", () => {
   const adminUrl = server?.adminUrl ?? ""
@@ -66,18 +53,6 @@ describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery hos
     ])
   )
 
-  /** Prepares one transaction's branches on `ps` (no decision anywhere: an orphan once old). */
-  const prepareOnly = (ps: ReadonlyArray<PgParticipant.PgParticipant>, id: number) =>
-    Effect.gen(function* () {
-      const txId = yield* TransactionId.make
-      const ctxs = ps.map((p) => ({ txId, branch: p.name, gid: TransactionId.gid(txId, p.name) }))
-      for (const [i, p] of ps.entries()) {
-        const vote = yield* p.prepare(ctxs[i]!, adjust(id, i === 0 ? -1 : 1))
-        expect(vote._tag).toBe("Prepared")
-      }
-      return { txId, ctxs }
-    })
-
   const preparedGids = Effect.promise(async () =>
     (await preparedIn(adminUrl, [DB_A, DB_B])).map((p) => p.gid)
   )
@@ -91,7 +66,7 @@ describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery hos
       () =>
         Effect.gen(function* () {
           const [pa, pb] = yield* participants
-          const { ctxs } = yield* prepareOnly([pa, pb], 1)
+          const { ctxs } = yield* prepareOnly([pa, pb], 1, 1)
           const found = yield* pa.inDoubt.pipe(Effect.withClock(skewedClock(offset)))
           const hostNow = Date.now() + offset
           yield* Effect.all([pa.rollback(ctxs[0]!), pb.rollback(ctxs[1]!)])
@@ -106,7 +81,7 @@ describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery hos
   it.live("a host whose clock is ahead leaves a branch prepared a second ago alone (young)", () =>
     Effect.gen(function* () {
       const [pa, pb] = yield* participants
-      const { ctxs } = yield* prepareOnly([pa, pb], 2)
+      const { ctxs } = yield* prepareOnly([pa, pb], 2, 1)
       const report = yield* recover([pa, pb], Duration.seconds(30)).pipe(
         Effect.withClock(skewedClock(SKEW_MS))
       )
@@ -123,7 +98,7 @@ describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery hos
     () =>
       Effect.gen(function* () {
         const [pa, pb] = yield* participants
-        const { ctxs } = yield* prepareOnly([pa, pb], 3)
+        const { ctxs } = yield* prepareOnly([pa, pb], 3, 1)
         // Held prepared past orphanAfter (by the server's clock and the real one alike).
         yield* Effect.sleep(Duration.millis(2_500))
         const report = yield* recover([pa, pb], Duration.seconds(2)).pipe(

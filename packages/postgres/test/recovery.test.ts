@@ -1,4 +1,4 @@
-import { Participant, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import { Participant, TransactionLog, TwoPhaseCommit } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Ref } from "effect"
@@ -7,7 +7,7 @@ import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { adjust, BANK_DDL, createBank, preparedIn } from "./support/pg2pc.js"
+import { adjust, BANK_DDL, branchContext, createBank, prepareOnly, preparedIn } from "./support/pg2pc.js"
 
 /** Real clock and randomness (ids and ages matter here), with a scope. */
 const scopedLive = <A, E>(
@@ -34,30 +34,13 @@ interface Setup {
   readonly operator: (which: "a" | "b", text: string) => Effect.Effect<void>
 }
 
-const contextFor = (
-  txId: TransactionId.TransactionId,
-  p: Participant.AnyParticipant
-): Participant.BranchContext => ({
-  txId,
-  branch: p.name,
-  gid: TransactionId.gid(txId, p.name)
-})
-
 /** Prepares a transfer of `amount` from a/id to b/id without deciding: a coordinator that stops here. */
 const prepareTransfer = (
   pa: PgParticipant.PgParticipant,
   pb: PgParticipant.PgParticipant,
   id: number,
   amount: number
-) =>
-  Effect.gen(function* () {
-    const txId = yield* TransactionId.make
-    const ca = contextFor(txId, pa)
-    const cb = contextFor(txId, pb)
-    expect((yield* pa.prepare(ca, adjust(id, -amount)))._tag).toBe("Prepared")
-    expect((yield* pb.prepare(cb, adjust(id, amount)))._tag).toBe("Prepared")
-    return { txId, ca, cb }
-  })
+) => Effect.map(prepareOnly([pa, pb], id, amount), ({ txId, ctxs: [ca, cb] }) => ({ txId, ca: ca!, cb: cb! }))
 
 const scenarios = (name: string, setup: () => Setup) => {
   const now = { orphanAfter: Duration.zero }
@@ -264,8 +247,8 @@ describe.skipIf(server === undefined)("PgRecovery on PostgreSQL", () => {
         expect(final.heuristics).toEqual([])
         for (const outcome of outcomes) {
           const states = yield* Effect.all([
-            pa.state(contextFor(outcome.txId, pa)),
-            pb.state(contextFor(outcome.txId, pb))
+            pa.state(branchContext(outcome.txId, pa)),
+            pb.state(branchContext(outcome.txId, pb))
           ])
           // All or nothing, and as the outcome said.
           expect(states[0]).toBe(states[1])

@@ -5,14 +5,22 @@
  */
 import { Participant, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Clock, Deferred, Duration, Effect, Fiber, Schedule, type Scope } from "effect"
+import { Deferred, Duration, Effect, Fiber, Schedule, type Scope } from "effect"
 import net from "node:net"
 import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { adjust, balance, createBank, preparedIn } from "./support/pg2pc.js"
+import {
+  adjust,
+  balance,
+  branchContext,
+  createBank,
+  prepareOnly,
+  preparedIn,
+  skewedClock
+} from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DB_A = "accord_t_rtrap_a"
@@ -23,40 +31,6 @@ const DB_LOG = "accord_t_rtrap_log"
 
 const scopedLive = <A, E>(name: string, f: () => Effect.Effect<A, E, Scope.Scope>, timeout = 60_000) =>
   it.live(name, () => Effect.scoped(f()), timeout)
-
-const ctxOf = (
-  txId: TransactionId.TransactionId,
-  p: Participant.AnyParticipant
-): Participant.BranchContext => ({
-  txId,
-  branch: p.name,
-  gid: TransactionId.gid(txId, p.name)
-})
-
-/** Prepares `amount` from p[0]/id to p[1]/id (and more) without deciding: a coordinator that stops there. */
-const prepareOnly = (participants: ReadonlyArray<PgParticipant.PgParticipant>, id: number, amount: number) =>
-  Effect.gen(function* () {
-    const txId = yield* TransactionId.make
-    const ctxs = participants.map((p) => ctxOf(txId, p))
-    for (const [i, p] of participants.entries()) {
-      const vote = yield* p.prepare(ctxs[i]!, adjust(id, i === 0 ? -amount : amount))
-      expect(vote._tag).toBe("Prepared")
-    }
-    return { txId, ctxs }
-  })
-
-/** A clock `offsetMillis` off the real one (a host whose clock is skewed against the database's). */
-const skewedClock = (offsetMillis: number): Clock.Clock => {
-  const live = Clock.make()
-  return {
-    [Clock.ClockTypeId]: Clock.ClockTypeId,
-    unsafeCurrentTimeMillis: () => live.unsafeCurrentTimeMillis() + offsetMillis,
-    unsafeCurrentTimeNanos: () => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n,
-    currentTimeMillis: Effect.sync(() => live.unsafeCurrentTimeMillis() + offsetMillis),
-    currentTimeNanos: Effect.sync(() => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n),
-    sleep: (d) => live.sleep(d)
-  }
-}
 
 /** A participant without its Promise-level calls, so that wrapped Effect calls are the ones used. */
 const effectOnly = (p: PgParticipant.PgParticipant): Participant.AnyParticipant => {
@@ -219,8 +193,8 @@ describe.skipIf(server === undefined)("Recovery traps on PostgreSQL", () => {
         )
         expect(yield* balance(a, 1)).toBe(100)
         expect(yield* balance(b, 1)).toBe(100)
-        expect(yield* pa.state(ctxOf(outcome.txId, pa))).toBe("aborted")
-        expect(yield* pb.state(ctxOf(outcome.txId, pb))).toBe("aborted")
+        expect(yield* pa.state(branchContext(outcome.txId, pa))).toBe("aborted")
+        expect(yield* pb.state(branchContext(outcome.txId, pb))).toBe("aborted")
         expect(yield* prepared()).toEqual([])
       })
   )

@@ -3,7 +3,8 @@
  * pools that count the statements they send, and end-of-file checks.
  */
 import { Participant, TransactionId, TwoPhaseCommit } from "@accord/core"
-import { Effect } from "effect"
+import { expect } from "@effect/vitest"
+import { Clock, Effect } from "effect"
 import postgres from "postgres"
 import type { BranchSession, PgParticipant } from "../../src/PgParticipant.js"
 import * as TestDatabase from "../../src/TestDatabase.js"
@@ -81,3 +82,41 @@ export const transfer = (pa: PgParticipant, pb: PgParticipant, from: number, to:
     Participant.branch(pa, adjust(from, -amount)),
     Participant.branch(pb, adjust(to, amount))
   ])
+
+/** The branch context of participant `p` in transaction `txId`. */
+export const branchContext = (
+  txId: TransactionId.TransactionId,
+  p: Participant.AnyParticipant
+): Participant.BranchContext => ({
+  txId,
+  branch: p.name,
+  gid: TransactionId.gid(txId, p.name)
+})
+
+/**
+ * Prepares `amount` from p[0]/id to p[1]/id (and more) without deciding: a coordinator that stops
+ * there. Each vote must be Prepared.
+ */
+export const prepareOnly = (participants: ReadonlyArray<PgParticipant>, id: number, amount: number) =>
+  Effect.gen(function* () {
+    const txId = yield* TransactionId.make
+    const ctxs = participants.map((p) => branchContext(txId, p))
+    for (const [i, p] of participants.entries()) {
+      const vote = yield* p.prepare(ctxs[i]!, adjust(id, i === 0 ? -amount : amount))
+      expect(vote._tag).toBe("Prepared")
+    }
+    return { txId, ctxs }
+  })
+
+/** A clock `offsetMillis` off the real one (a host whose clock is skewed against the database's). */
+export const skewedClock = (offsetMillis: number): Clock.Clock => {
+  const live = Clock.make()
+  return {
+    [Clock.ClockTypeId]: Clock.ClockTypeId,
+    unsafeCurrentTimeMillis: () => live.unsafeCurrentTimeMillis() + offsetMillis,
+    unsafeCurrentTimeNanos: () => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n,
+    currentTimeMillis: Effect.sync(() => live.unsafeCurrentTimeMillis() + offsetMillis),
+    currentTimeNanos: Effect.sync(() => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n),
+    sleep: (d) => live.sleep(d)
+  }
+}
