@@ -35,6 +35,20 @@ describe.skipIf(server === undefined)("an interrupted participant call on a froz
     await TestDatabase.dropDatabase(adminUrl, DB)
   }, 60_000)
 
+  /** A TCP proxy to the database and a pool of `max` connections through it, closed with the scope. */
+  const proxiedPool = (max: number) =>
+    Effect.gen(function* () {
+      const proxy = yield* Effect.acquireRelease(
+        Effect.promise(() => TcpProxy.start(url)),
+        (p) => Effect.promise(() => p.close())
+      )
+      const pool = yield* Effect.acquireRelease(
+        Effect.sync(() => postgres(proxy.url(url), { max, onnotice: () => {} })),
+        (sql) => Effect.promise(() => sql.end({ timeout: 1 }))
+      )
+      return { proxy, pool }
+    })
+
   const cases: ReadonlyArray<{
     readonly name: string
     /** Picks the call's statement among what the pool sends (in a Parse or a simple Query message). */
@@ -76,14 +90,7 @@ describe.skipIf(server === undefined)("an interrupted participant call on a froz
       `${name} under Effect.timeout(${TIMEOUT_MS} ms) returns within the timeout plus cancelTimeout, and the participant still answers`,
       () =>
         Effect.gen(function* () {
-          const proxy = yield* Effect.acquireRelease(
-            Effect.promise(() => TcpProxy.start(url)),
-            (p) => Effect.promise(() => p.close())
-          )
-          const pool = yield* Effect.acquireRelease(
-            Effect.sync(() => postgres(proxy.url(url), { max: 2, onnotice: () => {} })),
-            (sql) => Effect.promise(() => sql.end({ timeout: 1 }))
-          )
+          const { proxy, pool } = yield* proxiedPool(2)
           const p = yield* PgParticipant.make({
             name: "bank-a",
             sql: pool,
@@ -115,14 +122,7 @@ describe.skipIf(server === undefined)("an interrupted participant call on a froz
     "a statement on a reserved connection, interrupted: bounded, and the connection is destroyed (never reused while the statement may run)",
     () =>
       Effect.gen(function* () {
-        const proxy = yield* Effect.acquireRelease(
-          Effect.promise(() => TcpProxy.start(url)),
-          (p) => Effect.promise(() => p.close())
-        )
-        const pool = yield* Effect.acquireRelease(
-          Effect.sync(() => postgres(proxy.url(url), { max: 1, onnotice: () => {} })),
-          (sql) => Effect.promise(() => sql.end({ timeout: 1 }))
-        )
+        const { proxy, pool } = yield* proxiedPool(1)
         const conn = yield* Effect.promise(() => pool.reserve())
         const [old] = yield* Effect.promise(() => conn<{ pid: number }[]>`select pg_backend_pid() as pid`)
         const frozen = proxy.freezeWhen((chunk) => chunk.includes("select 'stuck'"), { deliver: false })
