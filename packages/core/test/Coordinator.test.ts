@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest"
 import { Effect } from "effect"
 import { TwoPhaseCoordinator, type PromiseParticipant } from "../src/Coordinator.js"
 import { ConfigurationError, InvalidTransactionError } from "../src/TransactionError.js"
+import { debitCredit, registerAll } from "./support/coordinator.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 
 const promiseParticipant = (name: string, answer: "prepared" | "no" = "prepared") => {
@@ -29,8 +30,7 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 5_000 })
     const a = promiseParticipant("bank-a")
     const b = promiseParticipant("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const result = await coordinator.executeTransaction([
       [a.participant, "debit", { amount: 10 }],
       [b.participant, "credit", { amount: 10 }],
@@ -87,13 +87,9 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 150 })
     const a = scripted("bank-a", { rollbackHangs: true })
     const b = scripted("bank-b", { vote: "no" })
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const started = Date.now()
-    const result = await coordinator.executeTransaction([
-      [a.participant, "debit", {}],
-      [b.participant, "credit", {}]
-    ])
+    const result = await debitCredit(coordinator, a.participant, b.participant)
     // Before: it waited for the rollback's own 5 s bound.
     expect(result.status).toBe("aborted")
     expect(Date.now() - started).toBeLessThan(1_000)
@@ -105,12 +101,8 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 100 })
     const slow = scripted("bank-a", { prepareMs: 250 })
     const quick = scripted("bank-b")
-    await coordinator.registerParticipant(slow.participant)
-    await coordinator.registerParticipant(quick.participant)
-    const two = await coordinator.executeTransaction([
-      [slow.participant, "debit", {}],
-      [quick.participant, "credit", {}]
-    ])
+    await registerAll(coordinator, slow.participant, quick.participant)
+    const two = await debitCredit(coordinator, slow.participant, quick.participant)
     expect(two.status).toBe("aborted")
     expect(slow.signal()?.aborted).toBe(true)
     await sleep(400)
@@ -135,8 +127,7 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     const coordinator = new TwoPhaseCoordinator()
     const a = promiseParticipant("orders")
     const b = promiseParticipant("payments", "no")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const result = await coordinator.executeTransaction([
       ["orders", "create", {}],
       ["payments", "charge", {}]
@@ -193,8 +184,7 @@ describe("TwoPhaseCoordinator (Promise facade)", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: "5 seconds" })
     const a = await Effect.runPromise(MemoryParticipant.make("bank-a"))
     const b = await Effect.runPromise(MemoryParticipant.make("bank-b"))
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const result = await coordinator.executeTransaction([
       [a.participant, "debit", 5],
       [b.participant, "credit", 5]

@@ -6,6 +6,7 @@ import { Effect, Layer } from "effect"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import { type PromiseParticipant, TwoPhaseCoordinator } from "../src/Coordinator.js"
 import { InvalidTransactionError, LogError } from "../src/TransactionError.js"
+import { debitCredit, registerAll } from "./support/coordinator.js"
 import * as TransactionLog from "../src/TransactionLog.js"
 
 /** A Promise participant that records its calls; each call can be delayed or never answer. */
@@ -54,17 +55,13 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: "memory" })
     const a = recording("bank-a")
     const b = recording("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     // A retried start-up registers again: refused as a duplicate...
     await expect(coordinator.registerParticipant(a.participant)).rejects.toBeInstanceOf(
       InvalidTransactionError
     )
     // ...and the participant registered first still takes part.
-    const result = await coordinator.executeTransaction([
-      [a.participant, "debit", {}],
-      [b.participant, "credit", {}]
-    ])
+    const result = await debitCredit(coordinator, a.participant, b.participant)
     expect(result.status).toBe("committed")
     await coordinator.dispose()
   })
@@ -85,8 +82,7 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: "memory" })
     const a = recording("bank-a", { prepareMs: 5 })
     const b = recording("bank-b", { prepareMs: 5 })
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const results = await Promise.all(
       Array.from({ length: 50 }, () =>
         coordinator.executeTransaction([
@@ -109,13 +105,9 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 300, log: "memory" })
     const a = recording("bank-a")
     const b = recording("bank-b", { commitHangs: true })
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const started = Date.now()
-    const result = await coordinator.executeTransaction([
-      [a.participant, "debit", {}],
-      [b.participant, "credit", {}]
-    ])
+    const result = await debitCredit(coordinator, a.participant, b.participant)
     expect(Date.now() - started).toBeLessThan(1_000)
     // Decided commit: never reported as failed or aborted.
     expect(result.committed).toBe(true)
@@ -130,8 +122,7 @@ describe("TwoPhaseCoordinator contract", () => {
       const coordinator = new TwoPhaseCoordinator({ timeout: 60_000, log: "memory" })
       const a = recording("bank-a", { prepareMs: 12_000 })
       const b = recording("bank-b")
-      await coordinator.registerParticipant(a.participant)
-      await coordinator.registerParticipant(b.participant)
+      await registerAll(coordinator, a.participant, b.participant)
       const pending = coordinator.executeTransaction([
         [a.participant, "debit", {}],
         [b.participant, "credit", {}]
@@ -167,8 +158,7 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 200, log: failing })
     const a = recording("bank-a")
     const b = recording("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const error = await rejection(
       coordinator.executeTransaction([
         [a.participant, "debit", {}],
@@ -190,8 +180,7 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 200, log: hanging })
     const a = recording("bank-a")
     const b = recording("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const started = Date.now()
     const outcome = await Promise.race([
       rejection(
@@ -230,8 +219,7 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: observedLog(events) })
     const a = recording("bank-a", { prepareMs: 100 })
     const b = recording("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     const inFlight = coordinator
       .executeTransaction([
         [a.participant, "debit", {}],
@@ -255,8 +243,7 @@ describe("TwoPhaseCoordinator contract", () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: "memory" })
     const a = recording("bank-a")
     const b = recording("bank-b")
-    await coordinator.registerParticipant(a.participant)
-    await coordinator.registerParticipant(b.participant)
+    await registerAll(coordinator, a.participant, b.participant)
     await coordinator.dispose()
     const errors = await Promise.all(
       [
