@@ -13,7 +13,14 @@ import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { adjust, createBank, prepareOnly, preparedIn, skewedClock } from "./support/pg2pc.js"
+import {
+  adjust,
+  bankParticipants,
+  createBank,
+  prepareOnly,
+  preparedIn,
+  skewedClock
+} from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DB_A = "accord_t_pg_skew_a"
@@ -46,12 +53,7 @@ describe.skipIf(server === undefined)("in-doubt ages under a skewed recovery hos
     expect(left).toEqual([])
   }, 60_000)
 
-  const participants = Effect.suspend(() =>
-    Effect.all([
-      PgParticipant.make({ name: "bank-a", sql: a }),
-      PgParticipant.make({ name: "bank-b", sql: b })
-    ])
-  )
+  const participants = bankParticipants(() => [a, b])
 
   const preparedGids = Effect.promise(async () =>
     (await preparedIn(adminUrl, [DB_A, DB_B])).map((p) => p.gid)

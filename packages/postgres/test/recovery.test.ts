@@ -7,7 +7,15 @@ import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { adjust, BANK_DDL, branchContext, createBank, prepareOnly, preparedIn } from "./support/pg2pc.js"
+import {
+  adjust,
+  BANK_DDL,
+  branchContext,
+  createBank,
+  endAndDrop,
+  prepareOnly,
+  preparedIn
+} from "./support/pg2pc.js"
 
 /** Real clock and randomness (ids and ages matter here), with a scope. */
 const scopedLive = <A, E>(
@@ -176,14 +184,7 @@ describe.skipIf(server === undefined)("PgRecovery on PostgreSQL", () => {
     logSql = postgres(await TestDatabase.createDatabase(adminUrl, DB_LOG), { max: 8, onnotice: () => {} })
   }, 60_000)
 
-  afterAll(async () => {
-    await a?.end({ timeout: 5 })
-    await b?.end({ timeout: 5 })
-    await logSql?.end({ timeout: 5 })
-    const left = await preparedIn(adminUrl, [DB_A, DB_B])
-    for (const db of [DB_A, DB_B, DB_LOG]) await TestDatabase.dropDatabase(adminUrl, db)
-    expect(left).toEqual([])
-  }, 60_000)
+  afterAll(() => endAndDrop(adminUrl, [a, b, logSql], [DB_A, DB_B], [DB_A, DB_B, DB_LOG]), 60_000)
 
   const setup = (): Setup => ({
     participants: () =>

@@ -15,8 +15,10 @@ import * as TestDatabase from "../src/TestDatabase.js"
 import {
   adjust,
   balance,
+  bankParticipants,
   branchContext,
   createBank,
+  endAndDrop,
   prepareOnly,
   preparedIn,
   skewedClock
@@ -129,21 +131,18 @@ describe.skipIf(server === undefined)("Recovery traps on PostgreSQL", () => {
     logSql = postgres(await TestDatabase.createDatabase(adminUrl, DB_LOG), { max: 8, onnotice: () => {} })
   }, 60_000)
 
-  afterAll(async () => {
-    await a?.end({ timeout: 5 })
-    await b?.end({ timeout: 5 })
-    await logSql?.end({ timeout: 5 })
-    const left = await preparedIn(adminUrl, [DB_A, DB_B, DB_C, DB_OTHER])
-    for (const db of [DB_A, DB_B, DB_C, DB_OTHER, DB_LOG]) await TestDatabase.dropDatabase(adminUrl, db)
-    expect(left).toEqual([])
-  }, 60_000)
-
-  const participants = Effect.suspend(() =>
-    Effect.all([
-      PgParticipant.make({ name: "bank-a", sql: a }),
-      PgParticipant.make({ name: "bank-b", sql: b })
-    ])
+  afterAll(
+    () =>
+      endAndDrop(
+        adminUrl,
+        [a, b, logSql],
+        [DB_A, DB_B, DB_C, DB_OTHER],
+        [DB_A, DB_B, DB_C, DB_OTHER, DB_LOG]
+      ),
+    60_000
   )
+
+  const participants = bankParticipants(() => [a, b])
   const prepared = () =>
     Effect.promise(async () => (await preparedIn(adminUrl, [DB_A, DB_B, DB_C])).map((p) => p.gid))
   const now = { orphanAfter: Duration.zero }

@@ -6,7 +6,7 @@ import { Participant, TransactionId, TwoPhaseCommit } from "@accord/core"
 import { expect } from "@effect/vitest"
 import { Clock, Effect } from "effect"
 import postgres from "postgres"
-import type { BranchSession, PgParticipant } from "../../src/PgParticipant.js"
+import { type BranchSession, make as makeParticipant, type PgParticipant } from "../../src/PgParticipant.js"
 import * as TestDatabase from "../../src/TestDatabase.js"
 
 export const BANK_DDL = `create table accounts (
@@ -119,4 +119,30 @@ export const skewedClock = (offsetMillis: number): Clock.Clock => {
     currentTimeNanos: Effect.sync(() => live.unsafeCurrentTimeNanos() + BigInt(offsetMillis) * 1_000_000n),
     sleep: (d) => live.sleep(d)
   }
+}
+
+/** Participants "bank-a" and "bank-b" on the pools `pools()` gives (read when the effect runs). */
+export const bankParticipants = (pools: () => readonly [postgres.Sql, postgres.Sql]) =>
+  Effect.suspend(() => {
+    const [a, b] = pools()
+    return Effect.all([
+      makeParticipant({ name: "bank-a", sql: a }),
+      makeParticipant({ name: "bank-b", sql: b })
+    ])
+  })
+
+/**
+ * The end of a suite: ends `pools` (those opened), drops `databases`, and checks that none of
+ * `checked` had a transaction left prepared.
+ */
+export const endAndDrop = async (
+  adminUrl: string,
+  pools: ReadonlyArray<postgres.Sql | undefined>,
+  checked: ReadonlyArray<string>,
+  databases: ReadonlyArray<string>
+) => {
+  for (const pool of pools) await pool?.end({ timeout: 5 })
+  const left = await preparedIn(adminUrl, checked)
+  for (const db of databases) await TestDatabase.dropDatabase(adminUrl, db)
+  expect(left).toEqual([])
 }
