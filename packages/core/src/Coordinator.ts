@@ -232,8 +232,11 @@ export type OperationTriple = readonly [
   params?: unknown
 ]
 
-/** A positive bound (a number is milliseconds); a bad one is refused before anything runs. */
-const toBound = (option: string, value: number | Duration.DurationInput): Duration.Duration => {
+/**
+ * A positive bound (a number is milliseconds); a bad one is refused before anything runs.
+ * @internal
+ */
+export const toBound = (option: string, value: number | Duration.DurationInput): Duration.Duration => {
   const refuse = () =>
     new InvalidTransactionError({
       reason: `${option} must be a positive duration (milliseconds or a Duration), got ${String(value)}`
@@ -260,6 +263,39 @@ export class CoordinatorDisposedError extends Schema.TaggedError<CoordinatorDisp
 ) {
   override get message(): string {
     return `${this.call} was called after the coordinator was disposed; nothing was sent`
+  }
+}
+
+/**
+ * The calls in flight of a Promise coordinator, for its `dispose` to wait for. Once closed, a new
+ * call rejects with `CoordinatorDisposedError` without running.
+ * @internal
+ */
+export class InFlight {
+  private readonly calls = new Set<Promise<unknown>>()
+  private closing: Promise<void> | undefined
+
+  get closed(): boolean {
+    return this.closing !== undefined
+  }
+
+  /** Runs `call` unless closed, tracked until it settles. */
+  run<A>(name: string, call: () => Promise<A>): Promise<A> {
+    if (this.closing !== undefined) return Promise.reject(new CoordinatorDisposedError({ call: name }))
+    const running = call()
+    const settled = running.then(
+      () => undefined,
+      () => undefined
+    )
+    this.calls.add(settled)
+    void settled.then(() => this.calls.delete(settled))
+    return running
+  }
+
+  /** Refuses new calls and resolves once the calls in flight have settled; the same promise each time. */
+  close(): Promise<void> {
+    this.closing ??= Promise.all([...this.calls]).then(() => undefined)
+    return this.closing
   }
 }
 

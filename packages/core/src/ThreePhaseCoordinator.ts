@@ -22,14 +22,28 @@
  * `startAgents` runs its agents with and what the members' own agents (`ThreePhaseCommit.watch`)
  * must be given.
  *
+ * `timeout` bounds each phase and each single call (a rollback, a state query, a commit attempt),
+ * not the whole transaction: it only lowers the per-phase defaults (10 s, 5 s, 10 s; 5 s per call),
+ * because raising the phases would break the agents' bound. Every timeout must be a positive
+ * duration; a bad one throws `InvalidTransactionError` at construction.
+ *
+ * The facade keeps no commit decisions in memory: the members' durable records (`precommitted`,
+ * ...) are the 3PC state, so there is no `log` option. It keeps only the registered participants
+ * and the agents `startAgents` runs.
+ *
+ * `dispose()` refuses new calls, waits for the calls in flight, stops the agents `startAgents`
+ * started, then releases the runtime; a call after it rejects with `CoordinatorDisposedError`.
+ *
  * @since 0.1.0
  */
 import { Duration, Effect, Fiber, ManagedRuntime, Layer } from "effect"
 import {
+  InFlight,
   type OperationTriple as TwoPhaseOperationTriple,
   type TransactionResult,
   groupOperations,
   runToPromise,
+  toBound,
   voteReports
 } from "./Coordinator.js"
 import type { AnyParticipant, OperationCall } from "./Participant.js"
@@ -43,8 +57,9 @@ import * as TransactionId from "./TransactionId.js"
  */
 export interface CoordinatorOptions {
   /**
-   * Bound on each phase, in milliseconds (or a Duration); caps the phase defaults (10 s, 5 s, 10 s).
-   * It only lowers them, so it never breaks the agents' bound.
+   * Bound on each phase and each single call, in milliseconds (or a Duration); positive. It caps
+   * the defaults (phases 10 s, 5 s, 10 s; calls 5 s) and only lowers them, so it never breaks the
+   * agents' bound. It is not a bound on the whole transaction, which runs several phases.
    */
   readonly timeout?: number | Duration.DurationInput
   /** `"classic"` (default), `"quorum"` or explicit `{ commit, abort }` quorum sizes. */
@@ -55,6 +70,11 @@ export interface CoordinatorOptions {
   readonly precommitTimeout?: number | Duration.DurationInput
   /** Bound on the DoCommit phase (default 10 s, or `timeout` when lower). */
   readonly commitTimeout?: number | Duration.DurationInput
+  /**
+   * Bound on each single call outside the phases: a rollback after a No vote, the termination
+   * protocol's state queries, each commit attempt (default 5 s, or `timeout` when lower).
+   */
+  readonly callTimeout?: number | Duration.DurationInput
   /**
    * The members' agents' timeout: `startAgents` runs its agents with it, and the members' own
    * agents (`ThreePhaseCommit.watch` in their processes) must be given it. Classic mode needs it
@@ -87,9 +107,6 @@ export type OperationTriple = readonly [
   operation: OperationCall["operation"],
   params?: unknown
 ]
-
-const toDuration = (value: number | Duration.DurationInput): Duration.Duration =>
-  typeof value === "number" ? Duration.millis(value) : Duration.decode(value)
 
 const isThreePhase = (p: unknown): p is ThreePhaseCommit.AnyThreePhaseParticipant =>
   typeof p === "object" &&
@@ -132,24 +149,34 @@ export class ThreePhaseCoordinator {
   private readonly runtime = ManagedRuntime.make(Layer.empty)
   private readonly participants = new Map<string, ThreePhaseCommit.AnyThreePhaseParticipant>()
   private readonly verifying: Array<Promise<void>> = []
-  private readonly options: ThreePhaseCommit.Options
+  private readonly options: ThreePhaseCommit.Options & { readonly callTimeout: Duration.Duration }
+  private readonly inFlight = new InFlight()
+  private readonly agents = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+  private disposed: Promise<void> | undefined
 
+  /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
   constructor(options: CoordinatorOptions = {}) {
-    const cap = options.timeout === undefined ? undefined : toDuration(options.timeout)
-    const bound = (explicit: number | Duration.DurationInput | undefined, fallback: Duration.Duration) =>
-      explicit !== undefined
-        ? toDuration(explicit)
+    const cap = options.timeout === undefined ? undefined : toBound("timeout", options.timeout)
+    const bound = (
+      option: "canCommitTimeout" | "precommitTimeout" | "commitTimeout" | "callTimeout",
+      fallback: Duration.Duration
+    ) => {
+      const explicit = options[option]
+      return explicit !== undefined
+        ? toBound(option, explicit)
         : cap === undefined
           ? fallback
           : Duration.min(cap, fallback)
+    }
     this.options = {
-      canCommitTimeout: bound(options.canCommitTimeout, ThreePhaseCommit.defaults.canCommitTimeout),
-      precommitTimeout: bound(options.precommitTimeout, ThreePhaseCommit.defaults.precommitTimeout),
-      commitTimeout: bound(options.commitTimeout, ThreePhaseCommit.defaults.commitTimeout),
+      canCommitTimeout: bound("canCommitTimeout", ThreePhaseCommit.defaults.canCommitTimeout),
+      precommitTimeout: bound("precommitTimeout", ThreePhaseCommit.defaults.precommitTimeout),
+      commitTimeout: bound("commitTimeout", ThreePhaseCommit.defaults.commitTimeout),
+      callTimeout: bound("callTimeout", ThreePhaseCommit.defaults.callTimeout),
       agentTimeout:
         options.agentTimeout === undefined
           ? ThreePhaseCommit.defaults.agentTimeout
-          : toDuration(options.agentTimeout),
+          : toBound("agentTimeout", options.agentTimeout),
       ...(options.mode === undefined ? {} : { mode: options.mode }),
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
     }
@@ -175,13 +202,23 @@ export class ThreePhaseCoordinator {
       this.participants.set(name, participant)
       yield* participant.verify.pipe(Effect.tapError(() => Effect.sync(() => this.participants.delete(name))))
     })
-    const pending = runToPromise(this.runtime, attempt)
-    this.verifying.push(pending.catch(() => undefined))
-    return pending
+    return this.inFlight.run("registerParticipant", () => {
+      const pending = runToPromise(this.runtime, attempt)
+      this.verifying.push(pending.catch(() => undefined))
+      return pending
+    })
   }
 
-  /** Runs one global transaction with 3PC. Rejects only for invalid input (nothing was sent). */
-  async executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<ThreePhaseResult> {
+  /**
+   * Runs one global transaction with 3PC. Rejects only for invalid input (nothing was sent:
+   * `InvalidTransactionError`, `InvalidQuorumError`, `UnsafeTimeoutError`) or a call after
+   * `dispose` (`CoordinatorDisposedError`).
+   */
+  executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<ThreePhaseResult> {
+    return this.inFlight.run("executeTransaction", () => this.execute(operations))
+  }
+
+  private async execute(operations: ReadonlyArray<OperationTriple>): Promise<ThreePhaseResult> {
     await Promise.all(this.verifying)
     // The facade's grouping only reads `name` and `fromOperations`, which 3PC participants share
     // with 2PC ones.
@@ -201,13 +238,16 @@ export class ThreePhaseCoordinator {
 
   /** One recovery pass: the termination protocol for every in-doubt branch of the registered participants. */
   recover(options?: ThreePhaseCommit.RecoverOptions): Promise<ThreePhaseCommit.RecoveryReport> {
-    return runToPromise(
-      this.runtime,
-      ThreePhaseCommit.recover([...this.participants.values()], {
-        ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
-        ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
-        ...options
-      })
+    return this.inFlight.run("recover", () =>
+      runToPromise(
+        this.runtime,
+        ThreePhaseCommit.recover([...this.participants.values()], {
+          ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
+          ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
+          callTimeout: this.options.callTimeout,
+          ...options
+        })
+      )
     )
   }
 
@@ -215,16 +255,24 @@ export class ThreePhaseCoordinator {
    * Runs every registered participant's agent in this process (`ThreePhaseCommit.watch`), as the
    * participants' own processes would, with the coordinator's `agentTimeout` unless `timeout` is
    * given. In classic mode a `timeout` below 1.25 × (`canCommitTimeout + precommitTimeout`) is
-   * rejected with `UnsafeTimeoutError` (no agent started). Resolves to a function that stops them.
+   * rejected with `UnsafeTimeoutError` (no agent started). Resolves to a function that stops them;
+   * `dispose` stops them too.
    */
-  async startAgents(
+  startAgents(
     options: ThreePhaseCommit.AgentOptions & { readonly interval?: Duration.DurationInput } = {}
-  ) {
+  ): Promise<() => Promise<void>> {
+    return this.inFlight.run("startAgents", () => this.runAgents(options))
+  }
+
+  private async runAgents(
+    options: ThreePhaseCommit.AgentOptions & { readonly interval?: Duration.DurationInput }
+  ): Promise<() => Promise<void>> {
     await Promise.all(this.verifying)
     const all = [...this.participants.values()]
     const agentOptions = {
       ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
       ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
+      callTimeout: this.options.callTimeout,
       ...options,
       timeout: options.timeout ?? this.options.agentTimeout ?? ThreePhaseCommit.defaults.agentTimeout
     }
@@ -244,11 +292,26 @@ export class ThreePhaseCoordinator {
       )
     })
     const fibers = await runToPromise(this.runtime, start)
-    return () => this.runtime.runPromise(Fiber.interruptAll(fibers))
+    for (const fiber of fibers) this.agents.add(fiber)
+    // Not through the runtime: stopping stays possible after dispose (a no-op by then).
+    return () =>
+      Effect.runPromise(Fiber.interruptAll(fibers)).then(() => {
+        for (const fiber of fibers) this.agents.delete(fiber)
+      })
   }
 
-  /** Releases the coordinator's runtime. */
+  /**
+   * Refuses new calls, waits for the calls in flight to settle, stops the agents `startAgents`
+   * started, then releases the coordinator's runtime. Calling it again returns the same promise.
+   */
   dispose(): Promise<void> {
-    return this.runtime.dispose()
+    this.disposed ??= this.inFlight
+      .close()
+      .then(() => Effect.runPromise(Fiber.interruptAll([...this.agents])))
+      .then(() => {
+        this.agents.clear()
+        return this.runtime.dispose()
+      })
+    return this.disposed
   }
 }
