@@ -501,7 +501,7 @@ export class TwoPhaseCoordinator {
   private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
   private readonly registry = new Registry()
   private readonly options: TwoPhaseCommit.Options
-  private readonly inFlight = new Set<Promise<unknown>>()
+  private readonly inFlight = new InFlight()
   private disposed: Promise<void> | undefined
 
   /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
@@ -531,15 +531,7 @@ export class TwoPhaseCoordinator {
 
   /** Runs `call` unless disposed, tracked so that `dispose` waits for it. */
   private track<A>(name: string, call: () => Promise<A>): Promise<A> {
-    if (this.disposed !== undefined) return Promise.reject(new CoordinatorDisposedError({ call: name }))
-    const running = call()
-    const settled = running.then(
-      () => undefined,
-      () => undefined
-    )
-    this.inFlight.add(settled)
-    void settled.then(() => this.inFlight.delete(settled))
-    return running
+    return this.inFlight.run(name, call)
   }
 
   /**
@@ -583,7 +575,7 @@ export class TwoPhaseCoordinator {
    * runtime and its log's resources (writer fibers, scopes). Calling it again returns the same promise.
    */
   dispose(): Promise<void> {
-    this.disposed ??= Promise.all([...this.inFlight]).then(() => this.runtime.dispose())
+    this.disposed ??= this.inFlight.close().then(() => this.runtime.dispose())
     return this.disposed
   }
 }
