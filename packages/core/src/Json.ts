@@ -6,6 +6,7 @@
  *
  * @since 0.1.0
  */
+import { Effect, Schema } from "effect"
 
 const isIdentifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/
 const keyPath = (path: string, key: string) =>
@@ -76,3 +77,29 @@ const problemAt = (value: unknown, path: string, open: Set<object>): string | un
  */
 export const roundTripProblem = (value: unknown, root: string): string | undefined =>
   problemAt(value, root, new Set())
+
+/**
+ * `value` as the plain JSON Accord keeps of it in place of the value (`root` names it: `"output"`,
+ * `"result"`): encoded with `schema` when one is given, else `value` itself. Fails with the reason
+ * when the schema rejects the value or when what would be kept is not plain JSON
+ * (`roundTripProblem`). A whole `undefined` (a void step) is kept as `undefined`.
+ * @since 0.1.0
+ */
+export const encodeKept = <A, I>(
+  value: A,
+  schema: Schema.Schema<A, I, never> | undefined,
+  root: string
+): Effect.Effect<unknown, string> => {
+  const plain = (kept: unknown, why: string): Effect.Effect<unknown, string> => {
+    const problem = kept === undefined ? undefined : roundTripProblem(kept, root)
+    return problem === undefined ? Effect.succeed(kept) : Effect.fail(`${why}: ${problem}`)
+  }
+  if (schema === undefined) {
+    const article = /^[aeiou]/.test(root) ? "an" : "a"
+    return plain(value, `without ${article} ${root} schema the ${root} must be plain JSON`)
+  }
+  return Schema.encode(schema)(value).pipe(
+    Effect.mapError((e) => `the ${root} schema rejected the ${root}: ${e.message}`),
+    Effect.flatMap((encoded) => plain(encoded, `the ${root} schema's encoded form must be plain JSON`))
+  )
+}

@@ -601,10 +601,6 @@ const outputsOf = (completed: ReadonlyMap<string, unknown>): Readonly<Record<str
 // Outputs in the log: encoded and checked before the completion is logged, decoded on reload
 // ---------------------------------------------------------------------------------------------
 
-/** `undefined` as the whole output (a void step) is kept: the log reads a missing output back as `undefined`. */
-const plainJsonProblem = (value: unknown): string | undefined =>
-  value === undefined ? undefined : Json.roundTripProblem(value, "output")
-
 /** An output as the step's successors read it, and as the log records it. */
 interface KeptOutput {
   readonly value: unknown
@@ -612,10 +608,10 @@ interface KeptOutput {
 }
 
 /**
- * What to log for `s`'s output, checked before the completion is logged. With a schema: encoded,
- * checked as plain JSON, and decoded back, so that this run's later steps see exactly what a resumed
- * run would (and a schema that cannot read its own encoding is caught now, not at the next resume).
- * Without one: the value itself, if it is plain JSON.
+ * What to log for `s`'s output, checked before the completion is logged (`Json.encodeKept`; a
+ * void output is kept: the log reads a missing output back as `undefined`). With a schema, the
+ * logged form is also decoded back, so that this run's later steps see exactly what a resumed run
+ * would (and a schema that cannot read its own encoding is caught now, not at the next resume).
  */
 const keepOutput = <R>(
   run: Running<R>,
@@ -624,19 +620,9 @@ const keepOutput = <R>(
 ): Effect.Effect<KeptOutput, StepOutputRefusedError> => {
   const refuse = (reason: string) => new StepOutputRefusedError({ sagaId: run.sagaId, step: s.name, reason })
   const schema = s.output
-  if (schema === undefined) {
-    const problem = plainJsonProblem(value)
-    return problem === undefined
-      ? Effect.succeed({ value, logged: value })
-      : Effect.fail(refuse(`without an output schema the output must be plain JSON: ${problem}`))
-  }
   return Effect.gen(function* () {
-    const logged = yield* Schema.encode(schema)(value).pipe(
-      Effect.mapError((e) => refuse(`the output schema rejected the output: ${e.message}`))
-    )
-    const problem = plainJsonProblem(logged)
-    if (problem !== undefined)
-      return yield* Effect.fail(refuse(`the output schema's encoded form must be plain JSON: ${problem}`))
+    const logged = yield* Json.encodeKept(value, schema, "output").pipe(Effect.mapError(refuse))
+    if (schema === undefined) return { value, logged }
     const decoded = yield* Schema.decodeUnknown(schema)(logged).pipe(
       Effect.mapError((e) => refuse(`the output schema does not decode its own encoded form: ${e.message}`))
     )

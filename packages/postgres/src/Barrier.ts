@@ -195,32 +195,28 @@ interface Codec<A> {
 const refuse = (target: Target, reason: string) =>
   new BarrierResultRefusedError({ gid: target.gid, branch: target.branch, op: target.op, reason })
 
-const storeJson = (value: unknown, target: Target, what: string): string | null => {
-  if (value === undefined) return null
-  const problem = Json.roundTripProblem(value, "result")
-  if (problem !== undefined) throw refuse(target, `${what}${problem}`)
-  return JSON.stringify(value)
+/** Kept with `Json.encodeKept` before commit; a refusal throws `BarrierResultRefusedError`. */
+const store = async <A, I>(
+  value: A,
+  schema: Schema.Schema<A, I, never> | undefined,
+  target: Target
+): Promise<string | null> => {
+  const kept = await Effect.runPromiseExit(Json.encodeKept(value, schema, "result"))
+  if (Exit.isFailure(kept)) {
+    throw refuse(target, kept.cause._tag === "Fail" ? kept.cause.error : Cause.pretty(kept.cause))
+  }
+  return kept.value === undefined ? null : JSON.stringify(kept.value)
 }
 
 const plainJson: Codec<unknown> = {
-  store: async (value, target) =>
-    storeJson(value, target, "without a result schema the result must be plain JSON: "),
+  store: (value, target) => store(value, undefined, target),
   load: (stored) => Effect.sync(() => (stored === null ? undefined : JSON.parse(stored)))
 }
 
 const withSchema = <A, I>(schema: Schema.Schema<A, I, never>): Codec<A> => {
-  const encode = Schema.encode(schema)
   const decode = Schema.decodeUnknown(schema)
   return {
-    store: async (value, target) => {
-      const encoded = await Effect.runPromiseExit(encode(value))
-      if (Exit.isFailure(encoded)) {
-        const error =
-          encoded.cause._tag === "Fail" ? encoded.cause.error.message : Cause.pretty(encoded.cause)
-        throw refuse(target, `the result schema rejected the result: ${error}`)
-      }
-      return storeJson(encoded.value, target, "the result schema's encoded form must be plain JSON: ")
-    },
+    store: (value, target) => store(value, schema, target),
     load: (stored, target) =>
       decode(stored === null ? undefined : JSON.parse(stored)).pipe(
         Effect.mapError(
