@@ -228,7 +228,7 @@ export const settlesWithin = (p: Promise<unknown>, ms: number): Promise<boolean>
  * postgres.js patch: what was sent on it fails with CONNECTION_CLOSED and the pool reconnects it as
  * a new session. False for a pool (postgres.js owns its connections) or an unpatched driver.
  */
-const destroyReserved = (sql: postgres.Sql): boolean => {
+export const destroyReserved = (sql: postgres.Sql): boolean => {
   const reserved = sql as { destroy?: unknown; release?: unknown }
   if (typeof reserved.release !== "function" || typeof reserved.destroy !== "function") return false
   reserved.destroy()

@@ -38,7 +38,15 @@ import { type Participant, TransactionId } from "@accord/core"
 import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
-import { Abandonment, delay, type Settled, sendOn, settle, unlessAbandoned } from "./client.js"
+import {
+  Abandonment,
+  delay,
+  destroyReserved,
+  type Settled,
+  sendOn,
+  settle,
+  unlessAbandoned
+} from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
@@ -101,17 +109,6 @@ interface Written {
 const pidOf = (query: unknown): number | undefined => {
   const pid = (query as Written).state?.pid
   return typeof pid === "number" ? pid : undefined
-}
-
-/**
- * Closes a reserved connection's socket at once instead of releasing it: `destroy()` from Accord's
- * postgres.js patch (see docs/postgres.md); `false` on a driver without it.
- */
-const destroy = (conn: postgres.ReservedSql): boolean => {
-  const reserved = conn as { destroy?: unknown }
-  if (typeof reserved.destroy !== "function") return false
-  reserved.destroy()
-  return true
 }
 
 /** The command tag and affected rows postgres.js attaches to a result. */
@@ -399,7 +396,7 @@ const end = (sql: postgres.Sql, s: Session, state: ConnState, cancelMs: number):
       if (terminated === "timeout" && pidOf(terminate) === undefined) terminate.cancel()
     }
     // Never reused as it is, and not lost to the pool.
-    destroy(s.conn)
+    destroyReserved(s.conn)
   })()
   return state.ending
 }
