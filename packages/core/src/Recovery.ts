@@ -22,6 +22,14 @@ import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId }
 import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
 
 /**
+ * Defaults of `Options`.
+ * @since 0.1.0
+ */
+export const defaults = {
+  callTimeout: Duration.seconds(5)
+} as const
+
+/**
  * Bounds of a recovery pass.
  * @since 0.1.0
  */
@@ -92,7 +100,7 @@ export const run: (
   function* (participants: ReadonlyArray<AnyParticipant>, options: Options = {}) {
     const log = yield* TransactionLog
     const byName = new Map<string, AnyParticipant>(participants.map((p) => [p.name, p]))
-    const callTimeout = Duration.decode(options.callTimeout ?? Duration.seconds(5))
+    const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
     const retry = options.retrySchedule ?? defaultRetry
     const concurrency = options.concurrency ?? 64
     const batch = Math.max(1, options.batch ?? 256)

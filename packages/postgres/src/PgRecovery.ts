@@ -67,7 +67,7 @@ export const run: (args: {
           args.participants,
           args.log,
           options.gc ?? {},
-          Duration.decode(options.callTimeout ?? Duration.seconds(5))
+          Duration.decode(options.callTimeout ?? Recovery.defaults.callTimeout)
         )
   return { ...report, decisionsPurged } satisfies Report
 })
