@@ -837,16 +837,8 @@ export const makePglite = (
     const client = fromPglite(options.db)
     const allPrepared = statement<{ gid: string }>(client, ALL_PREPARED_SQL, [], cancelTimeout).pipe(
       Effect.map((rows) => new Set(rows.map((row) => row.gid))),
-      Effect.mapError(
-        (f) =>
-          new TransactionError.BranchCallError({
-            txId: "",
-            branch: participant.name,
-            phase: "recover",
-            reason: f.message,
-            inDoubt: f.connectionLost,
-            sqlState: f.sqlState
-          })
+      Effect.mapError((f) =>
+        callError({ txId: "", branch: participant.name }, "recover", f, f.connectionLost)
       )
     )
     const leftover = new Set((yield* participant.inDoubt).map((b) => b.gid as string))
