@@ -14,6 +14,15 @@
  * `claimAbandoned` picks running sagas with an expired lease `FOR UPDATE SKIP LOCKED` and takes
  * them over in one statement: concurrent sweepers never claim the same saga.
  *
+ * Interruption: `Saga` bounds every log call by the lease (`leaseFor`) and interrupts it when the
+ * bound passes. Every statement of a log call runs through `statement` (internal/client.ts):
+ * interrupted, it is cancelled on the server (postgres.js) and the interruption waits at most
+ * `cancelTimeout` (option of `make`, default 5 s) for it to settle, so a given-up write neither
+ * keeps waiting on a row lock, holding its pool connection, nor lands later. PGlite has no cancel:
+ * its statement runs to completion (waited for as long). The migration in `make` (a multi-statement
+ * script, under no lease) is not cancelled. Until 2026-12-06 the log's statements went through
+ * `Effect.tryPromise`, which an interruption abandoned while they kept running on the server.
+ *
  * @since 0.1.0
  */
 import type { PGlite } from "@electric-sql/pglite"
@@ -30,7 +39,7 @@ import {
 import { LogError } from "@accord/core/TransactionError"
 import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
-import { type Client, fromPglite, fromPostgres } from "./internal/client.js"
+import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { sagaLogDdl } from "./SagaSchema.js"
 
@@ -133,26 +142,36 @@ export const make = (
   options?: {
     /** Force every record, not only those that must be (default false: see `mustForce`). */
     readonly forceAll?: boolean
+    /**
+     * How long an interrupted statement (a log call past its bound, e.g. the lease `Saga` puts on
+     * it) is waited for after its cancel before the interruption returns anyway (default 5 s). It
+     * settles at once when the server answers the cancel; the whole bound is spent only on a
+     * connection that stopped answering, so a drive's log call then fails after at most
+     * `leaseFor` + `cancelTimeout`.
+     */
+    readonly cancelTimeout?: Duration.DurationInput
   }
 ): Effect.Effect<SagaLog["Type"], LogError> =>
   Effect.gen(function* () {
     const forceAll = options?.forceAll ?? false
     const client = clientOf(conn)
+    const cancelTimeout = Duration.decode(options?.cancelTimeout ?? defaultCancelTimeout)
     const query = <T>(
       operation: string,
       sagaId: string | undefined,
       text: string,
       params: ReadonlyArray<unknown>
     ) =>
-      Effect.tryPromise({
-        try: () => client.query<T>(text, params),
-        catch: (error) =>
-          new LogError({
-            operation,
-            ...(sagaId === undefined ? {} : { txId: sagaId }),
-            reason: toFailure(error).message
-          })
-      })
+      statement<T>(client, text, params, cancelTimeout).pipe(
+        Effect.mapError(
+          (failure) =>
+            new LogError({
+              operation,
+              ...(sagaId === undefined ? {} : { txId: sagaId }),
+              reason: failure.message
+            })
+        )
+      )
     yield* Effect.tryPromise({
       try: () => client.script(sagaLogDdl),
       catch: (error) => new LogError({ operation: "migrate", reason: toFailure(error).message })
@@ -315,5 +334,5 @@ export const make = (
  */
 export const layer = (
   conn: PgConnection,
-  options?: { readonly forceAll?: boolean }
+  options?: { readonly forceAll?: boolean; readonly cancelTimeout?: Duration.DurationInput }
 ): Layer.Layer<SagaLog, LogError> => Layer.effect(SagaLog, make(conn, options))
