@@ -16,11 +16,13 @@
  *
  * Interruption: `Saga` bounds every log call by the lease (`leaseFor`) and interrupts it when the
  * bound passes. Every statement of a log call runs through `statement` (internal/client.ts):
- * interrupted, it is cancelled on the server (postgres.js) and the interruption waits at most
- * `cancelTimeout` (option of `make`, default 5 s) for it to settle, so a given-up write neither
- * keeps waiting on a row lock, holding its pool connection, nor lands later. PGlite has no cancel:
- * its statement runs to completion (waited for as long). The migration in `make` (a multi-statement
- * script, under no lease) is not cancelled. Until 2026-12-06 the log's statements went through
+ * interrupted, it is cancelled on the server (postgres.js), so a given-up write neither keeps
+ * waiting on a row lock, holding its pool connection, nor lands later. The interruption does not
+ * wait for the cancelled statement by default (`cancelTimeout`, option of `make`, default 0): the
+ * statement is autocommitted and fenced by the lease owner, so waiting buys the drive nothing, and
+ * a drive must stop within its lease even when the connection stopped answering. PGlite has no
+ * cancel: its statement runs to completion. The migration in `make` (a multi-statement script,
+ * under no lease) is not cancelled. Until 2026-12-06 the log's statements went through
  * `Effect.tryPromise`, which an interruption abandoned while they kept running on the server.
  *
  * @since 0.1.0
@@ -39,7 +41,7 @@ import {
 import { LogError } from "@accord/core/TransactionError"
 import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
-import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import { type Client, fromPglite, fromPostgres, statement } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { sagaLogDdl } from "./SagaSchema.js"
 
@@ -144,10 +146,10 @@ export const make = (
     readonly forceAll?: boolean
     /**
      * How long an interrupted statement (a log call past its bound, e.g. the lease `Saga` puts on
-     * it) is waited for after its cancel before the interruption returns anyway (default 5 s). It
-     * settles at once when the server answers the cancel; the whole bound is spent only on a
-     * connection that stopped answering, so a drive's log call then fails after at most
-     * `leaseFor` + `cancelTimeout`.
+     * it) is waited for after its cancel is sent before the interruption returns anyway (default
+     * 0: not waited for). A drive's log call fails after at most `leaseFor` + `cancelTimeout`;
+     * with more than 0, the cancel's answer is awaited that long (the whole bound is spent only on
+     * a connection that stopped answering).
      */
     readonly cancelTimeout?: Duration.DurationInput
   }
@@ -155,7 +157,7 @@ export const make = (
   Effect.gen(function* () {
     const forceAll = options?.forceAll ?? false
     const client = clientOf(conn)
-    const cancelTimeout = Duration.decode(options?.cancelTimeout ?? defaultCancelTimeout)
+    const cancelTimeout = Duration.decode(options?.cancelTimeout ?? Duration.zero)
     const query = <T>(
       operation: string,
       sagaId: string | undefined,

@@ -120,7 +120,8 @@ describe.skipIf(server === undefined)("Saga leases and log faults on PostgreSQL"
         expect(exit).not.toBe("timed out")
         if (exit === "timed out") return
         expect(Exit.isFailure(exit) && JSON.stringify(exit.cause)).toContain("LogError")
-        expect(Date.now() - started).toBeLessThan(10_000)
+        // Within its lease (600 ms) plus scheduling slack: not held by the frozen statement.
+        expect(Date.now() - started).toBeLessThan(3_000)
         // Another process finishes it once the lease has run out (the hung drive renews it no more).
         const other = yield* PgSagaLog.make(pool())
         let outcomes: ReadonlyArray<Saga.Outcome> = []
