@@ -30,6 +30,7 @@ import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError
 import * as Json from "@accord/core/Json"
 import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
+import type { Cancellable } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import type { BranchSession } from "./PgParticipant.js"
 import { barrierDdl } from "./SagaSchema.js"
@@ -298,30 +299,69 @@ const sessionOf = (query: Query, sql?: postgres.Sql): BarrierSession => ({
   ...(sql === undefined ? {} : { sql })
 })
 
+/** A statement as sent: postgres.js's pending query can be cancelled on the server. */
+type Send = <T>(text: string, params?: ReadonlyArray<unknown>) => PromiseLike<Array<T>> & Cancellable
+
+/**
+ * The run's statements, given up when the run is interrupted (a saga step's timeout): the statement
+ * in flight is cancelled on the server (postgres.js; PGlite cannot cancel) and any later one fails at
+ * once, so the transaction rolls back with its barrier row and its connection goes back to the pool.
+ * Left alone, it kept waiting (on a lock, say) while holding its connection and its uncommitted
+ * barrier row, which blocked the step's retry and compensation behind it, and it could land after
+ * the caller had given up on it. The interruption does not wait for the rollback.
+ */
+const interruptible = (signal: AbortSignal, send: Send): Query => {
+  const inflight = new Set<Cancellable>()
+  signal.addEventListener("abort", () => {
+    for (const pending of inflight) pending.cancel?.()
+  })
+  return async <T>(text: string, params?: ReadonlyArray<unknown>) => {
+    if (signal.aborted) throw new Error("the barrier run was interrupted; its transaction rolls back")
+    const pending = send<T>(text, params)
+    inflight.add(pending)
+    try {
+      return await pending
+    } finally {
+      inflight.delete(pending)
+    }
+  }
+}
+
 const onPostgres = <A>(
   sql: postgres.Sql,
   target: Target,
   work: (s: BarrierSession) => Promise<A>,
-  codec: Codec<A>
+  codec: Codec<A>,
+  signal: AbortSignal
 ) =>
   sql.begin(async (tx) => {
+    const statement = interruptible(
+      signal,
+      <T>(text: string, params?: ReadonlyArray<unknown>) =>
+        tx.unsafe(text, (params ?? []) as Array<postgres.ParameterOrJSON<never>>) as unknown as PromiseLike<
+          Array<T>
+        > &
+          Cancellable
+    )
     // Plain arrays, as on PGlite (postgres.js answers an Array subclass carrying `count`, `command`,
     // ...): rows returned as they are stay plain JSON, and come back the same on a duplicate.
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
-      Array.from(
-        (await tx.unsafe(
-          text,
-          (params ?? []) as Array<postgres.ParameterOrJSON<never>>
-        )) as unknown as Array<T>
-      )
+      Array.from(await statement<T>(text, params))
     // The transaction handle offers the tagged-template API of `Sql` (what `BranchSession.sql` promises).
     return protocol(query, sessionOf(query, tx as unknown as postgres.Sql), target, work, codec)
   }) as Promise<Decision<A>>
 
-const onPglite = <A>(db: PGlite, target: Target, work: (s: BarrierSession) => Promise<A>, codec: Codec<A>) =>
+const onPglite = <A>(
+  db: PGlite,
+  target: Target,
+  work: (s: BarrierSession) => Promise<A>,
+  codec: Codec<A>,
+  signal: AbortSignal
+) =>
   db.transaction(async (tx: Transaction) => {
-    const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
-      (await tx.query<T>(text, params as Array<unknown> | undefined)).rows
+    const query: Query = interruptible(signal, <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      tx.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows)
+    )
     return protocol(query, sessionOf(query), target, work, codec)
   })
 
@@ -340,10 +380,10 @@ const decide = <A>(
   codec: Codec<A>
 ): Effect.Effect<Verdict<A>, BarrierError> =>
   Effect.tryPromise({
-    try: () =>
+    try: (signal) =>
       typeof conn === "function"
-        ? onPostgres(conn, target, work, codec)
-        : onPglite(conn, target, work, codec),
+        ? onPostgres(conn, target, work, codec, signal)
+        : onPglite(conn, target, work, codec, signal),
     catch: (error): BarrierError => {
       if (error instanceof BarrierResultRefusedError) return error
       const failure = toFailure(error)

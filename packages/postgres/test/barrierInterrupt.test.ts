@@ -1,0 +1,146 @@
+/**
+ * An interrupted barrier run (a saga step's timeout) gives its transaction up on the server: the
+ * statement it was waiting on is cancelled and the transaction rolls back, barrier row included. It
+ * must not keep waiting, holding its pool connection and the uncommitted barrier row (which would
+ * block the step's retry and compensation behind it), and land later, after the saga gave up on it.
+ */
+import { PGlite } from "@electric-sql/pglite"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Deferred, Effect, Option } from "effect"
+import postgres from "postgres"
+import * as Barrier from "../src/Barrier.js"
+import * as TestDatabase from "../src/TestDatabase.js"
+
+const server = await TestDatabase.server()
+const DB = "accord_t_saga_barrier_interrupt"
+
+describe.skipIf(server === undefined)("Barrier runs interrupted on PostgreSQL", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  let sql: postgres.Sql
+  let locks: postgres.Sql
+  beforeAll(async () => {
+    const url = await TestDatabase.createDatabase(adminUrl, DB)
+    sql = postgres(url, { max: 2, onnotice: () => {} })
+    locks = postgres(url, { max: 1, onnotice: () => {} })
+    await Barrier.migrate(sql)
+    await sql`create table stock (sku text primary key, qty int not null check (qty >= 0))`
+  }, 60_000)
+  afterAll(async () => {
+    await sql?.end({ timeout: 5 })
+    await locks?.end({ timeout: 5 })
+    await TestDatabase.dropDatabase(adminUrl, DB)
+  }, 60_000)
+
+  const qtyOf = async (sku: string) => (await sql`select qty from stock where sku = ${sku}`)[0]?.qty
+  const reserve = (sku: string) => (s: Barrier.BarrierSession) =>
+    s.query<{ qty: number }>("update stock set qty = qty - 1 where sku = $1 returning qty", [sku])
+  const release = (sku: string) => (s: Barrier.BarrierSession) =>
+    s.query("update stock set qty = qty + 1 where sku = $1", [sku])
+
+  /** Another session holds the SKU's row, as a concurrent business transaction would. */
+  const holdRow = async (sku: string) => {
+    const holder = await locks.reserve()
+    await holder`begin`
+    await holder`select qty from stock where sku = ${sku} for update`
+    return async () => {
+      await holder`rollback`
+      holder.release()
+    }
+  }
+
+  it.live(
+    "an action interrupted while its work waits on a lock rolls back: the compensation is a null compensation and the late action never lands",
+    () =>
+      Effect.gen(function* () {
+        const sku = "interrupt-1"
+        const gid = `G-interrupt-1-${Date.now()}`
+        yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5)`)
+        const unhold = yield* Effect.promise(() => holdRow(sku))
+        // The step's timeout: the action is interrupted while its update waits on the held row.
+        const timedOut = yield* Barrier.run(sql, { gid, branch: "reserve", op: "action" }, reserve(sku)).pipe(
+          Effect.timeout("300 millis"),
+          Effect.option
+        )
+        expect(Option.isNone(timedOut)).toBe(true)
+        // The saga compensates the step in doubt; it must not wait behind the given-up action.
+        const undo = yield* Barrier.run(
+          sql,
+          { gid, branch: "reserve", op: "compensation" },
+          release(sku)
+        ).pipe(Effect.timeout("3 seconds"), Effect.either, Effect.ensuring(Effect.promise(unhold)))
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        const rows = yield* Effect.promise(
+          () => sql`select op, reason from accord_saga_barrier where gid = ${gid} order by op`
+        )
+        expect(rows.map((r) => `${r.op}:${r.reason}`)).toEqual([
+          "action:null-compensation",
+          "compensation:null-compensation"
+        ])
+        expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+      })
+  )
+
+  it.live("interrupted runs give their pool connections back: an unrelated step still runs", () =>
+    Effect.gen(function* () {
+      const sku = "interrupt-2"
+      const other = "interrupt-2-other"
+      const gid = `G-interrupt-2-${Date.now()}`
+      yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5), (${other}, 5)`)
+      const unhold = yield* Effect.promise(() => holdRow(sku))
+      // As many interrupted attempts as the pool has connections (max 2).
+      for (const branch of ["a", "b"]) {
+        const timedOut = yield* Barrier.run(sql, { gid, branch, op: "action" }, reserve(sku)).pipe(
+          Effect.timeout("300 millis"),
+          Effect.option
+        )
+        expect(Option.isNone(timedOut)).toBe(true)
+      }
+      const unrelated = yield* Barrier.run(sql, { gid, branch: "c", op: "action" }, reserve(other)).pipe(
+        Effect.timeout("3 seconds"),
+        Effect.either,
+        Effect.ensuring(Effect.promise(unhold))
+      )
+      expect(unrelated).toMatchObject({ _tag: "Right", right: { _tag: "Applied" } })
+      // The interrupted attempts never land, even once the row is free again.
+      const landed = yield* Effect.promise(
+        () => sql`select branch from accord_saga_barrier where gid = ${gid} order by branch`
+      )
+      expect(landed.map((r) => r.branch)).toEqual(["c"])
+      expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+    })
+  )
+})
+
+describe("Barrier runs interrupted on PGlite", () => {
+  let db: PGlite
+  beforeAll(async () => {
+    db = await PGlite.create()
+    await Barrier.migrate(db)
+    await db.exec(
+      "create table stock (sku text primary key, qty int not null); insert into stock values ('s', 5)"
+    )
+  }, 60_000)
+  afterAll(async () => {
+    await db?.close()
+  }, 60_000)
+
+  it.live("an action interrupted while its work awaits something else rolls back at its next statement", () =>
+    Effect.gen(function* () {
+      const gate = yield* Deferred.make<void>()
+      const target = { gid: "G-pglite-interrupt", branch: "reserve" } as const
+      // The work waits on something that is not a statement (an HTTP call, say) past the step's timeout.
+      const timedOut = yield* Barrier.run(db, { ...target, op: "action" }, async (s) => {
+        await Effect.runPromise(Deferred.await(gate))
+        return s.query("update stock set qty = qty - 1 where sku = 's'")
+      }).pipe(Effect.timeout("100 millis"), Effect.option)
+      expect(Option.isNone(timedOut)).toBe(true)
+      yield* Deferred.succeed(gate, undefined)
+      const undo = yield* Barrier.run(db, { ...target, op: "compensation" }, (s) =>
+        s.query("update stock set qty = qty + 1 where sku = 's'")
+      ).pipe(Effect.timeout("3 seconds"))
+      expect(undo._tag).toBe("NullCompensation")
+      const qty = yield* Effect.promise(() => db.query<{ qty: number }>("select qty from stock"))
+      expect(qty.rows[0]?.qty).toBe(5)
+    })
+  )
+})
