@@ -18,6 +18,8 @@
  *   survives `JSON.parse(JSON.stringify(v))` unchanged); anything else is refused *before commit*
  *   with `BarrierResultRefusedError`, so the work rolls back with its row and nothing is half-done.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
+ * An interrupted run (a step's timeout) cancels its statement in flight (postgres.js) and fails any
+ * later one, so its transaction rolls back instead of holding its connection and barrier row.
  *
  * Use gid = saga id and branch = step name: `fromKey(ctx.key)`. `sagaAction` / `sagaCompensation`
  * wrap this for saga steps.
