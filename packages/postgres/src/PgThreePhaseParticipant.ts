@@ -7,7 +7,8 @@
  * database in its own short transaction (never inside the prepared one, whose locks would block it):
  * - after `PREPARE TRANSACTION` succeeds: `uncertain`, with the transaction's member list and mode
  *   (quorum sizes), so recovery terminates it under the rules it ran with. Only then
- *   does the participant vote yes, so a prepared branch without a row never voted yes;
+ *   does the participant vote yes, so a prepared branch without a row never voted yes. A row the
+ *   server refuses (not a lost answer) rolls the branch back at once: a No vote;
  * - PreCommit: `uncertain → precommitted`; pre-abort: `uncertain → preaborted`. Both are
  *   conditional updates of that one row, so they exclude each other under any concurrency;
  * - rollback: the row becomes `aborted` *before* `ROLLBACK PREPARED`. For a gid that is not prepared
@@ -32,7 +33,7 @@
  */
 import { Participant, type ThreePhaseCommit, TransactionError } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Either } from "effect"
 import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
 import * as PgParticipant from "./PgParticipant.js"
@@ -118,7 +119,7 @@ const build = (
   pg: PgParticipant.PgParticipant,
   client: Client,
   cancelTimeout: Duration.Duration,
-  migrate: boolean
+  schema: "ready" | "migrate" | "check"
 ): Effect.Effect<
   PgThreePhaseParticipant,
   TransactionError.ConfigurationError | TransactionError.BranchCallError
@@ -141,7 +142,25 @@ const build = (
       phase: TransactionError.Phase
     ) => statement<T>(client, text, params, cancelTimeout).pipe(Effect.mapError(fail(ctx, phase)))
 
-    if (migrate)
+    if (schema === "check") {
+      // migrate: false on a database without the state table. Found here, not at the first vote:
+      // every vote and every rollback's fence writes that table, so a branch prepared there could
+      // be rolled back by nobody but an operator.
+      const present = yield* statement<{ present: boolean }>(
+        client,
+        "select to_regclass('accord_3pc_state') is not null as present",
+        [],
+        cancelTimeout
+      ).pipe(Effect.mapError(fail({ txId: "" }, "begin")))
+      if (present[0]?.present !== true) {
+        return yield* new TransactionError.ConfigurationError({
+          participant: name,
+          reason: "the 3PC state table accord_3pc_state does not exist and migrate is false",
+          fix: "run PgThreePhaseParticipant.ddl once as a role that may create tables in this database, or let the participant create it (omit migrate: false)"
+        })
+      }
+    }
+    if (schema === "migrate")
       yield* Effect.tryPromise({
         try: () => client.script(ddl),
         catch: (error) =>
@@ -183,12 +202,30 @@ const build = (
       })
       if (vote._tag !== "Prepared") return vote
       // The yes vote, with the members, is durable before it is sent; first writer wins against a fence.
-      const recorded = yield* query<{ state: Recorded }>(
-        VOTE_SQL,
-        [ctx.gid, ctx.txId, ctx.branch, encodeVote(ctx)],
-        ctx,
-        "prepare"
+      const voted = yield* Effect.either(
+        statement<{ state: Recorded }>(
+          client,
+          VOTE_SQL,
+          [ctx.gid, ctx.txId, ctx.branch, encodeVote(ctx)],
+          cancelTimeout
+        )
       )
+      if (Either.isLeft(voted)) {
+        const failure = voted.left
+        if (failure.connectionLost || failure.sqlState === undefined)
+          return yield* fail(ctx, "prepare")(failure)
+        // Refused by the server: no yes vote exists, so nobody can be precommitted on this member
+        // and its branch is rolled back here. Left prepared, it would wait for the coordinator's
+        // rollback, which fences the gid in the same table first and can be refused the same way
+        // (a full disk, a revoked grant): the branch and its row locks would stay until rolled back
+        // by hand.
+        yield* pg.rollback(ctx)
+        return Participant.Vote.No({
+          reason: `cannot record the yes vote: ${failure.message}`,
+          sqlState: failure.sqlState
+        })
+      }
+      const recorded = voted.right
       if (recorded[0]?.state === "aborted") {
         yield* pg.rollback(ctx)
         return Participant.Vote.No({ reason: "rolled back by the termination protocol before it voted" })
@@ -306,7 +343,7 @@ export const make = (
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const ready = yield* migrated(client, cancelTimeout, options.name)
     const pg = yield* PgParticipant.make(ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, !ready && options.migrate !== false)
+    return yield* build(pg, client, cancelTimeout, schemaStep(ready, options))
   })
 
 /**
@@ -325,8 +362,12 @@ export const makePglite = (
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const ready = yield* migrated(client, cancelTimeout, options.name)
     const pg = yield* PgParticipant.makePglite(ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, !ready && options.migrate !== false)
+    return yield* build(pg, client, cancelTimeout, schemaStep(ready, options))
   })
+
+/** What `build` does about the state table: nothing, create it, or check that it exists. */
+const schemaStep = (ready: boolean, options: { readonly migrate?: boolean }) =>
+  ready ? ("ready" as const) : options.migrate === false ? ("check" as const) : ("migrate" as const)
 
 /**
  * True when Accord's participant tables exist already. Then the marker-table DDL is skipped: its
