@@ -30,7 +30,7 @@ import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
 import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
 import * as Json from "@accord/core/Json"
-import { Cause, Effect, Exit, Schema } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Schema } from "effect"
 import type postgres from "postgres"
 import type { Cancellable } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
@@ -178,6 +178,60 @@ export const fromKey = (key: string): { readonly gid: string; readonly branch: s
 export const migrate = async (conn: Connection): Promise<void> => {
   if (typeof conn === "function") await conn.unsafe(barrierDdl).simple()
   else await conn.exec(barrierDdl)
+}
+
+const PURGE =
+  "with gone as (delete from accord_saga_barrier where ctid = any(array(" +
+  "select ctid from accord_saga_barrier where created_at < now() - make_interval(secs => $1::float8) limit $2" +
+  ")) returning 1) select count(*)::int as n from gone"
+
+/**
+ * Deletes barrier rows older than `olderThan` (by the database's clock), `batch` rows per statement
+ * (default 1,000, each its own short transaction, so that a large backlog never holds many row
+ * locks at once); resolves with how many were deleted. Barrier rows are never deleted otherwise,
+ * so a busy service runs this periodically.
+ *
+ * **The retention rule.** A deleted row no longer protects its step: an action delivered again
+ * after its row is gone runs again (no `Duplicate`), and one delivered after a null compensation's
+ * row is gone is no longer `Refused` (a hanging action). So `olderThan` must be longer than the
+ * longest time after which anything may still deliver an action or compensation of a step: the
+ * saga's whole life (its `leaseFor`, sweeps, retries and operator `retry`/`resolve`) plus any
+ * message redelivery window of your transport. Days, not minutes. Rows are never more than that
+ * window old when they matter, so time is the only rule needed; `olderThan` must be positive.
+ * @since 0.1.0
+ */
+export const purge = async (
+  conn: Connection,
+  options: { readonly olderThan: Duration.DurationInput; readonly batch?: number }
+): Promise<number> => {
+  const olderThan = Duration.decodeUnknown(options.olderThan)
+  if (
+    Option.isNone(olderThan) ||
+    !Duration.isFinite(olderThan.value) ||
+    Duration.toMillis(olderThan.value) <= 0
+  ) {
+    throw new RangeError(
+      `Barrier.purge: olderThan must be a positive, finite duration (got ${String(options.olderThan)})`
+    )
+  }
+  const batch = options.batch ?? 1000
+  if (!Number.isInteger(batch) || batch < 1) {
+    throw new RangeError(`Barrier.purge: batch must be a positive integer (got ${String(options.batch)})`)
+  }
+  const seconds = Duration.toMillis(olderThan.value) / 1000
+  const once = async (): Promise<number> => {
+    const rows =
+      typeof conn === "function"
+        ? ((await conn.unsafe(PURGE, [seconds, batch])) as unknown as Array<{ n: number }>)
+        : (await conn.query<{ n: number }>(PURGE, [seconds, batch])).rows
+    return rows[0]?.n ?? 0
+  }
+  let total = 0
+  for (;;) {
+    const n = await once()
+    total += n
+    if (n < batch) return total
+  }
 }
 
 type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>
