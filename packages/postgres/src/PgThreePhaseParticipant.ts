@@ -82,7 +82,14 @@ const PREPARED_SQL =
 const ROW_SQL = "select state from accord_3pc_state where gid = $1"
 const MARKER_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
 const ROWS_SQL = "select gid, state, members from accord_3pc_state where gid = any($1::text[])"
-const FORGET_SQL = "delete from accord_3pc_state where gid = any($1::text[])"
+/**
+ * Never the row of a branch still prepared: it is the branch's recorded yes vote, and without it
+ * recovery would take the branch for one that never voted and roll it back, even after a commit
+ * decision (a `forget` called too early, by a caller or an operator's script).
+ */
+const FORGET_SQL =
+  "delete from accord_3pc_state where gid = any($1::text[]) and gid not in " +
+  "(select gid from pg_prepared_xacts where database = current_database())"
 
 type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
 
