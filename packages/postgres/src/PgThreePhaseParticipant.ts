@@ -377,9 +377,10 @@ const schemaStep = (ready: boolean, options: { readonly migrate?: boolean }) =>
   ready ? ("ready" as const) : options.migrate === false ? ("check" as const) : ("migrate" as const)
 
 /**
- * True when Accord's participant tables exist already. Then the marker-table DDL is skipped: its
- * `create index if not exists` waits for a SHARE lock that every prepared branch blocks (its marker
- * insert holds ROW EXCLUSIVE), so a participant restarting with in-doubt branches would hang there.
+ * True when Accord's participant tables exist already. Then no DDL is sent at all: any lock the DDL
+ * takes on a table that prepared branches hold ROW EXCLUSIVE on (their marker and state rows) would
+ * wait for them, so a participant restarting with in-doubt branches must not send it
+ * (`Migrations.participantDdl` itself creates the marker table and its index only when missing).
  */
 const migrated = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
   statement<{ ready: boolean }>(
