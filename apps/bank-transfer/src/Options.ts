@@ -82,7 +82,18 @@ export const parse = (
   env: NodeJS.ProcessEnv
 ): Either.Either<Options, UsageError> => {
   // `pnpm demo -- --x` passes the `--` through on some pnpm versions.
-  const args = argv[0] === "--" ? argv.slice(1) : [...argv]
+  const given = argv[0] === "--" ? argv.slice(1) : [...argv]
+  // `--transfers -1`: parseArgs refuses a value starting with a dash as "ambiguous"; joined as
+  // `--transfers=-1` it reaches the range check, which says what is expected.
+  const args: Array<string> = []
+  for (let i = 0; i < given.length; i++) {
+    const arg = given[i]!
+    const next = given[i + 1]
+    if (numericFlags.has(arg) && next !== undefined && /^-\d/.test(next)) {
+      args.push(`${arg}=${next}`)
+      i++
+    } else args.push(arg)
+  }
   let values: ReturnType<typeof parseSpec>["values"]
   try {
     values = parseSpec(args).values
@@ -140,6 +151,8 @@ export const parse = (
     help: values.help ?? false
   })
 }
+
+const numericFlags = new Set(["--transfers", "--concurrency", "--accounts"])
 
 const parseSpec = (args: Array<string>) =>
   parseArgs({

@@ -18,6 +18,20 @@ describe("command line", () => {
     expect(oneLine(r.stderr)).toEqual([expect.stringMatching(/--transfers must be an integer/)])
   })
 
+  it("refuses a negative number written as a separate argument, saying what is expected", async () => {
+    for (const [flag, value] of [
+      ["--transfers", "-1"],
+      ["--concurrency", "-4"],
+      ["--accounts", "-10"]
+    ] as const) {
+      const r = await run([flag, value])
+      expect(r.code).toBe(2)
+      expect(oneLine(r.stderr)).toEqual([
+        expect.stringMatching(new RegExp(`${flag} must be an integer from \\d+ to \\d+, got "${value}"`))
+      ])
+    }
+  })
+
   it("refuses an unknown protocol", async () => {
     const r = await run(["--protocol", "4pc"])
     expect(r.code).toBe(2)
