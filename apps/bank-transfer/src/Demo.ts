@@ -142,6 +142,9 @@ const progressBar = (options: Options) => {
 export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
   Effect.scoped(
     Effect.gen(function* () {
+      // Opened first: a path it cannot write is refused before any database is created or seeded.
+      const journal = yield* openJournal(options)
+      yield* Effect.addFinalizer(() => Effect.sync(() => journal.close()))
       const env = yield* Environment.open(options)
       const execute = yield* protocolFor(options, env)
       const atStart = yield* recover(env)
@@ -160,8 +163,6 @@ export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
       }
       const before = yield* db("reading bank A", () => Bank.state(a.db))
 
-      const journal = options.journal === undefined ? Journal.none : Journal.open(options.journal)
-      yield* Effect.addFinalizer(() => Effect.sync(() => journal.close()))
       const bar = progressBar(options)
       const barStarted = performance.now()
       const stats = yield* Workload.run({
@@ -239,6 +240,18 @@ export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
       return summary
     })
   )
+
+const openJournal = (options: Options) => {
+  const path = options.journal
+  if (path === undefined) return Effect.succeed(Journal.none)
+  return Effect.try({
+    try: () => Journal.open(path),
+    catch: (e) =>
+      new DemoError({
+        message: `--journal ${path} cannot be opened for appending (${e instanceof Error ? e.message.split("\n")[0] : String(e)}): pass a writable file path`
+      })
+  })
+}
 
 const protocolFor = (options: Options, env: Environment.Environment) =>
   options.protocol === "2pc" ? Effect.succeed(Protocol.twoPhase(env)) : Protocol.threePhase(env)

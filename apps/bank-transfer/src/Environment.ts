@@ -114,6 +114,14 @@ const openPostgres = Effect.fn("BankTransfer.openPostgres")(function* (options: 
       message: `PostgreSQL at ${where} has max_prepared_transactions = 0, so it cannot prepare transactions: ${fixMaxPrepared}`
     })
   }
+  // Both banks are on this server, so a run holds up to two prepared branches per transfer in
+  // flight; past the setting, PREPARE fails (53200) and the transfers abort for no reason of their own.
+  const maxPrepared = setting?.value ?? 0
+  if (2 * options.concurrency > maxPrepared) {
+    return yield* new DemoError({
+      message: `--concurrency ${options.concurrency} needs up to ${2 * options.concurrency} prepared transactions, but PostgreSQL at ${where} has max_prepared_transactions = ${maxPrepared}: ${maxPrepared >= 2 ? `pass --concurrency ${Math.floor(maxPrepared / 2)} or less, or raise max_prepared_transactions` : "raise max_prepared_transactions to at least 2"}`
+    })
+  }
   const names = {
     a: `${options.dbPrefix}bank_a`,
     b: `${options.dbPrefix}bank_b`,

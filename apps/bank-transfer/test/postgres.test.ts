@@ -9,11 +9,19 @@ import { run, start, summaryOf } from "./support.js"
 const server = await TestDatabase.server()
 const prefix = "accord_t_bank_"
 const names = [`${prefix}bank_a`, `${prefix}bank_b`, `${prefix}coordinator`]
+// Prefixes of runs that must be refused before creating anything (dropped in case they were not).
+const refusedNames = ["accord_t_bankcfg_", "accord_t_bankjrn_"].flatMap((p) => [
+  `${p}bank_a`,
+  `${p}bank_b`,
+  `${p}coordinator`
+])
 const dir = mkdtempSync(join(tmpdir(), "accord-t-bank-pg-"))
+
+const oneLineOf = (stderr: string) => stderr.trim().split("\n")
 
 const dropAll = async () => {
   if (server === undefined) return
-  for (const name of names) await TestDatabase.dropDatabase(server.adminUrl, name)
+  for (const name of [...names, ...refusedNames]) await TestDatabase.dropDatabase(server.adminUrl, name)
 }
 
 describe.skipIf(server === undefined)("bank transfer on real PostgreSQL", () => {
@@ -32,6 +40,60 @@ describe.skipIf(server === undefined)("bank transfer on real PostgreSQL", () => 
     await dropAll()
     rmSync(dir, { recursive: true, force: true })
   })
+
+  const databasesNamed = async (namePrefix: string) => {
+    const sql = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    try {
+      const rows = await sql<
+        { datname: string }[]
+      >`SELECT datname FROM pg_database WHERE starts_with(datname, ${namePrefix})`
+      return rows.map((r) => r.datname)
+    } finally {
+      await sql.end({ timeout: 5 })
+    }
+  }
+
+  it("refuses a --concurrency whose prepared branches exceed max_prepared_transactions, before creating anything", async () => {
+    const sql = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    const [row] = await sql<
+      { n: number }[]
+    >`SELECT current_setting('max_prepared_transactions')::int AS n`.finally(() => sql.end({ timeout: 5 }))
+    // Both banks live on this server: a run holds up to two prepared branches per transfer in flight.
+    const tooMany = Math.floor(row!.n / 2) + 1
+    const unusedPrefix = "accord_t_bankcfg_"
+    const r = await run([
+      "--pg",
+      adminUrl,
+      "--db-prefix",
+      unusedPrefix,
+      "--concurrency",
+      String(tooMany),
+      "--json"
+    ])
+    expect(r.code).toBe(1)
+    expect(oneLineOf(r.stderr)).toEqual([
+      expect.stringMatching(/--concurrency .*max_prepared_transactions = \d+.*--concurrency \d+ or/)
+    ])
+    expect(r.stdout).toBe("")
+    expect(await databasesNamed(unusedPrefix)).toEqual([])
+  }, 60_000)
+
+  it("refuses a --journal it cannot write, before creating anything", async () => {
+    const unusedPrefix = "accord_t_bankjrn_"
+    const r = await run([
+      "--pg",
+      adminUrl,
+      "--db-prefix",
+      unusedPrefix,
+      "--journal",
+      join(dir, "missing-folder", "journal.jsonl"),
+      "--json"
+    ])
+    expect(r.code).toBe(1)
+    expect(oneLineOf(r.stderr)).toEqual([expect.stringMatching(/--journal .*missing-folder.*ENOENT/)])
+    expect(r.stdout).toBe("")
+    expect(await databasesNamed(unusedPrefix)).toEqual([])
+  }, 60_000)
 
   it("creates its databases, conserves the total, leaves nothing prepared, and shows aborts", async () => {
     const r = await run(args("--fresh", "--transfers", "400", "--concurrency", "8", "--accounts", "100"))
