@@ -12,9 +12,11 @@
  * queued transactions completed, one `update ... where tx_id = any($1)` per batch, not forced
  * (`synchronous_commit = off`). A lone completion is written at once; completions queued while a
  * write is in flight go in the next one. Reads of this log (`decision`, `unfinished`, `completed`,
- * `purge`) first wait until every completion queued before them is written, and closing the log's
- * scope writes what is still queued (waiting at most 5 s), so within a process a completion is seen
- * as soon as `complete` returns. Another process may see it a little later. A completion that is
+ * `purge`) first wait until every completion queued before them is written (at most 5 s: past it,
+ * e.g. a completion write hung on a connection that stopped answering, the read goes on without
+ * them, logged as a warning, and they read as unfinished), and closing the log's scope writes what
+ * is still queued (waiting at most 5 s), so within a process a completion is seen as soon as
+ * `complete` returns. Another process may see it a little later. A completion that is
  * never written (crash, failed write: logged as a warning and dropped) leaves the decision
  * unfinished, which only makes recovery re-drive idempotent COMMIT/ROLLBACK PREPAREDs.
  * `completion: "immediate"` writes each completion before `complete` returns, as one update.
@@ -26,7 +28,9 @@
  * Group commit (`groupCommit`): concurrent decisions are written by ONE multi-row insert (one WAL
  * flush). A decision that finds no insert in flight is written at once, by its caller;
  * decisions arriving while a write is in flight form the next batch (up to `maxBatch`), which
- * waits at most `maxWait` for company. First writer wins still holds row by row.
+ * waits at most `maxWait` for company. First writer wins still holds row by row. Closing the log
+ * answers every queued decision: "log closed" when it was never sent, "may or may not have been
+ * written" when its batch was being written (the insert is cancelled; recovery decides).
  *
  * `decide` is the Effect twin of a started Promise (`direct.decide`, with or without group
  * commit): the coordinator bounds the commit decision's write by the transaction's deadline with
@@ -253,7 +257,10 @@ const build = (client: Client, options: Options) =>
             failed({
               sqlState: undefined,
               connectionLost: false,
-              message: `the decision of ${pending[0]!.txId} lost its insert three times and was gone each time by the read`
+              message:
+                records.length === 1
+                  ? "the decision lost its insert three times and was gone each time by the read"
+                  : `the decisions of ${pending.map((r) => r.txId).join(", ")} in this batch lost their insert three times and were gone each time by the read`
             })
           )
         }
@@ -398,20 +405,48 @@ const batcher = (
     let busy = 0
     // Setting a sub-millisecond timer is not possible in Node: below 1 ms, wait one scheduler turn.
     const wait = Duration.lessThan(maxWait, Duration.millis(1)) ? Effect.yieldNow() : Effect.sleep(maxWait)
-    const writer = Effect.gen(function* () {
-      let batch = Chunk.toArray(yield* Queue.takeBetween(queue, 1, maxBatch))
-      if (batch.length > 1 && batch.length < maxBatch && Duration.greaterThan(maxWait, Duration.zero)) {
-        yield* wait
-        batch = batch.concat(Chunk.toArray(yield* Queue.takeUpTo(queue, maxBatch - batch.length)))
-      }
-      busy++
-      const exit = yield* Effect.exit(writeBatch(batch.map((p) => p.record)))
-      busy--
-      for (const [i, p] of batch.entries()) p.settle(Exit.map(exit, (rows) => rows[i]!))
-    }).pipe(Effect.forever)
-    for (let i = 0; i < writers; i++) yield* Effect.forkScoped(writer)
     const closedError = (txId: string) =>
       new TransactionError.LogError({ operation: "decide", txId, reason: "log closed" })
+    const write = (batch: Array<Pending>) =>
+      Effect.gen(function* () {
+        if (batch.length > 1 && batch.length < maxBatch && Duration.greaterThan(maxWait, Duration.zero)) {
+          yield* wait
+          batch.push(...Chunk.toArray(yield* Queue.takeUpTo(queue, maxBatch - batch.length)))
+        }
+        busy++
+        const exit = yield* Effect.exit(writeBatch(batch.map((p) => p.record))).pipe(
+          Effect.ensuring(Effect.sync(() => busy--))
+        )
+        for (const [i, p] of batch.entries()) p.settle(Exit.map(exit, (rows) => rows[i]!))
+      })
+    // A batch taken from the queue is settled on every path: a writer interrupted by the log's
+    // close (its insert cancelled, or still gathering) answers each of its decisions that it may or
+    // may not have been written, instead of leaving their callers waiting for ever. The take and
+    // the installing of that answer are one step (masked), so no batch falls between them.
+    const writer = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(Queue.takeBetween(queue, 1, maxBatch)), (taken) => {
+        const batch = Chunk.toArray(taken)
+        return restore(write(batch)).pipe(
+          Effect.onInterrupt(() =>
+            Effect.sync(() => {
+              for (const p of batch) {
+                p.settle(
+                  Exit.fail(
+                    new TransactionError.LogError({
+                      operation: "decide",
+                      txId: p.record.txId,
+                      reason:
+                        "the log was closed while this decision was being written: it may or may not have been written; recovery decides"
+                    })
+                  )
+                )
+              }
+            })
+          )
+        )
+      })
+    ).pipe(Effect.forever)
+    for (let i = 0; i < writers; i++) yield* Effect.forkScoped(writer)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         const left = yield* Queue.takeAll(queue)
@@ -443,13 +478,22 @@ const batcher = (
         settled = true
         resolve(value)
       }
+      // A batch's failure names no transaction: each caller's error names its own.
+      const own = (error: TransactionError.LogError) =>
+        error.txId === undefined
+          ? new TransactionError.LogError({
+              operation: error.operation,
+              txId: record.txId,
+              reason: error.reason
+            })
+          : error
       const settle = (exit: Exit.Exit<CoreLog.DecisionRecord, TransactionError.LogError>) =>
         answer(
           Exit.isSuccess(exit)
             ? Either.right(exit.value)
             : Either.left(
                 Option.getOrElse(
-                  Cause.failureOption(exit.cause),
+                  Option.map(Cause.failureOption(exit.cause), own),
                   () =>
                     new TransactionError.LogError({
                       operation: "decide",
@@ -480,6 +524,21 @@ const batcher = (
 const COMPLETE_BATCH = 256
 /** How long closing the log waits for queued completions to be written. */
 const CLOSE_FLUSH_TIMEOUT = Duration.seconds(5)
+/**
+ * How long a read of this log waits for the completions queued before it. Past it the read goes
+ * on without them: a completion not written yet reads as unfinished, which is what another process
+ * sees anyway (recovery re-drives idempotent commits), whereas a completion write hung on a
+ * connection that stopped answering would otherwise hold every read, recovery's scan included,
+ * until the network gave up on that connection (minutes or more).
+ */
+const READ_FLUSH_MILLIS = 5_000
+
+/** A plain timer as an Effect (not Effect's Clock: a TestClock must not stall the log), cleared when interrupted. */
+const realSleep = (millis: number) =>
+  Effect.async<void>((resume) => {
+    const timer = setTimeout(() => resume(Effect.void), millis)
+    return Effect.sync(() => clearTimeout(timer))
+  })
 
 /**
  * One writer fiber drains the completion queue, one update per batch: it takes what is queued as
@@ -542,6 +601,27 @@ const completer = (
       )
     })
 
+    // A read's flush: bounded (READ_FLUSH_MILLIS), then the read goes on with a warning. Until the
+    // writer settles anything more, later reads do not wait again (`stalledAt`): each would pay the
+    // whole bound behind the same hung write.
+    let stalledAt = -1
+    const flushForRead = Effect.suspend(() =>
+      settled >= enqueued || settled === stalledAt
+        ? Effect.void
+        : Effect.raceFirst(
+            flush.pipe(Effect.as(true)),
+            realSleep(READ_FLUSH_MILLIS).pipe(Effect.as(false))
+          ).pipe(
+            Effect.flatMap((written) => {
+              if (written) return Effect.void
+              stalledAt = settled
+              return Effect.logWarning(
+                `PgTransactionLog: queued completions still not written after ${READ_FLUSH_MILLIS} ms; reading without them (they read as unfinished)`
+              )
+            })
+          )
+    )
+
     const writer = Effect.gen(function* () {
       const first = yield* Queue.take(queue)
       if (
@@ -589,7 +669,7 @@ const completer = (
           Queue.unsafeOffer(queue, txId)
           return Effect.void
         }),
-      flush
+      flush: flushForRead
     }
   })
 
