@@ -40,6 +40,8 @@ export interface TransactionFinal {
   readonly branches: ReadonlyArray<BranchFinal>
   /** Every decision value the log handed out for it, in order (more than one: it changed). */
   readonly decisions: ReadonlyArray<string>
+  /** The decision the log holds after the run settled (2PC), if any. */
+  readonly durable?: "commit" | "abort"
 }
 
 /**
@@ -70,6 +72,16 @@ export const atomicCommit = (tx: TransactionFinal): Array<string> => {
   }
   if (tx.told === "Aborted" && committed.length > 0) {
     out.push(`outcome: tx ${id} told Aborted but ${committed.map((b) => b.branch).join(",")} committed`)
+  }
+  if (tx.durable === "commit" && notCommitted.length > 0) {
+    out.push(
+      `decision: tx ${id} has a durable commit decision but ${notCommitted.map((b) => b.branch).join(",")} not committed`
+    )
+  }
+  if (tx.durable === "abort" && committed.length > 0) {
+    out.push(
+      `decision: tx ${id} has a durable abort decision but ${committed.map((b) => b.branch).join(",")} committed`
+    )
   }
   if (tx.decisions.length > 1) out.push(`decision: tx ${id} decision changed: ${tx.decisions.join(" -> ")}`)
   return out

@@ -274,6 +274,13 @@ export const finals = (
           return { branch: b.target.name, writes: b.writes, applied, prepared: state === "prepared" }
         })
       )
-      return { txId: plan.txId, told: plan.told, branches, decisions: log.observed.get(plan.txId) ?? [] }
+      const durable = log.decisions.get(plan.txId)?.decision
+      return {
+        txId: plan.txId,
+        told: plan.told,
+        branches,
+        decisions: log.observed.get(plan.txId) ?? [],
+        ...(durable === undefined ? {} : { durable })
+      }
     })
   )
