@@ -14,6 +14,10 @@
  *    applied compensation row. (A "more than one compensation row per step" count cannot fail: the
  *    barrier's primary key (gid, branch, op) allows one.)
  * 5. A cancelled (compensated) order holds no live reservation, charge or shipment.
+ * 6. A completed order was fulfilled in every service: its reservation (its product and quantity) is
+ *    shipped, its shipment is scheduled, its charge is captured for its amount. (Without this, a
+ *    completed order whose stock stayed reserved or was released, or whose shipment was cancelled,
+ *    passed every other check: the stock balances either way and the charge is captured.)
  *
  * @since 0.1.0
  */
@@ -64,6 +68,11 @@ export interface Report {
   }
   /** Cancelled orders that still hold a reservation, a charge or a shipment. */
   readonly compensatedWithLiveEffects: number
+  /**
+   * Completed orders without a shipped reservation of their product and quantity, a scheduled
+   * shipment of them, or a charge captured for their amount.
+   */
+  readonly completedOrdersUnfulfilled: number
   readonly checks: {
     readonly stockBalanced: boolean
     readonly chargesSettled: boolean
@@ -71,6 +80,7 @@ export interface Report {
     readonly noCompensationTwice: boolean
     readonly compensationsMatchBarrier: boolean
     readonly compensatedOrdersClean: boolean
+    readonly completedOrdersFulfilled: boolean
   }
   readonly invariantsHold: boolean
 }
@@ -137,7 +147,13 @@ const effectsTwice = async (db: Db, table: string): Promise<number> => {
  */
 export const check = async (dbs: ServiceDbs): Promise<Report> => {
   const orders = await drizzleOf(dbs.orders)
-    .select({ id: Schema.orders.id, status: Schema.orders.status })
+    .select({
+      id: Schema.orders.id,
+      status: Schema.orders.status,
+      sku: Schema.orders.sku,
+      quantity: Schema.orders.quantity,
+      amountCents: Schema.orders.amountCents
+    })
     .from(Schema.orders)
   const orderStatus = new Map(orders.map((o) => [o.id, o.status]))
   const count = (status: string) => orders.filter((o) => o.status === status).length
@@ -178,7 +194,11 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
 
   // 2. charges
   const charges = await drizzleOf(dbs.payment)
-    .select({ orderId: Schema.charges.orderId, status: Schema.charges.status })
+    .select({
+      orderId: Schema.charges.orderId,
+      status: Schema.charges.status,
+      amountCents: Schema.charges.amountCents
+    })
     .from(Schema.charges)
   const captured = charges.filter((c) => c.status === "captured")
   const capturedOrders = new Set(captured.map((c) => c.orderId))
@@ -217,13 +237,51 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
   const live = new Set([...liveReservations, ...liveCharges, ...liveShipments].map((r) => r.orderId))
   const compensatedWithLiveEffects = orders.filter((o) => o.status === "cancelled" && live.has(o.id)).length
 
+  // 6. completed orders were fulfilled everywhere
+  const reservationOf = new Map(
+    (
+      await drizzleOf(dbs.inventory)
+        .select({
+          orderId: Schema.reservations.orderId,
+          sku: Schema.reservations.sku,
+          quantity: Schema.reservations.quantity,
+          status: Schema.reservations.status
+        })
+        .from(Schema.reservations)
+    ).map((r) => [r.orderId, r])
+  )
+  const shipmentOf = new Map(
+    (
+      await drizzleOf(dbs.shipping)
+        .select({
+          orderId: Schema.shipments.orderId,
+          sku: Schema.shipments.sku,
+          quantity: Schema.shipments.quantity,
+          status: Schema.shipments.status
+        })
+        .from(Schema.shipments)
+    ).map((s) => [s.orderId, s])
+  )
+  const chargeOf = new Map(charges.map((c) => [c.orderId, c]))
+  const completedOrdersUnfulfilled = orders.filter((o) => {
+    if (o.status !== "completed") return false
+    const r = reservationOf.get(o.id)
+    const s = shipmentOf.get(o.id)
+    const c = chargeOf.get(o.id)
+    const shipped = r?.status === "shipped" && r.sku === o.sku && r.quantity === o.quantity
+    const scheduled = s?.status === "scheduled" && s.sku === o.sku && s.quantity === o.quantity
+    const paid = c?.status === "captured" && Number(c.amountCents) === Number(o.amountCents)
+    return !(shipped && scheduled && paid)
+  }).length
+
   const checks = {
     stockBalanced: unbalancedProducts.length === 0,
     chargesSettled: open === 0 && capturedWithoutCompletedOrder === 0 && completedOrdersWithoutCapture === 0,
     noPendingOrders: count("pending") === 0,
     noCompensationTwice: twice === 0,
     compensationsMatchBarrier: unmatched === 0,
-    compensatedOrdersClean: compensatedWithLiveEffects === 0
+    compensatedOrdersClean: compensatedWithLiveEffects === 0,
+    completedOrdersFulfilled: completedOrdersUnfulfilled === 0
   }
   return {
     orders: {
@@ -254,6 +312,7 @@ export const check = async (dbs: ServiceDbs): Promise<Report> => {
       unmatched
     },
     compensatedWithLiveEffects,
+    completedOrdersUnfulfilled,
     checks,
     invariantsHold: Object.values(checks).every(Boolean)
   }

@@ -70,6 +70,7 @@ export const table = (config: RunConfig, result: Result): string => {
     `  ${mark(inv.checks.noCompensationTwice)} compensations: ${inv.compensations.applied} applied, ${inv.compensations.nullCompensations} null; ${inv.compensations.effectsTwice} effects twice in the ledgers`,
     `  ${mark(inv.checks.compensationsMatchBarrier)} barriers and ledgers agree: ${inv.compensations.unmatched} applied compensations without exactly one effect (or effects without one)`,
     `  ${mark(inv.checks.compensatedOrdersClean)} compensated orders holding a reservation, charge or shipment: ${inv.compensatedWithLiveEffects}`,
+    `  ${mark(inv.checks.completedOrdersFulfilled)} completed orders not shipped, not scheduled or not captured for their amount: ${inv.completedOrdersUnfulfilled}`,
     `  => invariants ${inv.invariantsHold ? "hold" : "VIOLATED"}`,
     ""
   ]

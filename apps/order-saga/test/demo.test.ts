@@ -32,7 +32,8 @@ const expectSound = (result: Run.Result, orders: number): void => {
     noPendingOrders: true,
     noCompensationTwice: true,
     compensationsMatchBarrier: true,
-    compensatedOrdersClean: true
+    compensatedOrdersClean: true,
+    completedOrdersFulfilled: true
   })
   expect(invariants.invariantsHold).toBe(true)
   expect(tally.pending).toBe(0)
