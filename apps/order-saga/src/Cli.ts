@@ -77,7 +77,8 @@ const integer = (
   max: number
 ): number => {
   if (text === undefined) return fallback
-  if (!/^\d+$/.test(text))
+  // A negative whole number gets the range message below, which says what is expected.
+  if (!/^-?\d+$/.test(text))
     throw new UsageError(`--${flag} must be a whole number, got ${JSON.stringify(text)}`)
   const n = Number(text)
   if (n < min || n > max) throw new UsageError(`--${flag} must be between ${min} and ${max}, got ${n}`)
@@ -87,10 +88,30 @@ const integer = (
 const rate = (flag: string, text: string | undefined, fallback: number): number => {
   if (text === undefined) return fallback
   const n = Number(text)
-  if (text.trim() === "" || !Number.isFinite(n) || n < 0 || n > 1)
+  // Decimal notation only: Number() also reads "0x1", "0b1" and " " (as 1, 1 and 0).
+  if (!/^-?(\d+(\.\d*)?|\.\d+)$/.test(text) || !Number.isFinite(n) || n < 0 || n > 1)
     throw new UsageError(`--${flag} must be a number between 0 and 1, got ${JSON.stringify(text)}`)
   return n
 }
+
+/** The flags that take a number (a negative one is passed on to the number check). */
+const numericFlags = new Set(
+  [
+    "orders",
+    "concurrency",
+    "kill-orchestrator-after",
+    "seed",
+    "customers",
+    "decline-rate",
+    "slow-rate",
+    "slow-ms",
+    "duplicate-rate",
+    "drop-rate",
+    "step-timeout-ms",
+    "retries",
+    "lease-ms"
+  ].map((flag) => `--${flag}`)
+)
 
 /**
  * Parses the command line; `undefined` when help was asked for.
@@ -100,11 +121,23 @@ export const parse = (
   argv: ReadonlyArray<string>,
   env: Readonly<Record<string, string | undefined>> = process.env
 ): RunConfig | undefined => {
+  // pnpm passes a literal "--" through to the script: drop it.
+  const given = argv.filter((a) => a !== "--")
+  // `--orders -5`: parseArgs refuses a value starting with a dash as "ambiguous"; joined as
+  // `--orders=-5` it reaches the number check, which says what is expected.
+  const args: Array<string> = []
+  for (let i = 0; i < given.length; i++) {
+    const arg = given[i]!
+    const next = given[i + 1]
+    if (numericFlags.has(arg) && next !== undefined && /^-(\d|\.\d)/.test(next)) {
+      args.push(`${arg}=${next}`)
+      i++
+    } else args.push(arg)
+  }
   let values: ReturnType<typeof parseArgs<{ options: typeof options }>>["values"]
   try {
-    // pnpm passes a literal "--" through to the script: drop it.
     ;({ values } = parseArgs({
-      args: argv.filter((a) => a !== "--"),
+      args,
       options,
       strict: true,
       allowPositionals: false
@@ -116,16 +149,18 @@ export const parse = (
   const orders = integer("orders", values.orders, 200, 1, 100_000)
   const pgUrl = values.pg ?? (env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL)
   if (pgUrl !== undefined) {
+    // Say where the bad URL came from: the flag, or the environment.
+    const source = values.pg === undefined ? "$ACCORD_PG_URL" : "--pg"
     let url: URL
     try {
       url = new URL(pgUrl)
     } catch {
       throw new UsageError(
-        `--pg must be a URL like postgres://user@host:5432/postgres, got ${JSON.stringify(pgUrl)}`
+        `${source} must be a URL like postgres://user@host:5432/postgres, got ${JSON.stringify(pgUrl)}`
       )
     }
     if (url.protocol !== "postgres:" && url.protocol !== "postgresql:")
-      throw new UsageError(`--pg must be a postgres:// URL, got ${url.protocol}`)
+      throw new UsageError(`${source} must be a postgres:// URL, got ${JSON.stringify(pgUrl)}`)
   }
   const kill = values["kill-orchestrator-after"]
   const killOrchestratorAfter =

@@ -18,7 +18,7 @@ const main = async (): Promise<void> => {
   try {
     config = Cli.parse(process.argv.slice(2))
   } catch (error) {
-    if (error instanceof Cli.UsageError) return fail(`${error.message}\n(see --help)`, 2)
+    if (error instanceof Cli.UsageError) return fail(`${error.message} (see --help)`, 2)
     throw error
   }
   if (config === undefined) {
