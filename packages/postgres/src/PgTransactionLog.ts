@@ -404,7 +404,10 @@ const batcher = (
     /** Inserts in flight (the writers' and direct ones). */
     let busy = 0
     // Setting a sub-millisecond timer is not possible in Node: below 1 ms, wait one scheduler turn.
-    const wait = Duration.lessThan(maxWait, Duration.millis(1)) ? Effect.yieldNow() : Effect.sleep(maxWait)
+    // A plain timer, not Effect's Clock: under a TestClock a batch with company would wait for ever.
+    const wait = Duration.lessThan(maxWait, Duration.millis(1))
+      ? Effect.yieldNow()
+      : realSleep(Duration.toMillis(maxWait))
     const closedError = (txId: string) =>
       new TransactionError.LogError({ operation: "decide", txId, reason: "log closed" })
     const write = (batch: Array<Pending>) =>

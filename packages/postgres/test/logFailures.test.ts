@@ -7,6 +7,7 @@ import { TransactionId, type TransactionLog } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit, Option, Scope } from "effect"
 import postgres from "postgres"
+import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
 import * as TcpProxy from "./support/tcpProxy.js"
@@ -172,5 +173,33 @@ describe.skipIf(server === undefined)("PgTransactionLog failure paths on Postgre
         expect(Date.now() - started).toBeLessThan(5_000 + 5_000 + 5_000 + 3_000)
       }),
     60_000
+  )
+})
+
+describe("PgTransactionLog under a TestClock (PGlite)", () => {
+  let db: import("@electric-sql/pglite").PGlite
+  beforeAll(async () => {
+    db = await PgParticipant.openPglite()
+  }, 60_000)
+  afterAll(async () => {
+    await db?.close()
+  })
+
+  // `it.effect` runs on a TestClock that only moves when a test adjusts it: the log's own waits
+  // must not depend on it (the completer's gather already uses a plain timer).
+  it.effect("group commit with a maxWait of milliseconds does not stall concurrent decisions", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const log = yield* PgTransactionLog.makePglite(db, { groupCommit: { maxWait: "5 millis" } })
+        const records = yield* Effect.forEach(Array.from({ length: 8 }), () =>
+          Effect.map(TransactionId.make, (txId) => record(txId))
+        )
+        const held = yield* Effect.promise(() =>
+          within(Promise.all(records.map((r) => log.direct!.decide(r).result)), 2_000)
+        )
+        expect(held).not.toBe("pending")
+        if (held !== "pending") expect(held.map((a) => Either.isRight(a))).toEqual(records.map(() => true))
+      })
+    )
   )
 })
