@@ -75,6 +75,18 @@ export interface Summary {
   readonly elapsed: number
 }
 
+/**
+ * What a run proves, as the CLI's exit code says it: `violations` (exit 1) when any check failed;
+ * `inconclusive` (exit 1 too) when no kill landed, because every demo run finished before its kill
+ * time (too few `--transfers` for the 20-3,000 ms kill window): then nothing about crashes was
+ * checked, only a clean run; `passed` otherwise.
+ * @since 0.1.0
+ */
+export const verdict = (
+  summary: Pick<Summary, "violations" | "kills">
+): "violations" | "inconclusive" | "passed" =>
+  summary.violations > 0 ? "violations" : summary.kills === 0 ? "inconclusive" : "passed"
+
 interface ChildResult {
   readonly code: number | null
   readonly signal: NodeJS.Signals | null

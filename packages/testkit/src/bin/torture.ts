@@ -2,7 +2,7 @@
 /**
  * `pnpm torture -- --pg URL [--cycles N] [--json] [--protocol auto|2pc|3pc|both] [--transfers N]
  *   [--concurrency C] [--accounts A] [--seed S] [--no-server-restarts] [--cluster 15/main] [--keep]`
- * Exit code 1 when any violation is found.
+ * Exit code 1 when any violation is found, or when no kill landed (inconclusive: see `Torture.verdict`).
  */
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
@@ -73,8 +73,14 @@ const main = async () => {
         : `${summary.violations} violation(s); replay with --seed ${summary.seed}`
     )
   }
+  const found = Torture.verdict(summary)
+  if (found === "inconclusive") {
+    console.error(
+      "INCONCLUSIVE: no kill landed (every demo run finished before its kill time), so no crash was checked; raise --transfers"
+    )
+  }
   console.log(JSON.stringify(summary))
-  return summary.violations === 0 ? 0 : 1
+  return found === "passed" ? 0 : 1
 }
 
 main().then(
