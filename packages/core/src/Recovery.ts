@@ -26,7 +26,9 @@ import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./Tra
  * @since 0.1.0
  */
 export const defaults = {
-  callTimeout: Duration.seconds(5)
+  callTimeout: Duration.seconds(5),
+  /** Most unfinished decisions read per pass (the oldest first). */
+  limit: 100_000
 } as const
 
 /**
@@ -346,7 +348,7 @@ export const run: (
     // (idempotent) but only adds contention, so they get the same grace as orphans.
     const unfinished = yield* log.unfinished({
       olderThanMillis: orphanAfterMillis,
-      ...(options.limit === undefined ? {} : { limit: options.limit })
+      limit: options.limit ?? defaults.limit
     })
     const handled = new Set<string>()
     // Fast path for participants with `finishMany`: a round of up to `batch` decisions sends each

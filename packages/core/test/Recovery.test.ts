@@ -38,6 +38,27 @@ const commitDecisionFor = (
   })
 
 describe("Recovery.run", () => {
+  it.effect("reads at most `limit` unfinished decisions per pass: 100,000 unless told otherwise", () =>
+    Effect.gen(function* () {
+      const { log, a, b } = yield* setup
+      const asked: Array<number | undefined> = []
+      const counting: typeof log = {
+        ...log,
+        unfinished: (options) => {
+          asked.push(options?.limit)
+          return log.unfinished(options)
+        }
+      }
+      const pass = (options: Recovery.Options) =>
+        Recovery.run([a.participant, b.participant], { orphanAfter: 0, ...options }).pipe(
+          Effect.provideService(TransactionLog.TransactionLog, counting)
+        )
+      yield* pass({})
+      yield* pass({ limit: 10 })
+      expect(asked).toEqual([100_000, 10])
+    })
+  )
+
   it.effect("commits the branches of a commit decision whose phase 2 never ran", () =>
     Effect.gen(function* () {
       const world = yield* setup
