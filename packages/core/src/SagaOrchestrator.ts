@@ -19,6 +19,9 @@
  * `undefined` field) is refused before the completion is logged: the step fails (`outputRefused`,
  * not retried) and, having acted, is compensated with `output: undefined`.
  *
+ * A time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease) is
+ * refused when given: the constructor, `addStep` and `addParallel` throw `InvalidSagaError`.
+ *
  * A saga's outcome (completed, compensated, stuck) resolves the promise. A promise rejects with the
  * typed error itself (its `_tag` says which), never a wrapper: `InvalidSagaError` (definition or id
  * refused; nothing ran), `LogError` (the log failed), `SagaBusyError` (another drive holds the saga:
@@ -149,10 +152,12 @@ export const classify = (error: unknown): Saga.StepError => {
   }
   const record = typeof error === "object" && error !== null ? (error as Record<string, unknown>) : {}
   const reason = error instanceof Error ? error.message : String(error)
-  if (record._tag === "StepTransientError" || record.retryable === true)
-    return new Saga.StepTransientError({ reason })
+  // In doubt first: an error that says the call may have acted must be compensated if the step
+  // fails for good, even when it also says it may be retried (both are retried).
   if (record._tag === "StepInDoubtError" || record.inDoubt === true)
     return new Saga.StepInDoubtError({ reason })
+  if (record._tag === "StepTransientError" || record.retryable === true)
+    return new Saga.StepTransientError({ reason })
   return new Saga.StepBusinessError({ reason })
 }
 
@@ -215,7 +220,54 @@ const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"], saga: Saga.Saga<n
   )
 
 /**
- * The Promise facade.
+ * Refuses a number of the facade's options that `Duration.millis` or `Schedule.recurs` would
+ * silently bend: `Duration.millis` turns NaN and negative numbers into zero (every attempt would
+ * be called and then time out at once, retried, then compensated as in doubt), and a lease of zero
+ * is lost before the first step. Throws `InvalidSagaError`, as `Coordinator` does for its timeouts.
+ */
+const checkNumbers = (
+  where: string,
+  values: Readonly<Record<string, number | undefined>>,
+  kinds: Readonly<Record<string, "duration" | "finiteDuration" | "delay" | "count">>
+): void => {
+  for (const [option, value] of Object.entries(values)) {
+    if (value === undefined) continue
+    const kind = kinds[option]
+    const ok =
+      typeof value === "number" &&
+      (kind === "duration"
+        ? value > 0
+        : kind === "finiteDuration"
+          ? value > 0 && Number.isFinite(value)
+          : kind === "delay"
+            ? value >= 0 && Number.isFinite(value)
+            : Number.isSafeInteger(value) && value >= 0)
+    if (!ok) {
+      const expected =
+        kind === "count"
+          ? "a whole number, 0 or more"
+          : kind === "delay"
+            ? "a finite number of milliseconds, 0 or more"
+            : kind === "finiteDuration"
+              ? "a finite number of milliseconds above 0"
+              : "a number of milliseconds above 0"
+      throw new Saga.InvalidSagaError({
+        reason: `${where}: ${option} must be ${expected}, got ${String(value)}`
+      })
+    }
+  }
+}
+
+const stepNumberKinds = {
+  timeout: "duration",
+  retries: "count",
+  compensationTimeout: "duration",
+  compensationRetries: "count"
+} as const
+
+/**
+ * The Promise facade. The constructor, `addStep` and `addParallel` throw `InvalidSagaError` for a
+ * time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease).
  * @since 0.1.0
  */
 export class SagaOrchestrator {
@@ -229,10 +281,41 @@ export class SagaOrchestrator {
   private count = 0
 
   constructor(options: OrchestratorOptions = {}) {
+    checkNumbers(
+      "SagaOrchestrator",
+      {
+        leaseFor: options.leaseFor,
+        stepTimeout: options.stepTimeout,
+        retries: options.retries,
+        compensationRetries: options.compensationRetries,
+        retryDelay: options.retryDelay
+      },
+      {
+        leaseFor: "finiteDuration",
+        stepTimeout: "duration",
+        retries: "count",
+        compensationRetries: "count",
+        retryDelay: "delay"
+      }
+    )
     this.options = options
     this.name = options.name ?? "saga"
     this.log = options.log ?? Effect.runSync(makeMemory)
     this.owner = options.owner ?? `orchestrator-${secureChars(16).toLowerCase()}`
+  }
+
+  /** `position`: the step's place after the steps added so far, for its default name. */
+  private checkStep(spec: StepSpec<unknown, unknown>, position = 1): void {
+    checkNumbers(
+      `step ${spec.name ?? `step-${this.count + position}`}`,
+      {
+        timeout: spec.timeout,
+        retries: spec.retries,
+        compensationTimeout: spec.compensationTimeout,
+        compensationRetries: spec.compensationRetries
+      },
+      stepNumberKinds
+    )
   }
 
   private toStep<A, I>(spec: StepSpec<A, I>): Saga.Step<A, never> {
@@ -268,6 +351,7 @@ export class SagaOrchestrator {
 
   /** Adds a step after the existing ones. */
   addStep<A = unknown, I = A>(spec: StepSpec<A, I>): this {
+    this.checkStep(spec as StepSpec<unknown, unknown>)
     this.units.push(this.toStep(spec))
     return this
   }
@@ -275,6 +359,8 @@ export class SagaOrchestrator {
   /** Adds a group of steps that run concurrently. */
   // biome-ignore lint/suspicious/noExplicitAny: each member has an output type of its own
   addParallel(specs: ReadonlyArray<StepSpec<any, any>>, name?: string): this {
+    // All checked before any is added: a bad member leaves the orchestrator as it was.
+    for (const [i, spec] of specs.entries()) this.checkStep(spec, i + 1)
     this.units.push(
       Saga.parallel(
         name ?? `group-${this.units.length + 1}`,
@@ -312,7 +398,9 @@ export class SagaOrchestrator {
       Saga.run(this.saga, input ?? null, {
         owner,
         leaseFor,
-        ...(options?.sagaId ? { sagaId: options.sagaId } : {})
+        // An empty id is refused by `Saga.run`, not replaced by a fresh one: a caller deriving the
+        // id from its order would otherwise run the saga again on every retry of `execute`.
+        ...(options?.sagaId === undefined ? {} : { sagaId: options.sagaId })
       })
     )
   }

@@ -1,0 +1,101 @@
+import { describe, expect, it } from "vitest"
+import { InvalidSagaError } from "../src/Saga.js"
+import { SagaOrchestrator, classify } from "../src/SagaOrchestrator.js"
+
+describe("SagaOrchestrator: what a production caller gets wrong", () => {
+  it("an empty saga id is refused, not replaced by a fresh one (a retried execute would run twice)", async () => {
+    let charges = 0
+    const saga = new SagaOrchestrator().addStep({ name: "charge", action: async () => void charges++ })
+    await expect(saga.execute({}, { sagaId: "" })).rejects.toBeInstanceOf(InvalidSagaError)
+    await expect(saga.execute({}, { sagaId: "" })).rejects.toBeInstanceOf(InvalidSagaError)
+    expect(charges).toBe(0)
+  })
+
+  it("an error that says it may have acted stays in doubt even when it is also retryable", () => {
+    const both = Object.assign(new Error("socket closed after send"), { retryable: true, inDoubt: true })
+    expect(classify(both)._tag).toBe("StepInDoubtError")
+    expect(classify({ _tag: "StepInDoubtError", retryable: true, message: "x" })._tag).toBe(
+      "StepInDoubtError"
+    )
+  })
+
+  it("a retryable in-doubt rejection that keeps failing is compensated: it may have charged", async () => {
+    const refunds: Array<string> = []
+    const result = await new SagaOrchestrator({ retryDelay: 1 })
+      .addStep({
+        name: "charge",
+        retries: 1,
+        action: async () => {
+          throw Object.assign(new Error("reply lost"), { retryable: true, inDoubt: true })
+        },
+        compensation: async (ctx) => void refunds.push(ctx.key)
+      })
+      .execute()
+    expect(result.status).toBe("compensated")
+    expect(refunds).toEqual([`${result.sagaId}/charge`])
+  })
+
+  it.each([
+    ["timeout", { timeout: Number.NaN }],
+    ["timeout", { timeout: -1 }],
+    ["timeout", { timeout: 0 }],
+    ["compensationTimeout", { compensationTimeout: Number.NaN }],
+    ["retries", { retries: -1 }],
+    ["retries", { retries: 1.5 }],
+    ["compensationRetries", { compensationRetries: Number.NaN }]
+  ] as const)("a step's %s of %j is refused with InvalidSagaError, and nothing runs", (option, bad) => {
+    let calls = 0
+    const saga = new SagaOrchestrator()
+    expect(() => saga.addStep({ name: "charge", action: async () => void calls++, ...bad })).toThrow(
+      InvalidSagaError
+    )
+    expect(() => saga.addStep({ name: "charge", action: async () => void calls++, ...bad })).toThrow(option)
+    expect(calls).toBe(0)
+  })
+
+  it("a parallel group with one bad member is refused whole: the orchestrator is left as it was", async () => {
+    const saga = new SagaOrchestrator().addStep({ name: "a", action: async () => 1 })
+    expect(() =>
+      saga.addParallel([
+        { name: "b", action: async () => 2 },
+        { name: "c", action: async () => 3, retries: -1 }
+      ])
+    ).toThrow("step c: retries must be a whole number, 0 or more, got -1")
+    const result = await saga.execute()
+    expect(result.outputs).toEqual({ a: 1 })
+  })
+
+  it.each([
+    ["stepTimeout", { stepTimeout: Number.NaN }],
+    ["leaseFor", { leaseFor: 0 }],
+    ["retries", { retries: Number.NaN }],
+    ["compensationRetries", { compensationRetries: -2 }],
+    ["retryDelay", { retryDelay: -5 }]
+  ] as const)("an orchestrator's %s of %j is refused with InvalidSagaError", (option, bad) => {
+    expect(() => new SagaOrchestrator(bad)).toThrow(InvalidSagaError)
+    expect(() => new SagaOrchestrator(bad)).toThrow(option)
+  })
+
+  it("a NaN step timeout (an unset environment variable) would time every attempt out after calling it", async () => {
+    // What the validation prevents: before it, the action was called, aborted at once, retried, then
+    // compensated as in doubt, on every saga.
+    let calls = 0
+    const saga = new SagaOrchestrator({ retryDelay: 1 })
+    let thrown: unknown
+    try {
+      saga.addStep({
+        name: "charge",
+        timeout: Number(process.env.ACCORD_UNSET_TIMEOUT_FOR_TEST),
+        retries: 1,
+        action: async () => {
+          calls++
+          return 1
+        }
+      })
+    } catch (e) {
+      thrown = e
+    }
+    expect(thrown).toBeInstanceOf(InvalidSagaError)
+    expect(calls).toBe(0)
+  })
+})
