@@ -243,6 +243,15 @@ const GC_SQL =
 const noop = () => undefined
 
 /**
+ * The `i`th column of a row of Accord's own statements, by position: a pool's column transform
+ * (`transform: postgres.camel`, `postgres.pascal`, `postgres.kebab`) renames the columns
+ * (`max_prepared_transactions` came back as `maxPreparedTransactions`, and `make` reported
+ * `max_prepared_transactions is 0`), but keeps their order.
+ */
+const column = (row: object | undefined, i: number): unknown =>
+  row === undefined ? undefined : Object.values(row)[i]
+
+/**
  * A postgres.js branch as a started call around `internal/pgBranch.run` (one Promise). Abandoned,
  * the branch is stopped and the result settles after its clean-up (each step of which is bounded
  * by `cancelTimeout`), or rejects after three of them.
@@ -459,10 +468,10 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
 
   const verify: Effect.Effect<void, TransactionError.ConfigurationError | TransactionError.BranchCallError> =
     Effect.gen(function* () {
-      const rows = yield* query<{ max_prepared_transactions: string }>("show max_prepared_transactions").pipe(
+      const rows = yield* query<object>("show max_prepared_transactions").pipe(
         Effect.mapError((f) => callError(self, "begin", f, false))
       )
-      const value = Number(rows[0]?.max_prepared_transactions ?? 0)
+      const value = Number(column(rows[0], 0) ?? 0)
       if (!(value > 0)) {
         return yield* new TransactionError.ConfigurationError({
           participant: name,
@@ -576,11 +585,11 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       if (done.failure.sqlState !== UNDEFINED_OBJECT) {
         return Either.left(callError(ctx, phase, done.failure, done.failure.connectionLost))
       }
-      const marker = await send<{ committed: boolean }>(MARKER_EXISTS_SQL, [ctx.gid])
+      const marker = await send<object>(MARKER_EXISTS_SQL, [ctx.gid])
       if (!marker.ok) return Either.left(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
       driver.resolved(gid.right)
       return Either.right(
-        marker.value[0]?.committed === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
+        column(marker.value[0], 0) === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
       )
     })
   }
@@ -645,9 +654,9 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         })
       )
       if (gone.length > 0) {
-        const marked = await send<{ gid: string }>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
+        const marked = await send<object>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
         if (marked.ok) {
-          const present = new Set(marked.value.map((row) => row.gid))
+          const present = new Set(marked.value.map((row) => column(row, 0)))
           for (const i of gone) {
             if (present.has(ctxs[i]!.gid) === (phase === "commit")) {
               oks[i] = true
@@ -667,12 +676,11 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
 
   const state = Effect.fn("PgParticipant.state")(function* (ctx: Participant.BranchContext) {
     yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
-    const rows = yield* query<{ prepared: boolean; committed: boolean }>(STATE_SQL, [ctx.gid]).pipe(
+    const rows = yield* query<object>(STATE_SQL, [ctx.gid]).pipe(
       Effect.mapError((f) => callError(ctx, "state", f, f.connectionLost))
     )
-    const row = rows[0]
-    if (row?.prepared === true) return "prepared" as const
-    return row?.committed === true ? ("committed" as const) : ("aborted" as const)
+    if (column(rows[0], 0) === true) return "prepared" as const
+    return column(rows[0], 1) === true ? ("committed" as const) : ("aborted" as const)
   })
 
   /**
@@ -685,14 +693,11 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const inDoubt: Effect.Effect<
     ReadonlyArray<Participant.InDoubtBranch>,
     TransactionError.BranchCallError
-  > = query<{
-    gid: string
-    age_ms: number
-  }>(IN_DOUBT_SQL, [TransactionId.gidLikePattern(options.namespace)]).pipe(
+  > = query<object>(IN_DOUBT_SQL, [TransactionId.gidLikePattern(options.namespace)]).pipe(
     Effect.zip(Clock.currentTimeMillis),
     Effect.map(([rows, answeredAt]) =>
       rows.flatMap((row) => {
-        const parsed = TransactionId.parseGid(row.gid)
+        const parsed = TransactionId.parseGid(String(column(row, 0)))
         if (parsed._tag === "None") return []
         // Another deployment's branches (another namespace, or one where this has none) are not ours.
         if (parsed.value.namespace !== options.namespace) return []
@@ -701,7 +706,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
             gid: parsed.value.gid,
             txId: parsed.value.txId,
             branch: parsed.value.branch,
-            preparedAt: answeredAt - Number(row.age_ms)
+            preparedAt: answeredAt - Number(column(row, 1))
           }
         ]
       })
@@ -720,8 +725,8 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         )
 
   const gcMarkers = (olderThan: Duration.DurationInput) =>
-    query<{ deleted: number }>(GC_SQL, [Duration.toSeconds(Duration.decode(olderThan))]).pipe(
-      Effect.map((rows) => Number(rows[0]?.deleted ?? 0)),
+    query<object>(GC_SQL, [Duration.toSeconds(Duration.decode(olderThan))]).pipe(
+      Effect.map((rows) => Number(column(rows[0], 0) ?? 0)),
       Effect.mapError((f) => callError(self, "complete", f, false)),
       Effect.withSpan("PgParticipant.gcMarkers", { attributes: { branch: name } })
     )

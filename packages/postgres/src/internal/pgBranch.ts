@@ -205,8 +205,46 @@ class Session {
         const { sql, params } = q.toSQL()
         return this.work(sql, params)
       },
-      sql: conn
+      sql: this.guarded(conn)
     }
+  }
+  /**
+   * `conn` as the work sees it: each statement it runs (tagged template, `unsafe`, `file`) is refused
+   * once the work's time is over or the connection was lost, and tracked like `query`'s. Without
+   * this, a statement run after the work returned went to the connection once it was released
+   * (another branch's transaction, perhaps), and a lost connection that the work caught went
+   * unnoticed: the marker and PREPARE then ran on the reconnected session, outside any transaction,
+   * and the branch voted ReadOnly or Prepared for work the server had rolled back. Fragments (a
+   * query nested in another) are never run, so never seen here.
+   */
+  private guarded(conn: postgres.ReservedSql): postgres.Sql {
+    const guard = (made: unknown): unknown => {
+      const query = made as { handler?: unknown; reject?: unknown }
+      if (
+        !(made instanceof Promise) ||
+        typeof query.handler !== "function" ||
+        typeof query.reject !== "function"
+      )
+        return made
+      const run = query.handler as (q: unknown) => unknown
+      const reject = query.reject as (error: unknown) => void
+      query.handler = (q: unknown) => {
+        if (this.closed) return reject(new Error("the branch has ended; its session is closed"))
+        if (this.lost) return reject(lostError())
+        this.track(q as PendingQuery<unknown>)
+        return run(q)
+      }
+      return made
+    }
+    return new Proxy(conn, {
+      apply: (target, thisArg, args) => guard(Reflect.apply(target, thisArg, args)),
+      get: (target, key, receiver) => {
+        const value: unknown = Reflect.get(target, key, receiver)
+        return (key === "unsafe" || key === "file") && typeof value === "function"
+          ? (...args: Array<unknown>) => guard(Reflect.apply(value, target, args))
+          : value
+      }
+    }) as postgres.Sql
   }
   /** Keeps `pending` cancellable until it settles. */
   private track<A>(pending: PendingQuery<A>): PendingQuery<A> {
@@ -327,7 +365,10 @@ const body = async (
     state.stuck = setTimeout(() => void end(sql, s, state, cancelMs), cancelMs)
   }
   if (!w.ok) {
-    if (w.failure.connectionLost) state.broken = true
+    // Only this session's own statements tell that its connection dropped: the work may throw an
+    // error carrying a network code from elsewhere (an HTTP call's ECONNRESET), and the transaction
+    // is still open on a live connection that must be rolled back and released.
+    if (s.lost) state.broken = true
     else if (!control.abandoned) {
       const rolledBack = await settle(s.send("ROLLBACK"))
       if (rolledBack.ok) state.open = false
