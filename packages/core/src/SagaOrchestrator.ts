@@ -103,6 +103,12 @@ export interface OrchestratorOptions {
   readonly compensationRetries?: number
   /** First retry delay in ms, doubling (default 100). */
   readonly retryDelay?: number
+  /**
+   * Longest wait between two attempts, ms (default 5 000, as `Saga.defaults.compensationRetry`).
+   * Doubling without a bound, a budget of 30 compensation retries waited years before the saga
+   * was reported stuck.
+   */
+  readonly maxRetryDelay?: number
 }
 
 /**
@@ -288,14 +294,16 @@ export class SagaOrchestrator {
         stepTimeout: options.stepTimeout,
         retries: options.retries,
         compensationRetries: options.compensationRetries,
-        retryDelay: options.retryDelay
+        retryDelay: options.retryDelay,
+        maxRetryDelay: options.maxRetryDelay
       },
       {
         leaseFor: "finiteDuration",
         stepTimeout: "duration",
         retries: "count",
         compensationRetries: "count",
-        retryDelay: "delay"
+        retryDelay: "delay",
+        maxRetryDelay: "delay"
       }
     )
     this.options = options
@@ -321,8 +329,14 @@ export class SagaOrchestrator {
   private toStep<A, I>(spec: StepSpec<A, I>): Saga.Step<A, never> {
     this.count++
     const delay = Duration.millis(this.options.retryDelay ?? 100)
+    const maxDelay = Duration.millis(this.options.maxRetryDelay ?? 5_000)
+    // Doubling up to `maxDelay` (`union` waits the shorter of the two), then jittered, like `Saga.defaults`.
     const schedule = (times: number) =>
-      Schedule.exponential(delay, 2).pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(times)))
+      Schedule.exponential(delay, 2).pipe(
+        Schedule.union(Schedule.spaced(maxDelay)),
+        Schedule.jittered,
+        Schedule.intersect(Schedule.recurs(times))
+      )
     const compensation = spec.compensation
     return Saga.step<A, never, I>({
       name: spec.name ?? `step-${this.count}`,

@@ -1,4 +1,6 @@
+import { Chunk, Duration, Effect, Schedule } from "effect"
 import { describe, expect, it } from "vitest"
+import * as Saga from "../src/Saga.js"
 import { InvalidSagaError } from "../src/Saga.js"
 import { SagaOrchestrator, classify } from "../src/SagaOrchestrator.js"
 
@@ -97,5 +99,48 @@ describe("SagaOrchestrator: what a production caller gets wrong", () => {
     }
     expect(thrown).toBeInstanceOf(InvalidSagaError)
     expect(calls).toBe(0)
+  })
+})
+
+describe("SagaOrchestrator: retry schedules are bounded", () => {
+  /** The delays a step's schedule would wait before each retry, for `n` failures. */
+  const delaysOf = (schedule: Schedule.Schedule<unknown, Saga.AttemptError>, n: number) =>
+    Effect.runSync(
+      Schedule.run(
+        Schedule.delays(schedule),
+        0,
+        Array.from({ length: n }, () => new Saga.StepTransientError({ reason: "503" }))
+      )
+    ).pipe(Chunk.toReadonlyArray, (ds) => ds.map(Duration.toMillis))
+
+  it("a long compensation retry budget waits at most a few seconds between attempts, as the Effect default does", () => {
+    const saga = new SagaOrchestrator().addStep({
+      name: "charge",
+      action: async () => 1,
+      compensation: async () => {},
+      compensationRetries: 30,
+      retries: 20
+    }).saga
+    const step = saga.units[0] as Saga.Step<unknown, never>
+    const compensation = delaysOf(step.compensationRetry, 30)
+    const action = delaysOf(step.retry, 20)
+    expect(compensation).toHaveLength(30)
+    expect(action).toHaveLength(20)
+    // Uncapped, the 30th wait was 100 ms × 2^29 (about 600 days) and the saga sat in its
+    // compensation for years before anyone was told it was stuck.
+    expect(Math.max(...compensation)).toBeLessThanOrEqual(5_000 * 1.2)
+    expect(Math.max(...action)).toBeLessThanOrEqual(5_000 * 1.2)
+  })
+
+  it("maxRetryDelay sets the cap", () => {
+    const saga = new SagaOrchestrator({ retryDelay: 10, maxRetryDelay: 50 }).addStep({
+      name: "charge",
+      action: async () => 1,
+      compensation: async () => {},
+      compensationRetries: 12
+    }).saga
+    const step = saga.units[0] as Saga.Step<unknown, never>
+    expect(Math.max(...delaysOf(step.compensationRetry, 12))).toBeLessThanOrEqual(50 * 1.2)
+    expect(() => new SagaOrchestrator({ maxRetryDelay: Number.NaN })).toThrow("maxRetryDelay")
   })
 })
