@@ -125,6 +125,56 @@ describe.skipIf(server === undefined)("PgParticipant against misbehaving works a
     })
   )
 
+  for (const [how, end] of [
+    ["COMMIT", "commit"],
+    ["END", "end"],
+    ["ROLLBACK", "rollback"],
+    ["PREPARE TRANSACTION", "prepare transaction 'by_the_work'"]
+  ] as const) {
+    it.live(`a work that ends the branch's transaction itself (${how}) votes No, never Prepared`, () =>
+      Effect.gen(function* () {
+        const sql = pool()
+        const p = yield* PgParticipant.make({ name: "bank-a", sql })
+        const balanceOf = () =>
+          Effect.promise(
+            async () => (await sql`select balance from accounts where id = 5`)[0]!.balance as number
+          )
+        const before = yield* balanceOf()
+        const ctx = yield* ctxFor("bank-a")
+        const vote = yield* p.prepare(ctx, async (s) => {
+          await s.query("update accounts set balance = balance - 10 where id = 5")
+          await s.query(end)
+        })
+        const prepared = yield* Effect.promise(
+          () => admin`select gid from pg_prepared_xacts where database = ${DB}`
+        )
+        for (const { gid } of prepared) yield* Effect.promise(() => sql.unsafe(`rollback prepared '${gid}'`))
+        const committed = (yield* balanceOf()) !== before
+        if (committed) yield* Effect.promise(() => sql`update accounts set balance = ${before} where id = 5`)
+        expect(vote._tag).toBe("No")
+        expect(yield* p.state(ctx)).toBe("aborted")
+      })
+    )
+  }
+
+  it.live("a work that uses savepoints (rolled back to, released) still prepares", () =>
+    Effect.gen(function* () {
+      const sql = pool()
+      const p = yield* PgParticipant.make({ name: "bank-a", sql })
+      const ctx = yield* ctxFor("bank-a")
+      const vote = yield* p.prepare(ctx, async (s) => {
+        await s.query("update accounts set balance = balance - 10 where id = 6")
+        await s.query("savepoint sp")
+        await s.query("update accounts set balance = balance - 10 where id = 6")
+        await s.query("rollback to savepoint sp")
+        await s.query("release savepoint sp")
+        await s.query("begin") // a warning: the transaction is already open
+      })
+      expect(vote._tag).toBe("Prepared")
+      expect(yield* p.rollback(ctx)).toBe("RolledBack")
+    })
+  )
+
   it.live("a pool with postgres.camel works: make, prepare, state, inDoubt, commit", () =>
     Effect.gen(function* () {
       const sql = pool({ max: 3, transform: postgres.camel })

@@ -126,6 +126,14 @@ const lostError = () =>
 const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
 
 /**
+ * Command tags of statements that end the transaction (COMMIT and END: COMMIT; ROLLBACK and ABORT:
+ * ROLLBACK). A work that sends one leaves the branch outside its transaction: what it wrote before
+ * is committed or gone, what it writes after is autocommitted, and the marker and PREPARE that
+ * followed prepared an implicit transaction holding the marker alone: a Prepared vote.
+ */
+const ENDING_COMMANDS = new Set(["COMMIT", "ROLLBACK", "PREPARE TRANSACTION"])
+
+/**
  * `COMMIT` of a transaction that an error had aborted succeeds with the command tag `ROLLBACK`: the
  * work caught a failed statement (25P02 from then on) and returned normally. Nothing committed.
  */
@@ -194,6 +202,8 @@ class Session {
   /** A statement of this session failed with the connection lost. */
   lost = false
   wrote = false
+  /** A work statement ended the branch's transaction (COMMIT, ROLLBACK, PREPARE TRANSACTION). */
+  endedBy: string | undefined = undefined
   readonly session: BranchSession
   constructor(
     readonly conn: postgres.ReservedSql,
@@ -231,7 +241,10 @@ class Session {
       query.handler = (q: unknown) => {
         if (this.closed) return reject(new Error("the branch has ended; its session is closed"))
         if (this.lost) return reject(lostError())
-        this.track(q as PendingQuery<unknown>)
+        this.track(q as PendingQuery<unknown>).then(
+          (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
+          noop
+        )
         return run(q)
       }
       return made
@@ -273,11 +286,18 @@ class Session {
     if (this.closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
     if (this.lost) return Promise.reject(lostError())
     return this.send<T>(text, params).then((rows) => {
-      const tag = rows as unknown as ResultTag
-      if ((tag.count ?? 0) > 0 && tag.command !== undefined && WRITE_COMMANDS.has(tag.command))
-        this.wrote = true
+      this.notice(text, rows)
       return rows
     })
+  }
+  /** What a work statement's command tag tells: a certain write, or the transaction ended by the work. */
+  private notice(text: string, rows: unknown): void {
+    const tag = rows as ResultTag
+    if (tag.command === undefined) return
+    if ((tag.count ?? 0) > 0 && WRITE_COMMANDS.has(tag.command)) this.wrote = true
+    // `ROLLBACK TO SAVEPOINT` has the tag ROLLBACK too, and ends nothing.
+    if (ENDING_COMMANDS.has(tag.command) && !(tag.command === "ROLLBACK" && /\bto\b/i.test(text)))
+      this.endedBy ??= tag.command
   }
   cancelAll(): void {
     this.closed = true
@@ -385,6 +405,17 @@ const body = async (
         sqlState: undefined,
         connectionLost: true,
         message: "the branch's connection was lost during its work (the work caught the failure)"
+      }
+    }
+  }
+  if (s.endedBy !== undefined && mode === "prepare") {
+    // The clean-up's ROLLBACK finds no transaction (a warning) and the connection is released.
+    return {
+      _tag: "WorkFailed",
+      failure: {
+        sqlState: "25000",
+        connectionLost: false,
+        message: `the work ended the branch's transaction itself (${s.endedBy}): a branch's work must not BEGIN, COMMIT, ROLLBACK or PREPARE; what it wrote before that is not under the coordinator's decision`
       }
     }
   }
