@@ -8,6 +8,20 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import * as Torture from "../Torture.js"
 
+const usage = `usage: torture --pg URL [--cycles N] [--json] [--protocol auto|2pc|3pc|both] [--transfers N]
+               [--concurrency C] [--accounts A] [--seed S] [--no-server-restarts] [--cluster 15/main]
+               [--db-prefix P] [--demo PATH] [--keep]
+  --pg URL              a PostgreSQL superuser URL (or ACCORD_PG_URL); the server must allow 2PC
+  --cycles N            kill -9 cycles (default 12); cycle 2 restarts the server, cycle 3 stops it
+                        with -m immediate, unless --no-server-restarts
+  --transfers N         transfers per demo run (default 400); too few and no kill lands (inconclusive)
+  --concurrency C       concurrent transfers per demo run (default 16)
+  --accounts A          accounts per bank (default 50)
+  --protocol P          2pc, 3pc, both (alternating) or auto (both when the demo supports 3pc)
+  --seed S              replay a kill schedule
+  --db-prefix P         database name prefix (default accord_t_torture_), dropped at the end unless --keep
+Exit code 0 when no violation was found and at least one kill landed, 1 otherwise, 2 for a bad command line.`
+
 const main = async () => {
   // `pnpm sim -- --seed 1` hands the script a leading "--".
   const argv = process.argv.slice(2)
@@ -28,10 +42,15 @@ const main = async () => {
       "no-server-restarts": { type: "boolean", default: false },
       cluster: { type: "string", default: "15/main" },
       demo: { type: "string" },
-      keep: { type: "boolean", default: false }
+      keep: { type: "boolean", default: false },
+      help: { type: "boolean", default: false }
     },
     allowPositionals: false
   })
+  if (values.help) {
+    console.log(usage)
+    return 0
+  }
   const pg = values.pg ?? process.env.ACCORD_PG_URL
   if (pg === undefined) {
     console.error("torture needs a PostgreSQL superuser URL: --pg URL (or ACCORD_PG_URL)")
