@@ -241,6 +241,8 @@ export type SagaError =
  * - `Compensated`: a step failed for good (`cause`); the steps in `undone` were compensated, in the
  *   order their compensations ran.
  * - `Stuck`: `step`'s compensation (or, after the pivot, its action) kept failing; an operator must act.
+ *   When several members of a parallel group are stuck (compensations, or actions after the
+ *   pivot), `step` is the first in definition order and `cause` names the others with their causes.
  * @since 0.1.0
  */
 export type Outcome = Data.TaggedEnum<{
@@ -853,15 +855,21 @@ const compensate = Effect.fn("Saga.compensate")(function* <R>(
       { concurrency: "unbounded" }
     )
     for (const r of results) if (Option.isNone(r.stuck)) undone.push(r.step)
-    const stuck = results.find((r) => Option.isSome(r.stuck))
-    if (stuck !== undefined) {
+    const stuck = results.flatMap((r) =>
+      Option.isSome(r.stuck) ? [{ step: r.step, cause: r.stuck.value }] : []
+    )
+    const [first, ...others] = stuck
+    if (first !== undefined) {
+      // The outcome has room for one step; other members of the group stuck with it are named in
+      // the cause, so that an operator who fixes things by hand (`resolveStuck`) knows of them all.
+      const also = others.map((o) => `; ${o.step}'s compensation is stuck too: ${o.cause}`).join("")
       return yield* end(
         run,
         Outcome.Stuck({
           sagaId: run.sagaId,
-          step: stuck.step,
+          step: first.step,
           phase: "compensation",
-          cause: Option.getOrElse(stuck.stuck, () => "")
+          cause: `${first.cause}${also}`
         })
       )
     }
@@ -920,21 +928,27 @@ const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: Re
         run.logged.set(name, r.right.logged)
       } else failed.set(name, r.left)
     }
-    const failure = firstFailure(
-      run.saga,
-      new Map(
-        [...failed].filter(([name]) => members.some((m) => m.name === name) && !run.completed.has(name))
-      )
+    const unitFailures = new Map(
+      [...failed].filter(([name]) => members.some((m) => m.name === name) && !run.completed.has(name))
     )
+    const failure = firstFailure(run.saga, unitFailures)
     if (Option.isSome(failure)) {
       if (afterPivot) {
+        // Other members of the group that failed with it are named in the cause (see `compensate`).
+        const also = members
+          .flatMap((m) => {
+            const f = unitFailures.get(m.name)
+            return f === undefined || m.name === failure.value.step ? [] : [f]
+          })
+          .map((f) => `; ${f.step}'s action failed too: ${f.kind}: ${f.reason}`)
+          .join("")
         return yield* end(
           run,
           Outcome.Stuck({
             sagaId: run.sagaId,
             step: failure.value.step,
             phase: "action",
-            cause: `${failure.value.kind}: ${failure.value.reason}`
+            cause: `${failure.value.kind}: ${failure.value.reason}${also}`
           })
         )
       }
