@@ -41,7 +41,7 @@ import {
 import { LogError } from "@accord/core/TransactionError"
 import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
-import { type Client, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import { type Client, fromPglite, fromPostgres, statement, transformRefusal } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { sagaLogDdl } from "./SagaSchema.js"
 
@@ -155,6 +155,8 @@ export const make = (
   }
 ): Effect.Effect<SagaLog["Type"], LogError> =>
   Effect.gen(function* () {
+    const refused = typeof conn === "function" ? transformRefusal(conn, "PgSagaLog") : undefined
+    if (refused !== undefined) return yield* new LogError({ operation: "make", reason: refused })
     const forceAll = options?.forceAll ?? false
     const client = clientOf(conn)
     const cancelTimeout = Duration.decode(options?.cancelTimeout ?? Duration.zero)

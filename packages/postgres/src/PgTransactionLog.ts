@@ -59,6 +59,7 @@ import {
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
+  transformRefusal,
   type Send,
   startVia,
   statement,
@@ -684,8 +685,12 @@ const completer = (
  */
 export const make = (
   options: Options & { readonly sql: postgres.Sql }
-): Effect.Effect<PgTransactionLog, TransactionError.LogError, Scope.Scope> =>
-  build(fromPostgres(options.sql), options)
+): Effect.Effect<PgTransactionLog, TransactionError.LogError, Scope.Scope> => {
+  const refused = transformRefusal(options.sql, "PgTransactionLog")
+  return refused === undefined
+    ? build(fromPostgres(options.sql), options)
+    : Effect.fail(new TransactionError.LogError({ operation: "make", reason: refused }))
+}
 
 /**
  * A log on a PGlite instance (not durable: PGlite runs with fsync off).

@@ -26,6 +26,30 @@ export interface Client {
 export const usesPreparedStatements = (sql: postgres.Sql): boolean =>
   (sql as { options?: { prepare?: boolean } }).options?.prepare !== false
 
+/**
+ * The result transforms a postgres.js pool applies (`postgres.camel`, `postgres.toCamel`, a `row`
+ * transform, ...), by kind: empty when none. They rename result columns and, for `value`, the keys
+ * inside JSON values, which Accord's logs read back by name and as stored.
+ */
+export const resultTransforms = (sql: postgres.Sql): ReadonlyArray<"column" | "value" | "row"> => {
+  const transform = (
+    sql as unknown as { options?: { transform?: Record<string, { from?: unknown } | undefined> } }
+  ).options?.transform
+  return (["column", "value", "row"] as const).filter((kind) => typeof transform?.[kind]?.from === "function")
+}
+
+/**
+ * Why a log refuses `sql` (`undefined` when it has no result transforms): `what` names the log.
+ */
+export const transformRefusal = (sql: postgres.Sql, what: string): string | undefined => {
+  const kinds = resultTransforms(sql)
+  return kinds.length === 0
+    ? undefined
+    : `${what} needs a postgres.js pool without result transforms; this one has ${kinds.join(", ")} transforms ` +
+        "(postgres.camel or the like), which rename the log's columns and the keys inside the JSON it keeps " +
+        "(saga inputs and outputs would come back changed). Give the log a pool of its own, without `transform`."
+}
+
 /** Sends one statement on a pool or a reserved connection, prepared when `prepare` (see above). */
 export const sendOn = (
   sql: postgres.Sql,
