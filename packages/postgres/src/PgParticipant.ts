@@ -84,7 +84,9 @@ export interface PgParticipant extends Participant.Participant<PgWork> {
    * Deletes marker rows older than `olderThan`; returns how many. Only safe for markers whose
    * transactions are complete in the log (recovery needs the marker to tell "committed" from
    * "rolled back by hand"): pick an age well past your longest recovery delay. `PgRecovery` removes
-   * the markers of completed transactions precisely; this is the backstop.
+   * the markers of completed transactions precisely; this is the backstop. Only markers of this
+   * participant's namespace (`namespace`, or none) are deleted: another deployment sharing the
+   * database keeps its own.
    */
   readonly gcMarkers: (
     olderThan: Duration.DurationInput
@@ -233,9 +235,10 @@ const IN_DOUBT_SQL =
 const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
 const FORGET_SQL =
   "delete from accord_branch where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)"
+/** Only this participant's namespace: another deployment sharing the database needs its markers. */
 const GC_SQL =
-  "with gone as (delete from accord_branch where created_at < now() - make_interval(secs => $1::float8) returning 1) " +
-  "select count(*)::int as deleted from gone"
+  "with gone as (delete from accord_branch where created_at < now() - make_interval(secs => $1::float8) " +
+  "and gid like $2 returning 1) select count(*)::int as deleted from gone"
 
 // ---------------------------------------------------------------------------------------------
 // Branch execution
@@ -725,7 +728,10 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         )
 
   const gcMarkers = (olderThan: Duration.DurationInput) =>
-    query<object>(GC_SQL, [Duration.toSeconds(Duration.decode(olderThan))]).pipe(
+    query<object>(GC_SQL, [
+      Duration.toSeconds(Duration.decode(olderThan)),
+      TransactionId.gidLikePattern(options.namespace)
+    ]).pipe(
       Effect.map((rows) => Number(column(rows[0], 0) ?? 0)),
       Effect.mapError((f) => callError(self, "complete", f, false)),
       Effect.withSpan("PgParticipant.gcMarkers", { attributes: { branch: name } })
