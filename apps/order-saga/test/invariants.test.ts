@@ -11,22 +11,26 @@ import * as Invariants from "../src/Invariants.js"
 import * as Services from "../src/Services.js"
 import { dropDatabases, testConfig } from "./support/config.js"
 
-describe("the barrier/ledger agreement on compensations", () => {
+/** Seeded databases of the four services for one describe block, closed and dropped after it. */
+const servicesFor = (name: string, dbs: Record<ServiceName, Database.Db>) => {
   let config: RunConfig
-  const dbs = {} as Record<ServiceName, Database.Db>
-
   beforeAll(async () => {
-    config = testConfig({ name: "inv" })
-    for (const name of serviceNames) {
-      await Database.ensure(dbTarget(config, name), true)
-      dbs[name] = await Database.open(dbTarget(config, name))
-      await Services.migrateAndSeed(dbs[name], name, config)
+    config = testConfig({ name })
+    for (const service of serviceNames) {
+      await Database.ensure(dbTarget(config, service), true)
+      dbs[service] = await Database.open(dbTarget(config, service))
+      await Services.migrateAndSeed(dbs[service], service, config)
     }
   })
   afterAll(async () => {
-    for (const name of serviceNames) await dbs[name]?.close()
+    for (const service of serviceNames) await dbs[service]?.close()
     await dropDatabases(config)
   })
+}
+
+describe("the barrier/ledger agreement on compensations", () => {
+  const dbs = {} as Record<ServiceName, Database.Db>
+  servicesFor("inv", dbs)
 
   const barrierRow = (db: Database.Db, gid: string, branch: string, op: string, reason: string) =>
     db.query("insert into accord_saga_barrier (gid, branch, op, reason) values ($1, $2, $3, $4)", [
@@ -90,21 +94,8 @@ describe("the barrier/ledger agreement on compensations", () => {
  * passed every invariant: the stock still balanced and the charge was captured.
  */
 describe("completed orders are fulfilled", () => {
-  let config: RunConfig
   const dbs = {} as Record<ServiceName, Database.Db>
-
-  beforeAll(async () => {
-    config = testConfig({ name: "inv-done" })
-    for (const name of serviceNames) {
-      await Database.ensure(dbTarget(config, name), true)
-      dbs[name] = await Database.open(dbTarget(config, name))
-      await Services.migrateAndSeed(dbs[name], name, config)
-    }
-  })
-  afterAll(async () => {
-    for (const name of serviceNames) await dbs[name]?.close()
-    await dropDatabases(config)
-  })
+  servicesFor("inv-done", dbs)
 
   /**
    * A completed order of one SKU-001 for 500 cents: the order, its captured charge, its shipment
