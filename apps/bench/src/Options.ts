@@ -47,7 +47,7 @@ Measures Accord's 2PC against hand-written SQL 2PC and local commits in one run.
 
 Options:
   --pg URL            PostgreSQL superuser URL (or ACCORD_PG_URL)
-  --duration S        seconds measured per cell (default 2)
+  --duration S        seconds measured per cell (default 3)
   --warmup S          warm-up seconds per cell (default 1)
   --rounds R          slices per cell, interleaved across modes (default 2)
   --concurrency LIST  comma-separated client counts (default 1,8,32)

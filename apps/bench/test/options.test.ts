@@ -50,4 +50,15 @@ describe("benchmark modes", () => {
       "accord-calls-by-hand"
     ])
   })
+
+  it("--help states the defaults the parser applies", () => {
+    const options = Either.getOrThrow(parse())
+    expect(Options.usage).toContain(
+      `--duration S        seconds measured per cell (default ${options.duration})`
+    )
+    expect(Options.usage).toContain(
+      `--warmup S          warm-up seconds per cell (default ${options.warmup})`
+    )
+    expect(Options.usage).toContain(`(default ${options.rounds})`)
+  })
 })
