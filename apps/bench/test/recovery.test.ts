@@ -21,6 +21,38 @@ describe("recovery benchmark batches", () => {
   })
 })
 
+describe("recovery target (10,000 in-doubt transactions in <= 10 s)", () => {
+  const inDoubt = (extra: Partial<RecoveryBench.InDoubtResult> = {}): RecoveryBench.InDoubtResult => ({
+    transactions: 10_000,
+    batchSize: 10_000,
+    batches: 1,
+    branchesCommitted: 20_000,
+    recoverySeconds: 6,
+    coordinatorCpuSeconds: 3,
+    transactionsPerSecond: 1667,
+    extrapolatedSecondsFor10000: 6,
+    ...extra
+  })
+  const met = (r: RecoveryBench.InDoubtResult, preparedLeft = 0) => RecoveryBench.target(r, preparedLeft).met
+
+  it("is met by 10,000 in one pass within 10 s with every branch committed and nothing left", () => {
+    expect(met(inDoubt())).toBe(true)
+    expect(met(inDoubt({ recoverySeconds: 10.5 }))).toBe(false)
+    expect(met(inDoubt({ branchesCommitted: 19_990 }))).toBe(false)
+    expect(met(inDoubt(), 4)).toBe(false)
+  })
+
+  it("is not judged from fewer than 10,000 or from batches (extrapolated only)", () => {
+    const small = RecoveryBench.target(
+      inDoubt({ transactions: 2000, batchSize: 2000, branchesCommitted: 4000, recoverySeconds: 1 }),
+      0
+    )
+    expect(small.met).toBeNull()
+    expect(small.measured).toContain("2000")
+    expect(met(inDoubt({ batchSize: 16, batches: 625 }))).toBeNull()
+  })
+})
+
 describe.skipIf(server === undefined)("recovery benchmark on PostgreSQL", () => {
   const adminUrl = server?.adminUrl ?? ""
 
