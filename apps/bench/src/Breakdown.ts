@@ -174,7 +174,7 @@ const pgParticipantBranch = (dbs: Server.Databases): Shape => ({
 const rawDecisionInsert = (dbs: Server.Databases): Shape => ({
   name: "raw decision insert",
   open: async () => {
-    const coordinator = Server.pool(dbs.coordinator, 1)
+    const coordinator = Modes.decisionPool(dbs.coordinator, 1)
     return {
       op: async () => {
         const id = rawId()
@@ -301,7 +301,7 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
   open: async () => {
     const a = Server.pool(dbs.a, 2)
     const b = Server.pool(dbs.b, 2)
-    const coordinator = Server.pool(dbs.coordinator, 1)
+    const coordinator = Modes.decisionPool(dbs.coordinator, 1)
     await Promise.all([a, b].map((sql) => sql.unsafe(Migrations.participantDdl).simple()))
     const branch = async (sql: postgres.Sql, gid: string, account: number, delta: number) => {
       // The transfer's id, as Accord's marker names the global transaction.

@@ -50,6 +50,8 @@ export interface Mode {
   readonly uncounted?: boolean
   /** Runs only when named in `--modes` (an explanation of a gap, not a row issue 6 asks for). */
   readonly optIn?: boolean
+  /** The database of this mode's read-only branch, whose PREPAREs and phase-2 statements are checked. */
+  readonly readOnlyDatabase?: string
   readonly open: (concurrency: number) => Promise<Instance>
 }
 
@@ -61,7 +63,16 @@ let rawCounter = 0
 /** A hand-written coordinator's forced decision write for one transfer. */
 type Decide = (id: string, gidA: string, gidB: string) => Promise<unknown>
 
-/** One INSERT per decision, forced: synchronous_commit is on (the server default). */
+/**
+ * The hand-written coordinator's pool on its database: its sessions run with `synchronous_commit =
+ * on` whatever the server's or the database's default, so that its decision INSERT is forced as
+ * Accord's is (`PgTransactionLog` sets it for its decision statement).
+ * @since 0.1.0
+ */
+export const decisionPool = (url: string, max: number): postgres.Sql =>
+  Server.pool(url, max, { synchronous_commit: "on" })
+
+/** One INSERT per decision, forced (`decisionPool`). */
 const decideAlone =
   (coordinator: postgres.Sql): Decide =>
   (id, gidA, gidB) =>
@@ -179,7 +190,7 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
     open: async (concurrency) => {
       const a = Server.pool(dbs.a, concurrency)
       const b = Server.pool(dbs.b, concurrency)
-      const coordinator = Server.pool(dbs.coordinator, concurrency)
+      const coordinator = decisionPool(dbs.coordinator, concurrency)
       return {
         tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawBranch),
         close: () => closeAll(a, b, coordinator)
@@ -194,7 +205,7 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
     open: async (concurrency) => {
       const a = Server.pool(dbs.a, concurrency)
       const b = Server.pool(dbs.b, concurrency)
-      const coordinator = Server.pool(dbs.coordinator, concurrency)
+      const coordinator = decisionPool(dbs.coordinator, concurrency)
       const decide = decideGrouped(coordinator)
       return {
         tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawBranch, decide),
@@ -369,7 +380,14 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
     { name: "accord2pc", backend: "postgres", baseline: "raw2pc", open: open("2pc", false) },
     { name: "accord2pc-group", backend: "postgres", baseline: "raw2pc", open: open("2pc", true) },
     { name: "accord1pc", backend: "postgres", baseline: "local", open: open("1pc", false) },
-    { name: "accord-readonly", backend: "postgres", baseline: "raw2pc", open: open("readonly", false) },
+    {
+      name: "accord-readonly",
+      backend: "postgres",
+      baseline: "raw2pc",
+      // The read-only branch is bank B's (`readWork`).
+      readOnlyDatabase: new URL(dbs.b).pathname.slice(1),
+      open: open("readonly", false)
+    },
     {
       name: "accord-calls-by-hand",
       backend: "postgres",

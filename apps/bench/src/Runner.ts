@@ -29,6 +29,13 @@ export interface Cell {
   readonly statementsPerTx: number | null
   readonly preparesPerTx: number | null
   readonly commitPreparedPerTx: number | null
+  /**
+   * Modes with a read-only branch: what was sent to that branch's database in the measured
+   * window, exact counts (a read-only branch must see no PREPARE and no phase-2 statement).
+   */
+  readonly readOnlyBranch?:
+    | { readonly transactions: number; readonly prepares: number; readonly phase2: number }
+    | undefined
   /** tps / baseline tps at the same concurrency, same run. */
   ratio?: number | undefined
   baseline?: string | undefined
@@ -77,7 +84,9 @@ const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** di
  */
 export interface Slice {
   readonly warmDone: number
+  readonly warmErrors: number
   readonly done: number
+  /** Failed transactions of the measured window (those of the warm-up are `warmErrors`). */
   readonly errors: number
   readonly firstError: string | undefined
   readonly seconds: number
@@ -86,6 +95,8 @@ export interface Slice {
   readonly statements: number
   readonly prepares: number
   readonly commitPrepared: number
+  /** The measured window's counts by database (see `Server.counters`). */
+  readonly byDatabase: Readonly<Record<string, Server.Counts>>
 }
 
 /**
@@ -119,15 +130,17 @@ export const slice = async (
   const walAfter = usesServer ? await Server.walSyncs(options.adminUrl!) : 0
   return {
     warmDone: warm.done,
+    warmErrors: warm.errors,
     done: measured.done,
-    errors: measured.errors + warm.errors,
+    errors: measured.errors,
     firstError: measured.firstError ?? warm.firstError,
     seconds,
     latencies,
     walSyncs: walAfter - walBefore,
     statements: counts.statements,
     prepares: counts.prepares,
-    commitPrepared: counts.commitPrepared
+    commitPrepared: counts.commitPrepared,
+    byDatabase: counts.byDatabase
   }
 }
 
@@ -137,6 +150,7 @@ export const slice = async (
  */
 export const failedSlice = (e: unknown): Slice => ({
   warmDone: 0,
+  warmErrors: 0,
   done: 0,
   errors: 1,
   firstError: e instanceof Error ? e.message.split("\n")[0] : String(e),
@@ -145,7 +159,8 @@ export const failedSlice = (e: unknown): Slice => ({
   walSyncs: 0,
   statements: 0,
   prepares: 0,
-  commitPrepared: 0
+  commitPrepared: 0,
+  byDatabase: {}
 })
 
 /**
@@ -162,32 +177,41 @@ export const combine = (
   const done = sum((s) => s.done)
   const seconds = sum((s) => s.seconds)
   const latencies = slices.flatMap((s) => s.latencies).sort((x, y) => x - y)
-  const n = Math.max(1, done)
+  // The counters cover the measured window: its every transaction, committed or failed, sent
+  // statements. WAL syncs are read around warm-up and window: every transaction of both.
+  const attempted = done + sum((s) => s.errors)
+  const n = Math.max(1, attempted)
+  const ran = Math.max(1, attempted + sum((s) => s.warmDone + s.warmErrors))
+  const readOnly = mode.readOnlyDatabase
+  const onReadOnly = (f: (c: Server.Counts) => number) =>
+    readOnly === undefined
+      ? 0
+      : sum((s) => {
+          const c = s.byDatabase[readOnly]
+          return c === undefined ? 0 : f(c)
+        })
   return {
     mode: mode.name,
     backend: mode.backend,
     concurrency,
     transactions: done,
-    errors: sum((s) => s.errors),
+    errors: sum((s) => s.errors + s.warmErrors),
     firstError: slices.find((s) => s.firstError !== undefined)?.firstError,
     seconds: round(seconds),
     tps: seconds > 0 ? round(done / seconds, 1) : 0,
     p50Ms: round(quantile(latencies, 0.5), 3),
     p99Ms: round(quantile(latencies, 0.99), 3),
-    walSyncsPerTx: usesServer
-      ? round(
-          sum((s) => s.walSyncs) /
-            Math.max(
-              1,
-              sum((s) => s.warmDone + s.done)
-            ),
-          3
-        )
-      : null,
-    statementsPerTx: mode.uncounted
-      ? null
-      : round(sum((s) => s.statements) / Math.max(1, done + sum((s) => s.errors))),
+    walSyncsPerTx: usesServer ? round(sum((s) => s.walSyncs) / ran, 3) : null,
+    statementsPerTx: mode.uncounted ? null : round(sum((s) => s.statements) / n),
     preparesPerTx: mode.uncounted ? null : round(sum((s) => s.prepares) / n),
-    commitPreparedPerTx: mode.uncounted ? null : round(sum((s) => s.commitPrepared) / n)
+    commitPreparedPerTx: mode.uncounted ? null : round(sum((s) => s.commitPrepared) / n),
+    readOnlyBranch:
+      readOnly === undefined || mode.uncounted
+        ? undefined
+        : {
+            transactions: attempted,
+            prepares: onReadOnly((c) => c.prepares),
+            phase2: onReadOnly((c) => c.commitPrepared + c.rollbackPrepared)
+          }
   }
 }

@@ -8,11 +8,27 @@ import * as net from "node:net"
 import postgres from "postgres"
 
 /**
- * Statements sent by every pool of this process, classified. Counted on the driver's sockets, from
- * the protocol messages it writes (see `countingSocket`).
+ * What was counted: statements, and among them PREPARE TRANSACTIONs, COMMIT PREPAREDs and
+ * ROLLBACK PREPAREDs.
  * @since 0.1.0
  */
-export const counters = { statements: 0, prepares: 0, commitPrepared: 0, rollbackPrepared: 0 }
+export interface Counts {
+  statements: number
+  prepares: number
+  commitPrepared: number
+  rollbackPrepared: number
+}
+
+const zero = (): Counts => ({ statements: 0, prepares: 0, commitPrepared: 0, rollbackPrepared: 0 })
+
+/**
+ * Statements sent by every pool of this process, classified. Counted on the driver's sockets, from
+ * the protocol messages it writes (see `countingSocket`). `byDatabase` splits the same counts by
+ * the database of the pool that sent them (a branch's own PREPAREs, say); statements counted by
+ * `count` (the PGlite wrapper) are in the totals only.
+ * @since 0.1.0
+ */
+export const counters: Counts & { byDatabase: Record<string, Counts> } = { ...zero(), byDatabase: {} }
 
 /** @since 0.1.0 */
 export const resetCounters = (): void => {
@@ -20,10 +36,17 @@ export const resetCounters = (): void => {
   counters.prepares = 0
   counters.commitPrepared = 0
   counters.rollbackPrepared = 0
+  counters.byDatabase = {}
 }
 
 /** @since 0.1.0 */
-export const snapshotCounters = () => ({ ...counters })
+export const snapshotCounters = (): Counts & { readonly byDatabase: Readonly<Record<string, Counts>> } => ({
+  statements: counters.statements,
+  prepares: counters.prepares,
+  commitPrepared: counters.commitPrepared,
+  rollbackPrepared: counters.rollbackPrepared,
+  byDatabase: Object.fromEntries(Object.entries(counters.byDatabase).map(([k, v]) => [k, { ...v }]))
+})
 
 type Kind = "prepare" | "commitPrepared" | "rollbackPrepared" | "other"
 
@@ -36,13 +59,19 @@ const kindOf = (head: string): Kind => {
   return "other"
 }
 
-/** Counts one executed statement of kind `kind`. */
-const countKind = (kind: Kind): void => {
-  counters.statements++
-  if (kind !== "other") counters[kind === "prepare" ? "prepares" : kind]++
+const add = (into: Counts, kind: Kind): void => {
+  into.statements++
+  if (kind !== "other") into[kind === "prepare" ? "prepares" : kind]++
 }
 
-const countOne = (statement: string): void => countKind(kindOf(statement))
+/** Counts one executed statement of kind `kind`, sent to `database` if known. */
+const countKind = (kind: Kind, database?: string): void => {
+  add(counters, kind)
+  if (database === undefined) return
+  const own = counters.byDatabase[database] ?? zero()
+  counters.byDatabase[database] = own
+  add(own, kind)
+}
 
 /**
  * Counts the statements of one message by its text (simple-protocol queries on the wire and the
@@ -51,8 +80,9 @@ const countOne = (statement: string): void => countKind(kindOf(statement))
  * measured here (no literal in them holds one).
  * @since 0.1.0
  */
-export const count = (query: string): void => {
-  for (const statement of query.split(";")) if (statement.trim() !== "") countOne(statement)
+export const count = (query: string, database?: string): void => {
+  for (const statement of query.split(";"))
+    if (statement.trim() !== "") countKind(kindOf(statement), database)
 }
 
 /** @since 0.1.0 */
@@ -72,7 +102,7 @@ const cstringEnd = (buf: Uint8Array, at: number, limit: number): number => {
  * statement of its text. postgres.js writes whole messages per `write`; a connection's first
  * message (startup, or a cancel request) has no type byte and is skipped.
  */
-const wireCounter = () => {
+const wireCounter = (database: string | undefined) => {
   let started = false
   const parsed = new Map<string, Kind>()
   let bound: Kind = "other"
@@ -90,7 +120,7 @@ const wireCounter = () => {
       const end = at + 1 + buf.readInt32BE(at + 1)
       const body = at + 5
       if (type === 0x51 /* Q */) {
-        count(buf.toString("utf8", body, Math.max(body, end - 1)))
+        count(buf.toString("utf8", body, Math.max(body, end - 1)), database)
       } else if (type === 0x50 /* P */) {
         const nameEnd = cstringEnd(buf, body, end)
         const text = nameEnd + 1
@@ -103,7 +133,7 @@ const wireCounter = () => {
         const nameEnd = cstringEnd(buf, portalEnd + 1, end)
         bound = parsed.get(buf.toString("latin1", portalEnd + 1, nameEnd)) ?? "other"
       } else if (type === 0x45 /* E */) {
-        countKind(bound)
+        countKind(bound, database)
       }
       at = end
     }
@@ -122,13 +152,14 @@ const countingSocket = (options: {
   host: ReadonlyArray<string>
   port: ReadonlyArray<number>
   path?: string | false
+  database?: string
 }) =>
   new Promise<net.Socket>((resolve, reject) => {
     const socket =
       typeof options.path === "string" && options.path !== ""
         ? net.connect(options.path)
         : net.connect(options.port[0] ?? 5432, options.host[0] ?? "localhost")
-    const counted = wireCounter()
+    const counted = wireCounter(options.database)
     const write = socket.write.bind(socket) as (...args: Array<unknown>) => boolean
     socket.write = ((...args: Array<unknown>) => {
       counted(args[0])
@@ -142,10 +173,15 @@ const countingSocket = (options: {
   })
 
 /**
- * A pool on `url` whose statements are counted.
+ * A pool on `url` whose statements are counted; `connection` adds run-time parameters of its
+ * sessions.
  * @since 0.1.0
  */
-export const pool = (url: string, max: number): postgres.Sql => {
+export const pool = (
+  url: string,
+  max: number,
+  connection: Readonly<Record<string, string>> = {}
+): postgres.Sql => {
   const options: postgres.Options<{}> & { readonly socket: typeof countingSocket } = {
     max,
     connect_timeout: 10,
@@ -154,7 +190,7 @@ export const pool = (url: string, max: number): postgres.Sql => {
     // postgres.js's documented `socket` option (a function returning a connected socket), missing
     // from its type declarations.
     socket: countingSocket,
-    connection: { application_name: applicationName, lock_timeout: 2000 }
+    connection: { application_name: applicationName, lock_timeout: 2000, ...connection }
   }
   return postgres(url, options)
 }

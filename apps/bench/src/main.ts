@@ -159,19 +159,30 @@ const main = async () => {
   const baselines = new Map(modes.filter((m) => m.baseline !== undefined).map((m) => [m.name, m.baseline!]))
   const withRatios = Report.withRatios(cells, baselines)
   const targets = Report.targets(withRatios)
-  const overheadMd = `\nCoordinator alone (instant participants, no database, sequential):\n\n| shape | CPU us/tx | wall us/tx |\n|---|---:|---:|\n${coreOverhead.map((o) => `| ${o.shape} | ${o.cpuMicrosPerTx} | ${o.wallMicrosPerTx} |`).join("\n")}\n`
-  const md = `# Accord benchmark, ${meta.date}\n\n${Report.markdown(withRatios, meta)}${overheadMd}${
-    missing.length > 0 ? `\nNot measured: ${missing.map((m) => `${m.mode} (${m.reason})`).join("; ")}\n` : ""
-  }`
   const preparedLeft = await Server.preparedIn(adminUrl, [dbs.a, dbs.b])
   if (preparedLeft > 0) {
     // Reported in the summary, then not left holding slots and locks on the server.
     const rolledBack = await Server.rollBackLeftovers([dbs.a, dbs.b])
-    log(
-      `warning: ${preparedLeft} transactions were left prepared in the benchmark's databases; rolled back ${rolledBack}`
-    )
+    log(`rolled back ${rolledBack} transactions left prepared in the benchmark's databases`)
   }
-  const summary = { kind: "bench", meta, cells: withRatios, targets, coreOverhead, missing, preparedLeft }
+  const warnings = Report.warnings(withRatios, preparedLeft)
+  for (const w of warnings) log(`WARNING: ${w}`)
+  const overheadMd = `\nCoordinator alone (instant participants, no database, sequential):\n\n| shape | CPU us/tx | wall us/tx |\n|---|---:|---:|\n${coreOverhead.map((o) => `| ${o.shape} | ${o.cpuMicrosPerTx} | ${o.wallMicrosPerTx} |`).join("\n")}\n`
+  const md = `# Accord benchmark, ${meta.date}\n\n${Report.markdown(withRatios, meta, { preparedLeft })}${overheadMd}${
+    missing.length > 0 ? `\nNot measured: ${missing.map((m) => `${m.mode} (${m.reason})`).join("; ")}\n` : ""
+  }`
+  const errors = withRatios.reduce((acc, c) => acc + c.errors, 0)
+  const summary = {
+    kind: "bench",
+    meta,
+    warnings,
+    errors,
+    preparedLeft,
+    cells: withRatios,
+    targets,
+    coreOverhead,
+    missing
+  }
   const files = writeResults(`bench-${stamp}`, {
     md,
     json: `${JSON.stringify(summary, null, 2)}\n`,

@@ -77,4 +77,33 @@ describe.skipIf(server === undefined)("opt-in modes on PostgreSQL", () => {
     }
     expect(await Server.preparedIn(adminUrl, [dbs.a, dbs.b])).toBe(0)
   }, 60_000)
+
+  it("raw2pc's decision INSERT is forced even where the coordinator database defaults to synchronous_commit = off", async () => {
+    const dbs = await Server.setup(adminUrl, prefix)
+    const name = new URL(dbs.coordinator).pathname.slice(1)
+    const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    await admin.unsafe(`ALTER DATABASE "${name}" SET synchronous_commit = off`)
+    const mode = Modes.rawModes(dbs).find((m) => m.name === "raw2pc")!
+    const instance = await mode.open(1)
+    try {
+      await instance.tx()
+      // The setting the decision INSERT ran under, as its own session saw it.
+      const [row] = await admin<{ settings: string | null }[]>`
+        SELECT (SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s
+                 JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = ${name}) AS settings`
+      expect(row?.settings).toContain("synchronous_commit=off")
+      const sql = Modes.decisionPool(dbs.coordinator, 1)
+      try {
+        const [sc] = await sql<{ synchronous_commit: string }[]>`SHOW synchronous_commit`
+        expect(sc?.synchronous_commit).toBe("on")
+      } finally {
+        await sql.end({ timeout: 5 })
+      }
+    } finally {
+      await instance.close()
+      await admin.unsafe(`ALTER DATABASE "${name}" RESET synchronous_commit`)
+      await admin.end({ timeout: 5 })
+    }
+    expect(await Server.preparedIn(adminUrl, [dbs.a, dbs.b])).toBe(0)
+  }, 30_000)
 })

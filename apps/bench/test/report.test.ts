@@ -80,4 +80,70 @@ describe("benchmark report", () => {
     const md = Report.markdown(cells, { run: "test" })
     expect(md.split("\n").filter((l) => l.startsWith("| local |"))).toHaveLength(2)
   })
+
+  it("judges 'group not below accord2pc at 1' exactly, with no tolerance", () => {
+    const cells = Report.withRatios(
+      [cell("raw2pc", 1, 600, 1.6), cell("accord2pc", 1, 300, 2), cell("accord2pc-group", 1, 295, 2)],
+      baselines
+    )
+    const t = Report.targets(cells).find((x) => x.target === "accord2pc-group not below accord2pc at 1")
+    expect(t?.met).toBe(false)
+  })
+
+  it("prints a p50 below the baseline's with its own sign", () => {
+    const cells = Report.withRatios([cell("raw2pc", 1, 600, 1.6), cell("accord2pc", 1, 610, 1.5)], baselines)
+    const t = Report.targets(cells).find((x) => x.target === "accord2pc p50 at 1 <= raw2pc p50 + 0.3 ms")
+    expect(t).toEqual({ target: "accord2pc p50 at 1 <= raw2pc p50 + 0.3 ms", measured: "-0.1 ms", met: true })
+  })
+
+  it("fails the read-only target when the read-only branch itself sent a PREPARE, however rarely", () => {
+    // 300 transactions: the writer prepared each (300), the read-only branch 3 of them: 1.01 per
+    // transaction in all, which rounds to 1 and used to pass as "the writer's one".
+    const ro = cell("accord-readonly", 1, 75, 2, {
+      transactions: 300,
+      preparesPerTx: 1,
+      commitPreparedPerTx: 1,
+      readOnlyBranch: { transactions: 300, prepares: 3, phase2: 3 }
+    })
+    const t = Report.targets([ro]).find((x) => x.target.startsWith("read-only branch"))
+    expect(t?.met).toBe(false)
+    const clean = cell("accord-readonly", 1, 75, 2, {
+      preparesPerTx: 1,
+      commitPreparedPerTx: 1,
+      readOnlyBranch: { transactions: 300, prepares: 0, phase2: 0 }
+    })
+    expect(Report.targets([clean]).find((x) => x.target.startsWith("read-only branch"))?.met).toBe(true)
+  })
+
+  it("shows a cell's errors inside the table and warns at the top about errors and prepared leftovers", () => {
+    const cells = [
+      cell("raw2pc", 1, 600, 1.6),
+      cell("accord2pc", 1, 300, 2, {
+        errors: 7,
+        firstError: "maximum number | of prepared transactions reached"
+      })
+    ]
+    const md = Report.markdown(cells, { run: "test" }, { preparedLeft: 3 })
+    const header = md.split("\n").find((l) => l.startsWith("| mode |"))!
+    const row = md.split("\n").find((l) => l.startsWith("| accord2pc |"))!
+    // As many cells as the header (GitHub drops the excess of a row), the error text escaped.
+    const cellsOf = (line: string) => line.split(/(?<!\\)\|/).length
+    expect(cellsOf(row)).toBe(cellsOf(header))
+    expect(header).toContain("errors")
+    expect(row).toContain("7")
+    expect(md.split("\n")[0]).toMatch(/^\*\*WARNING/)
+    expect(md).toContain("7 failed transactions")
+    expect(md).toContain("3 transactions were left prepared")
+    expect(Report.warnings(cells, 0)).toEqual([expect.stringContaining("7 failed transactions")])
+    expect(Report.warnings([cell("raw2pc", 1, 600, 1.6)], 0)).toEqual([])
+  })
+
+  it("labels PGlite lines in the chart's legend as PGlite", () => {
+    const svg = Report.svg(
+      [cell("local-pglite", 1, 900, 1, { backend: "pglite" }), cell("local", 1, 100, 1)],
+      "t"
+    )
+    expect(svg).toContain("local-pglite (PGlite, fsync off)")
+    expect(svg).not.toContain("local (PGlite")
+  })
 })

@@ -17,7 +17,7 @@ describe.skipIf(server === undefined)("statement counting on the wire", () => {
       Server.resetCounters()
       // A parameterised statement: parsed and described once, then bound and executed each time.
       for (let i = 0; i < 3; i++) expect(await sql`select ${i}::int as n`).toEqual([{ n: i }])
-      expect(Server.snapshotCounters()).toEqual({
+      expect(Server.snapshotCounters()).toMatchObject({
         statements: 3,
         prepares: 0,
         commitPrepared: 0,
@@ -35,12 +35,41 @@ describe.skipIf(server === undefined)("statement counting on the wire", () => {
       // The same through one simple message, then COMMIT PREPARED.
       await sql.unsafe(`BEGIN; PREPARE TRANSACTION '${gid}'`).simple()
       await sql.unsafe(`COMMIT PREPARED '${gid}'`)
-      expect(Server.snapshotCounters()).toEqual({
+      expect(Server.snapshotCounters()).toMatchObject({
         statements: 12,
         prepares: 2,
         commitPrepared: 1,
         rollbackPrepared: 1
       })
+    } finally {
+      await sql.unsafe(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined)
+      await sql.end({ timeout: 5 })
+    }
+  })
+
+  it("counts per database as well, so that a branch's own PREPAREs can be told apart", async () => {
+    const sql = Server.pool(adminUrl, 1)
+    const database = new URL(adminUrl).pathname.slice(1) || "postgres"
+    const gid = `accord_bench_count_db_test_${process.pid}`
+    try {
+      await sql`select 1 as warm`
+      Server.resetCounters()
+      await sql.begin(async (tx) => {
+        await tx`select 1 as x`
+        await tx.prepare(gid)
+      })
+      await sql.unsafe(`COMMIT PREPARED '${gid}'`)
+      const counted = Server.snapshotCounters()
+      expect(counted.byDatabase[database]).toEqual({
+        statements: 4,
+        prepares: 1,
+        commitPrepared: 1,
+        rollbackPrepared: 0
+      })
+      // A snapshot is a copy.
+      Server.resetCounters()
+      expect(counted.byDatabase[database]?.prepares).toBe(1)
+      expect(Server.snapshotCounters().byDatabase[database]).toBeUndefined()
     } finally {
       await sql.unsafe(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined)
       await sql.end({ timeout: 5 })
