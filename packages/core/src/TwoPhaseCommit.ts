@@ -114,6 +114,8 @@ export type Outcome = Data.TaggedEnum<{
     readonly txId: TransactionId.TransactionId
     readonly votes: ReadonlyArray<BranchVote>
     readonly pending: ReadonlyArray<TransactionId.BranchName>
+    /** Branches that acknowledged, but had been rolled back by hand (also recorded in the log). */
+    readonly heuristics: ReadonlyArray<Heuristic>
   }
   Aborted: {
     readonly txId: TransactionId.TransactionId
@@ -240,7 +242,9 @@ const callAll = <K extends BranchCall>(
   const direct = directOf(resolved, call) as
     | ReadonlyArray<(ctx: BranchContext, work: unknown) => Started<CallAnswer[K], BranchCallError>>
     | undefined
-  if (direct !== undefined) return forEachStarted(resolved, (r, i) => direct[i]!(r.ctx, r.work), bound)
+  if (direct !== undefined) {
+    return forEachStarted(resolved, (r, i) => startGuarded(r, call, direct[i]!), bound)
+  }
   return forEachWithin(
     resolved,
     (r) =>
@@ -253,21 +257,45 @@ const callAll = <K extends BranchCall>(
         )(r.ctx, r.work).pipe(
           // A bug in a participant (a defect) is a failed call, in doubt: a prepare that died is a
           // No vote whose branch is rolled back with the others, a commit that died is retried.
-          Effect.catchAllDefect((defect) =>
-            Effect.fail(
-              new BranchCallError({
-                txId: r.ctx.txId,
-                branch: r.ctx.branch,
-                phase: call === "commitOnePhase" ? "onePhaseCommit" : call,
-                reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
-                inDoubt: true
-              })
-            )
-          )
+          Effect.catchAllDefect((defect) => Effect.fail(died(r, call, defect)))
         )
       ),
     bound
   )
+}
+
+/** A participant's defect in `call` as the failed call, in doubt, that the coordinator handles. */
+const died = (r: Resolved, call: BranchCall, defect: unknown) =>
+  new BranchCallError({
+    txId: r.ctx.txId,
+    branch: r.ctx.branch,
+    phase: call === "commitOnePhase" ? "onePhaseCommit" : call,
+    reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
+    inDoubt: true
+  })
+
+/**
+ * Starts a direct call so that a defect (the call throws, or its `result` rejects) is the same
+ * failed call, in doubt, as its Effect twin's defect is above: a No vote whose branch is rolled back
+ * with the others, a commit retried through the slow path. Without it the one participant's bug
+ * killed the whole run, after the commit decision too, and left prepared branches to recovery.
+ * One `catch` per call: no fiber, no timer.
+ */
+const startGuarded = <A>(
+  r: Resolved,
+  call: BranchCall,
+  start: (ctx: BranchContext, work: unknown) => Started<A, BranchCallError>
+): Started<A, BranchCallError> => {
+  let started: Started<A, BranchCallError>
+  try {
+    started = start(r.ctx, r.work)
+  } catch (defect) {
+    return { result: Promise.resolve(Either.left(died(r, call, defect))), abandon: () => undefined }
+  }
+  return {
+    result: started.result.catch((defect: unknown) => Either.left(died(r, call, defect))),
+    abandon: started.abandon
+  }
 }
 
 /**
@@ -319,6 +347,10 @@ const commitBranch = (
           millis: Duration.toMillis(callTimeout)
         })
     }),
+    // After the commit decision a commit that dies (a participant's bug) is retried like any
+    // failed commit, until the deadline: a defect here must not end the run, which would hide
+    // from the caller that the transaction commits.
+    Effect.catchAllDefect((defect) => Effect.fail(died(r, "commit", defect))),
     Effect.retry(schedule),
     Effect.withSpan("TwoPhaseCommit.commitRetry", { attributes: { txId: r.ctx.txId, branch: r.ctx.branch } })
   )
@@ -367,6 +399,9 @@ const rollbackBranch = (
       Effect.retry(schedule),
       Effect.timeoutOption(callTimeout),
       Effect.catchAll(() => Effect.succeed(Option.none())),
+      // A rollback that dies (a participant's bug) is left to recovery like one that failed; it
+      // must not turn the abort into a defect nor cut the other branches' rollbacks short.
+      Effect.catchAllDefect(() => Effect.succeed(Option.none())),
       Effect.withSpan("TwoPhaseCommit.rollback", { attributes: { txId: r.ctx.txId, branch: r.ctx.branch } })
     )
 
@@ -603,7 +638,7 @@ const runTransaction = Effect.fnUntraced(function* (
     }
   }
   if (pending.length > 0) {
-    return yield* finish(Outcome.CommitPending({ txId, votes, pending }))
+    return yield* finish(Outcome.CommitPending({ txId, votes, pending, heuristics }))
   }
   // Not forced: if it is lost, recovery re-drives the commits, which are idempotent.
   yield* log.complete(txId).pipe(Effect.ignore)

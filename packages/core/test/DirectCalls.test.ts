@@ -4,7 +4,7 @@
  * interruptions as the Effect calls.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Schedule, TestClock } from "effect"
+import { Duration, Effect, Exit, Fiber, Schedule, TestClock } from "effect"
 import { branch } from "../src/Participant.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as PromiseParticipant from "./support/PromiseParticipant.js"
@@ -148,18 +148,26 @@ describe("TwoPhaseCommit.run over direct calls (live clock)", () => {
     )
   )
 
-  it.live("a direct call that throws is a defect; the calls already started are abandoned", () =>
-    withLog(() =>
-      Effect.gen(function* () {
-        const a = PromiseParticipant.make("bank-a", { prepareMs: 10_000, cleanUpMs: 20 })
-        const broken = PromiseParticipant.make("bank-b", { prepare: "throw" })
-        const exit = yield* Effect.exit(
-          TwoPhaseCommit.run([branch(a.participant, 1), branch(broken.participant, 2)])
-        )
-        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
-        expect(a.cleanedUp).toEqual(["prepare:bank-a"])
-      })
-    )
+  it.live(
+    "a direct call that throws is a No vote, as its Effect twin's defect is; the others are rolled back",
+    () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          const a = PromiseParticipant.make("bank-a", { prepareMs: 10_000, cleanUpMs: 20 })
+          const broken = PromiseParticipant.make("bank-b", { prepare: "throw" })
+          const exit = yield* Effect.exit(
+            TwoPhaseCommit.run([branch(a.participant, 1), branch(broken.participant, 2)], {
+              prepareTimeout: Duration.millis(100)
+            })
+          )
+          // Before: the run died with the defect (the Effect path made it a No vote).
+          expect(Exit.isSuccess(exit) && exit.value._tag).toBe("Aborted")
+          const vote = Exit.isSuccess(exit) ? exit.value.votes[1]?.vote : undefined
+          expect(vote?._tag === "No" && vote.reason).toContain("bug in bank-b")
+          expect(a.cleanedUp).toEqual(["prepare:bank-a"])
+          expect(a.calls).toContain("rollback:bank-a")
+        })
+      )
   )
 })
 

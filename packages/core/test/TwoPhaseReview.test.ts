@@ -1,0 +1,175 @@
+/**
+ * Review of the 2PC hot path: what a participant's bug (a defect) does to the outcome, on the
+ * Effect path and on the direct (Promise-level) path alike, and that a heuristic outcome is
+ * reported in every commit outcome.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Either, Fiber, Schedule, TestClock } from "effect"
+import type * as Participant from "../src/Participant.js"
+import { branch } from "../src/Participant.js"
+import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
+import * as MemoryParticipant from "./support/MemoryParticipant.js"
+import * as PromiseParticipant from "./support/PromiseParticipant.js"
+import { withLog } from "./support/withLog.js"
+
+/** `p` with its direct `call` replaced by one whose result rejects (a bug), twins untouched. */
+const rejecting = (
+  p: Participant.Participant<unknown>,
+  call: "prepare" | "commit" | "commitOnePhase",
+  times = Number.POSITIVE_INFINITY,
+  afterMs = 0
+): Participant.Participant<unknown> => {
+  const direct = p.direct!
+  let left = times
+  const original = direct[call] as unknown as (
+    ...a: ReadonlyArray<unknown>
+  ) => Participant.Started<unknown, unknown>
+  const broken = (...args: ReadonlyArray<unknown>): Participant.Started<unknown, unknown> => {
+    if (left <= 0) return original(...args)
+    left--
+    return {
+      result: new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error(`bug in ${call}`)), afterMs)
+      ),
+      abandon: () => undefined
+    }
+  }
+  return { ...p, direct: { ...direct, [call]: broken } }
+}
+
+describe("TwoPhaseCommit.run: a participant's defect", () => {
+  it.effect("after the commit decision, a commit that keeps dying is CommitPending, never a defect", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const buggy: Participant.Participant<unknown> = {
+          ...b.participant,
+          commit: () => Effect.dieMessage("cannot read properties of undefined")
+        }
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(buggy, 2)], {
+          transactionTimeout: Duration.seconds(5),
+          commitSchedule: Schedule.spaced(Duration.millis(500))
+        }).pipe(Effect.exit, Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(6))
+        const exit = yield* Fiber.join(fiber)
+        // Before: the run died with the defect after the decision was forced, so the caller could
+        // not tell that the transaction commits (recovery commits it later).
+        expect(exit._tag).toBe("Success")
+        if (exit._tag !== "Success") return
+        expect(exit.value._tag).toBe("CommitPending")
+        if (exit.value._tag === "CommitPending") expect(exit.value.pending).toEqual(["bank-b"])
+        expect((yield* log.snapshot).decisions.get(exit.value.txId)?.decision).toBe("commit")
+      })
+    )
+  )
+
+  it.effect(
+    "a rollback that dies does not turn an abort into a defect; the other branches are rolled back",
+    () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          const a = yield* MemoryParticipant.make("bank-a")
+          const b = yield* MemoryParticipant.make("bank-b")
+          const c = yield* MemoryParticipant.make("bank-c", { vote: "no" })
+          const buggy: Participant.Participant<unknown> = {
+            ...a.participant,
+            rollback: () => Effect.dieMessage("cannot read properties of undefined")
+          }
+          const exit = yield* Effect.exit(
+            TwoPhaseCommit.run([branch(buggy, 1), branch(b.participant, 2), branch(c.participant, 3)])
+          )
+          expect(exit._tag).toBe("Success")
+          if (exit._tag === "Success") expect(exit.value._tag).toBe("Aborted")
+          expect([...(yield* b.states).values()]).toEqual(["aborted"])
+        })
+      )
+  )
+
+  it.live(
+    "a direct prepare that rejects is a No vote as its Effect twin's is: the others are rolled back",
+    () =>
+      withLog((log) =>
+        Effect.gen(function* () {
+          const a = PromiseParticipant.make("bank-a")
+          const b = PromiseParticipant.make("bank-b")
+          const outcome = yield* Effect.either(
+            TwoPhaseCommit.run([
+              branch(a.participant, 1),
+              branch(rejecting(b.participant, "prepare", 1, 20), 2)
+            ])
+          )
+          // Before: the run died; bank-a, prepared, was left for recovery.
+          expect(Either.isRight(outcome) && outcome.right._tag).toBe("Aborted")
+          if (Either.isRight(outcome) && outcome.right._tag === "Aborted")
+            expect(outcome.right.reason).toContain("bug in prepare")
+          expect(a.calls).toContain("rollback:bank-a")
+          expect((yield* log.snapshot).decisions.size).toBe(0)
+        })
+      )
+  )
+
+  it.live("a direct commit that rejects is retried through its Effect twin, as a died commit is", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = PromiseParticipant.make("bank-a")
+        const b = PromiseParticipant.make("bank-b")
+        const outcome = yield* Effect.either(
+          TwoPhaseCommit.run([branch(a.participant, 1), branch(rejecting(b.participant, "commit", 1), 2)], {
+            commitSchedule: Schedule.spaced(Duration.millis(5))
+          })
+        )
+        // Before: the run died after the commit decision.
+        expect(Either.isRight(outcome) && outcome.right._tag).toBe("Committed")
+        expect(b.calls).toContain("effect:commit:bank-b")
+        if (Either.isRight(outcome))
+          expect((yield* log.snapshot).completed.has(outcome.right.txId)).toBe(true)
+      })
+    )
+  )
+
+  it.live(
+    "a direct one-phase commit that rejects fails in doubt with its txId, as its Effect twin does",
+    () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          const a = PromiseParticipant.make("bank-a")
+          const result = yield* Effect.either(
+            TwoPhaseCommit.run([branch(rejecting(a.participant, "commitOnePhase"), 1)])
+          )
+          expect(Either.isLeft(result) && result.left._tag).toBe("BranchCallError")
+          if (Either.isLeft(result) && result.left._tag === "BranchCallError") {
+            expect(result.left.inDoubt).toBe(true)
+            expect(result.left.phase).toBe("onePhaseCommit")
+            expect(result.left.txId).toMatch(/^[0-9A-Z]{26}$/)
+          }
+        })
+      )
+  )
+})
+
+describe("TwoPhaseCommit.run: heuristics", () => {
+  it.effect("a CommitPending outcome still reports a branch rolled back by hand", () =>
+    withLog(() =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b", { commitFailures: 1_000 })
+        const forcing: Participant.Participant<unknown> = {
+          ...a.participant,
+          commit: (ctx) => a.forceRollback(ctx.gid).pipe(Effect.zipRight(a.participant.commit(ctx)))
+        }
+        const fiber = yield* TwoPhaseCommit.run([branch(forcing, 1), branch(b.participant, 2)], {
+          transactionTimeout: Duration.seconds(5),
+          commitSchedule: Schedule.spaced(Duration.millis(500))
+        }).pipe(Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(6))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("CommitPending")
+        // Before: CommitPending had no heuristics; the caller never learned bank-a was rolled back.
+        expect(
+          (outcome as { heuristics?: ReadonlyArray<{ branch: string }> }).heuristics?.map((h) => h.branch)
+        ).toEqual(["bank-a"])
+      })
+    )
+  )
+})
