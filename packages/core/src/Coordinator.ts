@@ -218,6 +218,11 @@ export interface TransactionResult {
   readonly reason?: string
   /** Branches that have not acknowledged the commit yet (recovery finishes them). */
   readonly pending?: ReadonlyArray<string>
+  /**
+   * Branches that ended against the commit decision: someone rolled them back by hand (also
+   * recorded in the log for operators). Present only when there are some.
+   */
+  readonly heuristics?: ReadonlyArray<{ readonly participant: string; readonly detail: string }>
   /** The typed outcome of the Effect core. */
   readonly outcome: TwoPhaseCommit.Outcome
 }
@@ -403,6 +408,12 @@ export const voteReports = (votes: ReadonlyArray<TwoPhaseCommit.BranchVote>): Re
     })
   )
 
+/** A commit outcome's heuristics in plain words, as a spread: nothing when there are none. */
+const heuristicReports = (heuristics: ReadonlyArray<TwoPhaseCommit.Heuristic>) =>
+  heuristics.length === 0
+    ? {}
+    : { heuristics: heuristics.map(({ branch, detail }) => ({ participant: branch, detail })) }
+
 /**
  * Turns a core outcome into the Promise API's result.
  * @internal
@@ -414,6 +425,7 @@ export const toResult = (outcome: TwoPhaseCommit.Outcome): TransactionResult =>
       status: "committed",
       txId: o.txId,
       votes: voteReports(o.votes),
+      ...heuristicReports(o.heuristics),
       outcome
     }),
     CommitPending: (o): TransactionResult => ({
@@ -422,6 +434,7 @@ export const toResult = (outcome: TwoPhaseCommit.Outcome): TransactionResult =>
       txId: o.txId,
       votes: voteReports(o.votes),
       pending: o.pending,
+      ...heuristicReports(o.heuristics),
       outcome
     }),
     Aborted: (o): TransactionResult => ({
