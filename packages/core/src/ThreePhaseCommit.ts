@@ -788,7 +788,11 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
               : tell(m, "rollback", (q) => q.rollback(m.ctx, rollbackOptions)).pipe(
                   Effect.map((ack) =>
                     Option.isSome(ack)
-                      ? (ack.value !== "Precommitted" && ack.value !== "Voted") || "refused"
+                      ? ack.value === "Precommitted" || ack.value === "Voted"
+                        ? ("refused" as const)
+                        : ack.value === "HeuristicCommit"
+                          ? ("committed" as const)
+                          : true
                       : false
                   )
                 )
@@ -798,7 +802,16 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         // A member refused the rollback because it is precommitted: the abort was decided on a
         // stale view (the coordinator or another terminator moved on). Re-evaluate, do not abort.
         if (acks.includes("refused")) return undefined
-        const pending = p.members.filter((_, i) => acks[i] !== true).map((m) => m.name)
+        // A member answered that it is committed (HeuristicCommit) and no member is aborted (none
+        // was before, none was fenced, none was rolled back now: no ack is `true`): the abort was
+        // decided on a stale view of a transaction that committed meanwhile. Re-evaluate (the next
+        // round sees it committed and commits the rest) instead of reporting Aborted. With an
+        // aborted member besides, it is a heuristic outcome (a branch finished by hand): the abort
+        // stands, as before.
+        if (acks.includes("committed") && !acks.includes(true)) return undefined
+        const pending = p.members
+          .filter((_, i) => acks[i] !== true && acks[i] !== "committed")
+          .map((m) => m.name)
         const observed = toObserved(states)
         return decision === "commit"
           ? Termination.Committed({ txId: p.txId, rule, observed, pending })
@@ -1266,7 +1279,7 @@ export interface RecoveryReport {
  */
 export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
   /**
-   * Recover only the gids of this namespace; voted branches of another namespace are left alone
+   * Recover only the gids of this namespace; branches of another namespace, voted or not, are left alone
    * (reported `blocked`). Omitted: every namespace. Either way a branch's peers are probed under
    * the namespace of the gid the scan found.
    */
@@ -1340,21 +1353,27 @@ export const recover: (
   const youngLeft = yield* Ref.make(0)
   for (const found of scans.flatMap((s) => s.found)) {
     const young = now - found.branch.preparedAt < orphanAfter
+    const namespace = gidNamespace(found.branch.gid)
+    // Another namespace's branches are left alone, voted or not: an unvoted one may be that
+    // deployment's 2PC branch, whose commit decision only its own log knows.
+    if (
+      options.namespace !== undefined &&
+      Option.isSome(namespace) &&
+      namespace.value !== options.namespace
+    ) {
+      blocked.push({
+        txId: found.branch.txId,
+        reason: `gid ${found.branch.gid} is not in namespace ${JSON.stringify(options.namespace)}: left to its own recovery`
+      })
+      continue
+    }
     if (found.branch.members === undefined) {
       if (young) yield* Ref.update(youngLeft, (n) => n + 1)
       else unvoted.push(found)
       continue
     }
-    const namespace = gidNamespace(found.branch.gid)
     if (Option.isNone(namespace)) {
       blocked.push({ txId: found.branch.txId, reason: `unparsable gid ${JSON.stringify(found.branch.gid)}` })
-      continue
-    }
-    if (options.namespace !== undefined && namespace.value !== options.namespace) {
-      blocked.push({
-        txId: found.branch.txId,
-        reason: `gid ${found.branch.gid} is not in namespace ${JSON.stringify(options.namespace)}: left to its own recovery`
-      })
       continue
     }
     const key = `${namespace.value ?? ""}/${found.branch.txId}`
