@@ -493,6 +493,15 @@ const decideCommit = (record: DecisionRecord, deadline: number) =>
   )
 
 /**
+ * Whether the decision that holds is this run's own record, read back (after a write that failed
+ * but landed): the same moment and the same branches.
+ */
+const isSameDecision = (held: DecisionRecord, own: DecisionRecord): boolean =>
+  held.decidedAt === own.decidedAt &&
+  held.branches.length === own.branches.length &&
+  held.branches.every((b, i) => b.gid === own.branches[i]!.gid)
+
+/**
  * Runs one global transaction with two-phase commit.
  *
  * Fails only with invalid input (nothing sent), an in-doubt one-phase commit, or a log that
@@ -608,17 +617,23 @@ const runTransaction = Effect.fnUntraced(function* (
   }
 
   const decidedAt = clock.unsafeCurrentTimeMillis()
-  const decision = yield* decideCommit(
-    {
-      txId,
-      decision: "commit",
-      branches: writers.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
-      decidedAt
-    },
-    deadline
-  )
+  const record: DecisionRecord = {
+    txId,
+    decision: "commit",
+    branches: writers.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
+    decidedAt
+  }
+  const decision = yield* decideCommit(record, deadline)
   if (decision.decision === "abort") {
     return yield* abort("recovery presumed the transaction aborted before its commit decision was written")
+  }
+  if (decision !== record && !isSameDecision(decision, record)) {
+    // The first writer won, and it was not this run: `txId` (given in `options`) was used before
+    // and its commit decision is not this run's. Committing under it would apply the work twice
+    // (recovery rolls such branches back as duplicates), so this run's branches are rolled back.
+    return yield* abort(
+      `transaction id ${txId} already has a commit decision from an earlier run; use a fresh id for each transaction`
+    )
   }
 
   // Phase 2: from here the outcome is commit, whatever happens.

@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Fiber, Schedule, TestClock } from "effect"
 import type * as Participant from "../src/Participant.js"
 import { branch } from "../src/Participant.js"
+import * as TransactionId from "../src/TransactionId.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import * as PromiseParticipant from "./support/PromiseParticipant.js"
@@ -169,6 +170,43 @@ describe("TwoPhaseCommit.run: heuristics", () => {
         expect(
           (outcome as { heuristics?: ReadonlyArray<{ branch: string }> }).heuristics?.map((h) => h.branch)
         ).toEqual(["bank-a"])
+      })
+    )
+  )
+})
+
+describe("TwoPhaseCommit.run: a transaction id used twice", () => {
+  it.effect("a second run under a txId that already committed does not commit its branches", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const txId = yield* TransactionId.make
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const first = yield* TwoPhaseCommit.run(
+          [branch(a.participant, "debit 10"), branch(b.participant, "credit 10")],
+          {
+            txId
+          }
+        )
+        expect(first._tag).toBe("Committed")
+        // The caller retries the same transfer under the same id (as an idempotency key), later.
+        yield* TestClock.adjust(Duration.seconds(1))
+        const c = yield* MemoryParticipant.make("bank-a")
+        const d = yield* MemoryParticipant.make("bank-b")
+        const second = yield* TwoPhaseCommit.run(
+          [branch(c.participant, "debit 10"), branch(d.participant, "credit 10")],
+          {
+            txId
+          }
+        )
+        // Before: the second run took the first run's commit decision for its own and committed
+        // the transfer a second time (recovery would have rolled those branches back as duplicates).
+        expect(second._tag).toBe("Aborted")
+        if (second._tag === "Aborted") expect(second.reason).toContain("already")
+        expect([...(yield* c.states).values()]).toEqual(["aborted"])
+        expect([...(yield* d.states).values()]).toEqual(["aborted"])
+        // The first run's decision stands.
+        expect((yield* log.snapshot).decisions.get(first.txId)?.decidedAt).toBe(0)
       })
     )
   )
