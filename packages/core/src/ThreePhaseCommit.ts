@@ -1182,7 +1182,21 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   known: RecordedVote | undefined
 ) {
   const everyone = [self, ...peers.filter((q) => q !== self && q?.name !== self?.name)]
-  let p = yield* plan(txId, everyone, options)
+  const fromOptions = plan(txId, everyone, options)
+  // Its own mode may not fit the peers it was given (explicit quorum sizes of a transaction with
+  // more members than it knows) while the recorded vote, which wins anyway, fits: read the vote
+  // under a provisional classic plan (for the gid) and fail only when no vote is recorded.
+  let provisional = false
+  let p =
+    Either.isLeft(fromOptions) && fromOptions.left._tag === "InvalidQuorumError" && options.mode !== undefined
+      ? yield* Either.match(plan(txId, everyone, { ...options, mode: "classic" }), {
+          onLeft: () => fromOptions,
+          onRight: (classic) => {
+            provisional = true
+            return Either.right(classic)
+          }
+        })
+      : yield* fromOptions
   const me = p.members.find((m) => m.name === self.name)!
   yield* Effect.annotateCurrentSpan({ txId: p.txId, branch: me.name, mode: p.mode.kind })
   const timeout = Duration.decode(options.timeout ?? defaults.agentTimeout)
@@ -1205,7 +1219,7 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
           ...(vote.mode === undefined ? {} : { mode: vote.mode })
         }
       )
-      const before = describeMode(p.mode)
+      const before = provisional ? "invalid for the peers given" : describeMode(p.mode)
       const after = describeMode(recorded.mode)
       if (options.mode !== undefined && before !== after)
         yield* Effect.logWarning(
@@ -1215,7 +1229,15 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
     })
   // Once found, the vote is fixed: it is written once, before the member votes yes.
   let vote: RecordedVote | undefined = known
-  if (known !== undefined) p = yield* planFor(known)
+  if (vote === undefined && provisional) {
+    const scan = yield* self.inDoubt.pipe(Effect.timeout(callTimeout), Effect.option)
+    const mine = Option.isSome(scan) ? scan.value.find((b) => b.gid === me.ctx.gid) : undefined
+    // No vote to go by: its own options are all there is, and they are invalid.
+    if (mine?.members === undefined)
+      return yield* Either.isLeft(fromOptions) ? fromOptions.left : Effect.die(fromOptions)
+    vote = { members: mine.members, mode: mine.mode }
+  }
+  if (vote !== undefined) p = yield* planFor(vote)
   const decidedBy = (state: "committed" | "aborted", rule: string): Termination =>
     state === "committed"
       ? Termination.Committed({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Ref } from "effect"
+import { Duration, Effect, Either, Fiber, Ref, TestClock } from "effect"
 import * as ThreePhaseCommit from "../src/ThreePhaseCommit.js"
 import * as TransactionId from "../src/TransactionId.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
@@ -73,6 +73,48 @@ describe("ThreePhaseCommit.recover with a namespace", () => {
       expect(yield* b.stateOf(txId, "ns")).toBe("initial")
       expect(report.unvotedRolledBack).toBe(0)
       expect(report.blocked.map((x) => x.txId)).toEqual([txId])
+    })
+  )
+})
+
+describe("ThreePhaseCommit.agent given the transaction's explicit quorum sizes and some peers", () => {
+  it.effect("terminates under the recorded vote instead of failing on its own options", () =>
+    Effect.gen(function* () {
+      const ms = yield* Effect.forEach(["m0", "m1", "m2", "m3", "m4"], (n) => ThreePhaseMemory.make(n))
+      const mode = { commit: 3, abort: 4 }
+      const planned = ThreePhaseCommit.plan(
+        yield* TransactionId.make,
+        ms.map((m) => m.participant),
+        { mode }
+      )
+      if (Either.isLeft(planned)) return yield* planned.left
+      const { txId, members } = planned.right
+      // Every member voted yes (recording V=5, Vc=3, Va=4); the coordinator precommitted m0, m1
+      // and m2 (a commit quorum), then died.
+      for (const [i, m] of ms.entries()) yield* m.participant.prepare(members[i]!.ctx, null)
+      for (const i of [0, 1, 2]) yield* ms[i]!.participant.precommit(members[i]!.ctx)
+      // m0's agent is started with the transaction's quorum sizes and the peers it knows. Its own
+      // options count V=3 (Va=4 cannot form), but the vote recorded the members and the mode: the
+      // documented contract is that they win once the member voted.
+      const agent = yield* ThreePhaseCommit.agent(
+        txId,
+        ms[0]!.participant,
+        [ms[1]!.participant, ms[2]!.participant],
+        {
+          mode,
+          timeout: Duration.seconds(20)
+        }
+      ).pipe(Effect.either, Effect.fork)
+      yield* TestClock.adjust(Duration.seconds(21))
+      const result = yield* Fiber.join(agent)
+      expect(Either.isRight(result) ? result.right._tag : result.left.message).toBe("Committed")
+      expect(yield* statesOf(ms, txId)).toEqual([
+        "committed",
+        "committed",
+        "committed",
+        "uncertain",
+        "uncertain"
+      ])
     })
   )
 })
