@@ -219,8 +219,9 @@ export interface TransactionResult {
   /** Branches that have not acknowledged the commit yet (recovery finishes them). */
   readonly pending?: ReadonlyArray<string>
   /**
-   * Branches that ended against the commit decision: someone rolled them back by hand (also
-   * recorded in the log for operators). Present only when there are some.
+   * Branches that ended against the decision: someone rolled them back by hand after a commit
+   * decision, or committed them by hand in an aborted transaction (also recorded in the log for
+   * operators). Present only when there are some.
    */
   readonly heuristics?: ReadonlyArray<{ readonly participant: string; readonly detail: string }>
   /** The typed outcome of the Effect core. */
@@ -443,6 +444,7 @@ export const toResult = (outcome: TwoPhaseCommit.Outcome): TransactionResult =>
       txId: o.txId,
       votes: voteReports(o.votes),
       reason: o.reason,
+      ...heuristicReports(o.heuristics ?? []),
       outcome
     })
   })

@@ -34,6 +34,7 @@ import {
   type Direct,
   directCall,
   OnePhaseResult,
+  type RollbackAck,
   type Started,
   Vote
 } from "./Participant.js"
@@ -100,7 +101,8 @@ export interface Heuristic {
  * - `Committed`: the decision is commit and every writing branch acknowledged.
  * - `CommitPending`: the decision is commit and durable; `pending` branches have not acknowledged
  *   yet. The outcome is still commit: recovery finishes it.
- * - `Aborted`: nothing was committed; `reason` names the branch and its cause.
+ * - `Aborted`: nothing was committed; `reason` names the branch and its cause. `heuristics`, when
+ *   present, names branches someone committed by hand all the same.
  * @since 0.1.0
  */
 export type Outcome = Data.TaggedEnum<{
@@ -121,6 +123,11 @@ export type Outcome = Data.TaggedEnum<{
     readonly txId: TransactionId.TransactionId
     readonly votes: ReadonlyArray<BranchVote>
     readonly reason: string
+    /**
+     * Present only when a rollback found its branch committed: someone committed it by hand
+     * (also recorded in the log). Those branches are the exception to "nothing was committed".
+     */
+    readonly heuristics?: ReadonlyArray<Heuristic>
   }
 }>
 /** @since 0.1.0 */
@@ -595,12 +602,34 @@ const runTransaction = Effect.fnUntraced(function* (
       // presumes aborted. (Not left running in the background: a coordinator that dies takes its
       // calls with it, and the simulator checks the protocol under exactly that.)
       const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
+      // Each answer kept as it comes, so those in before the bound count even if others are not.
+      const acks: Array<RollbackAck | undefined> = toRollBack.map(() => undefined)
       yield* Effect.timeoutOption(
-        forEachConcurrently(toRollBack, (r) => rollbackBranch(r, callTimeout, schedule)),
+        forEachConcurrently(toRollBack, (r, i) =>
+          Effect.map(rollbackBranch(r, callTimeout, schedule), (ack) => {
+            if (Option.isSome(ack)) acks[i] = ack.value
+          })
+        ),
         Duration.min(callTimeout, left)
       )
+      // A branch found committed although the decision is abort (committed by hand): reported in
+      // the outcome and recorded for operators, as a heuristic rollback is after a commit decision.
+      const heuristics: Array<Heuristic> = []
+      for (const [i, r] of toRollBack.entries()) {
+        if (acks[i] !== "HeuristicCommit") continue
+        const detail = "branch was committed outside the protocol although the transaction aborted"
+        heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
+        const log = yield* TransactionLog
+        yield* log
+          .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
+          .pipe(Effect.ignore)
+      }
       timings.aborted = reason
-      return yield* finish(Outcome.Aborted({ txId, votes, reason }))
+      return yield* finish(
+        Outcome.Aborted(
+          heuristics.length === 0 ? { txId, votes, reason } : { txId, votes, reason, heuristics }
+        )
+      )
     })
 
   if (refused !== undefined) {

@@ -40,3 +40,20 @@ describe("TwoPhaseCoordinator: heuristics", () => {
     await coordinator.dispose()
   })
 })
+
+describe("TwoPhaseCoordinator: heuristics on abort", () => {
+  it("names a branch committed by hand in an aborted result", async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: "memory" })
+    const a = await Effect.runPromise(MemoryParticipant.make("bank-a"))
+    const b = await Effect.runPromise(MemoryParticipant.make("bank-b", { vote: "no" }))
+    const byHand: Participant<unknown> = {
+      ...a.participant,
+      rollback: () => Effect.succeed("HeuristicCommit" as const)
+    }
+    await registerAll(coordinator, byHand, b.participant)
+    const result = await debitCredit(coordinator, byHand, b.participant)
+    expect(result.status).toBe("aborted")
+    expect(result.heuristics?.map((h) => h.participant)).toEqual(["bank-a"])
+    await coordinator.dispose()
+  })
+})

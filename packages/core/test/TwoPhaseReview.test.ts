@@ -175,6 +175,35 @@ describe("TwoPhaseCommit.run: heuristics", () => {
   )
 })
 
+describe("TwoPhaseCommit.run: heuristics on abort", () => {
+  it.effect("an Aborted outcome reports a branch committed by hand before its rollback, and logs it", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const c = yield* MemoryParticipant.make("bank-c", { vote: "no" })
+        // An operator ran COMMIT PREPARED on bank-b's branch by hand before the coordinator's rollback.
+        const committedByHand: Participant.Participant<unknown> = {
+          ...b.participant,
+          rollback: () => Effect.succeed("HeuristicCommit" as const)
+        }
+        const outcome = yield* TwoPhaseCommit.run([
+          branch(a.participant, 1),
+          branch(committedByHand, 2),
+          branch(c.participant, 3)
+        ])
+        expect(outcome._tag).toBe("Aborted")
+        // Before: nothing said so; "Aborted: nothing was committed" was false for bank-b.
+        expect(
+          (outcome as { heuristics?: ReadonlyArray<{ branch: string }> }).heuristics?.map((h) => h.branch)
+        ).toEqual(["bank-b"])
+        const recorded = (yield* log.snapshot).heuristics
+        expect(recorded.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "abort"]])
+      })
+    )
+  )
+})
+
 describe("TwoPhaseCommit.run: a transaction id used twice", () => {
   it.effect("a second run under a txId that already committed does not commit its branches", () =>
     withLog((log) =>
