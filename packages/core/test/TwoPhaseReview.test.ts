@@ -7,7 +7,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Fiber, Schedule, TestClock } from "effect"
 import type * as Participant from "../src/Participant.js"
 import { branch } from "../src/Participant.js"
+import { LogError } from "../src/TransactionError.js"
 import * as TransactionId from "../src/TransactionId.js"
+import * as TransactionLog from "../src/TransactionLog.js"
 import * as TwoPhaseCommit from "../src/TwoPhaseCommit.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import * as PromiseParticipant from "./support/PromiseParticipant.js"
@@ -238,5 +240,43 @@ describe("TwoPhaseCommit.run: a transaction id used twice", () => {
         expect((yield* log.snapshot).decisions.get(first.txId)?.decidedAt).toBe(0)
       })
     )
+  )
+})
+
+describe("TwoPhaseCommit.run: a decision write that fails, then succeeds", () => {
+  it.effect(
+    "a first write that landed but failed is retried and read back as this run's own: Committed",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* TransactionLog.makeMemory
+        let calls = 0
+        // Lands, then loses its answer (connection reset); a log that reads back copies, as Postgres does.
+        const flaky: TransactionLog.TransactionLog["Type"] = {
+          ...memory,
+          decide: (record) =>
+            Effect.flatMap(
+              memory.decide({ ...record, branches: record.branches.map((b) => ({ ...b })) }),
+              (held) =>
+                ++calls === 1
+                  ? Effect.fail(
+                      new LogError({ operation: "decide", txId: record.txId, reason: "connection reset" })
+                    )
+                  : Effect.succeed({ ...held })
+            )
+        }
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(b.participant, 2)], {
+          transactionTimeout: Duration.seconds(5)
+        }).pipe(Effect.provideService(TransactionLog.TransactionLog, flaky), Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(1))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Committed")
+        expect(calls).toBe(2)
+        expect([...(yield* a.states).values(), ...(yield* b.states).values()]).toEqual([
+          "committed",
+          "committed"
+        ])
+      })
   )
 })
