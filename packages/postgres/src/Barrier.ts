@@ -30,10 +30,11 @@ import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
 import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
 import * as Json from "@accord/core/Json"
-import { Cause, Duration, Effect, Exit, Option, Schema } from "effect"
+import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
-import type { Cancellable } from "./internal/client.js"
+import { type Cancellable, fromPglite, fromPostgres } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
+import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
 import type { BranchSession } from "./PgParticipant.js"
 import { barrierDdl } from "./SagaSchema.js"
 
@@ -200,38 +201,14 @@ const PURGE =
  * window old when they matter, so time is the only rule needed; `olderThan` must be positive.
  * @since 0.1.0
  */
-export const purge = async (
-  conn: Connection,
-  options: { readonly olderThan: Duration.DurationInput; readonly batch?: number }
-): Promise<number> => {
-  const olderThan = Duration.decodeUnknown(options.olderThan)
-  if (
-    Option.isNone(olderThan) ||
-    !Duration.isFinite(olderThan.value) ||
-    Duration.toMillis(olderThan.value) <= 0
-  ) {
-    throw new RangeError(
-      `Barrier.purge: olderThan must be a positive, finite duration (got ${String(options.olderThan)})`
-    )
+export const purge = (conn: Connection, options: Retention): Promise<number> => {
+  let retention: { seconds: number; batch: number }
+  try {
+    retention = checkRetention("Barrier.purge", options)
+  } catch (error) {
+    return Promise.reject(error)
   }
-  const batch = options.batch ?? 1000
-  if (!Number.isInteger(batch) || batch < 1) {
-    throw new RangeError(`Barrier.purge: batch must be a positive integer (got ${String(options.batch)})`)
-  }
-  const seconds = Duration.toMillis(olderThan.value) / 1000
-  const once = async (): Promise<number> => {
-    const rows =
-      typeof conn === "function"
-        ? ((await conn.unsafe(PURGE, [seconds, batch])) as unknown as Array<{ n: number }>)
-        : (await conn.query<{ n: number }>(PURGE, [seconds, batch])).rows
-    return rows[0]?.n ?? 0
-  }
-  let total = 0
-  for (;;) {
-    const n = await once()
-    total += n
-    if (n < batch) return total
-  }
+  return deleteInBatches(typeof conn === "function" ? fromPostgres(conn) : fromPglite(conn), PURGE, retention)
 }
 
 type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>

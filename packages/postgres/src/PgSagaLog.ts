@@ -43,6 +43,7 @@ import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
 import { type Client, fromPglite, fromPostgres, statement, transformRefusal } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
+import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
 import { sagaLogDdl } from "./SagaSchema.js"
 
 /**
@@ -59,6 +60,34 @@ const clientOf = (conn: PgConnection): Client =>
  * @since 0.1.0
  */
 export const migrate = (conn: PgConnection): Promise<void> => clientOf(conn).script(sagaLogDdl)
+
+const PURGE_SQL =
+  "with gone as (delete from accord_saga where saga_id = any(array(" +
+  "select saga_id from accord_saga where status in ('completed', 'compensated') " +
+  "and updated_at < now() - make_interval(secs => $1::float8) limit $2" +
+  ")) returning 1) select count(*)::int as n from gone"
+
+/**
+ * Deletes the sagas that ended (`completed` or `compensated`) more than `olderThan` ago by the
+ * database's clock, with their records, `batch` sagas per statement (default 1,000); resolves with
+ * how many went. Running and stuck sagas are never deleted (a stuck one waits for an operator).
+ * Nothing is deleted otherwise, so a busy service runs this periodically.
+ *
+ * **The retention rule.** A saga id is also an idempotency key: `Saga.run` with the id of a saga in
+ * the log is refused (`SagaBusyError`), with the id of a purged one it runs again. So `olderThan`
+ * must exceed the longest time after which a caller may still retry a `run`/`execute` with the same
+ * id, and the barrier rows of the same sagas should be kept at least as long (`Barrier.purge`).
+ * @since 0.1.0
+ */
+export const purge = (conn: PgConnection, options: Retention): Promise<number> => {
+  let retention: { seconds: number; batch: number }
+  try {
+    retention = checkRetention("PgSagaLog.purge", options)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  return deleteInBatches(clientOf(conn), PURGE_SQL, retention)
+}
 
 const millis = (lease: Lease): number => Duration.toMillis(Duration.decode(lease.leaseFor))
 
