@@ -27,13 +27,16 @@ import { PGlite } from "@electric-sql/pglite"
 import { Clock, Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
 import {
+  Abandonment,
   type Client,
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
   settlesWithin,
+  settle,
   startVia,
   statement,
+  unlessAbandoned,
   unlessGivenUp,
   usesPreparedStatements,
   viaPromise
@@ -293,7 +296,21 @@ class PgliteStageError {
   ) {}
 }
 
-const runPgliteBranch = async (db: PGlite, ctx: Participant.BranchContext, mode: Mode, work: PgWork) => {
+/**
+ * A PGlite branch in one `transaction()`. Abandoned (its caller gave up), the work is waited for at
+ * most `cancelMs` more, as a postgres.js branch's is; then the transaction is rolled back and its
+ * session closed (a statement the work sends later fails with PGlite's "Transaction is closed"):
+ * a work that never returned kept PGlite's transaction mutex, and so the instance (every later
+ * statement on it, COMMIT PREPARED and recovery included) and the gate, for ever.
+ */
+const runPgliteBranch = async (
+  db: PGlite,
+  ctx: Participant.BranchContext,
+  mode: Mode,
+  work: PgWork,
+  abandonment: Abandonment,
+  cancelMs: number
+) => {
   let stage: StageFailure["stage"] = "begin"
   try {
     return await db.transaction<Ending>(async (tx) => {
@@ -305,11 +322,27 @@ const runPgliteBranch = async (db: PGlite, ctx: Participant.BranchContext, mode:
           return (await tx.query<T>(sql, params as Array<unknown>)).rows
         }
       }
+      let worked: Promise<unknown>
       try {
-        await work(session)
+        worked = Promise.resolve(work(session))
       } catch (error) {
+        worked = Promise.reject(error)
+      }
+      const given = await unlessAbandoned(settle(worked), abandonment, cancelMs, () => "timeout" as const)
+      if (given === "timeout") {
         await tx.rollback()
-        return { _tag: "WorkFailed", failure: toFailure(error) }
+        return {
+          _tag: "WorkFailed",
+          failure: {
+            sqlState: undefined,
+            connectionLost: false,
+            message: `the branch's work had not returned ${cancelMs} ms after its caller gave up: rolled back`
+          }
+        }
+      }
+      if (!given.ok) {
+        await tx.rollback()
+        return { _tag: "WorkFailed", failure: given.failure }
       }
       if (mode === "onePhase") {
         // PGlite sends COMMIT when this callback returns.
@@ -359,7 +392,8 @@ const pgliteBranch = (
       return yield* restore(
         Effect.async<Ending, StageFailure>((resume) => {
           started = true
-          const pending = runPgliteBranch(db, ctx, mode, work)
+          const abandonment = new Abandonment()
+          const pending = runPgliteBranch(db, ctx, mode, work, abandonment, Duration.toMillis(cancelTimeout))
           // The gate is left here, on the promise, so that it is left even after an interruption.
           let abandoned = false
           pending.then(
@@ -381,7 +415,9 @@ const pgliteBranch = (
           // it (see `settlesWithin`). The gate stays held until the branch settles.
           return Effect.promise(() => {
             abandoned = true
-            return settlesWithin(pending, Duration.toMillis(cancelTimeout))
+            abandonment.abandon()
+            // The work's bound, then the ROLLBACK behind it.
+            return settlesWithin(pending, 2 * Duration.toMillis(cancelTimeout))
           })
         })
       )
