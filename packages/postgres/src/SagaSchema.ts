@@ -1,7 +1,9 @@
 /**
  * The saga tables as drizzle `pg-core` definitions, and their DDL (idempotent, serialised by an
  * advisory lock so several processes may run it at start-up at once). `PgSagaLog.make` runs
- * `sagaLogDdl`; `Barrier.migrate` runs `barrierDdl`.
+ * `sagaLogDdl`; `Barrier.migrate` runs `barrierDdl`. Checks, primary keys, the foreign key and the
+ * indexes carry the names PostgreSQL gave them under this DDL (`test/schemaMatchesDdl.test.ts`
+ * compares the catalogs). The 2PC and 3PC tables are in `Schema`.
  *
  * - `accord_saga`: one row per saga: type, input, status, and the lease (`owner`, `lease_until`)
  *   of the orchestrator running it. `next_seq` numbers its records; bumping it in the same
@@ -13,7 +15,17 @@
  * @since 0.1.0
  */
 import { sql } from "drizzle-orm"
-import { index, integer, jsonb, pgTable, primaryKey, text, timestamp } from "drizzle-orm/pg-core"
+import {
+  check,
+  foreignKey,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp
+} from "drizzle-orm/pg-core"
 
 /**
  * A saga (saga log database).
@@ -34,7 +46,8 @@ export const accordSaga = pgTable(
   },
   (t) => [
     index("accord_saga_running").on(t.createdAt).where(sql`status = 'running'`),
-    index("accord_saga_status").on(t.status, t.createdAt)
+    index("accord_saga_status").on(t.status, t.createdAt),
+    check("accord_saga_status_check", sql`status in ('running', 'completed', 'compensated', 'stuck')`)
   ]
 )
 
@@ -45,16 +58,21 @@ export const accordSaga = pgTable(
 export const accordSagaRecord = pgTable(
   "accord_saga_record",
   {
-    sagaId: text("saga_id")
-      .notNull()
-      .references(() => accordSaga.sagaId, { onDelete: "cascade" }),
+    sagaId: text("saga_id").notNull(),
     seq: integer("seq").notNull(),
     kind: text("kind").notNull(),
     step: text("step"),
     payload: jsonb("payload").notNull(),
     at: timestamp("at", { withTimezone: true }).notNull().defaultNow()
   },
-  (t) => [primaryKey({ columns: [t.sagaId, t.seq] })]
+  (t) => [
+    primaryKey({ name: "accord_saga_record_pkey", columns: [t.sagaId, t.seq] }),
+    foreignKey({
+      name: "accord_saga_record_saga_id_fkey",
+      columns: [t.sagaId],
+      foreignColumns: [accordSaga.sagaId]
+    }).onDelete("cascade")
+  ]
 )
 
 /**
@@ -73,7 +91,11 @@ export const accordSagaBarrier = pgTable(
     result: jsonb("result"),
     createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow()
   },
-  (t) => [primaryKey({ columns: [t.gid, t.branch, t.op] })]
+  (t) => [
+    primaryKey({ name: "accord_saga_barrier_pkey", columns: [t.gid, t.branch, t.op] }),
+    check("accord_saga_barrier_op_check", sql`op in ('action', 'compensation')`),
+    check("accord_saga_barrier_reason_check", sql`reason in ('action', 'compensation', 'null-compensation')`)
+  ]
 )
 
 // Any fixed key, distinct from the 2PC tables' lock: "asag" in ASCII.

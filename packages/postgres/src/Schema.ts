@@ -7,11 +7,16 @@
  *   back = neither. Lives in every participant database.
  * - `accord_decision`: the coordinator log, one row per global transaction, first writer wins.
  * - `accord_heuristic`: branches that ended against their decision (resolved by hand).
+ * - `accord_3pc_state`: the 3PC state of a branch (`PgThreePhaseParticipant.ddl` creates it), in
+ *   each 3PC participant database.
+ *
+ * The saga tables are in `SagaSchema`. Checks, primary keys and indexes carry the names
+ * PostgreSQL gave them under Accord's DDL (`test/schemaMatchesDdl.test.ts` compares the catalogs).
  *
  * @since 0.1.0
  */
 import { sql } from "drizzle-orm"
-import { bigint, index, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core"
+import { bigint, check, index, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core"
 
 /**
  * The marker row of a branch (participant databases).
@@ -41,19 +46,51 @@ export const accordDecision = pgTable(
     decidedAt: timestamp("decided_at", { withTimezone: true }).notNull(),
     completedAt: timestamp("completed_at", { withTimezone: true })
   },
-  (t) => [index("accord_decision_unfinished").on(t.decidedAt).where(sql`completed_at is null`)]
+  (t) => [
+    index("accord_decision_unfinished").on(t.decidedAt).where(sql`completed_at is null`),
+    check("accord_decision_decision_check", sql`decision in ('commit', 'abort')`)
+  ]
 )
 
 /**
  * A heuristic outcome (coordinator log database).
  * @since 0.1.0
  */
-export const accordHeuristic = pgTable("accord_heuristic", {
-  id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
-  txId: text("tx_id").notNull(),
-  branch: text("branch").notNull(),
-  gid: text("gid").notNull(),
-  decision: text("decision", { enum: ["commit", "abort"] }).notNull(),
-  detail: text("detail").notNull(),
-  recordedAt: timestamp("recorded_at", { withTimezone: true }).notNull().defaultNow()
-})
+export const accordHeuristic = pgTable(
+  "accord_heuristic",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    txId: text("tx_id").notNull(),
+    branch: text("branch").notNull(),
+    gid: text("gid").notNull(),
+    decision: text("decision", { enum: ["commit", "abort"] }).notNull(),
+    detail: text("detail").notNull(),
+    recordedAt: timestamp("recorded_at", { withTimezone: true }).notNull().defaultNow()
+  },
+  () => [check("accord_heuristic_decision_check", sql`decision in ('commit', 'abort')`)]
+)
+
+/**
+ * The 3PC state of a branch (each 3PC participant database): `uncertain` once its yes vote is
+ * recorded, then `precommitted` or `preaborted`; `aborted` is also the fence written before a
+ * rollback. `members` is the recorded yes vote, `<mode>|<member>,<member>...` (`''` when none);
+ * read it, do not write it: `PgThreePhaseParticipant` owns these rows (`forget` deletes them).
+ * @since 0.1.0
+ */
+export const accord3pcState = pgTable(
+  "accord_3pc_state",
+  {
+    gid: text("gid").primaryKey(),
+    txId: text("tx_id").notNull(),
+    branch: text("branch").notNull(),
+    state: text("state", { enum: ["uncertain", "precommitted", "preaborted", "aborted"] }).notNull(),
+    members: text("members").notNull().default(""),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow()
+  },
+  () => [
+    check(
+      "accord_3pc_state_state_check",
+      sql`state in ('uncertain', 'precommitted', 'preaborted', 'aborted')`
+    )
+  ]
+)
