@@ -108,6 +108,24 @@ export const run: (
     const batch = Math.max(1, options.batch ?? 256)
     const orphanAfterMillis = Duration.toMillis(Duration.decode(options.orphanAfter ?? Duration.seconds(30)))
 
+    /**
+     * A heuristic outcome is written to the log once. A decision that stays unfinished (another of
+     * its branches unreachable) meets the same outcome again on every pass, and a coordinator
+     * (CommitPending) may have recorded it already: the log's records are read once per pass, the
+     * first time one is found, and a record already there is not written again.
+     */
+    const heuristicKey = (h: HeuristicRecord) => JSON.stringify([h.txId, h.gid, h.decision, h.detail])
+    const knownHeuristics = yield* Effect.cached(
+      Effect.map(log.heuristics, (hs) => new Set(hs.map(heuristicKey)))
+    )
+    const recordHeuristic = (record: HeuristicRecord): Effect.Effect<void, LogError> =>
+      Effect.flatMap(knownHeuristics, (known) => {
+        const key = heuristicKey(record)
+        if (known.has(key)) return Effect.void
+        known.add(key)
+        return log.recordHeuristic(record)
+      })
+
     const call = <A>(
       ctx: BranchContext,
       phase: "commit" | "rollback",
@@ -158,9 +176,9 @@ export const run: (
                 const record = heuristic(
                   "branch was rolled back outside the protocol after the commit decision"
                 )
-                return log
-                  .recordHeuristic(record)
-                  .pipe(Effect.as<BranchResult>({ _tag: "Done", committed: false, heuristic: record }))
+                return recordHeuristic(record).pipe(
+                  Effect.as<BranchResult>({ _tag: "Done", committed: false, heuristic: record })
+                )
               })
             )
           : call(ctx, "rollback", participant.rollback(ctx)).pipe(
@@ -168,9 +186,9 @@ export const run: (
                 if (ack === "RolledBack")
                   return Effect.succeed<BranchResult>({ _tag: "Done", committed: false })
                 const record = heuristic("branch was committed outside the protocol after the abort decision")
-                return log
-                  .recordHeuristic(record)
-                  .pipe(Effect.as<BranchResult>({ _tag: "Done", committed: true, heuristic: record }))
+                return recordHeuristic(record).pipe(
+                  Effect.as<BranchResult>({ _tag: "Done", committed: true, heuristic: record })
+                )
               })
             )
       return driven.pipe(
@@ -270,7 +288,7 @@ export const run: (
             decision: "commit",
             detail: "branch prepared again after its transaction completed (duplicate delivery); rolled back"
           }
-          yield* log.recordHeuristic(record)
+          yield* recordHeuristic(record)
           return { decision, results: [{ ...rolledBack, heuristic: record }], allDone: false }
         }
         return { decision, results: [rolledBack], allDone: false }
@@ -313,7 +331,7 @@ export const run: (
             detail:
               "branch was committed outside the protocol while no decision was logged; the transaction was presumed aborted"
           }
-          yield* log.recordHeuristic(record)
+          yield* recordHeuristic(record)
           results.push({ _tag: "Done", committed: true, heuristic: record })
         }
         return results.length === 0 ? undefined : ({ decision, results, allDone: false } satisfies Finished)
@@ -537,8 +555,8 @@ export const run: (
 )
 
 /**
- * Runs recovery now and then every `every`, forever (fork it). A failed pass is logged and the
- * next one runs on schedule.
+ * Runs recovery now and then every `every`, forever (fork it). A failed pass, or one that died
+ * (a defect), is logged and the next one runs on schedule.
  * @since 0.1.0
  */
 export const sweep = (
@@ -547,8 +565,8 @@ export const sweep = (
   options: Options = {}
 ): Effect.Effect<never, never, TransactionLog> =>
   run(participants, options).pipe(
-    Effect.tapError((e) => Effect.logWarning("recovery pass failed", e)),
-    Effect.ignore,
+    // Any cause, defects included: a participant's bug must not end the sweep for good.
+    Effect.catchAllCause((cause) => Effect.logWarning("recovery pass failed", cause)),
     Effect.repeat(Schedule.spaced(every)),
     Effect.andThen(Effect.never)
   )

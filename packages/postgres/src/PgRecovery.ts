@@ -116,8 +116,8 @@ const collect = (
   }).pipe(Effect.withSpan("PgRecovery.collect"))
 
 /**
- * Runs a pass now and then every `every`, forever (fork it). A failed pass is logged and the
- * next one runs on schedule.
+ * Runs a pass now and then every `every`, forever (fork it). A failed pass, or one that died (a
+ * defect), is logged and the next one runs on schedule.
  * @since 0.1.0
  */
 export const sweep = (args: {
@@ -127,8 +127,8 @@ export const sweep = (args: {
   readonly options?: Options
 }): Effect.Effect<never> =>
   run(args).pipe(
-    Effect.tapError((e) => Effect.logWarning("recovery pass failed", e)),
-    Effect.ignore,
+    // Any cause, defects included: a participant's bug must not end the sweep for good.
+    Effect.catchAllCause((cause) => Effect.logWarning("recovery pass failed", cause)),
     Effect.repeat(Schedule.spaced(args.every)),
     Effect.andThen(Effect.never)
   )

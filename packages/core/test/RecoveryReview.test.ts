@@ -1,0 +1,81 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Fiber, Logger, Schedule, TestClock } from "effect"
+import type { AnyParticipant } from "../src/Participant.js"
+import * as Recovery from "../src/Recovery.js"
+import * as TransactionId from "../src/TransactionId.js"
+import * as TransactionLog from "../src/TransactionLog.js"
+import * as MemoryParticipant from "./support/MemoryParticipant.js"
+
+describe("Recovery review", () => {
+  it.effect(
+    "a heuristic of a decision that stays unfinished (another branch unreachable) is recorded once, not on every pass",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* TransactionLog.makeMemory
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        const txId = yield* TransactionId.make
+        const gidA = TransactionId.gid(txId, a.participant.name)
+        const gidB = TransactionId.gid(txId, b.participant.name)
+        // A was rolled back by hand after the commit decision; B's participant is gone (not given).
+        yield* a.forceRollback(gidA)
+        yield* b.seedPrepared(gidB)
+        yield* log.decide({
+          txId,
+          decision: "commit",
+          branches: [
+            { branch: a.participant.name, gid: gidA },
+            { branch: b.participant.name, gid: gidB }
+          ],
+          decidedAt: 0
+        })
+        const pass = Recovery.run([a.participant], { orphanAfter: 0, retrySchedule: Schedule.stop }).pipe(
+          Effect.provideService(TransactionLog.TransactionLog, log)
+        )
+        const reports = [yield* pass, yield* pass, yield* pass]
+        for (const r of reports) expect(r.unresolved.map((u) => u.branch)).toEqual(["bank-b"])
+        // Still a heuristic outcome of the transaction, so each pass reports it ...
+        expect(reports.map((r) => r.heuristics.map((h) => h.branch))).toEqual([
+          ["bank-a"],
+          ["bank-a"],
+          ["bank-a"]
+        ])
+        // ... but the operators' record holds it once.
+        expect((yield* log.heuristics).map((h) => [h.txId, h.branch, h.gid])).toEqual([
+          [txId, "bank-a", gidA]
+        ])
+      })
+  )
+
+  it.effect("a pass that dies (a participant's bug) is logged and the sweep goes on", () =>
+    Effect.gen(function* () {
+      const log = yield* TransactionLog.makeMemory
+      const a = yield* MemoryParticipant.make("bank-a")
+      let scans = 0
+      const buggy: AnyParticipant = {
+        ...a.participant,
+        inDoubt: Effect.suspend(() => {
+          scans++
+          return scans === 1 ? Effect.die(new Error("participant bug")) : a.participant.inDoubt
+        })
+      }
+      const logged: Array<string> = []
+      const capture = Logger.make(({ cause, message }) => {
+        logged.push(`${String(message)} ${Cause.pretty(cause)}`)
+      })
+      const fiber = yield* Recovery.sweep([buggy], Duration.seconds(10), { orphanAfter: 0 }).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log),
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture)),
+        Effect.fork
+      )
+      yield* TestClock.adjust(Duration.seconds(35))
+      const exit = yield* Fiber.poll(fiber)
+      yield* Fiber.interrupt(fiber)
+      expect(exit._tag).toBe("None")
+      expect(scans).toBe(4)
+      expect(logged.some((l) => l.includes("recovery pass failed") && l.includes("participant bug"))).toBe(
+        true
+      )
+    })
+  )
+})

@@ -1,0 +1,54 @@
+import type { Participant } from "@accord/core"
+import type { PGlite } from "@electric-sql/pglite"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Fiber, Logger } from "effect"
+import * as PgParticipant from "../src/PgParticipant.js"
+import * as PgRecovery from "../src/PgRecovery.js"
+import * as PgTransactionLog from "../src/PgTransactionLog.js"
+
+describe("PgRecovery.sweep", () => {
+  let dbA: PGlite
+  let dbLog: PGlite
+  beforeAll(async () => {
+    ;[dbA, dbLog] = await Promise.all([PgParticipant.openPglite(), PgParticipant.openPglite()])
+  }, 120_000)
+  afterAll(async () => {
+    await dbA?.close()
+    await dbLog?.close()
+  })
+
+  it.live("a pass that dies (a participant's bug) is logged and the sweep goes on", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: dbA })
+        const log = yield* PgTransactionLog.makePglite(dbLog)
+        let scans = 0
+        const buggy: Participant.AnyParticipant = {
+          ...pa,
+          inDoubt: Effect.suspend(() => {
+            scans++
+            return scans === 1 ? Effect.die(new Error("participant bug")) : pa.inDoubt
+          })
+        }
+        const logged: Array<string> = []
+        const capture = Logger.make(({ cause, message }) => {
+          logged.push(`${String(message)} ${Cause.pretty(cause)}`)
+        })
+        const fiber = yield* PgRecovery.sweep({
+          participants: [buggy],
+          log,
+          every: Duration.millis(20),
+          options: { orphanAfter: 0 }
+        }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)), Effect.fork)
+        yield* Effect.sleep(Duration.millis(500))
+        const exit = yield* Fiber.poll(fiber)
+        yield* Fiber.interrupt(fiber)
+        expect(exit._tag).toBe("None")
+        expect(scans).toBeGreaterThan(1)
+        expect(logged.some((l) => l.includes("recovery pass failed") && l.includes("participant bug"))).toBe(
+          true
+        )
+      })
+    )
+  )
+})
