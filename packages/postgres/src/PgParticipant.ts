@@ -18,10 +18,10 @@
  * @since 0.1.0
  */
 import { createHash } from "node:crypto"
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
 import { Clock, Duration, Effect, Either } from "effect"
@@ -171,13 +171,83 @@ export const makeGate = (): Gate => new Gate()
 /**
  * Starts PGlite with prepared transactions enabled (PGlite's default is 0), in memory when
  * `dataDir` is undefined. PGlite runs with fsync off: fine for demos and tests, not durable.
- * A data directory holding a prepared transaction only reopens with the same setting.
+ * A data directory holding a prepared transaction only reopens with the same setting. A folder on
+ * disk is locked (`accord.lock`) until the instance is closed: see `openLocked`.
  * @since 0.1.0
  */
 export const openPglite = (dataDir?: string): Promise<PGlite> =>
-  PGlite.create(dataDir, {
-    startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
-  })
+  dataDir === undefined || dataDir.includes("://")
+    ? PGlite.create(dataDir, { startParams: pgliteStartParams })
+    : openLocked(dataDir, () => PGlite.create(dataDir, { startParams: pgliteStartParams }))
+
+const pgliteStartParams = [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
+
+// The data directories this process holds open through the openers below.
+const lockedHere = new Set<string>()
+
+const processAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/**
+ * PGlite does not lock its data directory: two processes (two runs of the bank demo on the same
+ * `--data-dir`) each ran a server over the same files and overwrote each other's pages, silently.
+ * The openers hold `accord.lock` (the process id) in the folder until the instance is closed: a
+ * folder held by another live process, or by another open instance of this one, is refused; the
+ * lock of a process that died without closing is taken over.
+ */
+const openLocked = async (dataDir: string, create: () => Promise<PGlite>): Promise<PGlite> => {
+  mkdirSync(dataDir, { recursive: true })
+  const path = join(resolvePath(dataDir), "accord.lock")
+  const refuse = (holder: string) =>
+    new Error(
+      `PGlite data directory ${dataDir} is already open ${holder}: PGlite does not share a data directory ` +
+        `(each opener runs its own server over the same files). Close it there first; if no such process uses it, delete ${path}.`
+    )
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(path, String(process.pid), { flag: "wx" })
+      break
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) {
+        if ((error as NodeJS.ErrnoException).code === "EEXIST") throw refuse("in another process")
+        throw error
+      }
+    }
+    if (lockedHere.has(path)) throw refuse("in this process (another PGlite instance)")
+    const pid = Number.parseInt(readFileSync(path, "utf8"), 10)
+    if (pid !== process.pid && Number.isInteger(pid) && pid > 0 && processAlive(pid))
+      throw refuse(`in process ${pid}`)
+    // Left by a process that is gone (or by an earlier run that had this pid): stale.
+    rmSync(path, { force: true })
+  }
+  lockedHere.add(path)
+  const release = () => {
+    lockedHere.delete(path)
+    rmSync(path, { force: true })
+  }
+  let db: PGlite
+  try {
+    db = await create()
+  } catch (error) {
+    release()
+    throw error
+  }
+  const close = db.close.bind(db)
+  db.close = async () => {
+    try {
+      await close()
+    } finally {
+      release()
+    }
+  }
+  return db
+}
 
 // Where PGlite is installed: `import.meta.resolve` under Node's ESM loader; Vite and vitest
 // rewrite `import.meta` without it (openPgliteCloned threw a TypeError in a vitest suite), so
@@ -203,6 +273,10 @@ const pgliteTemplatePath = (): string =>
 export const openPgliteCloned = async (dataDir: string): Promise<PGlite> => {
   mkdirSync(dataDir, { recursive: true })
   if (existsSync(join(dataDir, "PG_VERSION"))) return openPglite(dataDir)
+  return openLocked(dataDir, () => clonePglite(dataDir))
+}
+
+const clonePglite = async (dataDir: string): Promise<PGlite> => {
   const template = pgliteTemplatePath()
   if (!existsSync(template)) {
     const fresh = await openPglite()
@@ -214,7 +288,7 @@ export const openPgliteCloned = async (dataDir: string): Promise<PGlite> => {
   }
   return PGlite.create(dataDir, {
     loadDataDir: new Blob([readFileSync(template)]),
-    startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]
+    startParams: pgliteStartParams
   })
 }
 
