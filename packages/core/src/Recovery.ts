@@ -176,9 +176,22 @@ export const run: (
                 const record = heuristic(
                   "branch was rolled back outside the protocol after the commit decision"
                 )
-                return recordHeuristic(record).pipe(
-                  Effect.as<BranchResult>({ _tag: "Done", committed: false, heuristic: record })
-                )
+                // Gone without its marker, but the decision may have been completed meanwhile by
+                // another run (another process's recovery that read it too, or whose lost completion
+                // this pass re-drives): every branch acknowledged, then its markers were forgotten.
+                // That branch was committed, not rolled back by hand; whoever completed it reported
+                // any heuristic.
+                return log
+                  .decision(decision.txId)
+                  .pipe(
+                    Effect.flatMap((now) =>
+                      Option.isSome(now) && now.value.completedAt !== undefined
+                        ? Effect.succeed<BranchResult>({ _tag: "Done", committed: true })
+                        : recordHeuristic(record).pipe(
+                            Effect.as<BranchResult>({ _tag: "Done", committed: false, heuristic: record })
+                          )
+                    )
+                  )
               })
             )
           : call(ctx, "rollback", participant.rollback(ctx)).pipe(
@@ -268,6 +281,17 @@ export const run: (
       Effect.gen(function* () {
         const participant = byName.get(b.branch)!
         const ctx: BranchContext = { txId: b.txId, branch: b.branch, gid: b.gid }
+        // The scan saw it prepared before the decision was read complete: it may be the branch
+        // itself, committed since by another run that then completed the decision and forgot the
+        // markers (gone without its marker, which a rollback answers as `RolledBack` too). Once
+        // complete, nothing commits it any more, so one still prepared now is a duplicate.
+        if (decision.completedAt !== undefined) {
+          const state = yield* Effect.disconnect(participant.state(ctx)).pipe(
+            Effect.timeout(callTimeout),
+            Effect.orElseSucceed(() => "unknown" as const)
+          )
+          if (state === "aborted") return { decision, results: [], allDone: false } satisfies Finished
+        }
         const rolledBack = yield* call(ctx, "rollback", participant.rollback(ctx)).pipe(
           Effect.map((ack): BranchResult => ({ _tag: "Done", committed: ack === "HeuristicCommit" })),
           Effect.catchTag("BranchCallError", (e) =>
