@@ -580,7 +580,8 @@ export const run: (
 
 /**
  * Runs recovery now and then every `every`, forever (fork it). A failed pass, or one that died
- * (a defect), is logged and the next one runs on schedule.
+ * (a defect), is logged and the next one runs on schedule; so is a pass that left branches
+ * unresolved (a warning listing them).
  * @since 0.1.0
  */
 export const sweep = (
@@ -589,6 +590,20 @@ export const sweep = (
   options: Options = {}
 ): Effect.Effect<never, never, TransactionLog> =>
   run(participants, options).pipe(
+    // A pass that ends with branches still in doubt is not a failed pass, but a sweep has no other
+    // way to tell anyone: the report would be dropped.
+    Effect.tap((report) =>
+      report.unresolved.length === 0
+        ? Effect.void
+        : Effect.logWarning(
+            `recovery pass left ${report.unresolved.length} branch(es) unresolved: ` +
+              report.unresolved
+                .slice(0, 10)
+                .map((u) => `${u.txId === "" ? "(scan)" : u.txId}/${u.branch}: ${u.reason}`)
+                .join("; ") +
+              (report.unresolved.length > 10 ? "; ..." : "")
+          )
+    ),
     // Any cause, defects included: a participant's bug must not end the sweep for good.
     Effect.catchAllCause((cause) => Effect.logWarning("recovery pass failed", cause)),
     Effect.repeat(Schedule.spaced(every)),

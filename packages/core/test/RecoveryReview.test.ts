@@ -79,3 +79,40 @@ describe("Recovery review", () => {
     })
   )
 })
+
+describe("Recovery.sweep reporting", () => {
+  it.effect("a pass that leaves branches unresolved is logged by the sweep, not dropped", () =>
+    Effect.gen(function* () {
+      const log = yield* TransactionLog.makeMemory
+      const a = yield* MemoryParticipant.make("bank-a")
+      const txId = yield* TransactionId.make
+      const gidA = TransactionId.gid(txId, a.participant.name)
+      yield* a.seedPrepared(gidA)
+      // The decision names a participant this sweep was not given: it stays in doubt.
+      yield* log.decide({
+        txId,
+        decision: "commit",
+        branches: [
+          { branch: a.participant.name, gid: gidA },
+          {
+            branch: "bank-gone" as TransactionId.BranchName,
+            gid: TransactionId.gid(txId, "bank-gone" as TransactionId.BranchName)
+          }
+        ],
+        decidedAt: 0
+      })
+      const logged: Array<string> = []
+      const capture = Logger.make(({ message }) => {
+        logged.push(JSON.stringify(message))
+      })
+      const fiber = yield* Recovery.sweep([a.participant], Duration.seconds(10), { orphanAfter: 0 }).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, log),
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture)),
+        Effect.fork
+      )
+      yield* TestClock.adjust(Duration.seconds(1))
+      yield* Fiber.interrupt(fiber)
+      expect(logged.some((l) => l.includes("unresolved") && l.includes("bank-gone"))).toBe(true)
+    })
+  )
+})

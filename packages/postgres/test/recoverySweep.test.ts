@@ -1,4 +1,4 @@
-import type { Participant } from "@accord/core"
+import { type Participant, TransactionId } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Fiber, Logger } from "effect"
@@ -48,6 +48,43 @@ describe("PgRecovery.sweep", () => {
         expect(logged.some((l) => l.includes("recovery pass failed") && l.includes("participant bug"))).toBe(
           true
         )
+      })
+    )
+  )
+
+  it.live("a pass that leaves branches unresolved is logged by the sweep, not dropped", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const pa = yield* PgParticipant.makePglite({ name: "bank-a", db: dbA })
+        const log = yield* PgTransactionLog.makePglite(dbLog)
+        const txId = yield* TransactionId.make
+        // The decision names a participant this sweep was not given: it stays in doubt.
+        yield* log.decide({
+          txId,
+          decision: "commit",
+          branches: [
+            {
+              branch: "bank-gone" as TransactionId.BranchName,
+              gid: TransactionId.gid(txId, "bank-gone" as TransactionId.BranchName)
+            }
+          ],
+          decidedAt: Date.now() - 60_000
+        })
+        const logged: Array<string> = []
+        const capture = Logger.make(({ message }) => {
+          logged.push(JSON.stringify(message))
+        })
+        const fiber = yield* PgRecovery.sweep({
+          participants: [pa],
+          log,
+          every: Duration.seconds(10),
+          options: { orphanAfter: 0, gc: false }
+        }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)), Effect.fork)
+        yield* Effect.sleep(Duration.millis(500))
+        yield* Fiber.interrupt(fiber)
+        expect(
+          logged.some((l) => l.includes("unresolved") && l.includes(txId) && l.includes("bank-gone"))
+        ).toBe(true)
       })
     )
   )
