@@ -11,7 +11,7 @@ import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { balance, createBank, endAndDrop, prepareOnly } from "./support/pg2pc.js"
+import { adjust, balance, createBank, endAndDrop, prepareOnly } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DB_A = "accord_t_rstale_a"
@@ -100,6 +100,43 @@ describe("Recovery with a stale read of the unfinished decisions", () => {
           expect(second.heuristics).toEqual([])
           expect(second.branchesRolledBack).toBe(0)
           expect(yield* log.heuristics).toEqual([])
+        })
+      ),
+    30_000
+  )
+
+  it.live(
+    "a gid really prepared again after its decision completed is still rolled back and reported",
+    () =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const pa = yield* PgParticipant.make({ name: "bank-a", sql: a, markerGrace: Duration.zero })
+          const pb = yield* PgParticipant.make({ name: "bank-b", sql: b, markerGrace: Duration.zero })
+          const log = yield* PgTransactionLog.make({ sql: logSql, completion: "immediate" })
+          const { txId, ctxs } = yield* prepareOnly([pa, pb], 3, 10)
+          yield* log.decide({ txId, decision: "commit", branches: ctxs, decidedAt: Date.now() })
+          const first = yield* PgRecovery.run({
+            participants: [pa, pb],
+            log,
+            options: { orphanAfter: 0, gc: false }
+          })
+          expect(first.transactionsFinished).toBe(1)
+          // A late duplicate of A's prepare delivers the work again under the same gid.
+          expect((yield* pa.prepare(ctxs[0]!, adjust(3, -10)))._tag).toBe("Prepared")
+          const second = yield* PgRecovery.run({
+            participants: [pa, pb],
+            log,
+            options: { orphanAfter: 0, gc: false }
+          })
+          expect(second.branchesRolledBack).toBe(1)
+          expect(second.heuristics.map((h) => [h.branch, h.detail])).toEqual([
+            [
+              "bank-a",
+              "branch prepared again after its transaction completed (duplicate delivery); rolled back"
+            ]
+          ])
+          expect(yield* balance(a, 3)).toBe(90)
+          expect(yield* balance(b, 3)).toBe(110)
         })
       ),
     30_000
