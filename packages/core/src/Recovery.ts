@@ -49,7 +49,12 @@ export interface Options {
   readonly concurrency?: number
   /** Decisions per `finishMany` round (participants that offer it). Default 256. */
   readonly batch?: number
-  /** Most unfinished decisions read per pass. Default 100,000. */
+  /**
+   * Most unfinished decisions read per pass, the oldest first. Default 100,000. There is no cursor:
+   * while more than `limit` of the oldest stay unresolved (a participant gone for good), newer
+   * unfinished decisions are not read (those with branches still prepared are still finished
+   * through the orphan scan; their completion records and heuristics wait). Resolve or raise.
+   */
   readonly limit?: number
 }
 
