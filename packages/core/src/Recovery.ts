@@ -584,17 +584,16 @@ export const run: (
 )
 
 /**
- * Runs recovery now and then every `every`, forever (fork it). A failed pass, or one that died
- * (a defect), is logged and the next one runs on schedule; so is a pass that left branches
- * unresolved (a warning listing them).
+ * Runs `pass` now and then every `every`, for ever: a pass that leaves branches unresolved is logged
+ * (a warning listing up to 10 of them), and one that fails, a defect included, is logged and the next
+ * one runs on schedule. `sweep` and `PgRecovery.sweep` are this over their passes.
  * @since 0.1.0
  */
-export const sweep = (
-  participants: ReadonlyArray<AnyParticipant>,
-  every: Duration.DurationInput,
-  options: Options = {}
-): Effect.Effect<never, never, TransactionLog> =>
-  run(participants, options).pipe(
+export const repeatPasses = <R extends RecoveryReport, E, Env>(
+  pass: Effect.Effect<R, E, Env>,
+  every: Duration.DurationInput
+): Effect.Effect<never, never, Env> =>
+  pass.pipe(
     // A pass that ends with branches still in doubt is not a failed pass, but a sweep has no other
     // way to tell anyone: the report would be dropped.
     Effect.tap((report) =>
@@ -614,3 +613,15 @@ export const sweep = (
     Effect.repeat(Schedule.spaced(every)),
     Effect.andThen(Effect.never)
   )
+
+/**
+ * Runs recovery now and then every `every`, forever (fork it). A failed pass, or one that died
+ * (a defect), is logged and the next one runs on schedule; so is a pass that left branches
+ * unresolved (a warning listing them).
+ * @since 0.1.0
+ */
+export const sweep = (
+  participants: ReadonlyArray<AnyParticipant>,
+  every: Duration.DurationInput,
+  options: Options = {}
+): Effect.Effect<never, never, TransactionLog> => repeatPasses(run(participants, options), every)

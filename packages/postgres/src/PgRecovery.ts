@@ -16,7 +16,7 @@
  * @since 0.1.0
  */
 import { type Participant, Recovery, type TransactionError, TransactionLog } from "@accord/core"
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect } from "effect"
 import type { PgTransactionLog } from "./PgTransactionLog.js"
 
 /**
@@ -126,24 +126,4 @@ export const sweep = (args: {
   readonly log: PgTransactionLog
   readonly every: Duration.DurationInput
   readonly options?: Options
-}): Effect.Effect<never> =>
-  run(args).pipe(
-    // A pass that ends with branches still in doubt is not a failed pass, but a sweep has no other
-    // way to tell anyone: the report would be dropped.
-    Effect.tap((report) =>
-      report.unresolved.length === 0
-        ? Effect.void
-        : Effect.logWarning(
-            `recovery pass left ${report.unresolved.length} branch(es) unresolved: ` +
-              report.unresolved
-                .slice(0, 10)
-                .map((u) => `${u.txId === "" ? "(scan)" : u.txId}/${u.branch}: ${u.reason}`)
-                .join("; ") +
-              (report.unresolved.length > 10 ? "; ..." : "")
-          )
-    ),
-    // Any cause, defects included: a participant's bug must not end the sweep for good.
-    Effect.catchAllCause((cause) => Effect.logWarning("recovery pass failed", cause)),
-    Effect.repeat(Schedule.spaced(args.every)),
-    Effect.andThen(Effect.never)
-  )
+}): Effect.Effect<never> => Recovery.repeatPasses(run(args), args.every)
