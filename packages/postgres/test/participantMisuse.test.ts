@@ -157,6 +157,29 @@ describe.skipIf(server === undefined)("PgParticipant against misbehaving works a
     )
   }
 
+  it.live(
+    "a one-phase work that ends its transaction itself (ROLLBACK, then writes) is No, not Committed",
+    () =>
+      Effect.gen(function* () {
+        const sql = pool()
+        const p = yield* PgParticipant.make({ name: "bank-a", sql })
+        const balanceOf = () =>
+          Effect.promise(
+            async () => (await sql`select balance from accounts where id = 7`)[0]!.balance as number
+          )
+        const before = yield* balanceOf()
+        const ctx = yield* ctxFor("bank-a")
+        const result = yield* p.commitOnePhase(ctx, async (s) => {
+          await s.query("update accounts set balance = balance - 10 where id = 7")
+          await s.query("rollback")
+          // Autocommitted: outside the branch's transaction, which is gone.
+          await s.query("update accounts set balance = balance - 1 where id = 7")
+        })
+        yield* Effect.promise(() => sql`update accounts set balance = ${before} where id = 7`)
+        expect(result._tag).toBe("No")
+      })
+  )
+
   it.live("a work that uses savepoints (rolled back to, released) still prepares", () =>
     Effect.gen(function* () {
       const sql = pool()

@@ -408,7 +408,9 @@ const body = async (
       }
     }
   }
-  if (s.endedBy !== undefined && mode === "prepare") {
+  if (s.endedBy !== undefined) {
+    // In both modes: a one-phase COMMIT after it commits nothing of the branch (a warning) and
+    // would be reported Committed for work that was rolled back or autocommitted piecemeal.
     // The clean-up's ROLLBACK finds no transaction (a warning) and the connection is released.
     return {
       _tag: "WorkFailed",
