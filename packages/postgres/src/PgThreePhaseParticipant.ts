@@ -34,7 +34,14 @@
 import { Participant, type ThreePhaseCommit, TransactionError } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { Duration, Effect, Either } from "effect"
-import { type Client, defaultCancelTimeout, fromPglite, fromPostgres, statement } from "./internal/client.js"
+import {
+  type Client,
+  defaultCancelTimeout,
+  fromPglite,
+  fromPostgres,
+  resultTransforms,
+  statement
+} from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
 import * as PgParticipant from "./PgParticipant.js"
 
@@ -346,6 +353,16 @@ export const make = (
   TransactionError.ConfigurationError | TransactionError.BranchCallError
 > =>
   Effect.gen(function* () {
+    // Its state reads go by column name: under a column transform (postgres.pascal turns `state`
+    // into `State`) a gid fenced `aborted` read as unrecorded and its prepare voted yes.
+    const transforms = resultTransforms(options.sql)
+    if (transforms.length > 0) {
+      return yield* new TransactionError.ConfigurationError({
+        participant: options.name,
+        reason: `the pool has ${transforms.join(", ")} result transforms (postgres.camel or the like); the 3PC participant reads its state rows by column name`,
+        fix: "give the 3PC participant a postgres.js pool without `transform`"
+      })
+    }
     const client = fromPostgres(options.sql)
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const ready = yield* migrated(client, cancelTimeout, options.name)
