@@ -32,9 +32,9 @@ import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError
 import * as Json from "@accord/core/Json"
 import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
-import { type Cancellable, fromPglite, fromPostgres } from "./internal/client.js"
+import { type Cancellable, clientOf } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
-import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
+import { purgeWith, type Retention } from "./internal/retention.js"
 import type { BranchSession } from "./PgParticipant.js"
 import { barrierDdl } from "./SagaSchema.js"
 
@@ -201,15 +201,8 @@ const PURGE =
  * window old when they matter, so time is the only rule needed; `olderThan` must be positive.
  * @since 0.1.0
  */
-export const purge = (conn: Connection, options: Retention): Promise<number> => {
-  let retention: { seconds: number; batch: number }
-  try {
-    retention = checkRetention("Barrier.purge", options)
-  } catch (error) {
-    return Promise.reject(error)
-  }
-  return deleteInBatches(typeof conn === "function" ? fromPostgres(conn) : fromPglite(conn), PURGE, retention)
-}
+export const purge = (conn: Connection, options: Retention): Promise<number> =>
+  purgeWith("Barrier.purge", clientOf(conn), PURGE, options)
 
 type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>
 

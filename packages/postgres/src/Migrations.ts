@@ -12,7 +12,7 @@
 import type { PGlite } from "@electric-sql/pglite"
 import { Effect } from "effect"
 import type postgres from "postgres"
-import { type Client, fromPglite, fromPostgres } from "./internal/client.js"
+import { clientOf } from "./internal/client.js"
 
 // Any fixed key: "acrd" in ASCII.
 const LOCK = "select pg_advisory_xact_lock(1633907300);"
@@ -69,12 +69,9 @@ end $accord$;`
  */
 export type Target = postgres.Sql | PGlite
 
-const toClient = (target: Target): Client =>
-  typeof target === "function" ? fromPostgres(target) : fromPglite(target)
-
 const run = (target: Target, ddl: string) =>
   Effect.tryPromise({
-    try: () => toClient(target).script(ddl),
+    try: () => clientOf(target).script(ddl),
     catch: (error) => (error instanceof Error ? error : new Error(String(error)))
   })
 

@@ -41,9 +41,9 @@ import {
 import { LogError } from "@accord/core/TransactionError"
 import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
-import { type Client, fromPglite, fromPostgres, statement, transformRefusal } from "./internal/client.js"
+import { clientOf, statement, transformRefusal } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
-import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
+import { purgeWith, type Retention } from "./internal/retention.js"
 import { sagaLogDdl } from "./SagaSchema.js"
 
 /**
@@ -51,9 +51,6 @@ import { sagaLogDdl } from "./SagaSchema.js"
  * @since 0.1.0
  */
 export type PgConnection = postgres.Sql | PGlite
-
-const clientOf = (conn: PgConnection): Client =>
-  typeof conn === "function" ? fromPostgres(conn) : fromPglite(conn)
 
 /**
  * Creates the saga log tables (idempotent).
@@ -79,15 +76,8 @@ const PURGE_SQL =
  * id, and the barrier rows of the same sagas should be kept at least as long (`Barrier.purge`).
  * @since 0.1.0
  */
-export const purge = (conn: PgConnection, options: Retention): Promise<number> => {
-  let retention: { seconds: number; batch: number }
-  try {
-    retention = checkRetention("PgSagaLog.purge", options)
-  } catch (error) {
-    return Promise.reject(error)
-  }
-  return deleteInBatches(clientOf(conn), PURGE_SQL, retention)
-}
+export const purge = (conn: PgConnection, options: Retention): Promise<number> =>
+  purgeWith("PgSagaLog.purge", clientOf(conn), PURGE_SQL, options)
 
 const millis = (lease: Lease): number => Duration.toMillis(Duration.decode(lease.leaseFor))
 

@@ -88,6 +88,10 @@ export const fromPglite = (db: PGlite): Client => ({
   }
 })
 
+/** A postgres.js pool or a PGlite instance as a `Client`. */
+export const clientOf = (conn: postgres.Sql | PGlite): Client =>
+  typeof conn === "function" ? fromPostgres(conn) : fromPglite(conn)
+
 /** postgres.js's debug-free cancel: a pending query can be cancelled by the server. */
 export interface Cancellable {
   readonly cancel?: () => void

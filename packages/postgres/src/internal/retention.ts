@@ -52,3 +52,17 @@ export const deleteInBatches = async (
     if (n < retention.batch) return total
   }
 }
+
+/**
+ * `deleteInBatches` after `checkRetention`: a retention or batch that is not valid rejects with its
+ * `RangeError` before anything is sent.
+ */
+export const purgeWith = (what: string, client: Client, sql: string, options: Retention): Promise<number> => {
+  let retention: { seconds: number; batch: number }
+  try {
+    retention = checkRetention(what, options)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  return deleteInBatches(client, sql, retention)
+}
