@@ -209,14 +209,28 @@ class Session {
     readonly conn: postgres.ReservedSql,
     readonly prepare: boolean
   ) {
+    // Built on first use: most works never touch `session.sql`, and every branch makes a session.
+    let guardedSql: postgres.Sql | undefined
+    const guard = () => {
+      guardedSql ??= this.guarded(conn)
+      return guardedSql
+    }
     this.session = {
       query: (text, params) => this.work(text, params),
       execute: (q) => {
         const { sql, params } = q.toSQL()
         return this.work(sql, params)
       },
-      sql: this.guarded(conn)
+      get sql() {
+        return guard()
+      }
     }
+  }
+  /** Why a work statement may not be sent any more (the work's time is over, or its connection was lost). */
+  private refusal(): Error | undefined {
+    if (this.closed) return new Error("the branch has ended; its session is closed")
+    if (this.lost) return lostError()
+    return undefined
   }
   /**
    * `conn` as the work sees it: each statement it runs (tagged template, `unsafe`, `file`) is refused
@@ -239,8 +253,8 @@ class Session {
       const run = query.handler as (q: unknown) => unknown
       const reject = query.reject as (error: unknown) => void
       query.handler = (q: unknown) => {
-        if (this.closed) return reject(new Error("the branch has ended; its session is closed"))
-        if (this.lost) return reject(lostError())
+        const refused = this.refusal()
+        if (refused !== undefined) return reject(refused)
         this.track(q as PendingQuery<unknown>).then(
           (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
           noop
@@ -283,8 +297,8 @@ class Session {
   }
   /** A statement of the work: refused once the work's time is over; notices certain writes. */
   work<T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> {
-    if (this.closed) return Promise.reject(new Error("the branch has ended; its session is closed"))
-    if (this.lost) return Promise.reject(lostError())
+    const refused = this.refusal()
+    if (refused !== undefined) return Promise.reject(refused)
     return this.send<T>(text, params).then((rows) => {
       this.notice(text, rows)
       return rows
