@@ -450,9 +450,10 @@ const pgliteBranch = (
   // until the next restore, which then fails at once without starting anything) must leave it
   // here, or the gate stays held for a branch that never ran: every later branch is busy for ever.
   let started = false
+  const isOpen = () => !db.closed
   return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function* () {
-      const entered = yield* restore(gate.enter(ctx.txId, ctx.gid, lockTimeout))
+      const entered = yield* restore(gate.enter(ctx.txId, ctx.gid, lockTimeout, isOpen))
       if (!entered) {
         return yield* Effect.fail<StageFailure>({
           stage: "busy",
@@ -475,7 +476,7 @@ const pgliteBranch = (
               if (ending._tag !== "Prepared") gate.leave(ctx.gid)
               // Prepared after its caller gave up: a rollback may already have left the gate, so
               // hold it again until recovery resolves this branch.
-              else if (abandoned) gate.holdFor([ctx.gid])
+              else if (abandoned) gate.holdFor([ctx.gid], undefined, isOpen)
               resume(Effect.succeed(ending))
             },
             (error: unknown) => {
@@ -969,7 +970,8 @@ export const makePglite = (
       foreign.size === 0
         ? undefined
         : `prepared transactions this participant does not resolve (${[...foreign].map((g) => `'${g}'`).join(", ")}): COMMIT PREPARED or ROLLBACK PREPARED them, or run their own participant's recovery` +
-            (leftover.size === 0 ? "" : "; and Accord branches found prepared at start-up: run recovery")
+            (leftover.size === 0 ? "" : "; and Accord branches found prepared at start-up: run recovery"),
+      () => !options.db.closed
     )
     const inDoubt = Effect.tap(participant.inDoubt, () =>
       foreign.size === 0
