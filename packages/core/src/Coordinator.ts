@@ -19,6 +19,9 @@
  * `@accord/postgres`'s `PgTransactionLog.layer`) in production, or `log: "memory"` to choose memory
  * knowingly (tests, demos).
  *
+ * `registerParticipant` runs the participant's `verify`, bounded by `verifyTimeout` (default 10 s);
+ * a transaction waits only for the verifies of the participants it names.
+ *
  * `dispose()` refuses new calls, waits for the calls in flight, then releases the runtime and the
  * log's resources; a call after it rejects with `CoordinatorDisposedError`.
  *
@@ -38,7 +41,7 @@ import {
   OnePhaseResult as OnePhase
 } from "./Participant.js"
 import * as Recovery from "./Recovery.js"
-import { BranchCallError, InvalidTransactionError } from "./TransactionError.js"
+import { BranchCallError, ConfigurationError, InvalidTransactionError } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
 import { type TransactionLog, layerMemory } from "./TransactionLog.js"
 import * as TwoPhaseCommit from "./TwoPhaseCommit.js"
@@ -68,13 +71,28 @@ export interface PromiseParticipant {
 }
 
 /**
- * Adapts a Promise participant to the core interface.
+ * Adapts a Promise participant to the core interface. Throws `InvalidTransactionError` for a bad
+ * name or a `prepare`, `commit` or `rollback` (or a given `state`) that is not a function: a
+ * misspelt `commit` would otherwise surface only after a commit decision, leaving branches prepared.
+ * `onAbandoned` receives the clean-up of each prepare the coordinator gave up on (the rollback of
+ * a late yes), for the coordinator's `dispose` to wait for.
  * @since 0.1.0
  */
-export const fromPromiseParticipant = (p: PromiseParticipant): Participant<ReadonlyArray<OperationCall>> => {
+export const fromPromiseParticipant = (
+  p: PromiseParticipant,
+  options: { readonly onAbandoned?: (cleanUp: Promise<void>) => void } = {}
+): Participant<ReadonlyArray<OperationCall>> => {
   const parsed = TransactionId.parseBranchName(p?.name)
   if (Either.isLeft(parsed)) throw parsed.left
   const name = parsed.right
+  for (const method of ["prepare", "commit", "rollback", "state"] as const) {
+    const f: unknown = p[method]
+    if (typeof f !== "function" && (method !== "state" || f !== undefined)) {
+      throw new InvalidTransactionError({
+        reason: `participant ${name}: ${method} must be a function${method === "state" ? " when given" : ""}, got ${typeof f}`
+      })
+    }
+  }
   const callError = (
     ctx: { txId: string },
     phase: "prepare" | "commit" | "rollback" | "state" | "onePhaseCommit",
@@ -124,9 +142,13 @@ export const fromPromiseParticipant = (p: PromiseParticipant): Participant<Reado
       return Effect.sync(() => {
         abandoned = true
         controller.abort()
-        answer
+        const cleanUp = answer
           .then((a) => (toVote(a)._tag === "Prepared" ? p.rollback(ctx.txId) : undefined))
-          .catch(() => undefined)
+          .then(
+            () => undefined,
+            () => undefined
+          )
+        options.onAbandoned?.(cleanUp)
       })
     })
   return {
@@ -183,6 +205,12 @@ export interface CoordinatorOptions {
   readonly timeout?: number | Duration.DurationInput
   /** Bound on each branch's prepare; positive. Default: `timeout`. */
   readonly prepareTimeout?: number | Duration.DurationInput
+  /**
+   * Bound on each participant's `verify` at registration; positive. Default 10 s. A verify still
+   * unanswered then (a server that accepts the connection and never replies) fails the
+   * registration with a `ConfigurationError` naming the participant, which is not registered.
+   */
+  readonly verifyTimeout?: number | Duration.DurationInput
   /**
    * The coordinator log, where commit decisions are forced before any branch commits. Pass a
    * durable one in production (`PgTransactionLog.layer(...)`). `"memory"` chooses an in-memory log
@@ -273,12 +301,12 @@ export class CoordinatorDisposedError extends Schema.TaggedError<CoordinatorDisp
 }
 
 /**
- * The calls in flight of a Promise coordinator, for its `dispose` to wait for. Once closed, a new
- * call rejects with `CoordinatorDisposedError` without running.
+ * The calls in flight of a Promise coordinator, and the work they leave behind, for its `dispose`
+ * to wait for. Once closed, a new call rejects with `CoordinatorDisposedError` without running.
  * @internal
  */
 export class InFlight {
-  private readonly calls = new Set<Promise<unknown>>()
+  private readonly calls = new Set<Promise<void>>()
   private closing: Promise<void> | undefined
 
   get closed(): boolean {
@@ -289,21 +317,49 @@ export class InFlight {
   run<A>(name: string, call: () => Promise<A>): Promise<A> {
     if (this.closing !== undefined) return Promise.reject(new CoordinatorDisposedError({ call: name }))
     const running = call()
-    const settled = running.then(
+    this.follow(running)
+    return running
+  }
+
+  /**
+   * Tracks work a call started that may outlive it (the rollback of a prepare that answered after
+   * the coordinator gave up), until it settles; `close` waits for it too, even when it starts later.
+   */
+  follow(work: Promise<unknown>): void {
+    const settled = work.then(
       () => undefined,
       () => undefined
     )
     this.calls.add(settled)
     void settled.then(() => this.calls.delete(settled))
-    return running
   }
 
   /** Refuses new calls and resolves once the calls in flight have settled; the same promise each time. */
   close(): Promise<void> {
-    this.closing ??= Promise.all([...this.calls]).then(() => undefined)
+    this.closing ??= this.drain()
     return this.closing
   }
+
+  private async drain(): Promise<void> {
+    // A call in flight may leave work behind as it ends: wait until nothing is left.
+    while (this.calls.size > 0) await Promise.all([...this.calls])
+  }
 }
+
+/** `work`, or nothing once `bound` has passed (the timer does not outlive it). */
+const settleWithin = (work: Promise<void>, bound: Duration.Duration): Promise<void> => {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, Duration.toMillis(bound))
+  })
+  return Promise.race([work, late]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * Default bound on a participant's `verify` at registration.
+ * @internal
+ */
+export const defaultVerifyTimeout: Duration.Duration = Duration.seconds(10)
 
 /**
  * Runs an effect on a runtime and rejects with the typed error itself (not a wrapper).
@@ -449,60 +505,116 @@ export const toResult = (outcome: TwoPhaseCommit.Outcome): TransactionResult =>
     })
   })
 
+/** What the registry needs of a participant: its name and its configuration check. */
+interface Verifiable {
+  readonly name: string
+  readonly verify: Effect.Effect<void, unknown>
+}
+
 /**
- * Registration shared by the Promise coordinators: unique valid names, `verify` run once.
+ * Registration shared by the Promise coordinators: unique valid names, `verify` run once and
+ * bounded by `verifyTimeout`. A participant counts as registered once its verify succeeds; while it
+ * runs its name is taken, and only transactions that name it wait for it.
  * @internal
  */
-export class Registry {
-  readonly participants = new Map<string, AnyParticipant>()
-  private readonly adapted = new WeakMap<object, AnyParticipant>()
-  private readonly verifying: Array<Promise<void>> = []
+export class Registry<P extends Verifiable> {
+  /** The registered (verified) participants by name. */
+  readonly participants = new Map<string, P>()
+  /** Participants whose verify is running, by name. */
+  private readonly verifying = new Map<string, Promise<void>>()
+  /** The participant each accepted object stands for, when it was adapted. */
+  private readonly adapted = new WeakMap<object, P>()
 
-  adapt = (p: AnyParticipant | PromiseParticipant): AnyParticipant | undefined => {
-    if (isCoreParticipant(p)) return p
+  /**
+   * `admit` turns what was passed into a participant or refuses it (before the name is checked).
+   */
+  constructor(
+    private readonly options: {
+      readonly verifyTimeout: Duration.Duration
+      readonly admit: (candidate: unknown) => Effect.Effect<P, InvalidTransactionError>
+    }
+  ) {}
+
+  /** The participant `p` stands for: itself, or its adapter once registered. */
+  adapt = (p: unknown): P | undefined => {
     if (typeof p !== "object" || p === null) return undefined
-    return this.adapted.get(p)
+    return this.adapted.get(p) ?? (p as P)
   }
 
-  register(
-    p: AnyParticipant | PromiseParticipant,
-    run: (e: Effect.Effect<void, unknown>) => Promise<void>
-  ): Promise<void> {
+  register(candidate: unknown, run: (e: Effect.Effect<void, unknown>) => Promise<void>): Promise<void> {
+    const { verifyTimeout, admit } = this.options
+    let release: () => void = () => undefined
     const attempt = Effect.gen(this, function* () {
-      if (typeof p !== "object" || p === null) {
+      if (typeof candidate !== "object" || candidate === null) {
         return yield* new InvalidTransactionError({ reason: "a participant must be an object with a name" })
       }
-      let participant: AnyParticipant
-      if (isCoreParticipant(p)) participant = p
-      else {
-        participant = yield* Effect.try({
-          try: () => fromPromiseParticipant(p as PromiseParticipant),
-          catch: (e) =>
-            e instanceof InvalidTransactionError ? e : new InvalidTransactionError({ reason: String(e) })
-        })
-      }
-      yield* TransactionId.parseBranchName(participant.name)
-      if (this.participants.has(participant.name)) {
+      const participant = yield* admit(candidate)
+      const name = yield* TransactionId.parseBranchName(participant.name)
+      if (this.participants.has(name) || this.verifying.has(name)) {
         return yield* new InvalidTransactionError({
-          reason: `a participant named ${participant.name} is already registered`
+          reason: `a participant named ${name} is already registered`
         })
       }
-      // Only once accepted: a refused second registration of the same object must not replace the
-      // adapter the registered one is known by.
-      if (!isCoreParticipant(p)) this.adapted.set(p, participant)
-      this.participants.set(participant.name, participant)
+      // The name is taken at once: a transaction naming it waits for this verify, and a second
+      // registration of it is refused.
+      this.verifying.set(
+        name,
+        new Promise<void>((resolve) => {
+          release = resolve
+        })
+      )
       // Configuration problems (e.g. max_prepared_transactions = 0) surface here, before any work.
+      // Unbounded, a server that accepts the connection and never replies held this registration,
+      // `dispose` and every transaction naming the participant for ever.
       yield* participant.verify.pipe(
-        Effect.tapError(() => Effect.sync(() => this.participants.delete(participant.name)))
+        Effect.timeoutFail({
+          duration: verifyTimeout,
+          onTimeout: () =>
+            new ConfigurationError({
+              participant: name,
+              reason: `verify did not answer within ${Duration.format(verifyTimeout)}, so it was not registered`,
+              fix: "check that its server is reachable and answers (one that accepts connections but never replies looks like this), or raise the coordinator's verifyTimeout"
+            })
+        }),
+        Effect.onExit((exit) =>
+          Effect.sync(() => {
+            this.verifying.delete(name)
+            if (Exit.isFailure(exit)) return
+            // Only once accepted: a refused registration of an object must not replace the
+            // adapter a registered one is known by.
+            if (participant !== candidate) this.adapted.set(candidate, participant)
+            this.participants.set(name, participant)
+          })
+        )
       )
     })
-    const pending = run(attempt)
-    this.verifying.push(pending.catch(() => undefined))
-    return pending
+    return run(attempt).finally(() => release())
   }
 
+  /**
+   * Resolves once the verifies of the participants named by `operations` (objects or names) have
+   * ended, so that a transaction sees them registered or refused; others are not waited for.
+   */
+  ready(operations: unknown): Promise<void> {
+    if (!Array.isArray(operations) || this.verifying.size === 0) return Promise.resolve()
+    const waits: Array<Promise<void>> = []
+    for (const triple of operations) {
+      const ref: unknown = Array.isArray(triple) ? triple[0] : undefined
+      const name =
+        typeof ref === "string"
+          ? ref
+          : typeof ref === "object" && ref !== null
+            ? (ref as { name?: unknown }).name
+            : undefined
+      const pending = typeof name === "string" ? this.verifying.get(name) : undefined
+      if (pending !== undefined) waits.push(pending)
+    }
+    return Promise.all(waits).then(() => undefined)
+  }
+
+  /** Resolves once every verify running now has ended (each is bounded by `verifyTimeout`). */
   settled(): Promise<void> {
-    return Promise.all(this.verifying).then(() => undefined)
+    return Promise.all([...this.verifying.values()]).then(() => undefined)
   }
 }
 
@@ -514,7 +626,7 @@ export class TwoPhaseCoordinator {
   /** False when commit decisions live in memory only (no `log`, or `log: "memory"`). */
   readonly durable: boolean
   private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
-  private readonly registry = new Registry()
+  private readonly registry: Registry<AnyParticipant>
   private readonly options: TwoPhaseCommit.Options
   private readonly inFlight = new InFlight()
   private disposed: Promise<void> | undefined
@@ -522,6 +634,24 @@ export class TwoPhaseCoordinator {
   /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
   constructor(options: CoordinatorOptions = {}) {
     const timeout = toBound("timeout", options.timeout ?? TwoPhaseCommit.defaults.transactionTimeout)
+    const verifyTimeout =
+      options.verifyTimeout === undefined
+        ? defaultVerifyTimeout
+        : toBound("verifyTimeout", options.verifyTimeout)
+    // A prepare that answers yes after the coordinator gave up is rolled back then; `dispose` waits
+    // for that rollback, up to `timeout` (a prepare that never answers must not hold it for ever).
+    const onAbandoned = (cleanUp: Promise<void>) => this.inFlight.follow(settleWithin(cleanUp, timeout))
+    this.registry = new Registry<AnyParticipant>({
+      verifyTimeout,
+      admit: (p) =>
+        isCoreParticipant(p)
+          ? Effect.succeed(p)
+          : Effect.try({
+              try: () => fromPromiseParticipant(p as PromiseParticipant, { onAbandoned }),
+              catch: (e) =>
+                e instanceof InvalidTransactionError ? e : new InvalidTransactionError({ reason: String(e) })
+            })
+    })
     this.options = {
       transactionTimeout: timeout,
       prepareTimeout:
@@ -551,7 +681,8 @@ export class TwoPhaseCoordinator {
 
   /**
    * Registers a participant (core or Promise-style). Rejects with `InvalidTransactionError` for a
-   * bad or duplicate name and with the participant's `ConfigurationError` when it cannot take part.
+   * bad or duplicate name (or a Promise participant missing a method) and with a
+   * `ConfigurationError` when it cannot take part, its `verify` unanswered after `verifyTimeout` included.
    */
   registerParticipant(participant: AnyParticipant | PromiseParticipant): Promise<void> {
     return this.track("registerParticipant", () =>
@@ -567,7 +698,7 @@ export class TwoPhaseCoordinator {
    */
   executeTransaction(operations: ReadonlyArray<OperationTriple>): Promise<TransactionResult> {
     return this.track("executeTransaction", async () => {
-      await this.registry.settled()
+      await this.registry.ready(operations)
       // `TwoPhaseCommit.run` bounds everything by `timeout` (`transactionTimeout`), the commit
       // decision's log write included.
       const program = groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
@@ -586,8 +717,10 @@ export class TwoPhaseCoordinator {
   }
 
   /**
-   * Refuses new calls, waits for the calls in flight to settle, then releases the coordinator's
-   * runtime and its log's resources (writer fibers, scopes). Calling it again returns the same promise.
+   * Refuses new calls, waits for the calls in flight to settle (and for the rollback of a prepare
+   * that answered yes after the coordinator gave up, up to `timeout`), then releases the
+   * coordinator's runtime and its log's resources (writer fibers, scopes). Calling it again
+   * returns the same promise.
    */
   dispose(): Promise<void> {
     this.disposed ??= this.inFlight.close().then(() => this.runtime.dispose())

@@ -19,12 +19,14 @@
  * `undefined` field) is refused before the completion is logged: the step fails (`outputRefused`,
  * not retried) and, having acted, is compensated with `output: undefined`.
  *
- * A time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease) is
- * refused when given: the constructor, `addStep` and `addParallel` throw `InvalidSagaError`.
+ * A time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease), or
+ * an action or compensation that is not a function, is refused when given: the constructor,
+ * `addStep` and `addParallel` throw `InvalidSagaError`.
  *
  * A saga's outcome (completed, compensated, stuck) resolves the promise. A promise rejects with the
  * typed error itself (its `_tag` says which), never a wrapper: `InvalidSagaError` (definition or id
- * refused; nothing ran), `LogError` (the log failed), `SagaBusyError` (another drive holds the saga:
+ * refused; nothing ran), `LogError` (the log failed, or did not answer within `leaseFor`; the
+ * read-back of an ended saga's outputs too), `SagaBusyError` (another drive holds the saga:
  * `execute` with an id already started, `resume` / `retryStuck` while a drive, even this
  * orchestrator's own `execute`, holds a live lease), `LeaseLostError` (this drive's lease expired
  * and another took the saga over: it stopped at once, and the saga goes on there).
@@ -34,6 +36,7 @@
 import { Cause, Duration, Effect, Exit, Option, Schedule, type Schema } from "effect"
 import * as Saga from "./Saga.js"
 import { SagaLog, makeMemory } from "./SagaLog.js"
+import { LogError } from "./TransactionError.js"
 import { secureChars } from "./internal/entropy.js"
 
 /**
@@ -180,8 +183,28 @@ const runToPromise = async <A, E>(effect: Effect.Effect<A, E>): Promise<A> => {
   throw Cause.squash(exit.cause)
 }
 
-const toResult = (outcome: Saga.Outcome, log: SagaLog["Type"], saga: Saga.Saga<never>) =>
+/**
+ * The result of an ended saga, its outputs read back from the log. The read is bounded by the
+ * lease, as the drive's own log calls are: unbounded, a log that stopped answering as the saga
+ * ended left the promise unsettled for ever. It then rejects with `LogError` (the saga has ended:
+ * `resume` reads its result once the log answers).
+ */
+const toResult = (
+  outcome: Saga.Outcome,
+  log: SagaLog["Type"],
+  saga: Saga.Saga<never>,
+  bound: Duration.Duration
+) =>
   log.load(outcome.sagaId).pipe(
+    Effect.timeoutFail({
+      duration: bound,
+      onTimeout: () =>
+        new LogError({
+          operation: "load",
+          txId: outcome.sagaId,
+          reason: `the saga log did not answer within ${Duration.format(bound)} (the lease) when the result was read back; the saga has ended (${outcome._tag})`
+        })
+    }),
     Effect.flatMap((h) => {
       const state = Option.map(h, (x) => Saga.replay(x.records))
       // The log keeps outputs encoded: read them back as the steps saw them.
@@ -273,7 +296,8 @@ const stepNumberKinds = {
 
 /**
  * The Promise facade. The constructor, `addStep` and `addParallel` throw `InvalidSagaError` for a
- * time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease).
+ * time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease) and
+ * for an action or compensation that is not a function.
  * @since 0.1.0
  */
 export class SagaOrchestrator {
@@ -314,8 +338,24 @@ export class SagaOrchestrator {
 
   /** `position`: the step's place after the steps added so far, for its default name. */
   private checkStep(spec: StepSpec<unknown, unknown>, position = 1): void {
+    const where = `step ${spec?.name ?? `step-${this.count + position}`}`
+    // Unchecked, a step that is not one ran: each execute failed it as a business failure
+    // ("... is not a function") and compensated the steps before it.
+    if (typeof spec !== "object" || spec === null) {
+      throw new Saga.InvalidSagaError({ reason: `${where}: a step must be an object with an action` })
+    }
+    if (typeof spec.action !== "function") {
+      throw new Saga.InvalidSagaError({
+        reason: `${where}: action must be a function, got ${typeof spec.action}`
+      })
+    }
+    if (spec.compensation !== undefined && typeof spec.compensation !== "function") {
+      throw new Saga.InvalidSagaError({
+        reason: `${where}: compensation must be a function when given, got ${typeof spec.compensation}`
+      })
+    }
     checkNumbers(
-      `step ${spec.name ?? `step-${this.count + position}`}`,
+      where,
       {
         timeout: spec.timeout,
         retries: spec.retries,
@@ -396,7 +436,7 @@ export class SagaOrchestrator {
   private runOutcome(effect: Effect.Effect<Saga.Outcome, Saga.SagaError, SagaLog>): Promise<SagaResult> {
     return runToPromise(
       effect.pipe(
-        Effect.flatMap((o) => toResult(o, this.log, this.saga)),
+        Effect.flatMap((o) => toResult(o, this.log, this.saga, this.lease().leaseFor)),
         Effect.provideService(SagaLog, this.log)
       )
     )
@@ -432,7 +472,9 @@ export class SagaOrchestrator {
     })
     return runToPromise(
       effect.pipe(
-        Effect.flatMap((os) => Effect.forEach(os, (o) => toResult(o, this.log, this.saga))),
+        Effect.flatMap((os) =>
+          Effect.forEach(os, (o) => toResult(o, this.log, this.saga, this.lease().leaseFor))
+        ),
         Effect.provideService(SagaLog, this.log)
       )
     )

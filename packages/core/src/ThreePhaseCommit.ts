@@ -257,7 +257,9 @@ export type ResolvedMode =
   | { readonly kind: "quorum"; readonly members: number; readonly commit: number; readonly abort: number }
 
 /**
- * Quorum sizes that cannot be safe (Vc + Va ≤ V) or cannot be met. Nothing was sent.
+ * A mode that is not one (an unknown name, sizes that are not integers), or quorum sizes that
+ * cannot be safe (Vc + Va ≤ V) or cannot be met. Nothing was sent. `commit` and `abort` are NaN
+ * when the mode gave no sizes, and `members` when it was refused before any member count.
  * @since 0.1.0
  */
 export class InvalidQuorumError extends Schema.TaggedError<InvalidQuorumError>()("InvalidQuorumError", {
@@ -267,8 +269,50 @@ export class InvalidQuorumError extends Schema.TaggedError<InvalidQuorumError>()
   reason: Schema.String
 }) {
   override get message(): string {
-    return `invalid quorum (V=${this.members}, Vc=${this.commit}, Va=${this.abort}): ${this.reason}`
+    // Sizes that are not numbers say nothing: the reason quotes what was given instead.
+    if (Number.isNaN(this.commit) || Number.isNaN(this.abort)) return `invalid 3PC mode: ${this.reason}`
+    const members = Number.isNaN(this.members) ? "" : `V=${this.members}, `
+    return `invalid quorum (${members}Vc=${this.commit}, Va=${this.abort}): ${this.reason}`
   }
+}
+
+const acceptedModes = 'use "classic", "quorum" or { commit, abort } quorum sizes'
+
+/** What was given as a mode, for an error message. */
+const describeGiven = (value: unknown): string => {
+  if (typeof value === "string") return JSON.stringify(value)
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    const { commit, abort } = value as Record<string, unknown>
+    return `{ commit: ${describeGiven(commit)}, abort: ${describeGiven(abort)} }`
+  }
+  return String(value)
+}
+
+/**
+ * Checks a mode's shape before any member count is known: a known name, or integer quorum sizes of
+ * at least 1. `resolveMode` checks the sizes against the members too.
+ * @since 0.1.0
+ */
+export const checkMode = (mode: unknown, members = Number.NaN): Either.Either<Mode, InvalidQuorumError> => {
+  const fail = (reason: string, commit = Number.NaN, abort = Number.NaN) =>
+    Either.left(new InvalidQuorumError({ members, commit, abort, reason }))
+  if (mode === "classic" || mode === "quorum") return Either.right(mode)
+  if (typeof mode === "string") {
+    const near = mode.trim().toLowerCase()
+    const hint = near === "classic" || near === "quorum" ? ` (did you mean ${JSON.stringify(near)}?)` : ""
+    return fail(`unknown 3PC mode ${JSON.stringify(mode)}${hint}: ${acceptedModes}`)
+  }
+  if (typeof mode !== "object" || mode === null || Array.isArray(mode)) {
+    return fail(`unknown 3PC mode ${describeGiven(mode)}: ${acceptedModes}`)
+  }
+  const { commit, abort } = mode as Record<string, unknown>
+  if (!Number.isInteger(commit) || !Number.isInteger(abort)) {
+    return fail(`quorum sizes must be integers, got ${describeGiven(mode)}: ${acceptedModes}`)
+  }
+  const sizes = { commit: commit as number, abort: abort as number }
+  if (sizes.commit < 1 || sizes.abort < 1)
+    return fail("quorum sizes must be at least 1", sizes.commit, sizes.abort)
+  return Either.right(sizes)
 }
 
 /**
@@ -284,11 +328,10 @@ export const resolveMode = (
     const commit = Math.floor(members / 2) + 1
     return Either.right({ kind: "quorum", members, commit, abort: members - commit + 1 })
   }
-  const { commit, abort } = mode ?? ({} as Quorum)
-  const fail = (reason: string) =>
-    Either.left(new InvalidQuorumError({ members, commit: Number(commit), abort: Number(abort), reason }))
-  if (!Number.isInteger(commit) || !Number.isInteger(abort)) return fail("quorum sizes must be integers")
-  if (commit < 1 || abort < 1) return fail("quorum sizes must be at least 1")
+  const checked = checkMode(mode, members)
+  if (Either.isLeft(checked)) return Either.left(checked.left)
+  const { commit, abort } = checked.right as Quorum
+  const fail = (reason: string) => Either.left(new InvalidQuorumError({ members, commit, abort, reason }))
   if (commit > members || abort > members) return fail("a quorum larger than the members can never form")
   if (commit + abort <= members) {
     return fail(

@@ -36,11 +36,13 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, Fiber, ManagedRuntime, Layer } from "effect"
+import { Duration, Effect, Either, Fiber, ManagedRuntime, Layer } from "effect"
 import {
   InFlight,
   type OperationTriple as TwoPhaseOperationTriple,
+  Registry,
   type TransactionResult,
+  defaultVerifyTimeout,
   groupOperations,
   runToPromise,
   toBound,
@@ -49,7 +51,6 @@ import {
 import type { AnyParticipant, OperationCall } from "./Participant.js"
 import * as ThreePhaseCommit from "./ThreePhaseCommit.js"
 import { InvalidTransactionError } from "./TransactionError.js"
-import * as TransactionId from "./TransactionId.js"
 
 /**
  * Options of the 3PC Promise coordinator.
@@ -62,7 +63,11 @@ export interface CoordinatorOptions {
    * agents' bound. It is not a bound on the whole transaction, which runs several phases.
    */
   readonly timeout?: number | Duration.DurationInput
-  /** `"classic"` (default), `"quorum"` or explicit `{ commit, abort }` quorum sizes. */
+  /**
+   * `"classic"` (default), `"quorum"` or explicit `{ commit, abort }` quorum sizes (integers, at
+   * least 1; checked against the members of each transaction). Anything else throws
+   * `InvalidQuorumError` at construction, saying what was given.
+   */
   readonly mode?: ThreePhaseCommit.Mode
   /** Bound on each member's prepare and vote (default 10 s, or `timeout` when lower). */
   readonly canCommitTimeout?: number | Duration.DurationInput
@@ -82,6 +87,11 @@ export interface CoordinatorOptions {
    * `startAgents` reject with `UnsafeTimeoutError` before anything is sent. Default 20 s.
    */
   readonly agentTimeout?: number | Duration.DurationInput
+  /**
+   * Bound on each participant's `verify` at registration; positive. Default 10 s. A verify still
+   * unanswered then fails the registration with a `ConfigurationError` naming the participant.
+   */
+  readonly verifyTimeout?: number | Duration.DurationInput
   /** Gid namespace for this deployment. */
   readonly namespace?: string
 }
@@ -147,15 +157,34 @@ export const toResult = (outcome: ThreePhaseCommit.Outcome): ThreePhaseResult =>
  */
 export class ThreePhaseCoordinator {
   private readonly runtime = ManagedRuntime.make(Layer.empty)
-  private readonly participants = new Map<string, ThreePhaseCommit.AnyThreePhaseParticipant>()
-  private readonly verifying: Array<Promise<void>> = []
+  private readonly registry: Registry<ThreePhaseCommit.AnyThreePhaseParticipant>
   private readonly options: ThreePhaseCommit.Options & { readonly callTimeout: Duration.Duration }
   private readonly inFlight = new InFlight()
   private readonly agents = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
   private disposed: Promise<void> | undefined
 
-  /** Throws `InvalidTransactionError` for a timeout that is not a positive duration. */
+  /**
+   * Throws `InvalidTransactionError` for a timeout that is not a positive duration and
+   * `InvalidQuorumError` for a mode that is not one.
+   */
   constructor(options: CoordinatorOptions = {}) {
+    if (options.mode !== undefined) {
+      const mode = ThreePhaseCommit.checkMode(options.mode)
+      if (Either.isLeft(mode)) throw mode.left
+    }
+    this.registry = new Registry({
+      verifyTimeout:
+        options.verifyTimeout === undefined
+          ? defaultVerifyTimeout
+          : toBound("verifyTimeout", options.verifyTimeout),
+      admit: (p) =>
+        isThreePhase(p)
+          ? Effect.succeed(p)
+          : new InvalidTransactionError({
+              reason:
+                "a 3PC participant needs verify, prepare, precommit, preabort, commit, rollback and state"
+            })
+    })
     const cap = options.timeout === undefined ? undefined : toBound("timeout", options.timeout)
     const bound = (
       option: "canCommitTimeout" | "precommitTimeout" | "commitTimeout" | "callTimeout",
@@ -184,29 +213,13 @@ export class ThreePhaseCoordinator {
 
   /**
    * Registers a 3PC participant. Rejects with `InvalidTransactionError` for something that is not
-   * one, or a bad or duplicate name, and with its `ConfigurationError` when it cannot take part.
+   * one, or a bad or duplicate name, and with a `ConfigurationError` when it cannot take part, its
+   * `verify` unanswered after `verifyTimeout` included.
    */
   registerParticipant(participant: ThreePhaseCommit.AnyThreePhaseParticipant): Promise<void> {
-    const attempt = Effect.gen(this, function* () {
-      if (!isThreePhase(participant)) {
-        return yield* new InvalidTransactionError({
-          reason: "a 3PC participant needs verify, prepare, precommit, preabort, commit, rollback and state"
-        })
-      }
-      const name = yield* TransactionId.parseBranchName(participant.name)
-      if (this.participants.has(name)) {
-        return yield* new InvalidTransactionError({
-          reason: `a participant named ${name} is already registered`
-        })
-      }
-      this.participants.set(name, participant)
-      yield* participant.verify.pipe(Effect.tapError(() => Effect.sync(() => this.participants.delete(name))))
-    })
-    return this.inFlight.run("registerParticipant", () => {
-      const pending = runToPromise(this.runtime, attempt)
-      this.verifying.push(pending.catch(() => undefined))
-      return pending
-    })
+    return this.inFlight.run("registerParticipant", () =>
+      this.registry.register(participant, (e) => runToPromise(this.runtime, e))
+    )
   }
 
   /**
@@ -219,10 +232,10 @@ export class ThreePhaseCoordinator {
   }
 
   private async execute(operations: ReadonlyArray<OperationTriple>): Promise<ThreePhaseResult> {
-    await Promise.all(this.verifying)
+    await this.registry.ready(operations)
     // The facade's grouping only reads `name` and `fromOperations`, which 3PC participants share
     // with 2PC ones.
-    const registered = this.participants as unknown as ReadonlyMap<string, AnyParticipant>
+    const registered = this.registry.participants as unknown as ReadonlyMap<string, AnyParticipant>
     const program = groupOperations(
       operations as unknown as ReadonlyArray<TwoPhaseOperationTriple>,
       registered,
@@ -241,7 +254,7 @@ export class ThreePhaseCoordinator {
     return this.inFlight.run("recover", () =>
       runToPromise(
         this.runtime,
-        ThreePhaseCommit.recover([...this.participants.values()], {
+        ThreePhaseCommit.recover([...this.registry.participants.values()], {
           ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
           ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
           callTimeout: this.options.callTimeout,
@@ -267,8 +280,9 @@ export class ThreePhaseCoordinator {
   private async runAgents(
     options: ThreePhaseCommit.AgentOptions & { readonly interval?: Duration.DurationInput }
   ): Promise<() => Promise<void>> {
-    await Promise.all(this.verifying)
-    const all = [...this.participants.values()]
+    // Every registered participant gets an agent: those still being verified are waited for.
+    await this.registry.settled()
+    const all = [...this.registry.participants.values()]
     const agentOptions = {
       ...(this.options.mode === undefined ? {} : { mode: this.options.mode }),
       ...(this.options.namespace === undefined ? {} : { namespace: this.options.namespace }),
@@ -277,6 +291,7 @@ export class ThreePhaseCoordinator {
       timeout: options.timeout ?? this.options.agentTimeout ?? ThreePhaseCommit.defaults.agentTimeout
     }
     const start = Effect.gen(this, function* () {
+      if (agentOptions.mode !== undefined) yield* ThreePhaseCommit.checkMode(agentOptions.mode)
       yield* ThreePhaseCommit.checkAgentTimeout({
         ...this.options,
         agentTimeout: agentOptions.timeout
