@@ -19,7 +19,12 @@ import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
 import { BranchCallError, type LogError } from "./TransactionError.js"
 import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
-import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
+import {
+  type DecisionRecord,
+  type HeuristicRecord,
+  TransactionLog,
+  type UnfinishedCursor
+} from "./TransactionLog.js"
 
 /**
  * Defaults of `Options`.
@@ -27,7 +32,7 @@ import { type DecisionRecord, type HeuristicRecord, TransactionLog } from "./Tra
  */
 export const defaults = {
   callTimeout: Duration.seconds(5),
-  /** Most unfinished decisions read per pass (the oldest first). */
+  /** Unfinished decisions read per page of the log (the pass reads page after page). */
   limit: 100_000
 } as const
 
@@ -50,10 +55,13 @@ export interface Options {
   /** Decisions per `finishMany` round (participants that offer it). Default 256. */
   readonly batch?: number
   /**
-   * Most unfinished decisions read per pass, the oldest first. Default 100,000. There is no cursor:
-   * while more than `limit` of the oldest stay unresolved (a participant gone for good), newer
-   * unfinished decisions are not read (those with branches still prepared are still finished
-   * through the orphan scan; their completion records and heuristics wait). Resolve or raise.
+   * Unfinished decisions read per page of the log, the oldest first. Default 100,000. A pass goes
+   * through the log page by page with a keyset cursor on (`decidedAt`, `txId`), each page driven
+   * (and its completions written) before the next is read, so it reaches every unfinished decision
+   * old enough however many of the oldest stay unresolved (a participant gone for good), while it
+   * holds one page at a time. It stops at the first page that is not full, or that ends with a
+   * decision decided at or after the pass began (those are left for the next pass), so decisions
+   * that keep arriving cannot keep it going.
    */
   readonly limit?: number
 }
@@ -218,7 +226,7 @@ export const run: (
 
     const finishedTxIds: Array<TransactionId> = []
     const forgettable = new Map<string, Array<BranchContext>>()
-    /** Completion and marker clean-up are batched at the end of the pass. */
+    /** Completion and marker clean-up are batched (`writeFinished`, after each page and at the end). */
     const markFinished = (
       decision: DecisionRecord,
       branches: ReadonlyArray<{ branch: BranchName; gid: Gid }>
@@ -390,71 +398,121 @@ export const run: (
       }
     }
 
-    // 1. Logged decisions that never completed.
-    // Young decisions are most likely in their coordinator's phase 2: re-driving them is safe
-    // (idempotent) but only adds contention, so they get the same grace as orphans.
-    const unfinished = yield* log.unfinished({
-      olderThanMillis: orphanAfterMillis,
-      limit: options.limit ?? defaults.limit
+    // Not forced: a lost completion only makes the next pass re-drive idempotent calls. Written
+    // after each page of phase 1 and at the end of the pass, so what a page finished is recorded
+    // even if a later step fails, and the lists hold one page's worth.
+    const writeFinished = Effect.suspend(() => {
+      const txIds = finishedTxIds.splice(0)
+      const forget = [...forgettable]
+      forgettable.clear()
+      const completions =
+        txIds.length === 0
+          ? Effect.void
+          : log.completeMany === undefined
+            ? Effect.forEach(txIds, (txId) => log.complete(txId), { concurrency, discard: true })
+            : log.completeMany(txIds)
+      // Marker rows are bookkeeping once the entry is complete; one call per participant.
+      const forgets = Effect.forEach(
+        forget,
+        ([branch, ctxs]) => {
+          const p = byName.get(branch)
+          return p === undefined
+            ? Effect.void
+            : Effect.disconnect(p.forget(ctxs)).pipe(Effect.timeout(callTimeout), Effect.ignore)
+        },
+        { concurrency: "unbounded", discard: true }
+      )
+      return Effect.zipRight(completions, forgets)
     })
+
+    /** Gids of the branches phase 1 drove: the orphan scan leaves them alone. */
     const handled = new Set<string>()
     // Fast path for participants with `finishMany`: a round of up to `batch` decisions sends each
     // participant's branches in one call, all participants at once, under one `callTimeout` bound.
     // Decisions whose every branch came back `true` are done; the rest take the per-decision path.
     const batched = new Set(participants.filter((p) => p.finishMany !== undefined).map((p) => p.name))
-    const rest: Array<DecisionRecord> = []
-    for (let start = 0; start < unfinished.length; start += batch) {
-      const round = unfinished.slice(start, start + batch)
-      const fast = round.filter(
-        (d) => d.branches.length > 0 && d.branches.every((b) => batched.has(b.branch))
-      )
-      for (const d of round) if (!fast.includes(d)) rest.push(d)
-      if (fast.length === 0) continue
-      const byParticipant = new Map<string, { phase: "commit" | "rollback"; ctxs: Array<BranchContext> }[]>()
-      for (const d of fast) {
-        for (const b of d.branches) {
-          const groups = byParticipant.get(b.branch) ?? []
-          let group = groups.find((g) => g.phase === (d.decision === "commit" ? "commit" : "rollback"))
-          if (group === undefined) {
-            group = { phase: d.decision === "commit" ? "commit" : "rollback", ctxs: [] }
-            groups.push(group)
-            byParticipant.set(b.branch, groups)
+    const drivePage = (unfinished: ReadonlyArray<DecisionRecord>) =>
+      Effect.gen(function* () {
+        const rest: Array<DecisionRecord> = []
+        for (let start = 0; start < unfinished.length; start += batch) {
+          const round = unfinished.slice(start, start + batch)
+          const fast = round.filter(
+            (d) => d.branches.length > 0 && d.branches.every((b) => batched.has(b.branch))
+          )
+          for (const d of round) if (!fast.includes(d)) rest.push(d)
+          if (fast.length === 0) continue
+          const byParticipant = new Map<
+            string,
+            { phase: "commit" | "rollback"; ctxs: Array<BranchContext> }[]
+          >()
+          for (const d of fast) {
+            for (const b of d.branches) {
+              const groups = byParticipant.get(b.branch) ?? []
+              let group = groups.find((g) => g.phase === (d.decision === "commit" ? "commit" : "rollback"))
+              if (group === undefined) {
+                group = { phase: d.decision === "commit" ? "commit" : "rollback", ctxs: [] }
+                groups.push(group)
+                byParticipant.set(b.branch, groups)
+              }
+              group.ctxs.push({ txId: d.txId, branch: b.branch, gid: b.gid })
+            }
           }
-          group.ctxs.push({ txId: d.txId, branch: b.branch, gid: b.gid })
+          const calls = [...byParticipant.entries()].flatMap(([name, groups]) =>
+            groups.map((g) => ({ participant: byName.get(name)!, ...g }))
+          )
+          const answers = yield* forEachWithin(
+            calls,
+            (c) => c.participant.finishMany!(c.phase, c.ctxs),
+            callTimeout
+          )
+          const done = new Set<string>()
+          for (const [i, c] of calls.entries()) {
+            const answer = answers[i]!
+            if (Option.isNone(answer)) continue
+            for (const [k, ctx] of c.ctxs.entries()) if (answer.value[k] === true) done.add(ctx.gid)
+          }
+          for (const d of fast) {
+            if (!d.branches.every((b) => done.has(b.gid))) {
+              rest.push(d)
+              continue
+            }
+            markFinished(d, d.branches)
+            for (const b of d.branches) handled.add(b.gid)
+            tally({
+              decision: d,
+              results: d.branches.map(() => ({ _tag: "Done", committed: d.decision === "commit" })),
+              allDone: true
+            })
+          }
         }
-      }
-      const calls = [...byParticipant.entries()].flatMap(([name, groups]) =>
-        groups.map((g) => ({ participant: byName.get(name)!, ...g }))
-      )
-      const answers = yield* forEachWithin(
-        calls,
-        (c) => c.participant.finishMany!(c.phase, c.ctxs),
-        callTimeout
-      )
-      const done = new Set<string>()
-      for (const [i, c] of calls.entries()) {
-        const answer = answers[i]!
-        if (Option.isNone(answer)) continue
-        for (const [k, ctx] of c.ctxs.entries()) if (answer.value[k] === true) done.add(ctx.gid)
-      }
-      for (const d of fast) {
-        if (!d.branches.every((b) => done.has(b.gid))) {
-          rest.push(d)
-          continue
+        const finished = yield* Effect.forEach(rest, (d) => finishDecision(d, d.branches), { concurrency })
+        for (const r of finished) {
+          tally(r)
+          for (const b of r.decision.branches) handled.add(b.gid)
         }
-        markFinished(d, d.branches)
-        for (const b of d.branches) handled.add(b.gid)
-        tally({
-          decision: d,
-          results: d.branches.map(() => ({ _tag: "Done", committed: d.decision === "commit" })),
-          allDone: true
-        })
-      }
-    }
-    const finished = yield* Effect.forEach(rest, (d) => finishDecision(d, d.branches), { concurrency })
-    for (const r of finished) {
-      tally(r)
-      for (const b of r.decision.branches) handled.add(b.gid)
+      })
+
+    // 1. Logged decisions that never completed, page by page (keyset cursor on decidedAt, txId).
+    // Young decisions are most likely in their coordinator's phase 2: re-driving them is safe
+    // (idempotent) but only adds contention, so they get the same grace as orphans.
+    const pageSize = Math.max(1, options.limit ?? defaults.limit)
+    // Decisions keep arriving while the pass runs: the pass does not read past the first page that
+    // ends with one decided at or after it began (the next pass starts there), so it ends.
+    const passStartedAt = yield* Clock.currentTimeMillis
+    let after: UnfinishedCursor | undefined
+    for (;;) {
+      const page = yield* log.unfinished({
+        olderThanMillis: orphanAfterMillis,
+        limit: pageSize,
+        ...(after === undefined ? {} : { after })
+      })
+      yield* drivePage(page)
+      yield* writeFinished
+      const last = page[page.length - 1]
+      if (page.length < pageSize || last === undefined || last.decidedAt >= passStartedAt) break
+      // A log that does not move past the cursor would hand out the same page for ever.
+      if (after !== undefined && last.txId === after.txId && last.decidedAt === after.decidedAt) break
+      after = { decidedAt: last.decidedAt, txId: last.txId }
     }
 
     // 2. Prepared branches that no unfinished decision names.
@@ -553,23 +611,8 @@ export const run: (
     )
     for (const r of resolvedOrphans.flat()) tally(r)
 
-    // Not forced: a lost completion only makes the next pass re-drive idempotent calls.
-    if (finishedTxIds.length > 0) {
-      yield* log.completeMany === undefined
-        ? Effect.forEach(finishedTxIds, (txId) => log.complete(txId), { concurrency, discard: true })
-        : log.completeMany(finishedTxIds)
-    }
-    // Marker rows are bookkeeping once the entry is complete; one call per participant.
-    yield* Effect.forEach(
-      forgettable,
-      ([branch, ctxs]) => {
-        const p = byName.get(branch)
-        return p === undefined
-          ? Effect.void
-          : Effect.disconnect(p.forget(ctxs)).pipe(Effect.timeout(callTimeout), Effect.ignore)
-      },
-      { concurrency: "unbounded", discard: true }
-    )
+    // What the orphans' decisions finished.
+    yield* writeFinished
 
     return {
       transactionsFinished,

@@ -58,6 +58,50 @@ export interface HeuristicRecord {
 }
 
 /**
+ * Where a page of `unfinished` decisions starts: just after the decision with this `decidedAt`
+ * and `txId`, in the order of (`decidedAt`, `txId`). Take it from the last record of the previous
+ * page; a log compares it with that decision as it stored it.
+ * @since 0.1.0
+ */
+export interface UnfinishedCursor {
+  readonly decidedAt: number
+  readonly txId: TransactionId
+}
+
+/**
+ * The order of `unfinished` for logs held in memory, as a sort comparator: (`decidedAt`, `txId`)
+ * ascending, txIds compared as strings (UTF-16 code units). A database log has its own (its
+ * collation decides between txIds); callers only need it to be a total order a cursor follows.
+ * @since 0.1.0
+ */
+export const compareUnfinished = (a: UnfinishedCursor, b: UnfinishedCursor): number =>
+  a.decidedAt !== b.decidedAt ? a.decidedAt - b.decidedAt : a.txId < b.txId ? -1 : a.txId > b.txId ? 1 : 0
+
+/**
+ * One page of unfinished decisions from an in-memory collection (`unfinished` of a log held in
+ * memory): `rows` not yet completed and decided at or before `decidedBefore`, ordered, after the
+ * cursor, at most `limit`.
+ * @since 0.1.0
+ */
+export const unfinishedPage = (
+  rows: Iterable<DecisionRecord>,
+  isCompleted: (txId: TransactionId) => boolean,
+  decidedBefore: number,
+  options?: { readonly limit?: number; readonly after?: UnfinishedCursor }
+): ReadonlyArray<DecisionRecord> => {
+  const after = options?.after
+  const page = [...rows]
+    .filter(
+      (d) =>
+        !isCompleted(d.txId) &&
+        d.decidedAt <= decidedBefore &&
+        (after === undefined || compareUnfinished(d, after) > 0)
+    )
+    .sort(compareUnfinished)
+  return options?.limit === undefined ? page : page.slice(0, Math.max(0, options.limit))
+}
+
+/**
  * The coordinator log service.
  * @since 0.1.0
  */
@@ -75,10 +119,17 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
     readonly complete: (txId: TransactionId) => Effect.Effect<void, LogError>
     /** Optional: marks many transactions finished in one write (recovery batches with it). */
     readonly completeMany?: (txIds: ReadonlyArray<TransactionId>) => Effect.Effect<void, LogError>
-    /** Decisions without completion, oldest first (commit and abort). */
+    /**
+     * Decisions without completion (commit and abort), in the order of (`decidedAt`, `txId`)
+     * ascending: oldest first, ties by txId. One page of them: at most `limit`, decided at least
+     * `olderThanMillis` ago, and only those after `after` in that order (a keyset cursor, the last
+     * record of the previous page), so a reader can go through every unfinished decision page by
+     * page however many of the first ones stay unfinished.
+     */
     readonly unfinished: (options?: {
       readonly olderThanMillis?: number
       readonly limit?: number
+      readonly after?: UnfinishedCursor
     }) => Effect.Effect<ReadonlyArray<DecisionRecord>, LogError>
     /** Records a heuristic outcome for operators. */
     readonly recordHeuristic: (record: HeuristicRecord) => Effect.Effect<void, LogError>
@@ -133,13 +184,14 @@ export const makeMemory: Effect.Effect<
       ),
     unfinished: (options) =>
       Effect.zip(Ref.get(state), Clock.currentTimeMillis).pipe(
-        Effect.map(([s, now]) => {
-          const before = now - (options?.olderThanMillis ?? 0)
-          const rows = [...s.decisions.values()]
-            .filter((d) => !s.completed.has(d.txId) && d.decidedAt <= before)
-            .sort((a, b) => a.decidedAt - b.decidedAt)
-          return options?.limit === undefined ? rows : rows.slice(0, options.limit)
-        })
+        Effect.map(([s, now]) =>
+          unfinishedPage(
+            s.decisions.values(),
+            (txId) => s.completed.has(txId),
+            now - (options?.olderThanMillis ?? 0),
+            options
+          )
+        )
       ),
     recordHeuristic: (record) => Ref.update(state, (s) => ({ ...s, heuristics: [...s.heuristics, record] })),
     heuristics: Ref.get(state).pipe(Effect.map((s) => s.heuristics)),

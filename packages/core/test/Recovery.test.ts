@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Schedule, TestClock } from "effect"
+import { Clock, Duration, Effect, Fiber, Schedule, TestClock } from "effect"
 import { branch } from "../src/Participant.js"
 import * as Recovery from "../src/Recovery.js"
 import * as TransactionId from "../src/TransactionId.js"
@@ -38,7 +38,7 @@ const commitDecisionFor = (
   })
 
 describe("Recovery.run", () => {
-  it.effect("reads at most `limit` unfinished decisions per pass: 100,000 unless told otherwise", () =>
+  it.effect("reads unfinished decisions in pages of `limit`: 100,000 unless told otherwise", () =>
     Effect.gen(function* () {
       const { log, a, b } = yield* setup
       const asked: Array<number | undefined> = []
@@ -56,6 +56,111 @@ describe("Recovery.run", () => {
       yield* pass({})
       yield* pass({ limit: 10 })
       expect(asked).toEqual([100_000, 10])
+    })
+  )
+
+  it.effect(
+    "one pass pages through the log: a decision behind more than `limit` stuck ones is still finished",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* TransactionLog.makeMemory
+        const a = yield* MemoryParticipant.make("bank-a")
+        // A participant gone for good: every commit fails.
+        const gone = yield* MemoryParticipant.make("bank-gone", { commitFailures: Number.POSITIVE_INFINITY })
+        yield* TestClock.setTime(100_000)
+        // Three old decisions that stay unfinished, two of them decided in the same millisecond
+        // (they straddle the first page's end).
+        for (const decidedAt of [1_000, 2_000, 2_000]) {
+          const txId = yield* TransactionId.make
+          const gid = TransactionId.gid(txId, gone.participant.name)
+          yield* gone.seedPrepared(gid)
+          yield* log.decide({
+            txId,
+            decision: "commit",
+            branches: [{ branch: gone.participant.name, gid }],
+            decidedAt
+          })
+        }
+        // A newer decision whose branches committed, but whose completion record was lost: only
+        // the log names it (no branch is left in doubt for the orphan scan to meet).
+        const txId = yield* TransactionId.make
+        const gidA = TransactionId.gid(txId, a.participant.name)
+        yield* a.seedPrepared(gidA)
+        yield* a.participant.commit({ txId, branch: a.participant.name, gid: gidA })
+        // Rolled back by hand after its commit decision: a heuristic outcome to report.
+        const manual = yield* TransactionId.make
+        const gidManual = TransactionId.gid(manual, a.participant.name)
+        yield* a.forceRollback(gidManual)
+        for (const [id, gid, decidedAt] of [
+          [txId, gidA, 3_000],
+          [manual, gidManual, 3_000]
+        ] as const) {
+          yield* log.decide({
+            txId: id,
+            decision: "commit",
+            branches: [{ branch: a.participant.name, gid }],
+            decidedAt
+          })
+        }
+        const pages: Array<number> = []
+        const counting: typeof log = {
+          ...log,
+          unfinished: (options) => log.unfinished(options).pipe(Effect.tap((page) => pages.push(page.length)))
+        }
+        const report = yield* Recovery.run([a.participant, gone.participant], {
+          limit: 2,
+          retrySchedule: Schedule.stop
+        }).pipe(Effect.provideService(TransactionLog.TransactionLog, counting))
+        expect(report.transactionsFinished).toBe(2)
+        const completed = (yield* log.snapshot).completed
+        expect(completed.has(txId)).toBe(true)
+        expect(completed.has(manual)).toBe(true)
+        expect(report.heuristics.map((h) => h.gid)).toEqual([gidManual])
+        expect((yield* log.snapshot).heuristics.map((h) => h.gid)).toEqual([gidManual])
+        expect(report.unresolved.filter((u) => u.branch === gone.participant.name)).toHaveLength(3)
+        // Pages of two, read one after the other, the last one short.
+        expect(pages).toEqual([2, 2, 1])
+      })
+  )
+
+  it.effect("a pass stops paging at decisions decided after it began, however many keep arriving", () =>
+    Effect.gen(function* () {
+      const log = yield* TransactionLog.makeMemory
+      const gone = yield* MemoryParticipant.make("bank-gone", { commitFailures: Number.POSITIVE_INFINITY })
+      yield* TestClock.setTime(100_000)
+      const stuck = (decidedAt: number) =>
+        Effect.gen(function* () {
+          const txId = yield* TransactionId.make
+          const gid = TransactionId.gid(txId, gone.participant.name)
+          yield* gone.seedPrepared(gid)
+          yield* log.decide({
+            txId,
+            decision: "commit",
+            branches: [{ branch: gone.participant.name, gid }],
+            decidedAt
+          })
+        })
+      yield* stuck(1_000)
+      yield* stuck(2_000)
+      // Every read finds one more unfinished decision, decided now (a busy coordinator).
+      let reads = 0
+      const busy: typeof log = {
+        ...log,
+        unfinished: (options) =>
+          Effect.suspend(() => {
+            reads++
+            // Without a stop the pass would read for ever: fail the test instead of hanging.
+            if (reads > 10) return Effect.dieMessage("the pass kept reading")
+            return Effect.zipRight(Effect.flatMap(Clock.currentTimeMillis, stuck), log.unfinished(options))
+          })
+      }
+      yield* Recovery.run([gone.participant], {
+        orphanAfter: 0,
+        limit: 1,
+        retrySchedule: Schedule.stop
+      }).pipe(Effect.provideService(TransactionLog.TransactionLog, busy))
+      // Two old decisions, then the first page ending with one decided as the pass began.
+      expect(reads).toBe(3)
     })
   )
 

@@ -156,9 +156,30 @@ where tx_id = $1 and completed_at is null and f.relaxed is not null`
 const COMPLETE_MANY_SQL = `update accord_decision set completed_at = now()
 from (select set_config('synchronous_commit', 'off', true) as relaxed) as f
 where tx_id = any($1::text[]) and completed_at is null and f.relaxed is not null`
+/**
+ * One page of unfinished decisions in the order of (decided_at, tx_id), served by the partial index
+ * `accord_decision_unfinished (decided_at) where completed_at is null`: an index range scan from the
+ * cursor's decided_at, then an incremental sort on tx_id within equal decided_at (checked by
+ * `test/logUnfinishedPaging.test.ts`; so no index on (decided_at, tx_id), which an upgrade would have
+ * to build on a live log table). The `after` form continues past the cursor decision, compared
+ * with its own stored `decided_at` (microseconds), not with the record's `decidedAt` (rounded to
+ * milliseconds): after a row written with sub-millisecond precision (by hand, or another tool)
+ * the next page would otherwise start before it again, or past rows it should hold. Only when the cursor's row is gone (purged meanwhile, so
+ * completed) is its millisecond value used, exact for what `decide` writes
+ * (`to_timestamp(ms / 1000.0)`).
+ * Two statements rather than one with `$3 is null or ...`: a generic plan would not narrow the scan.
+ */
 const UNFINISHED_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is null and decided_at <= now() - make_interval(secs => $1::float8)
-order by decided_at limit $2`
+order by decided_at, tx_id limit $2`
+const UNFINISHED_AFTER_SQL = `select ${COLUMNS} from accord_decision
+where completed_at is null and decided_at <= now() - make_interval(secs => $1::float8)
+  and (decided_at, tx_id) > (
+    coalesce(
+      (select c.decided_at from accord_decision c where c.tx_id = $3::text),
+      to_timestamp($4::float8 / 1000.0)),
+    $3::text)
+order by decided_at, tx_id limit $2`
 const COMPLETED_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
 order by completed_at limit $1`
@@ -332,7 +353,14 @@ const build = (client: Client, options: Options) =>
       unfinished: (opts) =>
         flush.pipe(
           Effect.zipRight(
-            query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null])
+            opts?.after === undefined
+              ? query<DecisionRow>(UNFINISHED_SQL, [(opts?.olderThanMillis ?? 0) / 1000, opts?.limit ?? null])
+              : query<DecisionRow>(UNFINISHED_AFTER_SQL, [
+                  (opts.olderThanMillis ?? 0) / 1000,
+                  opts.limit ?? null,
+                  opts.after.txId,
+                  opts.after.decidedAt
+                ])
           ),
           Effect.map((rows) => rows.map(toRecord)),
           Effect.mapError(logError("unfinished"))

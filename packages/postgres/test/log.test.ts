@@ -208,6 +208,27 @@ const contract = (
       expect(yield* log.heuristics).toContainEqual(h)
     })
   )
+
+  scopedLive(`${name}: unfinished decisions page by page with a cursor, equal decidedAt included`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const decidedAt = Date.now() - 120_000
+      const txIds = yield* Effect.forEach(Array.from({ length: 7 }), () => TransactionId.make)
+      for (const [i, txId] of txIds.entries()) yield* log.decide(record("commit", txId, decidedAt + (i % 2)))
+      const whole = (yield* log.unfinished()).map((d) => d.txId)
+      const paged: Array<string> = []
+      let after: TransactionLog.UnfinishedCursor | undefined
+      for (let page = 0; page < 1_000; page++) {
+        const rows = yield* log.unfinished({ limit: 3, ...(after === undefined ? {} : { after }) })
+        paged.push(...rows.map((d) => d.txId))
+        const last = rows[rows.length - 1]
+        if (rows.length < 3 || last === undefined) break
+        after = { decidedAt: last.decidedAt, txId: last.txId }
+      }
+      expect(paged).toEqual(whole)
+      for (const txId of txIds) expect(paged).toContain(txId)
+    })
+  )
 }
 
 describe.skipIf(server === undefined)("PgTransactionLog on PostgreSQL", () => {

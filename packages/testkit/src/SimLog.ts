@@ -12,7 +12,12 @@
 import { Duration, Effect, Option } from "effect"
 import { LogError } from "@accord/core/TransactionError"
 import type { TransactionId } from "@accord/core/TransactionId"
-import type { DecisionRecord, HeuristicRecord, TransactionLog } from "@accord/core/TransactionLog"
+import {
+  type DecisionRecord,
+  type HeuristicRecord,
+  type TransactionLog,
+  unfinishedPage
+} from "@accord/core/TransactionLog"
 import type * as Faults from "./Faults.js"
 import type * as SimNetwork from "./SimNetwork.js"
 import type * as Trace from "./Trace.js"
@@ -90,11 +95,16 @@ export class SimLog {
         }),
       unfinished: (options) =>
         this.read("unfinished", () => {
-          const rows = [...this.decisions.values()]
-            .filter((d) => !this.completed.has(d.txId))
-            .sort((a, b) => a.decidedAt - b.decidedAt)
+          // Every unfinished decision, whatever its age (`olderThanMillis` is not simulated), one
+          // page after `options.after`.
+          const rows = unfinishedPage(
+            this.decisions.values(),
+            (txId) => this.completed.has(txId),
+            Number.POSITIVE_INFINITY,
+            options
+          )
           for (const d of rows) this.observe(d)
-          return options?.limit === undefined ? rows : rows.slice(0, options.limit)
+          return rows
         }),
       recordHeuristic: (record) =>
         this.write(process, "heuristic", record.txId, () => {
