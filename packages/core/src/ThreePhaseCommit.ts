@@ -81,6 +81,7 @@ import {
   TimeoutError
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
+import { type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
 import type { BranchVote, Heuristic } from "./TwoPhaseCommit.js"
 
 /**
@@ -473,7 +474,13 @@ export const checkAgentTimeout = (options: {
  * - `Committed`: every member acknowledged the commit.
  * - `CommitPending`: the outcome is commit (durable in the members' precommitted states);
  *   `pending` members have not acknowledged; their agents or `recover` finish them.
- * - `Aborted`: nothing was committed.
+ * - `Aborted`: nothing was committed, except the branches in `heuristics` when present.
+ *
+ * `heuristics` name the branches that ended against the decision, as in 2PC: rolled back by hand
+ * although the outcome is commit (the commit found the branch gone without its marker,
+ * `HeuristicRollback`), or committed by hand although it is abort (`HeuristicCommit`). When a
+ * `TransactionLog` is in the context they are also recorded there (`recordHeuristic`, the record
+ * 2PC writes); 3PC needs no log otherwise.
  * - `Blocked`: (quorum mode) neither quorum could be reached from the coordinator; the members'
  *   agents decide when enough of them can talk to each other. No member has committed or
  *   aborted by the coordinator's hand.
@@ -491,6 +498,8 @@ export type Outcome = Data.TaggedEnum<{
     readonly txId: TransactionId.TransactionId
     readonly votes: ReadonlyArray<BranchVote>
     readonly pending: ReadonlyArray<TransactionId.BranchName>
+    /** Members that acknowledged, but had been rolled back by hand. */
+    readonly heuristics: ReadonlyArray<Heuristic>
     readonly protocol: "3pc"
     readonly mode: "classic" | "quorum"
   }
@@ -498,6 +507,8 @@ export type Outcome = Data.TaggedEnum<{
     readonly txId: TransactionId.TransactionId
     readonly votes: ReadonlyArray<BranchVote>
     readonly reason: string
+    /** Present only when a rollback found its branch committed by hand. */
+    readonly heuristics?: ReadonlyArray<Heuristic>
     readonly protocol: "3pc"
     readonly mode: "classic" | "quorum"
   }
@@ -524,7 +535,9 @@ export interface Observed {
 /**
  * What a run of the termination protocol decided.
  * - `Committed` / `Aborted`: decided and applied to the reachable members; `pending` names the
- *   members it could not tell (their own agents, or a later run, finish them).
+ *   members it could not tell (their own agents, or a later run, finish them); `heuristics` the
+ *   members it found ended against the decision (rolled back, or committed, by hand), which it
+ *   also records in the `TransactionLog` when one is in the context.
  * - `Blocked`: it may not decide from what it can reach (quorum mode minority, or no member
  *   reachable); nothing was changed except harmless `precommitted`/`preaborted` moves.
  * @since 0.1.0
@@ -535,12 +548,14 @@ export type Termination = Data.TaggedEnum<{
     readonly rule: string
     readonly observed: ReadonlyArray<Observed>
     readonly pending: ReadonlyArray<TransactionId.BranchName>
+    readonly heuristics: ReadonlyArray<Heuristic>
   }
   Aborted: {
     readonly txId: TransactionId.TransactionId
     readonly rule: string
     readonly observed: ReadonlyArray<Observed>
     readonly pending: ReadonlyArray<TransactionId.BranchName>
+    readonly heuristics: ReadonlyArray<Heuristic>
   }
   Blocked: {
     readonly txId: TransactionId.TransactionId
@@ -706,6 +721,60 @@ const timed = <A>(
 
 const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
 
+/** What a heuristic outcome says, in 2PC's words, by the decision it went against. */
+const heuristicDetail = {
+  commit: "branch was rolled back outside the protocol after the commit decision",
+  abort: "branch was committed outside the protocol although the transaction aborted"
+} as const
+
+const heuristicOf = (m: { readonly ctx: BranchContext }, decision: "commit" | "abort"): Heuristic => ({
+  branch: m.ctx.branch,
+  gid: m.ctx.gid,
+  detail: heuristicDetail[decision]
+})
+
+/**
+ * Records heuristic outcomes in the `TransactionLog` when one is in the context, in 2PC's record
+ * shape; 3PC runs without a log otherwise. Each write is bounded by `timeout`; one that fails is
+ * logged, not fatal (the outcome reports the heuristics all the same).
+ */
+const recordHeuristics = (
+  txId: TransactionId.TransactionId,
+  decision: "commit" | "abort",
+  heuristics: ReadonlyArray<Heuristic>,
+  timeout: Duration.Duration
+): Effect.Effect<void> =>
+  heuristics.length === 0
+    ? Effect.void
+    : Effect.flatMap(Effect.serviceOption(TransactionLog), (log) =>
+        Option.isNone(log)
+          ? Effect.void
+          : Effect.forEach(
+              heuristics,
+              (h) => {
+                const record: HeuristicRecord = {
+                  txId,
+                  branch: h.branch,
+                  gid: h.gid,
+                  decision,
+                  detail: h.detail
+                }
+                return log.value.recordHeuristic(record).pipe(
+                  Effect.timeoutFail({
+                    duration: timeout,
+                    onTimeout: () => new Error(`no answer within ${Duration.format(timeout)}`)
+                  }),
+                  Effect.catchAll((e) =>
+                    Effect.logWarning(
+                      `3PC ${txId}: cannot record the heuristic outcome of ${h.branch} (${h.detail}): ${e.message}`
+                    )
+                  )
+                )
+              },
+              { discard: true }
+            )
+      )
+
 /**
  * Runs the termination protocol once over the members it can reach, without the coordinator.
  * Safe to run from several places at once (agents, standby coordinators, recovery).
@@ -731,6 +800,16 @@ export const terminate: (
 const terminatePlan = (p: Plan, options: TerminateOptions): Effect.Effect<Termination> =>
   terminateOnce(p, options).pipe(
     Effect.tap((result) => Metric.increment(Metric.tagged(terminations, "result", result._tag))),
+    Effect.tap((result) =>
+      result._tag === "Blocked"
+        ? Effect.void
+        : recordHeuristics(
+            result.txId,
+            result._tag === "Committed" ? "commit" : "abort",
+            result.heuristics,
+            Duration.decode(options.callTimeout ?? defaults.callTimeout)
+          )
+    ),
     Effect.withSpan("ThreePhaseCommit.termination", {
       attributes: { txId: p.txId, mode: p.mode.kind, from: options.from ?? "standby", phase: "recover" }
     })
@@ -817,6 +896,9 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
           if (fenced.size === 0) return undefined
         }
         const rollbackOptions: RollbackOptions = { overPrecommit: overPrecommit(states) }
+        // Members that answered a commit with HeuristicRollback: told (the decision stands), and
+        // reported, as 2PC reports them.
+        const rolledBackByHand = new Set<number>()
         const acks = yield* Effect.forEach(
           p.members,
           (m, i) => {
@@ -827,7 +909,12 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
             }
             // Unreachable members are still told if they answer now: a decision is a decision.
             return decision === "commit"
-              ? tell(m, "commit", (q) => q.commit(m.ctx)).pipe(Effect.map(Option.isSome))
+              ? tell(m, "commit", (q) => q.commit(m.ctx)).pipe(
+                  Effect.map((ack) => {
+                    if (Option.isSome(ack) && ack.value === "HeuristicRollback") rolledBackByHand.add(i)
+                    return Option.isSome(ack)
+                  })
+                )
               : tell(m, "rollback", (q) => q.rollback(m.ctx, rollbackOptions)).pipe(
                   Effect.map((ack) =>
                     Option.isSome(ack)
@@ -856,9 +943,14 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
           .filter((_, i) => acks[i] !== true && acks[i] !== "committed")
           .map((m) => m.name)
         const observed = toObserved(states)
+        const heuristics = p.members.flatMap((m, i) =>
+          (decision === "commit" ? rolledBackByHand.has(i) : acks[i] === "committed")
+            ? [heuristicOf(m, decision)]
+            : []
+        )
         return decision === "commit"
-          ? Termination.Committed({ txId: p.txId, rule, observed, pending })
-          : Termination.Aborted({ txId: p.txId, rule, observed, pending })
+          ? Termination.Committed({ txId: p.txId, rule, observed, pending, heuristics })
+          : Termination.Aborted({ txId: p.txId, rule, observed, pending, heuristics })
       })
 
     let states = yield* observe
@@ -1054,17 +1146,34 @@ export const run: (
   const refused = votes.find((v) => v.vote._tag !== "Prepared")
   if (refused !== undefined) {
     // Nobody was precommitted, so aborting needs no quorum. Rolling back a member whose prepare
-    // timed out fences its gid, so a late prepare votes No.
-    yield* Effect.forEach(
-      members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No")),
-      (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.ignore),
-      { concurrency: "unbounded", discard: true }
+    // timed out fences its gid, so a late prepare votes No. A rollback left unanswered leaves the
+    // member to its agent or `recover`; one that finds its branch committed (by hand: nobody can
+    // have committed it through the protocol) is a heuristic outcome.
+    const toRollBack = members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No"))
+    const rollbacks = yield* Effect.forEach(
+      toRollBack,
+      (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.option),
+      { concurrency: "unbounded" }
     )
+    const heuristics = toRollBack.flatMap((m, i) => {
+      const ack = rollbacks[i]!
+      return Option.isSome(ack) && ack.value === "HeuristicCommit" ? [heuristicOf(m, "abort")] : []
+    })
+    yield* recordHeuristics(txId, "abort", heuristics, callTimeout)
     const reason =
       refused.vote._tag === "No"
         ? `${refused.branch}: ${refused.vote.reason}`
         : `${refused.branch}: voted read-only; 3PC needs every member prepared`
-    return yield* finish(Outcome.Aborted({ txId, votes, reason, protocol: "3pc", mode }))
+    return yield* finish(
+      Outcome.Aborted({
+        txId,
+        votes,
+        reason,
+        ...(heuristics.length === 0 ? {} : { heuristics }),
+        protocol: "3pc",
+        mode
+      })
+    )
   }
 
   // Phase 2: PreCommit.
@@ -1082,19 +1191,21 @@ export const run: (
   const decided = p.mode.kind === "classic" ? precommitted === members.length : precommitted >= p.mode.commit
 
   if (!decided) {
-    // Some member did not ack (or refused): the coordinator is just another terminator now.
+    // Some member did not ack (or refused): the coordinator is just another terminator now. The
+    // termination protocol records the heuristics it met.
     const t = yield* terminatePlan({ ...p, members }, { from: "coordinator", callTimeout })
     return yield* finish(
       Termination.$match(t, {
-        Committed: ({ pending }) =>
+        Committed: ({ heuristics, pending }) =>
           pending.length === 0
-            ? Outcome.Committed({ txId, votes, heuristics: [], protocol: "3pc", mode })
-            : Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }),
-        Aborted: ({ rule }) =>
+            ? Outcome.Committed({ txId, votes, heuristics, protocol: "3pc", mode })
+            : Outcome.CommitPending({ txId, votes, pending, heuristics, protocol: "3pc", mode }),
+        Aborted: ({ heuristics, rule }) =>
           Outcome.Aborted({
             txId,
             votes,
             reason: `precommit phase incomplete; ${rule}`,
+            ...(heuristics.length === 0 ? {} : { heuristics }),
             protocol: "3pc",
             mode
           }),
@@ -1117,18 +1228,11 @@ export const run: (
   const pending = members.filter((_, i) => Option.isNone(commits[i]!)).map((m) => m.name)
   const heuristics: Array<Heuristic> = members.flatMap((m, i) => {
     const ack = commits[i]!
-    return Option.isSome(ack) && ack.value === "HeuristicRollback"
-      ? [
-          {
-            branch: m.name,
-            gid: m.ctx.gid,
-            detail: "branch was rolled back outside the protocol after the commit decision"
-          }
-        ]
-      : []
+    return Option.isSome(ack) && ack.value === "HeuristicRollback" ? [heuristicOf(m, "commit")] : []
   })
+  yield* recordHeuristics(txId, "commit", heuristics, callTimeout)
   if (pending.length > 0)
-    return yield* finish(Outcome.CommitPending({ txId, votes, pending, protocol: "3pc", mode }))
+    return yield* finish(Outcome.CommitPending({ txId, votes, pending, heuristics, protocol: "3pc", mode }))
   return yield* finish(Outcome.Committed({ txId, votes, heuristics, protocol: "3pc", mode }))
 })
 
@@ -1283,8 +1387,20 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   if (vote !== undefined) p = yield* planFor(vote)
   const decidedBy = (state: "committed" | "aborted", rule: string): Termination =>
     state === "committed"
-      ? Termination.Committed({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })
-      : Termination.Aborted({ txId: p.txId, rule, observed: [{ branch: me.name, state }], pending: [] })
+      ? Termination.Committed({
+          txId: p.txId,
+          rule,
+          observed: [{ branch: me.name, state }],
+          pending: [],
+          heuristics: []
+        })
+      : Termination.Aborted({
+          txId: p.txId,
+          rule,
+          observed: [{ branch: me.name, state }],
+          pending: [],
+          heuristics: []
+        })
   let last = yield* own
   while (true) {
     yield* Effect.sleep(timeout)
@@ -1323,6 +1439,11 @@ export interface RecoveryReport {
   readonly committed: ReadonlyArray<TransactionId.TransactionId>
   readonly aborted: ReadonlyArray<TransactionId.TransactionId>
   readonly blocked: ReadonlyArray<{ readonly txId: TransactionId.TransactionId; readonly reason: string }>
+  /**
+   * Branches found ended against their transaction's decision (rolled back, or committed, by
+   * hand), in 2PC's record shape; also recorded in the `TransactionLog` when one is in the context.
+   */
+  readonly heuristics: ReadonlyArray<HeuristicRecord>
   /** Members a decision could not reach yet (a later pass, or their agents, finish them). */
   readonly pending: ReadonlyArray<{
     readonly txId: TransactionId.TransactionId
@@ -1391,7 +1512,9 @@ export const recover: (
   const scans = yield* Effect.forEach(
     participants,
     (q) =>
+      // Bounded: a participant that never answers is reported unscanned, not waited for.
       q.inDoubt.pipe(
+        Effect.timeout(callTimeout),
         Effect.map((found) => ({
           name: q.name,
           ok: true,
@@ -1456,6 +1579,7 @@ export const recover: (
   // Only while still unvoted: a yes vote recorded since the scan (a slow process between its
   // PREPARE and its vote) makes the branch a member that others may be precommitted on.
   let unvotedRolledBack = 0
+  const heuristics: Array<HeuristicRecord> = []
   for (const b of leave ? [] : unvoted) {
     const ack = yield* timed(
       b.participant.rollback(b.branch, { onlyIfUnvoted: true }),
@@ -1464,6 +1588,12 @@ export const recover: (
       callTimeout
     ).pipe(Effect.option)
     if (Option.isSome(ack) && ack.value === "RolledBack") unvotedRolledBack++
+    // Committed by hand between the scan and this rollback, which presumed abort.
+    if (Option.isSome(ack) && ack.value === "HeuristicCommit") {
+      const h = heuristicOf({ ctx: b.branch }, "abort")
+      yield* recordHeuristics(b.branch.txId, "abort", [h], callTimeout)
+      heuristics.push({ txId: b.branch.txId, decision: "abort", ...h })
+    }
   }
   const committed: Array<TransactionId.TransactionId> = []
   const aborted: Array<TransactionId.TransactionId> = []
@@ -1498,11 +1628,14 @@ export const recover: (
     }
     ;(t._tag === "Committed" ? committed : aborted).push(t.txId)
     for (const branch of t.pending) pending.push({ txId: t.txId, branch })
+    const decision = t._tag === "Committed" ? "commit" : "abort"
+    for (const h of t.heuristics) heuristics.push({ txId: t.txId, decision, ...h })
   }
   return {
     committed,
     aborted,
     blocked,
+    heuristics,
     pending,
     unvotedRolledBack,
     unvotedLeft: leave ? unvoted.length : 0,
@@ -1525,8 +1658,11 @@ export const watch = (
   Effect.gen(function* () {
     const watching = yield* Ref.make<ReadonlySet<string>>(new Set())
     const interval = Duration.decode(options.interval ?? options.timeout ?? defaults.agentTimeout)
+    const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
     const scan = Effect.gen(function* () {
+      // Bounded: a scan that never answers would hold the daemon for ever; it scans again instead.
       const found = yield* self.inDoubt.pipe(
+        Effect.timeout(callTimeout),
         Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<InDoubtMember>))
       )
       for (const b of found) {

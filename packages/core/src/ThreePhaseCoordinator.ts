@@ -126,6 +126,12 @@ const isThreePhase = (p: unknown): p is ThreePhaseCommit.AnyThreePhaseParticipan
   typeof (p as { precommit?: unknown }).precommit === "function" &&
   typeof (p as { preabort?: unknown }).preabort === "function"
 
+/** An outcome's heuristics in plain words, as the 2PC facade gives them: nothing when there are none. */
+const heuristicReports = (heuristics: ReadonlyArray<{ readonly branch: string; readonly detail: string }>) =>
+  heuristics.length === 0
+    ? {}
+    : { heuristics: heuristics.map(({ branch, detail }) => ({ participant: branch, detail })) }
+
 /**
  * Turns a 3PC outcome into the Promise API's result.
  * @since 0.1.0
@@ -139,14 +145,26 @@ export const toResult = (outcome: ThreePhaseCommit.Outcome): ThreePhaseResult =>
     outcome
   }
   return ThreePhaseCommit.Outcome.$match(outcome, {
-    Committed: (): ThreePhaseResult => ({ ...base, committed: true, status: "committed" }),
+    Committed: (o): ThreePhaseResult => ({
+      ...base,
+      committed: true,
+      status: "committed",
+      ...heuristicReports(o.heuristics)
+    }),
     CommitPending: (o): ThreePhaseResult => ({
       ...base,
       committed: true,
       status: "commit-pending",
-      pending: o.pending
+      pending: o.pending,
+      ...heuristicReports(o.heuristics)
     }),
-    Aborted: (o): ThreePhaseResult => ({ ...base, committed: false, status: "aborted", reason: o.reason }),
+    Aborted: (o): ThreePhaseResult => ({
+      ...base,
+      committed: false,
+      status: "aborted",
+      reason: o.reason,
+      ...heuristicReports(o.heuristics ?? [])
+    }),
     Blocked: (o): ThreePhaseResult => ({ ...base, committed: false, status: "blocked", reason: o.reason })
   })
 }

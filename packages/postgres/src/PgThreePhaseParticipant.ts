@@ -20,14 +20,17 @@
  *   `onlyIfUnvoted`, it fences only while no yes vote is recorded (else `Voted`).
  *
  * The member's state is derived from durable facts only, so it survives restarts:
- * committed = marker row present (`accord_branch`, committed with the branch); otherwise, prepared
- * (`pg_prepared_xacts`) → the recorded row (`initial` when none); otherwise `aborted` if a row
- * exists, `initial` if nothing does. Three statements, in this order: the state row, then
- * `pg_prepared_xacts`, then the marker (each a later snapshot). A row is only written after
- * `PREPARE TRANSACTION` (or as a fence, before `ROLLBACK PREPARED`), so a `PREPARE` + yes vote
- * landing after the row read is seen with no row (`initial`), never as aborted; and a
- * `COMMIT PREPARED` landing after the `pg_prepared_xacts` read is seen as prepared or by its marker,
- * never as aborted. So "row present, not prepared, no marker" really means rolled back.
+ * committed = marker row present (`accord_branch`, committed with the branch); otherwise the
+ * recorded row (`initial` when none). Two statements, in this order: the state row, then the
+ * marker (a later snapshot). A row is only written after `PREPARE TRANSACTION` (or as a fence,
+ * before `ROLLBACK PREPARED`), so a `PREPARE` + yes vote landing after the row read is seen with no
+ * row (`initial`), and a `COMMIT PREPARED` landing after it is seen by its marker: never aborted.
+ * Only the protocol's fence makes a member `aborted`. A branch rolled back by hand behind the
+ * protocol's back (`ROLLBACK PREPARED` of its gid after the vote) keeps its recorded state: the
+ * protocol decides as it would have, and a commit finding the branch gone without its marker
+ * answers `HeuristicRollback`, reported as a heuristic outcome (read as `aborted`, as before
+ * 2026-12-07, it made terminators decide abort against precommitted members, which refuse: the
+ * transaction stayed blocked with their rows locked).
  *
  * @since 0.1.0
  */
@@ -84,8 +87,6 @@ const FENCE_SQL =
   "on conflict (gid) do update set state = 'aborted', updated_at = now() " +
   "where accord_3pc_state.state = 'aborted' or (not $5 and (accord_3pc_state.state <> 'precommitted' or $4)) " +
   "returning state"
-const PREPARED_SQL =
-  "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
 const ROW_SQL = "select state from accord_3pc_state where gid = $1"
 const MARKER_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
 const ROWS_SQL = "select gid, state, members from accord_3pc_state where gid = any($1::text[])"
@@ -133,7 +134,8 @@ const build = (
   pg: PgParticipant.PgParticipant,
   client: Client,
   cancelTimeout: Duration.Duration,
-  schema: "ready" | "migrate" | "check"
+  tables: Tables,
+  migrate: boolean
 ): Effect.Effect<
   PgThreePhaseParticipant,
   TransactionError.ConfigurationError | TransactionError.BranchCallError
@@ -156,25 +158,17 @@ const build = (
       phase: TransactionError.Phase
     ) => statement<T>(client, text, params, cancelTimeout).pipe(Effect.mapError(fail(ctx, phase)))
 
-    if (schema === "check") {
-      // migrate: false on a database without the state table. Found here, not at the first vote:
-      // every vote and every rollback's fence writes that table, so a branch prepared there could
-      // be rolled back by nobody but an operator.
-      const present = yield* statement<{ present: boolean }>(
-        client,
-        "select to_regclass('accord_3pc_state') is not null as present",
-        [],
-        cancelTimeout
-      ).pipe(Effect.mapError(fail({ txId: "" }, "begin")))
-      if (present[0]?.present !== true) {
-        return yield* new TransactionError.ConfigurationError({
-          participant: name,
-          reason: "the 3PC state table accord_3pc_state does not exist and migrate is false",
-          fix: "run PgThreePhaseParticipant.ddl once as a role that may create tables in this database, or let the participant create it (omit migrate: false)"
-        })
-      }
+    // migrate: false on a database without the state table (as `tables` found it). Found here, not
+    // at the first vote: every vote and every rollback's fence writes that table, so a branch
+    // prepared there could be rolled back by nobody but an operator.
+    if (!migrate && !tables.stateTable) {
+      return yield* new TransactionError.ConfigurationError({
+        participant: name,
+        reason: "the 3PC state table accord_3pc_state does not exist and migrate is false",
+        fix: "run PgThreePhaseParticipant.ddl once as a role that may create tables in this database, or let the participant create it (omit migrate: false)"
+      })
     }
-    if (schema === "migrate")
+    if (migrate && !tables.ready)
       yield* Effect.tryPromise({
         try: () => client.script(ddl),
         catch: (error) =>
@@ -187,16 +181,14 @@ const build = (
 
     const state = Effect.fn("PgThreePhaseParticipant.state")(function* (ctx: Participant.BranchContext) {
       yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
-      // Order matters: the row, then prepared, then the marker, each in a later snapshot (see the
-      // module doc).
-      const recorded = (yield* query<{ state: Recorded }>(ROW_SQL, [ctx.gid], ctx, "state"))[0]?.state ?? null
-      const prepared =
-        (yield* query<{ prepared: boolean }>(PREPARED_SQL, [ctx.gid], ctx, "state"))[0]?.prepared === true
+      // Order matters: the row, then the marker, in a later snapshot (see the module doc). Whether
+      // the branch is still prepared does not matter: a voted branch gone without its marker was
+      // rolled back by hand and keeps its recorded state.
+      const recorded = (yield* query<{ state: Recorded }>(ROW_SQL, [ctx.gid], ctx, "state"))[0]?.state
       const committed =
         (yield* query<{ committed: boolean }>(MARKER_SQL, [ctx.gid], ctx, "state"))[0]?.committed === true
       if (committed) return "committed" as const
-      if (prepared) return recorded ?? ("initial" as const)
-      return recorded === null ? ("initial" as const) : ("aborted" as const)
+      return recorded ?? ("initial" as const)
     })
 
     const prepare = Effect.fn("PgThreePhaseParticipant.prepare")(function* (
@@ -365,9 +357,9 @@ export const make = (
     }
     const client = fromPostgres(options.sql)
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
-    const ready = yield* migrated(client, cancelTimeout, options.name)
-    const pg = yield* PgParticipant.make(ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, schemaStep(ready, options))
+    const tables = yield* existing(client, cancelTimeout, options.name)
+    const pg = yield* PgParticipant.make(tables.ready ? { ...options, migrate: false } : options)
+    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false)
   })
 
 /**
@@ -384,30 +376,40 @@ export const makePglite = (
   Effect.gen(function* () {
     const client = fromPglite(options.db as PGlite)
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
-    const ready = yield* migrated(client, cancelTimeout, options.name)
-    const pg = yield* PgParticipant.makePglite(ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, schemaStep(ready, options))
+    const tables = yield* existing(client, cancelTimeout, options.name)
+    const pg = yield* PgParticipant.makePglite(tables.ready ? { ...options, migrate: false } : options)
+    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false)
   })
 
-/** What `build` does about the state table: nothing, create it, or check that it exists. */
-const schemaStep = (ready: boolean, options: { readonly migrate?: boolean }) =>
-  ready ? ("ready" as const) : options.migrate === false ? ("check" as const) : ("migrate" as const)
+/** Which of Accord's participant tables exist, as `existing` found them. */
+interface Tables {
+  /** Every one: the marker table, its index and the state table. */
+  readonly ready: boolean
+  /** The state table `accord_3pc_state` (checked against `migrate: false`). */
+  readonly stateTable: boolean
+}
 
 /**
- * True when Accord's participant tables exist already. Then no DDL is sent at all: any lock the DDL
- * takes on a table that prepared branches hold ROW EXCLUSIVE on (their marker and state rows) would
- * wait for them, so a participant restarting with in-doubt branches must not send it
+ * Which of Accord's participant tables exist already, in one statement (it also answers the
+ * `migrate: false` check). When all do, no DDL is sent at all: any lock the DDL takes on a table
+ * that prepared branches hold ROW EXCLUSIVE on (their marker and state rows) would wait for them,
+ * so a participant restarting with in-doubt branches must not send it
  * (`Migrations.participantDdl` itself creates the marker table and its index only when missing).
  */
-const migrated = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
-  statement<{ ready: boolean }>(
+const existing = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
+  statement<{ markers: boolean; state_table: boolean }>(
     client,
     "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
-      "and to_regclass('accord_3pc_state') is not null as ready",
+      "as markers, to_regclass('accord_3pc_state') is not null as state_table",
     [],
     cancelTimeout
   ).pipe(
-    Effect.map((rows) => rows[0]?.ready === true),
+    Effect.map(
+      (rows): Tables => ({
+        ready: rows[0]?.markers === true && rows[0]?.state_table === true,
+        stateTable: rows[0]?.state_table === true
+      })
+    ),
     Effect.mapError(
       (f) =>
         new TransactionError.BranchCallError({
