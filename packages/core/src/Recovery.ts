@@ -22,6 +22,7 @@ import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId }
 import {
   type DecisionRecord,
   type HeuristicRecord,
+  heuristicKey,
   TransactionLog,
   type UnfinishedCursor
 } from "./TransactionLog.js"
@@ -125,9 +126,10 @@ export const run: (
      * A heuristic outcome is written to the log once. A decision that stays unfinished (another of
      * its branches unreachable) meets the same outcome again on every pass, and a coordinator
      * (CommitPending) may have recorded it already: the log's records are read once per pass, the
-     * first time one is found, and a record already there is not written again.
+     * first time one is found, and a record already there is not written again. This only saves
+     * writes; another process meeting the same outcome at the same time is covered by the log,
+     * whose `recordHeuristic` writes a record once (`heuristicKey`).
      */
-    const heuristicKey = (h: HeuristicRecord) => JSON.stringify([h.txId, h.gid, h.decision, h.detail])
     const knownHeuristics = yield* Effect.cached(
       Effect.map(log.heuristics, (hs) => new Set(hs.map(heuristicKey)))
     )

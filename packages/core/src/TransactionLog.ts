@@ -102,6 +102,14 @@ export const unfinishedPage = (
 }
 
 /**
+ * The identity of a heuristic record: two records with the same key report the same outcome
+ * (`recordHeuristic` writes it once).
+ * @since 0.1.0
+ */
+export const heuristicKey = (h: HeuristicRecord): string =>
+  JSON.stringify([h.txId, h.gid, h.decision, h.detail])
+
+/**
  * The coordinator log service.
  * @since 0.1.0
  */
@@ -131,7 +139,11 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
       readonly limit?: number
       readonly after?: UnfinishedCursor
     }) => Effect.Effect<ReadonlyArray<DecisionRecord>, LogError>
-    /** Records a heuristic outcome for operators. */
+    /**
+     * Records a heuristic outcome for operators. Idempotent: a record equal to one already in the
+     * log (same txId, gid, decision and detail) is not written again, so two recoveries, or a
+     * coordinator and a recovery, that meet the same outcome leave one record.
+     */
     readonly recordHeuristic: (record: HeuristicRecord) => Effect.Effect<void, LogError>
     /** The recorded heuristic outcomes. */
     readonly heuristics: Effect.Effect<ReadonlyArray<HeuristicRecord>, LogError>
@@ -193,7 +205,13 @@ export const makeMemory: Effect.Effect<
           )
         )
       ),
-    recordHeuristic: (record) => Ref.update(state, (s) => ({ ...s, heuristics: [...s.heuristics, record] })),
+    recordHeuristic: (record) =>
+      Ref.update(state, (s) => {
+        const key = heuristicKey(record)
+        return s.heuristics.some((h) => heuristicKey(h) === key)
+          ? s
+          : { ...s, heuristics: [...s.heuristics, record] }
+      }),
     heuristics: Ref.get(state).pipe(Effect.map((s) => s.heuristics)),
     snapshot: Ref.get(state)
   }

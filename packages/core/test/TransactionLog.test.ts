@@ -34,4 +34,24 @@ describe("the in-memory TransactionLog", () => {
       expect(ids(yield* log.unfinished({ after: { decidedAt: 2_000, txId: id("e") } }))).toEqual([])
     })
   )
+
+  it.effect(
+    "records a heuristic outcome once; a different outcome of the same branch is its own record",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* TransactionLog.makeMemory
+        const record: TransactionLog.HeuristicRecord = {
+          txId: id("t"),
+          branch: "bank-a" as TransactionId.BranchName,
+          gid: "accord_t_bank-a" as TransactionId.Gid,
+          decision: "commit",
+          detail: "branch was rolled back outside the protocol after the commit decision"
+        }
+        const other = { ...record, detail: "branch prepared again after its transaction completed" }
+        yield* log.recordHeuristic(record)
+        yield* log.recordHeuristic(other)
+        yield* log.recordHeuristic(record)
+        expect(yield* log.heuristics).toEqual([record, other])
+      })
+  )
 })

@@ -3,7 +3,8 @@
  * several processes can run it at start-up at once. Each table is created only when it does not
  * exist yet: `create index if not exists` would take a lock on the existing table, and a prepared
  * branch holds a lock on `accord_branch` (its marker row) until COMMIT PREPARED, so a participant
- * starting beside an orphaned branch would wait for ever (and hang PGlite).
+ * starting beside an orphaned branch would wait for ever (and hang PGlite). Later additions to an
+ * existing table (`accord_heuristic_once`) are likewise guarded by a catalog check, so they run once.
  * `PgParticipant.make` runs `participant`, `PgTransactionLog.make` runs `log`; both are exported
  * for users who prefer to migrate ahead of time (e.g. with a role that may create tables).
  *
@@ -60,6 +61,18 @@ do $accord$ begin
       detail text not null,
       recorded_at timestamptz not null default now()
     );
+  end if;
+  -- A heuristic outcome is recorded once (PgTransactionLog inserts with "on conflict do nothing").
+  -- Databases created before this index may hold duplicates: the first record (lowest id) of each
+  -- is kept, the later ones deleted, then the index is built. md5(detail): a detail of any length
+  -- fits the index.
+  if to_regclass('accord_heuristic_once') is null then
+    -- No insert may land between the delete and the index build (it could be a duplicate).
+    lock table accord_heuristic in share row exclusive mode;
+    delete from accord_heuristic dup using accord_heuristic kept
+    where kept.tx_id = dup.tx_id and kept.gid = dup.gid and kept.decision = dup.decision
+      and md5(kept.detail) = md5(dup.detail) and kept.id < dup.id;
+    create unique index accord_heuristic_once on accord_heuristic (tx_id, gid, decision, md5(detail));
   end if;
 end $accord$;`
 

@@ -185,7 +185,14 @@ where completed_at is not null and completed_at <= now() - make_interval(secs =>
 order by completed_at limit $1`
 const PURGE_SQL = `with gone as (delete from accord_decision where tx_id = any($1::text[]) and completed_at is not null returning 1)
 select count(*)::int as deleted from gone`
-const HEURISTIC_INSERT_SQL = `insert into accord_heuristic (tx_id, branch, gid, decision, detail) values ($1, $2, $3, $4, $5)`
+/**
+ * Written once: the unique index `accord_heuristic_once` (tx_id, gid, decision, md5(detail)) turns a
+ * second insert of the same record (another recovery, or the coordinator and a recovery) into
+ * nothing. No conflict target: on a database migrated ahead of time by an older Accord (no unique
+ * index yet) the insert still succeeds, rather than failing every recovery pass.
+ */
+const HEURISTIC_INSERT_SQL = `insert into accord_heuristic (tx_id, branch, gid, decision, detail) values ($1, $2, $3, $4, $5)
+on conflict do nothing`
 const HEURISTICS_SQL = "select tx_id, branch, gid, decision, detail from accord_heuristic order by id"
 
 interface DecisionRow {

@@ -6,7 +6,8 @@
  *   `PREPARE TRANSACTION`. Prepared = in `pg_prepared_xacts`; committed = marker present; rolled
  *   back = neither. Lives in every participant database.
  * - `accord_decision`: the coordinator log, one row per global transaction, first writer wins.
- * - `accord_heuristic`: branches that ended against their decision (resolved by hand).
+ * - `accord_heuristic`: branches that ended against their decision (resolved by hand), each outcome
+ *   once (`accord_heuristic_once`: txId, gid, decision and the md5 of the detail).
  * - `accord_3pc_state`: the 3PC state of a branch (`PgThreePhaseParticipant.ddl` creates it), in
  *   each 3PC participant database.
  *
@@ -16,7 +17,7 @@
  * @since 0.1.0
  */
 import { sql } from "drizzle-orm"
-import { bigint, check, index, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core"
+import { bigint, check, index, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core"
 
 /**
  * The marker row of a branch (participant databases).
@@ -67,7 +68,10 @@ export const accordHeuristic = pgTable(
     detail: text("detail").notNull(),
     recordedAt: timestamp("recorded_at", { withTimezone: true }).notNull().defaultNow()
   },
-  () => [check("accord_heuristic_decision_check", sql`decision in ('commit', 'abort')`)]
+  (t) => [
+    check("accord_heuristic_decision_check", sql`decision in ('commit', 'abort')`),
+    uniqueIndex("accord_heuristic_once").on(t.txId, t.gid, t.decision, sql`md5(detail)`)
+  ]
 )
 
 /**

@@ -209,6 +209,22 @@ const contract = (
     })
   )
 
+  scopedLive(`${name}: the same heuristic outcome recorded twice is one record`, () =>
+    Effect.gen(function* () {
+      const log = yield* makeLog()
+      const txId = yield* TransactionId.make
+      const h = {
+        ...record("commit", txId).branches[0]!,
+        txId,
+        decision: "commit" as const,
+        detail: "rolled back by hand"
+      }
+      yield* Effect.all([log.recordHeuristic(h), log.recordHeuristic(h)], { concurrency: 2 })
+      yield* log.recordHeuristic(h)
+      expect((yield* log.heuristics).filter((r) => r.txId === txId)).toEqual([h])
+    })
+  )
+
   scopedLive(`${name}: unfinished decisions page by page with a cursor, equal decidedAt included`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()

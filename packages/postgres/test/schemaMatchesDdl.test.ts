@@ -228,8 +228,9 @@ describe.skipIf(server === undefined)("the drizzle schemas match Accord's DDL on
         { name: string; unique: boolean; columns: Array<string>; partial: boolean }[]
       >`
         select i.relname as name, x.indisunique as unique, x.indpred is not null as partial,
-               array(select a.attname from unnest(x.indkey) with ordinality k(n, o)
-                     join pg_attribute a on a.attrelid = x.indrelid and a.attnum = k.n order by k.o) as columns
+               -- Each key column as PostgreSQL prints it: a column's name, or an expression.
+               array(select pg_get_indexdef(x.indexrelid, k.o::int, true)
+                     from generate_series(1, x.indnkeyatts) k(o) order by k.o) as columns
         from pg_index x join pg_class i on i.oid = x.indexrelid
         where x.indrelid = ${`public.${name}`}::regclass
           and not exists (select 1 from pg_constraint c where c.conindid = x.indexrelid)

@@ -15,6 +15,7 @@ import type { TransactionId } from "@accord/core/TransactionId"
 import {
   type DecisionRecord,
   type HeuristicRecord,
+  heuristicKey,
   type TransactionLog,
   unfinishedPage
 } from "@accord/core/TransactionLog"
@@ -108,7 +109,10 @@ export class SimLog {
         }),
       recordHeuristic: (record) =>
         this.write(process, "heuristic", record.txId, () => {
-          this.heuristics.push(record)
+          // Written once, as a database log does (a unique key): processes meeting the same outcome
+          // leave one record.
+          const key = heuristicKey(record)
+          if (!this.heuristics.some((h) => heuristicKey(h) === key)) this.heuristics.push(record)
         }),
       heuristics: this.read("heuristics", () => [...this.heuristics])
     }
