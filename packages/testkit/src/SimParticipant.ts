@@ -55,12 +55,28 @@ export interface SimParticipant {
 }
 
 /**
- * Makes a simulated participant named `name`; `now` reads virtual time.
+ * `PgParticipant`'s default `markerGrace`: `forget` leaves younger markers alone.
  * @since 0.1.0
  */
-export const make = (name: string, now: () => number): SimParticipant => {
+export const defaultMarkerGrace = Duration.minutes(5)
+
+/**
+ * Makes a simulated participant named `name`; `now` reads virtual time. Like `PgParticipant`,
+ * `forget` removes only markers older than `markerGrace`: a marker is what refuses a late duplicate
+ * of a committed branch's prepare (and answers a late commit `Committed`), so removing it at once
+ * let a prepare delivered again after recovery completed the transaction prepare the branch anew,
+ * and a duplicated commit apply it twice.
+ * @since 0.1.0
+ */
+export const make = (
+  name: string,
+  now: () => number,
+  markerGrace: Duration.DurationInput = defaultMarkerGrace
+): SimParticipant => {
+  const graceMillis = Duration.toMillis(Duration.decode(markerGrace))
   const prepared = new Map<Gid, InDoubtBranch>()
-  const markers = new Set<Gid>()
+  /** Commit markers by gid, with the virtual time each was written. */
+  const markers = new Map<Gid, number>()
   const applied: Array<Applied> = []
   const node = SimNetwork.node(name)
   const crashed = (ctx: BranchContext, phase: "prepare" | "onePhaseCommit") =>
@@ -99,14 +115,14 @@ export const make = (name: string, now: () => number): SimParticipant => {
         if (work.vote === "no") return OnePhaseResult.No({ reason: "check constraint", sqlState: "23514" })
         if (work.vote === "readOnly") return OnePhaseResult.Committed()
         if (markers.has(ctx.gid)) return OnePhaseResult.No({ reason: "duplicate marker", sqlState: "23505" })
-        markers.add(ctx.gid)
+        markers.set(ctx.gid, now())
         applied.push({ gid: ctx.gid, txId: ctx.txId, at: now(), onePhase: true })
         return OnePhaseResult.Committed()
       }),
     commit: (ctx) =>
       Effect.sync((): CommitAck => {
         if (prepared.delete(ctx.gid)) {
-          markers.add(ctx.gid)
+          markers.set(ctx.gid, now())
           applied.push({ gid: ctx.gid, txId: ctx.txId, at: now(), onePhase: false })
           return "Committed"
         }
@@ -125,7 +141,10 @@ export const make = (name: string, now: () => number): SimParticipant => {
     inDoubt: Effect.sync(() => [...prepared.values()]),
     forget: (ctxs) =>
       Effect.sync(() => {
-        for (const ctx of ctxs) markers.delete(ctx.gid)
+        for (const ctx of ctxs) {
+          const written = markers.get(ctx.gid)
+          if (written !== undefined && now() - written >= graceMillis) markers.delete(ctx.gid)
+        }
       })
   }
   return { participant, node, applied, prepared }
