@@ -18,7 +18,10 @@ describe("SimParticipant markers", () => {
     const txId = Effect.runSync(TransactionId.make)
     const ctx = { txId, branch, gid: TransactionId.gid(txId, branch) }
     const work = { vote: "yes", millis: 0 } as const
-    return { sim, ctx, work, advance: (ms: number) => (clock += ms) }
+    const advance = (ms: number) => {
+      clock += ms
+    }
+    return { sim, ctx, work, advance }
   }
 
   it("a prepare delivered again after forget, within the grace, is refused", async () => {
