@@ -29,23 +29,30 @@
  *
  * ## The termination protocol (`terminate`)
  * Over the members it can reach, in order:
- * - any `committed` → commit the rest; any `aborted` or `initial` (never voted yes) → abort;
- * - classic: any `precommitted` → precommit the rest, then commit; all `uncertain` → abort;
+ * - any `committed` → commit the rest; any `aborted` or `initial` (never voted yes) → abort (an
+ *   `aborted` member is an abort quorum in classic mode: precommitted members are rolled back too);
+ * - classic: any `precommitted` → precommit the rest, then commit; every member `uncertain` →
+ *   abort, only with every member reached (one it cannot reach may be precommitted or committed:
+ *   members restart, so unreachable is not gone for good); else `Blocked` until it can;
  * - quorum (V members, commit quorum Vc, abort quorum Va, Vc + Va > V): with at least one
  *   `precommitted` and `precommitted + uncertain ≥ Vc`, precommit the uncertain ones and commit
  *   once Vc are precommitted; else with `preaborted + uncertain ≥ Va`, preabort the uncertain
  *   ones and abort once Va are preaborted; else `Blocked` (the minority side of a partition).
  *
  * ## What each mode promises
- * - **Classic** (default; crash-stop): atomic and non-blocking when members fail only by
- *   crashing, messages arrive within the timeouts, and a member that cannot be reached has
- *   crashed. A member's agent must wait at least `minimumAgentTimeout` =
+ * - **Classic** (default): atomic when members crash and restart, and non-blocking while a
+ *   precommitted member can be reached; when only uncertain members can be reached and another
+ *   cannot, it blocks until that one is back (it may have committed). Messages must arrive within
+ *   the timeouts: a member's agent must wait at least `minimumAgentTimeout` =
  *   1.25 × (`canCommitTimeout + precommitTimeout`) so that a slow coordinator is not mistaken
  *   for a dead one; `run` refuses (`UnsafeTimeoutError`) phases that its `agentTimeout` option
- *   (the agents' timeout, default 20 s) does not outlast. **Not safe under network
- *   partitions**: if the coordinator dies after precommitting A only and the network splits
- *   {A} | {B, C}, A's side sees `precommitted` and commits while B's side sees only `uncertain`
- *   and aborts (the test "classic mode decides differently on the two sides" shows it).
+ *   (the agents' timeout, default 20 s) does not outlast. **Not proven under network
+ *   partitions**: a terminator that aborts with every member uncertain races the coordinator's
+ *   precommits, and if the network then splits a member precommitted in that race from the
+ *   members rolled back, its side commits it. Until 2026-12-06 the uncertain side of any split
+ *   aborted without the members it could not reach, which split a transaction whose coordinator
+ *   died after precommitting A only ({A} | {B, C}), and under crashes alone a member that
+ *   restarted while the committed one was down. Use quorum mode where partitions matter.
  * - **Quorum**: atomic under crashes, partitions, lost and late messages, and concurrent
  *   terminators (two quorums of opposite kinds cannot both form because a member is in at most one
  *   of `precommitted`/`preaborted` and Vc + Va > V). The price: a side of a partition that holds
@@ -137,8 +144,10 @@ export type ThreePhaseRollbackAck = RollbackAck | "Precommitted" | "Voted"
  */
 export interface RollbackOptions {
   /**
-   * Roll back a precommitted member too. Only a quorum-mode terminator that sees an abort quorum
-   * (Va members aborted or preaborted: no commit quorum can form any more) sets it.
+   * Roll back a precommitted member too. Only a terminator that sees an abort quorum sets it: Va
+   * members aborted or preaborted in quorum mode, one aborted member in classic mode (Va = 1: the
+   * coordinator commits only once every member is precommitted). Either way no commit can happen
+   * any more.
    */
   readonly overPrecommit?: boolean
   /**
@@ -162,7 +171,7 @@ export interface RollbackOptions {
  * - `rollback` of a gid that is not prepared yet fences it: a later `prepare` of that gid votes No
  *   (so a termination protocol racing a slow prepare cannot be overtaken by it).
  * - `rollback` never moves a member out of `committed` (`"HeuristicCommit"`), nor out of
- *   `precommitted` unless told `overPrecommit` (quorum mode, an abort quorum exists): it refuses and
+ *   `precommitted` unless told `overPrecommit` (an abort quorum exists): it refuses and
  *   answers `"Precommitted"`, so a terminator that decided abort on a stale view re-evaluates
  *   instead of splitting the transaction.
  * - told `onlyIfUnvoted`, `rollback` fences or rolls back only a member without a recorded yes
@@ -862,12 +871,19 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         state: Option.getOrElse(states[i]!, () => "unreachable" as const)
       }))
 
-    // An abort may roll back precommitted members only when no commit quorum can ever form: in
-    // quorum mode, once Va members are aborted or preaborted (neither can become precommitted).
-    const overPrecommit = (states: ReadonlyArray<Option.Option<State>>): boolean =>
-      p.mode.kind === "quorum" &&
-      states.filter((s) => Option.isSome(s) && (s.value === "aborted" || s.value === "preaborted")).length >=
-        p.mode.abort
+    // An abort may roll back precommitted members only when no commit quorum can ever form: once
+    // Va members are aborted or preaborted (neither can become precommitted). Classic mode is the
+    // case Vc = V, Va = 1: one aborted member and nobody can ever commit (the coordinator commits
+    // only after every member precommitted, and an aborted member never precommits). Without this,
+    // a member precommitted just before it crashed, while the others were aborted in its absence
+    // ("every member was uncertain"), refused every rollback once it restarted: the
+    // transaction never ended and its branch stayed prepared, holding its row locks.
+    const overPrecommit = (states: ReadonlyArray<Option.Option<State>>): boolean => {
+      const fenced = states.filter(
+        (s) => Option.isSome(s) && (s.value === "aborted" || s.value === "preaborted")
+      ).length
+      return fenced >= (p.mode.kind === "quorum" ? p.mode.abort : 1)
+    }
     // `unvoted`: the members whose missing yes vote is the reason for an abort. They are fenced
     // first, each only if it still has not voted (`onlyIfUnvoted`); one such fence proves that no
     // member can ever be precommitted, and only then are the others rolled back. Rolled back all at
@@ -1019,7 +1035,20 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
           states = yield* observe
           continue
         }
-        const t = yield* finishWith("abort", "every reachable member was uncertain", states)
+        // Every member uncertain: abort, but only with every member seen. An unreachable member may
+        // be precommitted, or even committed: a terminator that could not reach *this* member
+        // (crashed then, restarted since) may have committed it under the rule above. Members
+        // restart (a database does), so "unreachable" does not mean "gone for good": aborting
+        // without it split transactions (simulator seed 37017: the coordinator committed p0 while
+        // p1 was down; p1 restarted uncertain while p0 was down, and p1's agent aborted it).
+        if (seen.length < p.members.length) {
+          return Termination.Blocked({
+            txId: p.txId,
+            reason: `every reachable member is uncertain and ${p.members.length - seen.length} of ${p.members.length} cannot be reached: an unreachable member may be precommitted or committed, so classic 3PC waits for it`,
+            observed: toObserved(states)
+          })
+        }
+        const t = yield* finishWith("abort", "every member was uncertain", states)
         if (t !== undefined) return t
         states = yield* observe
         continue

@@ -529,6 +529,38 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
     })
   )
 
+  it.effect(
+    "classic: a precommit that lands after a terminator rolled the others back is rolled back too",
+    () =>
+      Effect.gen(function* () {
+        const ms = yield* three
+        const txId = yield* TransactionId.make
+        const members = ms.map((m) => m.participant.name)
+        const ctxOf = memberContext(txId, members)
+        // Everyone voted yes; a terminator read every member uncertain, and the coordinator's
+        // precommit of a landed after that read.
+        for (const m of ms) expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
+        expect(yield* ms[0]!.participant.precommit(ctxOf(ms[0]!))).toBe("precommitted")
+        const reads = yield* Ref.make(0)
+        const staleA: P3 = {
+          ...ms[0]!.participant,
+          state: (ctx) =>
+            Ref.getAndUpdate(reads, (n) => n + 1).pipe(
+              Effect.flatMap((n) =>
+                n === 0 ? Effect.succeed("uncertain" as const) : ms[0]!.participant.state(ctx)
+              )
+            )
+        }
+        // The terminator aborts: b and c are rolled back, a refuses (precommitted). An aborted member
+        // means nobody can ever commit (the coordinator commits only once every member is
+        // precommitted): a is rolled back over its precommit. Before, it refused every rollback and
+        // the transaction never ended (Blocked), a's branch prepared for ever.
+        const t = yield* ThreePhaseCommit.terminate(txId, [staleA, ms[1]!.participant, ms[2]!.participant])
+        expect(t._tag).toBe("Aborted")
+        expect(yield* statesOf(ms, txId)).toEqual(["aborted", "aborted", "aborted"])
+      })
+  )
+
   it.effect("rollback told onlyIfUnvoted refuses a voted member and fences an unvoted one", () =>
     Effect.gen(function* () {
       const [a, b] = yield* three
@@ -740,19 +772,28 @@ describe("ThreePhaseCommit under a partition", () => {
       return txId
     })
 
-  it.effect("classic mode decides differently on the two sides (the documented anomaly)", () =>
-    Effect.gen(function* () {
-      const [a, b, c] = yield* three
-      const net = yield* Network.make
-      const txId = yield* precommitOnlyA([a, b, c], "classic")
-      yield* net.split(["bank-a"], ["bank-b", "bank-c"])
-      const agents = yield* forkAgents(txId, [a, b, c], { reachable: net.reachable })
-      yield* TestClock.adjust(agentTimeout)
-      const decisions = yield* Effect.forEach(agents, Fiber.join)
-      expect(decisions.map((d) => d._tag)).toEqual(["Committed", "Aborted", "Aborted"])
-      // Atomicity is violated: one member committed, two aborted.
-      expect(yield* statesOf([a, b, c], txId)).toEqual(["committed", "aborted", "aborted"])
-    })
+  it.effect(
+    "classic mode: the uncertain side waits for the member it cannot reach instead of aborting; all commit on heal",
+    () =>
+      Effect.gen(function* () {
+        const [a, b, c] = yield* three
+        const net = yield* Network.make
+        const txId = yield* precommitOnlyA([a, b, c], "classic")
+        yield* net.split(["bank-a"], ["bank-b", "bank-c"])
+        const agents = yield* forkAgents(txId, [a, b, c], { reachable: net.reachable })
+        yield* TestClock.adjust(agentTimeout)
+        // a's side sees a precommitted and commits. Until 2026-12-06 b's side, seeing b and c
+        // uncertain, aborted them: one member committed, two aborted (the documented anomaly). An
+        // unreachable member may be precommitted or committed, so the uncertain side now waits.
+        expect(yield* statesOf([a, b, c], txId)).toEqual(["committed", "uncertain", "uncertain"])
+        expect(agents[1]!.unsafePoll()).toBeNull()
+        expect(agents[2]!.unsafePoll()).toBeNull()
+        yield* net.heal
+        yield* TestClock.adjust(agentTimeout)
+        const decisions = yield* Effect.forEach(agents, Fiber.join)
+        expect(decisions.map((d) => d._tag)).toEqual(["Committed", "Committed", "Committed"])
+        expect(yield* statesOf([a, b, c], txId)).toEqual(["committed", "committed", "committed"])
+      })
   )
 
   it.effect("quorum mode never does: the minority blocks, then converges when the partition heals", () =>

@@ -21,7 +21,7 @@ const statesOf = (members: ReadonlyArray<ThreePhaseMemory.Memory>, txId: string)
 
 describe("ThreePhaseCommit timeouts: agents must outwait the coordinator (classic mode)", () => {
   it.effect(
-    "an agent whose timeout is shorter than the coordinator's phases takes a slow, live coordinator for dead: the transaction blocks, then splits",
+    "an agent whose timeout is shorter than the coordinator's phases takes a slow, live coordinator for dead: it aborts, and the precommit that lands late is rolled back",
     () =>
       Effect.gen(function* () {
         const [a, b, c] = yield* Effect.all([
@@ -46,24 +46,25 @@ describe("ThreePhaseCommit timeouts: agents must outwait the coordinator (classi
           { timeout: Duration.seconds(20) }
         ).pipe(Effect.fork)
         // At 20 s the agent sees three uncertain members and aborts; at 21 s the coordinator's
-        // precommit of bank-c lands before the agent's rollback does.
+        // precommit of bank-c lands before the agent's rollback does, which c refuses.
         yield* TestClock.adjust(Duration.seconds(60))
         const outcome = yield* Fiber.join(coordinator)
-        // A live coordinator and live members, yet classic 3PC is stuck: c stays precommitted
-        // (prepared, holding its locks) and no classic rule can end it while a and b are reachable.
-        expect(outcome._tag).toBe("Blocked")
-        expect(yield* statesOf([a, b, c], txId)).toEqual(["aborted", "aborted", "precommitted"])
+        // The coordinator cannot commit (a and b are aborted). Until 2026-12-06 no classic rule could
+        // end it: c stayed precommitted (prepared, holding its locks), the outcome Blocked, and once
+        // a and b crashed c's agent, seeing only c, committed it: a split. An aborted member is a
+        // classic abort quorum (Va = 1), so c is rolled back over its precommit.
+        expect(outcome._tag).toBe("Aborted")
+        expect(yield* statesOf([a, b, c], txId)).toEqual(["aborted", "aborted", "aborted"])
         yield* Fiber.interrupt(agentA)
-        // a and b crash; c's agent sees only itself, precommitted, and commits: atomicity is lost.
+        // a and b crash; c's agent sees only itself, aborted: nothing to split any more.
         yield* a.crash
         yield* b.crash
         const agentC = yield* ThreePhaseCommit.agent(txId, c.participant, [a.participant, b.participant], {
           timeout: Duration.seconds(45)
         }).pipe(Effect.fork)
-        // 45 s of silence, then the termination protocol (its commit retries to a and b take a moment).
         yield* TestClock.adjust(Duration.seconds(46))
-        expect((yield* Fiber.join(agentC))._tag).toBe("Committed")
-        expect(yield* statesOf([a, b, c], txId)).toEqual(["aborted", "aborted", "committed"])
+        expect((yield* Fiber.join(agentC))._tag).toBe("Aborted")
+        expect(yield* statesOf([a, b, c], txId)).toEqual(["aborted", "aborted", "aborted"])
       })
   )
 

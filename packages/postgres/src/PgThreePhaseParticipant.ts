@@ -14,8 +14,8 @@
  * - rollback: the row becomes `aborted` *before* `ROLLBACK PREPARED`. For a gid that is not prepared
  *   yet this is a fence: the branch's own vote then finds `aborted` and rolls itself back. The fence
  *   is conditional: a `precommitted` row is not overwritten (the same row lock orders it against
- *   PreCommit) unless the caller passes `overPrecommit` (a quorum terminator seeing an abort
- *   quorum); the rollback then refuses, answering `Precommitted` (`HeuristicCommit` once the
+ *   PreCommit) unless the caller passes `overPrecommit` (a terminator seeing an abort quorum:
+ *   Va members aborted or preaborted, one aborted member in classic mode); the rollback then refuses, answering `Precommitted` (`HeuristicCommit` once the
  *   branch committed), so a terminator that decided abort on a stale view re-evaluates. Told
  *   `onlyIfUnvoted`, it fences only while no yes vote is recorded (else `Voted`).
  *
