@@ -8,16 +8,13 @@ import { ThreePhaseCommit, TransactionError } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import postgres from "postgres"
-import type * as PgParticipant from "../src/PgParticipant.js"
 import * as Migrations from "../src/Migrations.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { adjust, createBank, endAndDrop } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DBS = ["accord_t_3pc_vote_a", "accord_t_3pc_vote_b"] as const
-
-const adjust = (id: number, amount: number) => (session: PgParticipant.BranchSession) =>
-  session.query("update accounts set balance = balance + $2 where id = $1", [id, amount])
 
 describe.skipIf(server === undefined)("PgThreePhaseParticipant when the vote cannot be recorded", () => {
   const adminUrl = server?.adminUrl ?? ""
@@ -25,23 +22,11 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant when the vote can
   const pool = (i: number) => pools[i]!
 
   beforeAll(async () => {
-    for (const name of DBS) {
-      const url = await TestDatabase.createDatabase(adminUrl, name)
-      const sql = postgres(url, { max: 4, onnotice: () => {} })
-      await sql.unsafe("create table accounts (id int primary key, balance int not null)")
-      await sql.unsafe("insert into accounts select g, 100 from generate_series(1, 10) g")
-      pools.push(sql)
-    }
+    for (const name of DBS)
+      pools.push(postgres(await createBank(adminUrl, name, 10, 100), { max: 4, onnotice: () => {} }))
   }, 60_000)
 
-  afterAll(async () => {
-    for (const sql of pools) await sql.end({ timeout: 5 })
-    const left = (await TestDatabase.preparedOnServer(adminUrl)).filter((p) =>
-      (DBS as ReadonlyArray<string>).includes(p.database)
-    )
-    for (const name of DBS) await TestDatabase.dropDatabase(adminUrl, name)
-    expect(left).toEqual([])
-  }, 60_000)
+  afterAll(() => endAndDrop(adminUrl, pools, DBS, DBS), 60_000)
 
   const prepared = Effect.promise(async () =>
     (await TestDatabase.preparedOnServer(adminUrl))

@@ -39,15 +39,18 @@ describe("3PC simulation", () => {
     "catches classic mode splitting its decision under the same partitions",
     { timeout: 600_000 },
     async () => {
+      // Since 2026-12-06 classic mode waits for unreachable members instead of aborting without
+      // them, and no longer splits in the first 10,000 seeds; it still can, under partitions and
+      // late messages (the race in docs/3pc.md). Seed 31749 was the first of 40,000 to split.
       const { code, summary } = await sim([
         "--protocol",
         "3pc-quorum",
         "--variant",
         "classic-under-partitions",
         "--seeds",
-        String(ciSeeds),
-        "--stop-after",
-        "2",
+        "1",
+        "--from",
+        "31749",
         "--json"
       ])
       expect(code).toBe(1)
