@@ -37,6 +37,24 @@ const commitDecisionFor = (
     return { txId, gidA, gidB }
   })
 
+/** A commit decision logged at `decidedAt` whose one branch, on `gone`, stays prepared. */
+const stuckDecision = (
+  log: TransactionLog.TransactionLog["Type"],
+  gone: Effect.Effect.Success<ReturnType<typeof MemoryParticipant.make>>,
+  decidedAt: number
+) =>
+  Effect.gen(function* () {
+    const txId = yield* TransactionId.make
+    const gid = TransactionId.gid(txId, gone.participant.name)
+    yield* gone.seedPrepared(gid)
+    yield* log.decide({
+      txId,
+      decision: "commit",
+      branches: [{ branch: gone.participant.name, gid }],
+      decidedAt
+    })
+  })
+
 describe("Recovery.run", () => {
   it.effect("reads unfinished decisions in pages of `limit`: 100,000 unless told otherwise", () =>
     Effect.gen(function* () {
@@ -70,17 +88,7 @@ describe("Recovery.run", () => {
         yield* TestClock.setTime(100_000)
         // Three old decisions that stay unfinished, two of them decided in the same millisecond
         // (they straddle the first page's end).
-        for (const decidedAt of [1_000, 2_000, 2_000]) {
-          const txId = yield* TransactionId.make
-          const gid = TransactionId.gid(txId, gone.participant.name)
-          yield* gone.seedPrepared(gid)
-          yield* log.decide({
-            txId,
-            decision: "commit",
-            branches: [{ branch: gone.participant.name, gid }],
-            decidedAt
-          })
-        }
+        for (const decidedAt of [1_000, 2_000, 2_000]) yield* stuckDecision(log, gone, decidedAt)
         // A newer decision whose branches committed, but whose completion record was lost: only
         // the log names it (no branch is left in doubt for the orphan scan to meet).
         const txId = yield* TransactionId.make
@@ -128,18 +136,7 @@ describe("Recovery.run", () => {
       const log = yield* TransactionLog.makeMemory
       const gone = yield* MemoryParticipant.make("bank-gone", { commitFailures: Number.POSITIVE_INFINITY })
       yield* TestClock.setTime(100_000)
-      const stuck = (decidedAt: number) =>
-        Effect.gen(function* () {
-          const txId = yield* TransactionId.make
-          const gid = TransactionId.gid(txId, gone.participant.name)
-          yield* gone.seedPrepared(gid)
-          yield* log.decide({
-            txId,
-            decision: "commit",
-            branches: [{ branch: gone.participant.name, gid }],
-            decidedAt
-          })
-        })
+      const stuck = (decidedAt: number) => stuckDecision(log, gone, decidedAt)
       yield* stuck(1_000)
       yield* stuck(2_000)
       // Every read finds one more unfinished decision, decided now (a busy coordinator).
