@@ -164,9 +164,9 @@ where tx_id = any($1::text[]) and completed_at is null and f.relaxed is not null
  * to build on a live log table). The `after` form continues past the cursor decision, compared
  * with its own stored `decided_at` (microseconds), not with the record's `decidedAt` (rounded to
  * milliseconds): after a row written with sub-millisecond precision (by hand, or another tool)
- * the next page would otherwise start before it again, or past rows it should hold. Only when the cursor's row is gone (purged meanwhile, so
- * completed) is its millisecond value used, exact for what `decide` writes
- * (`to_timestamp(ms / 1000.0)`).
+ * the next page would otherwise start before it again, or past rows it should hold. Only when the
+ * cursor's row is gone (purged meanwhile, so completed) is its millisecond value used, exact for
+ * what `decide` writes (`to_timestamp(ms / 1000.0)`).
  * Two statements rather than one with `$3 is null or ...`: a generic plan would not narrow the scan.
  */
 const UNFINISHED_SQL = `select ${COLUMNS} from accord_decision
