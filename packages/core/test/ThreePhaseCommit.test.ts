@@ -67,6 +67,17 @@ const three = Effect.all([
   ThreePhaseMemory.make("bank-c")
 ])
 
+/** `three` with a fresh transaction id and the member context of each of them in it. */
+const threeInOneTx = Effect.gen(function* () {
+  const ms = yield* three
+  const txId = yield* TransactionId.make
+  const ctxOf = memberContext(
+    txId,
+    ms.map((m) => m.participant.name)
+  )
+  return { ms, txId, ctxOf }
+})
+
 const statesOf = (members: ReadonlyArray<ThreePhaseMemory.Memory>, txId: string, namespace?: string) =>
   Effect.forEach(members, (m) => m.stateOf(txId, namespace))
 
@@ -485,10 +496,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
       `a ${mode} terminator that saw a voted member as unvoted fences it only if unvoted, and commits`,
       () =>
         Effect.gen(function* () {
-          const ms = yield* three
-          const txId = yield* TransactionId.make
-          const members = ms.map((m) => m.participant.name)
-          const ctxOf = memberContext(txId, members)
+          const { ms, txId, ctxOf } = yield* threeInOneTx
           // Everyone voted yes; the coordinator precommitted a and b, then died before c...
           for (const m of ms) expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
           expect(yield* ms[0]!.participant.precommit(ctxOf(ms[0]!))).toBe("precommitted")
@@ -511,10 +519,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
 
   it.effect("a terminator that saw a member unvoted fences it first, then aborts the others", () =>
     Effect.gen(function* () {
-      const ms = yield* three
-      const txId = yield* TransactionId.make
-      const members = ms.map((m) => m.participant.name)
-      const ctxOf = memberContext(txId, members)
+      const { ms, txId, ctxOf } = yield* threeInOneTx
       for (const m of ms.slice(0, 2))
         expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")
       const t = yield* ThreePhaseCommit.terminate(
@@ -533,10 +538,7 @@ describe("ThreePhaseCommit rollback never overrides a precommit", () => {
     "classic: a precommit that lands after a terminator rolled the others back is rolled back too",
     () =>
       Effect.gen(function* () {
-        const ms = yield* three
-        const txId = yield* TransactionId.make
-        const members = ms.map((m) => m.participant.name)
-        const ctxOf = memberContext(txId, members)
+        const { ms, txId, ctxOf } = yield* threeInOneTx
         // Everyone voted yes; a terminator read every member uncertain, and the coordinator's
         // precommit of a landed after that read.
         for (const m of ms) expect((yield* m.participant.prepare(ctxOf(m), null))._tag).toBe("Prepared")

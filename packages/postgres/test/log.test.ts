@@ -36,6 +36,14 @@ const record = (
   decidedAt
 })
 
+/** A heuristic outcome on branch "a" of `txId` (a commit decision, the branch rolled back by hand). */
+const heuristic = (txId: TransactionId.TransactionId) => ({
+  ...record("commit", txId).branches[0]!,
+  txId,
+  decision: "commit" as const,
+  detail: "rolled back by hand"
+})
+
 const inserts = (pool: CountingSql) =>
   pool.statements.filter((s) => s.startsWith("insert into accord_decision")).length
 
@@ -197,13 +205,7 @@ const contract = (
   scopedLive(`${name}: heuristic outcomes are recorded`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()
-      const txId = yield* TransactionId.make
-      const h = {
-        ...record("commit", txId).branches[0]!,
-        txId,
-        decision: "commit" as const,
-        detail: "rolled back by hand"
-      }
+      const h = heuristic(yield* TransactionId.make)
       yield* log.recordHeuristic(h)
       expect(yield* log.heuristics).toContainEqual(h)
     })
@@ -212,16 +214,10 @@ const contract = (
   scopedLive(`${name}: the same heuristic outcome recorded twice is one record`, () =>
     Effect.gen(function* () {
       const log = yield* makeLog()
-      const txId = yield* TransactionId.make
-      const h = {
-        ...record("commit", txId).branches[0]!,
-        txId,
-        decision: "commit" as const,
-        detail: "rolled back by hand"
-      }
+      const h = heuristic(yield* TransactionId.make)
       yield* Effect.all([log.recordHeuristic(h), log.recordHeuristic(h)], { concurrency: 2 })
       yield* log.recordHeuristic(h)
-      expect((yield* log.heuristics).filter((r) => r.txId === txId)).toEqual([h])
+      expect((yield* log.heuristics).filter((r) => r.txId === h.txId)).toEqual([h])
     })
   )
 
