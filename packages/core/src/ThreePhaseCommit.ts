@@ -1569,7 +1569,10 @@ export const recover: (
   const blocked: Array<{ txId: TransactionId.TransactionId; reason: string }> = []
   const youngLeft = yield* Ref.make(0)
   for (const found of scans.flatMap((s) => s.found)) {
-    const young = now - found.branch.preparedAt < orphanAfter
+    // `now` was read before the scans and `preparedAt` is the answer's arrival minus the server's
+    // age: a branch prepared a moment ago can look prepared after `now`. With `orphanAfter` 0 no
+    // age is compared at all (as in `Recovery`), so such a branch is not spared as young.
+    const young = orphanAfter > 0 && now - found.branch.preparedAt < orphanAfter
     const namespace = gidNamespace(found.branch.gid)
     // Another namespace's branches are left alone, voted or not: an unvoted one may be that
     // deployment's 2PC branch, whose commit decision only its own log knows.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Either, Fiber, Option, Ref, TestClock } from "effect"
+import { Clock, Deferred, Duration, Effect, Either, Fiber, Option, Ref, TestClock } from "effect"
 import { type Participant, branch as branch2pc } from "../src/Participant.js"
 import * as Recovery from "../src/Recovery.js"
 import * as ThreePhaseCommit from "../src/ThreePhaseCommit.js"
@@ -674,6 +674,36 @@ describe("ThreePhaseCommit recovery of branches scanned before their vote", () =
       expect(second.unvotedRolledBack).toBe(1)
       expect(yield* b!.stateOf(txId)).toBe("aborted")
       yield* a!.participant.rollback(ctx(a!))
+    })
+  )
+  it.effect("with orphanAfter 0 an unvoted branch is rolled back even when its scan answers later than recover read its clock", () =>
+    Effect.gen(function* () {
+      const [, b] = yield* three
+      const txId = yield* TransactionId.make
+      const gid = TransactionId.gid(txId, b!.participant.name)
+      // The Postgres participant's preparedAt is the answer's arrival minus the server-measured age:
+      // a branch prepared a moment ago can carry a preparedAt after the instant recover started.
+      const lateAnswer: P3 = {
+        ...b!.participant,
+        inDoubt: Effect.gen(function* () {
+          yield* TestClock.adjust(Duration.millis(5))
+          const answeredAt = yield* Clock.currentTimeMillis
+          return [
+            {
+              txId,
+              branch: b!.participant.name,
+              gid,
+              preparedAt: answeredAt - 1,
+              state: "uncertain" as const,
+              members: undefined,
+              mode: undefined
+            }
+          ]
+        })
+      }
+      const report = yield* ThreePhaseCommit.recover([lateAnswer], { orphanAfter: 0 })
+      expect(report.unvotedRolledBack).toBe(1)
+      expect(yield* b!.stateOf(txId)).toBe("aborted")
     })
   )
 })
