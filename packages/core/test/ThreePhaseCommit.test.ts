@@ -676,35 +676,37 @@ describe("ThreePhaseCommit recovery of branches scanned before their vote", () =
       yield* a!.participant.rollback(ctx(a!))
     })
   )
-  it.effect("with orphanAfter 0 an unvoted branch is rolled back even when its scan answers later than recover read its clock", () =>
-    Effect.gen(function* () {
-      const [, b] = yield* three
-      const txId = yield* TransactionId.make
-      const gid = TransactionId.gid(txId, b!.participant.name)
-      // The Postgres participant's preparedAt is the answer's arrival minus the server-measured age:
-      // a branch prepared a moment ago can carry a preparedAt after the instant recover started.
-      const lateAnswer: P3 = {
-        ...b!.participant,
-        inDoubt: Effect.gen(function* () {
-          yield* TestClock.adjust(Duration.millis(5))
-          const answeredAt = yield* Clock.currentTimeMillis
-          return [
-            {
-              txId,
-              branch: b!.participant.name,
-              gid,
-              preparedAt: answeredAt - 1,
-              state: "uncertain" as const,
-              members: undefined,
-              mode: undefined
-            }
-          ]
-        })
-      }
-      const report = yield* ThreePhaseCommit.recover([lateAnswer], { orphanAfter: 0 })
-      expect(report.unvotedRolledBack).toBe(1)
-      expect(yield* b!.stateOf(txId)).toBe("aborted")
-    })
+  it.effect(
+    "with orphanAfter 0 an unvoted branch is rolled back even when its scan answers later than recover read its clock",
+    () =>
+      Effect.gen(function* () {
+        const [, b] = yield* three
+        const txId = yield* TransactionId.make
+        const gid = TransactionId.gid(txId, b!.participant.name)
+        // The Postgres participant's preparedAt is the answer's arrival minus the server-measured age:
+        // a branch prepared a moment ago can carry a preparedAt after the instant recover started.
+        const lateAnswer: P3 = {
+          ...b!.participant,
+          inDoubt: Effect.gen(function* () {
+            yield* TestClock.adjust(Duration.millis(5))
+            const answeredAt = yield* Clock.currentTimeMillis
+            return [
+              {
+                txId,
+                branch: b!.participant.name,
+                gid,
+                preparedAt: answeredAt - 1,
+                state: "uncertain" as const,
+                members: undefined,
+                mode: undefined
+              }
+            ]
+          })
+        }
+        const report = yield* ThreePhaseCommit.recover([lateAnswer], { orphanAfter: 0 })
+        expect(report.unvotedRolledBack).toBe(1)
+        expect(yield* b!.stateOf(txId)).toBe("aborted")
+      })
   )
 })
 
