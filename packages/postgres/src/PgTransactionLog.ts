@@ -130,12 +130,19 @@ const COLUMNS =
   "tx_id, decision, branches, round(extract(epoch from decided_at) * 1000)::float8 as decided_at_ms, " +
   "round(extract(epoch from completed_at) * 1000)::float8 as completed_at_ms"
 
+/**
+ * A batch's rows are inserted in txId order, then arrival order (within one txId the first record
+ * is the one inserted, the rest lose to it). Each insert waits for another writer's uncommitted
+ * row of the same txId: two processes' batches holding the same transactions in different orders
+ * (recovery presuming abort while the live coordinator commits) would otherwise wait on each
+ * other, a deadlock (40P01) that fails one batch.
+ */
 const DECIDE_SQL = `insert into accord_decision (tx_id, decision, branches, decided_at)
 select d.tx_id, d.decision, d.branches::jsonb, to_timestamp(d.decided_at_ms / 1000.0)
 from unnest($1::text[], $2::text[], $3::text[], $4::float8[]) with ordinality as d(tx_id, decision, branches, decided_at_ms, n),
      (select set_config('synchronous_commit', 'on', true) as forced) as f
 where f.forced is not null
-order by d.n
+order by d.tx_id, d.n
 on conflict (tx_id) do nothing
 returning tx_id`
 /**
