@@ -633,6 +633,20 @@ describe("ThreePhaseCommit recovery uses the mode recorded with the vote", () =>
 })
 
 describe("ThreePhaseCommit recovery of branches scanned before their vote", () => {
+  /** What a scan reports for m's branch of txId prepared with no vote recorded. */
+  const unvotedFound = (
+    m: ThreePhaseMemory.Memory,
+    txId: TransactionId.TransactionId,
+    preparedAt: number
+  ) => ({
+    txId,
+    branch: m.participant.name,
+    gid: TransactionId.gid(txId, m.participant.name),
+    preparedAt,
+    state: "uncertain" as const,
+    members: undefined,
+    mode: undefined
+  })
   it.effect("recover rolls back an unvoted branch only if it is still unvoted", () =>
     Effect.gen(function* () {
       const [a, b] = yield* three
@@ -658,17 +672,7 @@ describe("ThreePhaseCommit recovery of branches scanned before their vote", () =
       // Still unvoted (b prepared nothing and recorded nothing): rolled back.
       const unvotedB: P3 = {
         ...b!.participant,
-        inDoubt: Effect.succeed([
-          {
-            txId,
-            branch: b!.participant.name,
-            gid: TransactionId.gid(txId, b!.participant.name),
-            preparedAt: 0,
-            state: "uncertain" as const,
-            members: undefined,
-            mode: undefined
-          }
-        ])
+        inDoubt: Effect.succeed([unvotedFound(b!, txId, 0)])
       }
       const second = yield* ThreePhaseCommit.recover([unvotedB], { orphanAfter: 0 })
       expect(second.unvotedRolledBack).toBe(1)
@@ -682,25 +686,13 @@ describe("ThreePhaseCommit recovery of branches scanned before their vote", () =
       Effect.gen(function* () {
         const [, b] = yield* three
         const txId = yield* TransactionId.make
-        const gid = TransactionId.gid(txId, b!.participant.name)
         // The Postgres participant's preparedAt is the answer's arrival minus the server-measured age:
         // a branch prepared a moment ago can carry a preparedAt after the instant recover started.
         const lateAnswer: P3 = {
           ...b!.participant,
           inDoubt: Effect.gen(function* () {
             yield* TestClock.adjust(Duration.millis(5))
-            const answeredAt = yield* Clock.currentTimeMillis
-            return [
-              {
-                txId,
-                branch: b!.participant.name,
-                gid,
-                preparedAt: answeredAt - 1,
-                state: "uncertain" as const,
-                members: undefined,
-                mode: undefined
-              }
-            ]
+            return [unvotedFound(b!, txId, (yield* Clock.currentTimeMillis) - 1)]
           })
         }
         const report = yield* ThreePhaseCommit.recover([lateAnswer], { orphanAfter: 0 })
