@@ -89,7 +89,7 @@ import {
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
 import { type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
-import type { BranchVote, Heuristic } from "./TwoPhaseCommit.js"
+import { type BranchVote, type Heuristic, defaults as twoPhaseDefaults } from "./TwoPhaseCommit.js"
 
 /**
  * A member's state in 3PC.
@@ -393,10 +393,8 @@ export const defaults = {
   callTimeout: Duration.seconds(5),
   /** An agent's wait for news from the coordinator; at least `minimumAgentTimeout` (18.75 s by default). */
   agentTimeout: Duration.seconds(20),
-  commitSchedule: Schedule.exponential(Duration.millis(10), 2).pipe(
-    Schedule.jittered,
-    Schedule.union(Schedule.spaced(Duration.seconds(1)))
-  )
+  /** The same retry policy as 2PC's phase 2. */
+  commitSchedule: twoPhaseDefaults.commitSchedule
 } as const
 
 /**
