@@ -17,6 +17,10 @@
  *   duplicate (Dates, bigints, ... come back as they were). Without one it must be plain JSON (it
  *   survives `JSON.parse(JSON.stringify(v))` unchanged); anything else is refused *before commit*
  *   with `BarrierResultRefusedError`, so the work rolls back with its row and nothing is half-done.
+ * - The barrier table is found once per pool or PGlite instance (by `migrate`, or by the first run
+ *   on it) through the connection's `search_path`, and named with its schema from then on: a work
+ *   that runs `SET LOCAL search_path = tenant` cannot make the statements that follow it in the
+ *   transaction (the result's update) miss the table or write a tenant schema's own copy of it.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
  * An interrupted run (a step's timeout) cancels its statement in flight (postgres.js) and fails any
  * later one, so its transaction rolls back instead of holding its connection and barrier row.
@@ -34,7 +38,8 @@ import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
 import { type Cancellable, clientOf } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
-import { purgeWith, type Retention } from "./internal/retention.js"
+import { TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
+import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
 import type { BranchSession } from "./PgParticipant.js"
 import { barrierDdl } from "./SagaSchema.js"
 
@@ -172,19 +177,68 @@ export const fromKey = (key: string): { readonly gid: string; readonly branch: s
   return at < 0 ? { gid: key, branch: "" } : { gid: key.slice(0, at), branch: key.slice(at + 1) }
 }
 
+/** The barrier's statements, on the table's schema-qualified name (see `statementsOf`). */
+interface Statements {
+  readonly insert: string
+  /**
+   * The row, its result as text: SQL NULL (a result of `undefined`) and JSON null stay apart,
+   * whatever the driver's jsonb parser.
+   */
+  readonly existing: string
+  readonly keep: string
+  readonly purge: string
+}
+
+const statementsOn = (table: string): Statements => ({
+  insert: `insert into ${table} (gid, branch, op, reason) values ($1, $2, $3, $4) on conflict do nothing returning 1 as ok`,
+  existing: `select reason, result::text as result from ${table} where gid = $1 and branch = $2 and op = $3`,
+  keep: `update ${table} set result = $4::text::jsonb where gid = $1 and branch = $2 and op = $3`,
+  purge:
+    `with gone as (delete from ${table} where ctid = any(array(` +
+    `select ctid from ${table} where created_at < now() - make_interval(secs => $1::float8) limit $2` +
+    ")) returning 1) select count(*)::int as n from gone"
+})
+
+/** A table not found (not migrated yet): named bare, its statements fail as they always did. */
+const unresolved = statementsOn("accord_saga_barrier")
+
+/** Each connection's statements, once its table was found. */
+const found = new WeakMap<Connection, Promise<Statements>>()
+
 /**
- * Creates `accord_saga_barrier` (idempotent); run it at service start.
+ * The statements of `conn`: the barrier table is looked up once per pool or PGlite instance (one
+ * statement, on the first run or `migrate`), not per run. Not found (or the look-up failed), it is
+ * looked up again next time.
+ */
+const statementsOf = (conn: Connection): Promise<Statements> => {
+  const known = found.get(conn)
+  if (known !== undefined) return known
+  const drop = () => {
+    if (found.get(conn) === looked) found.delete(conn)
+  }
+  const looked: Promise<Statements> = clientOf(conn)
+    .query<object>(TABLE_SCHEMA_SQL, ["accord_saga_barrier"])
+    .then((rows) => {
+      const schema = rows[0] === undefined ? undefined : Object.values(rows[0])[0]
+      if (typeof schema === "string") return statementsOn(tableName("accord_saga_barrier", schema))
+      drop()
+      return unresolved
+    })
+  looked.catch(drop)
+  found.set(conn, looked)
+  return looked
+}
+
+/**
+ * Creates `accord_saga_barrier` (idempotent), then finds its schema for the runs on `conn`; run it
+ * at service start.
  * @since 0.1.0
  */
 export const migrate = async (conn: Connection): Promise<void> => {
   if (typeof conn === "function") await conn.unsafe(barrierDdl).simple()
   else await conn.exec(barrierDdl)
+  await statementsOf(conn)
 }
-
-const PURGE =
-  "with gone as (delete from accord_saga_barrier where ctid = any(array(" +
-  "select ctid from accord_saga_barrier where created_at < now() - make_interval(secs => $1::float8) limit $2" +
-  ")) returning 1) select count(*)::int as n from gone"
 
 /**
  * Deletes barrier rows older than `olderThan` (by the database's clock), `batch` rows per statement
@@ -201,13 +255,13 @@ const PURGE =
  * window old when they matter, so time is the only rule needed; `olderThan` must be positive.
  * @since 0.1.0
  */
-export const purge = (conn: Connection, options: Retention): Promise<number> =>
-  purgeWith("Barrier.purge", clientOf(conn), PURGE, options)
+export const purge = async (conn: Connection, options: Retention): Promise<number> => {
+  // A retention or batch that is not valid rejects before anything is sent.
+  const retention = checkRetention("Barrier.purge", options)
+  return deleteInBatches(clientOf(conn), (await statementsOf(conn)).purge, retention)
+}
 
 type Query = <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>
-
-const INSERT =
-  "insert into accord_saga_barrier (gid, branch, op, reason) values ($1, $2, $3, $4) on conflict do nothing returning 1 as ok"
 
 /**
  * How a result is kept in the barrier row: `store` runs inside the transaction, before commit, and
@@ -271,6 +325,7 @@ type Decision<A> =
 
 /** The barrier protocol inside an open transaction. */
 const protocol = async <A>(
+  statements: Statements,
   query: Query,
   session: BarrierSession,
   target: Target,
@@ -279,15 +334,9 @@ const protocol = async <A>(
 ): Promise<Decision<A>> => {
   const { gid, branch, op } = target
   const insert = async (rowOp: Op, reason: string) =>
-    (await query<{ ok: number }>(INSERT, [gid, branch, rowOp, reason])).length === 1
-  // As text: SQL NULL (a result of `undefined`) and JSON null stay apart, whatever the driver's jsonb parser.
+    (await query<{ ok: number }>(statements.insert, [gid, branch, rowOp, reason])).length === 1
   const existing = async (rowOp: Op) =>
-    (
-      await query<{ reason: string; result: string | null }>(
-        "select reason, result::text as result from accord_saga_barrier where gid = $1 and branch = $2 and op = $3",
-        [gid, branch, rowOp]
-      )
-    )[0]
+    (await query<{ reason: string; result: string | null }>(statements.existing, [gid, branch, rowOp]))[0]
   if (op === "action") {
     if (!(await insert("action", "action"))) {
       const row = await existing("action")
@@ -307,11 +356,9 @@ const protocol = async <A>(
   }
   const value = await work(session)
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
+  // After the work, under whatever search_path it set: hence the schema-qualified table.
   const stored = await codec.store(value, target)
-  await query(
-    "update accord_saga_barrier set result = $4::text::jsonb where gid = $1 and branch = $2 and op = $3",
-    [gid, branch, op, stored]
-  )
+  await query(statements.keep, [gid, branch, op, stored])
   return { _tag: "Applied", value }
 }
 
@@ -354,6 +401,7 @@ const interruptible = (signal: AbortSignal, send: Send): Query => {
 }
 
 const onPostgres = <A>(
+  statements: Statements,
   sql: postgres.Sql,
   target: Target,
   work: (s: BarrierSession) => Promise<A>,
@@ -374,10 +422,11 @@ const onPostgres = <A>(
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
       Array.from(await statement<T>(text, params))
     // The transaction handle offers the tagged-template API of `Sql` (what `BranchSession.sql` promises).
-    return protocol(query, sessionOf(query, tx as unknown as postgres.Sql), target, work, codec)
+    return protocol(statements, query, sessionOf(query, tx as unknown as postgres.Sql), target, work, codec)
   }) as Promise<Decision<A>>
 
 const onPglite = <A>(
+  statements: Statements,
   db: PGlite,
   target: Target,
   work: (s: BarrierSession) => Promise<A>,
@@ -388,7 +437,7 @@ const onPglite = <A>(
     const query: Query = interruptible(signal, <T>(text: string, params?: ReadonlyArray<unknown>) =>
       tx.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows)
     )
-    return protocol(query, sessionOf(query), target, work, codec)
+    return protocol(statements, query, sessionOf(query), target, work, codec)
   })
 
 /** A decision with the duplicate's result decoded. */
@@ -398,6 +447,11 @@ type Verdict<A> =
   | { readonly _tag: "NullCompensation"; readonly repeated: boolean }
   | { readonly _tag: "Refused"; readonly reason: string }
 
+/** The look-up of the barrier table failed (see `statementsOf`), before the step's transaction. */
+class LookupFailed {
+  constructor(readonly cause: unknown) {}
+}
+
 /** The transaction, with a duplicate's stored result decoded after it. */
 const decide = <A>(
   conn: Connection,
@@ -406,12 +460,28 @@ const decide = <A>(
   codec: Codec<A>
 ): Effect.Effect<Verdict<A>, BarrierError> =>
   Effect.tryPromise({
-    try: (signal) =>
-      typeof conn === "function"
-        ? onPostgres(conn, target, work, codec, signal)
-        : onPglite(conn, target, work, codec, signal),
+    try: async (signal) => {
+      const statements = await statementsOf(conn).catch((error: unknown) => {
+        throw new LookupFailed(error)
+      })
+      return typeof conn === "function"
+        ? onPostgres(statements, conn, target, work, codec, signal)
+        : onPglite(statements, conn, target, work, codec, signal)
+    },
     catch: (error): BarrierError => {
       if (error instanceof BarrierResultRefusedError) return error
+      if (error instanceof LookupFailed) {
+        // Nothing of the step was sent: never in doubt.
+        const failure = toFailure(error.cause)
+        return new BarrierWorkError({
+          gid: target.gid,
+          branch: target.branch,
+          op: target.op,
+          reason: `cannot look up the barrier table: ${failure.message}`,
+          ...(failure.sqlState === undefined ? {} : { sqlState: failure.sqlState }),
+          connectionLost: false
+        })
+      }
       const failure = toFailure(error)
       return new BarrierWorkError({
         gid: target.gid,

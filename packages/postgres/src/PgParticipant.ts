@@ -6,6 +6,10 @@
  * by gid from any connection of the same database. The marker makes every branch's state exact:
  * prepared = listed in `pg_prepared_xacts`; committed = marker present; rolled back = neither.
  *
+ * - The marker table is found once, when the participant is made (after its migration), through
+ *   the pool's `search_path`, and named with its schema from then on: a work that runs
+ *   `SET LOCAL search_path = tenant` cannot make the marker that follows it miss the table, or land
+ *   in a tenant schema's own `accord_branch`, where the state checks would not see it.
  * - A gid reaches SQL only after `TransactionId.validateGid`, quoted by `toSqlLiteral` (PREPARE takes
  *   a literal, never a bind parameter).
  * - Any error in the work is a `No` vote carrying the SQLSTATE and message.
@@ -44,7 +48,7 @@ import {
 import { type PgFailure, toFailure, UNDEFINED_OBJECT } from "./internal/errors.js"
 import { Gate, shared as sharedGate } from "./internal/gate.js"
 import * as Branch from "./internal/pgBranch.js"
-import { type Ending, MARKER_SQL, type Mode, type StageFailure } from "./internal/pgBranch.js"
+import type { Ending, Mode, StageFailure } from "./internal/pgBranch.js"
 import * as Migrations from "./Migrations.js"
 
 /**
@@ -295,11 +299,35 @@ const clonePglite = async (dataDir: string): Promise<PGlite> => {
 // ---------------------------------------------------------------------------------------------
 // SQL
 
-const MARKERS_SQL = "select gid from accord_branch where gid = any($1::text[])"
-const MARKER_EXISTS_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
-const STATE_SQL =
-  "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
-  "exists (select 1 from accord_branch where gid = $1) as committed"
+/**
+ * The statements that name the marker table, built once when the participant is made, with the
+ * table's schema-qualified name (see `Branch.TABLE_SCHEMA_SQL`): the branch's marker runs after the
+ * work in its transaction, under whatever `search_path` the work set, and the checks below must
+ * look in the table it wrote.
+ */
+interface Statements {
+  readonly branch: Branch.MarkerStatements
+  readonly markers: string
+  readonly markerExists: string
+  readonly state: string
+  readonly forget: string
+  /** Only this participant's namespace: another deployment sharing the database needs its markers. */
+  readonly gc: string
+}
+
+const statementsOn = (table: string): Statements => ({
+  branch: Branch.markerStatements(table),
+  markers: `select gid from ${table} where gid = any($1::text[])`,
+  markerExists: `select exists (select 1 from ${table} where gid = $1) as committed`,
+  state:
+    "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared, " +
+    `exists (select 1 from ${table} where gid = $1) as committed`,
+  forget: `delete from ${table} where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)`,
+  gc:
+    `with gone as (delete from ${table} where created_at < now() - make_interval(secs => $1::float8) ` +
+    "and gid like $2 returning 1) select count(*)::int as deleted from gone"
+})
+
 /**
  * Each branch's age as the server measures it (its own clock on both ends), never its `prepared`
  * timestamp: the scan's caller turns the age into a time on its own clock (see `inDoubt`), so that
@@ -310,12 +338,6 @@ const IN_DOUBT_SQL =
   "select gid, greatest(0, extract(epoch from (clock_timestamp() - prepared)) * 1000)::float8 as age_ms " +
   "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
 const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
-const FORGET_SQL =
-  "delete from accord_branch where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)"
-/** Only this participant's namespace: another deployment sharing the database needs its markers. */
-const GC_SQL =
-  "with gone as (delete from accord_branch where created_at < now() - make_interval(secs => $1::float8) " +
-  "and gid like $2 returning 1) select count(*)::int as deleted from gone"
 
 // ---------------------------------------------------------------------------------------------
 // Branch execution
@@ -338,6 +360,7 @@ const column = (row: object | undefined, i: number): unknown =>
  */
 const startPgBranch = (
   sql: postgres.Sql,
+  statements: Branch.MarkerStatements,
   prepare: boolean,
   slots: Branch.Slots,
   ctx: Participant.BranchContext,
@@ -347,7 +370,7 @@ const startPgBranch = (
 ): Participant.Started<Ending, StageFailure> => {
   const control = new Branch.Control()
   const cancelMs = Duration.toMillis(cancelTimeout)
-  const done = Branch.run(sql, prepare, slots, control, ctx, mode, work, cancelMs).then(
+  const done = Branch.run(sql, statements, prepare, slots, control, ctx, mode, work, cancelMs).then(
     (ending) => Either.right(ending),
     (failure: StageFailure) => Either.left(failure)
   )
@@ -379,6 +402,7 @@ class PgliteStageError {
  */
 const runPgliteBranch = async (
   db: PGlite,
+  statements: Branch.MarkerStatements,
   ctx: Participant.BranchContext,
   mode: Mode,
   work: PgWork,
@@ -424,7 +448,7 @@ const runPgliteBranch = async (
         return { _tag: "Committed" }
       }
       stage = "marker"
-      const marked = await tx.query(MARKER_SQL, [ctx.gid, ctx.txId, ctx.branch])
+      const marked = await tx.query(statements.marker, [ctx.gid, ctx.txId, ctx.branch])
       stage = "end"
       if (marked.rows.length === 0) return { _tag: "ReadOnly" }
       await tx.exec(`PREPARE TRANSACTION ${TransactionId.toSqlLiteral(ctx.gid)}`)
@@ -438,6 +462,7 @@ const runPgliteBranch = async (
 
 const pgliteBranch = (
   db: PGlite,
+  statements: Branch.MarkerStatements,
   gate: Gate,
   lockTimeout: Duration.Duration,
   ctx: Participant.BranchContext,
@@ -468,7 +493,15 @@ const pgliteBranch = (
         Effect.async<Ending, StageFailure>((resume) => {
           started = true
           const abandonment = new Abandonment()
-          const pending = runPgliteBranch(db, ctx, mode, work, abandonment, Duration.toMillis(cancelTimeout))
+          const pending = runPgliteBranch(
+            db,
+            statements,
+            ctx,
+            mode,
+            work,
+            abandonment,
+            Duration.toMillis(cancelTimeout)
+          )
           // The gate is left here, on the promise, so that it is left even after an interruption.
           let abandoned = false
           pending.then(
@@ -534,7 +567,8 @@ type BranchRunner =
 interface Driver {
   readonly kind: "postgres" | "pglite"
   readonly client: Client
-  readonly runner: BranchRunner
+  /** Made once the marker table is found, with the statements that name it. */
+  readonly runner: (statements: Branch.MarkerStatements) => BranchRunner
   /** Called once a prepared branch is resolved (PGlite: leaves the gate). */
   readonly resolved: (gid: TransactionId.Gid) => void
   readonly fix: string
@@ -609,6 +643,14 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         })
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
+
+  yield* verify
+  // Once, after the migration: where the marker table is as the pool's connections see it. Every
+  // statement naming it (the branch's marker included) uses that schema from now on.
+  const found = yield* query<object>(Branch.TABLE_SCHEMA_SQL, ["accord_branch"]).pipe(
+    Effect.mapError((f) => callError(self, "begin", f, false))
+  )
+  const sqls = statementsOn(Branch.tableName("accord_branch", column(found[0], 0)))
 
   /** How a prepared branch's ending is a vote. */
   const voteOf = (
@@ -699,7 +741,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       if (done.failure.sqlState !== UNDEFINED_OBJECT) {
         return Either.left(callError(ctx, phase, done.failure, done.failure.connectionLost))
       }
-      const marker = await send<object>(MARKER_EXISTS_SQL, [ctx.gid])
+      const marker = await send<object>(sqls.markerExists, [ctx.gid])
       if (!marker.ok) return Either.left(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
       driver.resolved(gid.right)
       return Either.right(
@@ -721,7 +763,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
 
   // prepare and commitOnePhase: over the started branch when the driver has one (postgres.js), so
   // that the Effect and the Promise-level calls are one implementation.
-  const runner = driver.runner
+  const runner = driver.runner(sqls.branch)
   let prepare: Participant.Participant<PgWork>["prepare"]
   let commitOnePhase: Participant.Participant<PgWork>["commitOnePhase"]
   let direct: Participant.Direct<PgWork> | undefined
@@ -768,7 +810,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         })
       )
       if (gone.length > 0) {
-        const marked = await send<object>(MARKERS_SQL, [gone.map((i) => ctxs[i]!.gid)])
+        const marked = await send<object>(sqls.markers, [gone.map((i) => ctxs[i]!.gid)])
         if (marked.ok) {
           const present = new Set(marked.value.map((row) => column(row, 0)))
           for (const i of gone) {
@@ -790,7 +832,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
 
   const state = Effect.fn("PgParticipant.state")(function* (ctx: Participant.BranchContext) {
     yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
-    const rows = yield* query<object>(STATE_SQL, [ctx.gid]).pipe(
+    const rows = yield* query<object>(sqls.state, [ctx.gid]).pipe(
       Effect.mapError((f) => callError(ctx, "state", f, f.connectionLost))
     )
     if (column(rows[0], 0) === true) return "prepared" as const
@@ -832,14 +874,14 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const forget = (ctxs: ReadonlyArray<Participant.BranchContext>) =>
     ctxs.length === 0
       ? Effect.void
-      : query(FORGET_SQL, [ctxs.map((c) => c.gid), markerGrace]).pipe(
+      : query(sqls.forget, [ctxs.map((c) => c.gid), markerGrace]).pipe(
           Effect.asVoid,
           Effect.mapError((f) => callError(self, "complete", f, false)),
           Effect.withSpan("PgParticipant.forget", { attributes: { branch: name, count: ctxs.length } })
         )
 
   const gcMarkers = (olderThan: Duration.DurationInput) =>
-    query<object>(GC_SQL, [
+    query<object>(sqls.gc, [
       Duration.toSeconds(Duration.decode(olderThan)),
       TransactionId.gidLikePattern(options.namespace)
     ]).pipe(
@@ -869,7 +911,6 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     }
   }
 
-  yield* verify
   const participant: PgParticipant = {
     name,
     driver: driver.kind,
@@ -897,7 +938,7 @@ const postgresFix =
 
 /**
  * A participant on a postgres.js pool. Checks `max_prepared_transactions` (a `ConfigurationError`
- * with the fix when it is 0) and creates the marker table, before any work can run.
+ * with the fix when it is 0), creates the marker table and finds its schema, before any work can run.
  * @since 0.1.0
  */
 export const make = (
@@ -911,10 +952,11 @@ export const make = (
     {
       kind: "postgres",
       client: fromPostgres(options.sql),
-      runner: {
+      runner: (statements) => ({
         _tag: "Started",
-        start: (ctx, mode, work) => startPgBranch(options.sql, prepare, slots, ctx, mode, work, cancelTimeout)
-      },
+        start: (ctx, mode, work) =>
+          startPgBranch(options.sql, statements, prepare, slots, ctx, mode, work, cancelTimeout)
+      }),
       resolved: noop,
       fix: postgresFix
     },
@@ -942,11 +984,11 @@ export const makePglite = (
       {
         kind: "pglite",
         client: fromPglite(options.db),
-        runner: {
+        runner: (statements) => ({
           _tag: "Effect",
           branch: (ctx, mode, work) =>
-            pgliteBranch(options.db, gate, lockTimeout, ctx, mode, work, cancelTimeout)
-        },
+            pgliteBranch(options.db, statements, gate, lockTimeout, ctx, mode, work, cancelTimeout)
+        }),
         resolved: (gid) => gate.leave(gid),
         fix: 'open PGlite with PgParticipant.openPglite(dataDir), i.e. startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]'
       },

@@ -4,7 +4,9 @@
  * `PREPARE TRANSACTION`).
  *
  * What 3PC adds is one row per branch in `accord_3pc_state`, written and committed in the same
- * database in its own short transaction (never inside the prepared one, whose locks would block it):
+ * database in its own short transaction (never inside the prepared one, whose locks would block it).
+ * Both tables are named with the schema found when the participant is made (as `PgParticipant`
+ * does), so a work's `SET LOCAL search_path` cannot hide a committed branch's marker.
  * - after `PREPARE TRANSACTION` succeeds: `uncertain`, with the transaction's member list and mode
  *   (quorum sizes), so recovery terminates it under the rules it ran with. Only then
  *   does the participant vote yes, so a prepared branch without a row never voted yes. A row the
@@ -46,6 +48,7 @@ import {
   statement
 } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
+import { tableName } from "./internal/pgBranch.js"
 import * as PgParticipant from "./PgParticipant.js"
 
 /**
@@ -73,31 +76,50 @@ create table if not exists accord_3pc_state (
   updated_at timestamptz not null default now()
 );`
 
-// A conflicting row is returned unchanged: a fence (`aborted`) written first wins.
-const VOTE_SQL =
-  "insert into accord_3pc_state (gid, tx_id, branch, state, members) values ($1, $2, $3, 'uncertain', $4) " +
-  "on conflict (gid) do update set state = accord_3pc_state.state returning state"
-const MOVE_SQL =
-  "update accord_3pc_state set state = $2, updated_at = now() where gid = $1 and state = 'uncertain' returning state"
-// Returns no row when the fence refuses: the member is precommitted and $4 (overPrecommit) is
-// false, or $5 (onlyIfUnvoted) is true and the member recorded its yes vote (any row not `aborted`).
-// The insert and the vote's insert conflict on the same key, so exactly one of them comes first.
-const FENCE_SQL =
-  "insert into accord_3pc_state (gid, tx_id, branch, state) values ($1, $2, $3, 'aborted') " +
-  "on conflict (gid) do update set state = 'aborted', updated_at = now() " +
-  "where accord_3pc_state.state = 'aborted' or (not $5 and (accord_3pc_state.state <> 'precommitted' or $4)) " +
-  "returning state"
-const ROW_SQL = "select state from accord_3pc_state where gid = $1"
-const MARKER_SQL = "select exists (select 1 from accord_branch where gid = $1) as committed"
-const ROWS_SQL = "select gid, state, members from accord_3pc_state where gid = any($1::text[])"
 /**
- * Never the row of a branch still prepared: it is the branch's recorded yes vote, and without it
- * recovery would take the branch for one that never voted and roll it back, even after a commit
- * decision (a `forget` called too early, by a caller or an operator's script).
+ * The statements on Accord's tables, built once when the participant is made, with the tables'
+ * schema-qualified names as the pool's connections found them (as `PgParticipant` names its marker
+ * table: a work's `SET LOCAL search_path` cannot move the marker away from where `marker` looks).
  */
-const FORGET_SQL =
-  "delete from accord_3pc_state where gid = any($1::text[]) and gid not in " +
-  "(select gid from pg_prepared_xacts where database = current_database())"
+interface Statements {
+  /** A conflicting row is returned unchanged: a fence (`aborted`) written first wins. */
+  readonly vote: string
+  readonly move: string
+  /**
+   * Returns no row when the fence refuses: the member is precommitted and $4 (overPrecommit) is
+   * false, or $5 (onlyIfUnvoted) is true and the member recorded its yes vote (any row not
+   * `aborted`). The insert and the vote's insert conflict on the same key, so exactly one of them
+   * comes first.
+   */
+  readonly fence: string
+  readonly row: string
+  readonly marker: string
+  readonly rows: string
+  /**
+   * Never the row of a branch still prepared: it is the branch's recorded yes vote, and without it
+   * recovery would take the branch for one that never voted and roll it back, even after a commit
+   * decision (a `forget` called too early, by a caller or an operator's script).
+   */
+  readonly forget: string
+}
+
+const statementsOn = (markers: string, states: string): Statements => ({
+  vote:
+    `insert into ${states} as s (gid, tx_id, branch, state, members) values ($1, $2, $3, 'uncertain', $4) ` +
+    "on conflict (gid) do update set state = s.state returning state",
+  move: `update ${states} set state = $2, updated_at = now() where gid = $1 and state = 'uncertain' returning state`,
+  fence:
+    `insert into ${states} as s (gid, tx_id, branch, state) values ($1, $2, $3, 'aborted') ` +
+    "on conflict (gid) do update set state = 'aborted', updated_at = now() " +
+    "where s.state = 'aborted' or (not $5 and (s.state <> 'precommitted' or $4)) " +
+    "returning state",
+  row: `select state from ${states} where gid = $1`,
+  marker: `select exists (select 1 from ${markers} where gid = $1) as committed`,
+  rows: `select gid, state, members from ${states} where gid = any($1::text[])`,
+  forget:
+    `delete from ${states} where gid = any($1::text[]) and gid not in ` +
+    "(select gid from pg_prepared_xacts where database = current_database())"
+})
 
 type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
 
@@ -168,25 +190,32 @@ const build = (
         fix: "run PgThreePhaseParticipant.ddl once as a role that may create tables in this database, or let the participant create it (omit migrate: false)"
       })
     }
-    if (migrate && !tables.ready)
-      yield* Effect.tryPromise({
-        try: () => client.script(ddl),
-        catch: (error) =>
-          new TransactionError.ConfigurationError({
-            participant: name,
-            reason: `cannot create accord_3pc_state: ${error instanceof Error ? error.message : String(error)}`,
-            fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
-          })
-      })
+    // The migration as before, then (once) where the tables are, when `tables` did not say yet.
+    const found =
+      migrate && !tables.ready
+        ? yield* Effect.tryPromise({
+            try: () => client.script(ddl),
+            catch: (error) =>
+              new TransactionError.ConfigurationError({
+                participant: name,
+                reason: `cannot create accord_3pc_state: ${error instanceof Error ? error.message : String(error)}`,
+                fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
+              })
+          }).pipe(Effect.zipRight(existing(client, cancelTimeout, name)))
+        : tables
+    const sqls = statementsOn(
+      tableName("accord_branch", found.markerSchema),
+      tableName("accord_3pc_state", found.stateSchema)
+    )
 
     const state = Effect.fn("PgThreePhaseParticipant.state")(function* (ctx: Participant.BranchContext) {
       yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase: "state" })
       // Order matters: the row, then the marker, in a later snapshot (see the module doc). Whether
       // the branch is still prepared does not matter: a voted branch gone without its marker was
       // rolled back by hand and keeps its recorded state.
-      const recorded = (yield* query<{ state: Recorded }>(ROW_SQL, [ctx.gid], ctx, "state"))[0]?.state
+      const recorded = (yield* query<{ state: Recorded }>(sqls.row, [ctx.gid], ctx, "state"))[0]?.state
       const committed =
-        (yield* query<{ committed: boolean }>(MARKER_SQL, [ctx.gid], ctx, "state"))[0]?.committed === true
+        (yield* query<{ committed: boolean }>(sqls.marker, [ctx.gid], ctx, "state"))[0]?.committed === true
       if (committed) return "committed" as const
       return recorded ?? ("initial" as const)
     })
@@ -211,7 +240,7 @@ const build = (
       const voted = yield* Effect.either(
         statement<{ state: Recorded }>(
           client,
-          VOTE_SQL,
+          sqls.vote,
           [ctx.gid, ctx.txId, ctx.branch, encodeVote(ctx)],
           cancelTimeout
         )
@@ -245,7 +274,7 @@ const build = (
       ) {
         const phase = to === "precommitted" ? "precommit" : "preabort"
         yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, gid: ctx.gid, phase })
-        const moved = yield* query<{ state: Recorded }>(MOVE_SQL, [ctx.gid, to], ctx, phase)
+        const moved = yield* query<{ state: Recorded }>(sqls.move, [ctx.gid, to], ctx, phase)
         // A row still `uncertain` proves the branch was not rolled back through the protocol (the
         // fence comes first), so a precommit that moved it needs no second look. A pre-abort does
         // look: a quorum-mode terminator may have committed an uncertain member directly, and a
@@ -265,7 +294,7 @@ const build = (
         phase: "rollback"
       })
       const fenced = yield* query<{ state: Recorded }>(
-        FENCE_SQL,
+        sqls.fence,
         [ctx.gid, ctx.txId, ctx.branch, options?.overPrecommit === true, options?.onlyIfUnvoted === true],
         ctx,
         "rollback"
@@ -286,7 +315,7 @@ const build = (
       const branches = yield* pg.inDoubt
       if (branches.length === 0) return []
       const rows = yield* query<{ gid: string; state: Recorded; members: string }>(
-        ROWS_SQL,
+        sqls.rows,
         [branches.map((b) => b.gid)],
         { txId: "" },
         "recover"
@@ -310,7 +339,7 @@ const build = (
         : pg
             .forget(ctxs)
             .pipe(
-              Effect.zipRight(query(FORGET_SQL, [ctxs.map((c) => c.gid)], { txId: "" }, "complete")),
+              Effect.zipRight(query(sqls.forget, [ctxs.map((c) => c.gid)], { txId: "" }, "complete")),
               Effect.asVoid
             )
 
@@ -381,33 +410,45 @@ export const makePglite = (
     return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false)
   })
 
-/** Which of Accord's participant tables exist, as `existing` found them. */
+/** Which of Accord's participant tables exist, and where, as `existing` found them. */
 interface Tables {
   /** Every one: the marker table, its index and the state table. */
   readonly ready: boolean
   /** The state table `accord_3pc_state` (checked against `migrate: false`). */
   readonly stateTable: boolean
+  /** The schemas of `accord_branch` and `accord_3pc_state` as the pool's `search_path` finds them. */
+  readonly markerSchema: string | null | undefined
+  readonly stateSchema: string | null | undefined
 }
 
+const schemaOf = (table: string) =>
+  `(select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('${table}'))`
+
+const EXISTING_SQL =
+  "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
+  "as markers, to_regclass('accord_3pc_state') is not null as state_table, " +
+  `${schemaOf("accord_branch")} as marker_schema, ${schemaOf("accord_3pc_state")} as state_schema`
+
 /**
- * Which of Accord's participant tables exist already, in one statement (it also answers the
+ * Which of Accord's participant tables exist already, and in which schema, in one statement (it also answers the
  * `migrate: false` check). When all do, no DDL is sent at all: any lock the DDL takes on a table
  * that prepared branches hold ROW EXCLUSIVE on (their marker and state rows) would wait for them,
  * so a participant restarting with in-doubt branches must not send it
  * (`Migrations.participantDdl` itself creates the marker table and its index only when missing).
  */
 const existing = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
-  statement<{ markers: boolean; state_table: boolean }>(
-    client,
-    "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
-      "as markers, to_regclass('accord_3pc_state') is not null as state_table",
-    [],
-    cancelTimeout
-  ).pipe(
+  statement<{
+    markers: boolean
+    state_table: boolean
+    marker_schema: string | null
+    state_schema: string | null
+  }>(client, EXISTING_SQL, [], cancelTimeout).pipe(
     Effect.map(
       (rows): Tables => ({
         ready: rows[0]?.markers === true && rows[0]?.state_table === true,
-        stateTable: rows[0]?.state_table === true
+        stateTable: rows[0]?.state_table === true,
+        markerSchema: rows[0]?.marker_schema,
+        stateSchema: rows[0]?.state_schema
       })
     ),
     Effect.mapError(

@@ -70,7 +70,7 @@ describe.skipIf(server === undefined)("an interrupted participant call on a froz
     },
     {
       name: "forget",
-      freezeOn: (chunk) => chunk.includes("delete from accord_branch where gid"),
+      freezeOn: (chunk) => chunk.includes(`delete from "public"."accord_branch" where gid`),
       call: (p, ctx) => p.forget([ctx])
     },
     {

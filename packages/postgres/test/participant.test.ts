@@ -171,7 +171,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       const gid = outcome.votes.find((v) => v.branch === "bank-a")!.gid
       const sent = a.statements.slice(before)
       expect(sent[0]).toBe("BEGIN")
-      expect(sent[2]).toMatch(/^insert into accord_branch .*; PREPARE TRANSACTION '[^']+'$/)
+      expect(sent[2]).toMatch(/^insert into "public"."accord_branch" .*; PREPARE TRANSACTION '[^']+'$/)
       expect(sent[2]!.endsWith(`PREPARE TRANSACTION '${gid}'`)).toBe(true)
       expect(sent.slice(3)).toEqual([`COMMIT PREPARED '${gid}'`])
       // The marker is there: the branch reads as committed.
@@ -213,7 +213,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       expect(a.statements.slice(before)).toEqual([
         "BEGIN",
         "update accounts set balance = balance + $2 where id = $1",
-        `insert into accord_branch (gid, tx_id, branch) values ('${ctx.gid}', '${ctx.txId}', 'bank-a'); PREPARE TRANSACTION '${ctx.gid}'`
+        `insert into "public"."accord_branch" (gid, tx_id, branch) values ('${ctx.gid}', '${ctx.txId}', 'bank-a'); PREPARE TRANSACTION '${ctx.gid}'`
       ])
       expect(yield* pa.commit(ctx)).toBe("Committed")
       // The marker, written inside the prepared transaction, is visible once it committed.

@@ -12,6 +12,9 @@
  *   transaction has an xid) sends the marker and the PREPARE in one simple-protocol message.
  *   Otherwise the marker is inserted only if the transaction has an xid
  *   (`pg_current_xact_id_if_assigned()`); no row means read-only: COMMIT, no PREPARE.
+ * - The marker names its table with the schema found when the participant was made
+ *   (`markerStatements`), so a work that moves `search_path` cannot make it miss the table or land
+ *   in another schema's copy of it.
  * - Parameterised statements are named prepared statements (one round trip instead of two) unless
  *   the pool was made with `prepare: false`.
  * - Abandoned (the caller was interrupted): new statements are refused, running ones cancelled on
@@ -65,10 +68,45 @@ export interface StageFailure {
 
 export type Mode = "prepare" | "onePhase"
 
-/** Inserted only when the branch already wrote something (the marker itself would assign an xid). */
-export const MARKER_SQL =
-  "insert into accord_branch (gid, tx_id, branch) select $1::text, $2::text, $3::text " +
-  "where pg_current_xact_id_if_assigned() is not null returning 1 as marked"
+/** Quotes an SQL identifier: in double quotes, any `"` in it doubled. */
+export const quoteIdentifier = (name: string): string => `"${name.replaceAll('"', '""')}"`
+
+/**
+ * The schema holding table `$1` as this session's `search_path` finds it (no row when none does).
+ * Run once when a participant or barrier is made, on a pool connection: Accord's statements then
+ * name the table with its schema (`tableName`), so a work that moves `search_path`
+ * (`SET LOCAL search_path = tenant`) cannot make the marker or barrier statements that follow it in
+ * the same transaction miss the table, or land in a tenant schema's own copy of it.
+ */
+export const TABLE_SCHEMA_SQL =
+  "select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)"
+
+/**
+ * `table` in `schema` (as `TABLE_SCHEMA_SQL` found it), quoted. Bare when it was not found
+ * (`migrate: false` before the table exists): its statements then fail as they always did, with
+ * `relation "<table>" does not exist`, and find the table through `search_path` once it is created.
+ */
+export const tableName = (table: string, schema: unknown): string =>
+  typeof schema === "string" ? `${quoteIdentifier(schema)}.${quoteIdentifier(table)}` : table
+
+/**
+ * A participant's statements that name its marker table, built once when it is made (never per
+ * branch: the hot path adds no string work and no round trip).
+ */
+export interface MarkerStatements {
+  /** Inserted only when the branch already wrote (the marker itself would assign an xid). */
+  readonly marker: string
+  /** The start of the one-message marker insert of `markerAndPrepareSql`, up to its values. */
+  readonly insertValues: string
+}
+
+/** The marker statements on `table` (as `tableName` gives it). */
+export const markerStatements = (table: string): MarkerStatements => ({
+  marker:
+    `insert into ${table} (gid, tx_id, branch) select $1::text, $2::text, $3::text ` +
+    "where pg_current_xact_id_if_assigned() is not null returning 1 as marked",
+  insertValues: `insert into ${table} (gid, tx_id, branch) values (`
+})
 
 /**
  * The marker and the PREPARE as ONE simple-protocol message (two statements, one parse, one round
@@ -81,7 +119,10 @@ export const MARKER_SQL =
  * transaction) against a separate parameterised insert pipelined with the PREPARE
  * (docs/performance.md, change 8).
  */
-export const markerAndPrepareSql = (ctx: Participant.BranchContext): string | undefined => {
+export const markerAndPrepareSql = (
+  statements: MarkerStatements,
+  ctx: Participant.BranchContext
+): string | undefined => {
   const parsed = TransactionId.parseGid(ctx.gid)
   if (Option.isNone(parsed) || parsed.value.txId !== ctx.txId || parsed.value.branch !== ctx.branch) {
     return undefined
@@ -89,7 +130,7 @@ export const markerAndPrepareSql = (ctx: Participant.BranchContext): string | un
   const { gid, txId, branch } = parsed.value
   const literal = (value: string) => TransactionId.toSqlLiteral(value as TransactionId.Gid)
   return (
-    `insert into accord_branch (gid, tx_id, branch) values (${literal(gid)}, ${literal(txId)}, ${literal(branch)}); ` +
+    `${statements.insertValues}${literal(gid)}, ${literal(txId)}, ${literal(branch)}); ` +
     `PREPARE TRANSACTION ${literal(gid)}`
   )
 }
@@ -341,6 +382,7 @@ const fail = (stage: StageFailure["stage"], state: ConnState, failure: PgFailure
 
 const body = async (
   sql: postgres.Sql,
+  statements: MarkerStatements,
   s: Session,
   state: ConnState,
   control: Control,
@@ -350,7 +392,7 @@ const body = async (
   cancelMs: number
 ): Promise<Ending> => {
   // Checked before anything is sent: the gid, txId and branch reach SQL as literals.
-  const script = mode === "prepare" ? markerAndPrepareSql(ctx) : undefined
+  const script = mode === "prepare" ? markerAndPrepareSql(statements, ctx) : undefined
   if (mode === "prepare" && script === undefined) {
     throw fail("begin", state, {
       sqlState: undefined,
@@ -453,7 +495,7 @@ const body = async (
     state.open = false
     return { _tag: "Prepared" }
   }
-  const marked = await settle(s.send<{ marked: number }>(MARKER_SQL, [ctx.gid, ctx.txId, ctx.branch]))
+  const marked = await settle(s.send<{ marked: number }>(statements.marker, [ctx.gid, ctx.txId, ctx.branch]))
   if (!marked.ok) throw fail("marker", state, marked.failure)
   if (control.abandoned) throw fail("end", state, interrupted)
   if (marked.value.length === 0) {
@@ -514,6 +556,7 @@ const cleanUp = async (sql: postgres.Sql, s: Session, state: ConnState, cancelMs
  */
 export const run = async (
   sql: postgres.Sql,
+  statements: MarkerStatements,
   prepare: boolean,
   slots: Slots,
   control: Control,
@@ -546,7 +589,7 @@ export const run = async (
       stuck: undefined
     }
     try {
-      return await body(sql, s, state, control, ctx, mode, work, cancelMs)
+      return await body(sql, statements, s, state, control, ctx, mode, work, cancelMs)
     } catch (error) {
       throw error !== null && typeof error === "object" && "stage" in error
         ? error
