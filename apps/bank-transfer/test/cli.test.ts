@@ -3,7 +3,8 @@ import { run } from "./support.js"
 
 const oneLine = (stderr: string) => stderr.trim().split("\n")
 
-describe("command line", () => {
+// Each case starts node processes: seconds apiece on a busy 2-core machine, so not the 5 s default.
+describe("command line", { timeout: 60_000 }, () => {
   it("refuses an unknown flag with one line and exit code 2", async () => {
     const r = await run(["--bogus"])
     expect(r.code).toBe(2)

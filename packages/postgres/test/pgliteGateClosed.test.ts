@@ -14,6 +14,11 @@ import { adjust } from "./support/pg2pc.js"
 import { seedBank } from "./support/pglite.js"
 
 const lockTimeout = Duration.seconds(3)
+/**
+ * Each test opens four PGlite instances (WebAssembly, CPU-bound): 11 s in a quiet CI run, 47 s with
+ * the simulator's campaigns sharing the two cores (as CI's other packages' tests do).
+ */
+const TEST_TIMEOUT = 180_000
 
 const opened: Array<PGlite> = []
 const open = Effect.promise(async () => {
@@ -67,7 +72,7 @@ describe("the PGlite gate after an instance is closed", () => {
         expect(Date.now() - started).toBeLessThan(Duration.toMillis(lockTimeout))
         expect(gate.holder).toBeUndefined()
       }),
-    60_000
+    TEST_TIMEOUT
   )
 
   it.live(
@@ -87,7 +92,7 @@ describe("the PGlite gate after an instance is closed", () => {
         expect(Date.now() - closedAt).toBeLessThan(Duration.toMillis(lockTimeout) - 300)
         expect(gate.holder).toBeUndefined()
       }),
-    60_000
+    TEST_TIMEOUT
   )
 
   it.live(
@@ -112,7 +117,7 @@ describe("the PGlite gate after an instance is closed", () => {
         expect(outcome._tag).toBe("Committed")
         expect(gate.holder).toBeUndefined()
       }),
-    60_000
+    TEST_TIMEOUT
   )
 
   it.live(
@@ -133,6 +138,6 @@ describe("the PGlite gate after an instance is closed", () => {
         yield* pa.rollback({ txId: held, branch: pa.name, gid: TransactionId.gid(held, pa.name) })
         expect(gate.holder).toBeUndefined()
       }),
-    60_000
+    TEST_TIMEOUT
   )
 })
