@@ -7,33 +7,17 @@
  * directly (the deadlock needs two inserts to overlap within a millisecond), the second the outcome.
  */
 import { TransactionId, type TransactionLog } from "@accord/core"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { type Context, Effect, Either } from "effect"
-import postgres from "postgres"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { usePoolsOnDatabase } from "./support/sagaLog.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_batch_order"
 
 describe.skipIf(server === undefined)("group-commit batches from two processes on one log", () => {
-  const adminUrl = server?.adminUrl ?? ""
-  let url = ""
-  const pools: Array<postgres.Sql> = []
-  const pool = () => {
-    const sql = postgres(url, { max: 4, onnotice: () => {} })
-    pools.push(sql)
-    return sql
-  }
-
-  beforeAll(async () => {
-    url = await TestDatabase.createDatabase(adminUrl, DB)
-  }, 60_000)
-
-  afterAll(async () => {
-    for (const sql of pools) await sql.end({ timeout: 5 })
-    await TestDatabase.dropDatabase(adminUrl, DB)
-  }, 60_000)
+  const { pool } = usePoolsOnDatabase(server?.adminUrl ?? "", DB, { max: 4, endTimeout: 5 })
 
   const record = (decision: "commit" | "abort", txId: TransactionId.TransactionId) => {
     const branch = "bank-a" as TransactionId.BranchName
