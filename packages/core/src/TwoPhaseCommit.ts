@@ -48,7 +48,12 @@ import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
  * @since 0.1.0
  */
 export interface Options {
-  /** Use this id instead of a fresh one (it must be a ULID). */
+  /**
+   * Use this id instead of a fresh one (it must be a ULID). Not an idempotency key: a run under an
+   * id whose commit decision is still in the log aborts (its work would apply twice), but a
+   * one-phase run (one writing branch) writes no decision, so running one twice under the same id
+   * commits it twice. Make retries idempotent in the work itself (a unique key, or the barrier).
+   */
   readonly txId?: string
   /** A per-deployment gid namespace (`[a-z0-9]{1,16}`), so recovery only touches its own branches. */
   readonly namespace?: string
