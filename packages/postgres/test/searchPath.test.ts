@@ -15,7 +15,7 @@ import { Effect } from "effect"
 import postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
 import type { PGlite } from "@electric-sql/pglite"
-import { ctxFor } from "./support/pg2pc.js"
+import { ctxFor, endAndDrop } from "./support/pg2pc.js"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
@@ -78,15 +78,7 @@ create table tenant_y.accord_saga_barrier (like public.accord_saga_barrier inclu
     }
   }, 60_000)
 
-  afterAll(async () => {
-    for (const sql of pools) await sql.end({ timeout: 5 })
-    const left = (await TestDatabase.preparedOnServer(adminUrl)).filter((p) =>
-      (DBS as ReadonlyArray<string>).includes(p.database)
-    )
-    // Rolls back whatever a failing test left prepared, then drops.
-    for (const name of DBS) await TestDatabase.dropDatabase(adminUrl, name)
-    expect(left).toEqual([])
-  }, 60_000)
+  afterAll(() => endAndDrop(adminUrl, pools, DBS, DBS), 60_000)
 
   const balance = (i: number, tenant: string, id: number) =>
     Effect.promise(async () => {

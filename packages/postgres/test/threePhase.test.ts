@@ -16,6 +16,7 @@ import postgres from "postgres"
 import type * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { endAndDrop } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DBS = ["accord_t_3pc_a", "accord_t_3pc_b", "accord_t_3pc_c"] as const
@@ -50,14 +51,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant on PostgreSQL", (
     }
   }, 60_000)
 
-  afterAll(async () => {
-    for (const sql of pools) await sql.end({ timeout: 5 })
-    const left = (await TestDatabase.preparedOnServer(adminUrl)).filter((p) =>
-      (DBS as ReadonlyArray<string>).includes(p.database)
-    )
-    for (const name of DBS) await TestDatabase.dropDatabase(adminUrl, name)
-    expect(left).toEqual([])
-  }, 60_000)
+  afterAll(() => endAndDrop(adminUrl, pools, DBS, DBS), 60_000)
 
   const participants = Effect.gen(function* () {
     const a = yield* PgThreePhaseParticipant.make({ name: "bank-a", sql: pool(0) })

@@ -10,6 +10,7 @@ import postgres from "postgres"
 import type * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { endAndDrop } from "./support/pg2pc.js"
 
 const server = await TestDatabase.server()
 const DB = "accord_t_3pc_forget"
@@ -28,12 +29,7 @@ describe.skipIf(server === undefined)("PgThreePhaseParticipant.forget", () => {
     await sql.unsafe("insert into accounts select g, 100 from generate_series(1, 10) g")
   }, 60_000)
 
-  afterAll(async () => {
-    await sql?.end({ timeout: 5 })
-    const left = (await TestDatabase.preparedOnServer(adminUrl)).filter((p) => p.database === DB)
-    await TestDatabase.dropDatabase(adminUrl, DB)
-    expect(left).toEqual([])
-  }, 60_000)
+  afterAll(() => endAndDrop(adminUrl, [sql], [DB], [DB]), 60_000)
 
   it.live(
     "keeps the recorded vote of a branch still prepared, and forgets it once the branch is finished",
