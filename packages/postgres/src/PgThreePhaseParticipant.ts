@@ -48,7 +48,7 @@ import {
   statement
 } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
-import { tableName } from "./internal/pgBranch.js"
+import { schemaOf, tableName } from "./internal/pgBranch.js"
 import * as PgParticipant from "./PgParticipant.js"
 
 /**
@@ -421,13 +421,10 @@ interface Tables {
   readonly stateSchema: string | null | undefined
 }
 
-const schemaOf = (table: string) =>
-  `(select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass('${table}'))`
-
 const EXISTING_SQL =
   "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
   "as markers, to_regclass('accord_3pc_state') is not null as state_table, " +
-  `${schemaOf("accord_branch")} as marker_schema, ${schemaOf("accord_3pc_state")} as state_schema`
+  `${schemaOf("'accord_branch'")} as marker_schema, ${schemaOf("'accord_3pc_state'")} as state_schema`
 
 /**
  * Which of Accord's participant tables exist already, and in which schema, in one statement (it also answers the

@@ -72,14 +72,20 @@ export type Mode = "prepare" | "onePhase"
 export const quoteIdentifier = (name: string): string => `"${name.replaceAll('"', '""')}"`
 
 /**
- * The schema holding table `$1` as this session's `search_path` finds it (no row when none does).
+ * A scalar subquery: the schema of the table `name` (an SQL text expression: a parameter, or a
+ * literal Accord wrote) as this session's `search_path` finds it, NULL when none does.
+ */
+export const schemaOf = (name: string): string =>
+  `(select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass(${name}))`
+
+/**
+ * The schema holding table `$1` as this session's `search_path` finds it (NULL when none does).
  * Run once when a participant or barrier is made, on a pool connection: Accord's statements then
  * name the table with its schema (`tableName`), so a work that moves `search_path`
  * (`SET LOCAL search_path = tenant`) cannot make the marker or barrier statements that follow it in
  * the same transaction miss the table, or land in a tenant schema's own copy of it.
  */
-export const TABLE_SCHEMA_SQL =
-  "select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)"
+export const TABLE_SCHEMA_SQL = `select ${schemaOf("$1")} as nspname`
 
 /**
  * `table` in `schema` (as `TABLE_SCHEMA_SQL` found it), quoted. Bare when it was not found
