@@ -199,8 +199,18 @@ const statementsOn = (table: string): Statements => ({
     ")) returning 1) select count(*)::int as n from gone"
 })
 
-/** A table not found (not migrated yet): named bare, its statements fail as they always did. */
-const unresolved = statementsOn("accord_saga_barrier")
+/**
+ * The barrier table is not on the connection's search_path (not migrated yet): the step is refused
+ * before anything is sent. Never named bare: a step's later statements would follow whatever
+ * `search_path` its work set, into a tenant schema's own copy of the table.
+ */
+const notMigrated = () =>
+  Object.assign(
+    new Error(
+      'relation "accord_saga_barrier" is not on this connection\'s search_path; run Barrier.migrate(conn) once at service start'
+    ),
+    { code: "42P01" }
+  )
 
 /** Each connection's statements, once its table was found. */
 const found = new WeakMap<Connection, Promise<Statements>>()
@@ -222,7 +232,7 @@ const statementsOf = (conn: Connection): Promise<Statements> => {
       const schema = rows[0] === undefined ? undefined : Object.values(rows[0])[0]
       if (typeof schema === "string") return statementsOn(tableName("accord_saga_barrier", schema))
       drop()
-      return unresolved
+      throw notMigrated()
     })
   looked.catch(drop)
   found.set(conn, looked)

@@ -650,7 +650,24 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const found = yield* query<object>(Branch.TABLE_SCHEMA_SQL, ["accord_branch"]).pipe(
     Effect.mapError((f) => callError(self, "begin", f, false))
   )
-  const sqls = statementsOn(Branch.tableName("accord_branch", column(found[0], 0)))
+  const markerSchema = column(found[0], 0)
+  if (typeof markerSchema !== "string") {
+    // Refused here rather than at the first branch: a marker statement naming the table bare would
+    // follow whatever `search_path` a work sets, and every branch would vote No until someone
+    // created the table.
+    return yield* new TransactionError.ConfigurationError({
+      participant: name,
+      reason:
+        options.migrate === false
+          ? "the marker table accord_branch does not exist and migrate is false"
+          : "the marker table accord_branch is not on this pool's search_path after its migration",
+      fix:
+        options.migrate === false
+          ? "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), or let the participant create it (omit migrate: false)"
+          : "give the pool a search_path whose first schema is the one Accord's tables belong in"
+    })
+  }
+  const sqls = statementsOn(Branch.tableName("accord_branch", markerSchema))
 
   /** How a prepared branch's ending is a vote. */
   const voteOf = (

@@ -203,9 +203,19 @@ const build = (
               })
           }).pipe(Effect.zipRight(existing(client, cancelTimeout, name)))
         : tables
+    const { markerSchema, stateSchema } = found
+    if (typeof markerSchema !== "string" || typeof stateSchema !== "string") {
+      // Created, yet not found through the pool's search_path: named bare, the vote and fence
+      // statements would follow whatever search_path a work sets.
+      return yield* new TransactionError.ConfigurationError({
+        participant: name,
+        reason: "accord_branch or accord_3pc_state is not on this pool's search_path",
+        fix: "give the pool a search_path whose first schema is the one Accord's tables belong in"
+      })
+    }
     const sqls = statementsOn(
-      tableName("accord_branch", found.markerSchema),
-      tableName("accord_3pc_state", found.stateSchema)
+      tableName("accord_branch", markerSchema),
+      tableName("accord_3pc_state", stateSchema)
     )
 
     const state = Effect.fn("PgThreePhaseParticipant.state")(function* (ctx: Participant.BranchContext) {

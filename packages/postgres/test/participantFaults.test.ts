@@ -33,7 +33,12 @@ const scripted = (answer: Answer) => {
   return { sql, sent, released: () => released }
 }
 
-const healthy: Answer = async (text) => (text.startsWith("show") ? [{ max_prepared_transactions: "64" }] : [])
+/** A server with 2PC enabled whose marker table is `public.accord_branch`. */
+const healthy: Answer = async (text) => {
+  if (text.startsWith("show")) return [{ max_prepared_transactions: "64" }]
+  if (text.includes("to_regclass")) return [{ nspname: "public" }]
+  return []
+}
 
 describe("PgParticipant driver faults", () => {
   it.effect("max_prepared_transactions = 0 fails make with the fix, before any other statement", () =>
@@ -74,7 +79,7 @@ describe("PgParticipant driver faults", () => {
       Effect.gen(function* () {
         const server = scripted(async (text) => {
           if (text.startsWith("PREPARE TRANSACTION")) throw lost("ECONNRESET")
-          if (text.startsWith("insert into accord_branch")) return [{ marked: 1 }]
+          if (text.startsWith('insert into "public"."accord_branch"')) return [{ marked: 1 }]
           return healthy(text)
         })
         const p = yield* PgParticipant.make({ name: "bank-a", sql: server.sql })
@@ -85,7 +90,7 @@ describe("PgParticipant driver faults", () => {
         expect(server.sent.slice(-4)).toEqual([
           "BEGIN",
           "update accounts set balance = 0",
-          expect.stringContaining("insert into accord_branch"),
+          expect.stringContaining('insert into "public"."accord_branch"'),
           `PREPARE TRANSACTION '${ctx.gid}'`
         ])
         // A dropped connection is not handed back to the pool.

@@ -87,13 +87,9 @@ export const schemaOf = (name: string): string =>
  */
 export const TABLE_SCHEMA_SQL = `select ${schemaOf("$1")} as nspname`
 
-/**
- * `table` in `schema` (as `TABLE_SCHEMA_SQL` found it), quoted. Bare when it was not found
- * (`migrate: false` before the table exists): its statements then fail as they always did, with
- * `relation "<table>" does not exist`, and find the table through `search_path` once it is created.
- */
-export const tableName = (table: string, schema: unknown): string =>
-  typeof schema === "string" ? `${quoteIdentifier(schema)}.${quoteIdentifier(table)}` : table
+/** `table` in `schema` (as `TABLE_SCHEMA_SQL` found it), both quoted. */
+export const tableName = (table: string, schema: string): string =>
+  `${quoteIdentifier(schema)}.${quoteIdentifier(table)}`
 
 /**
  * A participant's statements that name its marker table, built once when it is made (never per
