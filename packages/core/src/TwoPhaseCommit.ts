@@ -10,7 +10,8 @@
  *    or the transaction's deadline passes; then the outcome is `CommitPending` and recovery
  *    finishes it. After a commit decision the outcome is never `Aborted`.
  *
- * A single branch commits in one phase (no PREPARE, no log); ReadOnly branches skip phase 2.
+ * A single branch commits in one phase (no PREPARE, no log) unless the caller gave the txId (see
+ * `Options.txId`); ReadOnly branches skip phase 2.
  *
  * @since 0.1.0
  */
@@ -49,10 +50,11 @@ import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
  */
 export interface Options {
   /**
-   * Use this id instead of a fresh one (it must be a ULID). Not an idempotency key: a run under an
-   * id whose commit decision is still in the log aborts (its work would apply twice), but a
-   * one-phase run (one writing branch) writes no decision, so running one twice under the same id
-   * commits it twice. Make retries idempotent in the work itself (a unique key, or the barrier).
+   * Use this id instead of a fresh one (it must be a ULID). A run under an id whose commit decision
+   * is still in the log aborts (its work would apply twice), so such a run always goes through both
+   * phases, one branch included: a one-phase commit writes no decision, and a retry under the same
+   * id would commit again. Still not an idempotency key once the decision is purged from the log:
+   * make retries idempotent in the work itself too (a unique key, or the barrier).
    */
   readonly txId?: string
   /** A per-deployment gid namespace (`[a-z0-9]{1,16}`), so recovery only touches its own branches. */
@@ -581,7 +583,9 @@ const runTransaction = Effect.fnUntraced(function* (
       return Effect.succeed(outcome)
     })
 
-  if (resolved.length === 1) {
+  // One phase writes no decision: under a txId the caller gave (a retry, perhaps), both phases, so
+  // that the log's first-writer-wins decision refuses a second run of the same id.
+  if (resolved.length === 1 && options.txId === undefined) {
     return yield* finish(yield* onePhase(resolved[0]!, Duration.min(prepareTimeout, transactionTimeout)))
   }
 

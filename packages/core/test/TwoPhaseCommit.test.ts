@@ -103,6 +103,32 @@ describe("TwoPhaseCommit.run", () => {
     )
   )
 
+  it.effect(
+    "a single branch under a txId the caller gave goes through both phases, so a second run of that id aborts",
+    () =>
+      withLog((log) =>
+        Effect.gen(function* () {
+          const a = yield* MemoryParticipant.make("bank-a")
+          const txId = yield* TransactionId.make
+          const first = yield* TwoPhaseCommit.run([branch(a.participant, 1)], { txId })
+          expect(first._tag).toBe("Committed")
+          if (first._tag === "Committed") expect(first.onePhase).toBe(false)
+          expect((yield* log.snapshot).decisions.get(txId)?.decision).toBe("commit")
+          // The retry, later: before, one phase again, and the work committed twice.
+          yield* TestClock.adjust(Duration.seconds(1))
+          const again = yield* TwoPhaseCommit.run([branch(a.participant, 1)], { txId })
+          expect(again._tag).toBe("Aborted")
+          if (again._tag === "Aborted") expect(again.reason).toContain("already has a commit decision")
+          expect(yield* a.calls).toEqual([
+            "prepare:bank-a",
+            "commit:bank-a",
+            "prepare:bank-a",
+            "rollback:bank-a"
+          ])
+        })
+      )
+  )
+
   it.effect("leaves read-only branches out of the decision and of phase 2", () =>
     withLog((log) =>
       Effect.gen(function* () {

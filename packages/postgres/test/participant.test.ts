@@ -41,7 +41,8 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
   let admin: postgres.Sql
 
   beforeAll(async () => {
-    a = countingPool(await createBank(adminUrl, DB_A, 10, 100))
+    // Account 11 of bank-a is the caller's-txId test's own.
+    a = countingPool(await createBank(adminUrl, DB_A, 11, 100))
     b = countingPool(await createBank(adminUrl, DB_B, 10, 100))
     logSql = postgres(await TestDatabase.createDatabase(adminUrl, DB_LOG), { max: 4, onnotice: () => {} })
     admin = postgres(adminUrl, { max: 2, onnotice: () => {} })
@@ -160,6 +161,31 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
         "COMMIT"
       ])
     })
+  )
+
+  it.live(
+    "a single branch under the caller's txId is prepared, so running that id again applies the work once",
+    () =>
+      Effect.gen(function* () {
+        const { pa } = yield* participants
+        const txId = yield* TransactionId.make
+        const before = a.statements.length
+        const first = yield* TwoPhaseCommit.run([Participant.branch(pa, adjust(11, -1))], { txId })
+        expect(first._tag).toBe("Committed")
+        if (first._tag === "Committed") expect(first.onePhase).toBe(false)
+        expect(a.statements.slice(before)).toEqual([
+          "BEGIN",
+          "update accounts set balance = balance + $2 where id = $1",
+          `insert into "public"."accord_branch" (gid, tx_id, branch) values ('${first.votes[0]!.gid}', '${txId}', 'bank-a'); PREPARE TRANSACTION '${first.votes[0]!.gid}'`,
+          `COMMIT PREPARED '${first.votes[0]!.gid}'`
+        ])
+        // Run again under the same id (a retry): before, one phase again, and a second debit.
+        const again = yield* TwoPhaseCommit.run([Participant.branch(pa, adjust(11, -1))], { txId })
+        expect(again._tag).toBe("Aborted")
+        if (again._tag === "Aborted") expect(again.reason).toContain("23505")
+        expect(yield* balance(a.sql, 11)).toBe(99)
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A]))).toEqual([])
+      }).pipe(Effect.provide(TransactionLog.layerMemory))
   )
 
   it.live("a writing branch sends BEGIN, work, marker + PREPARE; phase 2 is one COMMIT PREPARED", () =>
