@@ -223,6 +223,36 @@ export const databaseNames = (prefix: string) =>
   ({ a: `${prefix}a`, b: `${prefix}b`, coordinator: `${prefix}coordinator` }) as const
 
 /**
+ * Claims the benchmark's databases under `prefix` for this run: a session advisory lock in the admin
+ * URL's database, held by one connection until `release` (or until the process exits). A second run
+ * on the same databases is refused before it touches anything: its set-up would roll back the first
+ * run's prepared branches as a killed run's leftovers (a COMMIT PREPARED of that run then fails,
+ * `prepared transaction ... is busy` or `does not exist`), re-seed its accounts under it, and both
+ * runs' WAL and statement figures would mix.
+ * @since 0.1.0
+ */
+export const claim = async (adminUrl: string, prefix: string): Promise<{ release: () => Promise<void> }> => {
+  const key = `accord-bench:${prefix}`
+  const holder = postgres(adminUrl, { max: 1, onnotice: () => {}, connect_timeout: 5 })
+  try {
+    const [row] = await holder<{ ok: boolean }[]>`SELECT pg_try_advisory_lock(hashtext(${key})) AS ok`
+    if (row?.ok !== true) {
+      const [other] = await holder<{ pid: number | null }[]>`
+        SELECT (SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.objid = (hashtext(${key})::bigint & 4294967295)::oid LIMIT 1) AS pid`
+      throw new Error(
+        `another benchmark run is using the databases ${prefix}* on this server (its session: pid ${other?.pid ?? "?"}); wait for it to end, or pass another --db-prefix`
+      )
+    }
+  } catch (error) {
+    await holder.end({ timeout: 5 })
+    throw error
+  }
+  return { release: () => holder.end({ timeout: 5 }) }
+}
+
+/**
  * Creates (if missing) the databases and (re)creates the tables; resolves leftovers of a killed run.
  * @since 0.1.0
  */

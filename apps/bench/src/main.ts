@@ -70,6 +70,8 @@ const main = async () => {
       1
     )
   )
+  // Held until the process exits: a second run on the same databases is refused, not mixed in.
+  await Server.claim(adminUrl, options.dbPrefix)
   const dbs = await Server.setup(adminUrl, options.dbPrefix)
   const meta = {
     date: new Date().toISOString(),

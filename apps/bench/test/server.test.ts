@@ -76,3 +76,26 @@ describe.skipIf(server === undefined)("statement counting on the wire", () => {
     }
   })
 })
+
+describe.skipIf(server === undefined)("one run per set of benchmark databases", () => {
+  const adminUrl = server?.adminUrl ?? ""
+
+  it("refuses a second run on the same databases, naming the first's session, until it ends", async () => {
+    const prefix = `accord_bench_claim_${process.pid}_`
+    const first = await Server.claim(adminUrl, prefix)
+    try {
+      await expect(Server.claim(adminUrl, prefix)).rejects.toThrow(
+        new RegExp(
+          `another benchmark run is using the databases ${prefix}\\* on this server \\(its session: pid \\d+\\)`
+        )
+      )
+      // Another prefix is other databases: not refused.
+      const other = await Server.claim(adminUrl, `${prefix}x_`)
+      await other.release()
+    } finally {
+      await first.release()
+    }
+    const again = await Server.claim(adminUrl, prefix)
+    await again.release()
+  })
+})
