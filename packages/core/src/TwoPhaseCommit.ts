@@ -51,12 +51,18 @@ import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
 export interface Options {
   /**
    * Use this id instead of a fresh one (it must be a ULID). A run under an id whose commit decision
-   * is still in the log aborts (its work would apply twice), so such a run always goes through both
-   * phases, one branch included: a one-phase commit writes no decision, and a retry under the same
-   * id would commit again. Still not an idempotency key once the decision is purged from the log:
-   * make retries idempotent in the work itself too (a unique key, or the barrier).
+   * is still in the log aborts (its work would apply twice), so such a run goes through both phases,
+   * one branch included (see `onePhase`): a one-phase commit writes no decision, and a retry under
+   * the same id would commit again. Still not an idempotency key once the decision is purged from
+   * the log: make retries idempotent in the work itself too (a unique key, or the barrier).
    */
   readonly txId?: string
+  /**
+   * Whether a lone branch commits in one phase (no PREPARE, no decision). Default: when no `txId`
+   * is given. `true` with a `txId` is for work that is idempotent by itself: a second run of the id
+   * is then not refused.
+   */
+  readonly onePhase?: boolean
   /** A per-deployment gid namespace (`[a-z0-9]{1,16}`), so recovery only touches its own branches. */
   readonly namespace?: string
   /** Bound on each branch's prepare (work included). A timeout is a No vote. Default 10 s. */
@@ -583,9 +589,9 @@ const runTransaction = Effect.fnUntraced(function* (
       return Effect.succeed(outcome)
     })
 
-  // One phase writes no decision: under a txId the caller gave (a retry, perhaps), both phases, so
-  // that the log's first-writer-wins decision refuses a second run of the same id.
-  if (resolved.length === 1 && options.txId === undefined) {
+  // One phase writes no decision: under a txId the caller gave (a retry, perhaps), both phases by
+  // default, so that the marker or the log's first-writer-wins decision refuses a second run.
+  if (resolved.length === 1 && (options.onePhase ?? options.txId === undefined)) {
     return yield* finish(yield* onePhase(resolved[0]!, Duration.min(prepareTimeout, transactionTimeout)))
   }
 

@@ -129,6 +129,21 @@ describe("TwoPhaseCommit.run", () => {
       )
   )
 
+  it.effect("onePhase overrides the default either way", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        const a = yield* MemoryParticipant.make("bank-a")
+        const txId = yield* TransactionId.make
+        const given = yield* TwoPhaseCommit.run([branch(a.participant, 1)], { txId, onePhase: true })
+        expect(given._tag === "Committed" && given.onePhase).toBe(true)
+        const fresh = yield* TwoPhaseCommit.run([branch(a.participant, 2)], { onePhase: false })
+        expect(fresh._tag === "Committed" && fresh.onePhase).toBe(false)
+        expect(yield* a.calls).toEqual(["onePhase:bank-a", "prepare:bank-a", "commit:bank-a"])
+        expect([...(yield* log.snapshot).decisions.keys()]).toEqual([fresh.txId])
+      })
+    )
+  )
+
   it.effect("leaves read-only branches out of the decision and of phase 2", () =>
     withLog((log) =>
       Effect.gen(function* () {

@@ -180,7 +180,9 @@ export const run = (world: World.World, plugged: ReadonlyArray<AnyPlugged> | und
           Participant.branch(world.net.wrap(coordinator, b.target.node, b.target.participant), b.work)
         )
         const exit = yield* Effect.exit(
-          protocol(branches, { ...options, txId: plan.txId }).pipe(
+          // The plan's own txId (the invariants need it before the run), with one phase for a lone
+          // branch all the same: the simulation checks that path too, as a run without a txId takes it.
+          protocol(branches, { ...options, txId: plan.txId, onePhase: true }).pipe(
             Effect.provideService(TransactionLog, log.service(coordinator))
           )
         )
