@@ -657,14 +657,15 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     // created the table.
     return yield* new TransactionError.ConfigurationError({
       participant: name,
-      reason:
-        options.migrate === false
-          ? "the marker table accord_branch does not exist and migrate is false"
-          : "the marker table accord_branch is not on this pool's search_path after its migration",
-      fix:
-        options.migrate === false
-          ? "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), or let the participant create it (omit migrate: false)"
-          : "give the pool a search_path whose first schema is the one Accord's tables belong in"
+      ...(options.migrate === false
+        ? {
+            reason: "the marker table accord_branch does not exist and migrate is false",
+            fix: "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), or let the participant create it (omit migrate: false)"
+          }
+        : {
+            reason: "the marker table accord_branch is not on this pool's search_path after its migration",
+            fix: "give the pool a search_path whose first schema is the one Accord's tables belong in"
+          })
     })
   }
   const sqls = statementsOn(Branch.tableName("accord_branch", markerSchema))

@@ -6,7 +6,7 @@
  */
 import { TransactionError } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Effect } from "effect"
 import postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
 import * as Migrations from "../src/Migrations.js"
@@ -39,14 +39,12 @@ create table tenant.accord_saga_barrier (gid text, branch text, op text, result 
     "PgParticipant.make with migrate: false refuses a database without accord_branch, with the fix",
     () =>
       Effect.gen(function* () {
-        const made = yield* Effect.either(PgParticipant.make({ name: "bank-a", sql, migrate: false }))
-        expect(Either.isLeft(made)).toBe(true)
-        const error = Either.getLeft(made).pipe((o) => (o._tag === "Some" ? o.value : undefined))
+        const error = yield* Effect.flip(PgParticipant.make({ name: "bank-a", sql, migrate: false }))
         expect(error).toBeInstanceOf(TransactionError.ConfigurationError)
-        expect((error as TransactionError.ConfigurationError).reason).toBe(
-          "the marker table accord_branch does not exist and migrate is false"
-        )
-        expect((error as TransactionError.ConfigurationError).fix).toContain("Migrations.participant(sql)")
+        expect(error).toMatchObject({
+          reason: "the marker table accord_branch does not exist and migrate is false",
+          fix: expect.stringContaining("Migrations.participant(sql)")
+        })
         // Migrated by hand, the same options make a participant whose markers name public's table.
         yield* Migrations.participant(sql)
         const participant = yield* PgParticipant.make({ name: "bank-a", sql, migrate: false })
