@@ -6,8 +6,12 @@
  * - `raw2pc`: across two databases, hand-written: parallel BEGIN/UPDATE/PREPARE TRANSACTION, a
  *   forced decision INSERT in a third database, parallel COMMIT PREPARED.
  * - `raw2pc-group` (opt-in): the same with the decision rows batched by hand (group commit).
+ * - `raw2pc-pipelined` (opt-in): the same with each branch sent as one message
+ *   (`BEGIN; UPDATE ...; PREPARE TRANSACTION ...`).
  * - `accord2pc`: the same through `TwoPhaseCommit.run` with `PgParticipant`s and `PgTransactionLog`.
  * - `accord2pc-group`: the same with the group-commit decision log.
+ * - `accord2pc-pipelined`: `accord2pc` with each branch's UPDATE given as a `Pipeline` work, so that
+ *   BEGIN, the UPDATE, the marker and the PREPARE go in one write.
  * - `accord1pc`: both UPDATEs in one branch through Accord (one-phase commit).
  * - `accord-readonly`: one writing branch (both UPDATEs) + one read-only branch.
  * - `accord-saga`: a two-step saga (debit, credit) whose steps run behind the barrier.
@@ -23,6 +27,7 @@ import * as Barrier from "@accord/postgres/Barrier"
 import * as PgParticipant from "@accord/postgres/PgParticipant"
 import * as PgSagaLog from "@accord/postgres/PgSagaLog"
 import * as PgTransactionLog from "@accord/postgres/PgTransactionLog"
+import * as Pipeline from "@accord/postgres/Pipeline"
 import type { PGlite } from "@electric-sql/pglite"
 import { Duration, Effect, Either, Exit, Layer, ManagedRuntime, Scope } from "effect"
 import type postgres from "postgres"
@@ -163,6 +168,29 @@ const rawBranch = (sql: postgres.Sql, gid: string, account: number, delta: numbe
   })
 
 /**
+ * The hand-written branch in one message: `BEGIN; UPDATE ...; PREPARE TRANSACTION '...'` as one
+ * simple-protocol query (the account, the amount and the gid are the script's own numbers and
+ * name, never input), so one round trip, as `accord2pc-pipelined` sends its branch. If the UPDATE
+ * fails the server skips the PREPARE and ends the implicit transaction.
+ */
+const rawPipelinedBranch = async (sql: postgres.Sql, gid: string, account: number, delta: number) => {
+  // On a reserved connection, as `sql.begin` uses one: postgres.js refuses BEGIN on a pool's.
+  const conn = await sql.reserve()
+  try {
+    await conn
+      .unsafe(
+        `BEGIN; UPDATE accounts SET balance = balance + ${Math.trunc(delta)} WHERE id = ${Math.trunc(account)}; PREPARE TRANSACTION '${gid}'`
+      )
+      .simple()
+  } catch (error) {
+    await conn.unsafe("ROLLBACK").catch(() => undefined)
+    throw error
+  } finally {
+    conn.release()
+  }
+}
+
+/**
  * The hand-written baselines on PostgreSQL.
  * @since 0.1.0
  */
@@ -193,6 +221,21 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
       const coordinator = decisionPool(dbs.coordinator, concurrency)
       return {
         tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawBranch),
+        close: () => closeAll(a, b, coordinator)
+      }
+    }
+  },
+  {
+    name: "raw2pc-pipelined",
+    backend: "postgres",
+    baseline: "raw2pc",
+    optIn: true,
+    open: async (concurrency) => {
+      const a = Server.pool(dbs.a, concurrency)
+      const b = Server.pool(dbs.b, concurrency)
+      const coordinator = decisionPool(dbs.coordinator, concurrency)
+      return {
+        tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawPipelinedBranch),
         close: () => closeAll(a, b, coordinator)
       }
     }
@@ -242,6 +285,12 @@ const updateWork =
       await session.query("UPDATE accounts SET balance = balance + $1 WHERE id = $2", [delta, account])
     }
   }
+
+/** The same UPDATE as a pipelined work (`Pipeline`): sent with BEGIN, the marker and the PREPARE. */
+const moveStatement = (account: number, delta: number): PgParticipant.PgWork =>
+  Pipeline.make([
+    { text: "UPDATE accounts SET balance = balance + $1 WHERE id = $2", params: [delta, account] }
+  ])
 
 const readWork: PgParticipant.PgWork = async (session) => {
   await session.query("SELECT balance FROM accounts WHERE id = $1", [
@@ -331,7 +380,7 @@ export const openPieces = async (dbs: Server.Databases, poolSize: number, groupC
  */
 export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
   const open =
-    (shape: "2pc" | "1pc" | "readonly" | "calls", groupCommit: boolean) =>
+    (shape: "2pc" | "pipelined" | "1pc" | "readonly" | "calls", groupCommit: boolean) =>
     async (concurrency: number): Promise<Instance> => {
       const { pa, pb, log, close } = await openPieces(dbs, concurrency + 1, groupCommit)
       const accord = accordTx(log)
@@ -346,6 +395,11 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
               return accord.run([
                 Participant.branch(pa, updateWork([[x, -1]])),
                 Participant.branch(pb, updateWork([[y, 1]]))
+              ])
+            case "pipelined":
+              return accord.run([
+                Participant.branch(pa, moveStatement(x, -1)),
+                Participant.branch(pb, moveStatement(y, 1))
               ])
             case "1pc":
               return accord.run([
@@ -379,6 +433,12 @@ export const accordModes = (dbs: Server.Databases): ReadonlyArray<Mode> => {
   return [
     { name: "accord2pc", backend: "postgres", baseline: "raw2pc", open: open("2pc", false) },
     { name: "accord2pc-group", backend: "postgres", baseline: "raw2pc", open: open("2pc", true) },
+    {
+      name: "accord2pc-pipelined",
+      backend: "postgres",
+      baseline: "raw2pc",
+      open: open("pipelined", false)
+    },
     { name: "accord1pc", backend: "postgres", baseline: "local", open: open("1pc", false) },
     {
       name: "accord-readonly",

@@ -53,7 +53,8 @@ Options:
   --concurrency LIST  comma-separated client counts (default 1,8,32)
   --modes LIST        only these modes (default all but the opt-in ones, which run only
                       when named: accord-calls-by-hand, Accord's calls sequenced by a
-                      Promise script; raw2pc-group, raw2pc with its decisions batched)
+                      Promise script; raw2pc-group, raw2pc with its decisions batched;
+                      raw2pc-pipelined, raw2pc with each branch in one message)
   --no-pglite         skip the PGlite rows
   --out DIR           results folder (default results)
   --recovery N        leave N in-doubt transactions and time recovery

@@ -46,20 +46,24 @@ const at = (cells: ReadonlyArray<Cell>, mode: string, c: number) =>
  */
 export const targets = (cells: ReadonlyArray<Cell>): ReadonlyArray<Target> => {
   const out: Array<Target> = []
-  for (const c of [1, 8, 32]) {
-    const x = at(cells, "accord2pc", c)
-    if (x?.ratio !== undefined) {
-      out.push({ target: `accord2pc >= 0.95x raw2pc at ${c}`, measured: `${x.ratio}x`, met: x.ratio >= 0.95 })
+  // The issue's targets for accord2pc, and the same for the same transfer as a pipelined work.
+  for (const mode of ["accord2pc", "accord2pc-pipelined"]) {
+    for (const c of [1, 8, 32]) {
+      const x = at(cells, mode, c)
+      if (x?.ratio !== undefined) {
+        out.push({ target: `${mode} >= 0.95x raw2pc at ${c}`, measured: `${x.ratio}x`, met: x.ratio >= 0.95 })
+      }
+    }
+    const first = at(cells, mode, 1)
+    if (first?.p50DeltaMs !== undefined) {
+      out.push({
+        target: `${mode} p50 at 1 <= raw2pc p50 + 0.3 ms`,
+        measured: `${first.p50DeltaMs >= 0 ? "+" : ""}${first.p50DeltaMs} ms`,
+        met: first.p50DeltaMs <= 0.3
+      })
     }
   }
   const p1 = at(cells, "accord2pc", 1)
-  if (p1?.p50DeltaMs !== undefined) {
-    out.push({
-      target: "accord2pc p50 at 1 <= raw2pc p50 + 0.3 ms",
-      measured: `${p1.p50DeltaMs >= 0 ? "+" : ""}${p1.p50DeltaMs} ms`,
-      met: p1.p50DeltaMs <= 0.3
-    })
-  }
   const g32 = at(cells, "accord2pc-group", 32)
   if (g32?.ratio !== undefined) {
     out.push({

@@ -44,6 +44,46 @@ describe.skipIf(server === undefined)("opt-in modes on PostgreSQL", () => {
     }
   })
 
+  it("the pipelined transfers, by hand and through Accord, commit with one PREPARE per branch and move no money out of the banks", async () => {
+    const dbs = await Server.setup(adminUrl, prefix)
+    const raw = Modes.rawModes(dbs).find((m) => m.name === "raw2pc-pipelined")!
+    const accord = Modes.accordModes(dbs).find((m) => m.name === "accord2pc-pipelined")!
+    expect(raw.optIn).toBe(true)
+    expect(accord.optIn).toBeUndefined()
+    const totals = async () => {
+      const sums: Array<number> = []
+      for (const url of [dbs.a, dbs.b]) {
+        const sql = postgres(url, { max: 1, onnotice: () => {} })
+        try {
+          const [row] = await sql<{ total: string }[]>`SELECT sum(balance)::bigint::text AS total FROM accounts`
+          sums.push(Number(row!.total))
+        } finally {
+          await sql.end({ timeout: 5 })
+        }
+      }
+      return sums[0]! + sums[1]!
+    }
+    const before = await totals()
+    for (const mode of [raw, accord]) {
+      const instance = await mode.open(4)
+      Server.resetCounters()
+      try {
+        await Promise.all(
+          Array.from({ length: 4 }, async () => {
+            for (let i = 0; i < 10; i++) await instance.tx()
+          })
+        )
+      } finally {
+        await instance.close()
+      }
+      const counted = Server.snapshotCounters()
+      expect(counted.prepares, mode.name).toBe(80)
+      expect(counted.commitPrepared, mode.name).toBe(80)
+    }
+    expect(await totals()).toBe(before)
+    expect(await Server.preparedIn(adminUrl, [dbs.a, dbs.b])).toBe(0)
+  }, 60_000)
+
   it("raw2pc-group writes concurrent decisions in fewer INSERTs, one row each, and commits every transfer", async () => {
     const dbs = await Server.setup(adminUrl, prefix)
     const mode = Modes.rawModes(dbs).find((m) => m.name === "raw2pc-group")!

@@ -372,9 +372,10 @@ const protocol = async <A>(
   return { _tag: "Applied", value }
 }
 
-const sessionOf = (query: Query, sql?: postgres.Sql): BarrierSession => ({
+const sessionOf = (query: Query, statement: Statement, sql?: postgres.Sql): BarrierSession => ({
   query: <T = Record<string, unknown>>(text: string, params?: ReadonlyArray<unknown>) =>
     query<T>(text, params),
+  statement,
   execute: <T = Record<string, unknown>>(q: { toSQL(): { sql: string; params: ReadonlyArray<unknown> } }) => {
     const built = q.toSQL()
     return query<T>(built.sql, built.params)
@@ -383,7 +384,10 @@ const sessionOf = (query: Query, sql?: postgres.Sql): BarrierSession => ({
 })
 
 /** A statement as sent: postgres.js's pending query can be cancelled on the server. */
-type Send = <T>(text: string, params?: ReadonlyArray<unknown>) => PromiseLike<Array<T>> & Cancellable
+type Send<R> = (text: string, params?: ReadonlyArray<unknown>) => PromiseLike<R> & Cancellable
+
+/** A statement's rows and count (`BranchSession.statement`). */
+type Statement = BarrierSession["statement"]
 
 /**
  * The run's statements, given up when the run is interrupted (a saga step's timeout): the statement
@@ -393,14 +397,17 @@ type Send = <T>(text: string, params?: ReadonlyArray<unknown>) => PromiseLike<Ar
  * barrier row, which blocked the step's retry and compensation behind it, and it could land after
  * the caller had given up on it. The interruption does not wait for the rollback.
  */
-const interruptible = (signal: AbortSignal, send: Send): Query => {
+const interruptible = <R>(
+  signal: AbortSignal,
+  send: Send<R>
+): ((text: string, params?: ReadonlyArray<unknown>) => Promise<R>) => {
   const inflight = new Set<Cancellable>()
   signal.addEventListener("abort", () => {
     for (const pending of inflight) pending.cancel?.()
   })
-  return async <T>(text: string, params?: ReadonlyArray<unknown>) => {
+  return async (text, params) => {
     if (signal.aborted) throw new Error("the barrier run was interrupted; its transaction rolls back")
-    const pending = send<T>(text, params)
+    const pending = send(text, params)
     inflight.add(pending)
     try {
       return await pending
@@ -419,20 +426,31 @@ const onPostgres = <A>(
   signal: AbortSignal
 ) =>
   sql.begin(async (tx) => {
-    const statement = interruptible(
+    const send = interruptible(
       signal,
-      <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      (text, params) =>
         tx.unsafe(text, (params ?? []) as Array<postgres.ParameterOrJSON<never>>) as unknown as PromiseLike<
-          Array<T>
+          postgres.RowList<Array<Record<string, unknown>>>
         > &
           Cancellable
     )
     // Plain arrays, as on PGlite (postgres.js answers an Array subclass carrying `count`, `command`,
     // ...): rows returned as they are stay plain JSON, and come back the same on a duplicate.
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
-      Array.from(await statement<T>(text, params))
+      Array.from(await send(text, params)) as Array<T>
+    const statement: Statement = async (text, params) => {
+      const rows = await send(text, params)
+      return { rows: Array.from(rows), count: rows.count ?? rows.length }
+    }
     // The transaction handle offers the tagged-template API of `Sql` (what `BranchSession.sql` promises).
-    return protocol(statements, query, sessionOf(query, tx as unknown as postgres.Sql), target, work, codec)
+    return protocol(
+      statements,
+      query,
+      sessionOf(query, statement, tx as unknown as postgres.Sql),
+      target,
+      work,
+      codec
+    )
   }) as Promise<Decision<A>>
 
 const onPglite = <A>(
@@ -444,10 +462,16 @@ const onPglite = <A>(
   signal: AbortSignal
 ) =>
   db.transaction(async (tx: Transaction) => {
-    const query: Query = interruptible(signal, <T>(text: string, params?: ReadonlyArray<unknown>) =>
-      tx.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows)
+    const send = interruptible(signal, (text, params) =>
+      tx.query<Record<string, unknown>>(text, params as Array<unknown> | undefined)
     )
-    return protocol(statements, query, sessionOf(query), target, work, codec)
+    const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
+      (await send(text, params)).rows as Array<T>
+    const statement: Statement = async (text, params) => {
+      const r = await send(text, params)
+      return { rows: r.rows, count: Math.max(r.affectedRows ?? 0, r.rows.length) }
+    }
+    return protocol(statements, query, sessionOf(query, statement), target, work, codec)
   })
 
 /** A decision with the duplicate's result decoded. */

@@ -50,6 +50,7 @@ import { Gate, shared as sharedGate } from "./internal/gate.js"
 import * as Branch from "./internal/pgBranch.js"
 import type { Ending, Mode, StageFailure } from "./internal/pgBranch.js"
 import * as Migrations from "./Migrations.js"
+import type * as Pipeline from "./Pipeline.js"
 
 /**
  * What a branch's work receives: queries bound to the branch's one connection and transaction.
@@ -61,6 +62,11 @@ export interface BranchSession {
     text: string,
     params?: ReadonlyArray<unknown>
   ) => Promise<Array<T>>
+  /**
+   * A parameterised statement; resolves to its rows and how many rows it affected or returned (what
+   * a `Pipeline` check reads).
+   */
+  readonly statement: (text: string, params?: ReadonlyArray<unknown>) => Promise<Pipeline.Result>
   /** Runs a drizzle query builder (anything with `toSQL()`) on the branch. */
   readonly execute: <T = Record<string, unknown>>(query: {
     toSQL(): { sql: string; params: ReadonlyArray<unknown> }
@@ -415,6 +421,10 @@ const runPgliteBranch = async (
       const session: BranchSession = {
         query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
           (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
+        statement: async (text, params) => {
+          const r = await tx.query<Record<string, unknown>>(text, params as Array<unknown> | undefined)
+          return { rows: r.rows, count: Math.max(r.affectedRows ?? 0, r.rows.length) }
+        },
         execute: async <T>(q: { toSQL(): { sql: string; params: ReadonlyArray<unknown> } }) => {
           const { sql, params } = q.toSQL()
           return (await tx.query<T>(sql, params as Array<unknown>)).rows

@@ -16,3 +16,5 @@ export * as SagaSchema from "./SagaSchema.js"
 /** @since 0.1.0 */
 export * as PgRecovery from "./PgRecovery.js"
 export * as PgThreePhaseParticipant from "./PgThreePhaseParticipant.js"
+/** @since 0.1.0 */
+export * as Pipeline from "./Pipeline.js"

@@ -41,6 +41,7 @@ import { type Participant, TransactionId } from "@accord/core"
 import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
+import * as Pipeline from "../Pipeline.js"
 import {
   Abandonment,
   delay,
@@ -160,6 +161,12 @@ interface ResultTag {
   readonly count?: number
 }
 
+/** A postgres.js answer as a `Pipeline.Result`. */
+const resultOf = (rows: Array<Record<string, unknown>>): Pipeline.Result => ({
+  rows,
+  count: (rows as ResultTag).count ?? rows.length
+})
+
 /** What a statement gets after the branch's connection was lost (read as connection lost). */
 const lostError = () =>
   Object.assign(new Error("the branch's connection was lost; no further statement is sent on it"), {
@@ -260,6 +267,7 @@ class Session {
     }
     this.session = {
       query: (text, params) => this.work(text, params),
+      statement: (text, params) => this.work<Record<string, unknown>>(text, params).then(resultOf),
       execute: (q) => {
         const { sql, params } = q.toSQL()
         return this.work(sql, params)
@@ -356,9 +364,17 @@ class Session {
     if (ENDING_COMMANDS.has(tag.command) && !(tag.command === "ROLLBACK" && /\bto\b/i.test(text)))
       this.endedBy ??= tag.command
   }
+  /**
+   * Cancels the statements written to the connection. One still queued behind a statement that is
+   * being described (postgres.js holds the rest of a reserved connection's pipeline until then) is
+   * left to run: postgres.js skips a cancelled one when it drains that queue without sending the
+   * next, so the connection would hang with the clean-up's ROLLBACK queued behind it. Left to run,
+   * it fails inside the transaction that the cancelled statement aborted (or runs, if nothing was
+   * cancelled in time: a PREPARE then makes a Prepared vote, which the coordinator rolls back).
+   */
   cancelAll(): void {
     this.closed = true
-    for (const q of this.inflight) q.cancel()
+    for (const q of this.inflight) if (pidOf(q) !== undefined) q.cancel()
   }
 }
 
@@ -401,6 +417,10 @@ const body = async (
       connectionLost: false,
       message: `refused gid ${JSON.stringify(ctx.gid)}: not the gid Accord builds for transaction ${JSON.stringify(ctx.txId)}, branch ${JSON.stringify(ctx.branch)}`
     })
+  }
+  const steps = script === undefined ? undefined : Pipeline.statementsOf(work)
+  if (steps !== undefined && script !== undefined) {
+    return preparePipelined(sql, s, state, control, ctx, steps, script, cancelMs)
   }
   state.open = true
   // BEGIN is not awaited before the work starts: the work's first statement follows it in the pipe.
@@ -511,6 +531,92 @@ const body = async (
   if (!prepared.ok) throw fail("end", state, prepared.failure)
   state.open = false
   return { _tag: "Prepared" }
+}
+
+/**
+ * A pipelined work's first phase (`Pipeline`): BEGIN, its statements, the marker and the PREPARE,
+ * sent before any answer is read (one write, one round trip), then the answers read in order.
+ *
+ * - Everything answered: Prepared, unless a check refuses an answer.
+ * - The marker or PREPARE refused without a lost connection (a statement failed before it, so the
+ *   server found the transaction aborted, or 42710): nothing is prepared; the transaction is still
+ *   open and the clean-up rolls it back. The first failed statement is the work's failure.
+ * - Prepared although the branch must vote No (a check refused an answer; a statement failed on
+ *   this side, never sent, and the server prepared the rest; a statement ended the transaction):
+ *   `ROLLBACK PREPARED` here, then a No. If that fails, the branch is in doubt (at "end") and the
+ *   coordinator rolls the gid back, or recovery does (no decision: presumed abort).
+ * - The PREPARE's answer lost with the connection: in doubt.
+ * - Abandoned: everything in flight is cancelled; still unanswered `cancelMs` later, the connection
+ *   is ended (the same rule as for Accord's own statements after a work).
+ */
+const preparePipelined = async (
+  sql: postgres.Sql,
+  s: Session,
+  state: ConnState,
+  control: Control,
+  ctx: Participant.BranchContext,
+  steps: ReadonlyArray<Pipeline.Prepared>,
+  script: string,
+  cancelMs: number
+): Promise<Ending> => {
+  state.open = true
+  const begin = s.send<unknown>("BEGIN")
+  const begun = settle(begin).then((settled) => {
+    if (settled.ok) state.pid = pidOf(begin)
+    return settled
+  })
+  const answers = steps.map((step) =>
+    settle(s.work<Record<string, unknown>>(step.text, step.params).then(resultOf))
+  )
+  const prepared = settle(s.sendScript(script))
+  s.closed = true
+  control.onAbandon = () => {
+    s.cancelAll()
+    // Written with the rest, so its session is this branch's while it is unanswered.
+    if (state.pid === undefined && s.inflight.has(begin as PendingQuery<unknown>)) state.pid = pidOf(begin)
+    state.stuck = setTimeout(() => void end(sql, s, state, cancelMs), cancelMs)
+  }
+  const [b, results, p] = await Promise.all([begun, Promise.all(answers), prepared])
+  const firstFailure = (): PgFailure | undefined => {
+    if (!b.ok) return b.failure
+    for (const r of results) if (!r.ok) return r.failure
+    return undefined
+  }
+  if (!p.ok) {
+    if (p.failure.connectionLost || s.lost) throw fail("end", state, { ...p.failure, connectionLost: true })
+    if (!b.ok) throw fail("begin", state, b.failure)
+    const failed = firstFailure()
+    if (failed !== undefined) return { _tag: "WorkFailed", failure: failed }
+    throw fail("marker", state, p.failure)
+  }
+  state.open = false
+  const refused: PgFailure | undefined =
+    firstFailure() ??
+    (s.endedBy === undefined
+      ? undefined
+      : {
+          sqlState: "25000",
+          connectionLost: false,
+          message: `a statement of the pipelined work ended the branch's transaction itself (${s.endedBy})`
+        }) ??
+    (() => {
+      const check = Pipeline.verify(
+        steps,
+        results.map((r) => (r.ok ? r.value : { rows: [], count: 0 }))
+      )
+      return check === undefined
+        ? undefined
+        : { sqlState: undefined, connectionLost: false, message: check.message }
+    })()
+  if (refused === undefined) return { _tag: "Prepared" }
+  const rolledBack = await settle(s.send(`ROLLBACK PREPARED ${TransactionId.toSqlLiteral(ctx.gid)}`))
+  if (rolledBack.ok) return { _tag: "WorkFailed", failure: refused }
+  // Prepared and not rolled back: in doubt (no sqlState), so that the coordinator rolls it back.
+  throw fail("end", state, {
+    sqlState: undefined,
+    connectionLost: rolledBack.failure.connectionLost,
+    message: `prepared although ${refused.message}; its ROLLBACK PREPARED failed: ${rolledBack.failure.message}`
+  })
 }
 
 /**
