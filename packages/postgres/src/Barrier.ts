@@ -403,7 +403,10 @@ const interruptible = <R>(
 ): ((text: string, params?: ReadonlyArray<unknown>) => Promise<R>) => {
   const inflight = new Set<Cancellable>()
   signal.addEventListener("abort", () => {
-    for (const pending of inflight) pending.cancel?.()
+    // Only the statement the server is running: postgres.js never settles a cancelled one that is
+    // written but waiting its turn, nor sends what is queued behind a cancelled unsent one, and the
+    // transaction would then wait for ever. The ones behind it fail in the aborted transaction.
+    for (const pending of inflight) if ((pending as { active?: boolean }).active === true) pending.cancel?.()
   })
   return async (text, params) => {
     if (signal.aborted) throw new Error("the barrier run was interrupted; its transaction rolls back")

@@ -87,11 +87,11 @@ export class CheckFailed extends Error {
 /**
  * Statements that end or replace the branch's transaction. Refused when the work is made: sent
  * between Accord's BEGIN and PREPARE, what came before them would be committed or lost outside the
- * coordinator's decision. (The participant also reads every answer's command tag, for one that
- * slips past this, behind a comment say.)
+ * coordinator's decision. Leading comments are skipped. (A postgres.js participant also reads every
+ * answer's command tag, for one that slips past this.)
  */
 const TRANSACTION_CONTROL =
-  /^\s*(begin|start\s+transaction|commit|end|rollback|abort|prepare\s+transaction)\b/i
+  /^(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|rollback|abort|prepare\s+transaction)\b/i
 
 const toPrepared = (statement: Statement, index: number): Prepared => {
   const prepared: Prepared =
@@ -100,9 +100,10 @@ const toPrepared = (statement: Statement, index: number): Prepared => {
       : "query" in statement
         ? { ...fromBuilt(statement.query), check: statement.check }
         : { ...fromBuilt(statement), check: undefined }
-  if (TRANSACTION_CONTROL.test(prepared.text)) {
+  const control = TRANSACTION_CONTROL.exec(prepared.text)
+  if (control !== null) {
     throw new TypeError(
-      `statement ${index + 1} of a pipelined work controls the transaction (${prepared.text.trim().split(/\s+/)[0]}): Accord begins, prepares and ends the branch's transaction`
+      `statement ${index + 1} of a pipelined work controls the transaction (${control[1]!.toUpperCase()}): Accord begins, prepares and ends the branch's transaction`
     )
   }
   return prepared

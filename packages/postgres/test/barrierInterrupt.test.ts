@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Option } from "effect"
 import postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
+import * as Pipeline from "../src/Pipeline.js"
 import * as TestDatabase from "../src/TestDatabase.js"
 
 const server = await TestDatabase.server()
@@ -77,6 +78,47 @@ describe.skipIf(server === undefined)("Barrier runs interrupted on PostgreSQL", 
           "compensation:null-compensation"
         ])
         expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+      })
+  )
+
+  it.live(
+    "a pipelined action interrupted while its first statement waits on a lock rolls back too: the statements behind it are not cancelled",
+    () =>
+      Effect.gen(function* () {
+        const sku = "interrupt-pipelined"
+        const gid = `G-interrupt-pl-${Date.now()}`
+        yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5)`)
+        const unhold = yield* Effect.promise(() => holdRow(sku))
+        // Both statements are sent before the first answer: the second waits behind the first.
+        // Cancelling it as well left postgres.js waiting for it for ever, and the transaction open.
+        const action = Pipeline.make([
+          {
+            text: "update stock set qty = qty - 1 where sku = $1",
+            params: [sku],
+            check: Pipeline.expectRows(1)
+          },
+          { text: "select qty from stock where sku = $1", params: [sku] }
+        ])
+        const timedOut = yield* Barrier.run(sql, { gid, branch: "reserve", op: "action" }, action).pipe(
+          Effect.timeout("300 millis"),
+          Effect.option
+        )
+        expect(Option.isNone(timedOut)).toBe(true)
+        const undo = yield* Barrier.run(
+          sql,
+          { gid, branch: "reserve", op: "compensation" },
+          release(sku)
+        ).pipe(Effect.timeout("3 seconds"), Effect.either, Effect.ensuring(Effect.promise(unhold)))
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+        // Its transaction was rolled back and its connection given back. Cancelling the statement
+        // behind the running one as well left postgres.js waiting for that one's answer for ever:
+        // the session stayed idle in its aborted transaction and the pool lost the connection.
+        const stuck = yield* Effect.promise(
+          () => sql`select state from pg_stat_activity
+            where datname = current_database() and state like 'idle in transaction%'`
+        )
+        expect(stuck).toEqual([])
       })
   )
 

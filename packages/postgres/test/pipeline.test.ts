@@ -45,6 +45,8 @@ describe("Pipeline.make", () => {
     ]) {
       expect(() => Pipeline.make([move(1, 1), { text }]), text).toThrow(/controls the transaction/)
     }
+    expect(() => Pipeline.make([{ text: "-- settle\ncommit" }])).toThrow("(COMMIT)")
+    expect(() => Pipeline.make([{ text: "/* undo */ rollback" }])).toThrow("(ROLLBACK)")
     expect(() => Pipeline.make([{ text: "select 1 as committed" }, { text: "savepoint s" }])).not.toThrow()
   })
 
@@ -328,6 +330,54 @@ describe.skipIf(server === undefined)("Pipeline on postgres.js participants", ()
         )
         expect(next._tag).toBe("Committed")
         yield* Effect.promise(() => cold.sql.end({ timeout: 5 }))
+      })
+  )
+
+  it.live(
+    "at the prepare bound on a connection that already knows the statements, the running one is cancelled and the session closed, not reused",
+    () =>
+      Effect.gen(function* () {
+        const pa = yield* PgParticipant.make({ name: "bank-a", sql: one.sql })
+        const { pb } = yield* participants
+        const transfer = (options?: TwoPhaseCommit.Options) =>
+          withLog(
+            TwoPhaseCommit.run(
+              [
+                Participant.branch(pa, Pipeline.make([move(3, -1), { text: "select 1" }])),
+                Participant.branch(pb, Pipeline.make([move(3, 1)]))
+              ],
+              options
+            )
+          )
+        // Warm: every statement of the branch is then written at once, and the UPDATE waits on the
+        // lock with "select 1" and the marker and PREPARE written behind it.
+        const start = (yield* balance(a.sql, 3))!
+        expect((yield* transfer())._tag).toBe("Committed")
+        const [{ pid }] = yield* Effect.promise(
+          () => one.sql<{ pid: number }[]>`select pg_backend_pid() as pid`
+        )
+        const holder = yield* Effect.promise(() => a.sql.reserve())
+        yield* Effect.promise(() =>
+          holder.unsafe("begin; select * from accounts where id = 3 for update").simple()
+        )
+        const from = one.statements.length
+        const outcome = yield* transfer({ prepareTimeout: "300 millis" })
+        yield* Effect.promise(() => holder.unsafe("rollback"))
+        holder.release()
+        expect(outcome._tag).toBe("Aborted")
+        expect(one.statements.slice(from).filter((s) => s.includes("pg_terminate_backend"))).toEqual([])
+        expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB_A, DB_B]))).toEqual([])
+        // The session that received the cancel request is gone (a late cancel could otherwise hit the
+        // next branch's BEGIN on it); the next transfer runs on a new one.
+        let alive = 1
+        for (let i = 0; i < 200 && alive > 0; i++) {
+          const rows = yield* Effect.promise(() => admin`select 1 from pg_stat_activity where pid = ${pid}`)
+          alive = rows.length
+          if (alive > 0) yield* Effect.sleep("10 millis")
+        }
+        expect(alive).toBe(0)
+        expect((yield* transfer())._tag).toBe("Committed")
+        expect(yield* balance(a.sql, 3)).toBe(start - 2)
       })
   )
 

@@ -254,6 +254,10 @@ class Session {
   wrote = false
   /** A work statement ended the branch's transaction (COMMIT, ROLLBACK, PREPARE TRANSACTION). */
   endedBy: string | undefined = undefined
+  /** The branch's BEGIN, once sent: nothing is cancelled before it has answered (`cancelAll`). */
+  begin: Promise<unknown> | undefined = undefined
+  /** A cancel request was sent for this session: its connection is closed, never given back (`cleanUp`). */
+  cancelSent = false
   readonly session: BranchSession
   constructor(
     readonly conn: postgres.ReservedSql,
@@ -365,17 +369,36 @@ class Session {
       this.endedBy ??= tag.command
   }
   /**
-   * Cancels the statements written to the connection. One still queued behind a statement that is
-   * being described (postgres.js holds the rest of a reserved connection's pipeline until then) is
-   * left to run: postgres.js skips a cancelled one when it drains that queue without sending the
-   * next, so the connection would hang with the clean-up's ROLLBACK queued behind it. Left to run,
-   * it fails inside the transaction that the cancelled statement aborted (or runs, if nothing was
-   * cancelled in time: a PREPARE then makes a Prepared vote, which the coordinator rolls back).
+   * Cancels the statement the server is running for this session, once BEGIN has answered.
+   *
+   * - Only the running one: postgres.js skips a cancelled statement that is written but not yet
+   *   running (it sends the cancel request as that statement's turn comes and moves to the next
+   *   without ever settling it) and drops a cancelled one still queued behind a statement being
+   *   described without sending the next, so either would leave the branch waiting for ever. The
+   *   statements behind the cancelled one fail in the transaction it aborted.
+   * - Not before BEGIN has answered: a cancel that lands on BEGIN leaves the statements pipelined
+   *   behind it to run, and commit, outside any transaction.
    */
   cancelAll(): void {
     this.closed = true
-    for (const q of this.inflight) if (pidOf(q) !== undefined) q.cancel()
+    const begin = this.begin
+    if (begin !== undefined && this.inflight.has(begin as PendingQuery<unknown>)) {
+      begin.then(() => this.cancelRunning(), noop)
+    } else this.cancelRunning()
   }
+  private cancelRunning(): void {
+    for (const q of this.inflight) {
+      if ((q as Running).active === true) {
+        this.cancelSent = true
+        q.cancel()
+      }
+    }
+  }
+}
+
+/** postgres.js marks the statement its connection is running. */
+interface Running {
+  readonly active?: boolean
 }
 
 interface ConnState {
@@ -425,6 +448,7 @@ const body = async (
   state.open = true
   // BEGIN is not awaited before the work starts: the work's first statement follows it in the pipe.
   const begin = s.send<unknown>("BEGIN")
+  s.begin = begin
   // The pid is read as BEGIN settles (the connection could close and reconnect as another session
   // later, its key data with it), or below if BEGIN never does.
   const begun = begin.then(
@@ -561,6 +585,7 @@ const preparePipelined = async (
 ): Promise<Ending> => {
   state.open = true
   const begin = s.send<unknown>("BEGIN")
+  s.begin = begin
   const begun = settle(begin).then((settled) => {
     if (settled.ok) state.pid = pidOf(begin)
     return settled
@@ -655,6 +680,11 @@ const cleanUp = async (sql: postgres.Sql, s: Session, state: ConnState, cancelMs
       return end(sql, s, state, cancelMs)
     }
   }
+  // A cancel request travels on a connection of its own and may reach the session after the
+  // statement it was meant for: given back, the connection could carry another branch's BEGIN
+  // into it (whose statements would then commit outside any transaction). Closed instead; the
+  // pool opens a new session on demand.
+  if (s.cancelSent) return destroyReserved(s.conn)
   s.conn.release()
 }
 
