@@ -353,9 +353,10 @@ describe.skipIf(server === undefined)("Pipeline on postgres.js participants", ()
         // lock with "select 1" and the marker and PREPARE written behind it.
         const start = (yield* balance(a.sql, 3))!
         expect((yield* transfer())._tag).toBe("Committed")
-        const [{ pid }] = yield* Effect.promise(
+        const [session] = yield* Effect.promise(
           () => one.sql<{ pid: number }[]>`select pg_backend_pid() as pid`
         )
+        const pid = session!.pid
         const holder = yield* Effect.promise(() => a.sql.reserve())
         yield* Effect.promise(() =>
           holder.unsafe("begin; select * from accounts where id = 3 for update").simple()
