@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import type { PgWork } from "@accord/postgres/PgParticipant"
+import * as Pipeline from "@accord/postgres/Pipeline"
 import { eq, sql } from "drizzle-orm"
 import { drizzle } from "drizzle-orm/postgres-js"
 import * as Schema from "./Schema.js"
@@ -39,20 +40,22 @@ const builder = drizzle.mock()
 /**
  * The work of one side of a transfer in its bank: move `delta` on `account` and write the ledger
  * row, inside the branch. A debit past zero violates `CHECK (balance >= 0)`: the database refuses
- * and the branch votes No.
+ * and the branch votes No; so does an account that does not exist (the UPDATE must find one row).
+ * The two statements do not depend on each other, so they are a `Pipeline`: on a PostgreSQL server
+ * a branch's BEGIN, both statements, its marker and its PREPARE go in one round trip.
  * @since 0.1.0
  */
-export const applyWork =
-  (txId: string, account: number, delta: number): PgWork =>
-  async (session) => {
-    await session.execute(
-      builder
+export const applyWork = (txId: string, account: number, delta: number): PgWork =>
+  Pipeline.make([
+    {
+      query: builder
         .update(Schema.accounts)
         .set({ balance: sql`${Schema.accounts.balance} + ${delta}` })
-        .where(eq(Schema.accounts.id, account))
-    )
-    await session.execute(builder.insert(Schema.ledger).values({ txId, account, delta }))
-  }
+        .where(eq(Schema.accounts.id, account)),
+      check: Pipeline.expectRows(1)
+    },
+    builder.insert(Schema.ledger).values({ txId, account, delta })
+  ])
 
 /**
  * The seed id of the dataset `db` holds (written by `seed`), or `undefined` when it holds none (no
