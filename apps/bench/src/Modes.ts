@@ -191,6 +191,31 @@ const rawPipelinedBranch = async (sql: postgres.Sql, gid: string, account: numbe
 }
 
 /**
+ * A hand-written 2PC mode: `branch` for each side, the decisions written one by one or batched
+ * (`grouped`). Every one but `raw2pc` itself is opt-in and compared with it.
+ */
+const byHandMode = (
+  dbs: Server.Databases,
+  name: string,
+  branch: (sql: postgres.Sql, gid: string, account: number, delta: number) => Promise<unknown>,
+  grouped: boolean
+): Mode => ({
+  name,
+  backend: "postgres",
+  ...(name === "raw2pc" ? {} : { baseline: "raw2pc", optIn: true }),
+  open: async (concurrency) => {
+    const a = Server.pool(dbs.a, concurrency)
+    const b = Server.pool(dbs.b, concurrency)
+    const coordinator = decisionPool(dbs.coordinator, concurrency)
+    const decide = grouped ? decideGrouped(coordinator) : decideAlone(coordinator)
+    return {
+      tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, branch, decide),
+      close: () => closeAll(a, b, coordinator)
+    }
+  }
+})
+
+/**
  * The hand-written baselines on PostgreSQL.
  * @since 0.1.0
  */
@@ -212,50 +237,9 @@ export const rawModes = (dbs: Server.Databases): ReadonlyArray<Mode> => [
       }
     }
   },
-  {
-    name: "raw2pc",
-    backend: "postgres",
-    open: async (concurrency) => {
-      const a = Server.pool(dbs.a, concurrency)
-      const b = Server.pool(dbs.b, concurrency)
-      const coordinator = decisionPool(dbs.coordinator, concurrency)
-      return {
-        tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawBranch),
-        close: () => closeAll(a, b, coordinator)
-      }
-    }
-  },
-  {
-    name: "raw2pc-pipelined",
-    backend: "postgres",
-    baseline: "raw2pc",
-    optIn: true,
-    open: async (concurrency) => {
-      const a = Server.pool(dbs.a, concurrency)
-      const b = Server.pool(dbs.b, concurrency)
-      const coordinator = decisionPool(dbs.coordinator, concurrency)
-      return {
-        tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawPipelinedBranch),
-        close: () => closeAll(a, b, coordinator)
-      }
-    }
-  },
-  {
-    name: "raw2pc-group",
-    backend: "postgres",
-    baseline: "raw2pc",
-    optIn: true,
-    open: async (concurrency) => {
-      const a = Server.pool(dbs.a, concurrency)
-      const b = Server.pool(dbs.b, concurrency)
-      const coordinator = decisionPool(dbs.coordinator, concurrency)
-      const decide = decideGrouped(coordinator)
-      return {
-        tx: () => byHandTransfer({ a, b, coordinator }, `${process.pid}_${++rawCounter}`, rawBranch, decide),
-        close: () => closeAll(a, b, coordinator)
-      }
-    }
-  }
+  byHandMode(dbs, "raw2pc", rawBranch, false),
+  byHandMode(dbs, "raw2pc-pipelined", rawPipelinedBranch, false),
+  byHandMode(dbs, "raw2pc-group", rawBranch, true)
 ]
 
 type Log = TransactionLog.TransactionLog["Type"]

@@ -55,7 +55,9 @@ describe.skipIf(server === undefined)("opt-in modes on PostgreSQL", () => {
       for (const url of [dbs.a, dbs.b]) {
         const sql = postgres(url, { max: 1, onnotice: () => {} })
         try {
-          const [row] = await sql<{ total: string }[]>`SELECT sum(balance)::bigint::text AS total FROM accounts`
+          const [row] = await sql<
+            { total: string }[]
+          >`SELECT sum(balance)::bigint::text AS total FROM accounts`
           sums.push(Number(row!.total))
         } finally {
           await sql.end({ timeout: 5 })
