@@ -1,9 +1,9 @@
 /**
  * A branch's work given as a fixed list of statements, so that a postgres.js participant can send
- * the whole first phase in one message: BEGIN, the statements, the marker and `PREPARE
- * TRANSACTION`, written together and answered in one round trip. A work written as a function
- * (`PgWork`) may wait for one statement's answer before it sends the next, so its participant can
- * send the PREPARE only after the work returned: two round trips per branch at least.
+ * the rest of the first phase in one message once BEGIN has answered: the statements, the marker
+ * and `PREPARE TRANSACTION`, written together and answered in one round trip. A work written as a
+ * function (`PgWork`) may wait for one statement's answer before it sends the next, so its
+ * participant can send the PREPARE only after the work returned: a round trip more at least.
  *
  * What it costs: the statements cannot depend on each other's results, and a check on a result
  * (`expectRows`) is read once the branch is already prepared; a check that fails then rolls the

@@ -9,6 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import type postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
+import * as Pipeline from "../src/Pipeline.js"
 import { ctxFor } from "./support/pg2pc.js"
 
 type Answer = (text: string) => Promise<ReadonlyArray<unknown>>
@@ -97,6 +98,34 @@ describe("PgParticipant driver faults", () => {
         expect(server.released()).toBe(0)
       })
   )
+
+  // A cancel request that reaches the session while it runs BEGIN fails BEGIN, and a statement
+  // already sent behind it then runs outside any transaction and commits on its own (measured on a
+  // real server under a storm of pg_cancel_backend: docs/postgres.md). The work is only sent once
+  // BEGIN has answered, for a function work and for a pipelined one.
+  for (const [kind, work] of [
+    ["function", (s: PgParticipant.BranchSession) => s.query("update accounts set balance = 0")],
+    ["pipelined", Pipeline.make([{ text: "update accounts set balance = 0" }])]
+  ] as const) {
+    it.live(
+      `a BEGIN that fails sends none of the ${kind} work: nothing can run outside the transaction`,
+      () =>
+        Effect.gen(function* () {
+          const server = scripted(async (text) => {
+            if (text === "BEGIN") {
+              await new Promise((resolve) => setTimeout(resolve, 20))
+              throw Object.assign(new Error("canceling statement due to user request"), { code: "57014" })
+            }
+            return healthy(text)
+          })
+          const p = yield* PgParticipant.make({ name: "bank-a", sql: server.sql })
+          const from = server.sent.length
+          const result = yield* Effect.either(p.prepare(yield* ctxFor("bank-a"), work))
+          expect(Either.isLeft(result) && result.left._tag).toBe("BranchCallError")
+          expect(server.sent.slice(from)).toEqual(["BEGIN", "ROLLBACK"])
+        })
+    )
+  }
 
   it.effect(
     "a refused COMMIT of a one-phase branch is a No with its SQLSTATE; the connection is released",

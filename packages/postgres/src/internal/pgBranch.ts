@@ -7,9 +7,11 @@
  * a few microseconds and a fiber hop per statement tens; a branch built from ~10 Effects per
  * statement cost more client CPU than the statements themselves. The rules are the same as before:
  *
- * - Round trips: the work starts as soon as BEGIN is sent, so its first statement is pipelined
- *   behind it; a branch whose work certainly wrote (a statement reported rows changed: the
- *   transaction has an xid) sends the marker and the PREPARE in one simple-protocol message.
+ * - Round trips: BEGIN is answered before the work starts (`beginOn`: a statement pipelined behind a
+ *   BEGIN that a cancel request fails would commit on its own); a branch whose work certainly
+ *   wrote (a statement reported rows changed: the transaction has an xid) sends the marker and the
+ *   PREPARE in one simple-protocol message. A pipelined work (`Pipeline`) sends its statements, the
+ *   marker and the PREPARE in one write after BEGIN.
  *   Otherwise the marker is inserted only if the transaction has an xid
  *   (`pg_current_xact_id_if_assigned()`); no row means read-only: COMMIT, no PREPARE.
  * - The marker names its table with the schema found when the participant was made
@@ -46,7 +48,6 @@ import {
   Abandonment,
   delay,
   destroyReserved,
-  type Settled,
   sendOn,
   settle,
   unlessAbandoned
@@ -445,40 +446,16 @@ const body = async (
   if (steps !== undefined && script !== undefined) {
     return preparePipelined(sql, s, state, control, ctx, steps, script, cancelMs)
   }
-  state.open = true
-  // BEGIN is not awaited before the work starts: the work's first statement follows it in the pipe.
-  const begin = s.send<unknown>("BEGIN")
-  s.begin = begin
-  // The pid is read as BEGIN settles (the connection could close and reconnect as another session
-  // later, its key data with it), or below if BEGIN never does.
-  const begun = begin.then(
-    (value): Settled<unknown> => {
-      state.pid = pidOf(begin)
-      return { ok: true, value }
-    },
-    (error: unknown): Settled<unknown> => ({ ok: false, failure: toFailure(error) })
-  )
+  await beginOn(s, state, control, cancelMs)
   let worked: Promise<unknown>
   try {
     worked = Promise.resolve(work(s.session))
   } catch (error) {
     worked = Promise.reject(error)
   }
-  const both = await unlessAbandoned(
-    Promise.all([begun, settle(worked)]),
-    control,
-    cancelMs,
-    () => "timeout" as const
-  )
+  const w = await unlessAbandoned(settle(worked), control, cancelMs, () => "timeout" as const)
   s.closed = true
-  if (both === "timeout") {
-    // BEGIN unanswered still: the session it was written to has not closed (a close fails every
-    // statement written on it), so its pid is this session's.
-    if (s.inflight.has(begin as PendingQuery<unknown>)) state.pid = pidOf(begin)
-    throw fail("end", state, interrupted)
-  }
-  const [b, w] = both
-  if (!b.ok) throw fail("begin", state, b.failure)
+  if (w === "timeout") throw fail("end", state, interrupted)
   // From here on the statements are Accord's own (ROLLBACK, marker, PREPARE, COMMIT), which the
   // work's bound does not cover: abandoned, they are cancelled, and if one is still unanswered
   // `cancelMs` later the connection is ended, which fails it (a lost connection: at "end", in doubt).
@@ -558,8 +535,36 @@ const body = async (
 }
 
 /**
- * A pipelined work's first phase (`Pipeline`): BEGIN, its statements, the marker and the PREPARE,
- * sent before any answer is read (one write, one round trip), then the answers read in order.
+ * BEGIN, answered before any other statement is sent on the branch's connection. A statement sent
+ * behind a BEGIN that fails runs outside any transaction and commits at once: a cancel request
+ * that reaches the session while it runs BEGIN (one sent late for a statement of the connection's
+ * previous user, or by anyone with the session's key or `pg_cancel_backend`) did exactly that. On
+ * the benchmark box, BEGIN pipelined with a `select` under a storm of `pg_cancel_backend` calls
+ * failed 321 times in 71,558, each time with the `select` run outside the transaction. Waiting
+ * costs a round trip per branch (about 8% at c = 1 in the benchmark, nothing measurable at c = 8).
+ */
+const beginOn = async (s: Session, state: ConnState, control: Control, cancelMs: number): Promise<void> => {
+  state.open = true
+  const begin = s.send<unknown>("BEGIN")
+  s.begin = begin
+  const begun = await unlessAbandoned(settle(begin), control, cancelMs, () => "timeout" as const)
+  if (begun === "timeout") {
+    // BEGIN unanswered still: the session it was written to has not closed (a close fails every
+    // statement written on it), so its pid is this session's.
+    if (s.inflight.has(begin as PendingQuery<unknown>)) state.pid = pidOf(begin)
+    throw fail("end", state, interrupted)
+  }
+  if (!begun.ok) throw fail("begin", state, begun.failure)
+  // Read as BEGIN answers: the connection could close and reconnect as another session later, its
+  // key data with it.
+  state.pid = pidOf(begin)
+  if (control.abandoned) throw fail("end", state, interrupted)
+}
+
+/**
+ * A pipelined work's first phase (`Pipeline`): BEGIN (answered first, `beginOn`), then its
+ * statements, the marker and the PREPARE sent before any of their answers is read (one write, one
+ * round trip), then the answers read in order.
  *
  * - Everything answered: Prepared, unless a check refuses an answer.
  * - The marker or PREPARE refused without a lost connection (a statement failed before it, so the
@@ -583,13 +588,7 @@ const preparePipelined = async (
   script: string,
   cancelMs: number
 ): Promise<Ending> => {
-  state.open = true
-  const begin = s.send<unknown>("BEGIN")
-  s.begin = begin
-  const begun = settle(begin).then((settled) => {
-    if (settled.ok) state.pid = pidOf(begin)
-    return settled
-  })
+  await beginOn(s, state, control, cancelMs)
   const answers = steps.map((step) =>
     settle(s.work<Record<string, unknown>>(step.text, step.params).then(resultOf))
   )
@@ -597,19 +596,15 @@ const preparePipelined = async (
   s.closed = true
   control.onAbandon = () => {
     s.cancelAll()
-    // Written with the rest, so its session is this branch's while it is unanswered.
-    if (state.pid === undefined && s.inflight.has(begin as PendingQuery<unknown>)) state.pid = pidOf(begin)
     state.stuck = setTimeout(() => void end(sql, s, state, cancelMs), cancelMs)
   }
-  const [b, results, p] = await Promise.all([begun, Promise.all(answers), prepared])
+  const [results, p] = await Promise.all([Promise.all(answers), prepared])
   const firstFailure = (): PgFailure | undefined => {
-    if (!b.ok) return b.failure
     for (const r of results) if (!r.ok) return r.failure
     return undefined
   }
   if (!p.ok) {
     if (p.failure.connectionLost || s.lost) throw fail("end", state, { ...p.failure, connectionLost: true })
-    if (!b.ok) throw fail("begin", state, b.failure)
     const failed = firstFailure()
     if (failed !== undefined) return { _tag: "WorkFailed", failure: failed }
     throw fail("marker", state, p.failure)
