@@ -44,14 +44,7 @@ import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
 import * as Pipeline from "../Pipeline.js"
-import {
-  Abandonment,
-  delay,
-  destroyReserved,
-  sendOn,
-  settle,
-  unlessAbandoned
-} from "./client.js"
+import { Abandonment, delay, destroyReserved, sendOn, settle, unlessAbandoned } from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
