@@ -370,8 +370,8 @@ class Session {
    *   without ever settling it) and drops a cancelled one still queued behind a statement being
    *   described without sending the next, so either would leave the branch waiting for ever. The
    *   statements behind the cancelled one fail in the transaction it aborted.
-   * - Not before BEGIN has answered: a cancel that lands on BEGIN leaves the statements pipelined
-   *   behind it to run, and commit, outside any transaction.
+   * - Not before BEGIN has answered (`beginOn` sends nothing behind it before then, and stops at an
+   *   abandon once it has): BEGIN itself is never the statement cancelled.
    */
   cancelAll(): void {
     this.closed = true
@@ -568,8 +568,9 @@ const beginOn = async (s: Session, state: ConnState, control: Control, cancelMs:
  *   `ROLLBACK PREPARED` here, then a No. If that fails, the branch is in doubt (at "end") and the
  *   coordinator rolls the gid back, or recovery does (no decision: presumed abort).
  * - The PREPARE's answer lost with the connection: in doubt.
- * - Abandoned: everything in flight is cancelled; still unanswered `cancelMs` later, the connection
- *   is ended (the same rule as for Accord's own statements after a work).
+ * - Abandoned: the running statement is cancelled and the ones behind it fail in the aborted
+ *   transaction; still unanswered `cancelMs` later, the connection is ended (the same rule as for
+ *   Accord's own statements after a work).
  */
 const preparePipelined = async (
   sql: postgres.Sql,
@@ -669,9 +670,9 @@ const cleanUp = async (sql: postgres.Sql, s: Session, state: ConnState, cancelMs
     }
   }
   // A cancel request travels on a connection of its own and may reach the session after the
-  // statement it was meant for: given back, the connection could carry another branch's BEGIN
-  // into it (whose statements would then commit outside any transaction). Closed instead; the
-  // pool opens a new session on demand.
+  // statement it was meant for: given back, the connection would carry the next user's statement
+  // into it, which the late request would fail. Closed instead; the pool opens a new session on
+  // demand.
   if (s.cancelSent) return destroyReserved(s.conn)
   s.conn.release()
 }
