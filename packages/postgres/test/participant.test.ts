@@ -23,6 +23,7 @@ import {
   countingPool,
   createBank,
   ctxFor,
+  endAndDropNothingOpen,
   preparedIn,
   total,
   transfer as twoPhaseTransfer
@@ -48,19 +49,11 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
     admin = postgres(adminUrl, { max: 2, onnotice: () => {} })
   }, 60_000)
 
-  afterAll(async () => {
-    const stuck = await admin`
-      select datname, state from pg_stat_activity
-      where datname in (${DB_A}, ${DB_B}) and state like 'idle in transaction%'`
-    await a?.sql.end({ timeout: 5 })
-    await b?.sql.end({ timeout: 5 })
-    await logSql?.end({ timeout: 5 })
-    const left = await preparedIn(adminUrl, [DB_A, DB_B])
-    await admin?.end({ timeout: 5 })
-    for (const db of [DB_A, DB_B, DB_LOG]) await TestDatabase.dropDatabase(adminUrl, db)
-    expect(left).toEqual([])
-    expect(stuck).toEqual([])
-  }, 60_000)
+  afterAll(
+    () =>
+      endAndDropNothingOpen(adminUrl, [a?.sql, b?.sql, logSql, admin], [DB_A, DB_B], [DB_A, DB_B, DB_LOG]),
+    60_000
+  )
 
   const participants = Effect.gen(function* () {
     const pa = yield* PgParticipant.make({ name: "bank-a", sql: a.sql })

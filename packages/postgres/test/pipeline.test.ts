@@ -14,7 +14,14 @@ import * as Barrier from "../src/Barrier.js"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as Pipeline from "../src/Pipeline.js"
 import * as TestDatabase from "../src/TestDatabase.js"
-import { balance, type CountingSql, countingPool, createBank, preparedIn } from "./support/pg2pc.js"
+import {
+  balance,
+  type CountingSql,
+  countingPool,
+  createBank,
+  endAndDropNothingOpen,
+  preparedIn
+} from "./support/pg2pc.js"
 import { usePgliteBanks } from "./support/pglite.js"
 
 const server = await TestDatabase.server()
@@ -74,19 +81,10 @@ describe.skipIf(server === undefined)("Pipeline on postgres.js participants", ()
     admin = postgres(adminUrl, { max: 2, onnotice: () => {} })
   }, 60_000)
 
-  afterAll(async () => {
-    const stuck = await admin`
-      select datname, state from pg_stat_activity
-      where datname in (${DB_A}, ${DB_B}) and state like 'idle in transaction%'`
-    await a?.sql.end({ timeout: 5 })
-    await b?.sql.end({ timeout: 5 })
-    await one?.sql.end({ timeout: 5 })
-    const left = await preparedIn(adminUrl, [DB_A, DB_B])
-    await admin?.end({ timeout: 5 })
-    for (const db of [DB_A, DB_B]) await TestDatabase.dropDatabase(adminUrl, db)
-    expect(left).toEqual([])
-    expect(stuck).toEqual([])
-  }, 60_000)
+  afterAll(
+    () => endAndDropNothingOpen(adminUrl, [a?.sql, b?.sql, one?.sql, admin], [DB_A, DB_B], [DB_A, DB_B]),
+    60_000
+  )
 
   const participants = Effect.gen(function* () {
     const pa = yield* PgParticipant.make({ name: "bank-a", sql: a.sql })

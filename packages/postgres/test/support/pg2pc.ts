@@ -146,3 +146,26 @@ export const endAndDrop = async (
   for (const db of databases) await TestDatabase.dropDatabase(adminUrl, db)
   expect(left).toEqual([])
 }
+
+/**
+ * `endAndDrop`, after checking that no session of `checked` was left idle in a transaction (a
+ * branch that gave its connection back without rolling back).
+ */
+export const endAndDropNothingOpen = async (
+  adminUrl: string,
+  pools: ReadonlyArray<postgres.Sql | undefined>,
+  checked: ReadonlyArray<string>,
+  databases: ReadonlyArray<string>
+) => {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  let stuck: ReadonlyArray<unknown>
+  try {
+    stuck = await admin`
+      select datname, state from pg_stat_activity
+      where datname in ${admin(checked)} and state like 'idle in transaction%'`
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+  await endAndDrop(adminUrl, pools, checked, databases)
+  expect(stuck).toEqual([])
+}
