@@ -36,7 +36,7 @@ import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError
 import * as Json from "@accord/core/Json"
 import { Cause, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
-import { type Cancellable, clientOf } from "./internal/client.js"
+import { type Cancellable, cancelIfRunning, clientOf, countOf, pgliteResult } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
 import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
@@ -403,10 +403,7 @@ const interruptible = <R>(
 ): ((text: string, params?: ReadonlyArray<unknown>) => Promise<R>) => {
   const inflight = new Set<Cancellable>()
   signal.addEventListener("abort", () => {
-    // Only the statement the server is running: postgres.js never settles a cancelled one that is
-    // written but waiting its turn, nor sends what is queued behind a cancelled unsent one, and the
-    // transaction would then wait for ever. The ones behind it fail in the aborted transaction.
-    for (const pending of inflight) if ((pending as { active?: boolean }).active === true) pending.cancel?.()
+    for (const pending of inflight) cancelIfRunning(pending)
   })
   return async (text, params) => {
     if (signal.aborted) throw new Error("the barrier run was interrupted; its transaction rolls back")
@@ -443,7 +440,7 @@ const onPostgres = <A>(
       Array.from(await send(text, params)) as Array<T>
     const statement: Statement = async (text, params) => {
       const rows = await send(text, params)
-      return { rows: Array.from(rows), count: rows.count ?? rows.length }
+      return { rows: Array.from(rows), count: countOf(rows) }
     }
     // The transaction handle offers the tagged-template API of `Sql` (what `BranchSession.sql` promises).
     return protocol(
@@ -470,10 +467,7 @@ const onPglite = <A>(
     )
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
       (await send(text, params)).rows as Array<T>
-    const statement: Statement = async (text, params) => {
-      const r = await send(text, params)
-      return { rows: r.rows, count: Math.max(r.affectedRows ?? 0, r.rows.length) }
-    }
+    const statement: Statement = async (text, params) => pgliteResult(await send(text, params))
     return protocol(statements, query, sessionOf(query, statement), target, work, codec)
   })
 

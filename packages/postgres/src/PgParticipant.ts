@@ -36,6 +36,7 @@ import {
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
+  pgliteResult,
   settlesWithin,
   settle,
   startVia,
@@ -421,10 +422,8 @@ const runPgliteBranch = async (
       const session: BranchSession = {
         query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
           (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
-        statement: async (text, params) => {
-          const r = await tx.query<Record<string, unknown>>(text, params as Array<unknown> | undefined)
-          return { rows: r.rows, count: Math.max(r.affectedRows ?? 0, r.rows.length) }
-        },
+        statement: async (text, params) =>
+          pgliteResult(await tx.query<Record<string, unknown>>(text, params as Array<unknown> | undefined)),
         execute: async <T>(q: { toSQL(): { sql: string; params: ReadonlyArray<unknown> } }) => {
           const { sql, params } = q.toSQL()
           return (await tx.query<T>(sql, params as Array<unknown>)).rows

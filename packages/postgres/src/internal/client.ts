@@ -2,10 +2,11 @@
  * The little that Accord needs from a driver, over postgres.js and PGlite alike: a parameterised
  * query returning rows, and a multi-statement script (simple protocol).
  */
-import type { PGlite } from "@electric-sql/pglite"
+import type { PGlite, Results } from "@electric-sql/pglite"
 import { Participant } from "@accord/core"
 import { Duration, Effect, type Either } from "effect"
 import type postgres from "postgres"
+import type { Result } from "../Pipeline.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** A connection pool (postgres.js) or a PGlite instance, seen as Promises. */
@@ -96,6 +97,33 @@ export const clientOf = (conn: postgres.Sql | PGlite): Client =>
 export interface Cancellable {
   readonly cancel?: () => void
 }
+
+/**
+ * Cancels `pending` on the server only if it is the statement its connection is running (postgres.js
+ * marks it `active`); true when it did. postgres.js never settles a cancelled statement that is
+ * written but waiting its turn (it sends the cancel request when that turn comes and moves on), and
+ * drops a cancelled one still queued behind a statement being described without sending the next:
+ * either leaves its caller waiting for ever. The statements behind the cancelled one fail in the
+ * transaction it aborted.
+ */
+export const cancelIfRunning = (pending: Cancellable): boolean => {
+  if ((pending as { readonly active?: boolean }).active !== true) return false
+  pending.cancel?.()
+  return true
+}
+
+/**
+ * The row count of a postgres.js answer (an Array carrying the command's `count`): rows affected by
+ * INSERT, UPDATE, DELETE or MERGE, or returned.
+ */
+export const countOf = (rows: ReadonlyArray<unknown>): number =>
+  (rows as { readonly count?: number | null }).count ?? rows.length
+
+/** A PGlite answer as a `Pipeline.Result`: rows affected, or returned when more. */
+export const pgliteResult = (r: Results<Record<string, unknown>>): Result => ({
+  rows: r.rows,
+  count: Math.max(r.affectedRows ?? 0, r.rows.length)
+})
 
 /** A settled Promise, without throwing: the value or the failure as `PgFailure`. */
 export type Settled<A> =

@@ -44,7 +44,16 @@ import { Option } from "effect"
 import type postgres from "postgres"
 import type { BranchSession, PgWork } from "../PgParticipant.js"
 import * as Pipeline from "../Pipeline.js"
-import { Abandonment, delay, destroyReserved, sendOn, settle, unlessAbandoned } from "./client.js"
+import {
+  Abandonment,
+  cancelIfRunning,
+  countOf,
+  delay,
+  destroyReserved,
+  sendOn,
+  settle,
+  unlessAbandoned
+} from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
 
 /** How a branch ended. */
@@ -156,10 +165,7 @@ interface ResultTag {
 }
 
 /** A postgres.js answer as a `Pipeline.Result`. */
-const resultOf = (rows: Array<Record<string, unknown>>): Pipeline.Result => ({
-  rows,
-  count: (rows as ResultTag).count ?? rows.length
-})
+const resultOf = (rows: Array<Record<string, unknown>>): Pipeline.Result => ({ rows, count: countOf(rows) })
 
 /** What a statement gets after the branch's connection was lost (read as connection lost). */
 const lostError = () =>
@@ -363,13 +369,9 @@ class Session {
       this.endedBy ??= tag.command
   }
   /**
-   * Cancels the statement the server is running for this session, once BEGIN has answered.
+   * Cancels the statement the server is running for this session (`cancelIfRunning`: only that
+   * one), once BEGIN has answered.
    *
-   * - Only the running one: postgres.js skips a cancelled statement that is written but not yet
-   *   running (it sends the cancel request as that statement's turn comes and moves to the next
-   *   without ever settling it) and drops a cancelled one still queued behind a statement being
-   *   described without sending the next, so either would leave the branch waiting for ever. The
-   *   statements behind the cancelled one fail in the transaction it aborted.
    * - Not before BEGIN has answered (`beginOn` sends nothing behind it before then, and stops at an
    *   abandon once it has): BEGIN itself is never the statement cancelled.
    */
@@ -381,18 +383,8 @@ class Session {
     } else this.cancelRunning()
   }
   private cancelRunning(): void {
-    for (const q of this.inflight) {
-      if ((q as Running).active === true) {
-        this.cancelSent = true
-        q.cancel()
-      }
-    }
+    for (const q of this.inflight) if (cancelIfRunning(q)) this.cancelSent = true
   }
-}
-
-/** postgres.js marks the statement its connection is running. */
-interface Running {
-  readonly active?: boolean
 }
 
 interface ConnState {
