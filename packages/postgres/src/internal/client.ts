@@ -16,6 +16,11 @@ export interface Client {
   /** `query`, with the driver's cancel when it has one (postgres.js). */
   readonly send: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>> & Cancellable
   readonly script: (text: string) => Promise<void>
+  /**
+   * Cancels a statement `send` returned, where that is safe on this connection; true when it asked.
+   * See `cancelOnPool` and `cancelIfRunning`.
+   */
+  readonly cancel: (pending: Cancellable) => boolean
 }
 
 /**
@@ -73,7 +78,8 @@ export const fromPostgres = (sql: postgres.Sql): Client => {
       sendOn(sql, prepare, text, params) as unknown as Promise<Array<T>> & Cancellable,
     script: async (text) => {
       await sql.unsafe(text).simple()
-    }
+    },
+    cancel: isReserved(sql) ? cancelIfRunning : cancelOnPool
   }
 }
 
@@ -86,7 +92,9 @@ export const fromPglite = (db: PGlite): Client => ({
     db.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows),
   script: async (text) => {
     await db.exec(text)
-  }
+  },
+  // PGlite runs one statement at a time in this process; a statement cannot be cancelled.
+  cancel: () => false
 })
 
 /** A postgres.js pool or a PGlite instance as a `Client`. */
@@ -111,6 +119,28 @@ export const cancelIfRunning = (pending: Cancellable): boolean => {
   pending.cancel?.()
   return true
 }
+
+/**
+ * Cancels `pending`, a statement sent through a pool, when it is the statement its connection is
+ * running, or when it is still waiting in the pool's own queue (not yet written to a connection:
+ * postgres.js takes it out of the queue and fails it with 57014); true when it did. Never one that
+ * is written and waiting behind another statement on its connection (a pool pipelines onto busy
+ * connections once all of them are busy): unpatched, postgres.js gave that statement's answer to the
+ * statement behind it (see `test/driverPipelineCancel.test.ts`); patched, it sends the cancel
+ * request when the statement starts, and a statement that ends before the request arrives leaves
+ * the request to cancel whatever the session runs next, another caller's statement. A statement
+ * that waits its turn runs soon and settles by itself; it is autocommitted, so it holds nothing open.
+ */
+export const cancelOnPool = (pending: Cancellable): boolean => {
+  const q = pending as { readonly state?: unknown; readonly active?: boolean }
+  if (q.state != null && q.active !== true) return false
+  pending.cancel?.()
+  return true
+}
+
+/** Whether `sql` is a reserved connection (`sql.reserve()`), not a pool. */
+const isReserved = (sql: postgres.Sql): boolean =>
+  typeof (sql as { release?: unknown }).release === "function"
 
 /**
  * The row count of a postgres.js answer (an Array carrying the command's `count`): rows affected by
@@ -219,8 +249,9 @@ export const unlessGivenUp = <A>(
 
 /**
  * Statements over `client` as ONE started call (`Participant.Started`): `body` sends them through
- * the `send` it is given and resolves with the outcome. Abandoned, every statement still in flight
- * is cancelled and the result settles once the body has, or rejects `cancelMs` later.
+ * the `send` it is given and resolves with the outcome. Abandoned, the statements in flight are
+ * cancelled where `client.cancel` finds it safe (running, or not yet written) and the result settles
+ * once the body has, or rejects `cancelMs` later.
  */
 export const startVia = <A, E>(
   client: Client,
@@ -230,7 +261,7 @@ export const startVia = <A, E>(
   const inflight: Array<Cancellable> = []
   const abandonment = new Abandonment()
   abandonment.listen(() => {
-    for (const q of inflight) q.cancel?.()
+    for (const q of inflight) client.cancel(q)
   })
   const done = body(<T>(text: string, params?: ReadonlyArray<unknown>) => {
     const sent = client.send<T>(text, params)
@@ -285,15 +316,16 @@ export const settlesWithin = (p: Promise<unknown>, ms: number): Promise<boolean>
  * a new session. False for a pool (postgres.js owns its connections) or an unpatched driver.
  */
 export const destroyReserved = (sql: postgres.Sql): boolean => {
-  const reserved = sql as { destroy?: unknown; release?: unknown }
-  if (typeof reserved.release !== "function" || typeof reserved.destroy !== "function") return false
-  reserved.destroy()
+  const reserved = sql as { destroy?: unknown }
+  if (!isReserved(sql) || typeof reserved.destroy !== "function") return false
+  ;(reserved.destroy as () => void)()
   return true
 }
 
 /**
- * Runs one statement as an Effect. When interrupted, the statement is cancelled on the server
- * (postgres.js) and the interruption waits, at most `cancelTimeout`, for the statement to settle.
+ * Runs one statement as an Effect. When interrupted, the statement is cancelled (postgres.js: when
+ * it is running, or, on a pool, not yet written; never one written and waiting behind another, see
+ * `cancelOnPool`) and the interruption waits, at most `cancelTimeout`, for the statement to settle.
  * Then it gives up: the interruption returns even when the connection stopped answering (a network
  * partition: the cancel request may reach the server, the statement's answer never comes). Given
  * up on a reserved connection, that connection is destroyed, so that it is never reused while the
@@ -322,7 +354,8 @@ export const statement = <T>(
       (error: unknown) => resume(Effect.fail(toFailure(error)))
     )
     return Effect.promise(async () => {
-      pending.cancel?.()
+      if (typeof client === "function") (isReserved(client) ? cancelIfRunning : cancelOnPool)(pending)
+      else client.cancel(pending)
       const settled = await settlesWithin(pending, Duration.toMillis(cancelTimeout))
       if (!settled && typeof client === "function") destroyReserved(client)
     })
