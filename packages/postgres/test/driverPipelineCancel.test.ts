@@ -7,7 +7,10 @@
  * never settled. Measured here before the patch: `select 'three'` resolved with `['two']`.
  *
  * Accord's patch (`patches/postgres@3.4.9.patch`) makes the cancelled statement the running query,
- * answered with its own answer; these tests fail without it, in the ESM and CommonJS builds alike.
+ * answered with its own answer. It also keeps a pool from executing a query cancelled before the
+ * pool got it (a query reaches the pool a microtask after it is first awaited): that parked the
+ * pool's connection with nothing running on it, for good. These tests fail without the patch, in
+ * the ESM and CommonJS builds alike.
  */
 import { createRequire } from "node:module"
 import postgres from "postgres"
@@ -98,6 +101,24 @@ describe.skipIf(server === undefined)("postgres.js: a pipelined statement cancel
           expect(o).not.toBe("unsettled")
           if (o !== "unsettled" && o.ok) expect(o.v).toEqual([own])
         }
+      } finally {
+        await pool.end({ timeout: 5 })
+      }
+    })
+
+    it(`${build}: one cancelled in the tick it was started leaves the pool its connection`, async () => {
+      const pool = driver(adminUrl, { max: 1, onnotice: () => {} })
+      try {
+        await pool`select 1`
+        // Started, not yet handed to the pool (that happens a microtask later), then cancelled.
+        const cancelled = pool.unsafe("select 'two' as v").execute()
+        cancelled.cancel()
+        expect(await outcome(cancelled, 3_000)).toEqual({ ok: false, code: "57014" })
+        // Unpatched, the pool's only connection was parked with nothing running: this hung.
+        expect(await outcome(pool.unsafe("select 'three' as v").execute(), 3_000)).toEqual({
+          ok: true,
+          v: ["three"]
+        })
       } finally {
         await pool.end({ timeout: 5 })
       }

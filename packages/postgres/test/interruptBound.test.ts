@@ -60,7 +60,7 @@ describe.skipIf(server === undefined)("an interrupted participant call on a froz
   }> = [
     {
       name: "state",
-      freezeOn: (chunk) => chunk.includes("as prepared, exists"),
+      freezeOn: (chunk) => chunk.includes("current_database()) as prepared"),
       call: (p, ctx) => p.state(ctx)
     },
     {
