@@ -17,13 +17,33 @@ const kindOf = (value: object): string => {
   return typeof name === "string" && name !== "" ? `a ${name}` : "an object with a custom prototype"
 }
 
+/** A UTF-16 surrogate without its other half (e.g. an emoji cut in two by `slice`). */
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
+/**
+ * Why PostgreSQL's `jsonb` (where the logs keep Accord's JSON) cannot store `text` as a string, or
+ * `undefined`: it refuses a NUL character (22P05) and a lone UTF-16 surrogate, which
+ * `JSON.stringify` writes as a `\uD83D` escape (22P02).
+ */
+const textProblem = (text: string): string | undefined =>
+  text.includes("\u0000")
+    ? "a NUL character (U+0000)"
+    : loneSurrogate.test(text)
+      ? "a lone UTF-16 surrogate (half of a character)"
+      : undefined
+
 /**
  * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally), or
- * `undefined` if it would.
+ * a PostgreSQL `jsonb` round trip (`textProblem`), or `undefined` if it would.
  */
 const problemAt = (value: unknown, path: string, open: Set<object>): string | undefined => {
   switch (typeof value) {
-    case "string":
+    case "string": {
+      const problem = textProblem(value)
+      return problem === undefined
+        ? undefined
+        : `${path} holds ${problem}, which PostgreSQL's jsonb cannot store`
+    }
     case "boolean":
       return undefined
     case "number":
@@ -57,6 +77,9 @@ const problemAt = (value: unknown, path: string, open: Set<object>): string | un
           return extra === undefined ? undefined : `${keyPath(path, extra)} is not an index (JSON drops it)`
         }
         for (const key of Object.keys(value)) {
+          const inKey = textProblem(key)
+          if (inKey !== undefined)
+            return `${keyPath(path, key)}: its key holds ${inKey}, which PostgreSQL's jsonb cannot store`
           const problem = problemAt((value as Record<string, unknown>)[key], keyPath(path, key), open)
           if (problem !== undefined) return problem
         }
@@ -70,13 +93,27 @@ const problemAt = (value: unknown, path: string, open: Set<object>): string | un
 
 /**
  * Where `value` would not survive `JSON.parse(JSON.stringify(value))` unchanged (structurally),
- * named from `root` (e.g. `"output.at is a Date (JSON keeps only its plain fields)"`), or
- * `undefined` if it would. Shared references are fine (they come back as equal copies); numbers
+ * nor PostgreSQL's `jsonb` (a string or key holding a NUL or a lone UTF-16 surrogate), named from
+ * `root` (e.g. `"output.at is a Date (JSON keeps only its plain fields)"`), or `undefined` if it
+ * would. Shared references are fine (they come back as equal copies); numbers
  * compare with `===`, so `-0` (read back as `0`) is accepted.
  * @since 0.1.0
  */
 export const roundTripProblem = (value: unknown, root: string): string | undefined =>
   problemAt(value, root, new Set())
+
+/**
+ * `text` (a failure's reason, a stuck saga's cause, an operator's note: words for people) as the
+ * logs can store it: each NUL character and lone UTF-16 surrogate replaced by U+FFFD. Such a
+ * character in a reason made the log refuse the record, and the saga re-ran its step on every
+ * sweep without ever compensating. Values a later run reads back are refused instead
+ * (`roundTripProblem`), never altered.
+ * @since 0.1.0
+ */
+export const text = (words: string): string =>
+  textProblem(words) === undefined
+    ? words
+    : words.replaceAll("\u0000", "\uFFFD").replace(new RegExp(loneSurrogate.source, "g"), "\uFFFD")
 
 /**
  * `value` as the plain JSON Accord keeps of it in place of the value (`root` names it: `"output"`,

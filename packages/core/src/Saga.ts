@@ -669,16 +669,17 @@ const decodeOutcome = <R>(
         Outcome.Completed({ sagaId: outcome.sagaId, outputs: outputsOf(decoded) })
       )
 
+/** How a step failed for good; the reason as the log can store it (`Json.text`). */
 const failureOf = (step: string, error: AttemptError, inDoubt: boolean): StepFailure => {
   switch (error._tag) {
     case "StepBusinessError":
-      return { step, kind: "business", reason: error.reason, inDoubt }
+      return { step, kind: "business", reason: Json.text(error.reason), inDoubt }
     case "StepTransientError":
-      return { step, kind: "transient", reason: error.reason, inDoubt }
+      return { step, kind: "transient", reason: Json.text(error.reason), inDoubt }
     case "StepInDoubtError":
-      return { step, kind: "inDoubt", reason: error.reason, inDoubt: true }
+      return { step, kind: "inDoubt", reason: Json.text(error.reason), inDoubt: true }
     case "StepTimeoutError":
-      return { step, kind: "timeout", reason: error.message, inDoubt: true }
+      return { step, kind: "timeout", reason: Json.text(error.message), inDoubt: true }
   }
 }
 
@@ -742,7 +743,7 @@ const runAction = Effect.fn("Saga.action")(function* <R>(
     const refused: StepFailure = {
       step: s.name,
       kind: "outputRefused",
-      reason: kept.left.message,
+      reason: Json.text(kept.left.message),
       inDoubt: true
     }
     yield* Effect.annotateCurrentSpan({ failure: refused.kind })
@@ -869,7 +870,7 @@ const compensate = Effect.fn("Saga.compensate")(function* <R>(
           sagaId: run.sagaId,
           step: first.step,
           phase: "compensation",
-          cause: `${first.cause}${also}`
+          cause: Json.text(`${first.cause}${also}`)
         })
       )
     }
@@ -948,7 +949,7 @@ const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: Re
             sagaId: run.sagaId,
             step: failure.value.step,
             phase: "action",
-            cause: `${failure.value.kind}: ${failure.value.reason}${also}`
+            cause: Json.text(`${failure.value.kind}: ${failure.value.reason}${also}`)
           })
         )
       }
@@ -1304,7 +1305,11 @@ export const retryStuck: <R>(
   // Refused before the retry record is written: written first, it left the saga "running" with
   // no driver, out of the stuck list.
   yield* definitionOf(sagas, history, lease)
-  const action = SagaRecord.OperatorAction({ sagaId, action: "retry", note: options?.note ?? "retry" })
+  const action = SagaRecord.OperatorAction({
+    sagaId,
+    action: "retry",
+    note: Json.text(options?.note ?? "retry")
+  })
   yield* log.append(action, lease.owner)
   return yield* continueClaimed(sagas, history, lease, takenAt, [action])
 })
@@ -1335,7 +1340,10 @@ export const resolveStuck: (
     return yield* Effect.fail(new InvalidSagaError({ reason: `saga ${sagaId} is not stuck` }))
   }
   const stuck = state.ended.value
-  yield* log.append(SagaRecord.OperatorAction({ sagaId, action: "resolve", note }), lease.owner)
+  yield* log.append(
+    SagaRecord.OperatorAction({ sagaId, action: "resolve", note: Json.text(note) }),
+    lease.owner
+  )
   const outcome: Outcome =
     stuck.phase === "action"
       ? Outcome.Completed({ sagaId, outputs: outputsOf(state.completed) })

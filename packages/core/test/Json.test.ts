@@ -33,3 +33,27 @@ describe("Json.roundTripProblem", () => {
     for (const [value, where] of cases) expect(Json.roundTripProblem(value, "v")).toContain(where)
   })
 })
+
+describe("strings PostgreSQL's jsonb cannot store", () => {
+  const emoji = "\u{1F600}"
+  const half = emoji.slice(0, 1)
+
+  it("roundTripProblem refuses a NUL or a lone surrogate, in a value or a key, and says where", () => {
+    expect(Json.roundTripProblem({ note: "a\u0000b" }, "v")).toContain("v.note holds a NUL character")
+    expect(Json.roundTripProblem(["ok", `cut ${half}`], "v")).toContain("v[1] holds a lone UTF-16 surrogate")
+    expect(Json.roundTripProblem(emoji.slice(1), "v")).toContain("v holds a lone UTF-16 surrogate")
+    expect(Json.roundTripProblem({ [`k${half}`]: 1 }, "v")).toContain("its key holds a lone UTF-16 surrogate")
+    expect(Json.roundTripProblem({ "k\u0000": 1 }, "v")).toContain("its key holds a NUL character")
+    // Whole characters, escapes written as text and U+FFFD itself are fine.
+    for (const v of [emoji, `${emoji}${emoji}`, "\\u0000", "\uFFFD", { [emoji]: emoji }])
+      expect(Json.roundTripProblem(v, "v")).toBeUndefined()
+  })
+
+  it("text replaces each NUL and lone surrogate with U+FFFD and leaves other text as it is", () => {
+    expect(Json.text(`declined: ${half} a\u0000b ${emoji}`)).toBe(`declined: \uFFFD a\uFFFDb ${emoji}`)
+    expect(Json.text(`${emoji.slice(1)}${half}`)).toBe("\uFFFD\uFFFD")
+    const plain = `no problem here ${emoji}`
+    expect(Json.text(plain)).toBe(plain)
+    expect(Json.roundTripProblem(Json.text(`x\u0000${half}`), "v")).toBeUndefined()
+  })
+})

@@ -403,6 +403,104 @@ const suite = (label: string, open: () => Promise<Backend>) =>
         ),
       30_000
     )
+
+    /**
+     * PostgreSQL's jsonb refuses a NUL (22P05) and a lone UTF-16 surrogate (22P02). A step's output
+     * or failure reason holding one made the log refuse the record: the saga stayed running, each
+     * sweep ran the step's action again and failed the same way, and nothing was compensated.
+     */
+    const HALF = "\u{1F600}".slice(0, 1)
+    const twoSteps = (name: string, second: () => Effect.Effect<unknown, Saga.StepBusinessError>) => {
+      const seen = { reserve: 0, reserveUndone: 0, second: 0 }
+      const saga = Saga.make({
+        name,
+        steps: [
+          Saga.step({
+            name: "reserve",
+            action: () => Effect.sync(() => void seen.reserve++),
+            compensation: () => Effect.sync(() => void seen.reserveUndone++)
+          }),
+          Saga.step({
+            name: "second",
+            action: () =>
+              Effect.suspend(() => {
+                seen.second++
+                return second()
+              }),
+            compensation: () => Effect.void
+          })
+        ]
+      })
+      return { saga, seen }
+    }
+    const endsCompensatedOnce = (
+      log: Log,
+      id: string,
+      seen: { reserve: number; reserveUndone: number; second: number }
+    ) =>
+      Effect.gen(function* () {
+        const history = Option.getOrThrow(yield* log.load(id))
+        expect(history.status).toBe("compensated")
+        expect(history.owner).toBeNull()
+        expect(seen).toEqual({ reserve: 1, reserveUndone: 1, second: 1 })
+        // Nothing left for a sweep to run again.
+        expect(
+          (yield* log.claimAbandoned({ owner: "sweeper", leaseFor: "1 second", limit: 1000 })).map(
+            (h) => h.sagaId
+          )
+        ).not.toContain(id)
+      })
+
+    for (const [what, text, where] of [
+      ["a NUL", "a\u0000b", "output.note holds a NUL character"],
+      ["a lone surrogate", `cut ${HALF}`, "output.note holds a lone UTF-16 surrogate"]
+    ] as const) {
+      it.live(
+        `an output string holding ${what} is refused like a bigint: one action, the saga ends compensated`,
+        () =>
+          withLog((log) =>
+            Effect.gen(function* () {
+              const { saga, seen } = twoSteps(`jsonb-output-${what.replace(/ /g, "-")}`, () =>
+                Effect.succeed({ note: text })
+              )
+              const id = idOf("jsonb-output")
+              const outcome = yield* Saga.run(saga, null, { sagaId: id })
+              expect(outcome).toMatchObject({
+                _tag: "Compensated",
+                cause: { step: "second", kind: "outputRefused" }
+              })
+              expect(outcome._tag === "Compensated" && outcome.cause.reason).toContain(where)
+              yield* endsCompensatedOnce(log, id, seen)
+            })
+          )
+      )
+
+      it.live(
+        `a failure reason holding ${what} is logged with U+FFFD in its place: the saga ends compensated`,
+        () =>
+          withLog((log) =>
+            Effect.gen(function* () {
+              const { saga, seen } = twoSteps(`jsonb-reason-${what.replace(/ /g, "-")}`, () =>
+                Effect.fail(new Saga.StepBusinessError({ reason: `declined: ${text}` }))
+              )
+              const id = idOf("jsonb-reason")
+              const outcome = yield* Saga.run(saga, null, { sagaId: id })
+              expect(outcome).toMatchObject({
+                _tag: "Compensated",
+                cause: { step: "second", kind: "business" }
+              })
+              const reason = outcome._tag === "Compensated" ? outcome.cause.reason : ""
+              expect(reason).toContain("\uFFFD")
+              expect(reason.includes("\u0000") || reason.includes(HALF)).toBe(false)
+              yield* endsCompensatedOnce(log, id, seen)
+              // The log holds the same reason the caller got, and resume answers the same outcome.
+              const [failed] = yield* payloads(id, "StepFailed")
+              expect(failed).toMatchObject({ failure: { reason } })
+              expect(yield* Saga.resume(Saga.registry([saga]), id)).toEqual(outcome)
+            })
+          )
+      )
+    }
   })
 
 onPostgresAndPGlite(server, { db: DB, max: 4, skipped: "saga step outputs on PostgreSQL (no server)" }, suite)
