@@ -151,6 +151,90 @@ describe.skipIf(server === undefined)("Barrier runs interrupted on PostgreSQL", 
       expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
     })
   )
+
+  it.live(
+    "a work's tagged-template statement waiting on a lock is cancelled too: the compensation does not wait behind it",
+    () =>
+      Effect.gen(function* () {
+        const sku = "interrupt-tagged"
+        const gid = `G-interrupt-tagged-${Date.now()}`
+        yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5)`)
+        const unhold = yield* Effect.promise(() => holdRow(sku))
+        // `s.sql` bypassed the run's tracking: the update kept waiting on the held row with its
+        // uncommitted barrier row, and the compensation timed out behind it.
+        const timedOut = yield* Barrier.run(sql, { gid, branch: "reserve", op: "action" }, async (s) =>
+          s.sql!`update stock set qty = qty - 1 where sku = ${sku} returning qty`.then((rows) =>
+            Array.from(rows)
+          )
+        ).pipe(Effect.timeout("300 millis"), Effect.option)
+        expect(Option.isNone(timedOut)).toBe(true)
+        const undo = yield* Barrier.run(
+          sql,
+          { gid, branch: "reserve", op: "compensation" },
+          release(sku)
+        ).pipe(Effect.timeout("2 seconds"), Effect.either, Effect.ensuring(Effect.promise(unhold)))
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+      })
+  )
+})
+
+describe.skipIf(server === undefined)("Barrier runs interrupted on a pool shared with other callers", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  const DB_SHARED = "accord_t_saga_barrier_shared"
+  let shared: postgres.Sql
+  beforeAll(async () => {
+    const url = await TestDatabase.createDatabase(adminUrl, DB_SHARED)
+    shared = postgres(url, { max: 1, onnotice: () => {} })
+    await Barrier.migrate(shared)
+  }, 60_000)
+  afterAll(async () => {
+    await shared?.end({ timeout: 5 })
+    await TestDatabase.dropDatabase(adminUrl, DB_SHARED)
+  }, 60_000)
+
+  it.live(
+    "a cancel request sent for an interrupted run never reaches another caller's statement on that pool",
+    () =>
+      Effect.gen(function* () {
+        // Runs whose work takes about as long as their timeout, so that many are interrupted just
+        // as their statement ends; meanwhile another caller keeps using the pool's one connection.
+        // Under `sql.begin` the connection went back to the pool at once, and a late cancel request
+        // then cancelled that caller's statement (a review counted 47 of 480).
+        let stop = false
+        const others = { ran: 0, cancelled: 0, failed: [] as Array<unknown> }
+        const other = (async () => {
+          while (!stop) {
+            try {
+              await shared`select pg_sleep(0.003)`
+              others.ran++
+            } catch (error) {
+              if ((error as { code?: unknown }).code === "57014") others.cancelled++
+              else others.failed.push(error)
+            }
+          }
+        })()
+        const stamp = Date.now()
+        let interrupted = 0
+        for (let i = 0; i < 150; i++) {
+          const outcome = yield* Barrier.run(
+            shared,
+            { gid: `G-shared-${stamp}-${i}`, branch: "step", op: "action" },
+            (s) => s.query("select pg_sleep(0.02)")
+          ).pipe(Effect.timeout(`${20 + (i % 10)} millis`), Effect.option)
+          if (Option.isNone(outcome)) interrupted++
+        }
+        stop = true
+        yield* Effect.promise(() => other)
+        expect(interrupted).toBeGreaterThan(0)
+        expect(others.ran).toBeGreaterThan(0)
+        expect(others.failed).toEqual([])
+        expect(others.cancelled).toBe(0)
+        // The pool still has its connection, clean.
+        expect(yield* Effect.promise(() => shared`select 'ok' as v`)).toEqual([{ v: "ok" }])
+      }),
+    60_000
+  )
 })
 
 describe("Barrier runs interrupted on PGlite", () => {

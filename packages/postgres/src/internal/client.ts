@@ -361,5 +361,42 @@ export const statement = <T>(
     })
   })
 
+/**
+ * `conn` as a work sees it (`BranchSession.sql`): `onRun(query)` is called for each statement it
+ * runs (tagged template, `unsafe`, `file`) just before postgres.js executes it, and may refuse it
+ * (an `Error`: the statement fails with it, nothing is sent). The caller tracks the statement there
+ * (to cancel it). Fragments (a query nested in another) are never run, so never seen.
+ */
+export const guardedSql = (
+  conn: postgres.Sql,
+  onRun: (query: Cancellable & Promise<unknown>) => Error | undefined
+) => {
+  const guard = (made: unknown): unknown => {
+    const query = made as { handler?: unknown; reject?: unknown }
+    if (
+      !(made instanceof Promise) ||
+      typeof query.handler !== "function" ||
+      typeof query.reject !== "function"
+    )
+      return made
+    const run = query.handler as (q: unknown) => unknown
+    const reject = query.reject as (error: unknown) => void
+    query.handler = (q: unknown) => {
+      const refused = onRun(q as Cancellable & Promise<unknown>)
+      return refused !== undefined ? reject(refused) : run(q)
+    }
+    return made
+  }
+  return new Proxy(conn, {
+    apply: (target, thisArg, args) => guard(Reflect.apply(target, thisArg, args)),
+    get: (target, key, receiver) => {
+      const value: unknown = Reflect.get(target, key, receiver)
+      return (key === "unsafe" || key === "file") && typeof value === "function"
+        ? (...args: Array<unknown>) => guard(Reflect.apply(value, target, args))
+        : value
+    }
+  }) as postgres.Sql
+}
+
 /** The default bound on waiting for a cancelled statement to settle. */
 export const defaultCancelTimeout = Duration.seconds(5)

@@ -50,6 +50,7 @@ import {
   countOf,
   delay,
   destroyReserved,
+  guardedSql,
   sendOn,
   settle,
   unlessAbandoned
@@ -297,36 +298,15 @@ class Session {
    * query nested in another) are never run, so never seen here.
    */
   private guarded(conn: postgres.ReservedSql): postgres.Sql {
-    const guard = (made: unknown): unknown => {
-      const query = made as { handler?: unknown; reject?: unknown }
-      if (
-        !(made instanceof Promise) ||
-        typeof query.handler !== "function" ||
-        typeof query.reject !== "function"
+    return guardedSql(conn, (q) => {
+      const refused = this.refusal()
+      if (refused !== undefined) return refused
+      this.track(q as PendingQuery<unknown>).then(
+        (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
+        noop
       )
-        return made
-      const run = query.handler as (q: unknown) => unknown
-      const reject = query.reject as (error: unknown) => void
-      query.handler = (q: unknown) => {
-        const refused = this.refusal()
-        if (refused !== undefined) return reject(refused)
-        this.track(q as PendingQuery<unknown>).then(
-          (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
-          noop
-        )
-        return run(q)
-      }
-      return made
-    }
-    return new Proxy(conn, {
-      apply: (target, thisArg, args) => guard(Reflect.apply(target, thisArg, args)),
-      get: (target, key, receiver) => {
-        const value: unknown = Reflect.get(target, key, receiver)
-        return (key === "unsafe" || key === "file") && typeof value === "function"
-          ? (...args: Array<unknown>) => guard(Reflect.apply(value, target, args))
-          : value
-      }
-    }) as postgres.Sql
+      return undefined
+    })
   }
   /** Keeps `pending` cancellable until it settles. */
   private track<A>(pending: PendingQuery<A>): PendingQuery<A> {
