@@ -961,13 +961,23 @@ const drive = Effect.fn("Saga.drive")(function* <R>(run: Running<R>, records: Re
 })
 
 /**
+ * Milliseconds on a monotonic clock (`Clock.currentTimeNanos`: Node's `hrtime` under the live
+ * clock, the test clock in tests), for a drive's own lease accounting. The wall clock
+ * (`currentTimeMillis`, `Date.now`) can step back (NTP): a drive whose renewals failed then
+ * believed it held the lease by that much longer than the log did, and ran its step on while
+ * another drive that had claimed the lapsed saga ran it too (a review measured two at once).
+ */
+const leaseClock = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
+
+/**
  * Runs `work` while renewing the lease every third of `leaseFor`; if the lease is lost, `work` is
  * interrupted. Lost means: the log says another drive owns the saga, or the drive could not renew
  * it (log unreachable, renewals failing or unanswered) before it lapsed. A lapsed lease may be
  * claimed by another process at any moment, which then runs the step again: so the step is stopped
  * when the lease runs out, as this process's clock counts it from the sending of the claim or the
  * last successful renewal (never later than the log's own expiry, which is counted from when the
- * statement reached the database). `takenAt` is when the claim (or start) that took the lease was sent.
+ * statement reached the database). `takenAt` is when the claim (or start) that took the lease was sent,
+ * on `leaseClock`.
  */
 const withLease = <A, E, R>(
   log: SagaLog["Type"],
@@ -983,13 +993,13 @@ const withLease = <A, E, R>(
   const heartbeat = Effect.gen(function* () {
     let heldUntil = takenAt + leaseMs
     while (true) {
-      const now = yield* Clock.currentTimeMillis
+      const now = yield* leaseClock
       // Once SagaEnded is being written the lease no longer matters (that write is fenced itself).
       yield* Effect.sleep(
         Duration.millis(ending.value ? every : Math.max(0, Math.min(every, heldUntil - now)))
       )
       if (ending.value) continue
-      const sentAt = yield* Clock.currentTimeMillis
+      const sentAt = yield* leaseClock
       if (sentAt >= heldUntil) return yield* Effect.fail(lost)
       // A renewal still unanswered when the lease runs out is a loss too.
       const renewed = yield* Effect.either(log.renewLease(sagaId, lease)).pipe(
@@ -1066,7 +1076,7 @@ export const run: <R>(
   const lease = yield* driveLease("run", options)
   const log = yield* driveLog(lease.leaseFor)
   const started = SagaRecord.SagaStarted({ sagaId, sagaType: saga.name, input })
-  const takenAt = yield* Clock.currentTimeMillis
+  const takenAt = yield* leaseClock
   yield* log.start(started, lease)
   const running: Running<R> = {
     saga,
@@ -1207,7 +1217,7 @@ export const resume: <R>(
   const ended = replay(existing.value.records).ended
   if (Option.isSome(ended)) return yield* decodeOutcome(sagas.get(existing.value.sagaType), ended.value)
   const lease = yield* driveLease("resume", options)
-  const takenAt = yield* Clock.currentTimeMillis
+  const takenAt = yield* leaseClock
   const history = yield* log.claim(sagaId, lease)
   return yield* continueClaimed(sagas, history, lease, takenAt)
 })
@@ -1248,7 +1258,7 @@ export const sweep: <R>(
   const seen = new Set<string>()
   let more = true
   while (more && results.length < limit) {
-    const takenAt = yield* Clock.currentTimeMillis
+    const takenAt = yield* leaseClock
     const wanted = Math.min(concurrency, limit - results.length)
     const claimed = yield* log.claimAbandoned({ ...lease, limit: wanted })
     // A saga given back by this sweep (no definition, an output it cannot decode) is claimable again
@@ -1295,7 +1305,7 @@ export const retryStuck: <R>(
   yield* Effect.annotateCurrentSpan({ sagaId })
   const lease = yield* driveLease("retry", options)
   const log = yield* driveLog(lease.leaseFor)
-  const takenAt = yield* Clock.currentTimeMillis
+  const takenAt = yield* leaseClock
   const history = yield* log.claim(sagaId, lease)
   const ended = replay(history.records).ended
   if (Option.isSome(ended) && ended.value._tag !== "Stuck") {
