@@ -42,8 +42,11 @@ describe.skipIf(pgUrl === undefined)("kill -9 torture on PostgreSQL", () => {
       pgUrl!,
       "--cycles",
       process.env.ACCORD_TORTURE_CYCLES ?? "4",
+      // Each cycle's kill comes 20-3,000 ms into its run: enough transfers that a run lasts past
+      // it. With 150 a run finished first on a fast machine, every cycle: "no kill landed" (seen
+      // in CI at 1ef1023..554c46d and, measured after, on the older code too).
       "--transfers",
-      "150",
+      "3000",
       "--seed",
       "20261127",
       "--db-prefix",
