@@ -38,16 +38,21 @@ import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
 import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
 import * as Json from "@accord/core/Json"
-import { Cause, Effect, Exit, Schema } from "effect"
+import { Cause, Duration, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
 import {
+  Abandonment,
   type Cancellable,
   cancelIfRunning,
   clientOf,
   countOf,
+  defaultCancelTimeout,
+  delay,
   destroyReserved,
   guardedSql,
-  pgliteResult
+  pgliteResult,
+  settle,
+  unlessAbandoned
 } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
@@ -345,6 +350,41 @@ type Decision<A> =
   | { readonly _tag: "NullCompensation"; readonly repeated: boolean }
   | { readonly _tag: "Refused"; readonly reason: string }
 
+/** How long an interrupted run's work may still take before its transaction is ended for it. */
+const ABANDON_MS = Duration.toMillis(defaultCancelTimeout)
+
+/** The work had not returned `ABANDON_MS` after the run was interrupted (see `boundedAfterAbort`). */
+class WorkAbandoned extends Error {}
+
+/**
+ * `work(session)`, given at most `ABANDON_MS` more once the run is interrupted. A work waiting on
+ * something that is not a statement (an HTTP call without a timeout, say) kept its transaction open
+ * until it returned, with its barrier row and row locks held and the step's compensation waiting
+ * behind them (on PGlite, every statement of the instance): for ever if it never returned. It is
+ * then ended: rolled back on PGlite; on postgres.js its connection is closed, which ends the session on the
+ * server (`onPostgres`).
+ */
+const boundedAfterAbort = <A>(
+  work: (s: BarrierSession) => Promise<A>,
+  session: BarrierSession,
+  signal: AbortSignal
+): Promise<A> => {
+  let worked: Promise<A>
+  try {
+    worked = Promise.resolve(work(session))
+  } catch (error) {
+    worked = Promise.reject(error)
+  }
+  const abandonment = new Abandonment()
+  if (signal.aborted) abandonment.abandon()
+  else signal.addEventListener("abort", () => abandonment.abandon(), { once: true })
+  return unlessAbandoned(worked, abandonment, ABANDON_MS, () => {
+    throw new WorkAbandoned(
+      `the barrier work had not returned ${ABANDON_MS} ms after the run was interrupted: its transaction was ended`
+    )
+  })
+}
+
 /** The barrier protocol inside an open transaction. */
 const protocol = async <A>(
   statements: Statements,
@@ -352,7 +392,8 @@ const protocol = async <A>(
   session: BarrierSession,
   target: Target,
   work: (s: BarrierSession) => Promise<A>,
-  codec: Codec<A>
+  codec: Codec<A>,
+  signal: AbortSignal
 ): Promise<Decision<A>> => {
   const { gid, branch, op } = target
   const insert = async (rowOp: Op, reason: string) =>
@@ -376,7 +417,7 @@ const protocol = async <A>(
     }
     if (actionMissing) return { _tag: "NullCompensation", repeated: false }
   }
-  const value = await work(session)
+  const value = await boundedAfterAbort(work, session, signal)
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
   // After the work, under whatever search_path it set: hence the schema-qualified table.
   const stored = await codec.store(value, target)
@@ -442,6 +483,19 @@ class Interruptible {
 }
 
 /**
+ * Terminates the session `pid` (the run's reserved connection, known from its BEGIN) through the
+ * pool, bounded: a statement that cannot be written in time (no free connection) is dropped, so that
+ * it never runs later, when the pid may be another session's. The caller then destroys the
+ * connection on this side.
+ */
+const terminate = async (sql: postgres.Sql, pid: number | undefined): Promise<void> => {
+  if (pid === undefined) return
+  const terminating = sql.unsafe("select pg_terminate_backend($1)", [pid])
+  const done = await Promise.race([settle(terminating), delay(ABANDON_MS)])
+  if (done === "timeout" && (terminating as { state?: unknown }).state == null) terminating.cancel()
+}
+
+/**
  * The run on a connection of its own (`sql.reserve()`): BEGIN, the barrier protocol and the work,
  * COMMIT; ROLLBACK on any failure. The work's `sql` (tagged templates) is tracked and refused like
  * its `query`. A connection that was sent a cancel request is closed (`destroyReserved`) rather than
@@ -477,15 +531,19 @@ const onPostgres = async <A>(
   }
   const tagged = guardedSql(conn, (q) => run.refusal() ?? void run.track(q))
   let clean = false
+  let pid: number | undefined
   try {
-    await conn.unsafe("begin")
+    const begun = conn.unsafe("begin")
+    await begun
+    pid = (begun as { state?: { pid?: unknown } }).state?.pid as number | undefined
     const decision = await protocol(
       statements,
       query,
       sessionOf(query, statement, tagged),
       target,
       work,
-      codec
+      codec,
+      signal
     )
     // The work's own ROLLBACK (or an error it swallowed) leaves COMMIT nothing to commit.
     const committed = await conn.unsafe("commit")
@@ -496,10 +554,23 @@ const onPostgres = async <A>(
       )
     return decision
   } catch (error) {
-    clean = await conn.unsafe("rollback").then(
-      () => true,
-      () => false
-    )
+    // A work that never returned: its session waits, idle in its transaction, for a statement that
+    // will not come. Closing the connection (below, as not clean) ends it on the server at once
+    // (the backend reads end-of-file and rolls back), where a pg_terminate_backend would need a
+    // free connection of the same pool, which the step's compensation waiting on the barrier row
+    // may hold. A ROLLBACK that does not answer (a connection that stopped answering) has its
+    // session terminated by pid first.
+    if (!(error instanceof WorkAbandoned)) {
+      const rolledBack = await Promise.race([
+        conn.unsafe("rollback").then(
+          () => true,
+          () => false
+        ),
+        delay(ABANDON_MS)
+      ])
+      if (rolledBack === "timeout") await terminate(sql, pid)
+      clean = rolledBack === true
+    }
     throw error
   } finally {
     if (!clean || run.cancelSent) {
@@ -523,7 +594,7 @@ const onPglite = <A>(
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
       (await send(text, params)).rows as Array<T>
     const statement: Statement = async (text, params) => pgliteResult(await send(text, params))
-    return protocol(statements, query, sessionOf(query, statement), target, work, codec)
+    return protocol(statements, query, sessionOf(query, statement), target, work, codec, signal)
   })
 
 /** A decision with the duplicate's result decoded. */

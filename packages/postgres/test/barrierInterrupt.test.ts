@@ -177,6 +177,48 @@ describe.skipIf(server === undefined)("Barrier runs interrupted on PostgreSQL", 
         expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
       })
   )
+
+  it.live(
+    "a work that never returns after its first statement has its session ended 5 s after the interruption: locks and barrier row freed",
+    () =>
+      Effect.gen(function* () {
+        const sku = "interrupt-hung"
+        const gid = `G-interrupt-hung-${Date.now()}`
+        yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5)`)
+        // The work updates the row, then waits on something that is not a statement and never
+        // comes back (an HTTP call without a timeout, say): its transaction stayed open for ever,
+        // holding the row, the barrier row and a pool connection; the compensation waited behind it.
+        const timedOut = yield* Barrier.run(sql, { gid, branch: "reserve", op: "action" }, async (s) => {
+          await reserve(sku)(s)
+          return new Promise<never>(() => undefined)
+        }).pipe(Effect.timeout("200 millis"), Effect.option)
+        expect(Option.isNone(timedOut)).toBe(true)
+        const began = performance.now()
+        const undo = yield* Barrier.run(
+          sql,
+          { gid, branch: "reserve", op: "compensation" },
+          release(sku)
+        ).pipe(Effect.timeout("10 seconds"), Effect.either)
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        // Freed once the bound (5 s after the interruption) ended the session, not before.
+        expect(performance.now() - began).toBeGreaterThan(3_000)
+        expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+        const open = yield* Effect.promise(
+          () => sql`select count(*)::int as n from pg_stat_activity
+            where datname = current_database() and state like 'idle in transaction%'`
+        )
+        expect(open[0]?.n).toBe(0)
+        // The pool (max 2) has both its connections: two runs at once go through.
+        const both = yield* Effect.all(
+          ["x", "y"].map((branch) =>
+            Barrier.run(sql, { gid: `${gid}-after`, branch, op: "action" }, (s) => s.query("select 1"))
+          ),
+          { concurrency: 2 }
+        ).pipe(Effect.timeout("5 seconds"))
+        expect(both.map((r) => r._tag)).toEqual(["Applied", "Applied"])
+      }),
+    30_000
+  )
 })
 
 describe.skipIf(server === undefined)("Barrier runs interrupted on a pool shared with other callers", () => {
@@ -268,5 +310,27 @@ describe("Barrier runs interrupted on PGlite", () => {
       const qty = yield* Effect.promise(() => db.query<{ qty: number }>("select qty from stock"))
       expect(qty.rows[0]?.qty).toBe(5)
     })
+  )
+
+  it.live(
+    "an action whose work never returns is rolled back 5 s after the interruption: the instance is free again",
+    () =>
+      Effect.gen(function* () {
+        const target = { gid: `G-pglite-hung-${Date.now()}`, branch: "reserve" } as const
+        // PGlite is one session: the open transaction of a work that never returned held every
+        // later statement on the instance, the compensation's included, for ever.
+        const timedOut = yield* Barrier.run(db, { ...target, op: "action" }, async (s) => {
+          await s.query("update stock set qty = qty - 1 where sku = 's'")
+          return new Promise<never>(() => undefined)
+        }).pipe(Effect.timeout("100 millis"), Effect.option)
+        expect(Option.isNone(timedOut)).toBe(true)
+        const undo = yield* Barrier.run(db, { ...target, op: "compensation" }, (s) =>
+          s.query("update stock set qty = qty + 1 where sku = 's'")
+        ).pipe(Effect.timeout("10 seconds"), Effect.either)
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        const qty = yield* Effect.promise(() => db.query<{ qty: number }>("select qty from stock"))
+        expect(qty.rows[0]?.qty).toBe(5)
+      }),
+    30_000
   )
 })
