@@ -82,7 +82,7 @@ import {
   Vote
 } from "./Participant.js"
 import {
-  type BranchCallError,
+  BranchCallError,
   type ConfigurationError,
   InvalidTransactionError,
   TimeoutError
@@ -712,13 +712,38 @@ export const plan = (
 const isFinal = (s: State | "unreachable"): s is "committed" | "aborted" =>
   s === "committed" || s === "aborted"
 
+/**
+ * A participant's defect (a bug, or a rejected Promise under `Effect.promise`) in a call as the
+ * failed call, in doubt, that the protocol handles as it handles any failed call: a No vote, a
+ * commit retried, a member unreachable for the termination protocol, a scan that did not answer.
+ * 2PC did this; 3PC let the defect end the whole run, after a commit decision too, with one member
+ * committed and the other left prepared (found by a review: a commit whose first attempt died with
+ * a rejected Promise would have succeeded on its retry).
+ */
+const contained = <A, E>(
+  effect: Effect.Effect<A, E>,
+  ctx: { readonly txId: string; readonly branch: string },
+  phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare" | "recover"
+): Effect.Effect<A, E | BranchCallError> =>
+  Effect.catchAllDefect(effect, (defect) =>
+    Effect.fail(
+      new BranchCallError({
+        txId: ctx.txId,
+        branch: ctx.branch,
+        phase,
+        reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
+        inDoubt: true
+      })
+    )
+  )
+
 const timed = <A>(
   effect: Effect.Effect<A, BranchCallError>,
   ctx: BranchContext,
   phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare",
   timeout: Duration.Duration
 ): Effect.Effect<A, BranchCallError | TimeoutError> =>
-  effect.pipe(
+  contained(effect, ctx, phase).pipe(
     Effect.timeoutFail({
       duration: timeout,
       onTimeout: () =>
@@ -968,6 +993,7 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
       })
 
     let states = yield* observe
+    let rereads = 0
     for (let round = 0; round < rounds; round++) {
       const seen = states.flatMap((s) => (Option.isSome(s) ? [s.value] : []))
       const count = (s: State) => seen.filter((x) => x === s).length
@@ -979,6 +1005,25 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
         })
       }
       if (count("committed") > 0) return (yield* finishWith("commit", "a member had committed", states))!
+      // No correct run has a member that never voted yes beside a precommitted one: PreCommit is
+      // sent only once every member voted yes. Seen, it is either a stale read (taken before that
+      // member voted: read again) or a member whose vote record is gone (`forget` called before
+      // every member was final), which may have committed. Fencing and aborting on it rolled the
+      // precommitted members back while it kept its commit (a review measured a debit kept and its
+      // credit rolled back). Still seen after two more reads: Blocked, an operator decides.
+      if (count("initial") > 0 && count("aborted") === 0 && count("precommitted") > 0) {
+        if (rereads < 2) {
+          rereads++
+          states = yield* observe
+          continue
+        }
+        return Termination.Blocked({
+          txId: p.txId,
+          reason:
+            "a member reads as never having voted yes while another is precommitted: its vote record is gone (forgotten before every member was final?); it may have committed, so nothing is aborted",
+          observed: toObserved(states)
+        })
+      }
       const abortRule =
         count("aborted") > 0
           ? "a member had aborted"
@@ -1278,7 +1323,7 @@ const preCommit = Effect.fn("ThreePhaseCommit.precommit")(function* (
   ctx: MemberContext
 ) {
   yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "precommit" })
-  return yield* participant.precommit(ctx)
+  return yield* contained(participant.precommit(ctx), ctx, "precommit")
 })
 
 const doCommit = Effect.fn("ThreePhaseCommit.commit")(function* (
@@ -1404,7 +1449,10 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   // Once found, the vote is fixed: it is written once, before the member votes yes.
   let vote: RecordedVote | undefined = known
   if (vote === undefined && provisional) {
-    const scan = yield* self.inDoubt.pipe(Effect.timeout(callTimeout), Effect.option)
+    const scan = yield* contained(self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
+      Effect.timeout(callTimeout),
+      Effect.option
+    )
     const mine = Option.isSome(scan) ? scan.value.find((b) => b.gid === me.ctx.gid) : undefined
     // No vote to go by: its own options are all there is, and they are invalid.
     if (mine?.members === undefined)
@@ -1439,7 +1487,10 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
       continue
     }
     if (vote === undefined) {
-      const scan = yield* self.inDoubt.pipe(Effect.timeout(callTimeout), Effect.option)
+      const scan = yield* contained(self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
+        Effect.timeout(callTimeout),
+        Effect.option
+      )
       if (Option.isNone(scan)) {
         yield* Effect.logDebug(`3PC agent ${me.name} cannot read its vote on ${p.txId}; waiting`)
         last = yield* own
@@ -1540,7 +1591,7 @@ export const recover: (
     participants,
     (q) =>
       // Bounded: a participant that never answers is reported unscanned, not waited for.
-      q.inDoubt.pipe(
+      contained(q.inDoubt, { txId: "", branch: q.name }, "recover").pipe(
         Effect.timeout(callTimeout),
         Effect.map((found) => ({
           name: q.name,
@@ -1691,7 +1742,7 @@ export const watch = (
     const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
     const scan = Effect.gen(function* () {
       // Bounded: a scan that never answers would hold the daemon for ever; it scans again instead.
-      const found = yield* self.inDoubt.pipe(
+      const found = yield* contained(self.inDoubt, { txId: "", branch: self.name }, "recover").pipe(
         Effect.timeout(callTimeout),
         Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<InDoubtMember>))
       )
