@@ -394,7 +394,9 @@ export const defaults = {
   /** An agent's wait for news from the coordinator; at least `minimumAgentTimeout` (18.75 s by default). */
   agentTimeout: Duration.seconds(20),
   /** The same retry policy as 2PC's phase 2. */
-  commitSchedule: twoPhaseDefaults.commitSchedule
+  commitSchedule: twoPhaseDefaults.commitSchedule,
+  /** How many transactions `recover` terminates at a time. */
+  recoverConcurrency: 16
 } as const
 
 /**
@@ -1557,6 +1559,8 @@ export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
    * (with its log) may resolve. Run this pass first, then 2PC `Recovery`.
    */
   readonly unvoted?: "rollback" | "leave"
+  /** How many transactions are terminated at a time (default 16): they are independent. */
+  readonly concurrency?: number
 }
 
 /** The namespace of a scanned gid (`Some(undefined)` when it has none; `None` when unparsable). */
@@ -1679,30 +1683,44 @@ export const recover: (
   const committed: Array<TransactionId.TransactionId> = []
   const aborted: Array<TransactionId.TransactionId> = []
   const pending: Array<{ txId: TransactionId.TransactionId; branch: TransactionId.BranchName }> = []
-  for (const { txId, namespace, members, mode, young } of byTx.values()) {
-    if (young) {
-      yield* Ref.update(youngLeft, (n) => n + 1)
+  // Transactions are terminated side by side, a bounded number at a time (they are independent):
+  // one at a time, a member that never answers cost each transaction a state read and a commit's
+  // retries, about 6 × callTimeout, before the next one's committable branches were touched (a
+  // review measured 23 s for 20 transactions at a 200 ms callTimeout: 48 minutes for 100 at 5 s).
+  // Results are reported in scan order.
+  const terminations = yield* Effect.forEach(
+    [...byTx.values()],
+    ({ txId, namespace, members, mode, young }) =>
+      Effect.gen(function* () {
+        if (young) {
+          yield* Ref.update(youngLeft, (n) => n + 1)
+          return undefined
+        }
+        const names = new Set(members)
+        const p = plan(
+          txId,
+          participants.filter((q) => names.has(q.name)),
+          // The mode recorded with the vote wins over this process's own `mode` option.
+          withNamespace(
+            {
+              ...options,
+              ...(members === undefined ? {} : { members }),
+              ...(mode === undefined ? {} : { mode })
+            },
+            namespace
+          )
+        )
+        if (Either.isLeft(p)) return { _tag: "Invalid" as const, txId, reason: p.left.message }
+        return yield* terminatePlan(p.right, { ...options, from: options.from ?? "recovery" })
+      }),
+    { concurrency: options.concurrency ?? defaults.recoverConcurrency }
+  )
+  for (const t of terminations) {
+    if (t === undefined) continue
+    if (t._tag === "Invalid") {
+      blocked.push({ txId: t.txId, reason: t.reason })
       continue
     }
-    const names = new Set(members)
-    const p = plan(
-      txId,
-      participants.filter((q) => names.has(q.name)),
-      // The mode recorded with the vote wins over this process's own `mode` option.
-      withNamespace(
-        {
-          ...options,
-          ...(members === undefined ? {} : { members }),
-          ...(mode === undefined ? {} : { mode })
-        },
-        namespace
-      )
-    )
-    if (Either.isLeft(p)) {
-      blocked.push({ txId, reason: p.left.message })
-      continue
-    }
-    const t = yield* terminatePlan(p.right, { ...options, from: options.from ?? "recovery" })
     if (t._tag === "Blocked") {
       blocked.push({ txId: t.txId, reason: t.reason })
       continue
