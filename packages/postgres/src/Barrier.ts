@@ -51,7 +51,8 @@ import {
   destroyReserved,
   guardedSql,
   pgliteResult,
-  settle,
+  pidOf,
+  terminateBackend,
   unlessAbandoned
 } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
@@ -483,19 +484,6 @@ class Interruptible {
 }
 
 /**
- * Terminates the session `pid` (the run's reserved connection, known from its BEGIN) through the
- * pool, bounded: a statement that cannot be written in time (no free connection) is dropped, so that
- * it never runs later, when the pid may be another session's. The caller then destroys the
- * connection on this side.
- */
-const terminate = async (sql: postgres.Sql, pid: number | undefined): Promise<void> => {
-  if (pid === undefined) return
-  const terminating = sql.unsafe("select pg_terminate_backend($1)", [pid])
-  const done = await Promise.race([settle(terminating), delay(ABANDON_MS)])
-  if (done === "timeout" && (terminating as { state?: unknown }).state == null) terminating.cancel()
-}
-
-/**
  * The run on a connection of its own (`sql.reserve()`): BEGIN, the barrier protocol and the work,
  * COMMIT; ROLLBACK on any failure. The work's `sql` (tagged templates) is tracked and refused like
  * its `query`. A connection that was sent a cancel request is closed (`destroyReserved`) rather than
@@ -535,7 +523,7 @@ const onPostgres = async <A>(
   try {
     const begun = conn.unsafe("begin")
     await begun
-    pid = (begun as { state?: { pid?: unknown } }).state?.pid as number | undefined
+    pid = pidOf(begun)
     const decision = await protocol(
       statements,
       query,
@@ -568,7 +556,8 @@ const onPostgres = async <A>(
         ),
         delay(ABANDON_MS)
       ])
-      if (rolledBack === "timeout") await terminate(sql, pid)
+      // Its session is terminated by pid (known from its BEGIN), then the connection closed below.
+      if (rolledBack === "timeout") await terminateBackend(sql, pid, ABANDON_MS)
       clean = rolledBack === true
     }
     throw error

@@ -79,7 +79,7 @@ export const fromPostgres = (sql: postgres.Sql): Client => {
     script: async (text) => {
       await sql.unsafe(text).simple()
     },
-    cancel: isReserved(sql) ? cancelIfRunning : cancelOnPool
+    cancel: cancelRule(sql)
   }
 }
 
@@ -141,6 +141,33 @@ export const cancelOnPool = (pending: Cancellable): boolean => {
 /** Whether `sql` is a reserved connection (`sql.reserve()`), not a pool. */
 const isReserved = (sql: postgres.Sql): boolean =>
   typeof (sql as { release?: unknown }).release === "function"
+
+/** The cancel rule for statements sent on `sql`: `cancelIfRunning` on a reserved connection, else `cancelOnPool`. */
+const cancelRule = (sql: postgres.Sql): ((pending: Cancellable) => boolean) =>
+  isReserved(sql) ? cancelIfRunning : cancelOnPool
+
+/** The pid of the session `query` was written to (postgres.js sets its `state`); `undefined` if not written yet. */
+export const pidOf = (query: unknown): number | undefined => {
+  const pid = (query as { readonly state?: { readonly pid?: unknown } | null }).state?.pid
+  return typeof pid === "number" ? pid : undefined
+}
+
+/**
+ * Terminates the session `pid` through the pool `sql`, waiting at most `ms`: a statement that could
+ * not be written in time (no free connection) is dropped, so that it never runs later, when the pid
+ * may be another session's. (A written one is left alone: cancelling it would open a connection to a
+ * server that may not answer.) The caller then destroys its reserved connection on this side.
+ */
+export const terminateBackend = async (
+  sql: postgres.Sql,
+  pid: number | undefined,
+  ms: number
+): Promise<void> => {
+  if (pid === undefined) return
+  const terminate = sql.unsafe("select pg_terminate_backend($1)", [pid])
+  const terminated = await Promise.race([settle(terminate), delay(ms)])
+  if (terminated === "timeout" && pidOf(terminate) === undefined) terminate.cancel()
+}
 
 /**
  * The row count of a postgres.js answer (an Array carrying the command's `count`): rows affected by
@@ -354,8 +381,7 @@ export const statement = <T>(
       (error: unknown) => resume(Effect.fail(toFailure(error)))
     )
     return Effect.promise(async () => {
-      if (typeof client === "function") (isReserved(client) ? cancelIfRunning : cancelOnPool)(pending)
-      else client.cancel(pending)
+      ;(typeof client === "function" ? cancelRule(client) : client.cancel)(pending)
       const settled = await settlesWithin(pending, Duration.toMillis(cancelTimeout))
       if (!settled && typeof client === "function") destroyReserved(client)
     })

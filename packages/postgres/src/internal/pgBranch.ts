@@ -51,8 +51,10 @@ import {
   delay,
   destroyReserved,
   guardedSql,
+  pidOf,
   sendOn,
   settle,
+  terminateBackend,
   unlessAbandoned
 } from "./client.js"
 import { type PgFailure, toFailure } from "./errors.js"
@@ -146,17 +148,6 @@ const noop = () => undefined
 
 interface PendingQuery<T> extends Promise<T> {
   cancel(): void
-}
-
-/** postgres.js sets a statement's `state` to its connection's key data when it writes it. */
-interface Written {
-  readonly state?: { readonly pid?: unknown } | null
-}
-
-/** The pid of the session `query` was written to; `undefined` if not written yet. */
-const pidOf = (query: unknown): number | undefined => {
-  const pid = (query as Written).state?.pid
-  return typeof pid === "number" ? pid : undefined
 }
 
 /** The command tag and affected rows postgres.js attaches to a result. */
@@ -611,14 +602,7 @@ const preparePipelined = async (
  */
 const end = (sql: postgres.Sql, s: Session, state: ConnState, cancelMs: number): Promise<void> => {
   state.ending ??= (async () => {
-    if (state.pid !== undefined) {
-      const terminate = sql.unsafe("select pg_terminate_backend($1)", [state.pid])
-      const terminated = await Promise.race([settle(terminate), delay(cancelMs)])
-      // Not written yet (no free connection): dropped, so that it never runs later, when the pid
-      // may be another session's. (A written one is left alone: cancelling it would open a
-      // connection to a server that may not answer.)
-      if (terminated === "timeout" && pidOf(terminate) === undefined) terminate.cancel()
-    }
+    await terminateBackend(sql, state.pid, cancelMs)
     // Never reused as it is, and not lost to the pool.
     destroyReserved(s.conn)
   })()
