@@ -82,9 +82,10 @@ import {
   Vote
 } from "./Participant.js"
 import {
-  BranchCallError,
+  type BranchCallError,
   type ConfigurationError,
   InvalidTransactionError,
+  participantDefect,
   TimeoutError
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
@@ -727,17 +728,7 @@ const contained = <A, E>(
   ctx: { readonly txId: string; readonly branch: string },
   phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare" | "recover"
 ): Effect.Effect<A, E | BranchCallError> =>
-  Effect.catchAllDefect(effect, (defect) =>
-    Effect.fail(
-      new BranchCallError({
-        txId: ctx.txId,
-        branch: ctx.branch,
-        phase,
-        reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
-        inDoubt: true
-      })
-    )
-  )
+  Effect.catchAllDefect(effect, (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
 
 const timed = <A>(
   effect: Effect.Effect<A, BranchCallError>,

@@ -79,6 +79,24 @@ export class BranchCallError extends Schema.TaggedError<BranchCallError>()("Bran
 }
 
 /**
+ * A participant's defect (a bug, or a rejected Promise under `Effect.promise`) in a call to branch
+ * `ctx`, as the failed call, in doubt, that a coordinator handles like any other failed call.
+ * @since 0.1.0
+ */
+export const participantDefect = (
+  ctx: { readonly txId: string; readonly branch: string },
+  phase: Phase,
+  defect: unknown
+): BranchCallError =>
+  new BranchCallError({
+    txId: ctx.txId,
+    branch: ctx.branch,
+    phase,
+    reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
+    inDoubt: true
+  })
+
+/**
  * The coordinator (or saga) log could not be read or written.
  * @since 0.1.0
  */

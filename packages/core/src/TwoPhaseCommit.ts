@@ -39,7 +39,13 @@ import {
   type Started,
   Vote
 } from "./Participant.js"
-import { BranchCallError, InvalidTransactionError, LogError, TimeoutError } from "./TransactionError.js"
+import {
+  BranchCallError,
+  InvalidTransactionError,
+  LogError,
+  participantDefect,
+  TimeoutError
+} from "./TransactionError.js"
 import { forEachConcurrently, forEachStarted, forEachWithin } from "./internal/concurrently.js"
 import * as TransactionId from "./TransactionId.js"
 import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
@@ -286,13 +292,7 @@ const callAll = <K extends BranchCall>(
 
 /** A participant's defect in `call` as the failed call, in doubt, that the coordinator handles. */
 const died = (r: Resolved, call: BranchCall, defect: unknown) =>
-  new BranchCallError({
-    txId: r.ctx.txId,
-    branch: r.ctx.branch,
-    phase: call === "commitOnePhase" ? "onePhaseCommit" : call,
-    reason: `the participant failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}`,
-    inDoubt: true
-  })
+  participantDefect(r.ctx, call === "commitOnePhase" ? "onePhaseCommit" : call, defect)
 
 /**
  * Starts a direct call so that a defect (the call throws, or its `result` rejects) is the same
