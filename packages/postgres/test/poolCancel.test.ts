@@ -14,6 +14,7 @@ import postgres from "postgres"
 import { describe, expect, it } from "vitest"
 import { fromPostgres, type Send, startVia, statement } from "../src/internal/client.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import * as TcpProxy from "./support/tcpProxy.js"
 
 const server = await TestDatabase.server()
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -60,6 +61,63 @@ describe.skipIf(server === undefined)("a pool statement interrupted while it wai
       await expect(started.result).resolves.toEqual(Either.right(["two"]))
       await expect(behind).resolves.toEqual([expect.objectContaining({ v: "three" })])
     })
+  })
+
+  it("a running statement with another written behind it is left to finish: a late cancel request would hit the one behind", async () => {
+    // The cancel request is held at a proxy, so a request sent would arrive after the running
+    // statement ended, while the one behind runs: that one failed with 57014 before this rule.
+    const proxy = await TcpProxy.start(adminUrl)
+    const pool = postgres(proxy.url(adminUrl), { max: 1, onnotice: () => {} })
+    try {
+      await pool`select 1`
+      const held = proxy.freezeWhen((chunk) => chunk.length === 16 && chunk.readInt32BE(4) === 80877102, {
+        deliver: false
+      })
+      let requested = false
+      void held.then(() => {
+        requested = true
+      })
+      const fiber = Effect.runFork(
+        statement<{ v: string }>(
+          fromPostgres(pool),
+          "select pg_sleep(0.2), 'running' as v",
+          [],
+          Duration.seconds(5)
+        )
+      )
+      await sleep(50)
+      const behind = pool.unsafe("select pg_sleep(0.4), 'behind' as v").execute()
+      await sleep(50)
+      const exit = await Effect.runPromise(Fiber.interrupt(fiber))
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      await sleep(100)
+      proxy.unfreeze()
+      await expect(behind).resolves.toEqual([expect.objectContaining({ v: "behind" })])
+      expect(requested).toBe(false)
+      await expect(pool`select 'after' as v`).resolves.toEqual([{ v: "after" }])
+    } finally {
+      proxy.unfreeze()
+      await pool.end({ timeout: 5 })
+      await proxy.close()
+    }
+  })
+
+  it("a running statement alone on its connection is still cancelled", async () => {
+    const pool = postgres(adminUrl, { max: 1, onnotice: () => {} })
+    try {
+      await pool`select 1`
+      const fiber = Effect.runFork(
+        statement(fromPostgres(pool), "select pg_sleep(5), 'long' as v", [], Duration.seconds(5))
+      )
+      await sleep(100)
+      const began = performance.now()
+      const exit = await Effect.runPromise(Fiber.interrupt(fiber))
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      expect(performance.now() - began).toBeLessThan(2_000)
+      await expect(pool`select 'after' as v`).resolves.toEqual([{ v: "after" }])
+    } finally {
+      await pool.end({ timeout: 5 })
+    }
   })
 
   it("a statement still in the pool's queue (no connection free) is cancelled at once", async () => {

@@ -122,18 +122,26 @@ export const cancelIfRunning = (pending: Cancellable): boolean => {
 
 /**
  * Cancels `pending`, a statement sent through a pool, when it is the statement its connection is
- * running, or when it is still waiting in the pool's own queue (not yet written to a connection:
- * postgres.js takes it out of the queue and fails it with 57014); true when it did. Never one that
- * is written and waiting behind another statement on its connection (a pool pipelines onto busy
- * connections once all of them are busy): unpatched, postgres.js gave that statement's answer to the
- * statement behind it (see `test/driverPipelineCancel.test.ts`); patched, it sends the cancel
- * request when the statement starts, and a statement that ends before the request arrives leaves
- * the request to cancel whatever the session runs next, another caller's statement. A statement
- * that waits its turn runs soon and settles by itself; it is autocommitted, so it holds nothing open.
+ * running with nothing written behind it, or when it is still waiting in the pool's own queue (not
+ * yet written to a connection: postgres.js takes it out of the queue and fails it with 57014); true
+ * when it did.
+ *
+ * A cancel request cancels whatever its session runs when the request arrives, and the statement
+ * may end first. The patched driver then writes nothing more on the connection until the server has
+ * taken the request (`test/driverCancelHold.test.ts`), but a statement already written behind it
+ * (a pool pipelines onto busy connections once all of them are busy) would be hit: another caller's.
+ * So such a statement is not cancelled, nor one that is itself written and waiting behind another
+ * (unpatched, postgres.js gave it the answer of the statement behind it,
+ * `test/driverPipelineCancel.test.ts`). A statement left alone runs and settles by itself; it is
+ * autocommitted, so it holds nothing open.
  */
 export const cancelOnPool = (pending: Cancellable): boolean => {
-  const q = pending as { readonly state?: unknown; readonly active?: boolean }
-  if (q.state != null && q.active !== true) return false
+  const q = pending as {
+    readonly state?: unknown
+    readonly active?: boolean
+    readonly writtenBehind?: () => number
+  }
+  if (q.state != null && (q.active !== true || (q.writtenBehind?.() ?? 0) > 0)) return false
   pending.cancel?.()
   return true
 }
