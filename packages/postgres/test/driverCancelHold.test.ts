@@ -14,7 +14,7 @@
  */
 import { createRequire } from "node:module"
 import postgres from "postgres"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import * as TestDatabase from "../src/TestDatabase.js"
 import * as TcpProxy from "./support/tcpProxy.js"
 
@@ -38,54 +38,55 @@ const outcome = (q: PromiseLike<ReadonlyArray<postgres.Row>>): Promise<Outcome> 
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-describe.skipIf(server === undefined)("postgres.js: a cancel request that arrives after its statement ended", () => {
-  const adminUrl = server?.adminUrl ?? ""
-  const admin = postgres(adminUrl, { max: 1, fetch_types: false, onnotice: () => {} })
-  afterAll(() => admin.end({ timeout: 5 }))
+describe.skipIf(server === undefined)(
+  "postgres.js: a cancel request that arrives after its statement ended",
+  () => {
+    const adminUrl = server?.adminUrl ?? ""
 
-  for (const [build, driver] of builds) {
-    it(`${build}: does not cancel the next statement written on the connection`, async () => {
-      const proxy = await TcpProxy.start(adminUrl)
-      const pool = driver(proxy.url(adminUrl), { max: 1, onnotice: () => {} })
-      try {
-        await pool`select 1`
-        const held = proxy.freezeWhen(isCancelRequest, { deliver: false })
-        const first = pool.unsafe("select pg_sleep(0.2), 'first' as v").execute()
-        await sleep(50)
-        expect((first as unknown as { active: boolean }).active).toBe(true)
-        const cancelling = first.cancel()
-        await held
-        // The request is held at the proxy: the statement ends on its own.
-        expect(await outcome(first)).toEqual({ ok: true, v: "first" })
-        // Another caller's statement on the pool's one connection, then the request arrives.
-        const next = outcome(pool.unsafe("select pg_sleep(0.4), 'next' as v").execute())
-        await sleep(100)
-        proxy.unfreeze()
-        await cancelling
-        expect(await next).toEqual({ ok: true, v: "next" })
-        // And the connection goes on serving.
-        expect(await outcome(pool`select 'after' as v`)).toEqual({ ok: true, v: "after" })
-      } finally {
-        proxy.unfreeze()
-        await pool.end({ timeout: 5 })
-        await proxy.close()
-      }
-    })
+    for (const [build, driver] of builds) {
+      it(`${build}: does not cancel the next statement written on the connection`, async () => {
+        const proxy = await TcpProxy.start(adminUrl)
+        const pool = driver(proxy.url(adminUrl), { max: 1, onnotice: () => {} })
+        try {
+          await pool`select 1`
+          const held = proxy.freezeWhen(isCancelRequest, { deliver: false })
+          const first = pool.unsafe("select pg_sleep(0.2), 'first' as v").execute()
+          await sleep(50)
+          expect((first as unknown as { active: boolean }).active).toBe(true)
+          const cancelling = first.cancel()
+          await held
+          // The request is held at the proxy: the statement ends on its own.
+          expect(await outcome(first)).toEqual({ ok: true, v: "first" })
+          // Another caller's statement on the pool's one connection, then the request arrives.
+          const next = outcome(pool.unsafe("select pg_sleep(0.4), 'next' as v").execute())
+          await sleep(100)
+          proxy.unfreeze()
+          await cancelling
+          expect(await next).toEqual({ ok: true, v: "next" })
+          // And the connection goes on serving.
+          expect(await outcome(pool`select 'after' as v`)).toEqual({ ok: true, v: "after" })
+        } finally {
+          proxy.unfreeze()
+          await pool.end({ timeout: 5 })
+          await proxy.close()
+        }
+      })
 
-    it(`${build}: a running statement is still cancelled`, async () => {
-      const pool = driver(adminUrl, { max: 1, onnotice: () => {} })
-      try {
-        await pool`select 1`
-        const long = pool.unsafe("select pg_sleep(5), 'long' as v").execute()
-        await sleep(100)
-        const started = Date.now()
-        await long.cancel()
-        expect(await outcome(long)).toEqual({ ok: false, code: "57014" })
-        expect(Date.now() - started).toBeLessThan(2_000)
-        expect(await outcome(pool`select 'after' as v`)).toEqual({ ok: true, v: "after" })
-      } finally {
-        await pool.end({ timeout: 5 })
-      }
-    })
+      it(`${build}: a running statement is still cancelled`, async () => {
+        const pool = driver(adminUrl, { max: 1, onnotice: () => {} })
+        try {
+          await pool`select 1`
+          const long = pool.unsafe("select pg_sleep(5), 'long' as v").execute()
+          await sleep(100)
+          const started = Date.now()
+          await long.cancel()
+          expect(await outcome(long)).toEqual({ ok: false, code: "57014" })
+          expect(Date.now() - started).toBeLessThan(2_000)
+          expect(await outcome(pool`select 'after' as v`)).toEqual({ ok: true, v: "after" })
+        } finally {
+          await pool.end({ timeout: 5 })
+        }
+      })
+    }
   }
-})
+)
