@@ -605,12 +605,49 @@ const runTransaction = Effect.fnUntraced(function* (
   }))
   const refused = votes.find((v) => v.vote._tag === "No")
 
-  const abort = (reason: string) =>
+  const abort = (why: string) =>
     Effect.gen(function* () {
+      let reason = why
       // Branches that refused definitely rolled back themselves; the rest may be prepared.
-      const toRollBack = resolved.filter(
+      let toRollBack = resolved.filter(
         (_, i) => prepared[i]!.vote._tag === "Prepared" || !prepared[i]!.definite
       )
+      // A branch whose prepare has no definite answer is rolled back by its gid, which is built
+      // from the txId. Under a txId the caller gave, an earlier run of the same txId (a retry after
+      // a crash or an unanswered decision) may hold that gid prepared under its logged commit
+      // decision, and this run's prepare timed out waiting on its locks: rolling the gid back would
+      // undo a committed transaction. So an abort decision is written first (first writer wins,
+      // as recovery does): if it holds, nothing under this txId commits and the gids are rolled
+      // back; if a commit decision holds instead, or the log does not answer, those branches are
+      // left to that decision and recovery.
+      const uncertain = resolved.filter(
+        (_, i) => prepared[i]!.vote._tag !== "Prepared" && !prepared[i]!.definite
+      )
+      let fenced = false
+      if (options.txId !== undefined && uncertain.length > 0) {
+        const log = yield* TransactionLog
+        const now = clock.unsafeCurrentTimeMillis()
+        const held = yield* log
+          .decide({
+            txId,
+            decision: "abort",
+            branches: toRollBack.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
+            decidedAt: now
+          })
+          .pipe(
+            Effect.timeoutOption(Duration.min(callTimeout, Duration.millis(Math.max(1, deadline - now)))),
+            Effect.orElseSucceed(() => Option.none<DecisionRecord>())
+          )
+        fenced = Option.isSome(held) && held.value.decision === "abort"
+        if (!fenced) {
+          toRollBack = toRollBack.filter((r) => !uncertain.includes(r))
+          reason = `${reason}; ${uncertain.map((r) => r.ctx.branch).join(", ")} not rolled back: ${
+            Option.isSome(held)
+              ? `transaction id ${txId} has a commit decision from an earlier run, whose branches these gids may be`
+              : "the log did not answer the abort decision, so an earlier run of this transaction id may hold these gids; recovery decides"
+          }`
+        }
+      }
       // Each rollback is bounded by `callTimeout` and all of them by the transaction's deadline
       // (at least 1 ms, so each is sent), so an unanswered rollback does not hold the outcome past
       // `transactionTimeout`. A branch still prepared after that is an orphan that recovery
@@ -638,6 +675,15 @@ const runTransaction = Effect.fnUntraced(function* (
         yield* log
           .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
           .pipe(Effect.ignore)
+      }
+      if (fenced && acks.every((a) => a !== undefined)) {
+        const log = yield* TransactionLog
+        yield* log
+          .complete(txId)
+          .pipe(
+            Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
+            Effect.ignore
+          )
       }
       timings.aborted = reason
       return yield* finish(
@@ -669,7 +715,9 @@ const runTransaction = Effect.fnUntraced(function* (
   }
   const decision = yield* decideCommit(record, deadline)
   if (decision.decision === "abort") {
-    return yield* abort("recovery presumed the transaction aborted before its commit decision was written")
+    return yield* abort(
+      "an abort decision holds for this transaction id: recovery presumed it aborted before its commit decision was written, or a run under the same id aborted"
+    )
   }
   if (decision !== record && !isSameDecision(decision, record)) {
     // The first writer won, and it was not this run: `txId` (given in `options`) was used before
