@@ -82,7 +82,8 @@ const collect = (
     const after = Duration.decode(gc.after ?? Duration.minutes(10))
     const done = yield* log.completed({
       limit: gc.limit ?? 10_000,
-      olderThanMillis: Duration.toMillis(after)
+      olderThanMillis: Duration.toMillis(after),
+      branches: participants.map((p) => p.name)
     })
     if (done.length === 0) return 0
     const byName = new Map(participants.map((p) => [p.name as string, p]))

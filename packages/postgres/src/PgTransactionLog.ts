@@ -119,6 +119,12 @@ export interface PgTransactionLog extends LogService {
     readonly limit?: number
     /** Only decisions completed at least this long ago. */
     readonly olderThanMillis?: number
+    /**
+     * Only decisions every branch of which is named here (a recovery's own participants): without
+     * it, the oldest `limit` completed decisions of other services' participants, which this
+     * recovery may not purge, would fill every page for good.
+     */
+    readonly branches?: ReadonlyArray<string>
   }) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>
   /** Deletes completed decisions; returns how many. */
   readonly purge: (
@@ -189,6 +195,11 @@ where completed_at is null and decided_at <= now() - make_interval(secs => $1::f
 order by decided_at, tx_id limit $2`
 const COMPLETED_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
+order by completed_at limit $1`
+const COMPLETED_OF_SQL = `select ${COLUMNS} from accord_decision
+where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
+  and not exists (
+    select 1 from jsonb_array_elements(branches) b where not (b->>'branch' = any($3::text[])))
 order by completed_at limit $1`
 const PURGE_SQL = `with gone as (delete from accord_decision where tx_id = any($1::text[]) and completed_at is not null returning 1)
 select count(*)::int as deleted from gone`
@@ -403,7 +414,13 @@ const build = (client: Client, options: Options) =>
       completed: (opts) =>
         flush.pipe(
           Effect.zipRight(
-            query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000])
+            opts?.branches === undefined
+              ? query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000])
+              : query<DecisionRow>(COMPLETED_OF_SQL, [
+                  opts.limit ?? 1000,
+                  (opts.olderThanMillis ?? 0) / 1000,
+                  opts.branches
+                ])
           ),
           Effect.map((rows) => rows.map(toRecord)),
           Effect.mapError(logError("completed"))

@@ -1,4 +1,4 @@
-import { Participant, TransactionLog, TwoPhaseCommit } from "@accord/core"
+import { Participant, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Ref } from "effect"
@@ -291,6 +291,52 @@ describe.skipIf(server === undefined)("PgRecovery on PostgreSQL", () => {
       )
       expect(yield* pa.gcMarkers(Duration.days(1))).toBe(1)
     })
+  )
+
+  scopedLive(
+    "garbage collection reads past the oldest completed decisions of other services' participants",
+    () =>
+      Effect.gen(function* () {
+        // Found by a review (2026-12-07): a pass read the oldest `limit` completed decisions and
+        // skipped those naming a participant it does not have; once those filled the page, this
+        // recovery purged nothing ever again (0, 0, 0 in three passes here).
+        const pa = yield* PgParticipant.make({ name: "bank-a", sql: a, markerGrace: Duration.zero })
+        const log = yield* PgTransactionLog.make({ sql: logSql, completion: "immediate" })
+        const decided = (branches: ReadonlyArray<string>) =>
+          Effect.gen(function* () {
+            const txId = yield* TransactionId.make
+            yield* log.decide({
+              txId,
+              decision: "commit",
+              branches: branches.map((name) => ({
+                branch: name as TransactionId.BranchName,
+                gid: TransactionId.gid(txId, name as TransactionId.BranchName)
+              })),
+              decidedAt: Date.now()
+            })
+            yield* log.complete(txId)
+            yield* Effect.sleep(Duration.millis(5))
+            return txId
+          })
+        const foreign = [yield* decided(["bank-a", "other-svc"]), yield* decided(["bank-a", "other-svc"])]
+        const own: Array<string> = []
+        for (let i = 0; i < 6; i++) own.push(yield* decided(["bank-a"]))
+        let purged = 0
+        for (let pass = 0; pass < 3; pass++) {
+          const report = yield* PgRecovery.run({
+            participants: [pa],
+            log,
+            options: { orphanAfter: Duration.zero, gc: { after: Duration.zero, limit: 2 } }
+          })
+          purged += report.decisionsPurged
+        }
+        expect(purged).toBe(6)
+        for (const txId of own)
+          expect((yield* log.decision(txId as TransactionId.TransactionId))._tag).toBe("None")
+        // The other service's decisions stay, for its own recovery.
+        for (const txId of foreign) expect((yield* log.decision(txId))._tag).toBe("Some")
+        yield* log.purge(foreign)
+      })
   )
 })
 
