@@ -17,7 +17,7 @@
 import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
-import { BranchCallError, type LogError } from "./TransactionError.js"
+import { BranchCallError, LogError } from "./TransactionError.js"
 import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
 import {
   type DecisionRecord,
@@ -33,6 +33,8 @@ import {
  */
 export const defaults = {
   callTimeout: Duration.seconds(5),
+  /** Bound on each statement to the log (a page of unfinished decisions can be large). */
+  logTimeout: Duration.seconds(30),
   /** Unfinished decisions read per page of the log (the pass reads page after page). */
   limit: 100_000
 } as const
@@ -49,6 +51,12 @@ export interface Options {
   readonly orphanAfter?: Duration.DurationInput
   /** Bound on each commit or rollback call. Default 5 s. */
   readonly callTimeout?: Duration.DurationInput
+  /**
+   * Bound on each call to the log (a page of unfinished decisions, a decision, completions,
+   * heuristic records). Default 30 s. A log that does not answer fails the pass with `LogError`
+   * instead of holding it, and every later pass of a sweep behind it.
+   */
+  readonly logTimeout?: Duration.DurationInput
   /** Retries of a failed call within one pass. Default: 3 retries, exponential from 20 ms. */
   readonly retrySchedule?: Schedule.Schedule<unknown, BranchCallError>
   /** Transactions resolved at once (bounded in practice by the participants' pools). Default 64. */
@@ -105,6 +113,33 @@ type BranchResult =
   | { readonly _tag: "Done"; readonly committed: boolean; readonly heuristic?: HeuristicRecord }
   | { readonly _tag: "Failed"; readonly branch: string; readonly reason: string }
 
+/** `log` with every call recovery makes bounded by `timeout` (a `LogError` when it does not answer). */
+const bounded = (log: TransactionLog["Type"], timeout: Duration.Duration): TransactionLog["Type"] => {
+  const within =
+    (operation: string) =>
+    <A>(effect: Effect.Effect<A, LogError>): Effect.Effect<A, LogError> =>
+      Effect.timeoutFail(effect, {
+        duration: timeout,
+        onTimeout: () => new LogError({ operation, reason: `no answer within ${Duration.format(timeout)}` })
+      })
+  const completeMany = log.completeMany
+  return {
+    ...log,
+    decide: (record) => within("decide")(log.decide(record)),
+    decision: (txId) => within("decision")(log.decision(txId)),
+    complete: (txId) => within("complete")(log.complete(txId)),
+    ...(completeMany === undefined
+      ? {}
+      : {
+          completeMany: (txIds: ReadonlyArray<TransactionId>) => within("completeMany")(completeMany(txIds))
+        }),
+    unfinished: (options) => within("unfinished")(log.unfinished(options)),
+    recordHeuristic: (record) => within("recordHeuristic")(log.recordHeuristic(record)),
+    heuristics: within("heuristics")(log.heuristics),
+    direct: undefined
+  }
+}
+
 /**
  * One recovery pass over the given participants and the log in context.
  * @since 0.1.0
@@ -114,7 +149,7 @@ export const run: (
   options?: Options
 ) => Effect.Effect<RecoveryReport, LogError | BranchCallError, TransactionLog> = Effect.fn("Recovery.run")(
   function* (participants: ReadonlyArray<AnyParticipant>, options: Options = {}) {
-    const log = yield* TransactionLog
+    const log = bounded(yield* TransactionLog, Duration.decode(options.logTimeout ?? defaults.logTimeout))
     const byName = new Map<string, AnyParticipant>(participants.map((p) => [p.name, p]))
     const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
     const retry = options.retrySchedule ?? defaultRetry

@@ -157,7 +157,12 @@ export class TransactionLog extends Context.Tag("@accord/core/TransactionLog")<
      */
     readonly direct?: {
       readonly decide: (record: DecisionRecord) => Started<DecisionRecord, LogError>
-      readonly twins: { readonly decide: (record: DecisionRecord) => Effect.Effect<DecisionRecord, LogError> }
+      /** Optional: `complete` as a started Promise, under the same rule (`twins.complete`). */
+      readonly complete?: (txId: TransactionId) => Started<void, LogError>
+      readonly twins: {
+        readonly decide: (record: DecisionRecord) => Effect.Effect<DecisionRecord, LogError>
+        readonly complete?: (txId: TransactionId) => Effect.Effect<void, LogError>
+      }
     }
   }
 >() {}

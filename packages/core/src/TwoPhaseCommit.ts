@@ -513,6 +513,26 @@ const decideCommit = (record: DecisionRecord, deadline: number) =>
   )
 
 /**
+ * Marks the transaction complete, bounded by its deadline (at least 1 ms, so it is sent): a log
+ * that does not answer must not hold the outcome, which is known already. A completion not written
+ * leaves the decision unfinished, and recovery re-drives its idempotent phase 2. On every committed
+ * transaction's path, so through the log's Promise-level `complete` when it has one (one timer, no
+ * fiber), else one fork.
+ */
+const completeWithin = (
+  log: TransactionLog["Type"],
+  txId: TransactionId.TransactionId,
+  deadline: number,
+  clock: Clock.Clock
+): Effect.Effect<void> => {
+  const bound = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
+  const direct = log.direct
+  return direct?.complete !== undefined && direct.twins.complete === log.complete
+    ? Effect.asVoid(forEachStarted([txId], direct.complete, bound))
+    : Effect.asVoid(forEachWithin([txId], (t) => Effect.either(log.complete(t)), bound))
+}
+
+/**
  * Whether the decision that holds is this run's own record, read back (after a write that failed
  * but landed): the same moment and the same branches.
  */
@@ -674,16 +694,13 @@ const runTransaction = Effect.fnUntraced(function* (
         const log = yield* TransactionLog
         yield* log
           .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
-          .pipe(Effect.ignore)
-      }
-      if (fenced && acks.every((a) => a !== undefined)) {
-        const log = yield* TransactionLog
-        yield* log
-          .complete(txId)
           .pipe(
             Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
             Effect.ignore
           )
+      }
+      if (fenced && acks.every((a) => a !== undefined)) {
+        yield* completeWithin(yield* TransactionLog, txId, deadline, clock)
       }
       timings.aborted = reason
       return yield* finish(
@@ -741,13 +758,16 @@ const runTransaction = Effect.fnUntraced(function* (
       heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
       yield* log
         .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "commit", detail })
-        .pipe(Effect.ignore)
+        .pipe(
+          Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
+          Effect.ignore
+        )
     }
   }
   if (pending.length > 0) {
     return yield* finish(Outcome.CommitPending({ txId, votes, pending, heuristics }))
   }
   // Not forced: if it is lost, recovery re-drives the commits, which are idempotent.
-  yield* log.complete(txId).pipe(Effect.ignore)
+  yield* completeWithin(log, txId, deadline, clock)
   return yield* finish(Outcome.Committed({ txId, votes, onePhase: false, heuristics }))
 })

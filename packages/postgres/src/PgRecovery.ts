@@ -15,7 +15,7 @@
  *
  * @since 0.1.0
  */
-import { type Participant, Recovery, type TransactionError, TransactionLog } from "@accord/core"
+import { type Participant, Recovery, TransactionError, TransactionLog } from "@accord/core"
 import { Duration, Effect } from "effect"
 import type { PgTransactionLog } from "./PgTransactionLog.js"
 
@@ -67,7 +67,8 @@ export const run: (args: {
           args.participants,
           args.log,
           options.gc ?? {},
-          Duration.decode(options.callTimeout ?? Recovery.defaults.callTimeout)
+          Duration.decode(options.callTimeout ?? Recovery.defaults.callTimeout),
+          Duration.decode(options.logTimeout ?? Recovery.defaults.logTimeout)
         )
   return { ...report, decisionsPurged } satisfies Report
 })
@@ -76,15 +77,29 @@ const collect = (
   participants: ReadonlyArray<Participant.AnyParticipant>,
   log: PgTransactionLog,
   gc: { readonly after?: Duration.DurationInput; readonly limit?: number },
-  callTimeout: Duration.Duration
+  callTimeout: Duration.Duration,
+  logTimeout: Duration.Duration
 ) =>
   Effect.gen(function* () {
+    const within =
+      (operation: string) =>
+      <A>(effect: Effect.Effect<A, TransactionError.LogError>) =>
+        Effect.timeoutFail(effect, {
+          duration: logTimeout,
+          onTimeout: () =>
+            new TransactionError.LogError({
+              operation,
+              reason: `no answer within ${Duration.format(logTimeout)}`
+            })
+        })
     const after = Duration.decode(gc.after ?? Duration.minutes(10))
-    const done = yield* log.completed({
-      limit: gc.limit ?? 10_000,
-      olderThanMillis: Duration.toMillis(after),
-      branches: participants.map((p) => p.name)
-    })
+    const done = yield* within("completed")(
+      log.completed({
+        limit: gc.limit ?? 10_000,
+        olderThanMillis: Duration.toMillis(after),
+        branches: participants.map((p) => p.name)
+      })
+    )
     if (done.length === 0) return 0
     const byName = new Map(participants.map((p) => [p.name as string, p]))
     const purgeable: Array<(typeof done)[number]["txId"]> = []
@@ -113,7 +128,7 @@ const collect = (
     )
     // Purge only when every participant's markers went: otherwise the next pass tries again.
     if (!forgotten.every(Boolean)) return 0
-    return yield* log.purge(purgeable)
+    return yield* within("purge")(log.purge(purgeable))
   }).pipe(Effect.withSpan("PgRecovery.collect"))
 
 /**

@@ -344,10 +344,14 @@ const build = (client: Client, options: Options) =>
             Math.max(1, settings.writers ?? 2)
           )
     const decide = (record: CoreLog.DecisionRecord) => Participant.fromStarted(() => start(record))
-    const direct = { decide: start, twins: { decide } }
 
-    const completeOne = (txId: string) =>
-      query(COMPLETE_SQL, [txId]).pipe(Effect.asVoid, Effect.mapError(logError("complete", txId)))
+    // `complete` is a started Promise too (queued, or one statement), so the coordinator bounds it
+    // with a timer and no fiber; the Effect `complete` is its twin.
+    const completeOne = (txId: string): Participant.Started<void, TransactionError.LogError> =>
+      startVia(client, cancelMs, async (send) => {
+        const done = await send(COMPLETE_SQL, [txId])
+        return done.ok ? Either.void : Either.left(logError("complete", txId)(done.failure))
+      })
     const completion =
       options.completion === "immediate"
         ? { complete: completeOne, flush: Effect.void }
@@ -357,6 +361,9 @@ const build = (client: Client, options: Options) =>
             Duration.toMillis(Duration.decode(options.completionGather ?? Duration.millis(20)))
           )
     const { flush } = completion
+    const complete = (txId: CoreLog.DecisionRecord["txId"]) =>
+      Participant.fromStarted(() => completion.complete(txId))
+    const direct = { decide: start, complete: completion.complete, twins: { decide, complete } }
 
     const log: PgTransactionLog = {
       // No span here: this is on every transaction's path; the run's span times the decision.
@@ -368,7 +375,7 @@ const build = (client: Client, options: Options) =>
           Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toRecord)),
           Effect.mapError(logError("decision", txId))
         ),
-      complete: (txId) => completion.complete(txId),
+      complete,
       completeMany: (txIds) =>
         query(COMPLETE_MANY_SQL, [txIds]).pipe(
           Effect.asVoid,
@@ -609,9 +616,12 @@ const realSleep = (millis: number) =>
  * during a write go in the next. `flush` waits until every completion queued before it has been
  * written, or dropped after a failed write: `enqueued` and `settled` count them, in queue order.
  */
+/** A completion handed to the background writer: answered at once (it is not forced). */
+const queued: Participant.Started<void, never> = { result: Promise.resolve(Either.void), abandon: () => {} }
+
 const completer = (
   writeMany: (txIds: ReadonlyArray<string>) => Effect.Effect<unknown, TransactionError.LogError>,
-  writeOne: (txId: string) => Effect.Effect<void, TransactionError.LogError>,
+  writeOne: (txId: string) => Participant.Started<void, TransactionError.LogError>,
   gatherMillis: number
 ) =>
   Effect.gen(function* () {
@@ -724,14 +734,13 @@ const completer = (
     )
 
     return {
-      complete: (txId: string): Effect.Effect<void, TransactionError.LogError> =>
-        Effect.suspend(() => {
-          // After the scope closed, there is no writer: write directly.
-          if (closed) return writeOne(txId)
-          enqueued++
-          Queue.unsafeOffer(queue, txId)
-          return Effect.void
-        }),
+      complete: (txId: string): Participant.Started<void, TransactionError.LogError> => {
+        // After the scope closed, there is no writer: write directly.
+        if (closed) return writeOne(txId)
+        enqueued++
+        Queue.unsafeOffer(queue, txId)
+        return queued
+      },
       flush: flushForRead
     }
   })
