@@ -16,6 +16,7 @@ import { createRequire } from "node:module"
 import postgres from "postgres"
 import { describe, expect, it } from "vitest"
 import * as TestDatabase from "../src/TestDatabase.js"
+import * as TcpProxy from "./support/tcpProxy.js"
 
 const server = await TestDatabase.server()
 const require = createRequire(import.meta.url)
@@ -121,6 +122,36 @@ describe.skipIf(server === undefined)("postgres.js: a pipelined statement cancel
         })
       } finally {
         await pool.end({ timeout: 5 })
+      }
+    })
+
+    it(`${build}: one cancelled while its connection opens leaves the pool that connection`, async () => {
+      // Found by a review (2026-12-07): ten 2PC prepares timing out at once on a 10-connection pool
+      // left all ten connections opened and idle on the server but parked as "connecting" in the
+      // pool, for good: every later statement and reserve() waited for ever. A statement handed to
+      // a closed connection becomes that connection's first statement once it has opened; cancelled
+      // in between, it was skipped, and the connection never told the pool it was ready.
+      const proxy = await TcpProxy.start(adminUrl)
+      const pool = driver(proxy.url(adminUrl), { max: 1, onnotice: () => {} })
+      try {
+        // The server's answers to the connection's start-up are held: it is still opening.
+        const opening = proxy.freezeWhen(() => true, { deliver: true })
+        const cancelled = pool.unsafe("select 'two' as v").execute()
+        await opening
+        cancelled.cancel()
+        expect(await outcome(cancelled, 3_000)).toEqual({ ok: false, code: "57014" })
+        proxy.unfreeze()
+        expect(await outcome(pool.unsafe("select 'three' as v").execute(), 3_000)).toEqual({
+          ok: true,
+          v: ["three"]
+        })
+        const reserved = await Promise.race([pool.reserve(), sleep(3_000).then(() => undefined)])
+        expect(reserved).toBeDefined()
+        reserved?.release()
+      } finally {
+        proxy.unfreeze()
+        await pool.end({ timeout: 5 })
+        await proxy.close()
       }
     })
   }
