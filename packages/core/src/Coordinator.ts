@@ -27,7 +27,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Either, Exit, type Layer, ManagedRuntime, Schema } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Layer, ManagedRuntime, Schema } from "effect"
 import {
   type AnyParticipant,
   type BranchState,
@@ -375,6 +375,37 @@ export const runToPromise = async <A, E, R>(
 }
 
 /**
+ * A `ManagedRuntime` over a layer whose build may fail (a log whose database is unreachable at
+ * start-up). `ManagedRuntime` keeps a failed build: every later call rejected with the first
+ * error although the database came back. Here a failed build rejects that call with its error and
+ * the next call builds again.
+ * @internal
+ */
+export class RebuildingRuntime<R> {
+  private current: ManagedRuntime.ManagedRuntime<R, unknown>
+  constructor(private readonly layer: Layer.Layer<R, unknown>) {
+    this.current = ManagedRuntime.make(layer)
+  }
+
+  async run<A, E>(effect: Effect.Effect<A, E, R>): Promise<A> {
+    const runtime = this.current
+    const built = await Effect.runPromiseExit(runtime.runtimeEffect)
+    if (Exit.isFailure(built)) {
+      if (this.current === runtime) {
+        this.current = ManagedRuntime.make(this.layer)
+        void runtime.dispose().catch(() => undefined)
+      }
+      throw Cause.squash(built.cause)
+    }
+    return runToPromise(runtime, effect)
+  }
+
+  dispose(): Promise<void> {
+    return this.current.dispose()
+  }
+}
+
+/**
  * Groups operation triples into one branch per participant, in order; validates before anything is sent.
  * @internal
  */
@@ -625,7 +656,7 @@ export class Registry<P extends Verifiable> {
 export class TwoPhaseCoordinator {
   /** False when commit decisions live in memory only (no `log`, or `log: "memory"`). */
   readonly durable: boolean
-  private readonly runtime: ManagedRuntime.ManagedRuntime<TransactionLog, unknown>
+  private readonly runtime: RebuildingRuntime<TransactionLog>
   private readonly registry: Registry<AnyParticipant>
   private readonly options: TwoPhaseCommit.Options
   private readonly inFlight = new InFlight()
@@ -659,6 +690,13 @@ export class TwoPhaseCoordinator {
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
     }
     const log = options.log ?? "memory"
+    if (log !== "memory" && !Layer.isLayer(log)) {
+      throw new InvalidTransactionError({
+        reason: `log must be a Layer providing TransactionLog (e.g. PgTransactionLog.layer(...)) or "memory", got ${
+          typeof log === "string" ? JSON.stringify(log) : typeof log
+        }`
+      })
+    }
     this.durable = log !== "memory"
     if (options.log === undefined) {
       // Not silent: a user who believes the log durable would lose commit decisions on a crash.
@@ -671,7 +709,7 @@ export class TwoPhaseCoordinator {
         )
       )
     }
-    this.runtime = ManagedRuntime.make(log === "memory" ? layerMemory : log)
+    this.runtime = new RebuildingRuntime(log === "memory" ? layerMemory : log)
   }
 
   /** Runs `call` unless disposed, tracked so that `dispose` waits for it. */
@@ -681,12 +719,14 @@ export class TwoPhaseCoordinator {
 
   /**
    * Registers a participant (core or Promise-style). Rejects with `InvalidTransactionError` for a
-   * bad or duplicate name (or a Promise participant missing a method) and with a
-   * `ConfigurationError` when it cannot take part, its `verify` unanswered after `verifyTimeout` included.
+   * bad or duplicate name (or a Promise participant missing a method), with a
+   * `ConfigurationError` when it cannot take part, its `verify` unanswered after `verifyTimeout`
+   * included, and with the log's error (`LogError`) when the log cannot be set up (its database
+   * unreachable): the next call sets it up again.
    */
   registerParticipant(participant: AnyParticipant | PromiseParticipant): Promise<void> {
     return this.track("registerParticipant", () =>
-      this.registry.register(participant, (e) => runToPromise(this.runtime, e))
+      this.registry.register(participant, (e) => this.runtime.run(e))
     )
   }
 
@@ -705,14 +745,14 @@ export class TwoPhaseCoordinator {
         Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
         Effect.map(toResult)
       )
-      return runToPromise(this.runtime, program)
+      return this.runtime.run(program)
     })
   }
 
   /** Runs one recovery pass over the registered participants. */
   recover(options?: Recovery.Options): Promise<Recovery.RecoveryReport> {
     return this.track("recover", () =>
-      runToPromise(this.runtime, Recovery.run([...this.registry.participants.values()], options))
+      this.runtime.run(Recovery.run([...this.registry.participants.values()], options))
     )
   }
 

@@ -1,5 +1,5 @@
 /** Review of the Promise facades: calls that must settle, options that must be checked. */
-import { Effect, Either } from "effect"
+import { Effect, Either, Layer } from "effect"
 import { describe, expect, it } from "vitest"
 import { type PromiseParticipant, TwoPhaseCoordinator } from "../src/Coordinator.js"
 import { InvalidSagaError } from "../src/Saga.js"
@@ -7,7 +7,8 @@ import * as SagaLog from "../src/SagaLog.js"
 import { SagaOrchestrator } from "../src/SagaOrchestrator.js"
 import * as ThreePhaseCommit from "../src/ThreePhaseCommit.js"
 import { ThreePhaseCoordinator } from "../src/ThreePhaseCoordinator.js"
-import { ConfigurationError, InvalidTransactionError } from "../src/TransactionError.js"
+import { ConfigurationError, InvalidTransactionError, LogError } from "../src/TransactionError.js"
+import * as TransactionLog from "../src/TransactionLog.js"
 import { debitCredit, registerAll } from "./support/coordinator.js"
 import * as MemoryParticipant from "./support/MemoryParticipant.js"
 import * as ThreePhaseMemory from "./support/ThreePhaseMemory.js"
@@ -132,6 +133,40 @@ describe("TwoPhaseCoordinator: Promise participants", () => {
     expect((await debitCredit(coordinator, never, quick.participant)).status).toBe("aborted")
     expect(await within(coordinator.dispose(), 1_000)).toBeUndefined()
   }, 5_000)
+})
+
+describe("TwoPhaseCoordinator: its log", () => {
+  it("a log that cannot be set up fails that call with its error, and the next call sets it up again", async () => {
+    // Found by a review (2026-12-07): the runtime kept the failed build, so every later call
+    // rejected with the first error (a log database unreachable at start-up) although it came back.
+    let builds = 0
+    const flaky = Layer.effect(
+      TransactionLog.TransactionLog,
+      Effect.suspend(() =>
+        ++builds === 1
+          ? Effect.fail(new LogError({ operation: "migrate", reason: "connect ECONNREFUSED" }))
+          : TransactionLog.makeMemory
+      )
+    )
+    const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: flaky })
+    const a = await Effect.runPromise(MemoryParticipant.make("bank-a"))
+    const b = await Effect.runPromise(MemoryParticipant.make("bank-b"))
+    await expect(coordinator.registerParticipant(a.participant)).rejects.toBeInstanceOf(LogError)
+    await registerAll(coordinator, a.participant, b.participant)
+    const result = await debitCredit(coordinator, a.participant, b.participant)
+    expect(result.status).toBe("committed")
+    expect(builds).toBe(2)
+    await coordinator.dispose()
+  })
+
+  it('refuses a log option that is neither a Layer nor "memory" at construction', () => {
+    // Before: accepted (and reported durable); every call then failed with "Not a valid effect".
+    for (const log of ["disk", {}, 42]) {
+      expect(() => new TwoPhaseCoordinator({ timeout: 1_000, log: log as unknown as "memory" })).toThrow(
+        InvalidTransactionError
+      )
+    }
+  })
 })
 
 describe("ThreePhaseCoordinator: verify and mode", () => {
