@@ -714,7 +714,13 @@ export const runPromise: {
   target: Target,
   work: (session: BarrierSession) => Promise<A>,
   options?: RunOptions<A, I>
-): Promise<Result<A, A | undefined>> => Effect.runPromise(runWith(conn, target, work, codecOf(options)))
+): Promise<Result<A, A | undefined>> =>
+  // The `BarrierError` itself, not Effect's `FiberFailure` around it: a Promise caller reads its
+  // `_tag` and `sqlState`, or hands it to `toStepError`.
+  Effect.runPromiseExit(runWith(conn, target, work, codecOf(options))).then((exit) => {
+    if (Exit.isSuccess(exit)) return exit.value
+    throw Cause.squash(exit.cause)
+  })
 
 // SQLSTATE classes worth retrying: serialization failure / deadlock (40), insufficient resources
 // (53), operator intervention (57, e.g. a statement timeout 57014), connection exceptions (08).

@@ -118,6 +118,16 @@ const suite = (
           })
           expect(yield* Effect.promise(() => rows(t.gid))).toEqual([])
           expect(Either.isLeft(failed) && Barrier.toStepError(failed.left)._tag).toBe("StepBusinessError")
+          // The Promise form rejects with the same typed error (it rejected with Effect's
+          // FiberFailure around it, which `toStepError` could not read).
+          const rejected = yield* Effect.promise(() =>
+            Barrier.runPromise(conn, { gid: t.gid, branch: "reserve", op: "action" }, reserve(t.sku)).then(
+              () => undefined,
+              (error: unknown) => error
+            )
+          )
+          expect(rejected).toMatchObject({ _tag: "BarrierWorkError", sqlState: "23514" })
+          expect(Barrier.toStepError(rejected as Barrier.BarrierError)._tag).toBe("StepBusinessError")
           // A JavaScript error in the work rolls back too, without a SQLSTATE.
           const thrown = yield* Effect.either(
             Barrier.run(conn, { gid: t.gid, branch: "reserve", op: "action" }, async () => {
