@@ -13,6 +13,7 @@ import { Schema } from "effect"
  * @since 0.1.0
  */
 export const Phase = Schema.Literal(
+  "verify",
   "begin",
   "prepare",
   "precommit",
@@ -74,7 +75,9 @@ export class BranchCallError extends Schema.TaggedError<BranchCallError>()("Bran
   sqlState: Schema.optional(Schema.String)
 }) {
   override get message(): string {
-    return `${this.phase} of branch ${this.branch} in ${this.txId} failed${this.inDoubt ? " (in doubt)" : ""}: ${this.reason}`
+    // A call outside any transaction (a participant's verify) has no txId to name.
+    const within = this.txId === "" ? "" : ` in ${this.txId}`
+    return `${this.phase} of branch ${this.branch}${within} failed${this.inDoubt ? " (in doubt)" : ""}: ${this.reason}`
   }
 }
 

@@ -120,6 +120,12 @@ export interface CommonOptions {
   readonly operations?: Readonly<Record<string, Operation<never>>>
   /** Bound on cleaning up an interrupted branch (cancel, wait, roll back). Default 5 s. */
   readonly cancelTimeout?: Duration.DurationInput
+  /**
+   * Bound on `make`'s checks (max_prepared_transactions, the marker table's migration and
+   * schema): a server that accepts connections and never answers fails `make` with a
+   * `ConfigurationError` after it. Default 10 s.
+   */
+  readonly verifyTimeout?: Duration.DurationInput
   /** Run the marker-table migration in `make` (default true). */
   readonly migrate?: boolean
   /**
@@ -626,7 +632,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const verify: Effect.Effect<void, TransactionError.ConfigurationError | TransactionError.BranchCallError> =
     Effect.gen(function* () {
       const rows = yield* query<object>("show max_prepared_transactions").pipe(
-        Effect.mapError((f) => callError(self, "begin", f, false))
+        Effect.mapError((f) => callError(self, "verify", f, false))
       )
       const value = Number(column(rows[0], 0) ?? 0)
       if (!(value > 0)) {
@@ -647,17 +653,31 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
                   reason: `cannot create Accord's marker table accord_branch: ${failure.message}`,
                   fix: "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
                 })
-              : callError(self, "begin", failure, false)
+              : callError(self, "verify", failure, false)
           }
         })
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
 
-  yield* verify
-  // Once, after the migration: where the marker table is as the pool's connections see it. Every
-  // statement naming it (the branch's marker included) uses that schema from now on.
-  const found = yield* query<object>(Branch.TABLE_SCHEMA_SQL, ["accord_branch"]).pipe(
-    Effect.mapError((f) => callError(self, "begin", f, false))
+  // The checks and, once, after the migration: where the marker table is as the pool's connections
+  // see it (every statement naming it, the branch's marker included, uses that schema from now on).
+  // Bounded: a server that accepts connections and never answers fails `make` at `verifyTimeout`.
+  const verifyTimeout = Duration.decode(options.verifyTimeout ?? Duration.seconds(10))
+  const found = yield* Effect.zipRight(
+    verify,
+    query<object>(Branch.TABLE_SCHEMA_SQL, ["accord_branch"]).pipe(
+      Effect.mapError((f) => callError(self, "verify", f, false))
+    )
+  ).pipe(
+    Effect.timeoutFail({
+      duration: verifyTimeout,
+      onTimeout: () =>
+        new TransactionError.ConfigurationError({
+          participant: name,
+          reason: `the server did not answer its checks within ${Duration.format(verifyTimeout)}`,
+          fix: "check that the server is reachable and answering (its address, a firewall, a full connection limit), or raise verifyTimeout"
+        })
+    })
   )
   const markerSchema = column(found[0], 0)
   if (typeof markerSchema !== "string") {
