@@ -28,7 +28,7 @@ import { tmpdir } from "node:os"
 import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
-import { Clock, Duration, Effect, Either } from "effect"
+import { Cause, Clock, Duration, Effect, Either, Exit } from "effect"
 import type postgres from "postgres"
 import {
   Abandonment,
@@ -1016,6 +1016,18 @@ export const make = (
     options
   )
 }
+
+/**
+ * `make` as a Promise, for the Promise API (`TwoPhaseCoordinator`): rejects with the
+ * `ConfigurationError` or `BranchCallError` itself (`_tag`, `fix`), not Effect's `FiberFailure`
+ * around it, which `Effect.runPromise(make(...))` rejects with.
+ * @since 0.1.0
+ */
+export const makePromise = (options: Options): Promise<PgParticipant> =>
+  Effect.runPromiseExit(make(options)).then((exit) => {
+    if (Exit.isSuccess(exit)) return exit.value
+    throw Cause.squash(exit.cause)
+  })
 
 /**
  * A participant on a PGlite instance. Branches hold the PGlite gate from BEGIN through

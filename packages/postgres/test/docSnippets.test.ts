@@ -119,6 +119,7 @@ const runModule = async (
   }).outputText
   const modules: Record<string, unknown> = {
     "@accord/core": Core,
+    "@accord/core/Coordinator": Core.Coordinator,
     "@accord/postgres": AccordPostgres,
     effect: EffectModule,
     postgres: { __esModule: true, default: postgres }
@@ -206,6 +207,40 @@ export const run = async () => {
         )
       } finally {
         await Promise.all([a.end(), b.end()])
+      }
+    }
+  )
+
+  it(
+    "the Promise 2PC facade commits its transfer, then ends its pools (the process can exit)",
+    { timeout: 60_000 },
+    async () => {
+      const sqlB = postgres(urls.accord_bank_b!, { max: 2, onnotice: () => {} })
+      const a = postgres(urls.accord_bank_a!, { max: 1 })
+      try {
+        const bankB = await AccordPostgres.PgParticipant.makePromise({
+          name: "bank-b",
+          sql: sqlB,
+          operations: {
+            credit: (s, p: { account: number; amount: number }) =>
+              s.query("update accounts set balance = balance + $1 where id = $2", [p.amount, p.account])
+          }
+        })
+        const balanceA1 = async () =>
+          (await a`select balance from accounts where id = 1`)[0]!.balance as number
+        const before = await balanceA1()
+        const { result, sqlA, sqlCoordinator } = await runModule(
+          `${facade}\nexport { result, sqlA, sqlCoordinator }`,
+          { urlA: urls.accord_bank_a, coordinatorUrl: urls.accord_coordinator, bankB }
+        )
+        expect((result as { committed: boolean }).committed).toBe(true)
+        expect(await balanceA1()).toBe(before - 11)
+        // The snippet ended the pools it made: a statement on them now fails at once.
+        for (const pool of [sqlA, sqlCoordinator] as Array<postgres.Sql>) {
+          await expect(pool`select 1`).rejects.toMatchObject({ code: "CONNECTION_ENDED" })
+        }
+      } finally {
+        await Promise.all([sqlB.end(), a.end()])
       }
     }
   )
