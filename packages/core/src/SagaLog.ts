@@ -91,7 +91,11 @@ export class SagaBusyError extends Schema.TaggedError<SagaBusyError>()("SagaBusy
   owner: Schema.String
 }) {
   override get message(): string {
-    return `saga ${this.sagaId} is owned by ${this.owner}`
+    // No owner: the saga has ended (or its drive stopped and it waits for a sweep); a saga id is
+    // started once.
+    return this.owner === ""
+      ? `saga ${this.sagaId} exists already and no drive owns it (it has ended, or waits for recovery): a saga id is started once`
+      : `saga ${this.sagaId} is owned by ${this.owner}`
   }
 }
 

@@ -522,6 +522,10 @@ describe("Saga", () => {
         yield* Saga.run(saga, null, { sagaId: "order-1" })
         const again = yield* Effect.either(Saga.run(saga, null, { sagaId: "order-1" }))
         expect(Either.isLeft(again) && again.left._tag).toBe("SagaBusyError")
+        // It said "is owned by " and nothing: an ended saga has no owner.
+        expect(Either.isLeft(again) && again.left.message).toBe(
+          "saga order-1 exists already and no drive owns it (it has ended, or waits for recovery): a saga id is started once"
+        )
         expect(world.actionCalls.get("a")).toBe(1)
       })
     )

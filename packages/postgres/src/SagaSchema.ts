@@ -99,7 +99,9 @@ export const accordSagaBarrier = pgTable(
 )
 
 // Any fixed key, distinct from the 2PC tables' lock: "asag" in ASCII.
-const LOCK = "select pg_advisory_xact_lock(1634951527);"
+// Then, for the rest of the script (one implicit transaction), no NOTICE for a table or index that
+// exists already: every service start printed them.
+const LOCK = "select pg_advisory_xact_lock(1634951527); set local client_min_messages = warning;"
 
 /**
  * DDL of the saga log tables.
