@@ -120,7 +120,14 @@ export const fromPromiseParticipant = (
       : answer === "read-only"
         ? Vote.ReadOnly()
         : Vote.No({
-            reason: typeof answer === "object" && answer !== null ? answer.reason : "participant voted no"
+            // A JavaScript caller may leave the reason out: "undefined" is no reason.
+            reason:
+              typeof answer === "object" &&
+              answer !== null &&
+              typeof answer.reason === "string" &&
+              answer.reason !== ""
+                ? answer.reason
+                : "participant voted no"
           })
   /**
    * The prepare Promise, not left running unseen when the coordinator stops waiting: the signal

@@ -169,6 +169,29 @@ describe("TwoPhaseCoordinator: its log", () => {
   })
 })
 
+describe("TwoPhaseCoordinator: a No vote without a reason", () => {
+  it('is reported as the participant\'s No, not as "undefined"', async () => {
+    const coordinator = new TwoPhaseCoordinator({ timeout: 5_000, log: "memory" })
+    const voter = (name: string, answer: unknown): PromiseParticipant => ({
+      name,
+      prepare: async () => answer as "prepared",
+      commit: async () => {},
+      rollback: async () => {}
+    })
+    const yes = voter("bank-a", "prepared")
+    const no = voter("bank-b", { vote: "no" })
+    await coordinator.registerParticipant(yes)
+    await coordinator.registerParticipant(no)
+    const result = await coordinator.executeTransaction([
+      [yes, "debit", {}],
+      [no, "credit", {}]
+    ])
+    expect(result.status).toBe("aborted")
+    expect(result.reason).toBe("bank-b: participant voted no")
+    await coordinator.dispose()
+  })
+})
+
 describe("ThreePhaseCoordinator: verify and mode", () => {
   it("fails the registration of a member whose verify never answers after verifyTimeout", async () => {
     const coordinator = new ThreePhaseCoordinator({ timeout: 2_000, verifyTimeout: 100 })
