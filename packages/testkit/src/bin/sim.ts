@@ -59,27 +59,47 @@ const merge = (parts: ReadonlyArray<Simulator.Summary>, elapsedMillis: number) =
   }
 }
 
+/** A command line the simulator cannot run: its message and the usage, exit code 2. */
+class UsageError extends Error {}
+
+/** `text` as a whole number at least `min`, or undefined when the flag was not given. */
+const wholeNumber = (flag: string, text: string | undefined, min: number): number | undefined => {
+  if (text === undefined) return undefined
+  if (!/^\d+$/.test(text) || Number(text) < min) {
+    throw new UsageError(`--${flag} takes a whole number of at least ${min}, not ${JSON.stringify(text)}`)
+  }
+  return Number(text)
+}
+
+const parse = (argv: Array<string>) => {
+  try {
+    return parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        protocol: { type: "string", default: "2pc" },
+        seed: { type: "string" },
+        seeds: { type: "string" },
+        from: { type: "string", default: "0" },
+        variant: { type: "string", default: "correct" },
+        workers: { type: "string" },
+        "stop-after": { type: "string" },
+        json: { type: "boolean", default: false },
+        trace: { type: "boolean", default: false },
+        help: { type: "boolean", default: false }
+      },
+      allowPositionals: false
+    })
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error))
+  }
+}
+
 const main = async () => {
   // `pnpm sim -- --seed 1` hands the script a leading "--".
   const argv = process.argv.slice(2)
   if (argv[0] === "--") argv.shift()
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: {
-      protocol: { type: "string", default: "2pc" },
-      seed: { type: "string" },
-      seeds: { type: "string" },
-      from: { type: "string", default: "0" },
-      variant: { type: "string", default: "correct" },
-      workers: { type: "string" },
-      "stop-after": { type: "string" },
-      json: { type: "boolean", default: false },
-      trace: { type: "boolean", default: false },
-      help: { type: "boolean", default: false }
-    },
-    allowPositionals: false
-  })
+  const { values } = parse(argv)
   if (values.help) {
     console.log(usage)
     return 0
@@ -90,16 +110,19 @@ const main = async () => {
     return 2
   }
   const variant = values.variant as Simulator.Variant
-  if (values.seed !== undefined) {
-    const result = await Simulator.run({ protocol, seed: Number(values.seed), variant })
+  const seed = wholeNumber("seed", values.seed, 0)
+  const seeds = wholeNumber("seeds", values.seeds, 1) ?? 1000
+  const from = wholeNumber("from", values.from, 0) ?? 0
+  const workersAsked = wholeNumber("workers", values.workers, 1)
+  const stopAfter = wholeNumber("stop-after", values["stop-after"], 1)
+  if (seed !== undefined) {
+    const result = await Simulator.run({ protocol, seed, variant })
     if (values.json)
       console.log(JSON.stringify({ ...result, trace: values.trace ? result.trace : undefined }))
     else console.log(Simulator.format(result))
     return result.ok ? 0 : 1
   }
-  const seeds = Number(values.seeds ?? "1000")
-  const from = Number(values.from)
-  const workers = Math.max(1, Math.min(Number(values.workers ?? availableParallelism()), seeds))
+  const workers = Math.max(1, Math.min(workersAsked ?? availableParallelism(), seeds))
   const started = performance.now()
   const chunk = Math.ceil(seeds / workers)
   const jobs: Array<Job> = []
@@ -112,7 +135,7 @@ const main = async () => {
         variant,
         from: start,
         seeds: count,
-        ...(values["stop-after"] === undefined ? {} : { stopAfterFailures: Number(values["stop-after"]) })
+        ...(stopAfter === undefined ? {} : { stopAfterFailures: stopAfter })
       })
     }
   }
@@ -149,7 +172,8 @@ if (isMainThread) {
       process.exitCode = code
     },
     (error: unknown) => {
-      console.error(error)
+      if (error instanceof UsageError) console.error(`${error.message}\n${usage}`)
+      else console.error(error)
       process.exitCode = 2
     }
   )
