@@ -224,7 +224,7 @@ export interface CoordinatorOptions {
    * knowingly: decisions are lost with the process. Omitted: in memory too, with a warning.
    */
   readonly log?: Layer.Layer<TransactionLog, unknown> | "memory"
-  /** Gid namespace for this deployment. */
+  /** Gid namespace for this deployment: 1-16 characters of `[a-z0-9]` (checked at construction). */
   readonly namespace?: string
 }
 
@@ -695,6 +695,11 @@ export class TwoPhaseCoordinator {
       prepareTimeout:
         options.prepareTimeout === undefined ? timeout : toBound("prepareTimeout", options.prepareTimeout),
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
+    }
+    if (options.namespace !== undefined && !TransactionId.namespacePattern.test(options.namespace)) {
+      throw new InvalidTransactionError({
+        reason: `invalid namespace ${JSON.stringify(options.namespace)}: use 1-16 characters of [a-z0-9]`
+      })
     }
     const log = options.log ?? "memory"
     if (log !== "memory" && !Layer.isLayer(log)) {

@@ -159,6 +159,13 @@ describe("TwoPhaseCoordinator: its log", () => {
     await coordinator.dispose()
   })
 
+  it("refuses an invalid namespace at construction, saying the rule", () => {
+    // Before: accepted, then every executeTransaction refused "invalid namespace".
+    expect(() => new TwoPhaseCoordinator({ timeout: 1_000, log: "memory", namespace: "Bad_NS" })).toThrow(
+      /invalid namespace "Bad_NS": use 1-16 characters of \[a-z0-9\]/
+    )
+  })
+
   it('refuses a log option that is neither a Layer nor "memory" at construction', () => {
     // Before: accepted (and reported durable); every call then failed with "Not a valid effect".
     for (const log of ["disk", {}, 42]) {
