@@ -121,6 +121,14 @@ export const parse = (
       })
     )
   }
+  if (values.pg !== undefined && values["data-dir"] !== undefined) {
+    // One of them would be ignored without a word: --data-dir is where PGlite keeps its databases.
+    return Either.left(
+      new UsageError({
+        message: "--data-dir is for the embedded PGlite databases; with --pg they are on the server"
+      })
+    )
+  }
   const pgRaw = values.pg ?? (env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL)
   if (pgRaw !== undefined) {
     let url: URL | undefined

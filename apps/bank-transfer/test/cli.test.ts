@@ -33,6 +33,14 @@ describe("command line", { timeout: 60_000 }, () => {
     }
   })
 
+  it("refuses --data-dir beside --pg (one of them would be ignored)", async () => {
+    const r = await run(["--pg", "postgres://postgres@127.0.0.1:5432/postgres", "--data-dir", "/tmp/x"])
+    expect(r.code).toBe(2)
+    expect(oneLine(r.stderr)).toEqual([
+      expect.stringMatching(/--data-dir is for the embedded PGlite databases/)
+    ])
+  })
+
   it("refuses an unknown protocol", async () => {
     const r = await run(["--protocol", "4pc"])
     expect(r.code).toBe(2)

@@ -147,6 +147,10 @@ export const parse = (
   }
   if (values.help === true) return undefined
   const orders = integer("orders", values.orders, 200, 1, 100_000)
+  if (values.pg !== undefined && values["data-dir"] !== undefined) {
+    // One of them would be ignored without a word: --data-dir is where PGlite keeps its databases.
+    throw new UsageError("--data-dir is for the embedded PGlite databases; with --pg they are on the server")
+  }
   const pgUrl = values.pg ?? (env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL)
   if (pgUrl !== undefined) {
     // Say where the bad URL came from: the flag, or the environment.

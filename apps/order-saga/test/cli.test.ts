@@ -62,6 +62,12 @@ describe("command line", () => {
     )
   })
 
+  it("refuses --data-dir beside --pg (one of them would be ignored)", () => {
+    expect(
+      usageMessage(["--pg", "postgres://postgres@127.0.0.1:5432/postgres", "--data-dir", "/tmp/x"])
+    ).toBe("--data-dir is for the embedded PGlite databases; with --pg they are on the server")
+  })
+
   it("refuses a rate that is not written as a decimal number", () => {
     for (const value of ["0x1", "0b1", " ", "1e-1x"])
       expect(usageMessage(["--drop-rate", value])).toMatch(/^--drop-rate must be a number between 0 and 1/)
