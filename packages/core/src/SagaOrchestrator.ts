@@ -33,7 +33,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Exit, Option, Schedule, type Schema } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Option, Schedule, type Schema } from "effect"
 import * as Saga from "./Saga.js"
 import { SagaLog, makeMemory } from "./SagaLog.js"
 import { LogError } from "./TransactionError.js"
@@ -403,25 +403,45 @@ export class SagaOrchestrator {
     })
   }
 
+  /**
+   * Adds `unit` when the saga with it is well formed (names, duplicates, an empty group, a pivot
+   * in a group): refused here, not at the first `execute`. A refused unit leaves the orchestrator
+   * as it was.
+   */
+  // biome-ignore lint/suspicious/noExplicitAny: existential step output, as in Saga
+  private add(unit: Saga.Step<any, never> | Saga.Group<never>, countBefore: number): this {
+    const checked = Saga.validate(Saga.make({ name: this.name, steps: [...this.units, unit] }))
+    if (Either.isLeft(checked)) {
+      this.count = countBefore
+      throw checked.left
+    }
+    this.units.push(unit)
+    return this
+  }
+
   /** Adds a step after the existing ones. */
   addStep<A = unknown, I = A>(spec: StepSpec<A, I>): this {
     this.checkStep(spec as StepSpec<unknown, unknown>)
-    this.units.push(this.toStep(spec))
-    return this
+    const countBefore = this.count
+    return this.add(this.toStep(spec), countBefore)
   }
 
   /** Adds a group of steps that run concurrently. */
   // biome-ignore lint/suspicious/noExplicitAny: each member has an output type of its own
   addParallel(specs: ReadonlyArray<StepSpec<any, any>>, name?: string): this {
     // All checked before any is added: a bad member leaves the orchestrator as it was.
+    if (!Array.isArray(specs)) {
+      throw new Saga.InvalidSagaError({ reason: "addParallel takes an array of steps" })
+    }
     for (const [i, spec] of specs.entries()) this.checkStep(spec, i + 1)
-    this.units.push(
+    const countBefore = this.count
+    return this.add(
       Saga.parallel(
         name ?? `group-${this.units.length + 1}`,
         specs.map((s) => this.toStep(s))
-      )
+      ),
+      countBefore
     )
-    return this
   }
 
   /** The Effect definition behind the facade. */

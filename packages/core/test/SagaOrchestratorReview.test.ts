@@ -78,6 +78,27 @@ describe("SagaOrchestrator: what a production caller gets wrong", () => {
     expect(() => new SagaOrchestrator(bad)).toThrow(option)
   })
 
+  it("a bad or duplicate step name, or an empty group, is refused when added, not at the first execute", async () => {
+    const saga = new SagaOrchestrator().addStep({ name: "reserve", action: async () => "ok" })
+    expect(() => saga.addStep({ name: "has space", action: async () => 1 })).toThrow(InvalidSagaError)
+    expect(() => saga.addStep({ name: "has space", action: async () => 1 })).toThrow(/invalid step name/)
+    expect(() => saga.addStep({ name: "reserve", action: async () => 1 })).toThrow(
+      /duplicate step name reserve/
+    )
+    expect(() => saga.addParallel([])).toThrow(/is empty/)
+    expect(() =>
+      saga.addParallel([
+        { name: "a", action: async () => 1 },
+        { name: "reserve", action: async () => 1 }
+      ])
+    ).toThrow(/duplicate step name reserve/)
+    // Each refusal left the orchestrator as it was: default names go on from the steps it has.
+    saga.addStep({ action: async () => "second" })
+    expect(saga.saga.units.map((u) => u.name)).toEqual(["reserve", "step-2"])
+    const result = await saga.execute({})
+    expect(result.status).toBe("completed")
+  })
+
   it("a NaN step timeout (an unset environment variable) would time every attempt out after calling it", async () => {
     // What the validation prevents: before it, the action was called, aborted at once, retried, then
     // compensated as in doubt, on every saga.
