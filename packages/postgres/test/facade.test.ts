@@ -135,8 +135,13 @@ describe.skipIf(server === undefined)("TwoPhaseCoordinator on PostgreSQL", () =>
   it("rejects a one-phase COMMIT whose answer was lost as an in-doubt BranchCallError, never as aborted", async () => {
     const proxy = await TcpProxy.start(urlA)
     const { coordinator } = await coordinatorOn(pool(proxy.url(urlA)), pool(urlB), { timeout: 1_000 })
-    // The server gets the COMMIT (and commits); its answer never comes back.
-    const cut = proxy.freezeWhen(carriesCommit, { deliver: true }).then(() => proxy.close())
+    // The server gets the COMMIT (and commits); its answer never comes back. The link is cut a
+    // moment later: cut in the same tick, a COMMIT still queued in the proxy's socket was dropped
+    // with it under load (CI, 2026-12-07), and the server rolled back instead.
+    const cut = proxy
+      .freezeWhen(carriesCommit, { deliver: true })
+      .then(() => new Promise((resolve) => setTimeout(resolve, 200)))
+      .then(() => proxy.close())
     const error = await coordinator.executeTransaction([["a", "debit", { id: 3, amount: 10 }]]).then(
       (r) => r,
       (e: unknown) => e
