@@ -53,18 +53,25 @@ const startDecide = (
   abandon: () => undefined
 })
 const decide = (record: TransactionLog.DecisionRecord) => Participant.fromStarted(() => startDecide(record))
+const completed: Participant.Started<void, never> = {
+  result: Promise.resolve(Either.void),
+  abandon: () => undefined
+}
+const startComplete = () => completed
+const complete = () => Participant.fromStarted(startComplete)
 
 /**
- * A log that records nothing. Its `decide` is the Effect twin of a started Promise (`direct.decide`), as
- * `PgTransactionLog`'s is, so the coordinator takes the same fiber-free path as against PostgreSQL
- * (a log without `direct` costs one fork per decision, a path no PostgreSQL run takes).
+ * A log that records nothing. Its `decide` and `complete` are the Effect twins of started Promises
+ * (`direct`), as `PgTransactionLog`'s are, so the coordinator takes the same fiber-free path as against
+ * PostgreSQL (a log without `direct` costs one fork per decision and per completion, a path no
+ * PostgreSQL run takes).
  * @since 0.1.0
  */
 export const nullLog: TransactionLog.TransactionLog["Type"] = {
   decide,
-  direct: { decide: startDecide, twins: { decide } },
+  direct: { decide: startDecide, complete: startComplete, twins: { decide, complete } },
   decision: () => Effect.succeed(Option.none()),
-  complete: () => Effect.void,
+  complete,
   unfinished: () => Effect.succeed([]),
   recordHeuristic: () => Effect.void,
   heuristics: Effect.succeed([])
