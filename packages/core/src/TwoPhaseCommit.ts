@@ -21,6 +21,7 @@ import {
   Duration,
   Effect,
   Either,
+  Fiber,
   FiberRef,
   Metric,
   MetricBoundaries,
@@ -46,7 +47,7 @@ import {
   participantDefect,
   TimeoutError
 } from "./TransactionError.js"
-import { forEachConcurrently, forEachStarted, forEachWithin } from "./internal/concurrently.js"
+import { forEachStarted, forEachWithin } from "./internal/concurrently.js"
 import * as TransactionId from "./TransactionId.js"
 import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
 
@@ -668,22 +669,26 @@ const runTransaction = Effect.fnUntraced(function* (
           }`
         }
       }
-      // Each rollback is bounded by `callTimeout` and all of them by the transaction's deadline
-      // (at least 1 ms, so each is sent), so an unanswered rollback does not hold the outcome past
-      // `transactionTimeout`. A branch still prepared after that is an orphan that recovery
-      // presumes aborted. (Not left running in the background: a coordinator that dies takes its
-      // calls with it, and the simulator checks the protocol under exactly that.)
+      // The outcome waits for the rollbacks at most until the transaction's deadline (and at most
+      // `callTimeout`), so an unanswered rollback does not hold it past `transactionTimeout`. The
+      // rollbacks themselves are not cut at that bound: each runs on (a daemon fiber, bounded by
+      // `callTimeout` with its retries) and is answered, so a branch is not left prepared, holding
+      // its row locks until recovery, because its rollback was sent just as the deadline passed (an
+      // abort at a prepare bound equal to the deadline, the Promise facade's default, left 1 ms:
+      // the `ROLLBACK PREPARED` was cancelled and the branch stayed prepared for `orphanAfter`). A
+      // coordinator that dies takes them with it; a branch still prepared after that is an orphan
+      // that recovery presumes aborted.
       const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
       // Each answer kept as it comes, so those in before the bound count even if others are not.
       const acks: Array<RollbackAck | undefined> = toRollBack.map(() => undefined)
-      yield* Effect.timeoutOption(
-        forEachConcurrently(toRollBack, (r, i) =>
+      const rolling = yield* Effect.forEach(toRollBack, (r, i) =>
+        Effect.forkDaemon(
           Effect.map(rollbackBranch(r, callTimeout, schedule), (ack) => {
             if (Option.isSome(ack)) acks[i] = ack.value
           })
-        ),
-        Duration.min(callTimeout, left)
+        )
       )
+      yield* Effect.timeoutOption(Fiber.awaitAll(rolling), Duration.min(callTimeout, left))
       // A branch found committed although the decision is abort (committed by hand): reported in
       // the outcome and recorded for operators, as a heuristic rollback is after a commit decision.
       const heuristics: Array<Heuristic> = []

@@ -206,6 +206,39 @@ describe("TwoPhaseCommit.run: heuristics on abort", () => {
   )
 })
 
+describe("TwoPhaseCommit.run: an abort at the transaction's deadline", () => {
+  it.effect(
+    "rolls back the prepared branches after the outcome, instead of leaving them prepared for recovery",
+    () =>
+      withLog(() =>
+        Effect.gen(function* () {
+          // The prepare bound equals the deadline (the Promise facade's default): the abort has no
+          // time left. Its rollbacks were cut at 1 ms, so a prepared branch whose rollback takes a
+          // moment stayed prepared, holding its locks until recovery presumed it aborted.
+          const a = yield* MemoryParticipant.make("bank-a")
+          const slowRollback: Participant.Participant<unknown> = {
+            ...a.participant,
+            rollback: (ctx) => Effect.delay(a.participant.rollback(ctx), Duration.millis(50))
+          }
+          const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.seconds(10) })
+          const fiber = yield* TwoPhaseCommit.run([branch(slowRollback, 1), branch(b.participant, 2)], {
+            prepareTimeout: Duration.seconds(1),
+            transactionTimeout: Duration.seconds(1)
+          }).pipe(Effect.fork)
+          yield* TestClock.adjust(Duration.seconds(1))
+          // The abort waits at most 1 ms (what is left of the deadline, at least 1 ms).
+          yield* TestClock.adjust(Duration.millis(1))
+          const outcome = yield* Fiber.join(fiber)
+          expect(outcome._tag).toBe("Aborted")
+          expect([...(yield* a.states).values()]).toEqual(["prepared"])
+          // The outcome did not wait for it; the rollback goes on and lands.
+          yield* TestClock.adjust(Duration.millis(49))
+          expect([...(yield* a.states).values()]).toEqual(["aborted"])
+        })
+      )
+  )
+})
+
 describe("TwoPhaseCommit.run: a transaction id used twice", () => {
   it.effect("a second run under a txId that already committed does not commit its branches", () =>
     withLog((log) =>
