@@ -124,6 +124,8 @@ const statementsOn = (markers: string, states: string): Statements => ({
 type Recorded = "uncertain" | "precommitted" | "preaborted" | "aborted"
 
 /** Assigns the branch a transaction id, so that it always prepares (3PC has no read-only vote). */
+const STILL_PREPARED_SQL =
+  "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared"
 const FORCE_XID_SQL = "select pg_current_xact_id()"
 
 // The `members` column holds the yes vote: `<mode>|<member>,<member>...`, the mode being `classic`
@@ -227,6 +229,15 @@ const build = (
       const committed =
         (yield* query<{ committed: boolean }>(sqls.marker, [ctx.gid], ctx, "state"))[0]?.committed === true
       if (committed) return "committed" as const
+      if (recorded === "aborted") {
+        // `rollback` writes the fence (this row: aborted) before it sends ROLLBACK PREPARED. Cut
+        // between the two (a lost connection, a crash), the branch stayed prepared, holding its row
+        // locks for good, while this row said aborted and every terminator, agent and recovery took
+        // the member for finished. The fence has decided: the rollback is finished here, and a
+        // failure to do so fails this read (nothing counts the member finished).
+        const prepared = yield* query<{ prepared: boolean }>(STILL_PREPARED_SQL, [ctx.gid], ctx, "state")
+        if (prepared[0]?.prepared === true) yield* pg.rollback(ctx)
+      }
       return recorded ?? ("initial" as const)
     })
 
