@@ -1260,9 +1260,17 @@ export const sweep: <R>(
   while (more && results.length < limit) {
     const takenAt = yield* leaseClock
     const wanted = Math.min(concurrency, limit - results.length)
-    const claimed = yield* log.claimAbandoned({ ...lease, limit: wanted })
-    // A saga given back by this sweep (no definition, an output it cannot decode) is claimable again
-    // at once: given back again, and the sweep ends rather than claim it over and over.
+    // Only sagas this sweep has a definition for, and none it has taken already: one it gave back
+    // (an output it cannot decode) is claimable again at once, and being the oldest it was claimed
+    // first again, every batch: the sweep ended there and no later saga was ever recovered.
+    const claimed = yield* log.claimAbandoned({
+      ...lease,
+      limit: wanted,
+      types: [...sagas.keys()],
+      exclude: [...seen]
+    })
+    // A log that ignores those filters: a saga given back by this sweep (no definition, an output it
+    // cannot decode) is given back again, and the sweep ends rather than claim it over and over.
     const again = claimed.filter((h) => seen.has(h.sagaId))
     yield* Effect.forEach(again, (h) => log.release(h.sagaId, lease.owner), { discard: true })
     const fresh = claimed.filter((h) => !seen.has(h.sagaId))

@@ -136,9 +136,18 @@ export class SagaLog extends Context.Tag("@accord/core/SagaLog")<
       sagaId: string,
       lease: Lease
     ) => Effect.Effect<SagaHistory, LogError | SagaBusyError | SagaNotFoundError>
-    /** Claims up to `limit` running sagas whose lease expired, oldest first, skipping rows others are claiming. */
+    /**
+     * Claims up to `limit` running sagas whose lease expired, oldest first, skipping rows others are
+     * claiming. Optional filters (a log may ignore them; a sweep then ends early instead): only
+     * sagas of these `types`, and none of the `exclude`d ids (sagas this sweep gave back already:
+     * claimed first again, they kept every later saga from being recovered).
+     */
     readonly claimAbandoned: (
-      options: Lease & { readonly limit: number }
+      options: Lease & {
+        readonly limit: number
+        readonly types?: ReadonlyArray<string>
+        readonly exclude?: ReadonlyArray<string>
+      }
     ) => Effect.Effect<ReadonlyArray<SagaHistory>, LogError>
     /** Extends the caller's lease; `false` when the caller no longer owns the saga. */
     readonly renewLease: (sagaId: string, lease: Lease) => Effect.Effect<boolean, LogError>
@@ -267,8 +276,16 @@ export const makeMemory: Effect.Effect<SagaLog["Type"] & MemoryExtras> = Effect.
       Effect.gen(function* () {
         const now = yield* Clock.currentTimeMillis
         const leaseUntil = yield* until(options)
+        const types = options.types === undefined ? undefined : new Set(options.types)
+        const exclude = new Set(options.exclude ?? [])
         const entries = [...(yield* Ref.get(state)).values()]
-          .filter((e) => e.status === "running" && (e.owner === null || (e.leaseUntil ?? 0) < now))
+          .filter(
+            (e) =>
+              e.status === "running" &&
+              (e.owner === null || (e.leaseUntil ?? 0) < now) &&
+              (types === undefined || types.has(e.sagaType)) &&
+              !exclude.has(e.sagaId)
+          )
           .sort((a, b) => a.createdAt - b.createdAt)
           .slice(0, options.limit)
         for (const e of entries) {

@@ -311,6 +311,8 @@ export const make = (
             `with c as (
                select saga_id from accord_saga
                where status = 'running' and (owner is null or lease_until < now())
+                 and ($4::text[] is null or saga_type = any($4::text[]))
+                 and saga_id <> all($5::text[])
                order by created_at
                limit $3
                for update skip locked
@@ -318,7 +320,7 @@ export const make = (
              update accord_saga s set owner = $1, lease_until = now() + $2::float8 * interval '1 millisecond', updated_at = now()
              from c where s.saga_id = c.saga_id
              returning ${SAGA_COLUMNS_OF_S}`,
-            [options.owner, millis(options), options.limit]
+            [options.owner, millis(options), options.limit, options.types ?? null, options.exclude ?? []]
           )
           return yield* Effect.forEach(rows, (row) =>
             Effect.map(records(row.saga_id), (rs) => toHistory(row, rs))

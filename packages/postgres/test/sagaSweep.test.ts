@@ -5,7 +5,7 @@
  */
 import { Saga, SagaLog } from "@accord/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Option, Random } from "effect"
+import { Duration, Effect, Option, Random, Schema } from "effect"
 import postgres from "postgres"
 import * as PgSagaLog from "../src/PgSagaLog.js"
 import * as TestDatabase from "../src/TestDatabase.js"
@@ -147,6 +147,50 @@ describe.skipIf(server === undefined)("Saga sweep on PostgreSQL", () => {
       // twenty starts in a few milliseconds were flushed by the WAL writer in one or two syncs.
       expect((yield* syncs()) - before).toBeGreaterThanOrEqual(n)
     })
+  )
+
+  it.live(
+    "sagas a sweep cannot drive (no definition, an output that no longer decodes) do not stop it recovering the rest",
+    () =>
+      Effect.gen(function* () {
+        // Found by a review (2026-12-07): the oldest abandoned sagas were claimed first by every
+        // batch; given back (no definition, an undecodable output) and claimed again, they ended
+        // each sweep, so no later saga was ever recovered (0 outcomes sweep after sweep).
+        const log = yield* PgSagaLog.make(pool())
+        const crashed = (sagaId: string, sagaType: string, output?: unknown) =>
+          Effect.gen(function* () {
+            const owner = `dead/${sagaId}`
+            yield* log.start(SagaLog.SagaRecord.SagaStarted({ sagaId, sagaType, input: null }), {
+              owner,
+              leaseFor: "1 millis"
+            })
+            yield* log.append(SagaLog.SagaRecord.StepStarted({ sagaId, step: "a" }), owner)
+            if (output !== undefined)
+              yield* log.append(SagaLog.SagaRecord.StepCompleted({ sagaId, step: "a", output }), owner)
+            yield* Effect.sleep(Duration.millis(3))
+          })
+        for (let i = 0; i < 8; i++) yield* crashed(`retired-${i}`, "retired")
+        for (let i = 0; i < 8; i++) yield* crashed(`dated-${i}`, "dated", "not a date")
+        yield* crashed("order-1", "order")
+        let ran = 0
+        const order = Saga.make({
+          name: "order",
+          steps: [Saga.step({ name: "a", action: () => Effect.sync(() => ++ran) })]
+        })
+        const dated = Saga.make({
+          name: "dated",
+          steps: [Saga.step({ name: "a", action: () => Effect.succeed(new Date(0)), output: Schema.Date })]
+        })
+        const outcomes = yield* Saga.sweep(Saga.registry<never>([order, dated]), {
+          owner: "node",
+          leaseFor: "5 seconds"
+        }).pipe(Effect.provideService(SagaLog.SagaLog, log))
+        expect(outcomes.map((o) => o.sagaId)).toEqual(["order-1"])
+        expect(ran).toBe(1)
+        // The others are still there, running, for an orchestrator that can drive them.
+        const running = yield* log.list({ status: "running" })
+        expect(running.filter((h) => /^(retired|dated)-/.test(h.sagaId))).toHaveLength(16)
+      })
   )
 
   it.live("claimAbandoned from many concurrent sweepers hands each abandoned saga to exactly one", () =>
