@@ -161,14 +161,34 @@ export const classify = (error: unknown): Saga.StepError => {
   }
   const record = typeof error === "object" && error !== null ? (error as Record<string, unknown>) : {}
   const reason = error instanceof Error ? error.message : String(error)
+  const sqlState = typeof record.sqlState === "string" ? record.sqlState : undefined
   // In doubt first: an error that says the call may have acted must be compensated if the step
-  // fails for good, even when it also says it may be retried (both are retried).
-  if (record._tag === "StepInDoubtError" || record.inDoubt === true)
+  // fails for good, even when it also says it may be retried (both are retried). A lost database
+  // connection (`connectionLost`, as `@accord/postgres`'s `BarrierWorkError` says) may have
+  // committed, and so may a barrier duplicate whose stored result no longer decodes.
+  if (
+    record._tag === "StepInDoubtError" ||
+    record.inDoubt === true ||
+    record.connectionLost === true ||
+    record._tag === "BarrierResultDecodeError"
+  )
     return new Saga.StepInDoubtError({ reason })
-  if (record._tag === "StepTransientError" || record.retryable === true)
+  // A serialization failure, deadlock, resource shortage or statement timeout (SQLSTATE classes
+  // 40, 53, 57, 08), or a barrier work that threw outside SQL: worth another attempt, as
+  // `Barrier.toStepError` reads them. (Before, the facade failed such a step for good at once.)
+  if (
+    record._tag === "StepTransientError" ||
+    record.retryable === true ||
+    (sqlState !== undefined && TRANSIENT_SQL_CLASSES.has(sqlState.slice(0, 2))) ||
+    (record._tag === "BarrierWorkError" && sqlState === undefined)
+  )
     return new Saga.StepTransientError({ reason })
   return new Saga.StepBusinessError({ reason })
 }
+
+// SQLSTATE classes worth retrying (as `Barrier.toStepError`): serialization failure / deadlock
+// (40), insufficient resources (53), operator intervention (57), connection exceptions (08).
+const TRANSIENT_SQL_CLASSES = new Set(["40", "53", "57", "08"])
 
 const callPromise = <A>(f: (signal: AbortSignal) => Promise<A>): Effect.Effect<A, Saga.StepError> =>
   Effect.tryPromise({

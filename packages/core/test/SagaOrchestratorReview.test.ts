@@ -78,6 +78,20 @@ describe("SagaOrchestrator: what a production caller gets wrong", () => {
     expect(() => new SagaOrchestrator(bad)).toThrow(option)
   })
 
+  it("a barrier's errors are classified as Barrier.toStepError reads them, not all as business", () => {
+    // Found by a review (2026-12-07): a BarrierWorkError whose connection was lost after its COMMIT
+    // was a business failure through the facade: not retried, not compensated, the stock kept.
+    const barrier = (fields: Record<string, unknown>) =>
+      Object.assign(new Error("action of f-1/reserve failed"), { _tag: "BarrierWorkError", ...fields })
+    expect(classify(barrier({ connectionLost: true }))._tag).toBe("StepInDoubtError")
+    expect(classify(barrier({ connectionLost: false, sqlState: "40001" }))._tag).toBe("StepTransientError")
+    expect(classify(barrier({ connectionLost: false, sqlState: "57014" }))._tag).toBe("StepTransientError")
+    expect(classify(barrier({ connectionLost: false }))._tag).toBe("StepTransientError")
+    expect(classify(barrier({ connectionLost: false, sqlState: "23514" }))._tag).toBe("StepBusinessError")
+    expect(classify({ _tag: "BarrierResultDecodeError", message: "x" })._tag).toBe("StepInDoubtError")
+    expect(classify({ _tag: "BarrierResultRefusedError", message: "x" })._tag).toBe("StepBusinessError")
+  })
+
   it("a bad or duplicate step name, or an empty group, is refused when added, not at the first execute", async () => {
     const saga = new SagaOrchestrator().addStep({ name: "reserve", action: async () => "ok" })
     expect(() => saga.addStep({ name: "has space", action: async () => 1 })).toThrow(InvalidSagaError)
