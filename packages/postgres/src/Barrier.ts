@@ -698,7 +698,19 @@ export const run: {
 ): Effect.Effect<Result<A, A | undefined>, BarrierError> => runWith(conn, target, work, codecOf(options))
 
 /**
- * `run` as a Promise; rejects with a `BarrierError`.
+ * How `runPromise` is stopped: `signal` (a saga facade step's `ctx.signal`) interrupts the run as
+ * interrupting `run` does: its statement is cancelled, its transaction and barrier row rolled back.
+ * @since 0.1.0
+ */
+export interface PromiseOptions {
+  readonly signal?: AbortSignal
+}
+
+/**
+ * `run` as a Promise; rejects with a `BarrierError` (or, aborted through `signal`, with the
+ * interruption). Pass a saga facade step's `ctx.signal`: without it a step that timed out left its
+ * run waiting (on a row lock, say) with its barrier row uncommitted, the compensation's barrier
+ * insert queued behind it until the saga was Stuck, and the abandoned action applied later.
  * @since 0.1.0
  */
 export const runPromise: {
@@ -706,18 +718,31 @@ export const runPromise: {
     conn: Connection,
     target: Target,
     work: (session: BarrierSession) => Promise<A>,
-    options: RunOptions<A, I>
+    options: RunOptions<A, I> & PromiseOptions
   ): Promise<Result<A, A | undefined>>
-  <A>(conn: Connection, target: Target, work: (session: BarrierSession) => Promise<A>): Promise<Result<A>>
+  <A>(
+    conn: Connection,
+    target: Target,
+    work: (session: BarrierSession) => Promise<A>,
+    options?: PromiseOptions
+  ): Promise<Result<A>>
 } = <A, I>(
   conn: Connection,
   target: Target,
   work: (session: BarrierSession) => Promise<A>,
-  options?: RunOptions<A, I>
+  options?: Partial<RunOptions<A, I>> & PromiseOptions
 ): Promise<Result<A, A | undefined>> =>
   // The `BarrierError` itself, not Effect's `FiberFailure` around it: a Promise caller reads its
   // `_tag` and `sqlState`, or hands it to `toStepError`.
-  Effect.runPromiseExit(runWith(conn, target, work, codecOf(options))).then((exit) => {
+  Effect.runPromiseExit(
+    runWith(
+      conn,
+      target,
+      work,
+      codecOf(options?.result === undefined ? undefined : { result: options.result })
+    ),
+    options?.signal === undefined ? undefined : { signal: options.signal }
+  ).then((exit) => {
     if (Exit.isSuccess(exit)) return exit.value
     throw Cause.squash(exit.cause)
   })

@@ -82,6 +82,38 @@ describe.skipIf(server === undefined)("Barrier runs interrupted on PostgreSQL", 
   )
 
   it.live(
+    "runPromise aborted through its signal (a facade step's timeout) rolls back like an interrupted run",
+    () =>
+      Effect.gen(function* () {
+        // Found by a review (2026-12-07): runPromise took no signal, so a facade step that timed out
+        // left its run waiting on the lock with its barrier row uncommitted; the compensation's
+        // barrier insert queued behind it until the saga was Stuck, and the action landed later.
+        const sku = "interrupt-signal"
+        const gid = `G-interrupt-signal-${Date.now()}`
+        yield* Effect.promise(() => sql`insert into stock (sku, qty) values (${sku}, 5)`)
+        const unhold = yield* Effect.promise(() => holdRow(sku))
+        const controller = new AbortController()
+        setTimeout(() => controller.abort(), 300)
+        const started = performance.now()
+        const action = yield* Effect.promise(() =>
+          Barrier.runPromise(sql, { gid, branch: "reserve", op: "action" }, reserve(sku), {
+            signal: controller.signal
+          }).then(
+            () => "resolved",
+            () => "rejected"
+          )
+        )
+        expect(action).toBe("rejected")
+        expect(performance.now() - started).toBeLessThan(3_000)
+        const undo = yield* Effect.promise(() =>
+          Barrier.runPromise(sql, { gid, branch: "reserve", op: "compensation" }, release(sku))
+        ).pipe(Effect.timeout("3 seconds"), Effect.either, Effect.ensuring(Effect.promise(unhold)))
+        expect(undo).toMatchObject({ _tag: "Right", right: { _tag: "NullCompensation" } })
+        expect(yield* Effect.promise(() => qtyOf(sku))).toBe(5)
+      })
+  )
+
+  it.live(
     "a pipelined action interrupted while its first statement waits on a lock rolls back too: the statements behind it are not cancelled",
     () =>
       Effect.gen(function* () {
