@@ -1334,19 +1334,25 @@ export const retryStuck: <R>(
 
 /**
  * Operator: declares a stuck saga resolved by hand. A saga stuck in a compensation ends
- * `Compensated` (the stuck step counted as undone); one stuck after the pivot ends `Completed`,
- * whose outputs are as logged (encoded, for steps with an `output` schema: it takes no definition
- * to decode them with; `resume` with one returns them decoded). Nothing runs.
+ * `Compensated` (the stuck step, and every member of its group stuck with it, counted as undone);
+ * one stuck after the pivot ends `Completed`, whose outputs are as logged (encoded, for steps with
+ * an `output` schema: it takes no definition to decode them with; `resume` with one returns them
+ * decoded). Nothing runs.
+ *
+ * A compensation that stuck leaves the steps before it not compensated yet. Ending the saga would
+ * leave them so for good (nothing would run them), so the resolve is refused (`InvalidSagaError`
+ * naming them) unless `alsoCompensated` lists them: compensated by hand too. To have them run,
+ * `retryStuck` once the stuck compensation can succeed.
  * @since 0.1.0
  */
 export const resolveStuck: (
   sagaId: string,
   note: string,
-  options?: ResumeOptions
+  options?: ResumeOptions & { readonly alsoCompensated?: ReadonlyArray<string> }
 ) => Effect.Effect<Outcome, SagaError, SagaLog> = Effect.fn("Saga.resolveStuck")(function* (
   sagaId: string,
   note: string,
-  options?: ResumeOptions
+  options?: ResumeOptions & { readonly alsoCompensated?: ReadonlyArray<string> }
 ) {
   yield* Effect.annotateCurrentSpan({ sagaId })
   const lease = yield* driveLease("resolve", options)
@@ -1358,6 +1364,30 @@ export const resolveStuck: (
     return yield* Effect.fail(new InvalidSagaError({ reason: `saga ${sagaId} is not stuck` }))
   }
   const stuck = state.ended.value
+  // The compensations started and not finished: the stuck step and the members of its group stuck
+  // with it (the cause names them all; before, only the first was counted undone).
+  const stuckSteps = [...state.compensationStarted].filter((s) => !state.undone.includes(s))
+  const alsoCompensated = new Set(options?.alsoCompensated ?? [])
+  // Steps that acted, or may have (started and not failed for certain), and whose compensation
+  // never ran: those before the stuck one.
+  const owing =
+    stuck.phase === "compensation"
+      ? [...state.started].filter(
+          (s) =>
+            !state.undone.includes(s) &&
+            !stuckSteps.includes(s) &&
+            !(state.failed.get(s)?.inDoubt === false && !state.completed.has(s))
+        )
+      : []
+  const left = owing.filter((s) => !alsoCompensated.has(s))
+  if (left.length > 0) {
+    yield* log.release(sagaId, lease.owner)
+    return yield* Effect.fail(
+      new InvalidSagaError({
+        reason: `saga ${sagaId}: ${left.join(", ")} acted and ${left.length === 1 ? "was" : "were"} not compensated yet (the compensation stuck before ${left.length === 1 ? "it" : "them"}): retryStuck once ${stuckSteps.join(", ")} can be compensated, or compensate ${left.length === 1 ? "it" : "them"} by hand too and resolve with alsoCompensated`
+      })
+    )
+  }
   yield* log.append(
     SagaRecord.OperatorAction({ sagaId, action: "resolve", note: Json.text(note) }),
     lease.owner
@@ -1373,7 +1403,11 @@ export const resolveStuck: (
             reason: stuck.cause,
             inDoubt: false
           })),
-          undone: [...state.undone, stuck.step]
+          undone: [
+            ...state.undone,
+            ...(stuckSteps.includes(stuck.step) ? stuckSteps : [stuck.step, ...stuckSteps]),
+            ...owing.filter((s) => alsoCompensated.has(s))
+          ]
         })
   yield* log.append(SagaRecord.SagaEnded({ sagaId, outcome }), lease.owner)
   return outcome

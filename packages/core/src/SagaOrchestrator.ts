@@ -526,7 +526,11 @@ export class SagaOrchestrator {
   }
 
   /** Operator: declares a stuck saga fixed by hand. */
-  resolveStuck(sagaId: string, note: string): Promise<SagaResult> {
-    return this.runOutcome(Saga.resolveStuck(sagaId, note, this.lease()))
+  resolveStuck(
+    sagaId: string,
+    note: string,
+    options?: { readonly alsoCompensated?: ReadonlyArray<string> }
+  ): Promise<SagaResult> {
+    return this.runOutcome(Saga.resolveStuck(sagaId, note, { ...this.lease(), ...options }))
   }
 }

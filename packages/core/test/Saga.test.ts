@@ -338,6 +338,37 @@ describe("Saga", () => {
     )
   )
 
+  it.effect(
+    "resolveStuck refuses to end a saga whose earlier steps were never compensated, unless they were by hand",
+    () =>
+      withLog((log) =>
+        Effect.gen(function* () {
+          // Found by a review (2026-12-07): ship failed, charge's refund stuck, the operator refunded
+          // by hand and resolved: the saga ended Compensated with reserve never released, and
+          // nothing would ever release it.
+          const world = new World()
+          const saga = linear(world, [
+            { name: "reserve" },
+            { name: "charge", compensation: "never", compensationRetries: 0 },
+            { name: "ship", action: "business" }
+          ])
+          const stuck = yield* Saga.run(saga, null)
+          expect(stuck).toMatchObject({ _tag: "Stuck", step: "charge", phase: "compensation" })
+          const refused = yield* Effect.either(Saga.resolveStuck(stuck.sagaId, "refunded by hand"))
+          expect(Either.isLeft(refused) && refused.left._tag).toBe("InvalidSagaError")
+          expect(Either.isLeft(refused) && refused.left.message).toContain(
+            "reserve acted and was not compensated yet"
+          )
+          // Refused, it stays stuck (not claimed, nothing written).
+          expect(Option.getOrThrow(yield* log.load(stuck.sagaId)).status).toBe("stuck")
+          const resolved = yield* Saga.resolveStuck(stuck.sagaId, "refunded and released by hand", {
+            alsoCompensated: ["reserve"]
+          })
+          expect(resolved).toMatchObject({ _tag: "Compensated", undone: ["charge", "reserve"] })
+        })
+      )
+  )
+
   it.effect("a parallel group with one failing member compensates its completed members concurrently", () =>
     withLog(() =>
       Effect.gen(function* () {
