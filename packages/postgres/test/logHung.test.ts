@@ -47,6 +47,12 @@ describe.skipIf(server === undefined)("a coordinator log that stops answering", 
     60_000
   )
 
+  /** A proxy in front of the log's database, closed with the test's scope. */
+  const proxyToLog = Effect.acquireRelease(
+    Effect.promise(() => TcpProxy.start(logUrl)),
+    (p) => Effect.promise(() => p.close())
+  )
+
   /** The log on a one-connection pool through `proxy`. */
   const logThrough = (proxy: TcpProxy.TcpProxy, options: Omit<PgTransactionLog.Options, "sql"> = {}) => {
     const sql = postgres(proxy.url(logUrl), { max: 1, onnotice: () => {} })
@@ -59,10 +65,7 @@ describe.skipIf(server === undefined)("a coordinator log that stops answering", 
     () =>
       Effect.scoped(
         Effect.gen(function* () {
-          const proxy = yield* Effect.acquireRelease(
-            Effect.promise(() => TcpProxy.start(logUrl)),
-            (p) => Effect.promise(() => p.close())
-          )
+          const proxy = yield* proxyToLog
           const log = yield* logThrough(proxy, { completion: "immediate" })
           const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
           const pb = yield* PgParticipant.make({ name: "bank-b", sql: b })
@@ -107,10 +110,7 @@ describe.skipIf(server === undefined)("a coordinator log that stops answering", 
     () =>
       Effect.scoped(
         Effect.gen(function* () {
-          const proxy = yield* Effect.acquireRelease(
-            Effect.promise(() => TcpProxy.start(logUrl)),
-            (p) => Effect.promise(() => p.close())
-          )
+          const proxy = yield* proxyToLog
           const log = yield* logThrough(proxy)
           const pa = yield* PgParticipant.make({ name: "bank-a", sql: a })
           const frozen = proxy.freezeWhen((chunk) => chunk.includes("completed_at is null"), {

@@ -22,6 +22,14 @@ import type * as Trace from "./Trace.js"
  * A process that can crash at one of its boundaries.
  * @since 0.1.0
  */
+/**
+ * Where a dead process's fibers stop, for good. Not `Effect.never`, which holds a `setInterval` to
+ * keep Node alive: a fiber of the dead process that outlives its run (a coordinator's rollback on a
+ * daemon fiber, bounded by a timer of the simulated clock, which stops with the run) kept the
+ * simulator's worker thread, and so the `sim` process, from ever exiting.
+ */
+const dead: Effect.Effect<never> = Effect.async<never>(() => {})
+
 export class Process {
   crashed = false
   boundaries = 0
@@ -38,15 +46,13 @@ export class Process {
   /** A durable boundary: the process may die here, and a dead process never gets past one. */
   boundary(label: string): Effect.Effect<void> {
     return Effect.suspend(() => {
-      if (this.crashed) return Effect.never
+      if (this.crashed) return dead
       this.boundaries++
       if (this.crashAt !== undefined && this.boundaries === this.crashAt && !this.injector.healed) {
         this.crashed = true
         this.injector.inject("coordinator-crash", this.name, `crashed ${label}`)
         const fiber = this.fiber
-        return fiber === undefined
-          ? Effect.never
-          : Fiber.interruptFork(fiber).pipe(Effect.andThen(Effect.never))
+        return fiber === undefined ? dead : Fiber.interruptFork(fiber).pipe(Effect.andThen(dead))
       }
       return Effect.void
     })
