@@ -113,15 +113,22 @@ type BranchResult =
   | { readonly _tag: "Done"; readonly committed: boolean; readonly heuristic?: HeuristicRecord }
   | { readonly _tag: "Failed"; readonly branch: string; readonly reason: string }
 
+/**
+ * One log call bounded by `timeout`: a `LogError` for `operation` when it does not answer. Recovery
+ * bounds every log call of a pass with it (`logTimeout`); `PgRecovery` its garbage collection's.
+ * @since 0.1.0
+ */
+export const logCallWithin =
+  (operation: string, timeout: Duration.Duration) =>
+  <A>(effect: Effect.Effect<A, LogError>): Effect.Effect<A, LogError> =>
+    Effect.timeoutFail(effect, {
+      duration: timeout,
+      onTimeout: () => new LogError({ operation, reason: `no answer within ${Duration.format(timeout)}` })
+    })
+
 /** `log` with every call recovery makes bounded by `timeout` (a `LogError` when it does not answer). */
 const bounded = (log: TransactionLog["Type"], timeout: Duration.Duration): TransactionLog["Type"] => {
-  const within =
-    (operation: string) =>
-    <A>(effect: Effect.Effect<A, LogError>): Effect.Effect<A, LogError> =>
-      Effect.timeoutFail(effect, {
-        duration: timeout,
-        onTimeout: () => new LogError({ operation, reason: `no answer within ${Duration.format(timeout)}` })
-      })
+  const within = (operation: string) => logCallWithin(operation, timeout)
   const completeMany = log.completeMany
   return {
     ...log,

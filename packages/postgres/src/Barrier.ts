@@ -57,6 +57,7 @@ import {
 } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
+import { runTyped } from "./internal/promise.js"
 import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
 import type { BranchSession } from "./PgParticipant.js"
 import { barrierDdl } from "./SagaSchema.js"
@@ -734,7 +735,7 @@ export const runPromise: {
 ): Promise<Result<A, A | undefined>> =>
   // The `BarrierError` itself, not Effect's `FiberFailure` around it: a Promise caller reads its
   // `_tag` and `sqlState`, or hands it to `toStepError`.
-  Effect.runPromiseExit(
+  runTyped(
     runWith(
       conn,
       target,
@@ -742,10 +743,7 @@ export const runPromise: {
       codecOf(options?.result === undefined ? undefined : { result: options.result })
     ),
     options?.signal === undefined ? undefined : { signal: options.signal }
-  ).then((exit) => {
-    if (Exit.isSuccess(exit)) return exit.value
-    throw Cause.squash(exit.cause)
-  })
+  )
 
 // SQLSTATE classes worth retrying: serialization failure / deadlock (40), insufficient resources
 // (53), operator intervention (57, e.g. a statement timeout 57014), connection exceptions (08).

@@ -28,7 +28,7 @@ import { tmpdir } from "node:os"
 import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite } from "@electric-sql/pglite"
-import { Cause, Clock, Duration, Effect, Either, Exit } from "effect"
+import { Clock, Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
 import {
   Abandonment,
@@ -50,6 +50,7 @@ import { type PgFailure, toFailure, UNDEFINED_OBJECT } from "./internal/errors.j
 import { Gate, shared as sharedGate } from "./internal/gate.js"
 import * as Branch from "./internal/pgBranch.js"
 import type { Ending, Mode, StageFailure } from "./internal/pgBranch.js"
+import { runTyped } from "./internal/promise.js"
 import * as Migrations from "./Migrations.js"
 import type * as Pipeline from "./Pipeline.js"
 
@@ -1023,11 +1024,7 @@ export const make = (
  * around it, which `Effect.runPromise(make(...))` rejects with.
  * @since 0.1.0
  */
-export const makePromise = (options: Options): Promise<PgParticipant> =>
-  Effect.runPromiseExit(make(options)).then((exit) => {
-    if (Exit.isSuccess(exit)) return exit.value
-    throw Cause.squash(exit.cause)
-  })
+export const makePromise = (options: Options): Promise<PgParticipant> => runTyped(make(options))
 
 /**
  * A participant on a PGlite instance. Branches hold the PGlite gate from BEGIN through

@@ -15,7 +15,7 @@
  *
  * @since 0.1.0
  */
-import { type Participant, Recovery, TransactionError, TransactionLog } from "@accord/core"
+import { type Participant, Recovery, type TransactionError, TransactionLog } from "@accord/core"
 import { Duration, Effect } from "effect"
 import type { PgTransactionLog } from "./PgTransactionLog.js"
 
@@ -81,17 +81,7 @@ const collect = (
   logTimeout: Duration.Duration
 ) =>
   Effect.gen(function* () {
-    const within =
-      (operation: string) =>
-      <A>(effect: Effect.Effect<A, TransactionError.LogError>) =>
-        Effect.timeoutFail(effect, {
-          duration: logTimeout,
-          onTimeout: () =>
-            new TransactionError.LogError({
-              operation,
-              reason: `no answer within ${Duration.format(logTimeout)}`
-            })
-        })
+    const within = (operation: string) => Recovery.logCallWithin(operation, logTimeout)
     const after = Duration.decode(gc.after ?? Duration.minutes(10))
     const done = yield* within("completed")(
       log.completed({
