@@ -13,7 +13,7 @@
  */
 import { Participant, Recovery, TransactionId, TransactionLog, TwoPhaseCommit } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect } from "effect"
 import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
