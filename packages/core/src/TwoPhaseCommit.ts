@@ -630,7 +630,7 @@ const runTransaction = Effect.fnUntraced(function* (
     Effect.gen(function* () {
       let reason = why
       // Branches that refused definitely rolled back themselves; the rest may be prepared.
-      let toRollBack = resolved.filter(
+      const toRollBack = resolved.filter(
         (_, i) => prepared[i]!.vote._tag === "Prepared" || !prepared[i]!.definite
       )
       // A branch whose prepare has no definite answer is rolled back by its gid, which is built
@@ -644,51 +644,69 @@ const runTransaction = Effect.fnUntraced(function* (
       const uncertain = resolved.filter(
         (_, i) => prepared[i]!.vote._tag !== "Prepared" && !prepared[i]!.definite
       )
-      let fenced = false
-      if (options.txId !== undefined && uncertain.length > 0) {
-        const log = yield* TransactionLog
-        const now = clock.unsafeCurrentTimeMillis()
-        const held = yield* log
-          .decide({
-            txId,
-            decision: "abort",
-            branches: toRollBack.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
-            decidedAt: now
-          })
-          .pipe(
-            Effect.timeoutOption(Duration.min(callTimeout, Duration.millis(Math.max(1, deadline - now)))),
-            Effect.orElseSucceed(() => Option.none<DecisionRecord>())
-          )
-        fenced = Option.isSome(held) && held.value.decision === "abort"
-        if (!fenced) {
-          toRollBack = toRollBack.filter((r) => !uncertain.includes(r))
-          reason = `${reason}; ${uncertain.map((r) => r.ctx.branch).join(", ")} not rolled back: ${
-            Option.isSome(held)
-              ? `transaction id ${txId} has a commit decision from an earlier run, whose branches these gids may be`
-              : "the log did not answer the abort decision, so an earlier run of this transaction id may hold these gids; recovery decides"
-          }`
-        }
-      }
-      // The outcome waits for the rollbacks at most until the transaction's deadline (and at most
-      // `callTimeout`), so an unanswered rollback does not hold it past `transactionTimeout`. The
-      // rollbacks themselves are not cut at that bound: each runs on (a daemon fiber, bounded by
-      // `callTimeout` with its retries) and is answered, so a branch is not left prepared, holding
-      // its row locks until recovery, because its rollback was sent just as the deadline passed (an
-      // abort at a prepare bound equal to the deadline, the Promise facade's default, left 1 ms:
-      // the `ROLLBACK PREPARED` was cancelled and the branch stayed prepared for `orphanAfter`). A
+      // Both the abort decision and the rollbacks run on past the deadline (see below): the outcome
+      // waits for them at most until the transaction's deadline (and at most `callTimeout`), so an
+      // unanswered call does not hold it past `transactionTimeout`, but none is cut at that bound.
+      // Each runs on a daemon fiber, bounded by `callTimeout` with its retries, and is answered, so
+      // a branch is not left prepared, holding its row locks until recovery, because its rollback
+      // (or the decision that fences it) was sent just as the deadline passed (an abort at a
+      // prepare bound equal to the deadline, the Promise facade's default, left 1 ms: the
+      // `ROLLBACK PREPARED` was cancelled and the branch stayed prepared for `orphanAfter`). A
       // coordinator that dies takes them with it; a branch still prepared after that is an orphan
-      // that recovery presumes aborted.
-      const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
+      // that recovery presumes aborted, or, fenced, an abort decision that recovery finishes.
+      const fencing = options.txId !== undefined && uncertain.length > 0
       // Each answer kept as it comes, so those in before the bound count even if others are not.
       const acks: Array<RollbackAck | undefined> = toRollBack.map(() => undefined)
-      const rolling = yield* Effect.forEach(toRollBack, (r, i) =>
-        Effect.forkDaemon(
-          Effect.map(rollbackBranch(r, callTimeout, schedule), (ack) => {
-            if (Option.isSome(ack)) acks[i] = ack.value
-          })
+      const rollback = (r: Resolved, i: number) =>
+        Effect.map(rollbackBranch(r, callTimeout, schedule), (ack) => {
+          if (Option.isSome(ack)) acks[i] = ack.value
+        })
+      // The fence's answer: undefined while it has none.
+      let fence: Option.Option<DecisionRecord> | undefined
+      const rolling: Array<Fiber.RuntimeFiber<void>> = []
+      for (const [i, r] of toRollBack.entries()) {
+        if (!(fencing && uncertain.includes(r))) rolling.push(yield* Effect.forkDaemon(rollback(r, i)))
+      }
+      if (fencing) {
+        const log = yield* TransactionLog
+        const record: DecisionRecord = {
+          txId,
+          decision: "abort",
+          branches: toRollBack.map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid })),
+          decidedAt: clock.unsafeCurrentTimeMillis()
+        }
+        rolling.push(
+          yield* Effect.forkDaemon(
+            Effect.gen(function* () {
+              const held = yield* log
+                .decide(record)
+                .pipe(Effect.timeoutOption(callTimeout), Effect.orElseSucceed(() => Option.none()))
+              fence = held
+              if (Option.isSome(held) && held.value.decision === "abort") {
+                yield* Effect.forEach(
+                  toRollBack,
+                  (r, i) => (uncertain.includes(r) ? rollback(r, i) : Effect.void),
+                  { concurrency: "unbounded", discard: true }
+                )
+              }
+            })
+          )
         )
-      )
+      }
+      const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
       yield* Effect.timeoutOption(Fiber.awaitAll(rolling), Duration.min(callTimeout, left))
+      const fenced = fence !== undefined && Option.isSome(fence) && fence.value.decision === "abort"
+      if (fencing && !fenced) {
+        const names = uncertain.map((r) => r.ctx.branch).join(", ")
+        reason =
+          fence === undefined
+            ? `${reason}; ${names} not rolled back yet: the abort decision that fences an earlier run of transaction id ${txId} had no answer by the deadline: they are rolled back if it holds, else recovery decides`
+            : `${reason}; ${names} not rolled back: ${
+                Option.isSome(fence)
+                  ? `transaction id ${txId} has a commit decision from an earlier run, whose branches these gids may be`
+                  : "the log did not answer the abort decision, so an earlier run of this transaction id may hold these gids; recovery decides"
+              }`
+      }
       // A branch found committed although the decision is abort (committed by hand): reported in
       // the outcome and recorded for operators, as a heuristic rollback is after a commit decision.
       const heuristics: Array<Heuristic> = []

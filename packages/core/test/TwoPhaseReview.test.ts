@@ -237,6 +237,49 @@ describe("TwoPhaseCommit.run: an abort at the transaction's deadline", () => {
         })
       )
   )
+  it.effect(
+    "under a caller's txId, fences and rolls back a branch whose prepare had no answer, after the outcome",
+    () =>
+      Effect.gen(function* () {
+        // Under a txId the caller gave, a branch whose prepare gave no answer is rolled back only
+        // once an abort decision holds (an earlier run may own the gid). At a prepare bound equal
+        // to the deadline that decision had 1 ms: a log taking 20 ms to answer left the branch
+        // prepared, holding its locks, until recovery.
+        const memory = yield* TransactionLog.makeMemory
+        const slowLog: TransactionLog.TransactionLog["Type"] = {
+          ...memory,
+          decide: (record) => Effect.delay(memory.decide(record), Duration.millis(20))
+        }
+        const a = yield* MemoryParticipant.make("bank-a")
+        const b = yield* MemoryParticipant.make("bank-b")
+        // b's PREPARE lands late (10 ms after the bound cut its call): the branch is prepared all the same.
+        const late: Participant.Participant<unknown> = {
+          ...b.participant,
+          prepare: (ctx, w) =>
+            Effect.zipRight(
+              Effect.forkDaemon(Effect.delay(b.participant.prepare(ctx, w), Duration.millis(1010))),
+              Effect.never
+            )
+        }
+        const txId = yield* TransactionId.make
+        const fiber = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(late, 2)], {
+          txId,
+          prepareTimeout: Duration.seconds(1),
+          transactionTimeout: Duration.seconds(1)
+        }).pipe(Effect.provideService(TransactionLog.TransactionLog, slowLog), Effect.fork)
+        yield* TestClock.adjust(Duration.millis(1001))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Aborted")
+        if (outcome._tag === "Aborted") expect(outcome.reason).toContain("not rolled back yet")
+        yield* TestClock.adjust(Duration.millis(10))
+        expect([...(yield* b.states).values()]).toEqual(["prepared"])
+        yield* TestClock.adjust(Duration.millis(10))
+        // The fence held (nothing under this txId commits), and the daemon rolled the gid back.
+        expect((yield* memory.snapshot).decisions.get(txId)?.decision).toBe("abort")
+        expect([...(yield* b.states).values()]).toEqual(["aborted"])
+        expect([...(yield* a.states).values()]).toEqual(["aborted"])
+      })
+  )
 })
 
 describe("TwoPhaseCommit.run: a transaction id used twice", () => {
