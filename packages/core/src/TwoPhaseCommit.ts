@@ -678,9 +678,10 @@ const runTransaction = Effect.fnUntraced(function* (
         rolling.push(
           yield* Effect.forkDaemon(
             Effect.gen(function* () {
-              const held = yield* log
-                .decide(record)
-                .pipe(Effect.timeoutOption(callTimeout), Effect.orElseSucceed(() => Option.none()))
+              const held = yield* log.decide(record).pipe(
+                Effect.timeoutOption(callTimeout),
+                Effect.orElseSucceed(() => Option.none())
+              )
               fence = held
               if (Option.isSome(held) && held.value.decision === "abort") {
                 yield* Effect.forEach(
