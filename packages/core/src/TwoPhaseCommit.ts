@@ -657,9 +657,20 @@ const runTransaction = Effect.fnUntraced(function* (
       const fencing = options.txId !== undefined && uncertain.length > 0
       // Each answer kept as it comes, so those in before the bound count even if others are not.
       const acks: Array<RollbackAck | undefined> = toRollBack.map(() => undefined)
+      const log = yield* TransactionLog
+      // A branch found committed although the decision is abort (committed by hand) is recorded
+      // for operators by its rollback's own fiber, bounded by `callTimeout`: one answered after the
+      // outcome is recorded too (recovery could not find it: its gid is gone). Those answered in
+      // time are also reported in the outcome, as a heuristic rollback is after a commit decision.
+      const detail = "branch was committed outside the protocol although the transaction aborted"
       const rollback = (r: Resolved, i: number) =>
-        Effect.map(rollbackBranch(r, callTimeout, schedule), (ack) => {
-          if (Option.isSome(ack)) acks[i] = ack.value
+        Effect.flatMap(rollbackBranch(r, callTimeout, schedule), (ack) => {
+          if (Option.isNone(ack)) return Effect.void
+          acks[i] = ack.value
+          if (ack.value !== "HeuristicCommit") return Effect.void
+          return log
+            .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
+            .pipe(Effect.timeoutOption(callTimeout), Effect.ignore)
         })
       // The fence's answer: undefined while it has none.
       let fence: Option.Option<DecisionRecord> | undefined
@@ -668,7 +679,6 @@ const runTransaction = Effect.fnUntraced(function* (
         if (!(fencing && uncertain.includes(r))) rolling.push(yield* Effect.forkDaemon(rollback(r, i)))
       }
       if (fencing) {
-        const log = yield* TransactionLog
         const record: DecisionRecord = {
           txId,
           decision: "abort",
@@ -708,23 +718,11 @@ const runTransaction = Effect.fnUntraced(function* (
                   : "the log did not answer the abort decision, so an earlier run of this transaction id may hold these gids; recovery decides"
               }`
       }
-      // A branch found committed although the decision is abort (committed by hand): reported in
-      // the outcome and recorded for operators, as a heuristic rollback is after a commit decision.
-      const heuristics: Array<Heuristic> = []
-      for (const [i, r] of toRollBack.entries()) {
-        if (acks[i] !== "HeuristicCommit") continue
-        const detail = "branch was committed outside the protocol although the transaction aborted"
-        heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
-        const log = yield* TransactionLog
-        yield* log
-          .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
-          .pipe(
-            Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
-            Effect.ignore
-          )
-      }
+      const heuristics: Array<Heuristic> = toRollBack
+        .filter((_, i) => acks[i] === "HeuristicCommit")
+        .map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid, detail }))
       if (fenced && acks.every((a) => a !== undefined)) {
-        yield* completeWithin(yield* TransactionLog, txId, deadline, clock)
+        yield* completeWithin(log, txId, deadline, clock)
       }
       timings.aborted = reason
       return yield* finish(

@@ -237,6 +237,33 @@ describe("TwoPhaseCommit.run: an abort at the transaction's deadline", () => {
         })
       )
   )
+  it.effect("records a branch its late rollback finds committed by hand, after the outcome", () =>
+    withLog((log) =>
+      Effect.gen(function* () {
+        // An operator ran COMMIT PREPARED on bank-a's branch by hand; its rollback answers after the
+        // outcome. Nothing else could find it (its gid is gone, the other branch never prepared):
+        // the late answer was dropped and the split transaction recorded nowhere.
+        const a = yield* MemoryParticipant.make("bank-a")
+        const committedByHand: Participant.Participant<unknown> = {
+          ...a.participant,
+          rollback: () => Effect.delay(Effect.succeed("HeuristicCommit" as const), Duration.millis(50))
+        }
+        const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.seconds(10) })
+        const fiber = yield* TwoPhaseCommit.run([branch(committedByHand, 1), branch(b.participant, 2)], {
+          prepareTimeout: Duration.seconds(1),
+          transactionTimeout: Duration.seconds(1)
+        }).pipe(Effect.fork)
+        yield* TestClock.adjust(Duration.millis(1001))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Aborted")
+        expect((outcome as { heuristics?: unknown }).heuristics).toBeUndefined()
+        yield* TestClock.adjust(Duration.millis(50))
+        const recorded = (yield* log.snapshot).heuristics
+        expect(recorded.map((h) => [h.branch, h.decision])).toEqual([["bank-a", "abort"]])
+      })
+    )
+  )
+
   it.effect(
     "under a caller's txId, fences and rolls back a branch whose prepare had no answer, after the outcome",
     () =>
