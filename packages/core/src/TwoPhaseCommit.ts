@@ -773,23 +773,27 @@ const runTransaction = Effect.fnUntraced(function* (
   const pending = writers.filter((_, i) => Option.isNone(acks[i]!)).map((r) => r.ctx.branch)
   const log = yield* TransactionLog
   const heuristics: Array<Heuristic> = []
+  // A heuristic that could not be recorded by the deadline keeps the decision incomplete: recovery
+  // then drives the branch again, finds its gid gone without its marker, and records it.
+  let recorded = true
   for (const [i, r] of writers.entries()) {
     const ack = acks[i]!
     if (Option.isSome(ack) && ack.value === "HeuristicRollback") {
       const detail = "branch was rolled back outside the protocol after the commit decision"
       heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
-      yield* log
+      const done = yield* log
         .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "commit", detail })
         .pipe(
           Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
-          Effect.ignore
+          Effect.orElseSucceed(() => Option.none())
         )
+      if (Option.isNone(done)) recorded = false
     }
   }
   if (pending.length > 0) {
     return yield* finish(Outcome.CommitPending({ txId, votes, pending, heuristics }))
   }
   // Not forced: if it is lost, recovery re-drives the commits, which are idempotent.
-  yield* completeWithin(log, txId, deadline, clock)
+  if (recorded) yield* completeWithin(log, txId, deadline, clock)
   return yield* finish(Outcome.Committed({ txId, votes, onePhase: false, heuristics }))
 })

@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Fiber, Schedule, TestClock } from "effect"
 import type * as Participant from "../src/Participant.js"
 import { branch } from "../src/Participant.js"
+import * as Recovery from "../src/Recovery.js"
 import { LogError } from "../src/TransactionError.js"
 import * as TransactionId from "../src/TransactionId.js"
 import * as TransactionLog from "../src/TransactionLog.js"
@@ -203,6 +204,45 @@ describe("TwoPhaseCommit.run: heuristics on abort", () => {
         expect(recorded.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "abort"]])
       })
     )
+  )
+})
+
+describe("TwoPhaseCommit.run: a heuristic the log does not take", () => {
+  it.effect("leaves the decision incomplete, so recovery finds the branch again and records it", () =>
+    Effect.gen(function* () {
+      const memory = yield* TransactionLog.makeMemory
+      let refuse = true
+      const flaky: TransactionLog.TransactionLog["Type"] = {
+        ...memory,
+        direct: undefined,
+        recordHeuristic: (record) =>
+          refuse
+            ? Effect.fail(
+                new LogError({ operation: "recordHeuristic", txId: record.txId, reason: "connection reset" })
+              )
+            : memory.recordHeuristic(record)
+      }
+      const a = yield* MemoryParticipant.make("bank-a")
+      const b = yield* MemoryParticipant.make("bank-b")
+      // An operator ran ROLLBACK PREPARED on bank-b's branch by hand before the coordinator's commit.
+      const rolledBackByHand: Participant.Participant<unknown> = {
+        ...b.participant,
+        commit: (ctx) => b.forceRollback(ctx.gid).pipe(Effect.zipRight(b.participant.commit(ctx)))
+      }
+      const outcome = yield* TwoPhaseCommit.run([branch(a.participant, 1), branch(rolledBackByHand, 2)]).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, flaky)
+      )
+      expect(outcome._tag).toBe("Committed")
+      if (outcome._tag === "Committed") expect(outcome.heuristics.map((h) => h.branch)).toEqual(["bank-b"])
+      // Before: the decision was completed all the same, and the heuristic was recorded nowhere.
+      expect((yield* memory.snapshot).completed.has(outcome.txId)).toBe(false)
+      refuse = false
+      yield* Recovery.run([a.participant, b.participant], { orphanAfter: 0 }).pipe(
+        Effect.provideService(TransactionLog.TransactionLog, flaky)
+      )
+      const recorded = (yield* memory.snapshot).heuristics
+      expect(recorded.map((h) => [h.branch, h.decision])).toEqual([["bank-b", "commit"]])
+    })
   )
 })
 
