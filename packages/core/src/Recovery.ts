@@ -17,7 +17,7 @@
 import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
-import { BranchCallError, LogError } from "./TransactionError.js"
+import { BranchCallError, LogError, type Phase, participantDefect } from "./TransactionError.js"
 import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
 import {
   type DecisionRecord,
@@ -99,6 +99,18 @@ export interface RecoveryReport {
     readonly reason: string
   }>
 }
+
+/**
+ * A participant's call, suspended: a method that throws instead of returning an Effect, or an
+ * Effect that dies (a participant's bug), is a failed call, in doubt, as a failed call is; it does
+ * not end the pass and leave every other participant's transactions unrecovered.
+ */
+const guarded = <A, E>(
+  ctx: { readonly txId: string; readonly branch: string },
+  phase: Phase,
+  call: () => Effect.Effect<A, E>
+): Effect.Effect<A, E | BranchCallError> =>
+  Effect.catchAllDefect(Effect.suspend(call), (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
 
 const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
 
@@ -186,9 +198,9 @@ export const run: (
     const call = <A>(
       ctx: BranchContext,
       phase: "commit" | "rollback",
-      effect: Effect.Effect<A, BranchCallError>
+      effect: () => Effect.Effect<A, BranchCallError>
     ) =>
-      effect.pipe(
+      guarded(ctx, phase, effect).pipe(
         Effect.timeoutFail({
           duration: callTimeout,
           onTimeout: () =>
@@ -226,7 +238,7 @@ export const run: (
       })
       const driven: Effect.Effect<BranchResult, BranchCallError | LogError> =
         decision.decision === "commit"
-          ? call(ctx, "commit", participant.commit(ctx)).pipe(
+          ? call(ctx, "commit", () => participant.commit(ctx)).pipe(
               Effect.flatMap((ack) => {
                 if (ack === "Committed")
                   return Effect.succeed<BranchResult>({ _tag: "Done", committed: true })
@@ -251,7 +263,7 @@ export const run: (
                   )
               })
             )
-          : call(ctx, "rollback", participant.rollback(ctx)).pipe(
+          : call(ctx, "rollback", () => participant.rollback(ctx)).pipe(
               Effect.flatMap((ack) => {
                 if (ack === "RolledBack")
                   return Effect.succeed<BranchResult>({ _tag: "Done", committed: false })
@@ -291,8 +303,14 @@ export const run: (
     ) => {
       const ctx: BranchContext = { txId: decision.txId, branch: b.branch, gid: b.gid }
       return decision.decision === "commit"
-        ? Effect.map(participant.commit(ctx), (ack) => ack === "Committed")
-        : Effect.map(participant.rollback(ctx), (ack) => ack === "RolledBack")
+        ? Effect.map(
+            guarded(ctx, "commit", () => participant.commit(ctx)),
+            (ack) => ack === "Committed"
+          )
+        : Effect.map(
+            guarded(ctx, "rollback", () => participant.rollback(ctx)),
+            (ack) => ack === "RolledBack"
+          )
     }
 
     /**
@@ -343,13 +361,13 @@ export const run: (
         // markers (gone without its marker, which a rollback answers as `RolledBack` too). Once
         // complete, nothing commits it any more, so one still prepared now is a duplicate.
         if (decision.completedAt !== undefined) {
-          const state = yield* Effect.disconnect(participant.state(ctx)).pipe(
+          const state = yield* Effect.disconnect(guarded(ctx, "state", () => participant.state(ctx))).pipe(
             Effect.timeout(callTimeout),
             Effect.orElseSucceed(() => "unknown" as const)
           )
           if (state === "aborted") return { decision, results: [], allDone: false } satisfies Finished
         }
-        const rolledBack = yield* call(ctx, "rollback", participant.rollback(ctx)).pipe(
+        const rolledBack = yield* call(ctx, "rollback", () => participant.rollback(ctx)).pipe(
           Effect.map((ack): BranchResult => ({ _tag: "Done", committed: ack === "HeuristicCommit" })),
           Effect.catchTag("BranchCallError", (e) =>
             Effect.succeed<BranchResult>({ _tag: "Failed", branch: b.branch, reason: e.message })
@@ -397,7 +415,11 @@ export const run: (
         )
         const states = yield* forEachWithin(
           others,
-          (p, i) => Effect.orElseSucceed(Effect.disconnect(p.state(ctxs[i]!)), () => "unknown" as const),
+          (p, i) =>
+            Effect.orElseSucceed(
+              Effect.disconnect(guarded(ctxs[i]!, "state", () => p.state(ctxs[i]!))),
+              () => "unknown" as const
+            ),
           callTimeout
         )
         const results: Array<BranchResult> = []
@@ -462,7 +484,10 @@ export const run: (
           const p = byName.get(branch)
           return p === undefined
             ? Effect.void
-            : Effect.disconnect(p.forget(ctxs)).pipe(Effect.timeout(callTimeout), Effect.ignore)
+            : Effect.disconnect(guarded({ txId: "", branch: p.name }, "recover", () => p.forget(ctxs))).pipe(
+                Effect.timeout(callTimeout),
+                Effect.ignore
+              )
         },
         { concurrency: "unbounded", discard: true }
       )
@@ -567,7 +592,7 @@ export const run: (
         // An unreachable participant must not hold the pass for ever. Disconnected: the timeout does
         // not wait for the interrupted scan to stop (a statement on a partitioned connection may
         // never settle); it ends in the background.
-        Effect.disconnect(p.inDoubt).pipe(
+        Effect.disconnect(guarded({ txId: "", branch: p.name }, "recover", () => p.inDoubt)).pipe(
           Effect.timeoutFail({
             duration: callTimeout,
             onTimeout: () =>

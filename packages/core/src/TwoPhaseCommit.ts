@@ -276,12 +276,16 @@ const callAll = <K extends BranchCall>(
     resolved,
     (r) =>
       Effect.either(
-        (
-          r.participant[call] as (
-            ctx: BranchContext,
-            work: unknown
-          ) => Effect.Effect<CallAnswer[K], BranchCallError>
-        )(r.ctx, r.work).pipe(
+        // Suspended: a participant method that throws instead of returning an Effect is the same
+        // defect as one whose Effect dies.
+        Effect.suspend(() =>
+          (
+            r.participant[call] as (
+              ctx: BranchContext,
+              work: unknown
+            ) => Effect.Effect<CallAnswer[K], BranchCallError>
+          )(r.ctx, r.work)
+        ).pipe(
           // A bug in a participant (a defect) is a failed call, in doubt: a prepare that died is a
           // No vote whose branch is rolled back with the others, a commit that died is retried.
           Effect.catchAllDefect((defect) => Effect.fail(died(r, call, defect)))
@@ -357,7 +361,7 @@ const commitBranch = (
   callTimeout: Duration.Duration,
   schedule: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
 ) =>
-  r.participant.commit(r.ctx).pipe(
+  Effect.suspend(() => r.participant.commit(r.ctx)).pipe(
     Effect.timeoutFail({
       duration: callTimeout,
       onTimeout: () =>
@@ -414,17 +418,15 @@ const rollbackBranch = (
 ) =>
   // Retried within `callTimeout`, then left: a branch still prepared is an orphan that recovery
   // presumes aborted. The caller is not kept waiting for it.
-  r.participant
-    .rollback(r.ctx)
-    .pipe(
-      Effect.retry(schedule),
-      Effect.timeoutOption(callTimeout),
-      Effect.catchAll(() => Effect.succeed(Option.none())),
-      // A rollback that dies (a participant's bug) is left to recovery like one that failed; it
-      // must not turn the abort into a defect nor cut the other branches' rollbacks short.
-      Effect.catchAllDefect(() => Effect.succeed(Option.none())),
-      Effect.withSpan("TwoPhaseCommit.rollback", { attributes: { txId: r.ctx.txId, branch: r.ctx.branch } })
-    )
+  Effect.suspend(() => r.participant.rollback(r.ctx)).pipe(
+    Effect.retry(schedule),
+    Effect.timeoutOption(callTimeout),
+    Effect.catchAll(() => Effect.succeed(Option.none())),
+    // A rollback that dies (a participant's bug) is left to recovery like one that failed; it
+    // must not turn the abort into a defect nor cut the other branches' rollbacks short.
+    Effect.catchAllDefect(() => Effect.succeed(Option.none())),
+    Effect.withSpan("TwoPhaseCommit.rollback", { attributes: { txId: r.ctx.txId, branch: r.ctx.branch } })
+  )
 
 const onePhase = (r: Resolved, timeout: Duration.Duration) =>
   Effect.gen(function* () {
