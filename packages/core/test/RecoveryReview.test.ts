@@ -1,6 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Fiber, Logger, Schedule, TestClock } from "effect"
-import type { AnyParticipant } from "../src/Participant.js"
 import * as Recovery from "../src/Recovery.js"
 import * as TransactionId from "../src/TransactionId.js"
 import * as TransactionLog from "../src/TransactionLog.js"
