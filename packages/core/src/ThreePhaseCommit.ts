@@ -722,21 +722,27 @@ const isFinal = (s: State | "unreachable"): s is "committed" | "aborted" =>
  * 2PC did this; 3PC let the defect end the whole run, after a commit decision too, with one member
  * committed and the other left prepared (found by a review: a commit whose first attempt died with
  * a rejected Promise would have succeeded on its retry).
+ *
+ * It takes the call itself, not its Effect: a method that throws when called (instead of returning
+ * an Effect), or returns something that is not an Effect, is a defect of that call too. Called
+ * eagerly, the throw escaped the guard: a commit that threw rejected the whole run with one member
+ * committed, a prepare or precommit that threw left the other members prepared or precommitted.
+ * Every participant call of this module goes through here (or `timed`), once per attempt.
  */
 const contained = <A, E>(
-  effect: Effect.Effect<A, E>,
+  call: () => Effect.Effect<A, E>,
   ctx: { readonly txId: string; readonly branch: string },
   phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare" | "recover"
 ): Effect.Effect<A, E | BranchCallError> =>
-  Effect.catchAllDefect(effect, (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
+  Effect.catchAllDefect(Effect.suspend(call), (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
 
 const timed = <A>(
-  effect: Effect.Effect<A, BranchCallError>,
+  call: () => Effect.Effect<A, BranchCallError>,
   ctx: BranchContext,
   phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare",
   timeout: Duration.Duration
 ): Effect.Effect<A, BranchCallError | TimeoutError> =>
-  contained(effect, ctx, phase).pipe(
+  contained(call, ctx, phase).pipe(
     Effect.timeoutFail({
       duration: timeout,
       onTimeout: () =>
@@ -860,7 +866,7 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
     ) =>
       Effect.gen(function* () {
         if (!(yield* reach(m))) return Option.none<A>()
-        return yield* timed(f(m.participant!), m.ctx, phase, callTimeout).pipe(
+        return yield* timed(() => f(m.participant!), m.ctx, phase, callTimeout).pipe(
           Effect.map(Option.some),
           Effect.catchAll(() => Effect.succeed(Option.none<A>()))
         )
@@ -872,7 +878,7 @@ const terminateOnce = (p: Plan, options: TerminateOptions): Effect.Effect<Termin
     ) =>
       Effect.gen(function* () {
         if (!(yield* reach(m))) return Option.none<A>()
-        return yield* timed(f(m.participant!), m.ctx, phase, callTimeout).pipe(
+        return yield* timed(() => f(m.participant!), m.ctx, phase, callTimeout).pipe(
           Effect.retry(retry),
           Effect.map(Option.some),
           Effect.catchAll(() => Effect.succeed(Option.none<A>()))
@@ -1217,7 +1223,7 @@ export const run: (
     const toRollBack = members.filter((_, i) => !(prepared[i]!.definite && prepared[i]!.vote._tag === "No"))
     const rollbacks = yield* Effect.forEach(
       toRollBack,
-      (m) => timed(m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.option),
+      (m) => timed(() => m.participant.rollback(m.ctx), m.ctx, "rollback", callTimeout).pipe(Effect.option),
       { concurrency: "unbounded" }
     )
     const heuristics = toRollBack.flatMap((m, i) => {
@@ -1308,7 +1314,7 @@ const canCommit = Effect.fn("ThreePhaseCommit.canCommit")(function* (
   timeout: Duration.Duration
 ) {
   yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "prepare" })
-  return yield* timed(participant.prepare(ctx, work), ctx, "prepare", timeout)
+  return yield* timed(() => participant.prepare(ctx, work), ctx, "prepare", timeout)
 })
 
 const preCommit = Effect.fn("ThreePhaseCommit.precommit")(function* (
@@ -1316,7 +1322,7 @@ const preCommit = Effect.fn("ThreePhaseCommit.precommit")(function* (
   ctx: MemberContext
 ) {
   yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "precommit" })
-  return yield* contained(participant.precommit(ctx), ctx, "precommit")
+  return yield* contained(() => participant.precommit(ctx), ctx, "precommit")
 })
 
 const doCommit = Effect.fn("ThreePhaseCommit.commit")(function* (
@@ -1326,7 +1332,7 @@ const doCommit = Effect.fn("ThreePhaseCommit.commit")(function* (
   schedule: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
 ) {
   yield* Effect.annotateCurrentSpan({ txId: ctx.txId, branch: ctx.branch, phase: "commit" })
-  return yield* timed(participant.commit(ctx), ctx, "commit", callTimeout).pipe(Effect.retry(schedule))
+  return yield* timed(() => participant.commit(ctx), ctx, "commit", callTimeout).pipe(Effect.retry(schedule))
 })
 
 /**
@@ -1413,7 +1419,7 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   yield* Effect.annotateCurrentSpan({ txId: p.txId, branch: me.name, mode: p.mode.kind })
   const timeout = Duration.decode(options.timeout ?? defaults.agentTimeout)
   const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
-  const own = timed(self.state(me.ctx), me.ctx, "state", callTimeout).pipe(
+  const own = timed(() => self.state(me.ctx), me.ctx, "state", callTimeout).pipe(
     Effect.map(Option.some),
     Effect.catchAll(() => Effect.succeed(Option.none<State>()))
   )
@@ -1442,7 +1448,7 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
   // Once found, the vote is fixed: it is written once, before the member votes yes.
   let vote: RecordedVote | undefined = known
   if (vote === undefined && provisional) {
-    const scan = yield* contained(self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
+    const scan = yield* contained(() => self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
       Effect.timeout(callTimeout),
       Effect.option
     )
@@ -1480,7 +1486,7 @@ const runAgent = Effect.fn("ThreePhaseCommit.agent")(function* (
       continue
     }
     if (vote === undefined) {
-      const scan = yield* contained(self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
+      const scan = yield* contained(() => self.inDoubt, { txId: p.txId, branch: me.name }, "recover").pipe(
         Effect.timeout(callTimeout),
         Effect.option
       )
@@ -1586,7 +1592,7 @@ export const recover: (
     participants,
     (q) =>
       // Bounded: a participant that never answers is reported unscanned, not waited for.
-      contained(q.inDoubt, { txId: "", branch: q.name }, "recover").pipe(
+      contained(() => q.inDoubt, { txId: "", branch: q.name }, "recover").pipe(
         Effect.timeout(callTimeout),
         Effect.map((found) => ({
           name: q.name,
@@ -1658,7 +1664,7 @@ export const recover: (
   const heuristics: Array<HeuristicRecord> = []
   for (const b of leave ? [] : unvoted) {
     const ack = yield* timed(
-      b.participant.rollback(b.branch, { onlyIfUnvoted: true }),
+      () => b.participant.rollback(b.branch, { onlyIfUnvoted: true }),
       b.branch,
       "rollback",
       callTimeout
@@ -1751,7 +1757,7 @@ export const watch = (
     const callTimeout = Duration.decode(options.callTimeout ?? defaults.callTimeout)
     const scan = Effect.gen(function* () {
       // Bounded: a scan that never answers would hold the daemon for ever; it scans again instead.
-      const found = yield* contained(self.inDoubt, { txId: "", branch: self.name }, "recover").pipe(
+      const found = yield* contained(() => self.inDoubt, { txId: "", branch: self.name }, "recover").pipe(
         Effect.timeout(callTimeout),
         Effect.catchAll(() => Effect.succeed([] as ReadonlyArray<InDoubtMember>))
       )
