@@ -31,9 +31,15 @@
  * that cannot be kept is refused before its completion is logged: the step fails for good
  * (`outputRefused`, not retried) *after it acted*, so it is compensated with the rest.
  *
+ * **A defect in a step is a failure of that step, in doubt.** An action that dies (`Effect.die`, a
+ * synchronous throw) fails for good at once, not retried (the same bug dies again), and may have
+ * acted before it died, so it is compensated with the rest; a compensation that dies leaves the
+ * saga `Stuck`. The defect is logged (`Effect.logError`) with its cause. Interruption is not a
+ * defect and still stops the drive (a lost lease).
+ *
  * @since 0.1.0
  */
-import { Clock, Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
 import {
   type Lease,
   LeaseLostError,
@@ -629,8 +635,18 @@ const keepOutput = <R>(
       Effect.mapError((e) => refuse(`the output schema does not decode its own encoded form: ${e.message}`))
     )
     return { value: decoded, logged }
-  })
+  }).pipe(
+    // A schema whose transformation throws is a bug in the step's definition, found after the
+    // action acted: refused like any output that cannot be kept, not a defect that killed the drive
+    // (the saga stayed running, and every sweep ran the action again and died the same way).
+    Effect.catchAllDefect((defect) =>
+      Effect.fail(refuse(`the output schema threw: ${defectMessage(defect)}`))
+    )
+  )
 }
+
+/** What a defect says, for a reason in the log. */
+const defectMessage = (defect: unknown): string => (defect instanceof Error ? defect.message : String(defect))
 
 /**
  * The outputs of a saga's completed steps as its steps read them: each logged output (`Replayed`'s
@@ -653,7 +669,17 @@ export const decodeOutputs = <R>(
       ? Effect.succeed([name, output] as const)
       : Schema.decodeUnknown(schema)(output).pipe(
           Effect.map((value) => [name, value] as const),
-          Effect.mapError((e) => new StepOutputDecodeError({ sagaId, step: name, reason: e.message }))
+          Effect.mapError((e) => new StepOutputDecodeError({ sagaId, step: name, reason: e.message })),
+          // A decoding that throws does not read the output either (it was a defect of the drive).
+          Effect.catchAllDefect((defect) =>
+            Effect.fail(
+              new StepOutputDecodeError({
+                sagaId,
+                step: name,
+                reason: `the output schema threw: ${defectMessage(defect)}`
+              })
+            )
+          )
         )
   }).pipe(Effect.map((entries) => new Map(entries)))
 }
@@ -684,6 +710,29 @@ const failureOf = (step: string, error: AttemptError, inDoubt: boolean): StepFai
 }
 
 const isInDoubt = (e: AttemptError): boolean => e._tag === "StepInDoubtError" || e._tag === "StepTimeoutError"
+
+/**
+ * A defect of an action's or compensation's attempts (`Effect.die`, a synchronous throw) as an
+ * in-doubt failure, after the retries (so it is not retried: the same bug dies again). Left as a
+ * defect it killed the drive: the steps that had completed were not compensated and the saga stayed
+ * running until a sweep, which ran the action again and died the same way. Interruption (a lost
+ * lease) passes through unchanged.
+ */
+const defectAsFailure = <A, R>(
+  step: string,
+  phase: "action" | "compensation",
+  attempts: Effect.Effect<A, AttemptError, R>
+): Effect.Effect<A, AttemptError, R> =>
+  Effect.catchAllCause(attempts, (cause) => {
+    if (Cause.isInterrupted(cause)) return Effect.failCause(cause)
+    return Option.match(Cause.dieOption(cause), {
+      onNone: () => Effect.failCause(cause),
+      onSome: (defect) => {
+        const reason = `${phase} of step ${step} died (a defect, not retried): ${defectMessage(defect)}`
+        return Effect.zipRight(Effect.logError(reason, cause), Effect.fail(new StepInDoubtError({ reason })))
+      }
+    })
+  })
 
 const runAction = Effect.fn("Saga.action")(function* <R>(
   run: Running<R>,
@@ -723,7 +772,11 @@ const runAction = Effect.fn("Saga.action")(function* <R>(
       )
   })
   const result = yield* Effect.either(
-    Effect.retry(once, { schedule: s.retry, while: (e: AttemptError) => e._tag !== "StepBusinessError" })
+    defectAsFailure(
+      s.name,
+      "action",
+      Effect.retry(once, { schedule: s.retry, while: (e: AttemptError) => e._tag !== "StepBusinessError" })
+    )
   )
   if (Either.isRight(result)) {
     const kept = yield* Effect.either(keepOutput(run, s, result.right))
@@ -791,10 +844,14 @@ const runCompensation = Effect.fn("Saga.compensation")(function* <R>(run: Runnin
     )
   })
   const result = yield* Effect.either(
-    Effect.retry(once, {
-      schedule: s.compensationRetry,
-      while: (e: AttemptError) => e._tag !== "StepBusinessError"
-    })
+    defectAsFailure(
+      s.name,
+      "compensation",
+      Effect.retry(once, {
+        schedule: s.compensationRetry,
+        while: (e: AttemptError) => e._tag !== "StepBusinessError"
+      })
+    )
   )
   if (Either.isLeft(result)) {
     // Not retried further: the saga becomes Stuck (the caller records it).

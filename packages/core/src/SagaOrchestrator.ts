@@ -11,13 +11,18 @@
  * Steps run at least once; use `ctx.key` (`<sagaId>/<step>`) to make them idempotent. A rejected
  * action is a definite (business) failure unless the error says otherwise: throw
  * `SagaOrchestrator.transient(reason)` / `SagaOrchestrator.inDoubt(reason)`, or an error with
- * `retryable: true` / `inDoubt: true`. Timed-out attempts are aborted through `ctx.signal`.
+ * `retryable: true` / `inDoubt: true`. A rejected compensation is the other way round: it is retried
+ * (`compensationRetries`, then the saga is stuck) unless it throws `SagaOrchestrator.business(reason)`
+ * (or an error with `_tag: "StepBusinessError"`), which makes the saga stuck at once. Timed-out
+ * attempts are aborted through `ctx.signal`. An action or compensation may be a plain function: a
+ * value it returns is its result, a synchronous throw its rejection.
  *
  * What an action resolves to is logged, and is what later steps and compensations read after a
  * resume: it must be plain JSON, or the step gives an `output` schema (`Schema.Date`,
  * `Schema.BigInt`, ...) to encode it with. Anything else (a Date, a bigint, a class instance, an
  * `undefined` field) is refused before the completion is logged: the step fails (`outputRefused`,
- * not retried) and, having acted, is compensated with `output: undefined`.
+ * not retried) and, having acted, is compensated with `output: undefined`. An action that resolves
+ * to `undefined` as a whole (a void step) completes: `outputs` has its name, with `undefined`.
  *
  * A time or count that is not one (NaN, negative, a fractional count, a zero timeout or lease), or
  * an action or compensation that is not a function, is refused when given: the constructor,
@@ -67,9 +72,10 @@ export interface CompensationContext<A = unknown> extends Saga.StepContext {
 export interface StepSpec<A = unknown, I = A> {
   /** Default `step-<n>`. */
   readonly name?: string
-  /** Resolves to the step's output: plain JSON, or what the `output` schema encodes. */
-  readonly action: (ctx: ActionContext) => Promise<A>
-  readonly compensation?: (ctx: CompensationContext<A>) => Promise<unknown>
+  /** Resolves to (or returns) the step's output: plain JSON, or what the `output` schema encodes. */
+  readonly action: (ctx: ActionContext) => A | PromiseLike<A>
+  /** Retried when it rejects, unless with `business(reason)`; what it resolves to is ignored. */
+  readonly compensation?: (ctx: CompensationContext<A>) => unknown
   /**
    * How the output is logged (see `Saga.step`'s `output`): encoded before the completion is logged,
    * decoded for later steps and compensations, after a resume too. Absent: it must be plain JSON.
@@ -148,7 +154,7 @@ export const inDoubt = (reason: string): Saga.StepInDoubtError => new Saga.StepI
 export const business = (reason: string): Saga.StepBusinessError => new Saga.StepBusinessError({ reason })
 
 /**
- * Classifies a rejection of a Promise action or compensation.
+ * Classifies a rejection of a Promise action: unmarked, it is a definite business failure.
  * @since 0.1.0
  */
 export const classify = (error: unknown): Saga.StepError => {
@@ -190,10 +196,40 @@ export const classify = (error: unknown): Saga.StepError => {
 // (40), insufficient resources (53), operator intervention (57), connection exceptions (08).
 const TRANSIENT_SQL_CLASSES = new Set(["40", "53", "57", "08"])
 
-const callPromise = <A>(f: (signal: AbortSignal) => Promise<A>): Effect.Effect<A, Saga.StepError> =>
+/**
+ * Classifies a rejection of a Promise compensation. Unlike an action's, an unmarked one is transient:
+ * a compensation must be driven to its end, and a refund API that is down for a moment is the
+ * common case, so it is retried per `compensationRetries` before the saga is stuck. (It was read as
+ * a business failure, as an action's is, which the engine never retries: the first failure made
+ * the saga stuck and `compensationRetries` did nothing.) Only an error that says it is definite,
+ * `business(reason)` or `_tag: "StepBusinessError"`, stops the retries: the saga is stuck at once.
+ * @since 0.1.0
+ */
+export const classifyCompensation = (error: unknown): Saga.StepError => {
+  const classified = classify(error)
+  const definite =
+    error instanceof Saga.StepBusinessError ||
+    (typeof error === "object" &&
+      error !== null &&
+      (error as { _tag?: unknown })._tag === "StepBusinessError")
+  return classified._tag === "StepBusinessError" && !definite
+    ? new Saga.StepTransientError({ reason: classified.reason })
+    : classified
+}
+
+/**
+ * Calls a Promise action or compensation. `new Promise(resolve => resolve(f(...)))` accepts a plain
+ * function too: a value it returns is its result, a synchronous throw its rejection (a non-Promise
+ * value used to fail with "... .then is not a function": an action as a business failure, a
+ * compensation stuck).
+ */
+const callPromise = <A>(
+  f: (signal: AbortSignal) => A | PromiseLike<A>,
+  classifyError: (error: unknown) => Saga.StepError
+): Effect.Effect<A, Saga.StepError> =>
   Effect.tryPromise({
-    try: (signal) => f(signal),
-    catch: classify
+    try: (signal) => new Promise<A>((resolve) => resolve(f(signal))),
+    catch: classifyError
   })
 
 /** Runs `effect`; a failure rejects with the typed error (or the defect) itself, not a `FiberFailure`. */
@@ -400,19 +436,21 @@ export class SagaOrchestrator {
     const compensation = spec.compensation
     return Saga.step<A, never, I>({
       name: spec.name ?? `step-${this.count}`,
-      action: (ctx) => callPromise((signal) => spec.action({ ...ctx, signal })),
+      action: (ctx) => callPromise((signal) => spec.action({ ...ctx, signal }), classify),
       ...(spec.output === undefined ? {} : { output: spec.output }),
       ...(compensation === undefined
         ? {}
         : {
             compensation: (ctx: Saga.CompensationContext<A>) =>
-              callPromise((signal) =>
-                compensation({
-                  ...ctx,
-                  signal,
-                  output: Option.getOrUndefined(ctx.output),
-                  completed: Option.isSome(ctx.output)
-                })
+              callPromise(
+                (signal) =>
+                  compensation({
+                    ...ctx,
+                    signal,
+                    output: Option.getOrUndefined(ctx.output),
+                    completed: Option.isSome(ctx.output)
+                  }),
+                classifyCompensation
               ).pipe(Effect.asVoid)
           }),
       retry: schedule(spec.retries ?? this.options.retries ?? 3),

@@ -124,13 +124,15 @@ describe("SagaOrchestrator (Promise facade)", () => {
     expect(compensatedWith).toEqual({ output: undefined, completed: false })
   })
 
-  it("a compensation that keeps failing resolves to stuck; retryStuck finishes it once fixed", async () => {
+  it("a compensation that keeps failing is retried, then resolves to stuck; retryStuck finishes it once fixed", async () => {
     let fixed = false
+    let attempts = 0
     const saga = new SagaOrchestrator({ retryDelay: 1, compensationRetries: 2 })
       .addStep({
         name: "charge",
         action: async () => "ch_1",
         compensation: async () => {
+          attempts++
           if (!fixed) throw new Error("refund API down")
         }
       })
@@ -142,9 +144,12 @@ describe("SagaOrchestrator (Promise facade)", () => {
       })
     const stuck = await saga.execute()
     expect(stuck).toMatchObject({ status: "stuck", failedStep: "charge", error: "refund API down" })
+    // The first attempt and its two retries.
+    expect(attempts).toBe(3)
     fixed = true
     const done = await saga.retryStuck(stuck.sagaId)
     expect(done).toMatchObject({ status: "compensated", failedStep: "ship", compensated: ["charge"] })
+    expect(attempts).toBe(4)
   })
 
   it("parallel steps run together and a failing member compensates its completed siblings", async () => {
