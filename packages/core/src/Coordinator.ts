@@ -27,7 +27,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Either, Exit, Layer, ManagedRuntime, Schema } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Fiber, Layer, ManagedRuntime, Schema } from "effect"
 import {
   type AnyParticipant,
   type BranchState,
@@ -40,8 +40,9 @@ import {
   defaults as participantDefaults,
   OnePhaseResult as OnePhase
 } from "./Participant.js"
+import { longTimer } from "./internal/concurrently.js"
 import * as Recovery from "./Recovery.js"
-import { BranchCallError, ConfigurationError, InvalidTransactionError } from "./TransactionError.js"
+import { BranchCallError, ConfigurationError, InvalidTransactionError, LogError } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
 import { type TransactionLog, layerMemory } from "./TransactionLog.js"
 import * as TwoPhaseCommit from "./TwoPhaseCommit.js"
@@ -62,7 +63,7 @@ export interface PromiseParticipant {
   readonly prepare: (
     txId: string,
     operations: ReadonlyArray<OperationCall>,
-    options?: { readonly signal: AbortSignal }
+    options: { readonly signal: AbortSignal }
   ) => Promise<boolean | "prepared" | "read-only" | { readonly vote: "no"; readonly reason: string }>
   readonly commit: (txId: string) => Promise<void>
   readonly rollback: (txId: string) => Promise<void>
@@ -111,7 +112,9 @@ export const fromPromiseParticipant = (
     f: () => Promise<A>
   ) =>
     Effect.tryPromise({
-      try: f,
+      // A callback that returns a plain value (a synchronous function) or throws is taken as the
+      // Promise it stands for; `f().then` would fail a commit that ran, or turn a value into a failure.
+      try: () => new Promise<A>((resolve) => resolve(f())),
       catch: (e) => callError(ctx, phase, e)
     })
   const toVote = (answer: Awaited<ReturnType<PromiseParticipant["prepare"]>>): Vote =>
@@ -158,7 +161,7 @@ export const fromPromiseParticipant = (
         options.onAbandoned?.(cleanUp)
       })
     })
-  return {
+  const adapted: Participant<ReadonlyArray<OperationCall>> = {
     name,
     verify: participantDefaults.verify,
     prepare,
@@ -194,7 +197,17 @@ export const fromPromiseParticipant = (
     forget: participantDefaults.forget,
     fromOperations: (calls) => calls
   }
+  promiseParticipants.add(adapted)
+  return adapted
 }
+
+/**
+ * Participants adapted from Promise participants. Such a participant cannot list its in-doubt
+ * branches, so recovery only reaches it through the log's decisions: a lone branch of one takes
+ * both phases (its decision logged) instead of one phase, whose commit, if it fails or goes
+ * unanswered, no one could retry.
+ */
+const promiseParticipants = new WeakSet<object>()
 
 const isCoreParticipant = (p: unknown): p is AnyParticipant =>
   typeof p === "object" && p !== null && "verify" in p && Effect.isEffect((p as { verify: unknown }).verify)
@@ -353,13 +366,17 @@ export class InFlight {
   }
 }
 
-/** `work`, or nothing once `bound` has passed (the timer does not outlive it). */
+/**
+ * `work`, or nothing once `bound` has passed. The timer does not outlive it, any bound works (a raw
+ * `setTimeout` fires after 1 ms past 2^31 ms), and it does not keep the process alive by itself:
+ * only `dispose` waits on it, and a process with nothing else to do may exit.
+ */
 const settleWithin = (work: Promise<void>, bound: Duration.Duration): Promise<void> => {
-  let timer: ReturnType<typeof setTimeout> | undefined
+  let cancel: () => void = () => undefined
   const late = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, Duration.toMillis(bound))
+    cancel = longTimer(Duration.toMillis(bound), resolve, { unref: true })
   })
-  return Promise.race([work, late]).finally(() => clearTimeout(timer))
+  return Promise.race([work, late]).finally(() => cancel())
 }
 
 /**
@@ -390,25 +407,56 @@ export const runToPromise = async <A, E, R>(
  */
 export class RebuildingRuntime<R> {
   private current: ManagedRuntime.ManagedRuntime<R, unknown>
-  constructor(private readonly layer: Layer.Layer<R, unknown>) {
+  /**
+   * `buildTimeout` bounds each call's wait for the layer's build (a log whose server accepts the
+   * connection and never answers): the call then rejects with `LogError`. The build goes on, and
+   * the next call waits for it again (a slow start-up, migrations, still completes); a build that
+   * fails is replaced by a fresh one at the next call.
+   */
+  constructor(
+    private readonly layer: Layer.Layer<R, unknown>,
+    private readonly buildTimeout: Duration.Duration
+  ) {
     this.current = ManagedRuntime.make(layer)
+  }
+
+  /** Replaces `runtime` (failed or hung) by a fresh one, unless that was done already. */
+  private replace(runtime: ManagedRuntime.ManagedRuntime<R, unknown>): void {
+    if (this.current !== runtime) return
+    this.current = ManagedRuntime.make(this.layer)
+    void runtime.dispose().catch(() => undefined)
   }
 
   async run<A, E>(effect: Effect.Effect<A, E, R>): Promise<A> {
     const runtime = this.current
-    const built = await Effect.runPromiseExit(runtime.runtimeEffect)
+    let timedOut = false
+    const built = await Effect.runPromiseExit(
+      runtime.runtimeEffect.pipe(
+        Effect.timeoutFail({
+          duration: this.buildTimeout,
+          onTimeout: () => {
+            timedOut = true
+            return new LogError({
+              operation: "open",
+              reason: `the coordinator log was not ready within ${Duration.format(this.buildTimeout)} (is its server answering?); nothing was sent, and the next call waits for it again`
+            })
+          }
+        })
+      )
+    )
     if (Exit.isFailure(built)) {
-      if (this.current === runtime) {
-        this.current = ManagedRuntime.make(this.layer)
-        void runtime.dispose().catch(() => undefined)
-      }
+      if (!timedOut) this.replace(runtime)
       throw Cause.squash(built.cause)
     }
     return runToPromise(runtime, effect)
   }
 
+  /** Releases the runtime; one whose build never ends is left to itself after `buildTimeout`. */
   dispose(): Promise<void> {
-    return this.current.dispose()
+    const runtime = this.current
+    return Effect.runPromise(
+      Effect.promise(() => runtime.dispose()).pipe(Effect.timeoutOption(this.buildTimeout), Effect.asVoid)
+    )
   }
 }
 
@@ -581,52 +629,59 @@ export class Registry<P extends Verifiable> {
 
   register(candidate: unknown, run: (e: Effect.Effect<void, unknown>) => Promise<void>): Promise<void> {
     const { verifyTimeout, admit } = this.options
-    let release: () => void = () => undefined
-    const attempt = Effect.gen(this, function* () {
-      if (typeof candidate !== "object" || candidate === null) {
-        return yield* new InvalidTransactionError({ reason: "a participant must be an object with a name" })
-      }
-      const participant = yield* admit(candidate)
-      const name = yield* TransactionId.parseBranchName(participant.name)
-      if (this.participants.has(name) || this.verifying.has(name)) {
-        return yield* new InvalidTransactionError({
-          reason: `a participant named ${name} is already registered`
-        })
-      }
-      // The name is taken at once: a transaction naming it waits for this verify, and a second
-      // registration of it is refused.
-      this.verifying.set(
-        name,
-        new Promise<void>((resolve) => {
-          release = resolve
-        })
-      )
-      // Configuration problems (e.g. max_prepared_transactions = 0) surface here, before any work.
-      // Unbounded, a server that accepts the connection and never replies held this registration,
-      // `dispose` and every transaction naming the participant for ever.
-      yield* participant.verify.pipe(
-        Effect.timeoutFail({
-          duration: verifyTimeout,
-          onTimeout: () =>
-            new ConfigurationError({
-              participant: name,
-              reason: `verify did not answer within ${Duration.format(verifyTimeout)}, so it was not registered`,
-              fix: "check that its server is reachable and answers (one that accepts connections but never replies looks like this), or raise the coordinator's verifyTimeout"
-            })
-        }),
-        Effect.onExit((exit) =>
-          Effect.sync(() => {
-            this.verifying.delete(name)
-            if (Exit.isFailure(exit)) return
-            // Only once accepted: a refused registration of an object must not replace the
-            // adapter a registered one is known by.
-            if (participant !== candidate) this.adapted.set(candidate, participant)
-            this.participants.set(name, participant)
+    // Checked and the name taken synchronously, before `run` waits for anything (the log's
+    // set-up): a transaction started right after an unawaited registration waits for its verify
+    // instead of finding the name unknown, and a second registration of it is refused.
+    const admitted = Effect.runSyncExit(
+      Effect.gen(this, function* () {
+        if (typeof candidate !== "object" || candidate === null) {
+          return yield* new InvalidTransactionError({ reason: "a participant must be an object with a name" })
+        }
+        const participant = yield* admit(candidate)
+        const name = yield* TransactionId.parseBranchName(participant.name)
+        if (this.participants.has(name) || this.verifying.has(name)) {
+          return yield* new InvalidTransactionError({
+            reason: `a participant named ${name} is already registered`
           })
-        )
-      )
+        }
+        return { participant, name }
+      })
+    )
+    if (Exit.isFailure(admitted)) return Promise.reject(Cause.squash(admitted.cause))
+    const { participant, name } = admitted.value
+    let release: () => void = () => undefined
+    const pending = new Promise<void>((resolve) => {
+      release = resolve
     })
-    return run(attempt).finally(() => release())
+    this.verifying.set(name, pending)
+    // Configuration problems (e.g. max_prepared_transactions = 0) surface here, before any work.
+    // Unbounded, a server that accepts the connection and never replies held this registration,
+    // `dispose` and every transaction naming the participant for ever.
+    const verify = participant.verify.pipe(
+      Effect.timeoutFail({
+        duration: verifyTimeout,
+        onTimeout: () =>
+          new ConfigurationError({
+            participant: name,
+            reason: `verify did not answer within ${Duration.format(verifyTimeout)}, so it was not registered`,
+            fix: "check that its server is reachable and answers (one that accepts connections but never replies looks like this), or raise the coordinator's verifyTimeout"
+          })
+      }),
+      Effect.tap(() =>
+        Effect.sync(() => {
+          // Only once accepted: a refused registration of an object must not replace the adapter
+          // a registered one is known by.
+          if (participant !== candidate) this.adapted.set(candidate as object, participant)
+          this.participants.set(name, participant)
+        })
+      )
+    )
+    // The name is freed however the call ends: a failed verify, or a run that never started it
+    // (the log could not be set up).
+    return run(verify).finally(() => {
+      if (this.verifying.get(name) === pending) this.verifying.delete(name)
+      release()
+    })
   }
 
   /**
@@ -692,6 +747,9 @@ export class TwoPhaseCoordinator {
     })
     this.options = {
       transactionTimeout: timeout,
+      // An abort's rollbacks go on after its result (each bounded by `callTimeout`): `dispose`
+      // waits for them, so ending the participants' pools after it does not cut them off.
+      onBackground: (fiber) => this.inFlight.follow(Effect.runPromise(Fiber.await(fiber))),
       prepareTimeout:
         options.prepareTimeout === undefined ? timeout : toBound("prepareTimeout", options.prepareTimeout),
       ...(options.namespace === undefined ? {} : { namespace: options.namespace })
@@ -721,7 +779,7 @@ export class TwoPhaseCoordinator {
         )
       )
     }
-    this.runtime = new RebuildingRuntime(log === "memory" ? layerMemory : log)
+    this.runtime = new RebuildingRuntime(log === "memory" ? layerMemory : log, timeout)
   }
 
   /** Runs `call` unless disposed, tracked so that `dispose` waits for it. */
@@ -754,7 +812,14 @@ export class TwoPhaseCoordinator {
       // `TwoPhaseCommit.run` bounds everything by `timeout` (`transactionTimeout`), the commit
       // decision's log write included.
       const program = groupOperations(operations, this.registry.participants, this.registry.adapt).pipe(
-        Effect.flatMap((branches) => TwoPhaseCommit.run(branches, this.options)),
+        Effect.flatMap((branches) =>
+          TwoPhaseCommit.run(
+            branches,
+            branches.length === 1 && promiseParticipants.has(branches[0]!.participant)
+              ? { ...this.options, onePhase: false }
+              : this.options
+          )
+        ),
         Effect.map(toResult)
       )
       return this.runtime.run(program)

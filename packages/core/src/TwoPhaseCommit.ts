@@ -80,6 +80,13 @@ export interface Options {
   readonly transactionTimeout?: Duration.DurationInput
   /** Retry policy of phase-2 calls. Default: exponential from 10 ms, factor 2, jittered, capped at 1 s. */
   readonly commitSchedule?: Schedule.Schedule<unknown, BranchCallError | TimeoutError>
+  /**
+   * Receives each fiber the run leaves running after its outcome: an abort's rollbacks (and the
+   * abort decision that fences a caller's `txId`), which go on past the deadline, each bounded by
+   * `callTimeout`. Await them (`Fiber.await`) before ending the participants' pools, or those
+   * branches stay prepared until recovery. The Promise facade's `dispose` does.
+   */
+  readonly onBackground?: (work: Fiber.RuntimeFiber<void>) => void
 }
 
 /**
@@ -472,48 +479,60 @@ const onePhase = (r: Resolved, timeout: Duration.Duration) =>
  */
 const decideCommit = (record: DecisionRecord, deadline: number) =>
   Effect.flatMap(TransactionLog, (log) =>
-    Effect.flatMap(Effect.clock, (clock) => {
-      const unanswered = (millis: number) =>
-        new LogError({
-          operation: "decide",
-          txId: record.txId,
-          reason: `no answer within ${millis} ms (the transaction's deadline): the commit decision may or may not have been written; recovery decides`
-        })
-      const bound = Math.max(1, deadline - clock.unsafeCurrentTimeMillis())
-      const direct =
-        log.direct !== undefined && log.direct.twins.decide === log.decide ? log.direct : undefined
-      return Effect.flatMap(
-        direct !== undefined
-          ? forEachStarted([record], (r) => direct.decide(r), Duration.millis(bound))
-          : forEachWithin([record], (r) => Effect.either(log.decide(r)), Duration.millis(bound)),
-        ([answer]) => {
-          if (answer === undefined || Option.isNone(answer)) return Effect.fail(unanswered(bound))
-          if (Either.isRight(answer.value)) return Effect.succeed(answer.value.right)
-          const first = answer.value.left
-          const now = clock.unsafeCurrentTimeMillis()
-          if (deadline <= now) return Effect.fail(first)
-          // Each retry bounded by what is left, so a hung attempt ends at the deadline too; an
-          // attempt that fails keeps its own error when the schedule gives up.
-          const attempt = Effect.suspend(() => {
-            const left = Math.max(1, deadline - clock.unsafeCurrentTimeMillis())
-            return log
-              .decide(record)
-              .pipe(
-                Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: () => unanswered(left) })
-              )
+    decideWithin(log, record, deadline).pipe(
+      // A log's bug (a defect) at the commit point: the decision may or may not have been written,
+      // as when the log does not answer; the run fails with `LogError` and recovery decides.
+      Effect.catchAllDefect((defect) =>
+        Effect.fail(
+          new LogError({
+            operation: "decide",
+            txId: record.txId,
+            reason: `the log failed unexpectedly: ${defect instanceof Error ? defect.message : String(defect)}; the commit decision may or may not have been written; recovery decides`
           })
-          return attempt.pipe(
-            Effect.retry(
-              Schedule.exponential(Duration.millis(10), 2).pipe(
-                Schedule.jittered,
-                Schedule.upTo(Duration.millis(deadline - now))
-              )
+        )
+      )
+    )
+  )
+
+const decideWithin = (log: TransactionLog["Type"], record: DecisionRecord, deadline: number) =>
+  Effect.flatMap(Effect.clock, (clock) => {
+    const unanswered = (millis: number) =>
+      new LogError({
+        operation: "decide",
+        txId: record.txId,
+        reason: `no answer within ${millis} ms (the transaction's deadline): the commit decision may or may not have been written; recovery decides`
+      })
+    const bound = Math.max(1, deadline - clock.unsafeCurrentTimeMillis())
+    const direct = log.direct !== undefined && log.direct.twins.decide === log.decide ? log.direct : undefined
+    return Effect.flatMap(
+      direct !== undefined
+        ? forEachStarted([record], (r) => direct.decide(r), Duration.millis(bound))
+        : forEachWithin([record], (r) => Effect.either(log.decide(r)), Duration.millis(bound)),
+      ([answer]) => {
+        if (answer === undefined || Option.isNone(answer)) return Effect.fail(unanswered(bound))
+        if (Either.isRight(answer.value)) return Effect.succeed(answer.value.right)
+        const first = answer.value.left
+        const now = clock.unsafeCurrentTimeMillis()
+        if (deadline <= now) return Effect.fail(first)
+        // Each retry bounded by what is left, so a hung attempt ends at the deadline too; an
+        // attempt that fails keeps its own error when the schedule gives up.
+        const attempt = Effect.suspend(() => {
+          const left = Math.max(1, deadline - clock.unsafeCurrentTimeMillis())
+          return log
+            .decide(record)
+            .pipe(Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: () => unanswered(left) }))
+        })
+        return attempt.pipe(
+          Effect.retry(
+            Schedule.exponential(Duration.millis(10), 2).pipe(
+              Schedule.jittered,
+              Schedule.upTo(Duration.millis(deadline - now))
             )
           )
-        }
-      )
-    })
-  )
+        )
+      }
+    )
+  })
 
 /**
  * Marks the transaction complete, bounded by its deadline (at least 1 ms, so it is sent): a log
@@ -530,9 +549,15 @@ const completeWithin = (
 ): Effect.Effect<void> => {
   const bound = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
   const direct = log.direct
-  return direct?.complete !== undefined && direct.twins.complete === log.complete
-    ? Effect.asVoid(forEachStarted([txId], direct.complete, bound))
-    : Effect.asVoid(forEachWithin([txId], (t) => Effect.either(log.complete(t)), bound))
+  // A log's bug (a defect) here is a completion not written, like a failed one: the outcome is
+  // known already and must not turn into a rejection.
+  return (
+    direct?.complete !== undefined && direct.twins.complete === log.complete
+      ? Effect.asVoid(forEachStarted([txId], direct.complete, bound))
+      : Effect.asVoid(
+          forEachWithin([txId], (t) => Effect.either(Effect.suspend(() => log.complete(t))), bound)
+        )
+  ).pipe(Effect.catchAllDefect(() => Effect.void))
 }
 
 /**
@@ -672,7 +697,11 @@ const runTransaction = Effect.fnUntraced(function* (
           if (ack.value !== "HeuristicCommit") return Effect.void
           return log
             .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
-            .pipe(Effect.timeoutOption(callTimeout), Effect.ignore)
+            .pipe(
+              Effect.timeoutOption(callTimeout),
+              Effect.ignore,
+              Effect.catchAllDefect(() => Effect.void)
+            )
         })
       // The fence's answer: undefined while it has none.
       let fence: Option.Option<DecisionRecord> | undefined
@@ -692,7 +721,8 @@ const runTransaction = Effect.fnUntraced(function* (
             Effect.gen(function* () {
               const held = yield* log.decide(record).pipe(
                 Effect.timeoutOption(callTimeout),
-                Effect.orElseSucceed(() => Option.none())
+                Effect.orElseSucceed(() => Option.none()),
+                Effect.catchAllDefect(() => Effect.succeed(Option.none()))
               )
               fence = held
               if (Option.isSome(held) && held.value.decision === "abort") {
@@ -706,6 +736,7 @@ const runTransaction = Effect.fnUntraced(function* (
           )
         )
       }
+      if (options.onBackground !== undefined) for (const fiber of rolling) options.onBackground(fiber)
       const left = Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))
       yield* Effect.timeoutOption(Fiber.awaitAll(rolling), Duration.min(callTimeout, left))
       const fenced = fence !== undefined && Option.isSome(fence) && fence.value.decision === "abort"
@@ -787,7 +818,8 @@ const runTransaction = Effect.fnUntraced(function* (
         .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "commit", detail })
         .pipe(
           Effect.timeoutOption(Duration.millis(Math.max(1, deadline - clock.unsafeCurrentTimeMillis()))),
-          Effect.orElseSucceed(() => Option.none())
+          Effect.orElseSucceed(() => Option.none()),
+          Effect.catchAllDefect(() => Effect.succeed(Option.none()))
         )
       if (Option.isNone(done)) recorded = false
     }

@@ -23,8 +23,15 @@ export const forEachConcurrently = <A, B, E, R>(
 /** Node's largest timer delay; a longer one fires after 1 ms instead (with a warning). */
 const MAX_TIMER_MS = 2_147_483_647
 
-/** `setTimeout` for any delay: re-armed past Node's limit, never for an infinite one. Returns a cancel. */
-export const longTimer = (ms: number, fire: () => void): (() => void) => {
+/**
+ * `setTimeout` for any delay: re-armed past Node's limit, never for an infinite one. Returns a
+ * cancel. `unref`: the timer does not keep the process alive.
+ */
+export const longTimer = (
+  ms: number,
+  fire: () => void,
+  options?: { readonly unref?: boolean }
+): (() => void) => {
   if (!(ms < Number.POSITIVE_INFINITY)) return () => undefined
   let handle: ReturnType<typeof setTimeout>
   const arm = (left: number) => {
@@ -32,6 +39,7 @@ export const longTimer = (ms: number, fire: () => void): (() => void) => {
       () => (left > MAX_TIMER_MS ? arm(left - MAX_TIMER_MS) : fire()),
       Math.min(left, MAX_TIMER_MS)
     )
+    if (options?.unref === true) handle.unref?.()
   }
   arm(Math.max(0, ms))
   return () => clearTimeout(handle)
