@@ -108,6 +108,14 @@ export interface Participant<in out Work = unknown> {
   readonly rollback: (ctx: BranchContext) => Effect.Effect<RollbackAck, BranchCallError>
   /** The branch's state, for recovery and for operators. */
   readonly state: (ctx: BranchContext) => Effect.Effect<BranchState, BranchCallError>
+  /**
+   * Whether `gid` is one of this participant's branches: its name and its deployment's gid
+   * namespace. Optional; when given, a transaction whose namespace the participant does not own is
+   * refused before anything is sent (recovery would never find its branches), and recovery leaves
+   * a logged decision naming a gid it does not own to the deployment that does (another one sharing
+   * the log under the same participant names), and ignores such gids in the in-doubt scan.
+   */
+  readonly owns?: (gid: Gid) => boolean
   /** Accord's prepared branches on this participant (its own database only). */
   readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtBranch>, BranchCallError>
   /**

@@ -500,8 +500,18 @@ export const run: (
     // participant's branches in one call, all participants at once, under one `callTimeout` bound.
     // Decisions whose every branch came back `true` are done; the rest take the per-decision path.
     const batched = new Set(participants.filter((p) => p.finishMany !== undefined).map((p) => p.name))
-    const drivePage = (unfinished: ReadonlyArray<DecisionRecord>) =>
+    /** Whether `gid` is this recovery's to drive: its participant owns it, or cannot tell. */
+    const owned = (branch: BranchName, gid: Gid): boolean => {
+      const p = byName.get(branch)
+      return p?.owns === undefined || p.owns(gid)
+    }
+    const drivePage = (page: ReadonlyArray<DecisionRecord>) =>
       Effect.gen(function* () {
+        // Another deployment's decisions (a shared log, the same participant names, another gid
+        // namespace) are left to it: driving them here sent their gids to this deployment's
+        // databases, read "gone" as heuristics, and completed decisions whose branches were still
+        // prepared elsewhere, which that deployment then rolled back as duplicates.
+        const unfinished = page.filter((d) => d.branches.every((b) => owned(b.branch, b.gid)))
         const rest: Array<DecisionRecord> = []
         for (let start = 0; start < unfinished.length; start += batch) {
           const round = unfinished.slice(start, start + batch)
@@ -621,6 +631,10 @@ export const run: (
         unresolved.push({ txId: "" as TransactionId, branch: scan.participant, reason: scan.error.value })
       }
       for (const b of scan.found) {
+        // Only the scanning participant's own branches: two participants in one database both see
+        // each other's gids (each branch was processed twice, or, its participant not registered
+        // here, ended the pass), and another namespace's are another deployment's.
+        if (b.branch !== scan.participant || !owned(b.branch, b.gid)) continue
         if (handled.has(b.gid)) continue
         // `preparedAt` is on this host's clock (`InDoubtBranch`; PostgreSQL computes the age on the
         // server), so skew does not shift the age. Safety never depends on it anyway (first writer

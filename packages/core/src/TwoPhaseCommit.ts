@@ -221,6 +221,16 @@ export const validate = (
       namespace === undefined ? `accord_${txId}_${name.right}` : `accord-${namespace}_${txId}_${name.right}`
     )
     if (Either.isLeft(gid)) return Either.left(gid.left)
+    // A participant of another namespace would prepare a branch its own recovery never finds.
+    if (b.participant.owns !== undefined && !b.participant.owns(gid.right)) {
+      return Either.left(
+        new InvalidTransactionError({
+          reason: `participant ${name.right} does not own gid ${gid.right}: give the transaction the participant's namespace (${
+            namespace === undefined ? "none was given" : `${namespace} was given`
+          })`
+        })
+      )
+    }
     resolved.push({
       ctx: { txId, branch: name.right, gid: gid.right },
       participant: b.participant,
