@@ -95,8 +95,13 @@ const collect = (
     const purgeable: Array<(typeof done)[number]["txId"]> = []
     const perParticipant = new Map<string, Array<Participant.BranchContext>>()
     for (const decision of done) {
-      // A decision whose participant is not here keeps its row, so that its markers can still be found.
-      if (!decision.branches.every((b) => byName.has(b.branch))) continue
+      // A decision whose participant is not here keeps its row, so that its markers can still be
+      // found; so does another deployment's (the same participant names, another gid namespace).
+      const ours = decision.branches.every((b) => {
+        const p = byName.get(b.branch)
+        return p !== undefined && (p.owns === undefined || p.owns(b.gid))
+      })
+      if (!ours) continue
       purgeable.push(decision.txId)
       for (const b of decision.branches) {
         const list = perParticipant.get(b.branch) ?? []
