@@ -16,6 +16,7 @@
  * the PREPARE only after the answers.
  * @since 0.1.0
  */
+import { statementStartingWith } from "./internal/client.js"
 import type { BranchSession, PgWork } from "./PgParticipant.js"
 
 /**
@@ -87,11 +88,14 @@ export class CheckFailed extends Error {
 /**
  * Statements that end or replace the branch's transaction. Refused when the work is made: sent
  * between Accord's BEGIN and PREPARE, what came before them would be committed or lost outside the
- * coordinator's decision. Leading comments are skipped. (A postgres.js participant also reads every
- * answer's command tag, for one that slips past this.)
+ * coordinator's decision. Looked for at the start of every statement of a text: a parameterless
+ * text goes over the simple protocol, which runs several statements separated by `;`
+ * (`insert ...; commit; begin` committed its insert at once and the branch still voted Prepared,
+ * until 2026-12-07 when only the text's start was read). Comments and quoted text are skipped
+ * (`statementStartingWith`). (A postgres.js participant also reads every answer, for one that
+ * slips past this.)
  */
-const TRANSACTION_CONTROL =
-  /^(?:\s|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|rollback|abort|prepare\s+transaction)\b/i
+const TRANSACTION_CONTROL = /(begin|start\s+transaction|commit|end|rollback|abort|prepare\s+transaction)\b/iy
 
 const toPrepared = (statement: Statement, index: number): Prepared => {
   const prepared: Prepared =
@@ -100,10 +104,10 @@ const toPrepared = (statement: Statement, index: number): Prepared => {
       : "query" in statement
         ? { ...fromBuilt(statement.query), check: statement.check }
         : { ...fromBuilt(statement), check: undefined }
-  const control = TRANSACTION_CONTROL.exec(prepared.text)
-  if (control !== null) {
+  const control = statementStartingWith(prepared.text, TRANSACTION_CONTROL)
+  if (control !== undefined) {
     throw new TypeError(
-      `statement ${index + 1} of a pipelined work controls the transaction (${control[1]!.toUpperCase()}): Accord begins, prepares and ends the branch's transaction`
+      `statement ${index + 1} of a pipelined work controls the transaction (${control.toUpperCase().replace(/\s+/g, " ")}): Accord begins, prepares and ends the branch's transaction`
     )
   }
   return prepared

@@ -169,7 +169,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
         expect(a.statements.slice(before)).toEqual([
           "BEGIN",
           "update accounts set balance = balance + $2 where id = $1",
-          `insert into "public"."accord_branch" (gid, tx_id, branch) values ('${first.votes[0]!.gid}', '${txId}', 'bank-a'); PREPARE TRANSACTION '${first.votes[0]!.gid}'`,
+          `RESET ROLE; insert into "public"."accord_branch" (gid, tx_id, branch) values ('${first.votes[0]!.gid}', '${txId}', 'bank-a'); PREPARE TRANSACTION '${first.votes[0]!.gid}'`,
           `COMMIT PREPARED '${first.votes[0]!.gid}'`
         ])
         // Run again under the same id (a retry): before, one phase again, and a second debit.
@@ -190,7 +190,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       const gid = outcome.votes.find((v) => v.branch === "bank-a")!.gid
       const sent = a.statements.slice(before)
       expect(sent[0]).toBe("BEGIN")
-      expect(sent[2]).toMatch(/^insert into "public"."accord_branch" .*; PREPARE TRANSACTION '[^']+'$/)
+      expect(sent[2]).toMatch(/^RESET ROLE; insert into "public"."accord_branch" .*; PREPARE TRANSACTION '[^']+'$/)
       expect(sent[2]!.endsWith(`PREPARE TRANSACTION '${gid}'`)).toBe(true)
       expect(sent.slice(3)).toEqual([`COMMIT PREPARED '${gid}'`])
       // The marker is there: the branch reads as committed.
@@ -232,7 +232,7 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       expect(a.statements.slice(before)).toEqual([
         "BEGIN",
         "update accounts set balance = balance + $2 where id = $1",
-        `insert into "public"."accord_branch" (gid, tx_id, branch) values ('${ctx.gid}', '${ctx.txId}', 'bank-a'); PREPARE TRANSACTION '${ctx.gid}'`
+        `RESET ROLE; insert into "public"."accord_branch" (gid, tx_id, branch) values ('${ctx.gid}', '${ctx.txId}', 'bank-a'); PREPARE TRANSACTION '${ctx.gid}'`
       ])
       expect(yield* pa.commit(ctx)).toBe("Committed")
       // The marker, written inside the prepared transaction, is visible once it committed.
@@ -344,7 +344,8 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       expect(vote._tag).toBe("ReadOnly")
       const sent = a.statements.slice(before)
       expect(sent.filter((q) => q.startsWith("PREPARE"))).toEqual([])
-      expect(sent[2]).toContain("pg_current_xact_id_if_assigned()")
+      expect(sent[2]).toBe("RESET ROLE")
+      expect(sent[3]).toContain("pg_current_xact_id_if_assigned()")
       expect(sent.at(-1)).toBe("COMMIT")
     })
   )

@@ -88,9 +88,10 @@ describe("PgParticipant driver faults", () => {
         const result = yield* Effect.either(p.prepare(ctx, (s) => s.query("update accounts set balance = 0")))
         expect(Either.isLeft(result) && result.left._tag).toBe("BranchCallError")
         if (Either.isLeft(result)) expect(result.left.inDoubt).toBe(true)
-        expect(server.sent.slice(-4)).toEqual([
+        expect(server.sent.slice(-5)).toEqual([
           "BEGIN",
           "update accounts set balance = 0",
+          "RESET ROLE",
           expect.stringContaining('insert into "public"."accord_branch"'),
           `PREPARE TRANSACTION '${ctx.gid}'`
         ])

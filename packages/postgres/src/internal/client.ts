@@ -400,10 +400,15 @@ export const statement = <T>(
  * runs (tagged template, `unsafe`, `file`) just before postgres.js executes it, and may refuse it
  * (an `Error`: the statement fails with it, nothing is sent). The caller tracks the statement there
  * (to cancel it). Fragments (a query nested in another) are never run, so never seen.
+ *
+ * `notify`, when given, replaces `conn.notify`: postgres.js sends a reserved connection's
+ * `notify(channel, payload)` through its pool (`select pg_notify(...)` on another connection,
+ * committed at once), outside the transaction of the connection it was called on.
  */
 export const guardedSql = (
   conn: postgres.Sql,
-  onRun: (query: Cancellable & Promise<unknown>) => Error | undefined
+  onRun: (query: Cancellable & Promise<unknown>) => Error | undefined,
+  notify?: (channel: string, payload: unknown) => Promise<unknown>
 ) => {
   const guard = (made: unknown): unknown => {
     const query = made as { handler?: unknown; reject?: unknown }
@@ -424,12 +429,113 @@ export const guardedSql = (
   return new Proxy(conn, {
     apply: (target, thisArg, args) => guard(Reflect.apply(target, thisArg, args)),
     get: (target, key, receiver) => {
+      if (key === "notify" && notify !== undefined) return notify
       const value: unknown = Reflect.get(target, key, receiver)
       return (key === "unsafe" || key === "file") && typeof value === "function"
         ? (...args: Array<unknown>) => guard(Reflect.apply(value, target, args))
         : value
     }
   }) as postgres.Sql
+}
+
+/** Whether the character code `c` may continue an SQL identifier (so `$` there starts no dollar quote). */
+const isIdentifierChar = (c: number): boolean =>
+  (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 36 || c > 127
+
+const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
+
+/**
+ * The first statement of the SQL text `text` (one statement, or several separated by `;`, as the
+ * simple protocol runs them) that starts with `head` (a sticky regular expression): its match, or
+ * `undefined`. Quoted strings (`'...'`, `E'...'`, `"..."`, `$tag$...$tag$`) and comments (`--`,
+ * nested `/* *\/`) are skipped, so a `;` or a keyword inside them starts nothing: a function body or
+ * a DO block that says COMMIT is not read as a COMMIT of the session. A scan of the text, without
+ * allocation; a text without `;` has one statement, and only its start is tested.
+ */
+export const statementStartingWith = (text: string, head: RegExp): string | undefined => {
+  const n = text.length
+  let atStart = true
+  let i = 0
+  while (i < n) {
+    const c = text.charCodeAt(i)
+    if (c === 32 || (c >= 9 && c <= 13)) {
+      i++
+      continue
+    }
+    if (c === 45 && text.charCodeAt(i + 1) === 45) {
+      // -- to the end of the line
+      const eol = text.indexOf("\n", i + 2)
+      i = eol < 0 ? n : eol + 1
+      continue
+    }
+    if (c === 47 && text.charCodeAt(i + 1) === 42) {
+      // /* ... */, nested as PostgreSQL nests them
+      let depth = 1
+      i += 2
+      while (i < n && depth > 0) {
+        if (text.charCodeAt(i) === 47 && text.charCodeAt(i + 1) === 42) {
+          depth++
+          i += 2
+        } else if (text.charCodeAt(i) === 42 && text.charCodeAt(i + 1) === 47) {
+          depth--
+          i += 2
+        } else i++
+      }
+      continue
+    }
+    if (c === 59) {
+      atStart = true
+      i++
+      continue
+    }
+    if (atStart) {
+      atStart = false
+      head.lastIndex = i
+      const found = head.exec(text)
+      if (found !== null) return found[0]
+      // The rest of this statement only matters for where it ends.
+      if (text.indexOf(";", i) < 0) return undefined
+    }
+    if (c === 39) {
+      // '...' ('' inside), or E'...' (backslash escapes too)
+      const escapes =
+        i > 0 && (text.charCodeAt(i - 1) | 32) === 101 && (i < 2 || !isIdentifierChar(text.charCodeAt(i - 2)))
+      i++
+      while (i < n) {
+        const d = text.charCodeAt(i)
+        if (escapes && d === 92) i += 2
+        else if (d === 39) {
+          if (text.charCodeAt(i + 1) === 39) i += 2
+          else break
+        } else i++
+      }
+      i++
+      continue
+    }
+    if (c === 34) {
+      // "identifier" ("" inside)
+      i++
+      while (i < n) {
+        if (text.charCodeAt(i) === 34) {
+          if (text.charCodeAt(i + 1) === 34) i += 2
+          else break
+        } else i++
+      }
+      i++
+      continue
+    }
+    if (c === 36 && (i === 0 || !isIdentifierChar(text.charCodeAt(i - 1)))) {
+      DOLLAR_TAG.lastIndex = i
+      const tag = DOLLAR_TAG.exec(text)
+      if (tag !== null) {
+        const close = text.indexOf(tag[0], i + tag[0].length)
+        i = close < 0 ? n : close + tag[0].length
+        continue
+      }
+    }
+    i++
+  }
+  return undefined
 }
 
 /** The default bound on waiting for a cancelled statement to settle. */

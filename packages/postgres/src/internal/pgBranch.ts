@@ -13,7 +13,11 @@
  *   PREPARE in one simple-protocol message. A pipelined work (`Pipeline`) sends its statements, the
  *   marker and the PREPARE in one write after BEGIN.
  *   Otherwise the marker is inserted only if the transaction has an xid
- *   (`pg_current_xact_id_if_assigned()`); no row means read-only: COMMIT, no PREPARE.
+ *   (`pg_current_xact_id_if_assigned()`); no row means read-only: COMMIT, no PREPARE. The marker
+ *   always follows a `RESET ROLE` (`RESET_ROLE`): prepared as the pool's role, whatever role the
+ *   work set, so that the pool's role can commit it.
+ * - A work that ends the transaction itself (COMMIT, ROLLBACK, ..., also inside a text of several
+ *   statements) votes No (25000), before any marker, PREPARE or COMMIT is sent.
  * - The marker names its table with the schema found when the participant was made
  *   (`markerStatements`), so a work that moves `search_path` cannot make it miss the table or land
  *   in another schema's copy of it.
@@ -21,6 +25,8 @@
  *   the pool was made with `prepare: false`.
  * - Abandoned (the caller was interrupted): new statements are refused, running ones cancelled on
  *   the server, the work is waited for (bounded by `cancelTimeout`), the transaction rolled back.
+ *   Abandoned while it waits for a slot or a connection, it stops at once (nothing was sent); a
+ *   connection handed over later goes back to the pool.
  * - A connection that stops answering (a blocked backend, a network partitioned under it, from
  *   BEGIN on) is never returned to the pool as it is, nor lost to it (`end`): its session is
  *   terminated by pid (`pg_terminate_backend` over another connection of the pool, bounded by
@@ -54,6 +60,7 @@ import {
   pidOf,
   sendOn,
   settle,
+  statementStartingWith,
   terminateBackend,
   unlessAbandoned
 } from "./client.js"
@@ -118,12 +125,15 @@ export const markerStatements = (table: string): MarkerStatements => ({
 })
 
 /**
- * The marker and the PREPARE as ONE simple-protocol message (two statements, one parse, one round
- * trip), for a branch that certainly wrote. `PREPARE TRANSACTION` takes a literal anyway, so the
- * marker's three values go as literals too, all taken from the gid after `parseGid` matched it
- * against Accord's pattern (no quote can pass it; `toSqlLiteral` doubles any regardless). If the
- * insert fails, the server skips the PREPARE of the same message and the transaction stays open
- * (aborted) for the rollback. `undefined` when the context is not one Accord built.
+ * The marker and the PREPARE as ONE simple-protocol message (one parse, one round trip), for a
+ * branch that certainly wrote. `PREPARE TRANSACTION` takes a literal anyway, so the marker's three
+ * values go as literals too, all taken from the gid after `parseGid` matched it against Accord's
+ * pattern (no quote can pass it; `toSqlLiteral` doubles any regardless). If the insert fails, the
+ * server skips the PREPARE of the same message and the transaction stays open (aborted) for the
+ * rollback. `undefined` when the context is not one Accord built.
+ *
+ * `RESET ROLE` goes first (`RESET_ROLE`): the marker is inserted, and the transaction prepared, as
+ * the pool's own role, whatever role the work set.
  * On the benchmark box this saves about 100 us of client CPU per branch (210 per two-branch
  * transaction) against a separate parameterised insert pipelined with the PREPARE
  * (docs/performance.md, change 8).
@@ -139,10 +149,21 @@ export const markerAndPrepareSql = (
   const { gid, txId, branch } = parsed.value
   const literal = (value: string) => TransactionId.toSqlLiteral(value as TransactionId.Gid)
   return (
-    `${statements.insertValues}${literal(gid)}, ${literal(txId)}, ${literal(branch)}); ` +
+    `${RESET_ROLE}; ${statements.insertValues}${literal(gid)}, ${literal(txId)}, ${literal(branch)}); ` +
     `PREPARE TRANSACTION ${literal(gid)}`
   )
 }
+
+/**
+ * Sent in the branch's transaction before the marker: back to the role the pool's connections log
+ * in with (their user, or the `role` connection parameter), from any `SET LOCAL ROLE` the work ran
+ * (a row-level-security pattern). `PREPARE TRANSACTION` records the current role as the prepared
+ * transaction's owner, and only that role (or a superuser) may `COMMIT PREPARED` it: prepared as
+ * the work's role, the participant's pool could neither commit nor roll it back (42501), and the
+ * branch stayed prepared holding its locks. Also, the marker insert is then checked against the
+ * pool role's privileges, not the work's role's.
+ */
+const RESET_ROLE = "RESET ROLE"
 
 const noop = () => undefined
 
@@ -174,6 +195,15 @@ const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
  * followed prepared an implicit transaction holding the marker alone: a Prepared vote.
  */
 const ENDING_COMMANDS = new Set(["COMMIT", "ROLLBACK", "PREPARE TRANSACTION"])
+
+/**
+ * The start of a statement that ends the transaction (`ROLLBACK TO SAVEPOINT` ends nothing), for
+ * `statementStartingWith`: a parameterless statement goes over the simple protocol, which runs
+ * several statements separated by `;`, and postgres.js then reports one command tag at most (the
+ * last one's, or none when several returned rows): `insert ...; commit; begin` was tagged BEGIN.
+ */
+const ENDING_STATEMENT =
+  /(?:commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:work|transaction))?\s+to\b))\b/iy
 
 /**
  * `COMMIT` of a transaction that an error had aborted succeeds with the command tag `ROLLBACK`: the
@@ -250,6 +280,8 @@ class Session {
   begin: Promise<unknown> | undefined = undefined
   /** A cancel request was sent for this session: its connection is closed, never given back (`cleanUp`). */
   cancelSent = false
+  /** The work called `sql.notify()`, which a branch refuses (`refuseNotify`); it votes No even if it caught that. */
+  notifyRefused: Error | undefined = undefined
   readonly session: BranchSession
   constructor(
     readonly conn: postgres.ReservedSql,
@@ -289,15 +321,34 @@ class Session {
    * query nested in another) are never run, so never seen here.
    */
   private guarded(conn: postgres.ReservedSql): postgres.Sql {
-    return guardedSql(conn, (q) => {
-      const refused = this.refusal()
-      if (refused !== undefined) return refused
-      this.track(q as PendingQuery<unknown>).then(
-        (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
-        noop
-      )
-      return undefined
-    })
+    return guardedSql(
+      conn,
+      (q) => {
+        const refused = this.refusal()
+        if (refused !== undefined) return refused
+        this.track(q as PendingQuery<unknown>).then(
+          (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
+          noop
+        )
+        return undefined
+      },
+      this.refuseNotify
+    )
+  }
+  /**
+   * `sql.notify()` in a branch. postgres.js sends it through the pool, on another connection,
+   * committed at once: a branch that then rolled back had still notified. Sent on the branch's own
+   * connection instead, PostgreSQL refuses to `PREPARE` a transaction that ran NOTIFY (0A000), and
+   * in a branch that wrote nothing (read-only: committed at once) it would go out before the
+   * coordinator decided. So it is refused, at once (thrown, never a Promise left unhandled), and the
+   * branch votes No even if the work caught it: notify once the transaction has committed, or
+   * write an outbox row in the branch.
+   */
+  private readonly refuseNotify = (channel: string): never => {
+    this.notifyRefused ??= new Error(
+      `sql.notify(${JSON.stringify(channel)}) is refused in a branch: PostgreSQL cannot PREPARE a transaction that ran NOTIFY, and postgres.js would send it on another connection, outside the branch, at once; notify after the transaction committed, or write an outbox row in the branch`
+    )
+    throw this.notifyRefused
   }
   /** Keeps `pending` cancellable until it settles. */
   private track<A>(pending: PendingQuery<A>): PendingQuery<A> {
@@ -330,14 +381,31 @@ class Session {
       return rows
     })
   }
-  /** What a work statement's command tag tells: a certain write, or the transaction ended by the work. */
+  /**
+   * What a work statement tells: a certain write (its command tag), or the transaction ended by the
+   * work (its command tag, or, for a text of several statements, one of them: read from the text).
+   */
   private notice(text: string, rows: unknown): void {
+    // Only a text with a `;` can hold several statements (a scan of the text, not on most
+    // statements). The simple protocol stopped at the first failing one, so all of them ran.
+    if (this.endedBy === undefined && text.includes(";")) {
+      const ended = statementStartingWith(text, ENDING_STATEMENT)
+      if (ended !== undefined) this.endedBy = ended.toUpperCase().replace(/\s+/g, " ")
+    }
     const tag = rows as ResultTag
-    if (tag.command === undefined) return
-    if ((tag.count ?? 0) > 0 && WRITE_COMMANDS.has(tag.command)) this.wrote = true
+    if (tag.command === undefined) {
+      // Several statements, some returning rows: postgres.js answers with one result per row set.
+      if (Array.isArray(rows)) for (const r of rows) if (Array.isArray(r)) this.noticeWrite(r as ResultTag)
+      return
+    }
+    this.noticeWrite(tag)
     // `ROLLBACK TO SAVEPOINT` has the tag ROLLBACK too, and ends nothing.
     if (ENDING_COMMANDS.has(tag.command) && !(tag.command === "ROLLBACK" && /\bto\b/i.test(text)))
       this.endedBy ??= tag.command
+  }
+  private noticeWrite(tag: ResultTag): void {
+    if (tag.command !== undefined && (tag.count ?? 0) > 0 && WRITE_COMMANDS.has(tag.command))
+      this.wrote = true
   }
   /**
    * Cancels the statement the server is running for this session (`cancelIfRunning`: only that
@@ -443,6 +511,13 @@ const body = async (
       }
     }
   }
+  if (s.notifyRefused !== undefined) {
+    // The work caught the refusal and went on: still a No (see `refuseNotify`).
+    return {
+      _tag: "WorkFailed",
+      failure: { sqlState: undefined, connectionLost: false, message: s.notifyRefused.message }
+    }
+  }
   if (s.endedBy !== undefined) {
     // In both modes: a one-phase COMMIT after it commits nothing of the branch (a warning) and
     // would be reported Committed for work that was rolled back or autocommitted piecemeal.
@@ -474,7 +549,12 @@ const body = async (
     state.open = false
     return { _tag: "Prepared" }
   }
+  // RESET ROLE before the marker (see `RESET_ROLE`), written with it: one round trip. Refused, the
+  // transaction is aborted and the marker fails behind it: the first failure is the one reported.
+  const reset = settle(s.send(RESET_ROLE))
   const marked = await settle(s.send<{ marked: number }>(statements.marker, [ctx.gid, ctx.txId, ctx.branch]))
+  const wasReset = await reset
+  if (!wasReset.ok) throw fail("marker", state, wasReset.failure)
   if (!marked.ok) throw fail("marker", state, marked.failure)
   if (control.abandoned) throw fail("end", state, interrupted)
   if (marked.value.length === 0) {
@@ -652,11 +732,24 @@ export const run = async (
   if (acquired !== true && !(await acquired))
     throw { stage: "begin", failure: interrupted } satisfies StageFailure
   try {
-    let conn: postgres.ReservedSql
+    if (control.abandoned) throw { stage: "begin", failure: interrupted } satisfies StageFailure
+    // The wait for a connection (every one busy: the application's queries share the pool) ends at
+    // an abandon: nothing was sent, so there is nothing to cancel or roll back. A connection that
+    // arrives after that goes back to the pool. (Until 2026-12-07 the abandoned branch waited for
+    // it, and its caller up to three `cancelTimeout`s.)
+    const reserving = sql.reserve()
+    let conn: postgres.ReservedSql | undefined
     try {
-      conn = await sql.reserve()
+      conn = await new Promise<postgres.ReservedSql | undefined>((resolve, reject) => {
+        control.onAbandon = () => resolve(undefined)
+        reserving.then(resolve, reject)
+      })
     } catch (error) {
       throw { stage: "begin", failure: toFailure(error) } satisfies StageFailure
+    }
+    if (conn === undefined) {
+      reserving.then((late) => late.release(), noop)
+      throw { stage: "begin", failure: interrupted } satisfies StageFailure
     }
     if (control.abandoned) {
       conn.release()
