@@ -190,7 +190,9 @@ describe.skipIf(server === undefined)("PgParticipant on PostgreSQL", () => {
       const gid = outcome.votes.find((v) => v.branch === "bank-a")!.gid
       const sent = a.statements.slice(before)
       expect(sent[0]).toBe("BEGIN")
-      expect(sent[2]).toMatch(/^RESET ROLE; insert into "public"."accord_branch" .*; PREPARE TRANSACTION '[^']+'$/)
+      expect(sent[2]).toMatch(
+        /^RESET ROLE; insert into "public"."accord_branch" .*; PREPARE TRANSACTION '[^']+'$/
+      )
       expect(sent[2]!.endsWith(`PREPARE TRANSACTION '${gid}'`)).toBe(true)
       expect(sent.slice(3)).toEqual([`COMMIT PREPARED '${gid}'`])
       // The marker is there: the branch reads as committed.
