@@ -317,7 +317,7 @@ const accordSqlByHand = (dbs: Server.Databases): Shape => ({
         if (updated.count !== 1) throw new Error("accord SQL by hand: the UPDATE matched no row")
         await conn
           .unsafe(
-            `insert into accord_branch (gid, tx_id, branch) values ('${gid}', '${id}', 'bank'); PREPARE TRANSACTION '${gid}'`
+            `RESET ROLE; insert into accord_branch (gid, tx_id, branch) values ('${gid}', '${id}', 'bank'); PREPARE TRANSACTION '${gid}'`
           )
           .simple()
       } catch (e) {

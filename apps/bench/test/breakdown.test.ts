@@ -42,8 +42,9 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
     }
     // BEGIN, UPDATE, PREPARE TRANSACTION, COMMIT PREPARED.
     expect(row("raw branch").statementsPerOp).toBe(4)
-    // BEGIN, UPDATE, marker INSERT + PREPARE TRANSACTION (one message, two statements), COMMIT PREPARED.
-    expect(row("PgParticipant branch").statementsPerOp).toBe(5)
+    // BEGIN, UPDATE, RESET ROLE + marker INSERT + PREPARE TRANSACTION (one message, three
+    // statements), COMMIT PREPARED.
+    expect(row("PgParticipant branch").statementsPerOp).toBe(6)
     expect(row("raw decision insert").statementsPerOp).toBe(1)
     // The decision insert, plus the batched completions (at most one update per operation).
     expect(row("PgTransactionLog.decide").statementsPerOp).toBeGreaterThan(1)
@@ -52,11 +53,11 @@ describe.skipIf(server === undefined)("CPU breakdown on PostgreSQL", () => {
     expect(row("core only, async participants").statementsPerOp).toBe(0)
     // Two branches of 4, the decision insert.
     expect(row("raw2pc transaction").statementsPerOp).toBe(9)
-    // Two branches of 5, the decision insert: Accord's statements, sent by hand.
-    expect(row("accord SQL by hand").statementsPerOp).toBe(11)
+    // Two branches of 6, the decision insert: Accord's statements, sent by hand.
+    expect(row("accord SQL by hand").statementsPerOp).toBe(13)
     // Accord's own calls send what accord2pc sends: the same statements and batched completions.
-    expect(row("accord calls, Promise-sequenced").statementsPerOp).toBeGreaterThan(11)
-    expect(row("accord2pc transaction").statementsPerOp).toBeGreaterThan(11)
+    expect(row("accord calls, Promise-sequenced").statementsPerOp).toBeGreaterThan(13)
+    expect(row("accord2pc transaction").statementsPerOp).toBeGreaterThan(13)
 
     const pairs = result.rows.filter((r) => r.twin !== undefined)
     expect(pairs.map((r) => r.twin)).toEqual([
