@@ -157,12 +157,30 @@ export const ledgerTxIds = async (db: Db): Promise<Set<string>> => {
 }
 
 /**
- * Prepared transactions left in this database (any gid, not only Accord's).
+ * The database server's clock now, as text (to compare with `pg_prepared_xacts.prepared`).
  * @since 0.1.0
  */
-export const preparedLeft = async (db: Db): Promise<number> => {
-  const [row] = await db.query<{ n: number }>(
-    "SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()"
-  )
+export const now = async (db: Db): Promise<string> => {
+  const [row] = await db.query<{ now: string }>("SELECT clock_timestamp()::text AS now")
+  return row?.now ?? ""
+}
+
+/**
+ * Prepared transactions left in this database (any gid, not only Accord's), or with `preparedBefore`
+ * (a time of this server's clock, from `now`) only those prepared before it: a recovery pass that
+ * started at that time has finished every branch prepared before, so any of those still here is
+ * left over; a branch prepared after it belongs to a run still in flight on the same databases.
+ * @since 0.1.0
+ */
+export const preparedLeft = async (db: Db, preparedBefore?: string): Promise<number> => {
+  const [row] =
+    preparedBefore === undefined
+      ? await db.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()"
+        )
+      : await db.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database() AND prepared < $1::timestamptz",
+          [preparedBefore]
+        )
   return row?.n ?? 0
 }

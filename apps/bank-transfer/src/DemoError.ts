@@ -28,9 +28,19 @@ const textOf = (e: unknown): string => {
  * Turns a driver error met while connecting to `where` into a message with the fix.
  * @since 0.1.0
  */
-export const fromConnectError = (where: string, e: unknown): DemoError => {
+export const fromConnectError = (
+  where: string,
+  e: unknown,
+  source: "--pg" | "ACCORD_PG_URL" = "--pg"
+): DemoError => {
   const code = codeOf(e)
   const text = textOf(e)
+  // The URL came from --pg, or from ACCORD_PG_URL when no --pg was given: say which to fix.
+  const fix =
+    source === "--pg"
+      ? "pass another --pg URL (omit --pg to use embedded PGlite)"
+      : "fix ACCORD_PG_URL or pass --pg URL (pass --data-dir DIR, or set ACCORD_PG_URL= empty, to use embedded PGlite)"
+  const flag = source === "--pg" ? "--pg" : "ACCORD_PG_URL"
   switch (code) {
     case "ECONNREFUSED":
     case "ENOTFOUND":
@@ -42,20 +52,20 @@ export const fromConnectError = (where: string, e: unknown): DemoError => {
     case "CONNECTION_DESTROYED":
     case "EAI_AGAIN":
       return new DemoError({
-        message: `cannot reach PostgreSQL at ${where} (${code}): start the server or pass another --pg URL (omit --pg to use embedded PGlite)`
+        message: `cannot reach PostgreSQL at ${where} (${code}): start the server or ${fix}`
       })
     case "28P01":
     case "28000":
       return new DemoError({
-        message: `PostgreSQL at ${where} refused the login (${text}): fix the user/password in --pg`
+        message: `PostgreSQL at ${where} refused the login (${text}): fix the user/password in ${flag}`
       })
     case "3D000":
       return new DemoError({
-        message: `database in ${where} does not exist (${text}): point --pg at an existing database such as /postgres`
+        message: `database in ${where} does not exist (${text}): point ${flag} at an existing database such as /postgres`
       })
     case "42501":
       return new DemoError({
-        message: `PostgreSQL at ${where} refused (${text}): the --pg user must be allowed to create databases (a superuser)`
+        message: `PostgreSQL at ${where} refused (${text}): the ${flag} user must be allowed to create databases (a superuser)`
       })
     default:
       return new DemoError({ message: `PostgreSQL at ${where} failed: ${text}${code ? ` (${code})` : ""}` })

@@ -93,8 +93,8 @@ const connect = (url: string, max: number) =>
     (sql) => Effect.promise(() => sql.end({ timeout: 5 }).catch(() => undefined))
   )
 
-const attempt = <A>(where: string, f: () => Promise<A>) =>
-  Effect.tryPromise({ try: f, catch: (e) => fromConnectError(where, e) })
+const attempt = <A>(where: string, f: () => Promise<A>, source?: Options["pgSource"]) =>
+  Effect.tryPromise({ try: f, catch: (e) => fromConnectError(where, e, source) })
 
 const databaseUrl = (adminUrl: string, name: string): string => {
   const url = new URL(adminUrl)
@@ -107,7 +107,8 @@ const openPostgres = Effect.fn("BankTransfer.openPostgres")(function* (options: 
   const admin = yield* connect(adminUrl, 1)
   const [setting] = yield* attempt(
     where,
-    () => admin<{ value: number }[]>`SELECT current_setting('max_prepared_transactions')::int AS value`
+    () => admin<{ value: number }[]>`SELECT current_setting('max_prepared_transactions')::int AS value`,
+    options.pgSource
   )
   if ((setting?.value ?? 0) === 0) {
     return yield* new DemoError({
@@ -128,9 +129,13 @@ const openPostgres = Effect.fn("BankTransfer.openPostgres")(function* (options: 
     coordinator: `${options.dbPrefix}coordinator`
   }
   for (const name of Object.values(names)) {
-    const exists = yield* attempt(where, () => admin`SELECT 1 FROM pg_database WHERE datname = ${name}`)
+    const exists = yield* attempt(
+      where,
+      () => admin`SELECT 1 FROM pg_database WHERE datname = ${name}`,
+      options.pgSource
+    )
     if (exists.length === 0) {
-      yield* attempt(where, () => admin.unsafe(`CREATE DATABASE "${name}"`)).pipe(
+      yield* attempt(where, () => admin.unsafe(`CREATE DATABASE "${name}"`), options.pgSource).pipe(
         // Another process may have created it meanwhile (42P04 duplicate_database).
         Effect.catchIf(
           (e) => e.message.includes("42P04") || e.message.includes("already exists"),

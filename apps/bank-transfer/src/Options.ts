@@ -19,6 +19,8 @@ export type Protocol = "2pc" | "3pc"
 export interface Options {
   /** A superuser URL of a real PostgreSQL server; `undefined` runs embedded PGlite. */
   readonly pg: string | undefined
+  /** Where `pg` came from, for messages (default `--pg`). */
+  readonly pgSource?: "--pg" | "ACCORD_PG_URL"
   /** Where the PGlite instances keep their data (when `pg` is undefined). */
   readonly dataDir: string
   /** Prefix of the three database names on a real server (`<prefix>bank_a`, ...). */
@@ -50,7 +52,8 @@ Moves money between accounts in two bank databases with two-phase commit.
 Options:
   --pg URL             real PostgreSQL (superuser URL, e.g. postgres://postgres@127.0.0.1:5432/postgres);
                        also read from ACCORD_PG_URL. Default: embedded PGlite in --data-dir
-  --data-dir DIR       PGlite data folder (default .accord-data/bank-transfer)
+  --data-dir DIR       PGlite data folder (default .accord-data/bank-transfer); given, it runs PGlite
+                       even when ACCORD_PG_URL is set (not with --pg)
   --db-prefix P        database name prefix on a real server (default accord_)
   --fresh              drop and re-seed the demo data
   --transfers N        transfers to run (default 2000; 0 runs recovery and the summary only)
@@ -129,7 +132,10 @@ export const parse = (
       })
     )
   }
-  const pgRaw = values.pg ?? (env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL)
+  // An explicit --data-dir asks for PGlite: ACCORD_PG_URL (a default) does not override it.
+  const fromEnv = values["data-dir"] !== undefined || env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL
+  const pgRaw = values.pg ?? fromEnv
+  const pgSource = values.pg === undefined ? "ACCORD_PG_URL" : "--pg"
   if (pgRaw !== undefined) {
     let url: URL | undefined
     try {
@@ -140,13 +146,14 @@ export const parse = (
     if (url === undefined || (url.protocol !== "postgres:" && url.protocol !== "postgresql:")) {
       return Either.left(
         new UsageError({
-          message: `--pg must be a URL like postgres://postgres@127.0.0.1:5432/postgres, got ${JSON.stringify(pgRaw)}`
+          message: `${pgSource} must be a URL like postgres://postgres@127.0.0.1:5432/postgres, got ${JSON.stringify(pgRaw)}`
         })
       )
     }
   }
   return Either.right({
     pg: pgRaw,
+    pgSource,
     dataDir: values["data-dir"] ?? ".accord-data/bank-transfer",
     dbPrefix,
     fresh: values.fresh ?? false,

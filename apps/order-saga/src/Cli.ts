@@ -30,13 +30,16 @@ with its own database, as sagas with compensations; then checks the invariants f
   --concurrency C               sagas in flight at once (default 8)
   --fresh                       drop and re-seed the databases first
   --pg URL                      use PostgreSQL (databases accord_order_*; default: $ACCORD_PG_URL, else PGlite)
-  --data-dir DIR                PGlite folders (default .accord-data/order-saga)
+  --db-prefix P                 database name prefix on the server (default accord_order_: accord_order_orders, ...)
+  --data-dir DIR                PGlite folders (default .accord-data/order-saga); given, it runs PGlite
+                                even when $ACCORD_PG_URL is set (not with --pg)
   --kill-orchestrator-after N   SIGKILL the orchestrator once N orders have started, restart it, resume
-  --json                        print one JSON object as the last line of stdout
+  --json                        print one JSON object as the last line of stdout (the summary table goes to stderr)
   --no-progress                 no progress bar
   --seed N                      seed of the catalogue, customers and orders (default 42)
   --customers N                 customers (default 50)
-  --decline-rate R              share of customers whose card is declined (default ${defaultFaults.declineRate})
+  --decline-rate R              share of customers whose card is declined (default ${defaultFaults.declineRate});
+                                applied to the existing customers too
   --slow-rate R                 share of orders the shipping service answers late (default ${defaultFaults.slowRate})
   --slow-ms MS                  how late (default ${defaultFaults.slowMillis})
   --duplicate-rate R            share of requests delivered twice (default ${defaultFaults.duplicateRate})
@@ -53,6 +56,7 @@ const options = {
   fresh: { type: "boolean" },
   pg: { type: "string" },
   "data-dir": { type: "string" },
+  "db-prefix": { type: "string" },
   "kill-orchestrator-after": { type: "string" },
   json: { type: "boolean" },
   "no-progress": { type: "boolean" },
@@ -113,6 +117,16 @@ const numericFlags = new Set(
   ].map((flag) => `--${flag}`)
 )
 
+/** The database name prefix: on a server, `<prefix>orders`, ... `<prefix>saga`. */
+const dbPrefixOf = (text: string | undefined, onServer: boolean): string => {
+  if (text === undefined) return "accord_order_"
+  if (!onServer)
+    throw new UsageError("--db-prefix names databases on a server: it needs --pg (or $ACCORD_PG_URL)")
+  if (!/^[a-z_][a-z0-9_]{0,40}$/.test(text))
+    throw new UsageError(`--db-prefix must match [a-z_][a-z0-9_]{0,40}, got ${JSON.stringify(text)}`)
+  return text
+}
+
 /**
  * Parses the command line; `undefined` when help was asked for.
  * @since 0.1.0
@@ -151,7 +165,9 @@ export const parse = (
     // One of them would be ignored without a word: --data-dir is where PGlite keeps its databases.
     throw new UsageError("--data-dir is for the embedded PGlite databases; with --pg they are on the server")
   }
-  const pgUrl = values.pg ?? (env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL)
+  // An explicit --data-dir asks for PGlite: ACCORD_PG_URL (a default) does not override it.
+  const fromEnv = values["data-dir"] !== undefined || env.ACCORD_PG_URL === "" ? undefined : env.ACCORD_PG_URL
+  const pgUrl = values.pg ?? fromEnv
   if (pgUrl !== undefined) {
     // Say where the bad URL came from: the flag, or the environment.
     const source = values.pg === undefined ? "$ACCORD_PG_URL" : "--pg"
@@ -181,7 +197,7 @@ export const parse = (
     progress: values["no-progress"] !== true,
     pgUrl,
     dataRoot: resolve(values["data-dir"] ?? ".accord-data/order-saga"),
-    dbPrefix: "accord_order_",
+    dbPrefix: dbPrefixOf(values["db-prefix"], pgUrl !== undefined),
     customers: integer("customers", values.customers, 50, 1, 100_000),
     stockBase,
     faults: {

@@ -62,8 +62,8 @@ export const ensure = async (target: DbTarget, fresh: boolean): Promise<void> =>
     if (fresh) rmSync(target.dataDir, { recursive: true, force: true })
     if (existsSync(target.dataDir) && readdirSync(target.dataDir).length > 0) return
     // initdb inside PGlite takes seconds; copying a pristine data folder takes milliseconds.
-    // Shared by the data roots beside this one (`.accord-data/.pglite-template` for the demo).
-    const template = await templateOf(join(dirname(dirname(target.dataDir)), ".pglite-template"))
+    // Kept inside the data root (`<--data-dir>/.pglite-template`): nothing is written outside it.
+    const template = await templateOf(join(dirname(target.dataDir), ".pglite-template"))
     mkdirSync(dirname(target.dataDir), { recursive: true })
     cpSync(template, target.dataDir, { recursive: true })
     return
@@ -88,7 +88,7 @@ export const ensure = async (target: DbTarget, fresh: boolean): Promise<void> =>
 
 const templates = new Map<string, Promise<string>>()
 
-/** A pristine PGlite data folder (created once per data root). */
+/** A pristine PGlite data folder (created once per data root, inside it). */
 const templateOf = (dir: string): Promise<string> => {
   let made = templates.get(dir)
   if (made === undefined) {

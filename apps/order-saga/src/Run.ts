@@ -48,7 +48,7 @@ export interface Hooks {
  * @since 0.1.0
  */
 export class DemoError extends Error {
-  override readonly name = "DemoError"
+  override readonly name: string = "DemoError"
 }
 
 const binDir = (): string => {
@@ -128,25 +128,57 @@ export const redact = (url: string): string => {
 }
 
 /**
- * Runs the demo end to end.
+ * The run was stopped through its `AbortSignal` (SIGINT/SIGTERM to the CLI).
  * @since 0.1.0
  */
-export const run = async (config: RunConfig, hooks: Hooks = {}): Promise<Result> => {
+export class InterruptedError extends DemoError {
+  override readonly name = "InterruptedError"
+}
+
+/**
+ * Stops a service process with SIGTERM (it closes its database, also while it is still starting);
+ * SIGKILL after `graceMillis`.
+ */
+const stopService = async (child: ChildProcess, graceMillis: number): Promise<void> => {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  child.kill("SIGTERM")
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMillis)
+  await exited(child)
+  clearTimeout(timer)
+}
+
+/**
+ * Runs the demo end to end. Aborting `signal` stops the processes (the orchestrator is SIGKILLed,
+ * as `--kill-orchestrator-after` does; the services close their databases) and fails the run with
+ * an `InterruptedError`.
+ * @since 0.1.0
+ */
+export const run = async (config: RunConfig, hooks: Hooks = {}, signal?: AbortSignal): Promise<Result> => {
   const began = Date.now()
   const bin = binDir()
+  const interrupted = () => new InterruptedError(`interrupted (${String(signal?.reason ?? "aborted")})`)
   hooks.phase?.(config.pgUrl === undefined ? "preparing PGlite databases" : "preparing PostgreSQL databases")
   await prepareDatabases(config)
+  if (signal?.aborted) throw interrupted()
 
   const children = new Set<ChildProcess>()
+  const services = new Map<ServiceName, ChildProcess>()
   const spawn = (script: string, args: ReadonlyArray<string>): ChildProcess => {
     const child = fork(join(bin, script), [...args], { stdio: ["ignore", "ignore", "inherit", "ipc"] })
     children.add(child)
     child.once("exit", () => children.delete(child))
     return child
   }
+  const isService = (child: ChildProcess) => [...services.values()].includes(child)
+  // Every wait below ends when its process exits: stopping the processes ends the run.
+  const onAbort = () => {
+    for (const child of children)
+      if (isService(child)) void stopService(child, 10_000)
+      else child.kill("SIGKILL")
+  }
+  signal?.addEventListener("abort", onAbort, { once: true })
   try {
     hooks.phase?.("starting services")
-    const services = new Map<ServiceName, ChildProcess>()
     const endpoints = {} as Record<ServiceName, Endpoint>
     await Promise.all(
       serviceNames.map(async (name) => {
@@ -163,6 +195,7 @@ export const run = async (config: RunConfig, hooks: Hooks = {}): Promise<Result>
     let tally: Tally | undefined
     const started = new Set<string>()
     while (tally === undefined) {
+      if (signal?.aborted) throw interrupted()
       const orchestrator = spawn("orchestrator.js", [JSON.stringify(config), JSON.stringify(endpoints)])
       const killAt = kills === 0 ? config.killOrchestratorAfter : undefined
       let killedNow = false
@@ -187,6 +220,7 @@ export const run = async (config: RunConfig, hooks: Hooks = {}): Promise<Result>
         tally = done.tally as Tally
         await exited(orchestrator)
       } catch (error) {
+        if (signal?.aborted) throw interrupted()
         if (!killedNow) throw error
         await exited(orchestrator)
         kills++
@@ -230,7 +264,16 @@ export const run = async (config: RunConfig, hooks: Hooks = {}): Promise<Result>
     } finally {
       await Promise.all(dbs.map((db) => db.close()))
     }
+  } catch (error) {
+    throw signal?.aborted ? interrupted() : error
   } finally {
-    for (const child of children) child.kill("SIGKILL")
+    signal?.removeEventListener("abort", onAbort)
+    await Promise.all(
+      [...children].map((child) => {
+        if (isService(child)) return stopService(child, 10_000)
+        child.kill("SIGKILL")
+        return exited(child)
+      })
+    )
   }
 }

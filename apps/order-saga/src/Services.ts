@@ -426,7 +426,10 @@ export const migrateAndSeed = async (db: Db, name: ServiceName, config: RunConfi
     await db.transaction(async (tx) => {
       for (const c of customers)
         await tx.query(
-          "insert into customers (id, name, card_status) values ($1, $2, $3) on conflict (id) do nothing",
+          // Each run's --decline-rate (and --seed) decides the cards, on an existing database too.
+          `insert into customers (id, name, card_status) values ($1, $2, $3)
+           on conflict (id) do update set name = excluded.name, card_status = excluded.card_status
+           where (customers.name, customers.card_status) is distinct from (excluded.name, excluded.card_status)`,
           [c.id, c.name, c.declined ? "declined" : "ok"]
         )
     })

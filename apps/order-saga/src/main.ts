@@ -45,26 +45,49 @@ const main = async (): Promise<void> => {
     barStarted = false
     if (!config.json || tty) process.stderr.write(`${text}\n`)
   }
-  const result = await Run.run(config, {
-    phase: (text) => {
-      say(`- ${text}`)
-      if (text.startsWith("placing orders") || text.startsWith("orchestrator killed")) {
-        bar?.start(config.orders, ended.size, counts)
-        barStarted = bar !== undefined
-      }
+  // SIGINT/SIGTERM: one line, the processes are stopped, exit 128 + the signal's number.
+  const controller = new AbortController()
+  let stoppedBy: NodeJS.Signals | undefined
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      // A second signal does not wait for the processes to stop.
+      if (stoppedBy !== undefined) process.exit(signal === "SIGINT" ? 130 : 143)
+      stoppedBy = signal
+      if (bar !== undefined && barStarted) bar.stop()
+      process.stderr.write(`order-saga: ${signal}: stopping the services and the orchestrator\n`)
+      controller.abort(signal)
+    })
+  }
+  const result = await Run.run(
+    config,
+    {
+      phase: (text) => {
+        say(`- ${text}`)
+        if (text.startsWith("placing orders") || text.startsWith("orchestrator killed")) {
+          bar?.start(config.orders, ended.size, counts)
+          barStarted = bar !== undefined
+        }
+      },
+      finished: (orderId, status) => {
+        if (ended.has(orderId)) return
+        ended.add(orderId)
+        counts[status]++
+        bar?.update(ended.size, counts)
+      },
+      killed: (n) => say(`- SIGKILL orchestrator after ${n} orders started`)
     },
-    finished: (orderId, status) => {
-      if (ended.has(orderId)) return
-      ended.add(orderId)
-      counts[status]++
-      bar?.update(ended.size, counts)
-    },
-    killed: (n) => say(`- SIGKILL orchestrator after ${n} orders started`)
+    controller.signal
+  ).catch((error: unknown) => {
+    if (stoppedBy !== undefined && error instanceof Run.InterruptedError) {
+      process.exit(stoppedBy === "SIGINT" ? 130 : 143)
+    }
+    throw error
   })
   if (bar !== undefined && barStarted) bar.stop()
   if (!config.json) process.stdout.write(Summary.table(config, result))
   else {
-    if (tty) process.stderr.write(Summary.table(config, result))
+    // The table (invariants included) on stderr, as the bank demo does; stdout is the JSON line.
+    process.stderr.write(Summary.table(config, result))
     process.stdout.write(`${JSON.stringify(Summary.json(config, result))}\n`)
   }
   process.exitCode = result.invariants.invariantsHold && result.tally.pending === 0 ? 0 : 1

@@ -178,7 +178,7 @@ const urlFor = (adminUrl: string, database: string): string => {
   return url.toString()
 }
 
-/** Waits until the server answers a query (after a restart). */
+/** Waits until the server answers a query again, after a restart this run performed. */
 const waitForServer = async (url: string, log: (line: string) => void): Promise<void> => {
   for (let attempt = 0; attempt < 120; attempt++) {
     const sql = postgres(url, { max: 1, connect_timeout: 2, onnotice: () => {} })
@@ -193,6 +193,51 @@ const waitForServer = async (url: string, log: (line: string) => void): Promise<
     }
   }
   throw new Error("PostgreSQL did not come back within 120 s")
+}
+
+/**
+ * At start-up the server must answer at once: a refused connection or login is a mistake on the
+ * command line, not a restart to wait for.
+ */
+const checkServer = async (url: string): Promise<void> => {
+  const sql = postgres(url, { max: 1, connect_timeout: 10, onnotice: () => {} })
+  try {
+    await sql`SELECT 1`
+  } catch (error) {
+    throw new Error(`cannot connect to PostgreSQL at ${redact(url)}: ${firstLine(error)}`)
+  } finally {
+    await sql.end({ timeout: 1 }).catch(() => {})
+  }
+}
+
+/**
+ * The cluster the run restarts must exist and be running before anything is seeded: otherwise the
+ * run would fail at its first restart, with transfers in flight.
+ */
+const checkCluster = async (cluster: string): Promise<void> => {
+  const match = /^(\d+(?:\.\d+)?)\/([^/\s]+)$/.exec(cluster)
+  if (match === null)
+    throw new Error(`--cluster takes <version>/<name> (e.g. 15/main), not ${JSON.stringify(cluster)}`)
+  try {
+    await exec("pg_ctlcluster", ["--skip-systemctl-redirect", match[1]!, match[2]!, "status"])
+  } catch (error) {
+    throw new Error(
+      `cannot restart cluster ${cluster} (pg_ctlcluster: ${firstLine(error).replace(/^pg_ctlcluster [^:]*: /, "")}); pass --cluster <version>/<name> of the server, or --no-server-restarts`
+    )
+  }
+}
+
+const firstLine = (error: unknown): string =>
+  (error instanceof Error ? error.message : String(error)).trim().split("\n")[0] ?? ""
+
+const redact = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    if (parsed.password !== "") parsed.password = "***"
+    return parsed.toString()
+  } catch {
+    return "(an invalid URL)"
+  }
 }
 
 const lastJson = (stdout: string): Record<string, unknown> | undefined => {
@@ -266,193 +311,218 @@ export const run = async (options: Options): Promise<Summary> => {
     }
   }
 
-  await waitForServer(options.pg, log)
-  log(`seeding ${names.a}, ${names.b} (${options.accounts} accounts each)`)
-  const seeded = await runChild(
-    options.demo,
-    demoArgs(["--fresh", "--transfers", "0", "--accounts", String(options.accounts)])
-  )
-  if (seeded.code !== 0)
-    throw new Error(`seeding failed (exit ${seeded.code}): ${seeded.stderr.slice(-1500)}`)
-
-  let protocolChoice = options.protocol
-  if (protocolChoice === "auto") {
-    const probe = await runChild(options.demo, demoArgs(["--transfers", "0", "--protocol", "3pc"]))
-    protocolChoice = probe.code === 0 ? "both" : "2pc"
-    if (protocolChoice === "2pc")
-      log(`the demo refuses --protocol 3pc (${probe.stderr.trim().split("\n").pop()}); torturing 2pc only`)
-  }
-
-  // Which cycles restart the server: one clean restart, one immediate stop (crash) then start.
-  const restartCycle = options.serverRestarts && options.cycles >= 1 ? Math.min(1, options.cycles - 1) : -1
-  const crashCycle = options.serverRestarts && options.cycles >= 2 ? Math.min(2, options.cycles - 1) : -1
-  let serverRestarts = 0
-  let kills = 0
-  let recoveryKills = 0
-  const protocols: Record<string, number> = {}
-  const [version, cluster] = options.cluster.split("/") as [string, string]
-  const pgctl = (...args: Array<string>) =>
-    exec("pg_ctlcluster", ["--skip-systemctl-redirect", version, cluster, ...args])
-
-  for (let cycle = 0; cycle < options.cycles; cycle++) {
-    const protocol = protocolChoice === "both" ? (cycle % 2 === 0 ? "2pc" : "3pc") : protocolChoice
-    protocols[protocol] = (protocols[protocol] ?? 0) + 1
-    const before = journalSize()
-    const child = startChild(
-      options.demo,
-      demoArgs([
-        "--transfers",
-        String(options.transfersPerCycle),
-        "--concurrency",
-        String(options.concurrency),
-        "--journal",
-        journal,
-        "--protocol",
-        protocol
-      ])
-    )
-    // The kill lands while transfers are in flight: wait for the first journal line of this cycle.
-    for (let waited = 0; waited < 30_000 && !child.exited() && journalSize() === before; waited += 20)
-      await sleep(20)
-    const killAfter = rng.int(20, 3000)
-    const killer = setTimeout(child.kill, killAfter)
-    let server = ""
-    if (cycle === restartCycle || cycle === crashCycle) {
-      await sleep(rng.int(0, Math.max(10, killAfter - 10)))
-      if (cycle === restartCycle) {
-        server = "server restarted"
-        await pgctl("restart")
-      } else {
-        server = "server stopped -m immediate, started"
-        await pgctl("stop", "-m", "immediate")
-        await pgctl("start")
-      }
-      serverRestarts++
-    }
-    const result = await child.done
-    clearTimeout(killer)
-    if (result.killed) kills++
-    log(
-      `cycle ${cycle + 1}/${options.cycles} ${protocol}: ${result.killed ? `SIGKILL after ${killAfter} ms` : `exited ${result.code}`}${server ? `; ${server}` : ""}`
-    )
-    if (!result.killed && result.code !== 0 && server === "") {
-      log(`  the demo failed on its own: ${result.stderr.trim().split("\n").slice(-3).join(" | ")}`)
-    }
-    await waitForServer(options.pg, log)
-    recoveryKills += (await recover(cycle + 1, true)).killed
-  }
-  // A last recovery that nobody kills.
-  await recover(options.cycles + 1, false)
-
-  // The check, with our own queries.
-  const violations: Array<string> = []
-  const intents = new Map<string, Intent>()
-  const outcomes = new Map<string, Outcome>()
-  if (existsSync(journal)) {
-    for (const line of readFileSync(journal, "utf8").split("\n")) {
-      if (line.trim() === "") continue
-      let entry: { event?: string; txId?: string; outcome?: Outcome } & Partial<Intent>
-      try {
-        entry = JSON.parse(line)
-      } catch {
-        continue // the last line of a killed writer may be torn
-      }
-      if (entry.event === "intent" && entry.txId !== undefined) intents.set(entry.txId, entry as Intent)
-      if (entry.event === "outcome" && entry.txId !== undefined && entry.outcome !== undefined)
-        outcomes.set(entry.txId, entry.outcome)
-    }
-  }
-  const admin = postgres(options.pg, { max: 1, onnotice: () => {} })
-  const bankA = postgres(urlFor(options.pg, names.a), { max: 1, onnotice: () => {} })
-  const bankB = postgres(urlFor(options.pg, names.b), { max: 1, onnotice: () => {} })
-  let preparedLeft = 0
-  let expectedTotal = 0
-  let total = 0
-  try {
-    const prepared = await admin<Array<{ gid: string; database: string }>>`
-      SELECT gid, database FROM pg_prepared_xacts WHERE database IN ${admin([names.a, names.b, names.coordinator])}`
-    preparedLeft = prepared.length
-    for (const p of prepared) violations.push(`prepared left: ${p.gid} in ${p.database}`)
-    const ledgers: Record<"a" | "b", Map<string, { account: number; delta: number }>> = {
-      a: new Map(),
-      b: new Map()
-    }
-    for (const [bank, sql] of [
-      ["a", bankA],
-      ["b", bankB]
-    ] as const) {
-      const [meta] = await sql<
-        Array<{ seeded: string | null }>
-      >`SELECT value AS seeded FROM bank_meta WHERE key = 'seeded_total'`
-      const [sums] = await sql<Array<{ total: string; negative: number }>>`
-        SELECT coalesce(sum(balance), 0)::text AS total, count(*) FILTER (WHERE balance < 0)::int AS negative FROM accounts`
-      const [mismatch] = await sql<Array<{ n: number }>>`
-        SELECT count(*)::int AS n FROM accounts a
-          LEFT JOIN (SELECT account, sum(delta) AS moved FROM ledger GROUP BY account) l ON l.account = a.id
-         WHERE a.balance <> 1000 + coalesce(l.moved, 0)`
-      expectedTotal += Number(meta?.seeded ?? Number.NaN)
-      total += Number(sums?.total ?? 0)
-      if ((sums?.negative ?? 0) > 0) violations.push(`bank ${bank}: ${sums?.negative} negative balances`)
-      if ((mismatch?.n ?? 0) > 0)
-        violations.push(`bank ${bank}: ${mismatch?.n} balances disagree with the ledger`)
-      for (const row of await sql<
-        Array<{ tx_id: string; account: number; delta: string }>
-      >`SELECT tx_id, account, delta::text FROM ledger`) {
-        ledgers[bank].set(row.tx_id, { account: row.account, delta: Number(row.delta) })
-      }
-    }
-    if (total !== expectedTotal) violations.push(`total: ${total} but ${expectedTotal} was seeded`)
-    for (const bank of ["a", "b"] as const) {
-      for (const txId of ledgers[bank].keys()) {
-        if (!intents.has(txId))
-          violations.push(`phantom: ledger row ${txId} in bank ${bank} with no journalled intent`)
-      }
-    }
-    for (const [txId, intent] of intents) {
-      const told = outcomes.get(txId)
-      const from = ledgers[intent.from.bank].get(txId)
-      const to = ledgers[intent.to.bank].get(txId)
-      const applied = (from === undefined ? 0 : 1) + (to === undefined ? 0 : 1)
-      if (told === "Committed" || told === "CommitPending") {
-        if (applied !== 2) violations.push(`${txId} told ${told} but applied on ${applied} of 2 banks`)
-        else if (
-          from?.delta !== -intent.amount ||
-          to?.delta !== intent.amount ||
-          from.account !== intent.from.account ||
-          to.account !== intent.to.account
-        ) {
-          violations.push(`${txId} told ${told} but its ledger rows do not match the transfer`)
-        }
-      } else if (told === "Aborted") {
-        if (applied !== 0) violations.push(`${txId} told Aborted but applied on ${applied} bank(s)`)
-      } else if (applied === 1) {
-        violations.push(`${txId} (${told ?? "no outcome: killed"}) applied on one bank only`)
-      }
-    }
-  } finally {
-    // Leave nothing prepared behind, whatever the verdict (it has been counted above).
+  /** Leaves nothing prepared in our databases (counted by the check first), drops them unless --keep. */
+  const cleanUp = async (): Promise<void> => {
     for (const db of [names.a, names.b, names.coordinator]) {
-      const sql = postgres(urlFor(options.pg, db), { max: 1, onnotice: () => {} })
+      const sql = postgres(urlFor(options.pg, db), { max: 1, connect_timeout: 10, onnotice: () => {} })
       try {
         const left = await sql<
           Array<{ gid: string }>
         >`SELECT gid FROM pg_prepared_xacts WHERE database = current_database()`
         for (const { gid } of left) await sql.unsafe(`ROLLBACK PREPARED '${gid.replaceAll("'", "''")}'`)
       } catch {
-        // the database may not exist
+        // the database may not exist, or the server may be down after a failed restart
       } finally {
-        await sql.end({ timeout: 2 })
+        await sql.end({ timeout: 2 }).catch(() => {})
       }
     }
-    await bankA.end({ timeout: 2 })
-    await bankB.end({ timeout: 2 })
     if (!options.keep) {
+      const admin = postgres(options.pg, { max: 1, connect_timeout: 10, onnotice: () => {} })
       for (const db of [names.a, names.b, names.coordinator]) {
         await admin.unsafe(`DROP DATABASE IF EXISTS "${db.replaceAll('"', "")}" WITH (FORCE)`).catch(() => {})
       }
+      await admin.end({ timeout: 2 }).catch(() => {})
     }
-    await admin.end({ timeout: 2 })
     rmSync(journal, { force: true })
+  }
+
+  if (options.serverRestarts && options.cycles >= 1) await checkCluster(options.cluster)
+  await checkServer(options.pg)
+
+  let serverRestarts = 0
+  let kills = 0
+  let recoveryKills = 0
+  const protocols: Record<string, number> = {}
+  const violations: Array<string> = []
+  const intents = new Map<string, Intent>()
+  const outcomes = new Map<string, Outcome>()
+  let preparedLeft = 0
+  let expectedTotal = 0
+  let total = 0
+  // The demo run of the current cycle, while it runs: a run cut short must stop it first.
+  let current: Running | undefined
+  // From the first seeding on, every way out (a verdict, or a failure part-way such as a refused
+  // server restart) leaves nothing of ours prepared, drops our databases and removes the journal.
+  try {
+    log(`seeding ${names.a}, ${names.b} (${options.accounts} accounts each)`)
+    const seeded = await runChild(
+      options.demo,
+      demoArgs(["--fresh", "--transfers", "0", "--accounts", String(options.accounts)])
+    )
+    if (seeded.code !== 0)
+      throw new Error(`seeding failed (exit ${seeded.code}): ${seeded.stderr.slice(-1500)}`)
+
+    let protocolChoice = options.protocol
+    if (protocolChoice === "auto") {
+      const probe = await runChild(options.demo, demoArgs(["--transfers", "0", "--protocol", "3pc"]))
+      protocolChoice = probe.code === 0 ? "both" : "2pc"
+      if (protocolChoice === "2pc")
+        log(`the demo refuses --protocol 3pc (${probe.stderr.trim().split("\n").pop()}); torturing 2pc only`)
+    }
+
+    // Which cycles restart the server: one clean restart, one immediate stop (crash) then start.
+    const restartCycle = options.serverRestarts && options.cycles >= 1 ? Math.min(1, options.cycles - 1) : -1
+    const crashCycle = options.serverRestarts && options.cycles >= 2 ? Math.min(2, options.cycles - 1) : -1
+    const [version, cluster] = options.cluster.split("/") as [string, string]
+    const pgctl = (...args: Array<string>) =>
+      exec("pg_ctlcluster", ["--skip-systemctl-redirect", version, cluster, ...args])
+
+    for (let cycle = 0; cycle < options.cycles; cycle++) {
+      const protocol = protocolChoice === "both" ? (cycle % 2 === 0 ? "2pc" : "3pc") : protocolChoice
+      protocols[protocol] = (protocols[protocol] ?? 0) + 1
+      const before = journalSize()
+      const child = startChild(
+        options.demo,
+        demoArgs([
+          "--transfers",
+          String(options.transfersPerCycle),
+          "--concurrency",
+          String(options.concurrency),
+          "--journal",
+          journal,
+          "--protocol",
+          protocol
+        ])
+      )
+      current = child
+      // The kill lands while transfers are in flight: wait for the first journal line of this cycle.
+      for (let waited = 0; waited < 30_000 && !child.exited() && journalSize() === before; waited += 20)
+        await sleep(20)
+      const killAfter = rng.int(20, 3000)
+      const killer = setTimeout(child.kill, killAfter)
+      let server = ""
+      if (cycle === restartCycle || cycle === crashCycle) {
+        await sleep(rng.int(0, Math.max(10, killAfter - 10)))
+        if (cycle === restartCycle) {
+          server = "server restarted"
+          await pgctl("restart")
+        } else {
+          server = "server stopped -m immediate, started"
+          await pgctl("stop", "-m", "immediate")
+          await pgctl("start")
+        }
+        serverRestarts++
+      }
+      const result = await child.done
+      clearTimeout(killer)
+      current = undefined
+      if (result.killed) kills++
+      log(
+        `cycle ${cycle + 1}/${options.cycles} ${protocol}: ${result.killed ? `SIGKILL after ${killAfter} ms` : `exited ${result.code}`}${server ? `; ${server}` : ""}`
+      )
+      if (!result.killed && result.code !== 0 && server === "") {
+        log(`  the demo failed on its own: ${result.stderr.trim().split("\n").slice(-3).join(" | ")}`)
+      }
+      await waitForServer(options.pg, log)
+      recoveryKills += (await recover(cycle + 1, true)).killed
+    }
+    // A last recovery that nobody kills.
+    await recover(options.cycles + 1, false)
+
+    // The check, with our own queries.
+    if (existsSync(journal)) {
+      for (const line of readFileSync(journal, "utf8").split("\n")) {
+        if (line.trim() === "") continue
+        let entry: { event?: string; txId?: string; outcome?: Outcome } & Partial<Intent>
+        try {
+          entry = JSON.parse(line)
+        } catch {
+          continue // the last line of a killed writer may be torn
+        }
+        if (entry.event === "intent" && entry.txId !== undefined) intents.set(entry.txId, entry as Intent)
+        if (entry.event === "outcome" && entry.txId !== undefined && entry.outcome !== undefined)
+          outcomes.set(entry.txId, entry.outcome)
+      }
+    }
+    const bankA = postgres(urlFor(options.pg, names.a), { max: 1, onnotice: () => {} })
+    const bankB = postgres(urlFor(options.pg, names.b), { max: 1, onnotice: () => {} })
+    const admin = postgres(options.pg, { max: 1, onnotice: () => {} })
+    try {
+      const prepared = await admin<Array<{ gid: string; database: string }>>`
+        SELECT gid, database FROM pg_prepared_xacts WHERE database IN ${admin([names.a, names.b, names.coordinator])}`
+      preparedLeft = prepared.length
+      for (const p of prepared) violations.push(`prepared left: ${p.gid} in ${p.database}`)
+      const ledgers: Record<"a" | "b", Map<string, { account: number; delta: number }>> = {
+        a: new Map(),
+        b: new Map()
+      }
+      for (const [bank, sql] of [
+        ["a", bankA],
+        ["b", bankB]
+      ] as const) {
+        const [meta] = await sql<
+          Array<{ seeded: string | null }>
+        >`SELECT value AS seeded FROM bank_meta WHERE key = 'seeded_total'`
+        const [sums] = await sql<Array<{ total: string; negative: number }>>`
+          SELECT coalesce(sum(balance), 0)::text AS total, count(*) FILTER (WHERE balance < 0)::int AS negative FROM accounts`
+        const [mismatch] = await sql<Array<{ n: number }>>`
+          SELECT count(*)::int AS n FROM accounts a
+            LEFT JOIN (SELECT account, sum(delta) AS moved FROM ledger GROUP BY account) l ON l.account = a.id
+           WHERE a.balance <> 1000 + coalesce(l.moved, 0)`
+        expectedTotal += Number(meta?.seeded ?? Number.NaN)
+        total += Number(sums?.total ?? 0)
+        if ((sums?.negative ?? 0) > 0) violations.push(`bank ${bank}: ${sums?.negative} negative balances`)
+        if ((mismatch?.n ?? 0) > 0)
+          violations.push(`bank ${bank}: ${mismatch?.n} balances disagree with the ledger`)
+        for (const row of await sql<
+          Array<{ tx_id: string; account: number; delta: string }>
+        >`SELECT tx_id, account, delta::text FROM ledger`) {
+          ledgers[bank].set(row.tx_id, { account: row.account, delta: Number(row.delta) })
+        }
+      }
+      if (total !== expectedTotal) violations.push(`total: ${total} but ${expectedTotal} was seeded`)
+      for (const bank of ["a", "b"] as const) {
+        for (const txId of ledgers[bank].keys()) {
+          if (!intents.has(txId))
+            violations.push(`phantom: ledger row ${txId} in bank ${bank} with no journalled intent`)
+        }
+      }
+      for (const [txId, intent] of intents) {
+        const told = outcomes.get(txId)
+        const from = ledgers[intent.from.bank].get(txId)
+        const to = ledgers[intent.to.bank].get(txId)
+        const applied = (from === undefined ? 0 : 1) + (to === undefined ? 0 : 1)
+        if (told === "Committed" || told === "CommitPending") {
+          if (applied !== 2) violations.push(`${txId} told ${told} but applied on ${applied} of 2 banks`)
+          else if (
+            from?.delta !== -intent.amount ||
+            to?.delta !== intent.amount ||
+            from.account !== intent.from.account ||
+            to.account !== intent.to.account
+          ) {
+            violations.push(`${txId} told ${told} but its ledger rows do not match the transfer`)
+          }
+        } else if (told === "Aborted") {
+          if (applied !== 0) violations.push(`${txId} told Aborted but applied on ${applied} bank(s)`)
+        } else if (applied === 1) {
+          violations.push(`${txId} (${told ?? "no outcome: killed"}) applied on one bank only`)
+        }
+      }
+    } finally {
+      await Promise.all([bankA.end({ timeout: 2 }), bankB.end({ timeout: 2 }), admin.end({ timeout: 2 })])
+    }
+  } catch (error) {
+    if (current !== undefined) {
+      current.kill()
+      await current.done
+    }
+    // Recovery first, so that with --keep the databases are left in a consistent state; bounded,
+    // because the server may be the thing that failed.
+    log("the run failed part-way; recovering and cleaning up")
+    await runChild(options.demo, demoArgs(["--transfers", "0"]), 30_000)
+    throw error
+  } finally {
+    await cleanUp()
   }
   const count = (o: Outcome) => [...outcomes.values()].filter((v) => v === o).length
   return {

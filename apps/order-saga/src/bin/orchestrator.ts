@@ -18,10 +18,15 @@ const endpoints = JSON.parse(endpointsJson ?? "{}") as Record<
 
 process.on("disconnect", () => process.exit(1))
 
+// Only while the parent listens: after it has gone, a send fails with ERR_IPC_CHANNEL_CLOSED.
+const tell = (message: Record<string, unknown>): void => {
+  if (process.connected) process.send?.(message)
+}
+
 Orchestrator.run(config, endpoints, {
-  started: (orderId) => process.send?.({ type: "started", orderId }),
-  finished: (orderId, status, resumed) => process.send?.({ type: "finished", orderId, status, resumed }),
-  duplicated: () => process.send?.({ type: "duplicated" })
+  started: (orderId) => tell({ type: "started", orderId }),
+  finished: (orderId, status, resumed) => tell({ type: "finished", orderId, status, resumed }),
+  duplicated: () => tell({ type: "duplicated" })
 }).then(
   (tally) => {
     process.send?.({ type: "done", tally }, () => {

@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /**
- * `pnpm sim -- --protocol <2pc|3pc|3pc-quorum|saga> --seed N`        one seed, its trace and verdict
- * `pnpm sim -- --protocol P --seeds N [--from S] [--json] [--workers W] [--variant V] [--stop-after K]`
+ * `pnpm sim -- [--protocol <2pc|3pc|3pc-quorum|saga>] --seed N`      one seed, its trace and verdict
+ * `pnpm sim -- [--protocol P] [--seeds N] [--from S] [--json] [--workers W] [--variant V] [--stop-after K]`
  *                                                                   N seeds, one JSON summary last
- * Exit code 1 when any invariant is violated.
+ * The protocol defaults to 2pc. Exit code 1 when any invariant is violated, 2 for a bad command line.
  */
 import { availableParallelism } from "node:os"
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads"
@@ -18,11 +18,21 @@ interface Job {
   readonly stopAfterFailures?: number
 }
 
-const usage = `usage: sim --protocol <${Simulator.protocols.join("|")}> (--seed N | --seeds N [--from S]) [--json] [--trace]
+/** The variants each protocol runs: `correct`, and the deliberately broken ones it knows. */
+const variantsOf: Readonly<Record<Simulator.Protocol, ReadonlyArray<Simulator.Variant>>> = {
+  "2pc": ["correct", "commit-before-decision", "log-loses-decisions"],
+  "3pc": ["correct"],
+  "3pc-quorum": ["correct", "classic-under-partitions"],
+  saga: ["correct", "saga-compensate-forward", "saga-skip-retry"]
+}
+
+const usage = `usage: sim [--protocol <${Simulator.protocols.join("|")}>] [--seed N | --seeds N [--from S]] [--json] [--trace]
            [--workers W] [--variant V] [--stop-after K]
+  --protocol P    the protocol to simulate (default 2pc)
   --seed N        run one seed and print its trace and verdict (exit 1 on a violation)
-  --seeds N       run seeds from..from+N-1 on W worker threads (default: every core); JSON summary last
-  --variant V     correct (default) or a deliberately broken variant: commit-before-decision,
+  --seeds N       run seeds from..from+N-1 (default 1000) on W worker threads (default: every core);
+                  JSON summary last; not with --seed
+  --variant V     correct (default) or a deliberately broken variant of the protocol: commit-before-decision,
                   log-loses-decisions (2pc), saga-compensate-forward, saga-skip-retry (saga),
                   classic-under-partitions (3pc-quorum)
   --stop-after K  each worker stops after K failing seeds (to show a broken variant is caught)`
@@ -80,7 +90,7 @@ const parse = (argv: Array<string>) => {
         protocol: { type: "string", default: "2pc" },
         seed: { type: "string" },
         seeds: { type: "string" },
-        from: { type: "string", default: "0" },
+        from: { type: "string" },
         variant: { type: "string", default: "correct" },
         workers: { type: "string" },
         "stop-after": { type: "string" },
@@ -106,10 +116,19 @@ const main = async () => {
   }
   const protocol = values.protocol as Simulator.Protocol
   if (!Simulator.protocols.includes(protocol)) {
-    console.error(`unknown protocol ${protocol}\n${usage}`)
-    return 2
+    throw new UsageError(
+      `unknown protocol ${JSON.stringify(protocol)}: one of ${Simulator.protocols.join(", ")}`
+    )
   }
   const variant = values.variant as Simulator.Variant
+  if (!variantsOf[protocol].includes(variant)) {
+    throw new UsageError(
+      `--variant ${JSON.stringify(variant)} is not a variant of ${protocol}: one of ${variantsOf[protocol].join(", ")}`
+    )
+  }
+  if (values.seed !== undefined && (values.seeds !== undefined || values.from !== undefined)) {
+    throw new UsageError("--seed runs one seed: it does not combine with --seeds or --from")
+  }
   const seed = wholeNumber("seed", values.seed, 0)
   const seeds = wholeNumber("seeds", values.seeds, 1) ?? 1000
   const from = wholeNumber("from", values.from, 0) ?? 0

@@ -2,7 +2,8 @@
 /**
  * `pnpm torture -- --pg URL [--cycles N] [--json] [--protocol auto|2pc|3pc|both] [--transfers N]
  *   [--concurrency C] [--accounts A] [--seed S] [--no-server-restarts] [--cluster 15/main] [--keep]`
- * Exit code 1 when any violation is found, or when no kill landed (inconclusive: see `Torture.verdict`).
+ * Exit code 1 when any violation is found, or when no kill landed (inconclusive: see `Torture.verdict`);
+ * 2 when the run could not be made or finished (see the usage text and docs/testkit.md).
  */
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
@@ -20,7 +21,23 @@ const usage = `usage: torture --pg URL [--cycles N] [--json] [--protocol auto|2p
   --protocol P          2pc, 3pc, both (alternating) or auto (both when the demo supports 3pc)
   --seed S              replay a kill schedule
   --db-prefix P         database name prefix (default accord_t_torture_), dropped at the end unless --keep
-Exit code 0 when no violation was found and at least one kill landed, 1 otherwise, 2 for a bad command line.`
+  --cluster V/N         the cluster to restart (default 15/main); checked with pg_ctlcluster before the run
+Exit code 0 when no violation was found and at least one kill landed; 1 when a violation was found or
+no kill landed (inconclusive); 2 when the run could not be made or finished: a bad command line, a
+server that refuses the connection or login at start, a cluster pg_ctlcluster cannot find, or a
+failure part-way (a refused restart, seeding or recovery that fails). After a failure part-way the
+databases are recovered, then dropped (unless --keep); nothing of the run is left prepared.`
+
+/** A command line torture cannot run: one line on stderr, exit code 2. */
+class UsageError extends Error {}
+
+/** `text` as a whole number at least `min`. */
+const wholeNumber = (flag: string, text: string, min: number): number => {
+  if (!/^\d+$/.test(text) || Number(text) < min) {
+    throw new UsageError(`--${flag} takes a whole number of at least ${min}, not ${JSON.stringify(text)}`)
+  }
+  return Number(text)
+}
 
 const main = async () => {
   // `pnpm sim -- --seed 1` hands the script a leading "--".
@@ -61,16 +78,21 @@ const main = async () => {
     console.error(`--protocol must be 2pc, 3pc, both or auto, got ${protocol}`)
     return 2
   }
-  const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed)
+  const cycles = wholeNumber("cycles", values.cycles, 1)
+  const transfersPerCycle = wholeNumber("transfers", values.transfers, 1)
+  const concurrency = wholeNumber("concurrency", values.concurrency, 1)
+  const accounts = wholeNumber("accounts", values.accounts, 1)
+  const seed =
+    values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : wholeNumber("seed", values.seed, 0)
   const summary = await Torture.run({
     pg,
     demo:
       values.demo ?? fileURLToPath(new URL("../../../../apps/bank-transfer/dist/main.js", import.meta.url)),
-    cycles: Number(values.cycles),
+    cycles,
     protocol,
-    transfersPerCycle: Number(values.transfers),
-    concurrency: Number(values.concurrency),
-    accounts: Number(values.accounts),
+    transfersPerCycle,
+    concurrency,
+    accounts,
     dbPrefix: values["db-prefix"],
     seed,
     serverRestarts: !values["no-server-restarts"],
@@ -107,7 +129,8 @@ main().then(
     process.exitCode = code
   },
   (error: unknown) => {
-    console.error(error instanceof Error ? error.message : error)
+    // One line: the reason; a failure part-way may add the demo's last stderr lines after it.
+    console.error(error instanceof Error ? error.message.trim() : String(error))
     process.exitCode = 2
   }
 )
