@@ -427,8 +427,12 @@ export class RebuildingRuntime<R> {
     void runtime.dispose().catch(() => undefined)
   }
 
+  /** The runtime whose build finished: its calls wait for nothing, no timer. */
+  private built: ManagedRuntime.ManagedRuntime<R, unknown> | undefined
+
   async run<A, E>(effect: Effect.Effect<A, E, R>): Promise<A> {
     const runtime = this.current
+    if (runtime === this.built) return runToPromise(runtime, effect)
     let timedOut = false
     const built = await Effect.runPromiseExit(
       runtime.runtimeEffect.pipe(
@@ -448,12 +452,17 @@ export class RebuildingRuntime<R> {
       if (!timedOut) this.replace(runtime)
       throw Cause.squash(built.cause)
     }
+    if (this.current === runtime) this.built = runtime
     return runToPromise(runtime, effect)
   }
 
-  /** Releases the runtime; one whose build never ends is left to itself after `buildTimeout`. */
+  /**
+   * Releases the runtime, its finalizers (the log's last flush) awaited; one whose build never
+   * finished is left to itself after `buildTimeout`.
+   */
   dispose(): Promise<void> {
     const runtime = this.current
+    if (runtime === this.built) return runtime.dispose()
     return Effect.runPromise(
       Effect.promise(() => runtime.dispose()).pipe(Effect.timeoutOption(this.buildTimeout), Effect.asVoid)
     )

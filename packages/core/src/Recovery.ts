@@ -541,7 +541,14 @@ export const run: (
           )
           const answers = yield* forEachWithin(
             calls,
-            (c) => c.participant.finishMany!(c.phase, c.ctxs),
+            // A failed or dying call (a participant's bug) leaves its decisions to the slow path.
+            (c) =>
+              Effect.orElseSucceed(
+                guarded({ txId: "", branch: c.participant.name }, "recover", () =>
+                  c.participant.finishMany!(c.phase, c.ctxs)
+                ),
+                () => [] as ReadonlyArray<boolean>
+              ),
             callTimeout
           )
           const done = new Set<string>()

@@ -700,15 +700,24 @@ const runTransaction = Effect.fnUntraced(function* (
       // outcome is recorded too (recovery could not find it: its gid is gone). Those answered in
       // time are also reported in the outcome, as a heuristic rollback is after a commit decision.
       const detail = "branch was committed outside the protocol although the transaction aborted"
+      // Heuristic records not written yet, or lost: the abort decision is then not completed, so
+      // that recovery drives the branch again and records it (as on the commit path).
+      let unrecorded = 0
       const rollback = (r: Resolved, i: number) =>
         Effect.flatMap(rollbackBranch(r, callTimeout, schedule), (ack) => {
           if (Option.isNone(ack)) return Effect.void
           acks[i] = ack.value
           if (ack.value !== "HeuristicCommit") return Effect.void
+          unrecorded++
           return log
             .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "abort", detail })
             .pipe(
               Effect.timeoutOption(callTimeout),
+              Effect.flatMap((done) =>
+                Effect.sync(() => {
+                  if (Option.isSome(done)) unrecorded--
+                })
+              ),
               Effect.ignore,
               Effect.catchAllDefect(() => Effect.void)
             )
@@ -764,7 +773,7 @@ const runTransaction = Effect.fnUntraced(function* (
       const heuristics: Array<Heuristic> = toRollBack
         .filter((_, i) => acks[i] === "HeuristicCommit")
         .map((r) => ({ branch: r.ctx.branch, gid: r.ctx.gid, detail }))
-      if (fenced && acks.every((a) => a !== undefined)) {
+      if (fenced && unrecorded === 0 && acks.every((a) => a !== undefined)) {
         yield* completeWithin(log, txId, deadline, clock)
       }
       timings.aborted = reason

@@ -100,6 +100,28 @@ describe("TwoPhaseCoordinator: registration", () => {
   })
 })
 
+describe("TwoPhaseCoordinator: dispose", () => {
+  it("waits for the log's finalizer (its last flush), however short the timeout", async () => {
+    let finalized = false
+    const slowToClose = Layer.scoped(
+      TransactionLog.TransactionLog,
+      Effect.zipLeft(
+        TransactionLog.makeMemory,
+        Effect.addFinalizer(() =>
+          Effect.delay(
+            Effect.sync(() => (finalized = true)),
+            "300 millis"
+          )
+        )
+      )
+    )
+    const coordinator = new TwoPhaseCoordinator({ timeout: 100, log: slowToClose })
+    await coordinator.registerParticipant(participant("bank-a").p)
+    await coordinator.dispose()
+    expect(finalized).toBe(true)
+  })
+})
+
 describe("TwoPhaseCoordinator: work left after a result", () => {
   it("dispose waits for an abort's rollbacks, which go on past the deadline", async () => {
     const coordinator = new TwoPhaseCoordinator({ timeout: 200, log: "memory" })

@@ -127,3 +127,48 @@ describe("Recovery.run: a participant method that throws", () => {
     })
   )
 })
+
+describe("Recovery.run: a participant's batched finish that throws", () => {
+  it.effect("leaves its decisions to the per-decision path; the others are finished", () =>
+    Effect.gen(function* () {
+      const log = yield* TransactionLog.makeMemory
+      const a = yield* MemoryParticipant.make("bank-a")
+      const b = yield* MemoryParticipant.make("bank-b")
+      const batching = (
+        p: Participant.Participant<unknown>,
+        bug: boolean
+      ): Participant.Participant<unknown> => ({
+        ...p,
+        finishMany: (phase, ctxs) => {
+          if (bug) throw new Error("bug in finishMany")
+          return Effect.forEach(ctxs, (ctx) =>
+            Effect.map(
+              phase === "commit" ? p.commit(ctx) : p.rollback(ctx),
+              (ack) => ack === "Committed"
+            ).pipe(Effect.orElseSucceed(() => false))
+          )
+        }
+      })
+      for (const p of [a, b]) {
+        const txId = yield* TransactionId.make
+        const gid = TransactionId.gid(txId, p.participant.name)
+        yield* p.seedPrepared(gid)
+        yield* log.decide({
+          txId,
+          decision: "commit",
+          branches: [{ branch: p.participant.name, gid }],
+          decidedAt: 0
+        })
+      }
+      // Before: the pass died, and bank-b's decision stayed unfinished.
+      const report = yield* Recovery.run([batching(a.participant, true), batching(b.participant, false)], {
+        orphanAfter: Duration.zero
+      }).pipe(Effect.provideService(TransactionLog.TransactionLog, log))
+      expect(report.transactionsFinished).toBe(2)
+      expect([...(yield* a.states).values(), ...(yield* b.states).values()]).toEqual([
+        "committed",
+        "committed"
+      ])
+    })
+  )
+})
