@@ -109,7 +109,9 @@ describe("TwoPhaseCoordinator: dispose", () => {
         TransactionLog.makeMemory,
         Effect.addFinalizer(() =>
           Effect.delay(
-            Effect.sync(() => (finalized = true)),
+            Effect.sync(() => {
+              finalized = true
+            }),
             "300 millis"
           )
         )

@@ -304,36 +304,38 @@ describe("TwoPhaseCommit.run: an abort at the transaction's deadline", () => {
     )
   )
 
-  it.effect("a fenced abort whose heuristic the log did not take is not completed, so recovery drives it again", () =>
-    Effect.gen(function* () {
-      const memory = yield* TransactionLog.makeMemory
-      const flaky: TransactionLog.TransactionLog["Type"] = {
-        ...memory,
-        direct: undefined,
-        recordHeuristic: (record) =>
-          Effect.fail(
-            new LogError({ operation: "recordHeuristic", txId: record.txId, reason: "connection reset" })
-          )
-      }
-      const a = yield* MemoryParticipant.make("bank-a")
-      const committedByHand: Participant.Participant<unknown> = {
-        ...a.participant,
-        rollback: () => Effect.succeed("HeuristicCommit" as const)
-      }
-      const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.seconds(10) })
-      const txId = yield* TransactionId.make
-      const fiber = yield* TwoPhaseCommit.run([branch(committedByHand, 1), branch(b.participant, 2)], {
-        txId,
-        prepareTimeout: Duration.millis(100),
-        transactionTimeout: Duration.seconds(1)
-      }).pipe(Effect.provideService(TransactionLog.TransactionLog, flaky), Effect.fork)
-      yield* TestClock.adjust(Duration.seconds(2))
-      const outcome = yield* Fiber.join(fiber)
-      expect(outcome._tag).toBe("Aborted")
-      expect((yield* memory.snapshot).decisions.get(txId)?.decision).toBe("abort")
-      // Before: completed all the same, and the heuristic was recorded nowhere.
-      expect((yield* memory.snapshot).completed.has(txId)).toBe(false)
-    })
+  it.effect(
+    "a fenced abort whose heuristic the log did not take is not completed, so recovery drives it again",
+    () =>
+      Effect.gen(function* () {
+        const memory = yield* TransactionLog.makeMemory
+        const flaky: TransactionLog.TransactionLog["Type"] = {
+          ...memory,
+          direct: undefined,
+          recordHeuristic: (record) =>
+            Effect.fail(
+              new LogError({ operation: "recordHeuristic", txId: record.txId, reason: "connection reset" })
+            )
+        }
+        const a = yield* MemoryParticipant.make("bank-a")
+        const committedByHand: Participant.Participant<unknown> = {
+          ...a.participant,
+          rollback: () => Effect.succeed("HeuristicCommit" as const)
+        }
+        const b = yield* MemoryParticipant.make("bank-b", { prepareDelay: Duration.seconds(10) })
+        const txId = yield* TransactionId.make
+        const fiber = yield* TwoPhaseCommit.run([branch(committedByHand, 1), branch(b.participant, 2)], {
+          txId,
+          prepareTimeout: Duration.millis(100),
+          transactionTimeout: Duration.seconds(1)
+        }).pipe(Effect.provideService(TransactionLog.TransactionLog, flaky), Effect.fork)
+        yield* TestClock.adjust(Duration.seconds(2))
+        const outcome = yield* Fiber.join(fiber)
+        expect(outcome._tag).toBe("Aborted")
+        expect((yield* memory.snapshot).decisions.get(txId)?.decision).toBe("abort")
+        // Before: completed all the same, and the heuristic was recorded nowhere.
+        expect((yield* memory.snapshot).completed.has(txId)).toBe(false)
+      })
   )
 
   it.effect(
