@@ -4,7 +4,9 @@
  * exist yet: `create index if not exists` would take a lock on the existing table, and a prepared
  * branch holds a lock on `accord_branch` (its marker row) until COMMIT PREPARED, so a participant
  * starting beside an orphaned branch would wait for ever (and hang PGlite). Later additions to an
- * existing table (`accord_heuristic_once`) are likewise guarded by a catalog check, so they run once.
+ * existing table (`accord_heuristic_once`) are likewise guarded by a catalog check, so they run once;
+ * a later addition to the marker table is a table of its own (`accord_branch_forgotten`), never an
+ * `alter table accord_branch`, which would wait for those locks.
  * `PgParticipant.make` runs `participant`, `PgTransactionLog.make` runs `log`; both are exported
  * for users who prefer to migrate ahead of time (e.g. with a role that may create tables).
  *
@@ -23,7 +25,10 @@ const LOCK = "select pg_advisory_xact_lock(1633907300);"
  * @since 0.1.0
  */
 export const participantDdl = `${LOCK}
-do $accord$ begin
+do $accord$
+declare
+  marker_schema text;
+begin
   if to_regclass('accord_branch') is null then
     create table accord_branch (
       gid text primary key,
@@ -32,6 +37,22 @@ do $accord$ begin
       created_at timestamptz not null default now()
     );
     create index accord_branch_created_at on accord_branch (created_at);
+  end if;
+  -- When \`forget\` first saw each marker (its grace runs from then). A table of its own, beside the
+  -- marker table, rather than a column of it: adding a column locks accord_branch, which prepared
+  -- branches hold a lock on until COMMIT PREPARED (a database upgraded beside an orphaned branch
+  -- would wait for ever, and PGlite would hang). Created once, in the marker table's schema.
+  select n.nspname into marker_schema from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.oid = to_regclass('accord_branch');
+  if to_regclass(format('%I.accord_branch_forgotten', marker_schema)) is null then
+    execute format(
+      'create table %I.accord_branch_forgotten (gid text primary key, branch text not null, forgotten_at timestamptz not null default now())',
+      marker_schema
+    );
+    execute format(
+      'create index accord_branch_forgotten_at on %I.accord_branch_forgotten (forgotten_at)',
+      marker_schema
+    );
   end if;
 end $accord$;`
 

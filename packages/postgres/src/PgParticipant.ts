@@ -27,7 +27,7 @@ import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
-import { PGlite } from "@electric-sql/pglite"
+import { PGlite, type Transaction } from "@electric-sql/pglite"
 import { Clock, Duration, Effect, Either } from "effect"
 import type postgres from "postgres"
 import {
@@ -130,10 +130,10 @@ export interface CommonOptions {
   /** Run the marker-table migration in `make` (default true). */
   readonly migrate?: boolean
   /**
-   * `forget` leaves markers younger than this alone (default 5 minutes). A coordinator may still
-   * be re-driving `COMMIT PREPARED` after recovery completed its transaction; it must then find
-   * the marker, or it would report a heuristic rollback that did not happen. Keep it above the
-   * coordinator's `transactionTimeout`. Younger markers are removed by a later `PgRecovery` pass.
+   * How long a marker stays after `forget` first saw it (default 5 minutes). A coordinator may
+   * still be re-driving `COMMIT PREPARED` after recovery completed its transaction; it must then
+   * find the marker, or it would report a heuristic rollback that did not happen. Keep it above the
+   * coordinator's `transactionTimeout`. A later `forget` (a later `PgRecovery` pass) deletes it.
    */
   readonly markerGrace?: Duration.DurationInput
 }
@@ -146,10 +146,12 @@ export interface Options extends CommonOptions {
   /** A postgres.js pool on the participant database (its role must be able to PREPARE); `max` at least 2. */
   readonly sql: postgres.Sql
   /**
-   * Most branches holding a connection at once. Default: the pool's `max` minus one, so that a
+   * Most branches holding a connection of the pool at once, counted over every participant made on
+   * the same `sql` (they share one limit). Default: the pool's `max` minus one, so that a
    * connection is always left for `COMMIT PREPARED`: otherwise branches waiting for rows locked by
    * prepared transactions can take every connection, and the commits that would release those
-   * locks wait for a connection for ever.
+   * locks wait for a connection for ever. Set by the pool's first participant; another one on the
+   * same pool asking for a different number fails `make` with a `ConfigurationError`.
    */
   readonly maxBranches?: number
 }
@@ -325,18 +327,50 @@ interface Statements {
   readonly markerExists: string
   /** Whether the gid is prepared now, in this database (`state` reads the marker after it). */
   readonly prepared: string
+  /**
+   * `forget`: `$1` gids, `$2` markerGrace in seconds, `$3` this participant's branch name, `$4` its
+   * namespace's gid pattern (see `forgetOn`).
+   */
   readonly forget: string
   /** Only this participant's namespace: another deployment sharing the database needs its markers. */
   readonly gc: string
 }
 
-const statementsOn = (table: string): Statements => ({
+/**
+ * `forget` with the grace measured from when the markers were forgotten: each marker of `$1` is
+ * stamped in `accord_branch_forgotten` (first stamp wins, so two recoveries agree), and the markers
+ * of this participant (branch `$3`, namespace pattern `$4`) stamped more than `$2` seconds ago are
+ * deleted with their stamps. Until 2026-12-07 the grace ran from the marker's `created_at`, the
+ * branch's BEGIN: recovery's `forget` deleted the marker of a branch prepared longer than the grace
+ * (exactly the branches recovery resolves) at once, and a coordinator re-driving its COMMIT
+ * PREPARED then reported a HeuristicRollback that never happened. The table stays bounded: every
+ * forgotten marker goes at a later `forget` (each recovery pass that completes or collects
+ * anything calls it), or by `gcMarkers`.
+ */
+const forgetOn = (table: string, forgotten: string): string =>
+  `with stamped as (insert into ${forgotten} (gid, branch) select gid, branch from ${table} ` +
+  "where gid = any($1::text[]) and $2::float8 > 0 on conflict (gid) do nothing returning 1), " +
+  `due as (delete from ${forgotten} where branch = $3::text and gid like $4::text ` +
+  "and forgotten_at < now() - make_interval(secs => $2::float8) returning gid) " +
+  // A zero grace deletes the markers at once, unstamped.
+  `delete from ${table} where gid in (select gid from due) or ($2::float8 <= 0 and gid = any($1::text[]))`
+
+/**
+ * The forget of a database whose `accord_branch_forgotten` is missing (made with `migrate: false`
+ * against markers migrated by an older release): the grace from the marker's `created_at`, as
+ * before (see `forgetOn`); `make` warns.
+ */
+const forgetByCreation = (table: string): string =>
+  `delete from ${table} where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8) ` +
+  "and $3::text is not null and $4::text is not null"
+
+const statementsOn = (table: string, forgotten: string | undefined): Statements => ({
   branch: Branch.markerStatements(table),
   markers: `select gid from ${table} where gid = any($1::text[])`,
   markerExists: `select exists (select 1 from ${table} where gid = $1) as committed`,
   prepared:
     "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared",
-  forget: `delete from ${table} where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8)`,
+  forget: forgotten === undefined ? forgetByCreation(table) : forgetOn(table, forgotten),
   gc:
     `with gone as (delete from ${table} where created_at < now() - make_interval(secs => $1::float8) ` +
     "and gid like $2 returning 1) select count(*)::int as deleted from gone"
@@ -351,6 +385,14 @@ const statementsOn = (table: string): Statements => ({
 const IN_DOUBT_SQL =
   "select gid, greatest(0, extract(epoch from (clock_timestamp() - prepared)) * 1000)::float8 as age_ms " +
   "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
+/**
+ * The marker table's schema (`Branch.TABLE_SCHEMA_SQL`, `$1` = 'accord_branch') and whether
+ * `accord_branch_forgotten` is there beside it.
+ */
+const FOUND_SQL =
+  `select s.nspname, case when s.nspname is null then false ` +
+  "else to_regclass(format('%I.accord_branch_forgotten', s.nspname)) is not null end as forgotten " +
+  `from (${Branch.TABLE_SCHEMA_SQL}) s`
 const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
 
 // ---------------------------------------------------------------------------------------------
@@ -407,6 +449,51 @@ class PgliteStageError {
   ) {}
 }
 
+/** Marks the branch's transaction (PGlite): `set_config(..., is_local => true)` ends with it. */
+const PGLITE_BRANCH_MARK_SQL = "select set_config('accord.branch_gid', $1, true)"
+
+/**
+ * After the work, before the marker or COMMIT (PGlite): the session's role back to its own (a
+ * work's `SET LOCAL ROLE` made the marker insert fail with 42501 where that role may not write
+ * `accord_branch`, and would leave the prepared transaction owned by that role, which only it or a
+ * superuser may COMMIT PREPARED), then the branch's mark read back.
+ */
+const PGLITE_BRANCH_CHECK_SQL = "reset role; select current_setting('accord.branch_gid', true) as gid"
+
+/**
+ * Whether the work ended the branch's transaction itself (`COMMIT`, `ROLLBACK`, `PREPARE
+ * TRANSACTION`, perhaps followed by `BEGIN`): the mark set after BEGIN is gone. PGlite gives no
+ * command tags to watch as postgres.js does, and did not notice: a work ending in `ROLLBACK` voted
+ * ReadOnly with its writes gone while the other branches committed, one ending in `COMMIT` voted
+ * ReadOnly with its writes committed outside the decision, and a one-phase branch ending in
+ * `ROLLBACK` reported Committed. The same `WorkFailed` (25000) as the postgres.js path; a
+ * transaction an error aborted (the work caught it) is 25P02, as there.
+ */
+const pgliteEndedByWork = async (
+  tx: Transaction,
+  ctx: Participant.BranchContext
+): Promise<PgFailure | undefined> => {
+  let checked: Awaited<ReturnType<Transaction["exec"]>>
+  try {
+    checked = await tx.exec(PGLITE_BRANCH_CHECK_SQL)
+  } catch (error) {
+    if (toFailure(error).sqlState !== "25P02") throw error
+    return {
+      sqlState: "25P02",
+      connectionLost: false,
+      message: "the transaction was aborted by a statement error that the work caught; rolled back"
+    }
+  }
+  const mark = checked.at(-1)?.rows[0] as { gid?: unknown } | undefined
+  if (mark?.gid === ctx.gid) return undefined
+  return {
+    sqlState: "25000",
+    connectionLost: false,
+    message:
+      "the work ended the branch's transaction itself (COMMIT, ROLLBACK or PREPARE TRANSACTION): a branch's work must not BEGIN, COMMIT, ROLLBACK or PREPARE; what it wrote before that is not under the coordinator's decision"
+  }
+}
+
 /**
  * A PGlite branch in one `transaction()`. Abandoned (its caller gave up), the work is waited for at
  * most `cancelMs` more, as a postgres.js branch's is; then the transaction is rolled back and its
@@ -426,6 +513,8 @@ const runPgliteBranch = async (
   let stage: StageFailure["stage"] = "begin"
   try {
     return await db.transaction<Ending>(async (tx) => {
+      // Transaction-local: gone once the transaction ends, however the work ended it.
+      await tx.query(PGLITE_BRANCH_MARK_SQL, [ctx.gid])
       const session: BranchSession = {
         query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
           (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
@@ -458,12 +547,18 @@ const runPgliteBranch = async (
         await tx.rollback()
         return { _tag: "WorkFailed", failure: given.failure }
       }
+      stage = "marker"
+      const ended = await pgliteEndedByWork(tx, ctx)
+      if (ended !== undefined) {
+        // Rolls back whatever the work left open (a warning when nothing is).
+        await tx.rollback()
+        return { _tag: "WorkFailed", failure: ended }
+      }
       if (mode === "onePhase") {
         // PGlite sends COMMIT when this callback returns.
         stage = "end"
         return { _tag: "Committed" }
       }
-      stage = "marker"
       const marked = await tx.query(statements.marker, [ctx.gid, ctx.txId, ctx.branch])
       stage = "end"
       if (marked.rows.length === 0) return { _tag: "ReadOnly" }
@@ -490,6 +585,8 @@ const pgliteBranch = (
   // landing after the admission (inside the wait's restore but after its own clean-up, or pending
   // until the next restore, which then fails at once without starting anything) must leave it
   // here, or the gate stays held for a branch that never ran: every later branch is busy for ever.
+  // Only a hold the gate gave this fiber is left here: a branch still waiting behind its own gid (a
+  // retry while its earlier run is prepared) would free that run's hold.
   let started = false
   const isOpen = () => !db.closed
   return Effect.uninterruptibleMask((restore) =>
@@ -525,7 +622,7 @@ const pgliteBranch = (
               if (ending._tag !== "Prepared") gate.leave(ctx.gid)
               // Prepared after its caller gave up: a rollback may already have left the gate, so
               // hold it again until recovery resolves this branch.
-              else if (abandoned) gate.holdFor([ctx.gid], undefined, isOpen)
+              else if (abandoned) gate.holdFor([ctx.gid], undefined, isOpen, ctx.txId)
               resume(Effect.succeed(ending))
             },
             (error: unknown) => {
@@ -547,9 +644,11 @@ const pgliteBranch = (
       )
     }).pipe(
       Effect.onInterrupt(() =>
-        Effect.sync(() => {
-          if (!started) gate.leave(ctx.gid)
-        })
+        Effect.flatMap(Effect.fiberId, (by) =>
+          Effect.sync(() => {
+            if (!started) gate.leaveHeldBy(ctx.gid, by)
+          })
+        )
       )
     )
   )
@@ -666,7 +765,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const verifyTimeout = Duration.decode(options.verifyTimeout ?? Duration.seconds(10))
   const found = yield* Effect.zipRight(
     verify,
-    query<object>(Branch.TABLE_SCHEMA_SQL, ["accord_branch"]).pipe(
+    query<object>(FOUND_SQL, ["accord_branch"]).pipe(
       Effect.mapError((f) => callError(self, "verify", f, false))
     )
   ).pipe(
@@ -698,7 +797,16 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
           })
     })
   }
-  const sqls = statementsOn(Branch.tableName("accord_branch", markerSchema))
+  const hasForgotten = column(found[0], 1) === true
+  if (!hasForgotten) {
+    yield* Effect.logWarning(
+      `participant ${name}: accord_branch_forgotten is missing beside accord_branch (migrated by an older release, and migrate is false): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits. Run Migrations.participant(sql) once.`
+    )
+  }
+  const sqls = statementsOn(
+    Branch.tableName("accord_branch", markerSchema),
+    hasForgotten ? Branch.tableName("accord_branch_forgotten", markerSchema) : undefined
+  )
 
   /** How a prepared branch's ending is a vote. */
   const voteOf = (
@@ -928,7 +1036,12 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const forget = (ctxs: ReadonlyArray<Participant.BranchContext>) =>
     ctxs.length === 0
       ? Effect.void
-      : query(sqls.forget, [ctxs.map((c) => c.gid), markerGrace]).pipe(
+      : query(sqls.forget, [
+          ctxs.map((c) => c.gid),
+          markerGrace,
+          name,
+          TransactionId.gidLikePattern(options.namespace)
+        ]).pipe(
           Effect.asVoid,
           Effect.mapError((f) => callError(self, "complete", f, false)),
           Effect.withSpan("PgParticipant.forget", { attributes: { branch: name, count: ctxs.length } })
@@ -997,25 +1110,59 @@ const postgresFix =
  */
 export const make = (
   options: Options
-): Effect.Effect<PgParticipant, TransactionError.ConfigurationError | TransactionError.BranchCallError> => {
-  const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
-  const poolSize = Number((options.sql as { options?: { max?: number } }).options?.max ?? 10)
-  const slots = new Branch.Slots(Math.max(1, options.maxBranches ?? poolSize - 1))
-  const prepare = usesPreparedStatements(options.sql)
-  return build(
-    {
-      kind: "postgres",
-      client: fromPostgres(options.sql),
-      runner: (statements) => ({
-        _tag: "Started",
-        start: (ctx, mode, work) =>
-          startPgBranch(options.sql, statements, prepare, slots, ctx, mode, work, cancelTimeout)
-      }),
-      resolved: noop,
-      fix: postgresFix
-    },
-    options
-  )
+): Effect.Effect<PgParticipant, TransactionError.ConfigurationError | TransactionError.BranchCallError> =>
+  Effect.suspend(() => {
+    const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
+    const slots = slotsOf(options)
+    if (Either.isLeft(slots)) return Effect.fail(slots.left)
+    const prepare = usesPreparedStatements(options.sql)
+    return build(
+      {
+        kind: "postgres",
+        client: fromPostgres(options.sql),
+        runner: (statements) => ({
+          _tag: "Started",
+          start: (ctx, mode, work) =>
+            startPgBranch(options.sql, statements, prepare, slots.right, ctx, mode, work, cancelTimeout)
+        }),
+        resolved: noop,
+        fix: postgresFix
+      },
+      options
+    )
+  })
+
+/**
+ * The branch slots of each postgres.js pool, shared by every participant made on it. The rule
+ * "one connection always free for COMMIT PREPARED" is the pool's: with slots per participant, two
+ * participants on one pool of 3 took all three connections with branches waiting on a prepared
+ * row's lock, and the COMMIT PREPARED that would free it waited for a connection until it timed out.
+ */
+const poolSlots = new WeakMap<postgres.Sql, { readonly slots: Branch.Slots; readonly max: number }>()
+
+/**
+ * The pool's slots: made by its first participant (`maxBranches`, default the pool's `max` minus
+ * one); a later participant must ask for the same number or none.
+ */
+const slotsOf = (options: Options): Either.Either<Branch.Slots, TransactionError.ConfigurationError> => {
+  const known = poolSlots.get(options.sql)
+  if (known === undefined) {
+    const poolSize = Number((options.sql as { options?: { max?: number } }).options?.max ?? 10)
+    const max = Math.max(1, options.maxBranches ?? poolSize - 1)
+    const slots = new Branch.Slots(max)
+    poolSlots.set(options.sql, { slots, max })
+    return Either.right(slots)
+  }
+  if (options.maxBranches !== undefined && Math.max(1, options.maxBranches) !== known.max) {
+    return Either.left(
+      new TransactionError.ConfigurationError({
+        participant: String(options.name),
+        reason: `maxBranches ${options.maxBranches} differs from the ${known.max} this pool's branches already share with another participant`,
+        fix: `give every participant on one pool the same maxBranches (or none: the first one's applies), or give this participant a pool of its own`
+      })
+    )
+  }
+  return Either.right(known.slots)
 }
 
 /**

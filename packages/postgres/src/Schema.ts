@@ -5,6 +5,7 @@
  * - `accord_branch`: the marker row a branch inserts inside its own transaction before
  *   `PREPARE TRANSACTION`. Prepared = in `pg_prepared_xacts`; committed = marker present; rolled
  *   back = neither. Lives in every participant database.
+ * - `accord_branch_forgotten`: when `forget` first saw a marker; the marker goes `markerGrace` later.
  * - `accord_decision`: the coordinator log, one row per global transaction, first writer wins.
  * - `accord_heuristic`: branches that ended against their decision (resolved by hand), each outcome
  *   once (`accord_heuristic_once`: txId, gid, decision and the md5 of the detail).
@@ -32,6 +33,21 @@ export const accordBranch = pgTable(
     createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow()
   },
   (t) => [index("accord_branch_created_at").on(t.createdAt)]
+)
+
+/**
+ * When `forget` first saw a branch's marker (participant databases, beside `accord_branch`): the
+ * marker is deleted by a later `forget` once this is older than the participant's `markerGrace`.
+ * @since 0.1.0
+ */
+export const accordBranchForgotten = pgTable(
+  "accord_branch_forgotten",
+  {
+    gid: text("gid").primaryKey(),
+    branch: text("branch").notNull(),
+    forgottenAt: timestamp("forgotten_at", { withTimezone: true }).notNull().defaultNow()
+  },
+  (t) => [index("accord_branch_forgotten_at").on(t.forgottenAt)]
 )
 
 /**
