@@ -16,7 +16,7 @@
  * the PREPARE only after the answers.
  * @since 0.1.0
  */
-import { statementStartingWith } from "./internal/client.js"
+import { SQL_GAP, statementStartingWith, statementWords } from "./internal/client.js"
 import type { BranchSession, PgWork } from "./PgParticipant.js"
 
 /**
@@ -95,7 +95,10 @@ export class CheckFailed extends Error {
  * (`statementStartingWith`). (A postgres.js participant also reads every answer, for one that
  * slips past this.)
  */
-const TRANSACTION_CONTROL = /(begin|start\s+transaction|commit|end|rollback|abort|prepare\s+transaction)\b/iy
+const TRANSACTION_CONTROL = new RegExp(
+  `(?:begin|start${SQL_GAP}+transaction|commit|end|rollback|abort|prepare${SQL_GAP}+transaction)\\b`,
+  "iy"
+)
 
 const toPrepared = (statement: Statement, index: number): Prepared => {
   const prepared: Prepared =
@@ -107,7 +110,7 @@ const toPrepared = (statement: Statement, index: number): Prepared => {
   const control = statementStartingWith(prepared.text, TRANSACTION_CONTROL)
   if (control !== undefined) {
     throw new TypeError(
-      `statement ${index + 1} of a pipelined work controls the transaction (${control.toUpperCase().replace(/\s+/g, " ")}): Accord begins, prepares and ends the branch's transaction`
+      `statement ${index + 1} of a pipelined work controls the transaction (${statementWords(control)}): Accord begins, prepares and ends the branch's transaction`
     )
   }
   return prepared

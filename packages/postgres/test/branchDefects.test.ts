@@ -9,12 +9,20 @@
  * - a branch abandoned while it waited for a connection made its caller wait for the clean-up
  *   bounds although it had sent nothing;
  * - `sql.notify()` in a branch went out on the pool, outside the branch.
+ *
+ * And by a review of those fixes (2026-12-07, the statement scanner):
+ *
+ * - a SQL-standard body (`CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC ...; END`) was read as
+ *   statements, its closing END as one that ends the transaction;
+ * - `ROLLBACK /* comment *\/ TO SAVEPOINT` was read as a ROLLBACK;
+ * - a COMMIT in a text whose later statement failed went unnoticed when the work caught the error.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import postgres from "postgres"
-import { statementStartingWith } from "../src/internal/client.js"
+import { statementStartingWith, statementWords } from "../src/internal/client.js"
 import { toFailure } from "../src/internal/errors.js"
+import { ENDING_STATEMENT } from "../src/internal/pgBranch.js"
 import * as Migrations from "../src/Migrations.js"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as Pipeline from "../src/Pipeline.js"
@@ -351,6 +359,155 @@ describe.skipIf(server === undefined)("postgres.js branch defects", () => {
         expect(yield* Effect.promise(() => rowsOf(admin))).not.toContain(402)
       })
     )
+  })
+
+  describe("the statement scanner, reviewed", () => {
+    const endingIn = (text: string) => statementStartingWith(text, ENDING_STATEMENT)
+
+    it("a SQL-standard body (BEGIN ATOMIC ... END, CASE ... END inside) is one statement", () => {
+      const cases: ReadonlyArray<readonly [string, string | undefined]> = [
+        ["CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END", undefined],
+        [
+          "create or replace procedure p(n int) language sql begin atomic " +
+            "insert into t select case when n > 0 then n else 0 end; insert into t values (n + 1); end; select 1",
+          undefined
+        ],
+        [
+          "create function f() returns int language sql begin atomic select x.end from (select 1 as end) x; " +
+            "select case 1 when 1 then (case when true then 1 end) end; end",
+          undefined
+        ],
+        ["create function f() returns int language sql BEGIN /* c */ ATOMIC END; select 1", undefined],
+        ["create /* c */ function f() returns int language sql begin atomic select 1; end; commit", "commit"],
+        ["create function f() returns int language sql begin atomic select 1; end; end", "end"],
+        ["create function f() returns int language sql as $$ begin; end $$; rollback", "rollback"],
+        // BEGIN outside a routine's header opens no body.
+        ["select begin from (select 1 as begin) q; end", "end"],
+        [
+          "insert into t values (1); commit; create function f() returns int language sql begin atomic select 1; end",
+          "commit"
+        ]
+      ]
+      for (const [text, found] of cases) expect(endingIn(text), text).toBe(found)
+      expect(() =>
+        Pipeline.make([
+          { text: "create function f() returns int language sql begin atomic select 1; end" },
+          {
+            text: "create procedure p(n int) language sql begin atomic select case when n > 0 then 1 end; select 2; end"
+          }
+        ])
+      ).not.toThrow()
+    })
+
+    it.live("a branch that creates and calls a procedure with a SQL-standard body is prepared", () =>
+      Effect.gen(function* () {
+        const p = yield* PgParticipant.make({ name: "a", sql: pool(), migrate: false })
+        const ctx = yield* ctxFor("a")
+        const vote = yield* p.prepare(ctx, (s) =>
+          s.query(
+            "create procedure bd_add(n int) language sql begin atomic " +
+              "insert into t select case when n > 0 then n else 0 end; insert into t values (n + 1); end; " +
+              "call bd_add(501)"
+          )
+        )
+        expect(vote._tag).toBe("Prepared")
+        expect(yield* p.commit(ctx)).toBe("Committed")
+        expect(yield* Effect.promise(() => rowsOf(admin))).toEqual(expect.arrayContaining([501, 502]))
+      })
+    )
+
+    it("ROLLBACK [WORK | TRANSACTION] TO with comments between its words ends nothing", () => {
+      const cases: ReadonlyArray<readonly [string, string | undefined]> = [
+        ["select 1; rollback /* undo */ to savepoint a", undefined],
+        ["select 1; rollback -- undo\n to savepoint a", undefined],
+        ["select 1; ROLLBACK WORK /* c */ TO a", undefined],
+        ["select 1; rollback transaction\n-- c\nto savepoint a", undefined],
+        ["select 1; rollback /* a /* nested */ b */ to a", undefined],
+        ["select 1; rollback/**/to a", undefined],
+        ["select 1; rollback /* to */; select 2", "rollback"],
+        ["select 1; rollback -- to savepoint a\n; select 2", "rollback"],
+        ["select 1; rollback work; select 2", "rollback"]
+      ]
+      for (const [text, found] of cases) expect(endingIn(text), text).toBe(found)
+      const prepared = endingIn("select 1; prepare /* c */ transaction 'x'")
+      expect(prepared === undefined ? undefined : statementWords(prepared)).toBe("PREPARE TRANSACTION")
+    })
+
+    it.live("a branch that rolls back to a savepoint with a comment in it is prepared", () =>
+      Effect.gen(function* () {
+        const p = yield* PgParticipant.make({ name: "a", sql: pool(), migrate: false })
+        const ctx = yield* ctxFor("a")
+        const vote = yield* p.prepare(ctx, (s) =>
+          s.query(
+            "insert into t values (511); savepoint a; insert into t values (512); rollback /* undo */ to savepoint a"
+          )
+        )
+        expect(vote._tag).toBe("Prepared")
+        expect(yield* p.commit(ctx)).toBe("Committed")
+        const rows = yield* Effect.promise(() => rowsOf(admin))
+        expect(rows).toContain(511)
+        expect(rows).not.toContain(512)
+      })
+    )
+
+    describe("a COMMIT in a text whose later statement fails", () => {
+      const failing = (id: number) => `insert into t values (${id}); commit; select 1/0`
+      const works: ReadonlyArray<readonly [string, (id: number) => PgParticipant.PgWork]> = [
+        ["session.query", (id) => (s) => s.query(failing(id)).catch(noop)],
+        ["session.sql.unsafe", (id) => (s) => s.sql!.unsafe(failing(id)).then(noop, noop)]
+      ]
+      for (const [[via, work], i] of works.map((w, i) => [w, i] as const)) {
+        it.live(`caught by the work (${via}): votes No (25000), not ReadOnly`, () =>
+          Effect.gen(function* () {
+            const p = yield* PgParticipant.make({ name: "a", sql: pool(), migrate: false })
+            const id = 521 + i
+            const vote = yield* p.prepare(yield* ctxFor("a"), work(id))
+            expect(vote._tag).toBe("No")
+            if (vote._tag === "No") {
+              expect(vote.sqlState).toBe("25000")
+              expect(vote.reason).toContain("COMMIT")
+            }
+            // The server ran the text up to the failing statement: the COMMIT took effect.
+            expect(yield* Effect.promise(() => rowsOf(admin))).toContain(id)
+            expect(yield* Effect.promise(() => idleInTransaction(admin))).toEqual([])
+          })
+        )
+      }
+
+      it.live("not caught: votes No (25000), and the reason names the failure too", () =>
+        Effect.gen(function* () {
+          const p = yield* PgParticipant.make({ name: "a", sql: pool(), migrate: false })
+          const vote = yield* p.prepare(yield* ctxFor("a"), (s) => s.query(failing(525)))
+          expect(vote._tag).toBe("No")
+          if (vote._tag === "No") {
+            expect(vote.sqlState).toBe("25000")
+            expect(vote.reason).toMatch(/COMMIT.*division by zero/)
+          }
+        })
+      )
+
+      it.live("a COMMIT that fails (a deferred constraint) ended the transaction too: No (25000)", () =>
+        Effect.gen(function* () {
+          yield* Effect.promise(() =>
+            admin.unsafe(
+              "create table if not exists bd_parent (id int primary key); " +
+                "create table if not exists bd_child (p int references bd_parent deferrable initially deferred)"
+            )
+          )
+          const p = yield* PgParticipant.make({ name: "a", sql: pool(), migrate: false })
+          const ctx = yield* ctxFor("a")
+          const vote = yield* p.prepare(ctx, async (s) => {
+            await s.query("insert into bd_child values (1)")
+            await s.query("commit").catch(noop)
+            // Outside any transaction now: autocommitted.
+            await s.query("insert into t values (531)")
+          })
+          expect(vote._tag).toBe("No")
+          if (vote._tag === "No") expect(vote.sqlState).toBe("25000")
+          expect(yield* Effect.promise(() => preparedIn(adminUrl, [DB]))).toEqual([])
+        })
+      )
+    })
   })
 })
 

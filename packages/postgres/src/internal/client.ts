@@ -442,19 +442,64 @@ export const guardedSql = (
 const isIdentifierChar = (c: number): boolean =>
   (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 36 || c > 127
 
+/** Whether the character code `c` may start an SQL identifier or keyword. */
+const isIdentifierStart = (c: number): boolean =>
+  (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c > 127
+
+/** Whether `text` holds, from `at`, the `length` characters of `word` (lower case), in any case. */
+const isWord = (text: string, at: number, length: number, word: string): boolean => {
+  if (length !== word.length) return false
+  for (let k = 0; k < length; k++) if ((text.charCodeAt(at + k) | 32) !== word.charCodeAt(k)) return false
+  return true
+}
+
 const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
 
 /**
+ * What may separate two words of a statement, as a regular expression's source: whitespace or a
+ * comment (`--` to the end of the line, or `/* *\/`, nested one level deep). For the patterns given
+ * to `statementStartingWith`: `rollback /* undo *\/ to savepoint a` is `rollback to savepoint a`.
+ */
+export const SQL_GAP = String.raw`(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*/]|\*(?!/)|/(?!\*)|/\*[\s\S]*?\*/)*\*/)`
+
+/** Runs of `SQL_GAP`, to write a matched statement start as its words (`PREPARE TRANSACTION`). */
+const SQL_GAPS = new RegExp(`${SQL_GAP}+`, "g")
+
+/** `match` (of `statementStartingWith`) as its words, upper case, one space apart. */
+export const statementWords = (match: string): string => match.replace(SQL_GAPS, " ").toUpperCase()
+
+/**
+ * The start of a statement that may hold a SQL-standard body, `BEGIN ATOMIC ... END` (PostgreSQL
+ * 14), whose statements end with `;` that end nothing outside it.
+ */
+const ROUTINE_HEAD = new RegExp(
+  `create${SQL_GAP}+(?:or${SQL_GAP}+replace${SQL_GAP}+)?(?:function|procedure)\\b`,
+  "iy"
+)
+const ATOMIC = new RegExp(`${SQL_GAP}+atomic\\b`, "iy")
+
+/**
  * The first statement of the SQL text `text` (one statement, or several separated by `;`, as the
- * simple protocol runs them) that starts with `head` (a sticky regular expression): its match, or
- * `undefined`. Quoted strings (`'...'`, `E'...'`, `"..."`, `$tag$...$tag$`) and comments (`--`,
- * nested `/* *\/`) are skipped, so a `;` or a keyword inside them starts nothing: a function body or
- * a DO block that says COMMIT is not read as a COMMIT of the session. A scan of the text, without
- * allocation; a text without `;` has one statement, and only its start is tested.
+ * simple protocol runs them) that starts with `head` (a sticky regular expression; `SQL_GAP` between
+ * its words): its match, or `undefined`. Quoted strings (`'...'`, `E'...'`, `"..."`,
+ * `$tag$...$tag$`) and comments (`--`, nested `/* *\/`) are skipped, so a `;` or a keyword inside
+ * them starts nothing: a function body or a DO block that says COMMIT is not read as a COMMIT of the
+ * session. So is a SQL-standard body (`CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC ...; ...; END`):
+ * its `;` end no statement, and its own `CASE ... END` do not close it (both are reserved words,
+ * so an unquoted `end` is one of them, unless it is a column label: after `.` or `AS`), as
+ * PostgreSQL's grammar and psql read it. A scan of the text, without allocation; a text without
+ * `;` has one statement, and only its start is tested.
  */
 export const statementStartingWith = (text: string, head: RegExp): string | undefined => {
   const n = text.length
   let atStart = true
+  // Inside CREATE FUNCTION|PROCEDURE: its words are read, for a body `BEGIN ATOMIC ... END`.
+  let routine = false
+  let parens = 0
+  /** 0 outside a body; 1 in it, and 1 more per CASE open in it. */
+  let body = 0
+  /** The next word is a column label (after `.` or `AS`), not a keyword. */
+  let label = false
   let i = 0
   while (i < n) {
     const c = text.charCodeAt(i)
@@ -483,7 +528,7 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
       }
       continue
     }
-    if (c === 59) {
+    if (c === 59 && body === 0) {
       atStart = true
       i++
       continue
@@ -495,6 +540,15 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
       if (found !== null) return found[0]
       // The rest of this statement only matters for where it ends.
       if (text.indexOf(";", i) < 0) return undefined
+      // `c`: most statements are not CREATE, and are not matched against it.
+      ROUTINE_HEAD.lastIndex = i
+      routine = (c | 32) === 99 && ROUTINE_HEAD.test(text)
+      parens = 0
+      label = false
+      if (routine) {
+        i = ROUTINE_HEAD.lastIndex
+        continue
+      }
     }
     if (c === 39) {
       // '...' ('' inside), or E'...' (backslash escapes too)
@@ -532,6 +586,32 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
         i = close < 0 ? n : close + tag[0].length
         continue
       }
+    }
+    if (routine) {
+      if (isIdentifierStart(c) && (i === 0 || !isIdentifierChar(text.charCodeAt(i - 1)))) {
+        let j = i + 1
+        while (j < n && isIdentifierChar(text.charCodeAt(j))) j++
+        const length = j - i
+        // A column label (`t.end`, `1 AS end`) is no keyword.
+        if (!label) {
+          if (body === 0) {
+            if (parens === 0 && isWord(text, i, length, "begin")) {
+              ATOMIC.lastIndex = j
+              if (ATOMIC.test(text)) {
+                body = 1
+                j = ATOMIC.lastIndex
+              }
+            }
+          } else if (isWord(text, i, length, "case")) body++
+          else if (isWord(text, i, length, "end")) body--
+        }
+        label = isWord(text, i, length, "as")
+        i = j
+        continue
+      }
+      if (c === 40) parens++
+      else if (c === 41) parens--
+      label = c === 46
     }
     i++
   }

@@ -59,8 +59,10 @@ import {
   guardedSql,
   pidOf,
   sendOn,
+  SQL_GAP,
   settle,
   statementStartingWith,
+  statementWords,
   terminateBackend,
   unlessAbandoned
 } from "./client.js"
@@ -197,13 +199,25 @@ const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE", "COPY"])
 const ENDING_COMMANDS = new Set(["COMMIT", "ROLLBACK", "PREPARE TRANSACTION"])
 
 /**
- * The start of a statement that ends the transaction (`ROLLBACK TO SAVEPOINT` ends nothing), for
- * `statementStartingWith`: a parameterless statement goes over the simple protocol, which runs
- * several statements separated by `;`, and postgres.js then reports one command tag at most (the
- * last one's, or none when several returned rows): `insert ...; commit; begin` was tagged BEGIN.
+ * The start of a statement that ends the transaction (`ROLLBACK [WORK | TRANSACTION] TO` ends
+ * nothing, comments between its words or not), for `statementStartingWith`: a parameterless
+ * statement goes over the simple protocol, which runs several statements separated by `;`, and
+ * postgres.js then reports one command tag at most (the last one's, or none when several returned
+ * rows): `insert ...; commit; begin` was tagged BEGIN.
  */
-const ENDING_STATEMENT =
-  /(?:commit|end|abort|prepare\s+transaction|rollback(?!(?:\s+(?:work|transaction))?\s+to\b))\b/iy
+export const ENDING_STATEMENT = new RegExp(
+  `(?:commit|end|abort|prepare${SQL_GAP}+transaction|rollback(?!(?:${SQL_GAP}+(?:work|transaction))?${SQL_GAP}+to\\b))\\b`,
+  "iy"
+)
+
+/** The No of a branch whose work ended its transaction itself (`endedBy`), after `then` if it failed. */
+const endedByWork = (endedBy: string, then?: PgFailure): PgFailure => ({
+  sqlState: "25000",
+  connectionLost: false,
+  message:
+    `the work ended the branch's transaction itself (${endedBy}): a branch's work must not BEGIN, COMMIT, ROLLBACK or PREPARE; what it wrote before that is not under the coordinator's decision` +
+    (then === undefined ? "" : `; then it failed: ${then.message}`)
+})
 
 /**
  * `COMMIT` of a transaction that an error had aborted succeeds with the command tag `ROLLBACK`: the
@@ -326,9 +340,10 @@ class Session {
       (q) => {
         const refused = this.refusal()
         if (refused !== undefined) return refused
+        const text = () => (q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? ""
         this.track(q as PendingQuery<unknown>).then(
-          (rows) => this.notice((q as { strings?: ReadonlyArray<string> }).strings?.join(" ") ?? "", rows),
-          noop
+          (rows) => this.notice(text(), rows),
+          () => this.noticeFailed(text())
         )
         return undefined
       },
@@ -376,10 +391,16 @@ class Session {
   work<T>(text: string, params: ReadonlyArray<unknown> | undefined): Promise<Array<T>> {
     const refused = this.refusal()
     if (refused !== undefined) return Promise.reject(refused)
-    return this.send<T>(text, params).then((rows) => {
-      this.notice(text, rows)
-      return rows
-    })
+    return this.send<T>(text, params).then(
+      (rows) => {
+        this.notice(text, rows)
+        return rows
+      },
+      (error: unknown) => {
+        this.noticeFailed(text)
+        throw error
+      }
+    )
   }
   /**
    * What a work statement tells: a certain write (its command tag), or the transaction ended by the
@@ -388,10 +409,7 @@ class Session {
   private notice(text: string, rows: unknown): void {
     // Only a text with a `;` can hold several statements (a scan of the text, not on most
     // statements). The simple protocol stopped at the first failing one, so all of them ran.
-    if (this.endedBy === undefined && text.includes(";")) {
-      const ended = statementStartingWith(text, ENDING_STATEMENT)
-      if (ended !== undefined) this.endedBy = ended.toUpperCase().replace(/\s+/g, " ")
-    }
+    if (this.endedBy === undefined && text.includes(";")) this.noticeEnding(text)
     const tag = rows as ResultTag
     if (tag.command === undefined) {
       // Several statements, some returning rows: postgres.js answers with one result per row set.
@@ -402,6 +420,22 @@ class Session {
     // `ROLLBACK TO SAVEPOINT` has the tag ROLLBACK too, and ends nothing.
     if (ENDING_COMMANDS.has(tag.command) && !(tag.command === "ROLLBACK" && /\bto\b/i.test(text)))
       this.endedBy ??= tag.command
+  }
+  /**
+   * What a failed work statement tells: the transaction ended by one of its statements, with no
+   * command tag to show it. The simple protocol ran a text's statements up to the failing one, so a
+   * COMMIT before it took effect (`insert ...; commit; select 1/0` committed the insert, and the
+   * work could catch the error and return); a COMMIT or PREPARE TRANSACTION that fails (a deferred
+   * constraint, a gid in use) ends the transaction too. Read from the text, whatever the error:
+   * a text that the server could not parse ran nothing, and then reads as ended all the same (a
+   * No, never a vote for writes gone out of the transaction).
+   */
+  private noticeFailed(text: string): void {
+    if (this.endedBy === undefined) this.noticeEnding(text)
+  }
+  private noticeEnding(text: string): void {
+    const ended = statementStartingWith(text, ENDING_STATEMENT)
+    if (ended !== undefined) this.endedBy = statementWords(ended)
   }
   private noticeWrite(tag: ResultTag): void {
     if (tag.command !== undefined && (tag.count ?? 0) > 0 && WRITE_COMMANDS.has(tag.command))
@@ -496,7 +530,11 @@ const body = async (
       const rolledBack = await settle(s.send("ROLLBACK"))
       if (rolledBack.ok) state.open = false
     }
-    return { _tag: "WorkFailed", failure: w.failure }
+    // A work that ended the transaction and then failed: the failure says what escaped it.
+    return {
+      _tag: "WorkFailed",
+      failure: s.endedBy !== undefined && !s.lost ? endedByWork(s.endedBy, w.failure) : w.failure
+    }
   }
   if (s.lost) {
     // The work went on after its connection was lost (it caught the failure): the server ended
@@ -522,14 +560,7 @@ const body = async (
     // In both modes: a one-phase COMMIT after it commits nothing of the branch (a warning) and
     // would be reported Committed for work that was rolled back or autocommitted piecemeal.
     // The clean-up's ROLLBACK finds no transaction (a warning) and the connection is released.
-    return {
-      _tag: "WorkFailed",
-      failure: {
-        sqlState: "25000",
-        connectionLost: false,
-        message: `the work ended the branch's transaction itself (${s.endedBy}): a branch's work must not BEGIN, COMMIT, ROLLBACK or PREPARE; what it wrote before that is not under the coordinator's decision`
-      }
-    }
+    return { _tag: "WorkFailed", failure: endedByWork(s.endedBy) }
   }
   if (control.abandoned) throw fail("end", state, interrupted)
   if (mode === "onePhase") {
