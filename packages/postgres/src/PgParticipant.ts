@@ -1017,8 +1017,9 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       rows.flatMap((row) => {
         const parsed = TransactionId.parseGid(String(column(row, 0)))
         if (parsed._tag === "None") return []
-        // Another deployment's branches (another namespace, or one where this has none) are not ours.
-        if (parsed.value.namespace !== options.namespace) return []
+        // Another deployment's branches (another namespace, or one where this has none) are not
+        // ours, nor are those of another participant sharing this database.
+        if (parsed.value.namespace !== options.namespace || parsed.value.branch !== name) return []
         return [
           {
             gid: parsed.value.gid,
@@ -1078,9 +1079,19 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     }
   }
 
+  // Its gids: `accord[-<namespace>]_<txId>_<name>` (a txId has no `_`). Checked for every branch
+  // of every transaction (`TwoPhaseCommit.run` refuses a namespace this participant's recovery would
+  // never scan), so two string comparisons, no parse.
+  const gidPrefix = options.namespace === undefined ? "accord_" : `accord-${options.namespace}_`
+  const gidSuffix = `_${name}`
+  const owns = (gid: TransactionId.Gid): boolean =>
+    gid.startsWith(gidPrefix) &&
+    gid.endsWith(gidSuffix) &&
+    !gid.slice(gidPrefix.length, gid.length - gidSuffix.length).includes("_")
   const participant: PgParticipant = {
     name,
     driver: driver.kind,
+    owns,
     verify,
     prepare,
     commitOnePhase,
