@@ -361,8 +361,16 @@ export class InFlight {
   }
 
   private async drain(): Promise<void> {
-    // A call in flight may leave work behind as it ends: wait until nothing is left.
-    while (this.calls.size > 0) await Promise.all([...this.calls])
+    // The bounds of the work followed here do not keep the process alive (without `dispose`, a
+    // process with nothing else to do may exit); while `dispose` waits for it, this does, so the
+    // code after `await dispose()` runs.
+    const keepAlive = this.calls.size > 0 ? setInterval(() => undefined, 1 << 30) : undefined
+    try {
+      // A call in flight may leave work behind as it ends: wait until nothing is left.
+      while (this.calls.size > 0) await Promise.all([...this.calls])
+    } finally {
+      clearInterval(keepAlive)
+    }
   }
 }
 

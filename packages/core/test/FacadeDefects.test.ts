@@ -173,6 +173,26 @@ describe("TwoPhaseCoordinator: work left after a result", () => {
     expect(late.calls.filter((c) => c === "rollback").length).toBeGreaterThanOrEqual(2)
   })
 
+  it("while dispose waits for a prepare that never answers, the process is kept alive; after, not", async () => {
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length
+    const coordinator = new TwoPhaseCoordinator({ timeout: 200, log: "memory" })
+    const hung = participant("bank-a", { prepare: () => new Promise(() => undefined) })
+    const no = participant("bank-b", { prepare: async () => ({ vote: "no", reason: "declined" }) })
+    await coordinator.registerParticipant(hung.p)
+    await coordinator.registerParticipant(no.p)
+    const result = await coordinator.executeTransaction([
+      [hung.p, "debit", {}],
+      [no.p, "credit", {}]
+    ])
+    expect(result.status).toBe("aborted")
+    const idle = timers()
+    const disposing = coordinator.dispose()
+    // Only the settle bound (unref'd) held dispose's wait: the process could exit mid-`await`.
+    expect(timers()).toBe(idle + 1)
+    await disposing
+    expect(timers()).toBe(idle)
+  })
+
   it("the wait for a prepare that never answers does not keep the process alive", () => {
     const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length
     const before = timers()
