@@ -36,19 +36,29 @@ describe.skipIf(server === undefined)("group-commit batches from two processes o
         Effect.gen(function* () {
           const sql = pool()
           const log = yield* PgTransactionLog.make({ sql, groupCommit: { maxBatch: 64 } })
+          // The order the inserts wrote their rows (and locked their keys), noted by a row trigger
+          // with the writing transaction. (Physical order, ctid, is not it: a row that does not fit
+          // on the current page may go to an earlier page with free space.)
+          yield* Effect.promise(() =>
+            sql.unsafe(`
+              create table insert_order (n bigserial primary key, tx_id text, xid xid8 default pg_current_xact_id());
+              create function note_insert() returns trigger language plpgsql as
+                $$ begin insert into insert_order (tx_id) values (new.tx_id); return new; end $$;
+              create trigger note_insert before insert on accord_decision for each row execute function note_insert();
+            `)
+          )
           const txIds = yield* Effect.forEach(Array.from({ length: 120 }), () => TransactionId.make)
           // Arrival in descending txId order.
           const arriving = [...txIds].sort().reverse()
           yield* Effect.forEach(arriving, (t) => log.decide(record("commit", t)), {
             concurrency: "unbounded"
           })
-          // Rows one insert wrote share its xmin; their physical order (ctid, in a table no row was
-          // ever deleted from) is the order the insert wrote them, i.e. the order it locked their keys.
           const rows = yield* Effect.promise(
             () => sql<{ tx_id: string; xid: string }[]>`
-            select tx_id, xmin::text as xid from accord_decision
-            where tx_id = any(${txIds}::text[]) order by ctid`
+            select tx_id, xid::text as xid from insert_order
+            where tx_id = any(${txIds}::text[]) order by n`
           )
+          yield* Effect.promise(() => sql.unsafe("drop trigger note_insert on accord_decision"))
           const byInsert = new Map<string, Array<string>>()
           for (const r of rows) byInsert.set(r.xid, [...(byInsert.get(r.xid) ?? []), r.tx_id])
           const batches = [...byInsert.values()].filter((b) => b.length > 1)
