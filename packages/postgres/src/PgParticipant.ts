@@ -449,16 +449,22 @@ class PgliteStageError {
   ) {}
 }
 
-/** Marks the branch's transaction (PGlite): `set_config(..., is_local => true)` ends with it. */
-const PGLITE_BRANCH_MARK_SQL = "select set_config('accord.branch_gid', $1, true)"
+/**
+ * Marks the branch's transaction (PGlite): `set_config(..., is_local => true)` ends with it. Also
+ * reads the role the session runs as, for `PGLITE_BRANCH_CHECK_SQL` to restore.
+ */
+const PGLITE_BRANCH_MARK_SQL = "select set_config('accord.branch_gid', $1, true), current_user::text as role"
 
 /**
- * After the work, before the marker or COMMIT (PGlite): the session's role back to its own (a
- * work's `SET LOCAL ROLE` made the marker insert fail with 42501 where that role may not write
- * `accord_branch`, and would leave the prepared transaction owned by that role, which only it or a
- * superuser may COMMIT PREPARED), then the branch's mark read back.
+ * After the work, before the marker or COMMIT (PGlite): the role the session ran as when the branch
+ * began, for this transaction only (a work's `SET LOCAL ROLE` made the marker insert fail with 42501
+ * where that role may not write `accord_branch`, and would leave the prepared transaction owned by
+ * that role, which only it or a superuser may COMMIT PREPARED; a `RESET ROLE` there outlived the
+ * branch and switched a session that had set a role of its own to the superuser for good), then the
+ * branch's mark read back.
  */
-const PGLITE_BRANCH_CHECK_SQL = "reset role; select current_setting('accord.branch_gid', true) as gid"
+const PGLITE_BRANCH_CHECK_SQL =
+  "select set_config('role', $1, true), current_setting('accord.branch_gid', true) as gid"
 
 /**
  * Whether the work ended the branch's transaction itself (`COMMIT`, `ROLLBACK`, `PREPARE
@@ -471,11 +477,12 @@ const PGLITE_BRANCH_CHECK_SQL = "reset role; select current_setting('accord.bran
  */
 const pgliteEndedByWork = async (
   tx: Transaction,
-  ctx: Participant.BranchContext
+  ctx: Participant.BranchContext,
+  role: string
 ): Promise<PgFailure | undefined> => {
-  let checked: Awaited<ReturnType<Transaction["exec"]>>
+  let checked: Awaited<ReturnType<Transaction["query"]>>
   try {
-    checked = await tx.exec(PGLITE_BRANCH_CHECK_SQL)
+    checked = await tx.query(PGLITE_BRANCH_CHECK_SQL, [role])
   } catch (error) {
     if (toFailure(error).sqlState !== "25P02") throw error
     return {
@@ -484,7 +491,7 @@ const pgliteEndedByWork = async (
       message: "the transaction was aborted by a statement error that the work caught; rolled back"
     }
   }
-  const mark = checked.at(-1)?.rows[0] as { gid?: unknown } | undefined
+  const mark = checked.rows[0] as { gid?: unknown } | undefined
   if (mark?.gid === ctx.gid) return undefined
   return {
     sqlState: "25000",
@@ -514,7 +521,8 @@ const runPgliteBranch = async (
   try {
     return await db.transaction<Ending>(async (tx) => {
       // Transaction-local: gone once the transaction ends, however the work ended it.
-      await tx.query(PGLITE_BRANCH_MARK_SQL, [ctx.gid])
+      const begun = await tx.query<{ role: string }>(PGLITE_BRANCH_MARK_SQL, [ctx.gid])
+      const role = begun.rows[0]!.role
       const session: BranchSession = {
         query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
           (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
@@ -548,7 +556,7 @@ const runPgliteBranch = async (
         return { _tag: "WorkFailed", failure: given.failure }
       }
       stage = "marker"
-      const ended = await pgliteEndedByWork(tx, ctx)
+      const ended = await pgliteEndedByWork(tx, ctx, role)
       if (ended !== undefined) {
         // Rolls back whatever the work left open (a warning when nothing is).
         await tx.rollback()
