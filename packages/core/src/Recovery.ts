@@ -17,7 +17,8 @@
 import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
-import { BranchCallError, LogError, type Phase, participantDefect } from "./TransactionError.js"
+import { guardedCall } from "./internal/guarded.js"
+import { BranchCallError, LogError } from "./TransactionError.js"
 import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
 import {
   type DecisionRecord,
@@ -100,17 +101,8 @@ export interface RecoveryReport {
   }>
 }
 
-/**
- * A participant's call, suspended: a method that throws instead of returning an Effect, or an
- * Effect that dies (a participant's bug), is a failed call, in doubt, as a failed call is; it does
- * not end the pass and leave every other participant's transactions unrecovered.
- */
-const guarded = <A, E>(
-  ctx: { readonly txId: string; readonly branch: string },
-  phase: Phase,
-  call: () => Effect.Effect<A, E>
-): Effect.Effect<A, E | BranchCallError> =>
-  Effect.catchAllDefect(Effect.suspend(call), (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
+/** Every participant call of a pass: one that throws or dies does not end the pass. */
+const guarded = guardedCall
 
 const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
 

@@ -85,10 +85,10 @@ import {
   type BranchCallError,
   type ConfigurationError,
   InvalidTransactionError,
-  participantDefect,
   TimeoutError
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
+import { guardedCall } from "./internal/guarded.js"
 import { type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
 import { type BranchVote, type Heuristic, defaults as twoPhaseDefaults } from "./TwoPhaseCommit.js"
 
@@ -733,8 +733,7 @@ const contained = <A, E>(
   call: () => Effect.Effect<A, E>,
   ctx: { readonly txId: string; readonly branch: string },
   phase: "precommit" | "preabort" | "commit" | "rollback" | "state" | "prepare" | "recover"
-): Effect.Effect<A, E | BranchCallError> =>
-  Effect.catchAllDefect(Effect.suspend(call), (defect) => Effect.fail(participantDefect(ctx, phase, defect)))
+): Effect.Effect<A, E | BranchCallError> => guardedCall(ctx, phase, call)
 
 const timed = <A>(
   call: () => Effect.Effect<A, BranchCallError>,
