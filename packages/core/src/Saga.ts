@@ -1,6 +1,6 @@
 /**
  * Sagas: a long transaction as a sequence of local steps, each undone by a compensation when a
- * later step fails for good (DESIGN.md "Saga").
+ * later step fails for good (docs/saga.md).
  *
  * - Steps run forward in order; a `parallel` group runs its members concurrently. Each step has an
  *   action, an optional compensation, a retry `Schedule` and a per-attempt timeout, and its

@@ -1,6 +1,6 @@
 /**
  * The saga log: the durable history of every saga, from which a crashed orchestrator's sagas are
- * resumed (DESIGN.md "Saga").
+ * resumed (docs/saga.md).
  *
  * Records are appended in order per saga: `SagaStarted(input)`, `StepStarted`, `StepCompleted(output)`,
  * `StepFailed(failure)`, `CompensationStarted`, `CompensationCompleted`, `SagaEnded(outcome)`, and

@@ -1,7 +1,7 @@
 /**
  * The typed errors of Accord's protocols. Each carries what an operator needs to act on it.
  *
- * Families (DESIGN.md "Errors"): invalid input (nothing was sent), configuration, a branch call
+ * Families (README.md, "What the outcomes mean"): invalid input (nothing was sent), configuration, a branch call
  * that failed (transient or in doubt), log failures, and timeouts.
  *
  * @since 0.1.0

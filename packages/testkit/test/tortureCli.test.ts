@@ -51,7 +51,8 @@ describe("torture's command line", () => {
     ["cycles", "0", 1],
     ["transfers", "abc", 1],
     ["concurrency", "1.5", 1],
-    ["accounts", "-3", 1],
+    ["accounts", "-3", 2],
+    ["accounts", "1", 2],
     ["seed", "abc", 0]
   ] as const) {
     it(`refuses --${flag} ${value} with one line and exit code 2`, async () => {

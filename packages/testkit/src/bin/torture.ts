@@ -81,7 +81,7 @@ const main = async () => {
   const cycles = wholeNumber("cycles", values.cycles, 1)
   const transfersPerCycle = wholeNumber("transfers", values.transfers, 1)
   const concurrency = wholeNumber("concurrency", values.concurrency, 1)
-  const accounts = wholeNumber("accounts", values.accounts, 1)
+  const accounts = wholeNumber("accounts", values.accounts, 2) // a transfer needs two accounts (the demo refuses fewer)
   const seed =
     values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : wholeNumber("seed", values.seed, 0)
   const summary = await Torture.run({
