@@ -172,7 +172,7 @@ export const fromPromiseParticipant = (
             vote._tag === "No"
               ? Effect.succeed(OnePhase.No({ reason: vote.reason }))
               : vote._tag === "ReadOnly"
-                ? Effect.succeed(OnePhase.Committed())
+                ? Effect.succeed(OnePhase.ReadOnly())
                 : attempt(ctx, "onePhaseCommit", () => p.commit(ctx.txId)).pipe(
                     Effect.as(OnePhase.Committed())
                   )
@@ -237,6 +237,15 @@ export interface CoordinatorOptions {
    * knowingly: decisions are lost with the process. Omitted: in memory too, with a warning.
    */
   readonly log?: Layer.Layer<TransactionLog, unknown> | "memory"
+  /**
+   * Bound on the set-up of `log` (its connection and migrations), from the call that starts it;
+   * positive. Default: `timeout`, or one minute if that is longer. While the set-up runs, each call
+   * waits for it up to `timeout`, then rejects with `LogError` (nothing sent); a set-up that
+   * finishes in time is then used. One that fails, or has not finished by this bound (a server
+   * that never answers, a migration waiting on a lock held for good), is abandoned (interrupted,
+   * what it acquired released), and the next call sets the log up afresh.
+   */
+  readonly logSetupTimeout?: number | Duration.DurationInput
   /** Gid namespace for this deployment: 1-16 characters of `[a-z0-9]` (checked at construction). */
   readonly namespace?: string
 }
@@ -394,6 +403,13 @@ const settleWithin = (work: Promise<void>, bound: Duration.Duration): Promise<vo
 export const defaultVerifyTimeout: Duration.Duration = Duration.seconds(10)
 
 /**
+ * The least default bound on the log's set-up (`logSetupTimeout`): migrations may wait on locks
+ * longer than a transaction's `timeout`.
+ * @internal
+ */
+export const defaultLogSetupTimeout: Duration.Duration = Duration.minutes(1)
+
+/**
  * Runs an effect on a runtime and rejects with the typed error itself (not a wrapper).
  * @internal
  */
@@ -407,73 +423,151 @@ export const runToPromise = async <A, E, R>(
 }
 
 /**
+ * `work`, or nothing once `bound` has passed; the timer keeps the process alive meanwhile (an
+ * `await` of it completes), and does not outlive it.
+ */
+const awaitWithin = (work: Promise<unknown>, bound: Duration.Duration): Promise<void> => {
+  let cancel: () => void = () => undefined
+  const late = new Promise<void>((resolve) => {
+    cancel = longTimer(Duration.toMillis(bound), resolve)
+  })
+  return Promise.race([
+    work.then(
+      () => undefined,
+      () => undefined
+    ),
+    late
+  ]).finally(() => cancel())
+}
+
+/** One build of the layer: its runtime, and whether (and how) the build ended. */
+interface Build<R> {
+  readonly runtime: ManagedRuntime.ManagedRuntime<R, unknown>
+  /** Settles when the build finished, failed, or was abandoned at `setupTimeout`. */
+  readonly ready: Promise<Exit.Exit<unknown, unknown>>
+  /** True once the build finished and is in use: calls then go straight to the runtime. */
+  built: boolean
+  /** The release of its runtime, once started. */
+  released: Promise<void> | undefined
+}
+
+/**
  * A `ManagedRuntime` over a layer whose build may fail (a log whose database is unreachable at
- * start-up). `ManagedRuntime` keeps a failed build: every later call rejected with the first
- * error although the database came back. Here a failed build rejects that call with its error and
- * the next call builds again.
+ * start-up) or hang (a server that accepts the connection and never answers, migrations waiting
+ * on a lock held for good). `ManagedRuntime` keeps its one build: every later call rejected with
+ * the first error, or waited for ever, although the database came back. Here a build that fails,
+ * or that has not finished within `setupTimeout`, is abandoned (its runtime disposed: the build
+ * interrupted and what it acquired released) and the next call starts a fresh one; a slow build
+ * that finishes within `setupTimeout` is used, however many calls gave up on it meanwhile.
  * @internal
  */
 export class RebuildingRuntime<R> {
-  private current: ManagedRuntime.ManagedRuntime<R, unknown>
+  /** The build calls use: running or finished. Undefined until the first call, and after one is abandoned. */
+  private current: Build<R> | undefined
+  /** Abandoned builds whose runtimes are still being released, for `dispose` to wait for. */
+  private readonly releasing = new Set<Promise<void>>()
+
   /**
-   * `buildTimeout` bounds each call's wait for the layer's build (a log whose server accepts the
-   * connection and never answers): the call then rejects with `LogError`. The build goes on, and
-   * the next call waits for it again (a slow start-up, migrations, still completes); a build that
-   * fails is replaced by a fresh one at the next call.
+   * `callTimeout` bounds each call's wait for a build in progress: the call then rejects with
+   * `LogError`, nothing sent, and the build goes on. `setupTimeout` bounds the build itself: past
+   * it the build is abandoned, and the next call starts a fresh one. Each build arms one timer
+   * (its `setupTimeout`), and each call that waits for one arms one; a call on a finished build
+   * arms none (a timer per call cost 71-101 µs on the benchmark box).
    */
   constructor(
     private readonly layer: Layer.Layer<R, unknown>,
-    private readonly buildTimeout: Duration.Duration
-  ) {
-    this.current = ManagedRuntime.make(layer)
+    private readonly callTimeout: Duration.Duration,
+    private readonly setupTimeout: Duration.Duration = callTimeout
+  ) {}
+
+  run<A, E>(effect: Effect.Effect<A, E, R>): Promise<A> {
+    this.current ??= this.start()
+    const build = this.current
+    if (build.built) return runToPromise(build.runtime, effect)
+    return this.afterBuild(build, effect)
   }
 
-  /** Replaces `runtime` (failed or hung) by a fresh one, unless that was done already. */
-  private replace(runtime: ManagedRuntime.ManagedRuntime<R, unknown>): void {
-    if (this.current !== runtime) return
-    this.current = ManagedRuntime.make(this.layer)
-    void runtime.dispose().catch(() => undefined)
-  }
-
-  /** The runtime whose build finished: its calls wait for nothing, no timer. */
-  private built: ManagedRuntime.ManagedRuntime<R, unknown> | undefined
-
-  async run<A, E>(effect: Effect.Effect<A, E, R>): Promise<A> {
-    const runtime = this.current
-    if (runtime === this.built) return runToPromise(runtime, effect)
-    let timedOut = false
-    const built = await Effect.runPromiseExit(
-      runtime.runtimeEffect.pipe(
-        Effect.timeoutFail({
-          duration: this.buildTimeout,
-          onTimeout: () => {
-            timedOut = true
-            return new LogError({
-              operation: "open",
-              reason: `the coordinator log was not ready within ${Duration.format(this.buildTimeout)} (is its server answering?); nothing was sent, and the next call waits for it again`
-            })
-          }
-        })
+  /** Starts a build, bounded by `setupTimeout`. */
+  private start(): Build<R> {
+    const runtime = ManagedRuntime.make(this.layer)
+    let cancel: () => void = () => undefined
+    // Not keeping the process alive by itself: a call waiting for the build does (its own bound).
+    const abandoned = new Promise<Exit.Exit<never, LogError>>((resolve) => {
+      cancel = longTimer(
+        Duration.toMillis(this.setupTimeout),
+        () =>
+          resolve(
+            Exit.fail(
+              new LogError({
+                operation: "open",
+                reason: `the coordinator log's set-up did not finish within ${Duration.format(this.setupTimeout)} (logSetupTimeout), so it was abandoned; nothing was sent, and the next call sets it up again`
+              })
+            )
+          ),
+        { unref: true }
       )
-    )
-    if (Exit.isFailure(built)) {
-      if (!timedOut) this.replace(runtime)
-      throw Cause.squash(built.cause)
+    })
+    const build: Build<R> = {
+      runtime,
+      built: false,
+      released: undefined,
+      ready: Promise.race([Effect.runPromiseExit(runtime.runtimeEffect), abandoned]).then((exit) => {
+        cancel()
+        if (Exit.isSuccess(exit) && this.current === build) build.built = true
+        else this.abandon(build)
+        return exit
+      })
     }
-    if (this.current === runtime) this.built = runtime
-    return runToPromise(runtime, effect)
+    return build
+  }
+
+  /** Waits up to `callTimeout` for `build`, then runs `effect` on it. */
+  private async afterBuild<A, E>(build: Build<R>, effect: Effect.Effect<A, E, R>): Promise<A> {
+    let cancel: () => void = () => undefined
+    const late = new Promise<Exit.Exit<never, LogError>>((resolve) => {
+      cancel = longTimer(Duration.toMillis(this.callTimeout), () =>
+        resolve(
+          Exit.fail(
+            new LogError({
+              operation: "open",
+              reason: `the coordinator log was not ready within ${Duration.format(this.callTimeout)} (is its server answering?); nothing was sent, and the next call waits for it again`
+            })
+          )
+        )
+      )
+    })
+    const exit = await Promise.race([build.ready, late]).finally(() => cancel())
+    if (Exit.isFailure(exit)) throw Cause.squash(exit.cause)
+    return runToPromise(build.runtime, effect)
+  }
+
+  /** Gives `build` up: the next call starts a fresh one; its runtime is released meanwhile. */
+  private abandon(build: Build<R>): void {
+    if (this.current === build) this.current = undefined
+    const released = this.release(build)
+    this.releasing.add(released)
+    void released.then(() => this.releasing.delete(released))
+  }
+
+  /** Disposes `build`'s runtime once: the build interrupted if running, its finalizers run. */
+  private release(build: Build<R>): Promise<void> {
+    build.released ??= build.runtime.dispose().catch(() => undefined)
+    return build.released
   }
 
   /**
-   * Releases the runtime, its finalizers (the log's last flush) awaited; one whose build never
-   * finished is left to itself after `buildTimeout`.
+   * Releases the runtime, its finalizers (the log's last flush) awaited. A build that never
+   * finished, and abandoned ones still being released, are waited for up to `callTimeout` (one
+   * that hangs uninterruptibly is left to itself).
    */
   dispose(): Promise<void> {
-    const runtime = this.current
-    if (runtime === this.built) return runtime.dispose()
-    return Effect.runPromise(
-      Effect.promise(() => runtime.dispose()).pipe(Effect.timeoutOption(this.buildTimeout), Effect.asVoid)
-    )
+    const build = this.current
+    this.current = undefined
+    const waits: Array<Promise<void>> = [...this.releasing].map((r) => awaitWithin(r, this.callTimeout))
+    if (build !== undefined) {
+      waits.push(build.built ? build.runtime.dispose() : awaitWithin(this.release(build), this.callTimeout))
+    }
+    return Promise.all(waits).then(() => undefined)
   }
 }
 
@@ -796,7 +890,11 @@ export class TwoPhaseCoordinator {
         )
       )
     }
-    this.runtime = new RebuildingRuntime(log === "memory" ? layerMemory : log, timeout)
+    const logSetupTimeout =
+      options.logSetupTimeout === undefined
+        ? Duration.max(timeout, defaultLogSetupTimeout)
+        : toBound("logSetupTimeout", options.logSetupTimeout)
+    this.runtime = new RebuildingRuntime(log === "memory" ? layerMemory : log, timeout, logSetupTimeout)
   }
 
   /** Runs `call` unless disposed, tracked so that `dispose` waits for it. */
@@ -808,8 +906,8 @@ export class TwoPhaseCoordinator {
    * Registers a participant (core or Promise-style). Rejects with `InvalidTransactionError` for a
    * bad or duplicate name (or a Promise participant missing a method), with a
    * `ConfigurationError` when it cannot take part, its `verify` unanswered after `verifyTimeout`
-   * included, and with the log's error (`LogError`) when the log cannot be set up (its database
-   * unreachable): the next call sets it up again.
+   * included, and with `LogError` when the log cannot be set up (its database unreachable) or is
+   * not set up within `timeout` (see `logSetupTimeout`).
    */
   registerParticipant(participant: AnyParticipant | PromiseParticipant): Promise<void> {
     return this.track("registerParticipant", () =>

@@ -79,10 +79,14 @@ export interface InDoubtBranch {
 
 /**
  * The result of a one-phase commit: the branch committed, or refused with a reason.
+ * - `ReadOnly`: the branch changed nothing and is finished (the one-phase twin of the `ReadOnly`
+ *   vote, so that the outcome reports a lone branch as a prepare would have). A participant that
+ *   cannot tell answers `Committed`.
  * @since 0.1.0
  */
 export type OnePhaseResult = Data.TaggedEnum<{
   Committed: {}
+  ReadOnly: {}
   No: { readonly reason: string; readonly sqlState?: string | undefined }
 }>
 /** @since 0.1.0 */

@@ -23,6 +23,7 @@ import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId }
 import {
   type DecisionRecord,
   type HeuristicRecord,
+  heuristicDetail,
   heuristicKey,
   TransactionLog,
   type UnfinishedCursor
@@ -234,9 +235,7 @@ export const run: (
               Effect.flatMap((ack) => {
                 if (ack === "Committed")
                   return Effect.succeed<BranchResult>({ _tag: "Done", committed: true })
-                const record = heuristic(
-                  "branch was rolled back outside the protocol after the commit decision"
-                )
+                const record = heuristic(heuristicDetail.commit)
                 // Gone without its marker, but the decision may have been completed meanwhile by
                 // another run (another process's recovery that read it too, or whose lost completion
                 // this pass re-drives): every branch acknowledged, then its markers were forgotten.
@@ -259,7 +258,8 @@ export const run: (
               Effect.flatMap((ack) => {
                 if (ack === "RolledBack")
                   return Effect.succeed<BranchResult>({ _tag: "Done", committed: false })
-                const record = heuristic("branch was committed outside the protocol after the abort decision")
+                // The coordinator's text for the same outcome: one record if it recorded it too.
+                const record = heuristic(heuristicDetail.abort)
                 return recordHeuristic(record).pipe(
                   Effect.as<BranchResult>({ _tag: "Done", committed: true, heuristic: record })
                 )
@@ -423,8 +423,10 @@ export const run: (
             branch: ctx.branch,
             gid: ctx.gid,
             decision: "abort",
-            detail:
-              "branch was committed outside the protocol while no decision was logged; the transaction was presumed aborted"
+            // The same outcome as a rollback that finds its branch committed, in the same words:
+            // the coordinator that aborted this transaction (its abort writes no decision) may
+            // have recorded this branch already, and the log then keeps one record.
+            detail: heuristicDetail.abort
           }
           yield* recordHeuristic(record)
           results.push({ _tag: "Done", committed: true, heuristic: record })

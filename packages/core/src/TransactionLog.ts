@@ -102,6 +102,20 @@ export const unfinishedPage = (
 }
 
 /**
+ * What a heuristic record says, by the decision its branch went against: one text per outcome,
+ * whoever meets it (the coordinator as it finishes the transaction, a recovery pass after it,
+ * 3PC). The record's identity includes its detail (`heuristicKey`), so two texts for one outcome
+ * left two records of one branch's one outcome, for example an abort heuristic recorded by the
+ * coordinator and again by recovery; a different outcome of the same branch (a duplicate
+ * delivery) keeps a text, and a record, of its own.
+ * @since 0.1.0
+ */
+export const heuristicDetail = {
+  commit: "branch was rolled back outside the protocol after the commit decision",
+  abort: "branch was committed outside the protocol although the transaction aborted"
+} as const satisfies Record<Decision, string>
+
+/**
  * The identity of a heuristic record: two records with the same key report the same outcome
  * (`recordHeuristic` writes it once).
  * @since 0.1.0

@@ -49,7 +49,7 @@ import {
 } from "./TransactionError.js"
 import { forEachStarted, forEachWithin } from "./internal/concurrently.js"
 import * as TransactionId from "./TransactionId.js"
-import { type DecisionRecord, TransactionLog } from "./TransactionLog.js"
+import { type DecisionRecord, heuristicDetail, TransactionLog } from "./TransactionLog.js"
 
 /**
  * Bounds and retry policy of one transaction. Every wait is explicit.
@@ -459,14 +459,17 @@ const onePhase = (r: Resolved, timeout: Duration.Duration) =>
       })
     }
     const result = yield* done.value
+    const committed = (vote: Vote) =>
+      Outcome.Committed({
+        txId: r.ctx.txId,
+        votes: [{ branch: r.ctx.branch, gid: r.ctx.gid, vote }],
+        onePhase: true,
+        heuristics: []
+      })
     return OnePhaseResult.$match(result, {
-      Committed: () =>
-        Outcome.Committed({
-          txId: r.ctx.txId,
-          votes: [{ branch: r.ctx.branch, gid: r.ctx.gid, vote: Vote.Prepared() }],
-          onePhase: true,
-          heuristics: []
-        }),
+      Committed: () => committed(Vote.Prepared()),
+      // Reported as the two-phase path reports a branch that changed nothing.
+      ReadOnly: () => committed(Vote.ReadOnly()),
       No: ({ reason, sqlState }) =>
         Outcome.Aborted({
           txId: r.ctx.txId,
@@ -699,7 +702,7 @@ const runTransaction = Effect.fnUntraced(function* (
       // for operators by its rollback's own fiber, bounded by `callTimeout`: one answered after the
       // outcome is recorded too (recovery could not find it: its gid is gone). Those answered in
       // time are also reported in the outcome, as a heuristic rollback is after a commit decision.
-      const detail = "branch was committed outside the protocol although the transaction aborted"
+      const detail = heuristicDetail.abort
       // Heuristic records not written yet, or lost: the abort decision is then not completed, so
       // that recovery drives the branch again and records it (as on the commit path).
       let unrecorded = 0
@@ -831,7 +834,7 @@ const runTransaction = Effect.fnUntraced(function* (
   for (const [i, r] of writers.entries()) {
     const ack = acks[i]!
     if (Option.isSome(ack) && ack.value === "HeuristicRollback") {
-      const detail = "branch was rolled back outside the protocol after the commit decision"
+      const detail = heuristicDetail.commit
       heuristics.push({ branch: r.ctx.branch, gid: r.ctx.gid, detail })
       const done = yield* log
         .recordHeuristic({ txId, branch: r.ctx.branch, gid: r.ctx.gid, decision: "commit", detail })
