@@ -1,6 +1,6 @@
 /**
  * Three-phase commit (Skeen 1981) with its termination protocol, and the quorum variant
- * (Skeen 1982) that stays safe under network partitions (DESIGN.md "3PC").
+ * (Skeen 1982) that stays safe under network partitions (docs/3pc.md).
  *
  * Participant states: `initial` → `uncertain` (voted yes, branch prepared) → `precommitted` →
  * `committed`; or `aborted` (from `initial` or `uncertain`, or through `preaborted` in quorum
@@ -89,7 +89,7 @@ import {
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
 import { guardedCall } from "./internal/guarded.js"
-import { type HeuristicRecord, TransactionLog } from "./TransactionLog.js"
+import { type HeuristicRecord, heuristicDetail, TransactionLog } from "./TransactionLog.js"
 import { type BranchVote, type Heuristic, defaults as twoPhaseDefaults } from "./TwoPhaseCommit.js"
 
 /**
@@ -203,6 +203,15 @@ export interface ThreePhaseParticipant<in out Work = unknown> {
   ) => Effect.Effect<ThreePhaseRollbackAck, BranchCallError>
   /** The member's state, from durable records only. */
   readonly state: (ctx: BranchContext) => Effect.Effect<State, BranchCallError>
+  /**
+   * Whether `gid` is one of this participant's branches: its name and its deployment's gid
+   * namespace (the contract of 2PC's `Participant.owns`). Optional; when given, a transaction whose
+   * namespace the participant does not own is refused before anything is sent (`plan`, so `run`,
+   * `terminate` and `agent`), and `recover` and `watch` leave a scanned gid it does not own to the
+   * deployment that does (another one sharing the database under the same participant names, or
+   * another participant's branch in the same database).
+   */
+  readonly owns?: (gid: TransactionId.Gid) => boolean
   /** Accord's prepared branches on this participant, with their recorded state and members. */
   readonly inDoubt: Effect.Effect<ReadonlyArray<InDoubtMember>, BranchCallError>
   /** Forgets the bookkeeping of finished transactions; best effort. */
@@ -635,7 +644,8 @@ interface Plan {
 }
 
 /**
- * Checks the members of a transaction and the mode; builds every member's context.
+ * Checks the members of a transaction and the mode; builds every member's context. Refuses a
+ * member whose participant does not own its gid (`ThreePhaseParticipant.owns`: another namespace).
  * @since 0.1.0
  */
 export const plan = (
@@ -697,6 +707,18 @@ export const plan = (
       const gid = yield* TransactionId.validateGid(
         ns === undefined ? `accord_${id}_${name}` : `accord-${ns}_${id}_${name}`
       )
+      // A participant of another namespace would prepare a branch its own recovery never finds, or
+      // (a terminator, an agent) drive the branch of another deployment sharing its database.
+      const participant = byName.get(name)
+      if (participant?.owns !== undefined && !participant.owns(gid)) {
+        return yield* Either.left(
+          new InvalidTransactionError({
+            reason: `participant ${name} does not own gid ${gid}: give the transaction the participant's namespace (${
+              ns === undefined ? "none was given" : `${ns} was given`
+            })`
+          })
+        )
+      }
       members.push({
         name,
         ctx: {
@@ -706,7 +728,7 @@ export const plan = (
           members: parsed,
           mode: mode.kind === "classic" ? "classic" : { commit: mode.commit, abort: mode.abort }
         },
-        participant: byName.get(name)
+        participant
       })
     }
     return { txId: id, mode, members }
@@ -750,12 +772,6 @@ const timed = <A>(
   )
 
 const defaultRetry = Schedule.exponential(Duration.millis(20), 2).pipe(Schedule.intersect(Schedule.recurs(3)))
-
-/** What a heuristic outcome says, in 2PC's words, by the decision it went against. */
-const heuristicDetail = {
-  commit: "branch was rolled back outside the protocol after the commit decision",
-  abort: "branch was committed outside the protocol although the transaction aborted"
-} as const
 
 const heuristicOf = (m: { readonly ctx: BranchContext }, decision: "commit" | "abort"): Heuristic => ({
   branch: m.ctx.branch,
@@ -809,7 +825,8 @@ const recordHeuristics = (
  * Runs the termination protocol once over the members it can reach, without the coordinator.
  * Safe to run from several places at once (agents, standby coordinators, recovery).
  *
- * Fails only on invalid input (unknown participants, bad quorum sizes): nothing was sent then.
+ * Fails only on invalid input (unknown participants, bad quorum sizes, a namespace the participants
+ * do not own): nothing was sent then.
  * @since 0.1.0
  */
 export const terminate: (
@@ -1144,8 +1161,9 @@ export type RunError = InvalidTransactionError | InvalidQuorumError | UnsafeTime
 
 /**
  * Runs one global transaction with three-phase commit. Needs no coordinator log (see the module
- * documentation). Fails only on invalid input (nothing was sent): bad members or quorum sizes, and
- * in classic mode phases that the agents' declared timeout does not outlast (`UnsafeTimeoutError`).
+ * documentation). Fails only on invalid input (nothing was sent): bad members or quorum sizes, a
+ * namespace the participants do not own (`ThreePhaseParticipant.owns`), and in classic mode phases
+ * that the agents' declared timeout does not outlast (`UnsafeTimeoutError`).
  * @since 0.1.0
  */
 export const run: (
@@ -1543,7 +1561,9 @@ export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
   /**
    * Recover only the gids of this namespace; branches of another namespace, voted or not, are left alone
    * (reported `blocked`). Omitted: every namespace. Either way a branch's peers are probed under
-   * the namespace of the gid the scan found.
+   * the namespace of the gid the scan found, and a gid its participant does not own
+   * (`ThreePhaseParticipant.owns`) is left alone too (reported `blocked`, unless another
+   * participant of the pass owns it), as is a transaction one of whose peers does not own its gid.
    */
   readonly namespace?: string
   /** Prepared branches younger than this are left to their coordinator. Default 30 s. */
@@ -1634,6 +1654,21 @@ export const recover: (
         txId: found.branch.txId,
         reason: `gid ${found.branch.gid} is not in namespace ${JSON.stringify(options.namespace)}: left to its own recovery`
       })
+      continue
+    }
+    // A gid its participant does not own (`owns`) is another deployment's, sharing this database
+    // under the same participant names, or another participant's in the same database: voted or
+    // not, it is left to whoever owns it. Driven from here, every member uncertain, it was aborted
+    // under its own coordinator's feet; unvoted, it was rolled back (it may be a 2PC branch whose
+    // commit decision only that deployment's log knows). A gid that another participant of this
+    // pass owns is that one's to report: its own scan finds it.
+    if (found.participant.owns !== undefined && !found.participant.owns(found.branch.gid)) {
+      const gid = found.branch.gid
+      if (!participants.some((q) => q.name === found.branch.branch && q.owns?.(gid) === true))
+        blocked.push({
+          txId: found.branch.txId,
+          reason: `${found.participant.name} does not own gid ${gid}: left to the deployment that does`
+        })
       continue
     }
     if (found.branch.members === undefined) {
@@ -1742,7 +1777,8 @@ export const recover: (
 /**
  * A participant-side daemon: every `interval` it scans `self`'s in-doubt branches and runs an
  * `agent` for each one not already watched (over the namespace of the gid it found; with
- * `namespace`, only that namespace's gids). Fork it next to the participant; it never ends.
+ * `namespace`, only that namespace's gids; never one `self` does not own, `owns`). Fork it next to
+ * the participant; it never ends.
  * @since 0.1.0
  */
 export const watch = (
@@ -1767,6 +1803,8 @@ export const watch = (
         const namespace = gidNamespace(b.gid)
         if (Option.isNone(namespace)) continue
         if (options.namespace !== undefined && namespace.value !== options.namespace) continue
+        // Another deployment's branch in this database (or another participant's): its agents'.
+        if (self.owns !== undefined && !self.owns(b.gid)) continue
         yield* Ref.update(watching, (s) => new Set([...s, b.gid]))
         const names = new Set(members)
         yield* runAgent(

@@ -1,5 +1,5 @@
 /**
- * Two-phase commit, presumed abort (DESIGN.md "2PC, presumed abort").
+ * Two-phase commit, presumed abort (README.md, "Two-phase commit" and "What the outcomes mean").
  *
  * 1. Every branch prepares concurrently, each bounded by `prepareTimeout`; a timeout or a failed
  *    call counts as a No vote.

@@ -36,9 +36,9 @@
  *
  * @since 0.1.0
  */
-import { Participant, type ThreePhaseCommit, TransactionError } from "@accord/core"
+import { Participant, type ThreePhaseCommit, TransactionError, TransactionId } from "@accord/core"
 import type { PGlite } from "@electric-sql/pglite"
-import { Duration, Effect, Either } from "effect"
+import { Duration, Effect, Either, Option } from "effect"
 import {
   type Client,
   defaultCancelTimeout,
@@ -60,6 +60,12 @@ export interface PgThreePhaseParticipant
   readonly driver: "postgres" | "pglite"
   /** The underlying 2PC participant (same branches), e.g. for `Recovery` or operators. */
   readonly twoPhase: PgParticipant.PgParticipant
+  /**
+   * Its gids: `accord[-<namespace>]_<txId>_<name>` under its own name and namespace, the branches
+   * its in-doubt scan reports. 3PC `run` refuses another namespace; recovery, termination and agents
+   * leave another deployment's branches in this database alone.
+   */
+  readonly owns: (gid: TransactionId.Gid) => boolean
 }
 
 /**
@@ -159,7 +165,8 @@ const build = (
   client: Client,
   cancelTimeout: Duration.Duration,
   tables: Tables,
-  migrate: boolean
+  migrate: boolean,
+  namespace: string | undefined
 ): Effect.Effect<
   PgThreePhaseParticipant,
   TransactionError.ConfigurationError | TransactionError.BranchCallError
@@ -364,10 +371,18 @@ const build = (
               Effect.asVoid
             )
 
+    // The rule of its scan (`PgParticipant.inDoubt`: its own name and namespace only).
+    const owns = (gid: TransactionId.Gid): boolean =>
+      Option.exists(
+        TransactionId.parseGid(gid),
+        (parsed) => parsed.branch === name && parsed.namespace === namespace
+      )
+
     const participant: PgThreePhaseParticipant = {
       name,
       driver: pg.driver,
       twoPhase: pg,
+      owns,
       verify: pg.verify,
       prepare,
       precommit: move("precommitted"),
@@ -409,7 +424,7 @@ export const make = (
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const tables = yield* existing(client, cancelTimeout, options.name)
     const pg = yield* PgParticipant.make(tables.ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false)
+    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false, options.namespace)
   })
 
 /**
@@ -428,12 +443,20 @@ export const makePglite = (
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const tables = yield* existing(client, cancelTimeout, options.name)
     const pg = yield* PgParticipant.makePglite(tables.ready ? { ...options, migrate: false } : options)
-    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false)
+    return yield* build(pg, client, cancelTimeout, tables, options.migrate !== false, options.namespace)
   })
 
 /** Which of Accord's participant tables exist, and where, as `existing` found them. */
 interface Tables {
-  /** Every one: the marker table, its index and the state table. */
+  /**
+   * Every one: the marker table, its index, `accord_branch_forgotten` beside it and the state
+   * table. Until 2026-12-07 the forgotten table was not looked for: on a database migrated by an
+   * older release this participant told its 2PC participant `migrate: false` whatever it was given,
+   * so the forgotten table was never created and `forget` kept measuring `markerGrace` from each
+   * marker's creation (recovery's forget deleted a long-prepared branch's marker at once, and a
+   * coordinator re-driving its commit read a false `HeuristicRollback`). Only `migrate: false`
+   * keeps that rule now (with the 2PC participant's warning), until `Migrations.participant` runs.
+   */
   readonly ready: boolean
   /** The state table `accord_3pc_state` (checked against `migrate: false`). */
   readonly stateTable: boolean
@@ -442,28 +465,35 @@ interface Tables {
   readonly stateSchema: string | null | undefined
 }
 
+// `accord_branch_forgotten` is looked for in the marker table's schema, where the migration puts it
+// (`format('%I', null)` fails, hence the `case`).
 const EXISTING_SQL =
   "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
   "as markers, to_regclass('accord_3pc_state') is not null as state_table, " +
-  `${schemaOf("'accord_branch'")} as marker_schema, ${schemaOf("'accord_3pc_state'")} as state_schema`
+  "m.nspname as marker_schema, case when m.nspname is null then false " +
+  "else to_regclass(format('%I.accord_branch_forgotten', m.nspname)) is not null end as forgotten, " +
+  `${schemaOf("'accord_3pc_state'")} as state_schema ` +
+  `from (select ${schemaOf("'accord_branch'")} as nspname) m`
 
 /**
  * Which of Accord's participant tables exist already, and in which schema, in one statement (it also answers the
  * `migrate: false` check). When all do, no DDL is sent at all: any lock the DDL takes on a table
  * that prepared branches hold ROW EXCLUSIVE on (their marker and state rows) would wait for them,
  * so a participant restarting with in-doubt branches must not send it
- * (`Migrations.participantDdl` itself creates the marker table and its index only when missing).
+ * (`Migrations.participantDdl` itself creates the marker table and its index only when missing, and
+ * `accord_branch_forgotten` as a table of its own, without touching the marker table).
  */
 const existing = (client: Client, cancelTimeout: Duration.Duration, name: string) =>
   statement<{
     markers: boolean
     state_table: boolean
+    forgotten: boolean
     marker_schema: string | null
     state_schema: string | null
   }>(client, EXISTING_SQL, [], cancelTimeout).pipe(
     Effect.map(
       (rows): Tables => ({
-        ready: rows[0]?.markers === true && rows[0]?.state_table === true,
+        ready: rows[0]?.markers === true && rows[0]?.forgotten === true && rows[0]?.state_table === true,
         stateTable: rows[0]?.state_table === true,
         markerSchema: rows[0]?.marker_schema,
         stateSchema: rows[0]?.state_schema
