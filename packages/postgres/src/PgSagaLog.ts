@@ -1,12 +1,14 @@
 /**
  * The core `SagaLog` on a Postgres database (postgres.js or PGlite), tables in `SagaSchema`.
  *
- * Every write is one autocommitted statement. `SagaStarted`, `StepStarted`, `SagaEnded` and
- * `OperatorAction` are forced (`synchronous_commit = on` for that statement) before the
- * orchestrator acts on them: `StepStarted` is durable before the action runs, which is what makes
- * an interrupted step recognisable as in doubt. Completion and compensation records are written
- * with `synchronous_commit = off` (`forceAll: true` forces them too): losing one in a database crash
- * only repeats an idempotent step, and the next forced record flushes them anyway.
+ * Every write is one autocommitted statement. `SagaStarted`, `StepStarted`, `CompensationStarted`,
+ * `SagaEnded` and `OperatorAction` are forced (`synchronous_commit = on` for that statement) before
+ * the orchestrator acts on them: `StepStarted` is durable before the action runs, which is what
+ * makes an interrupted step recognisable as in doubt, and `CompensationStarted` (with the
+ * `StepFailed` before it) before a compensation runs, so that a saga that has begun to go backwards
+ * never goes forward again. `StepCompleted`, `StepFailed` and `CompensationCompleted` are written
+ * with `synchronous_commit = off` (`forceAll: true` forces them too): losing one in a database
+ * crash only repeats an idempotent step or compensation, and the next forced record flushes them.
  *
  * Ownership: an append bumps `accord_saga.next_seq` *where owner = $owner* and inserts the record
  * with that number in the same statement; an orchestrator that lost its lease writes nothing.
@@ -132,15 +134,22 @@ const jsonOf = (operation: string, sagaId: string, value: () => string) =>
   })
 
 /**
- * Records that are forced (flushed to disk before the call returns). The others may be lost in a
- * crash of the *database* without harm: a lost StepCompleted / StepFailed re-runs the step (at
- * least once, in doubt), a lost CompensationStarted/Completed re-runs the compensation (which must
- * be idempotent anyway); and the next forced record flushes them, since the WAL is sequential.
- * StepStarted must be durable before the action runs, SagaEnded before the caller hears the outcome.
+ * Records that are forced (flushed to disk before the call returns): each one written before an
+ * effect it announces. StepStarted must be durable before the action runs, CompensationStarted
+ * before the compensation runs, SagaEnded before the caller hears the outcome. The others may be
+ * lost in a crash of the *database* without harm, since the WAL is sequential and the next forced
+ * record flushes them: a lost StepCompleted re-runs the step (at least once, in doubt), a lost
+ * CompensationCompleted re-runs the compensation (which must be idempotent anyway).
+ *
+ * A lost StepFailed is harmless only while nothing has acted on it: until 2026-12-07
+ * CompensationStarted was not forced either, so a crash after a compensation had run could lose
+ * the whole backward path, and the resumed saga re-ran the failed step, went forward and ended
+ * Completed with the earlier steps' effects compensated (`test/sagaLogForced.test.ts`).
  */
 const mustForce = (record: SagaRecord): boolean =>
   record._tag === "SagaStarted" ||
   record._tag === "StepStarted" ||
+  record._tag === "CompensationStarted" ||
   record._tag === "SagaEnded" ||
   record._tag === "OperatorAction"
 
