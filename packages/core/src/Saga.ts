@@ -1280,7 +1280,12 @@ export const resume: <R>(
 })
 
 /**
- * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end.
+ * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end, at most
+ * `concurrency` at a time (default 8): each slot claims the next abandoned saga as soon as its drive
+ * ends, whatever the other slots are still driving, until a claim finds none. Returns the outcomes
+ * of the sagas finished, in the order they were claimed; a saga that could not be finished now
+ * (lease lost, log error, no definition, a drive that died) is logged and left for a later sweep.
+ * Fails with `LogError` when a claim fails, once the drives in flight have ended.
  * Several orchestrators may sweep one log at once: a saga is claimed by one of them at a time.
  * Claims are recorded under `<owner>/sweep-<token>`, unique per sweep (see `driveLease`).
  * @since 0.1.0
@@ -1308,48 +1313,89 @@ export const sweep: <R>(
   const log = yield* driveLog(lease.leaseFor)
   const limit = options.limit ?? 100
   const concurrency = Math.max(1, options.concurrency ?? 8)
-  // Claimed a batch of `concurrency` at a time, each batch when it can be driven: claimed all at
-  // once, the sagas waiting for a free slot had leases nobody renewed, which lapsed behind long
-  // drives (another sweeper then took them over, and this one's drive of them failed).
-  const results: Array<Either.Either<Outcome, SagaError>> = []
+  const types = [...sagas.keys()]
+  // Outcomes by claim order; `None` for a saga not finished now.
+  const results: Array<Option.Option<Outcome>> = []
   const seen = new Set<string>()
-  let more = true
-  while (more && results.length < limit) {
-    const takenAt = yield* leaseClock
-    const wanted = Math.min(concurrency, limit - results.length)
-    // Only sagas this sweep has a definition for, and none it has taken already: one it gave back
-    // (an output it cannot decode) is claimable again at once, and being the oldest it was claimed
-    // first again, every batch: the sweep ended there and no later saga was ever recovered.
-    const claimed = yield* log.claimAbandoned({
-      ...lease,
-      limit: wanted,
-      types: [...sagas.keys()],
-      exclude: [...seen]
+  let reserved = 0
+  // Cleared when a claim finds nothing new, or fails: no slot claims again.
+  let open = true
+  let claimFailure: Option.Option<LogError> = Option.none()
+
+  // A saga is claimed only when a slot is free to drive it: claimed all at once, the sagas waiting
+  // for a slot had leases nobody renewed, which lapsed behind long drives (another sweeper then
+  // took them over, and this one's drive of them failed).
+  const claim = (slots: number) =>
+    Effect.gen(function* () {
+      // Checked and reserved in one synchronous step, so that slots claiming at once stay within `limit`.
+      const wanted = open ? Math.min(slots, limit - reserved) : 0
+      if (wanted <= 0) return []
+      reserved += wanted
+      const takenAt = yield* leaseClock
+      // Only sagas this sweep has a definition for, and none it has taken already: one it gave back
+      // (an output it cannot decode) is claimable again at once, and being the oldest it was
+      // claimed first again, every time: the sweep ended there and no later saga was recovered.
+      const claimed = yield* log.claimAbandoned({ ...lease, limit: wanted, types, exclude: [...seen] }).pipe(
+        Effect.onError(() =>
+          Effect.sync(() => {
+            reserved -= wanted
+          })
+        )
+      )
+      // A log that ignores those filters: a saga given back by this sweep (no definition, an output
+      // it cannot decode) is given back again, and the sweep stops claiming rather than claim it
+      // over and over.
+      const again = claimed.filter((h) => seen.has(h.sagaId))
+      const fresh = claimed.filter((h) => !seen.has(h.sagaId))
+      for (const h of fresh) seen.add(h.sagaId)
+      reserved -= wanted - fresh.length
+      if (claimed.length < wanted || again.length > 0) open = false
+      yield* Effect.forEach(again, (h) => log.release(h.sagaId, lease.owner), { discard: true })
+      return fresh.map((history) => ({ history, takenAt, index: results.push(Option.none()) - 1 }))
     })
-    // A log that ignores those filters: a saga given back by this sweep (no definition, an output it
-    // cannot decode) is given back again, and the sweep ends rather than claim it over and over.
-    const again = claimed.filter((h) => seen.has(h.sagaId))
-    yield* Effect.forEach(again, (h) => log.release(h.sagaId, lease.owner), { discard: true })
-    const fresh = claimed.filter((h) => !seen.has(h.sagaId))
-    for (const h of fresh) seen.add(h.sagaId)
-    more = claimed.length === wanted && again.length === 0
-    const batch = yield* Effect.forEach(
-      fresh,
-      (h) =>
-        Effect.either(continueClaimed(sagas, h, lease, takenAt)).pipe(
-          Effect.tap((r) =>
-            Either.isLeft(r)
-              ? Effect.logWarning(`saga sweep: ${h.sagaId} not finished now: ${r.left.message}`)
-              : Effect.void
-          )
-        ),
-      { concurrency: "unbounded" }
+  type Claimed = Effect.Effect.Success<ReturnType<typeof claim>>[number]
+
+  // A drive that fails or dies ends that saga's drive only, never the sweep: the saga stays in the
+  // log for the next sweep. Interruption (of the sweep) passes through.
+  const driveClaimed = ({ history, takenAt, index }: Claimed) =>
+    continueClaimed(sagas, history, lease, takenAt).pipe(
+      Effect.flatMap((outcome) =>
+        Effect.sync(() => {
+          results[index] = Option.some(outcome)
+        })
+      ),
+      Effect.catchAllCause((cause) => {
+        if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause)
+        const failure = Cause.failureOption(cause)
+        return Option.isSome(failure)
+          ? Effect.logWarning(`saga sweep: ${history.sagaId} not finished now: ${failure.value.message}`)
+          : Effect.logError(`saga sweep: ${history.sagaId} not finished now: its drive died`, cause)
+      })
     )
-    results.push(...batch)
-  }
-  // A saga that could not be finished now (lease lost, log error, no definition) stays in the log
-  // for the next sweep; only log failures of the sweep itself are errors.
-  return results.flatMap((r) => (Either.isRight(r) ? [r.right] : []))
+
+  // One slot: drives its saga, then claims the next one, until a claim finds nothing (or fails) or
+  // the sweep has claimed `limit` sagas.
+  const slot = (first: Claimed) =>
+    Effect.gen(function* () {
+      let next: Claimed | undefined = first
+      while (next !== undefined) {
+        yield* driveClaimed(next)
+        next = undefined
+        const claimed = yield* Effect.either(claim(1))
+        if (Either.isLeft(claimed)) {
+          open = false
+          if (Option.isNone(claimFailure)) claimFailure = Option.some(claimed.left)
+        } else next = claimed.right[0]
+      }
+    })
+
+  // The first claim fills every slot in one statement; later claims take one saga per slot freed.
+  const first = yield* claim(concurrency)
+  yield* Effect.forEach(first, slot, { concurrency: "unbounded", discard: true })
+  // A saga that could not be finished now stays in the log for the next sweep; only log failures
+  // of the sweep itself are errors.
+  if (Option.isSome(claimFailure)) return yield* Effect.fail(claimFailure.value)
+  return results.flatMap((r) => (Option.isSome(r) ? [r.value] : []))
 })
 
 /**
