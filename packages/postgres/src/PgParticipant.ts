@@ -28,7 +28,7 @@ import { tmpdir } from "node:os"
 import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite, type Transaction } from "@electric-sql/pglite"
-import { Clock, Duration, Effect, Either } from "effect"
+import { Clock, Duration, Effect, Either, Option } from "effect"
 import type postgres from "postgres"
 import {
   Abandonment,
@@ -51,6 +51,7 @@ import { Gate, shared as sharedGate } from "./internal/gate.js"
 import * as Branch from "./internal/pgBranch.js"
 import type { Ending, Mode, StageFailure } from "./internal/pgBranch.js"
 import { runTyped } from "./internal/promise.js"
+import { finiteDuration } from "./internal/retention.js"
 import * as Migrations from "./Migrations.js"
 import type * as Pipeline from "./Pipeline.js"
 
@@ -96,16 +97,20 @@ export type Operation<Params = never> = (session: BranchSession, params: Params)
 export interface PgParticipant extends Participant.Participant<PgWork> {
   readonly driver: "postgres" | "pglite"
   /**
-   * Deletes marker rows older than `olderThan`; returns how many. Only safe for markers whose
-   * transactions are complete in the log (recovery needs the marker to tell "committed" from
-   * "rolled back by hand"): pick an age well past your longest recovery delay. `PgRecovery` removes
-   * the markers of completed transactions precisely; this is the backstop. Only markers of this
-   * participant's namespace (`namespace`, or none) are deleted: another deployment sharing the
-   * database keeps its own.
+   * Deletes markers older than `olderThan`; returns how many. A marker `forget` has seen is aged
+   * from that forget (its stamp in `accord_branch_forgotten`, as `markerGrace` is), one it never
+   * saw from its creation. Only safe for markers whose transactions are complete in the log
+   * (recovery needs the marker to tell "committed" from "rolled back by hand"): pick an age well
+   * past your longest recovery delay, and longer than any branch stays prepared (a marker no forget
+   * has seen yet is aged from its branch's BEGIN). `PgRecovery` removes the markers of completed
+   * transactions precisely; this is the backstop. Only markers of this participant's namespace
+   * (`namespace`, or none) are deleted: another deployment sharing the database keeps its own.
+   * `olderThan` must be a positive, finite duration of at least `markerGrace`, or this fails with a
+   * `ConfigurationError` before anything is deleted.
    */
   readonly gcMarkers: (
     olderThan: Duration.DurationInput
-  ) => Effect.Effect<number, TransactionError.BranchCallError>
+  ) => Effect.Effect<number, TransactionError.ConfigurationError | TransactionError.BranchCallError>
 }
 
 /**
@@ -166,7 +171,8 @@ export interface PgliteOptions extends CommonOptions {
   /**
    * How long a branch waits for the PGlite gate before voting No. The gate is held from BEGIN to
    * COMMIT/ROLLBACK PREPARED; a branch whose coordinator never comes back holds it until recovery
-   * resolves the branch. Default 10 s.
+   * resolves the branch. A branch kept out by a transaction found prepared that no participant
+   * resolves is refused at once (see `makePglite`). Default 10 s.
    */
   readonly lockTimeout?: Duration.DurationInput
   /**
@@ -332,7 +338,10 @@ interface Statements {
    * namespace's gid pattern (see `forgetOn`).
    */
   readonly forget: string
-  /** Only this participant's namespace: another deployment sharing the database needs its markers. */
+  /**
+   * `gcMarkers`: `$1` the age in seconds, `$2` this participant's namespace's gid pattern (another
+   * deployment sharing the database needs its markers). See `gcOn`.
+   */
   readonly gc: string
 }
 
@@ -364,6 +373,22 @@ const forgetByCreation = (table: string): string =>
   `delete from ${table} where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8) ` +
   "and $3::text is not null and $4::text is not null"
 
+/**
+ * `gcMarkers` with a forgotten marker aged from its stamp, as `forget` ages it: until 2026-12-07 it
+ * went by `created_at` alone, and deleted the marker of a branch prepared longer than the age as
+ * soon as recovery committed and forgot it, inside its `markerGrace`; a coordinator re-driving that
+ * COMMIT PREPARED then reported a HeuristicRollback that never happened. A stamp is never older than
+ * its marker's `created_at` (forget stamps markers that exist), so the `created_at` condition
+ * keeps the index scan; stamps past the age go too (those of markers deleted here, or by hand).
+ */
+const gcOn = (table: string, forgotten: string): string =>
+  `with gone as (delete from ${table} m where m.created_at < now() - make_interval(secs => $1::float8) ` +
+  "and m.gid like $2 " +
+  `and not exists (select 1 from ${forgotten} f where f.gid = m.gid ` +
+  "and f.forgotten_at >= now() - make_interval(secs => $1::float8)) returning 1), " +
+  `stamps as (delete from ${forgotten} where gid like $2 and forgotten_at < now() - make_interval(secs => $1::float8)) ` +
+  "select count(*)::int as deleted from gone"
+
 const statementsOn = (table: string, forgotten: string | undefined): Statements => ({
   branch: Branch.markerStatements(table),
   markers: `select gid from ${table} where gid = any($1::text[])`,
@@ -372,8 +397,10 @@ const statementsOn = (table: string, forgotten: string | undefined): Statements 
     "select exists (select 1 from pg_prepared_xacts where gid = $1 and database = current_database()) as prepared",
   forget: forgotten === undefined ? forgetByCreation(table) : forgetOn(table, forgotten),
   gc:
-    `with gone as (delete from ${table} where created_at < now() - make_interval(secs => $1::float8) ` +
-    "and gid like $2 returning 1) select count(*)::int as deleted from gone"
+    forgotten === undefined
+      ? `with gone as (delete from ${table} where created_at < now() - make_interval(secs => $1::float8) ` +
+        "and gid like $2 returning 1) select count(*)::int as deleted from gone"
+      : gcOn(table, forgotten)
 })
 
 /**
@@ -450,21 +477,34 @@ class PgliteStageError {
 }
 
 /**
- * Marks the branch's transaction (PGlite): `set_config(..., is_local => true)` ends with it. Also
- * reads the role the session runs as, for `PGLITE_BRANCH_CHECK_SQL` to restore.
+ * The session's own virtual transaction id (`<backend>/<local id>`): a new one for every
+ * transaction, a work's `COMMIT; BEGIN` included, and untouched by `RESET ALL`. Read from
+ * `pg_lock_status()` (not the `pg_locks` view, whose lock the prepared transaction would keep).
  */
-const PGLITE_BRANCH_MARK_SQL = "select set_config('accord.branch_gid', $1, true), current_user::text as role"
+const PGLITE_VXID_SQL =
+  "(select l.virtualxid from pg_lock_status() l where l.locktype = 'virtualxid' " +
+  "and l.pid = pg_backend_pid() and l.virtualxid = l.virtualtransaction limit 1)"
+
+/**
+ * Marks the branch's transaction (PGlite): `set_config(..., is_local => true)` ends with it, and the
+ * transaction's virtual id, for when the work's `RESET ALL` cleared the setting (see
+ * `PGLITE_BRANCH_CHECK_SQL`). Also reads the role the session runs as, for the check to restore.
+ */
+const PGLITE_BRANCH_MARK_SQL = `select set_config('accord.branch_gid', $1, true), current_user::text as role, ${PGLITE_VXID_SQL} as vxid`
 
 /**
  * After the work, before the marker or COMMIT (PGlite): the role the session ran as when the branch
  * began, for this transaction only (a work's `SET LOCAL ROLE` made the marker insert fail with 42501
  * where that role may not write `accord_branch`, and would leave the prepared transaction owned by
  * that role, which only it or a superuser may COMMIT PREPARED; a `RESET ROLE` there outlived the
- * branch and switched a session that had set a role of its own to the superuser for good), then the
- * branch's mark read back.
+ * branch and switched a session that had set a role of its own to the superuser for good), then
+ * whether this is still the branch's transaction: its mark (`$2`) is there, or, when a work's
+ * `RESET ALL` cleared it (which voted No for sound work until 2026-12-07), the transaction's virtual
+ * id is still the one read at BEGIN (`$3`). The id is only read then (`or` stops at a mark found).
  */
 const PGLITE_BRANCH_CHECK_SQL =
-  "select set_config('role', $1, true), current_setting('accord.branch_gid', true) as gid"
+  "select set_config('role', $1, true), " +
+  `coalesce(current_setting('accord.branch_gid', true) = $2 or ${PGLITE_VXID_SQL} = $3, false) as same`
 
 /**
  * Whether the work ended the branch's transaction itself (`COMMIT`, `ROLLBACK`, `PREPARE
@@ -478,11 +518,11 @@ const PGLITE_BRANCH_CHECK_SQL =
 const pgliteEndedByWork = async (
   tx: Transaction,
   ctx: Participant.BranchContext,
-  role: string
+  begun: { readonly role: string; readonly vxid: string | null }
 ): Promise<PgFailure | undefined> => {
   let checked: Awaited<ReturnType<Transaction["query"]>>
   try {
-    checked = await tx.query(PGLITE_BRANCH_CHECK_SQL, [role])
+    checked = await tx.query(PGLITE_BRANCH_CHECK_SQL, [begun.role, ctx.gid, begun.vxid])
   } catch (error) {
     if (toFailure(error).sqlState !== "25P02") throw error
     return {
@@ -491,8 +531,7 @@ const pgliteEndedByWork = async (
       message: "the transaction was aborted by a statement error that the work caught; rolled back"
     }
   }
-  const mark = checked.rows[0] as { gid?: unknown } | undefined
-  if (mark?.gid === ctx.gid) return undefined
+  if ((checked.rows[0] as { same?: unknown } | undefined)?.same === true) return undefined
   return {
     sqlState: "25000",
     connectionLost: false,
@@ -520,9 +559,10 @@ const runPgliteBranch = async (
   let stage: StageFailure["stage"] = "begin"
   try {
     return await db.transaction<Ending>(async (tx) => {
-      // Transaction-local: gone once the transaction ends, however the work ended it.
-      const begun = await tx.query<{ role: string }>(PGLITE_BRANCH_MARK_SQL, [ctx.gid])
-      const role = begun.rows[0]!.role
+      // Transaction-local, and the transaction's virtual id: what tells, after the work, whether
+      // it ended the transaction (see `PGLITE_BRANCH_CHECK_SQL`).
+      const begun = (await tx.query<{ role: string; vxid: string | null }>(PGLITE_BRANCH_MARK_SQL, [ctx.gid]))
+        .rows[0]!
       const session: BranchSession = {
         query: async <T>(text: string, params?: ReadonlyArray<unknown>) =>
           (await tx.query<T>(text, params as Array<unknown> | undefined)).rows,
@@ -556,7 +596,7 @@ const runPgliteBranch = async (
         return { _tag: "WorkFailed", failure: given.failure }
       }
       stage = "marker"
-      const ended = await pgliteEndedByWork(tx, ctx, role)
+      const ended = await pgliteEndedByWork(tx, ctx, begun)
       if (ended !== undefined) {
         // Rolls back whatever the work left open (a warning when nothing is).
         await tx.rollback()
@@ -587,7 +627,8 @@ const pgliteBranch = (
   ctx: Participant.BranchContext,
   mode: Mode,
   work: PgWork,
-  cancelTimeout: Duration.Duration
+  cancelTimeout: Duration.Duration,
+  releaseGone: Effect.Effect<void>
 ): Effect.Effect<Ending, StageFailure> => {
   // Once the transaction has started, its promise leaves the gate. Before that, an interruption
   // landing after the admission (inside the wait's restore but after its own clean-up, or pending
@@ -599,17 +640,29 @@ const pgliteBranch = (
   const isOpen = () => !db.closed
   return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function* () {
-      const entered = yield* restore(gate.enter(ctx.txId, ctx.gid, lockTimeout, isOpen))
-      if (!entered) {
+      const enter = restore(gate.enter(ctx.txId, ctx.gid, lockTimeout, isOpen))
+      let entered = yield* enter
+      // Refused at once by prepared transactions no participant resolves: one resolved by hand
+      // since lets this branch in without waiting for the next in-doubt scan to notice.
+      if (!entered && gate.closedByForeign) {
+        yield* restore(releaseGone)
+        entered = yield* enter
+      }
+      // The hold this fiber's entry took: the one this branch leaves.
+      const ticket = entered ? gate.heldBy(ctx.gid, yield* Effect.fiberId) : undefined
+      if (ticket === undefined) {
         return yield* Effect.fail<StageFailure>({
           stage: "busy",
           failure: {
             sqlState: "55P03",
             connectionLost: false,
-            message: `PGlite participant busy for more than ${Duration.format(lockTimeout)}: held by ${gate.holderDescription}`
+            message: gate.closedByForeign
+              ? `PGlite participant closed by prepared transactions nothing here resolves: ${gate.holderDescription}`
+              : `PGlite participant busy for more than ${Duration.format(lockTimeout)}: held by ${gate.holderDescription}`
           }
         })
       }
+      const held = ticket
       return yield* restore(
         Effect.async<Ending, StageFailure>((resume) => {
           started = true
@@ -623,18 +676,18 @@ const pgliteBranch = (
             abandonment,
             Duration.toMillis(cancelTimeout)
           )
-          // The gate is left here, on the promise, so that it is left even after an interruption.
-          let abandoned = false
+          // The gate is left here, on the promise, so that it is left even after an interruption; by
+          // this branch's hold, never a later one of the same gid. Prepared, the hold stays until a
+          // COMMIT/ROLLBACK PREPARED of the gid leaves it (`Gate.resolving`; one that ran before
+          // this callback, the branch's caller having given up, has left it already).
           pending.then(
             (ending) => {
-              if (ending._tag !== "Prepared") gate.leave(ctx.gid)
-              // Prepared after its caller gave up: a rollback may already have left the gate, so
-              // hold it again until recovery resolves this branch.
-              else if (abandoned) gate.holdFor([ctx.gid], undefined, isOpen, ctx.txId)
+              if (ending._tag !== "Prepared") gate.leaveHold(held)
+              else gate.markPrepared(held)
               resume(Effect.succeed(ending))
             },
             (error: unknown) => {
-              gate.leave(ctx.gid)
+              gate.leaveHold(held)
               const stage = error instanceof PgliteStageError ? error.stage : "begin"
               const cause = error instanceof PgliteStageError ? error.cause : error
               resume(Effect.fail({ stage, failure: toFailure(cause) }))
@@ -643,7 +696,6 @@ const pgliteBranch = (
           // Bounded in the Promise: a canceler runs uninterruptibly, an Effect.timeout would not end
           // it (see `settlesWithin`). The gate stays held until the branch settles.
           return Effect.promise(() => {
-            abandoned = true
             abandonment.abandon()
             // The work's bound, then the ROLLBACK behind it.
             return settlesWithin(pending, 2 * Duration.toMillis(cancelTimeout))
@@ -692,8 +744,12 @@ interface Driver {
   readonly client: Client
   /** Made once the marker table is found, with the statements that name it. */
   readonly runner: (statements: Branch.MarkerStatements) => BranchRunner
-  /** Called once a prepared branch is resolved (PGlite: leaves the gate). */
-  readonly resolved: (gid: TransactionId.Gid) => void
+  /**
+   * Called as a COMMIT/ROLLBACK PREPARED of `gid` is sent; what it returns, with what the answer
+   * found (`true` the gid ended, `false` it was gone). PGlite: leaves the gate's hold that answer is
+   * about (`Gate.resolving`).
+   */
+  readonly resolving: (gid: TransactionId.Gid) => (ended: boolean) => void
   readonly fix: string
 }
 
@@ -897,17 +953,18 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     }
     const verb = phase === "commit" ? "COMMIT" : "ROLLBACK"
     return startVia(client, cancelMs, async (send) => {
+      const resolved = driver.resolving(gid.right)
       const done = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
       if (done.ok) {
-        driver.resolved(gid.right)
+        resolved(true)
         return Either.right("finished" as const)
       }
       if (done.failure.sqlState !== UNDEFINED_OBJECT) {
         return Either.left(callError(ctx, phase, done.failure, done.failure.connectionLost))
       }
+      resolved(false)
       const marker = await send<object>(sqls.markerExists, [ctx.gid])
       if (!marker.ok) return Either.left(callError(ctx, phase, marker.failure, marker.failure.connectionLost))
-      driver.resolved(gid.right)
       return Either.right(
         column(marker.value[0], 0) === true ? ("goneCommitted" as const) : ("goneNotCommitted" as const)
       )
@@ -967,9 +1024,13 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         ctxs.map(async (ctx, i) => {
           const gid = TransactionId.validateGid(ctx.gid)
           if (Either.isLeft(gid)) return false
+          const resolved = driver.resolving(gid.right)
           const r = await send(`${verb} PREPARED ${TransactionId.toSqlLiteral(gid.right)}`)
-          if (r.ok) driver.resolved(gid.right)
-          else if (r.failure.sqlState === UNDEFINED_OBJECT) gone.push(i)
+          if (r.ok) resolved(true)
+          else if (r.failure.sqlState === UNDEFINED_OBJECT) {
+            resolved(false)
+            gone.push(i)
+          }
           return r.ok
         })
       )
@@ -978,10 +1039,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         if (marked.ok) {
           const present = new Set(marked.value.map((row) => column(row, 0)))
           for (const i of gone) {
-            if (present.has(ctxs[i]!.gid) === (phase === "commit")) {
-              oks[i] = true
-              driver.resolved(ctxs[i]!.gid as TransactionId.Gid)
-            }
+            if (present.has(ctxs[i]!.gid) === (phase === "commit")) oks[i] = true
           }
         }
       }
@@ -1056,15 +1114,39 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
           Effect.withSpan("PgParticipant.forget", { attributes: { branch: name, count: ctxs.length } })
         )
 
-  const gcMarkers = (olderThan: Duration.DurationInput) =>
-    query<object>(sqls.gc, [
-      Duration.toSeconds(Duration.decode(olderThan)),
+  const gcMarkers = (
+    olderThan: Duration.DurationInput
+  ): Effect.Effect<number, TransactionError.ConfigurationError | TransactionError.BranchCallError> => {
+    // Checked before decoding: `Duration.decode` reads NaN or a negative number as zero, and a zero
+    // age deletes every marker, those recovery and a re-driving coordinator still need included.
+    const refuse = (reason: string) =>
+      Effect.fail(
+        new TransactionError.ConfigurationError({
+          participant: name,
+          reason,
+          fix: 'give gcMarkers an age well past your longest recovery delay and at least markerGrace, e.g. gcMarkers("7 days")'
+        })
+      )
+    const age = finiteDuration(olderThan)
+    if (age._tag === "None" || Duration.toMillis(age.value) <= 0) {
+      return refuse(`gcMarkers: olderThan must be a positive, finite duration (got ${String(olderThan)})`)
+    }
+    if (Duration.toSeconds(age.value) < markerGrace) {
+      return refuse(
+        `gcMarkers: olderThan (${Duration.format(age.value)}) is shorter than markerGrace (${Duration.format(
+          Duration.seconds(markerGrace)
+        )}): it would delete markers forget keeps for a coordinator still re-driving COMMIT PREPARED`
+      )
+    }
+    return query<object>(sqls.gc, [
+      Duration.toSeconds(age.value),
       TransactionId.gidLikePattern(options.namespace)
     ]).pipe(
       Effect.map((rows) => Number(column(rows[0], 0) ?? 0)),
       Effect.mapError((f) => callError(self, "complete", f, false)),
       Effect.withSpan("PgParticipant.gcMarkers", { attributes: { branch: name } })
     )
+  }
 
   const fromOperations = (calls: ReadonlyArray<Participant.OperationCall>): PgWork => {
     const steps = calls.map((call) => {
@@ -1144,7 +1226,7 @@ export const make = (
           start: (ctx, mode, work) =>
             startPgBranch(options.sql, statements, prepare, slots.right, ctx, mode, work, cancelTimeout)
         }),
-        resolved: noop,
+        resolving: () => noop,
         fix: postgresFix
       },
       options
@@ -1193,12 +1275,42 @@ const slotsOf = (options: Options): Either.Either<Branch.Slots, TransactionError
 export const makePromise = (options: Options): Promise<PgParticipant> => runTyped(make(options))
 
 /**
+ * What a transaction found prepared at start-up that a PGlite participant does not resolve is,
+ * and what resolves it: the refusal its branches get, and the warning, name it.
+ */
+const foreignReason = (gid: string, namespace: string | undefined): string => {
+  const parsed = TransactionId.parseGid(gid)
+  const resolvedHow = "; the next branch or in-doubt scan sees it gone"
+  if (Option.isNone(parsed)) {
+    return `'${gid}', prepared outside Accord: COMMIT PREPARED or ROLLBACK PREPARED it${resolvedHow}`
+  }
+  const { branch } = parsed.value
+  const withRecovery =
+    `register a participant named ${branch} on this instance with recovery ` +
+    `(PgParticipant.makePglite({ name: "${branch}", ${parsed.value.namespace === undefined ? "" : `namespace: "${parsed.value.namespace}", `}db, gate }) ` +
+    "among PgRecovery.run's participants), which commits it or rolls it back as its transaction log decided"
+  return parsed.value.namespace === namespace
+    ? `'${gid}', an Accord branch of participant ${branch} (a former name of this participant, or another participant on this instance): ${withRecovery}, or resolve it by hand as that log says${resolvedHow}`
+    : `'${gid}', an Accord branch of ${parsed.value.namespace === undefined ? "no namespace" : `namespace ${parsed.value.namespace}`} (another deployment): ${withRecovery} against that deployment's log, or resolve it by hand as that log says${resolvedHow}`
+}
+
+/**
  * A participant on a PGlite instance. Branches hold the PGlite gate from BEGIN through
  * COMMIT/ROLLBACK PREPARED, so no statement ever waits for a row held by a prepared transaction
- * (which would hang the single-session instance, and with it the process). Transactions found
- * prepared at start-up hold the gate until they are resolved: Accord's by recovery, others (by
- * hand, another namespace) by whoever owns them, noticed by the next `inDoubt` scan. Give each
- * PGlite instance one participant.
+ * (which would hang the single-session instance, and with it the process). Give each PGlite
+ * instance one participant.
+ *
+ * Transactions found prepared at start-up hold the gate until they are resolved. This
+ * participant's own (its name, its namespace) are resolved by recovery, and branches wait for it
+ * (`lockTimeout`). Any other (another participant name, as after a rename or on an older data
+ * directory; another namespace; one prepared by hand) stays held too, since a branch beside it
+ * could wait for ever on its row locks, but it closes the gate outright: branches are refused at
+ * once with a `No` (55P03) naming each such gid and what resolves it, and a warning saying the same
+ * is logged when the participant is made and at each in-doubt scan while it lasts. Such a gid is
+ * not rolled back here: its commit decision may be in a log, and only recovery with that log may
+ * presume an abort. A participant of the gid's name made on the same instance and gate, registered
+ * with recovery, resolves it (and branches wait for that instead of being refused); one resolved by
+ * hand is let go at the next branch or in-doubt scan.
  * @since 0.1.0
  */
 export const makePglite = (
@@ -1208,6 +1320,9 @@ export const makePglite = (
     const cancelTimeout = Duration.decode(options.cancelTimeout ?? defaultCancelTimeout)
     const lockTimeout = Duration.decode(options.lockTimeout ?? Duration.seconds(10))
     const gate = options.gate ?? sharedGate
+    // Lets go of the foreign gids gone since (defined below, once the participant is made).
+    let releaseForeign: Effect.Effect<void> = Effect.void
+    const releaseGone = Effect.suspend(() => releaseForeign)
     const participant = yield* build(
       {
         kind: "pglite",
@@ -1215,17 +1330,26 @@ export const makePglite = (
         runner: (statements) => ({
           _tag: "Effect",
           branch: (ctx, mode, work) =>
-            pgliteBranch(options.db, statements, gate, lockTimeout, ctx, mode, work, cancelTimeout)
+            pgliteBranch(
+              options.db,
+              statements,
+              gate,
+              lockTimeout,
+              ctx,
+              mode,
+              work,
+              cancelTimeout,
+              releaseGone
+            )
         }),
-        resolved: (gid) => gate.leave(gid),
+        resolving: (gid) => gate.resolving(gid),
         fix: 'open PGlite with PgParticipant.openPglite(dataDir), i.e. startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]'
       },
       options
     )
     // Every prepared transaction of this database holds row locks a branch could wait on for ever
-    // (PGlite's wait is synchronous: the whole process stops), Accord's own and others alike:
-    // another namespace's, or one prepared by hand. The gate is held for all of them; recovery
-    // resolves Accord's, and each scan (`inDoubt`) lets go of the others once they are gone.
+    // (PGlite's wait is synchronous: the whole process stops), its own and others alike. The gate
+    // is held for all of them; recovery resolves its own; the others close it (see above).
     const client = fromPglite(options.db)
     const allPrepared = statement<{ gid: string }>(client, ALL_PREPARED_SQL, [], cancelTimeout).pipe(
       Effect.map((rows) => new Set(rows.map((row) => row.gid))),
@@ -1233,26 +1357,32 @@ export const makePglite = (
         callError({ txId: "", branch: participant.name }, "recover", f, f.connectionLost)
       )
     )
+    const isOpen = () => !options.db.closed
     const leftover = new Set((yield* participant.inDoubt).map((b) => b.gid as string))
     const foreign = new Set([...(yield* allPrepared)].filter((gid) => !leftover.has(gid)))
-    gate.holdFor(
-      [...leftover, ...foreign],
-      foreign.size === 0
-        ? undefined
-        : `prepared transactions this participant does not resolve (${[...foreign].map((g) => `'${g}'`).join(", ")}): COMMIT PREPARED or ROLLBACK PREPARED them, or run their own participant's recovery` +
-            (leftover.size === 0 ? "" : "; and Accord branches found prepared at start-up: run recovery"),
-      () => !options.db.closed
-    )
-    const inDoubt = Effect.tap(participant.inDoubt, () =>
+    gate.holdFor([...leftover], undefined, isOpen)
+    for (const gid of foreign) gate.holdForeign(gid, foreignReason(gid, options.namespace), isOpen)
+    const warnForeign = Effect.suspend(() =>
       foreign.size === 0
         ? Effect.void
-        : Effect.map(allPrepared, (present) => {
-            for (const gid of foreign) {
-              if (present.has(gid)) continue
-              foreign.delete(gid)
-              gate.leave(gid)
-            }
-          })
+        : Effect.logWarning(
+            `participant ${participant.name}: every PGlite branch sharing its gate is refused while these transactions are prepared on its instance, which it does not resolve: ${[...foreign].map((gid) => foreignReason(gid, options.namespace)).join("; ")}`
+          )
     )
+    // Each gid is let go only if the hold it had when the scan was sent is still there and the scan
+    // found it gone (`Gate.resolving`): never a branch's hold of the same gid entered since.
+    releaseForeign = Effect.suspend(() => {
+      if (foreign.size === 0) return Effect.void
+      const resolved = [...foreign].map((gid) => [gid, gate.resolving(gid)] as const)
+      return Effect.map(allPrepared, (present) => {
+        for (const [gid, gone] of resolved) {
+          if (present.has(gid)) continue
+          foreign.delete(gid)
+          gone(false)
+        }
+      })
+    }).pipe(Effect.ignore)
+    yield* warnForeign
+    const inDoubt = Effect.tap(participant.inDoubt, () => Effect.zipRight(releaseForeign, warnForeign))
     return { ...participant, inDoubt }
   })

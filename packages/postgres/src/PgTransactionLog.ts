@@ -125,6 +125,13 @@ export interface PgTransactionLog extends LogService {
      * recovery may not purge, would fill every page for good.
      */
     readonly branches?: ReadonlyArray<string>
+    /**
+     * Leaves out decisions with a branch named `branch` whose gid matches the LIKE pattern
+     * `gidLike` (e.g. `TransactionId.gidLikePattern(namespace)`): another deployment's, sharing
+     * this log under the same participant names in another gid namespace, which would otherwise
+     * fill every page just the same.
+     */
+    readonly excluding?: ReadonlyArray<{ readonly branch: string; readonly gidLike: string }>
   }) => Effect.Effect<ReadonlyArray<CoreLog.DecisionRecord>, TransactionError.LogError>
   /** Deletes completed decisions; returns how many. */
   readonly purge: (
@@ -196,10 +203,18 @@ order by decided_at, tx_id limit $2`
 const COMPLETED_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
 order by completed_at limit $1`
+/**
+ * `COMPLETED_SQL` for some branches: `$3` the branch names every branch must have (null: any),
+ * `$4`/`$5` (branch, gid LIKE pattern) pairs no branch may match (see `completed`'s `excluding`).
+ */
 const COMPLETED_OF_SQL = `select ${COLUMNS} from accord_decision
 where completed_at is not null and completed_at <= now() - make_interval(secs => $2::float8)
   and not exists (
-    select 1 from jsonb_array_elements(branches) b where not (b->>'branch' = any($3::text[])))
+    select 1 from jsonb_array_elements(branches) b
+    where ($3::text[] is not null and not (b->>'branch' = any($3::text[])))
+       or exists (
+         select 1 from unnest($4::text[], $5::text[]) x(branch, gid_like)
+         where b->>'branch' = x.branch and b->>'gid' like x.gid_like))
 order by completed_at limit $1`
 const PURGE_SQL = `with gone as (delete from accord_decision where tx_id = any($1::text[]) and completed_at is not null returning 1)
 select count(*)::int as deleted from gone`
@@ -421,12 +436,14 @@ const build = (client: Client, options: Options) =>
       completed: (opts) =>
         flush.pipe(
           Effect.zipRight(
-            opts?.branches === undefined
+            opts?.branches === undefined && (opts?.excluding ?? []).length === 0
               ? query<DecisionRow>(COMPLETED_SQL, [opts?.limit ?? 1000, (opts?.olderThanMillis ?? 0) / 1000])
               : query<DecisionRow>(COMPLETED_OF_SQL, [
-                  opts.limit ?? 1000,
-                  (opts.olderThanMillis ?? 0) / 1000,
-                  opts.branches
+                  opts?.limit ?? 1000,
+                  (opts?.olderThanMillis ?? 0) / 1000,
+                  opts?.branches ?? null,
+                  (opts?.excluding ?? []).map((x) => x.branch),
+                  (opts?.excluding ?? []).map((x) => x.gidLike)
                 ])
           ),
           Effect.map((rows) => rows.map(toRecord)),

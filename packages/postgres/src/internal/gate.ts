@@ -18,7 +18,15 @@
  *   process froze;
  * - gids held for transactions found prepared at start-up have an owner no branch has, so they
  *   close the gate even to the transaction that owned it when they were added (until 2026-12-07
- *   they joined that owner's set, and its later branches entered beside their row locks).
+ *   they joined that owner's set, and its later branches entered beside their row locks);
+ * - of those, the ones no participant of the gate resolves (`holdForeign`: another participant
+ *   name after a rename or on an older data directory, another namespace, prepared by hand) are
+ *   kept too, since a branch beside them could wait on their locks for ever, but a branch they keep
+ *   out is refused at once rather than after its wait: only a person can lift them.
+ *
+ * A gid is left per hold, not per gid (`leaveHold`, `resolving`): the same gid is held again by a
+ * retry under the same txId once the earlier run's hold is gone, and a late leave of the earlier
+ * run (its ROLLBACK PREPARED answered after the retry entered) freed the retry's hold.
  *
  * A gid may be held with its instance's `isOpen` (PGlite's `closed`, negated): once that instance
  * is closed, no COMMIT/ROLLBACK PREPARED will ever leave the gid through it (an in-memory instance
@@ -30,22 +38,37 @@
  */
 import { type Duration, Effect, Equal, type FiberId } from "effect"
 
+/**
+ * One hold of a gid: what its holder leaves (`leaveHold`), never a later hold of the same gid (a
+ * retry under the same txId holds the same gid once the first run's hold is gone).
+ */
+export interface Ticket {
+  readonly gid: string
+}
+
 interface Waiter {
   readonly txId: string
   readonly gid: string
   readonly isOpen: IsOpen | undefined
   readonly by: FiberId.FiberId
-  readonly admit: () => void
+  readonly admit: (hold: Hold) => void
 }
 
 /** Why a gid is held: by whom (a txId, or a start-up hold), and its instance's openness. */
-interface Hold {
+interface Hold extends Ticket {
   readonly owner: string
   readonly isOpen: IsOpen | undefined
   /** What frees a start-up hold, for the busy message. */
-  readonly reason: string | undefined
+  reason: string | undefined
   /** The fiber whose `enter` holds it (see `leaveHeldBy`). */
   readonly by?: FiberId.FiberId
+  /** Its transaction is prepared (found so at start-up, or its branch prepared it). */
+  prepared: boolean
+  /**
+   * Found prepared at start-up, and not the transaction of any participant of this gate: nothing
+   * here resolves it, a person must. Branches refused by it are refused at once (see `holdForeign`).
+   */
+  foreign: boolean
 }
 
 // The owner of gids held for transactions found prepared when a participant started: no branch's.
@@ -57,7 +80,7 @@ const CLOSED_POLL_MILLIS = 50
 /** Whether the instance a gid was prepared on is still open. */
 export type IsOpen = () => boolean
 
-/** Owned by one transaction at a time; entered per branch gid, left per branch gid. */
+/** Owned by one transaction at a time; entered per branch gid, left per hold. */
 export class Gate {
   private readonly held = new Map<string, Hold>()
   /** How many held gids each owner has (a branch enters when all of them are its transaction's). */
@@ -65,20 +88,23 @@ export class Gate {
   private waiters: Array<Waiter> = []
   private poll: ReturnType<typeof setInterval> | undefined = undefined
 
-  private hold(gid: string, hold: Hold): void {
-    if (this.held.has(gid)) return
-    this.held.set(gid, hold)
+  /** Holds `gid`, unless it is held already; the new hold. */
+  private hold(gid: string, hold: Omit<Hold, "gid">): Hold | undefined {
+    if (this.held.has(gid)) return undefined
+    const made: Hold = { gid, ...hold }
+    this.held.set(gid, made)
     this.counts.set(hold.owner, (this.counts.get(hold.owner) ?? 0) + 1)
+    return made
   }
 
-  /** Lets go of `gid`; whether it was held. */
-  private release(gid: string): boolean {
-    const hold = this.held.get(gid)
-    if (hold === undefined) return false
+  /** Lets go of `gid`'s hold if it is `hold` (any, when undefined); whether it did. */
+  private release(gid: string, hold?: Hold): boolean {
+    const current = this.held.get(gid)
+    if (current === undefined || (hold !== undefined && current !== hold)) return false
     this.held.delete(gid)
-    const left = (this.counts.get(hold.owner) ?? 1) - 1
-    if (left === 0) this.counts.delete(hold.owner)
-    else this.counts.set(hold.owner, left)
+    const left = (this.counts.get(current.owner) ?? 1) - 1
+    if (left === 0) this.counts.delete(current.owner)
+    else this.counts.set(current.owner, left)
     return true
   }
 
@@ -87,10 +113,14 @@ export class Gate {
     return !this.held.has(gid) && (this.counts.get(txId) ?? 0) === this.held.size
   }
 
-  private tryEnter(txId: string, gid: string, isOpen: IsOpen | undefined, by?: FiberId.FiberId): boolean {
-    if (!this.admits(txId, gid)) return false
-    this.hold(gid, { owner: txId, isOpen, reason: undefined, by })
-    return true
+  private tryEnter(
+    txId: string,
+    gid: string,
+    isOpen: IsOpen | undefined,
+    by?: FiberId.FiberId
+  ): Hold | undefined {
+    if (!this.admits(txId, gid)) return undefined
+    return this.hold(gid, { owner: txId, isOpen, reason: undefined, by, prepared: false, foreign: false })
   }
 
   /** Drops the held gids whose instance was closed, and admits whom that lets in. */
@@ -104,21 +134,41 @@ export class Gate {
     if (dropped) this.admitWaiting()
   }
 
+  /** Whether a foreign hold (`holdForeign`) closes the gate. */
+  get closedByForeign(): boolean {
+    for (const hold of this.held.values()) if (hold.foreign) return true
+    return false
+  }
+
   /**
    * Waits (up to `timeout`) until the gate is free or held only by `txId`'s other branches, and
-   * `gid` is not held; then holds it for `gid`.
+   * `gid` is not held; then holds it for `gid`. Whether it did (see `enterHold`).
    */
   enter(txId: string, gid: string, timeout: Duration.Duration, isOpen?: IsOpen): Effect.Effect<boolean> {
+    return Effect.map(this.enterHold(txId, gid, timeout, isOpen), (ticket) => ticket !== undefined)
+  }
+
+  /**
+   * `enter`, with the hold it took, for `leaveHold` and `markPrepared`; undefined after `timeout`,
+   * or at once when a foreign hold (`holdForeign`) closes the gate: nothing in this process will
+   * open it, so waiting would only make every branch late for the same refusal.
+   */
+  enterHold(
+    txId: string,
+    gid: string,
+    timeout: Duration.Duration,
+    isOpen?: IsOpen
+  ): Effect.Effect<Ticket | undefined> {
     // The entering fiber, read outside the timeout (which runs the wait in a fiber of its own).
     return Effect.flatMap(Effect.fiberId, (by) => {
-      // Whether the gate now holds `gid` for this call: only then may it be left on its behalf (a
-      // caller waiting behind its own gid, held by an earlier run, must not free that run's hold).
-      let admitted = false
-      return Effect.async<boolean>((resume) => {
+      // The hold the gate gave this call: only it may be left on its behalf (a caller waiting
+      // behind its own gid, held by an earlier run, must not free that run's hold).
+      let admitted: Hold | undefined
+      return Effect.async<Ticket | undefined>((resume) => {
         if (!this.admits(txId, gid)) this.dropClosed()
-        if (this.tryEnter(txId, gid, isOpen, by)) {
-          admitted = true
-          resume(Effect.succeed(true))
+        admitted = this.tryEnter(txId, gid, isOpen, by)
+        if (admitted !== undefined || this.closedByForeign) {
+          resume(Effect.succeed(admitted))
           return
         }
         const waiter: Waiter = {
@@ -126,9 +176,9 @@ export class Gate {
           gid,
           isOpen,
           by,
-          admit: () => {
-            admitted = true
-            resume(Effect.succeed(true))
+          admit: (hold) => {
+            admitted = hold
+            resume(Effect.succeed(hold))
           }
         }
         this.waiters.push(waiter)
@@ -146,24 +196,69 @@ export class Gate {
         Effect.catchTag("TimeoutException", () =>
           Effect.sync(() => {
             // Admitted in the same tick as the timeout: nobody would leave it.
-            if (admitted) this.leave(gid)
-            return false
+            if (admitted !== undefined) this.leaveHold(admitted)
+            return undefined
           })
         ),
         // Interrupted after `leave` admitted it but before the caller saw the admission (in the
         // same tick, or inside the timeout's race): the gate would be held for `gid` by nobody.
         Effect.onInterrupt(() =>
           Effect.sync(() => {
-            if (admitted) this.leave(gid)
+            if (admitted !== undefined) this.leaveHold(admitted)
           })
         )
       )
     })
   }
 
-  /** Releases `gid` and admits the waiters that lets in. Idempotent. */
+  /** Releases `gid`, whoever holds it, and admits the waiters that lets in. Idempotent. */
   leave(gid: string): void {
     if (this.release(gid)) this.admitWaiting()
+  }
+
+  /** Releases the hold `ticket` if it is still held, and admits the waiters that lets in. */
+  leaveHold(ticket: Ticket): void {
+    if (this.release(ticket.gid, ticket as Hold)) this.admitWaiting()
+  }
+
+  /**
+   * Records that the hold's transaction is prepared (its branch's PREPARE succeeded): from now on a
+   * COMMIT/ROLLBACK PREPARED of its gid is what leaves it (`resolving`).
+   */
+  markPrepared(ticket: Ticket): void {
+    if (this.held.get(ticket.gid) === ticket) (ticket as Hold).prepared = true
+  }
+
+  /**
+   * Called as a statement that ends a prepared `gid` (COMMIT/ROLLBACK PREPARED) is sent, or a scan
+   * of the prepared transactions is; the function it returns is called with what the answer found:
+   * `true`, the statement ended the prepared gid; `false`, the gid was not prepared (gone).
+   *
+   * Only the hold that answer is about is left. The gate was left by gid until 2026-12-07: run 1 of
+   * a txId aborted while its branch's work ran, its ROLLBACK PREPARED waited behind that
+   * transaction in PGlite and found the gid gone; meanwhile the caller's retry had entered the gate
+   * for the same gid, and the late leave freed the retry's hold, open or prepared, and the next
+   * branch to touch its rows would wait on a PGlite lock for ever.
+   * - Ended: the hold held when it was sent (its branch's transaction ran before the statement, which
+   *   waited behind it, and prepared), or the prepared hold held now.
+   * - Gone: the hold held when it was sent, if it was prepared then. A hold not prepared then (a
+   *   branch entered or running) is its branch's to leave: if it prepares, that gid is still prepared.
+   */
+  resolving(gid: string): (ended: boolean) => void {
+    const sent = this.held.get(gid)
+    const sentPrepared = sent?.prepared === true
+    return (ended) => {
+      const now = this.held.get(gid)
+      if (now === undefined) return
+      const left = ended ? now === sent || now.prepared : now === sent && sentPrepared
+      if (left && this.release(gid, now)) this.admitWaiting()
+    }
+  }
+
+  /** The hold of `gid` that the fiber `by` took through `enter`, if it is still held. */
+  heldBy(gid: string, by: FiberId.FiberId): Ticket | undefined {
+    const hold = this.held.get(gid)
+    return hold?.by !== undefined && Equal.equals(hold.by, by) ? hold : undefined
   }
 
   /**
@@ -172,8 +267,8 @@ export class Gate {
    * earlier run of the same gid that it was still waiting behind.
    */
   leaveHeldBy(gid: string, by: FiberId.FiberId): void {
-    const hold = this.held.get(gid)
-    if (hold?.by !== undefined && Equal.equals(hold.by, by)) this.leave(gid)
+    const hold = this.heldBy(gid, by)
+    if (hold !== undefined) this.leaveHold(hold)
   }
 
   /**
@@ -186,7 +281,8 @@ export class Gate {
     const pending = this.waiters
     this.waiters = []
     for (const w of pending) {
-      if (this.tryEnter(w.txId, w.gid, w.isOpen, w.by)) w.admit()
+      const hold = this.tryEnter(w.txId, w.gid, w.isOpen, w.by)
+      if (hold !== undefined) w.admit(hold)
       else this.waiters.push(w)
     }
     this.stopPolling()
@@ -202,11 +298,39 @@ export class Gate {
    * Holds the gate for transactions found prepared at start-up until they are resolved; `reason`
    * (what they are and what frees them) goes into the busy message while they hold it. They are
    * nobody's branches (`owner` unset): no branch enters beside them, not even one of the
-   * transaction that holds the gate now. `owner` = a txId holds them for that transaction instead
-   * (a branch prepared after its caller gave up). A gid already held stays as it is.
+   * transaction that holds the gate now. `owner` = a txId holds them for that transaction instead.
+   * A gid already held stays as it is, except a foreign one (`holdForeign`): a participant that
+   * will resolve it (one of the name it was prepared under, made for recovery) takes it over, and
+   * branches wait for that recovery again instead of being refused at once.
    */
   holdFor(gids: ReadonlyArray<string>, reason?: string, isOpen?: IsOpen, owner?: string): void {
-    for (const gid of gids) this.hold(gid, { owner: owner ?? PREPARED_BEFORE_START, isOpen, reason })
+    for (const gid of gids) {
+      const current = this.held.get(gid)
+      if (current?.foreign === true) {
+        current.foreign = false
+        current.reason = reason
+        continue
+      }
+      this.hold(gid, {
+        owner: owner ?? PREPARED_BEFORE_START,
+        isOpen,
+        reason,
+        prepared: true,
+        foreign: false
+      })
+    }
+  }
+
+  /**
+   * Holds the gate for a transaction found prepared at start-up that no participant of this gate
+   * resolves (another participant name or namespace, or not Accord's); `reason` names it and what
+   * resolves it. It is held (a branch beside it could wait for ever on its row locks, and PGlite
+   * would freeze the process), and a branch it keeps out is refused at once with `reason`: until
+   * 2026-12-07 each waited `lockTimeout` for a refusal that only a person could lift. A gid already
+   * held stays as it is.
+   */
+  holdForeign(gid: string, reason: string, isOpen?: IsOpen): void {
+    this.hold(gid, { owner: PREPARED_BEFORE_START, isOpen, reason, prepared: true, foreign: true })
   }
 
   /** The transaction holding the gate (its first held gid's owner), if any (for diagnostics). */

@@ -6,6 +6,22 @@
 import { Duration, Option } from "effect"
 import type { Client } from "./client.js"
 
+/**
+ * `input` as a finite duration of zero or more, or `None`: a number, bigint or `[seconds, nanos]`
+ * that is NaN, negative or infinite, a string that is not a duration or is negative, or an
+ * infinite `Duration`. Checked before decoding, because Effect's `Duration.decode` turns NaN and
+ * negative numbers into zero, which to a garbage collector means "everything, at once".
+ */
+export const finiteDuration = (input: unknown): Option.Option<Duration.Duration> => {
+  const negative =
+    (typeof input === "number" && !(input >= 0)) ||
+    (typeof input === "bigint" && input < 0n) ||
+    (typeof input === "string" && input.trimStart().startsWith("-")) ||
+    (Array.isArray(input) && input.some((part) => typeof part !== "number" || !(part >= 0)))
+  if (negative) return Option.none()
+  return Option.filter(Duration.decodeUnknown(input), Duration.isFinite)
+}
+
 /** How old and how many per statement. */
 export interface Retention {
   readonly olderThan: Duration.DurationInput
