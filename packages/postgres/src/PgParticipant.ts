@@ -815,7 +815,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
               ? new TransactionError.ConfigurationError({
                   participant: name,
                   reason: `cannot create Accord's marker table accord_branch: ${failure.message}`,
-                  fix: "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
+                  fix: "create it once with a role that may (the Effect Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
                 })
               : callError(self, "verify", failure, false)
           }
@@ -853,7 +853,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       ...(options.migrate === false
         ? {
             reason: "the marker table accord_branch does not exist and migrate is false",
-            fix: "create it once with a role that may (Migrations.participant(sql), or the DDL in Migrations.participantDdl), or let the participant create it (omit migrate: false)"
+            fix: "create it once with a role that may (the Effect Migrations.participant(sql), or the DDL in Migrations.participantDdl), or let the participant create it (omit migrate: false)"
           }
         : {
             reason: "the marker table accord_branch is not on this pool's search_path after its migration",
@@ -864,7 +864,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const hasForgotten = column(found[0], 1) === true
   if (!hasForgotten) {
     yield* Effect.logWarning(
-      `participant ${name}: accord_branch_forgotten is missing beside accord_branch (migrated by an older release, and migrate is false): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits. Run Migrations.participant(sql) once.`
+      `participant ${name}: accord_branch_forgotten is missing beside accord_branch (migrated by an older release, and migrate is false): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits. Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code).`
     )
   }
   const sqls = statementsOn(
@@ -1217,21 +1217,39 @@ export const make = (
     const slots = slotsOf(options)
     if (Either.isLeft(slots)) return Effect.fail(slots.left)
     const prepare = usesPreparedStatements(options.sql)
-    return build(
-      {
-        kind: "postgres",
-        client: fromPostgres(options.sql),
-        runner: (statements) => ({
-          _tag: "Started",
-          start: (ctx, mode, work) =>
-            startPgBranch(options.sql, statements, prepare, slots.right, ctx, mode, work, cancelTimeout)
-        }),
-        resolving: () => noop,
-        fix: postgresFix
-      },
-      options
+    return Effect.zipRight(
+      poolSizeWarning(options),
+      build(
+        {
+          kind: "postgres",
+          client: fromPostgres(options.sql),
+          runner: (statements) => ({
+            _tag: "Started",
+            start: (ctx, mode, work) =>
+              startPgBranch(options.sql, statements, prepare, slots.right, ctx, mode, work, cancelTimeout)
+          }),
+          resolving: () => noop,
+          fix: postgresFix
+        },
+        options
+      )
     )
   })
+
+/**
+ * A warning when the pool has one connection: a branch then holds it while it waits for rows
+ * locked by a prepared transaction whose `COMMIT PREPARED` needs a connection, so both wait until
+ * a timeout ends the branch (the rule "one connection always free for COMMIT PREPARED" cannot hold).
+ * Not refused: such a pool works where transactions never wait on each other's rows.
+ */
+const poolSizeWarning = (options: Options): Effect.Effect<void> => {
+  const max = Number((options.sql as { options?: { max?: number } }).options?.max ?? 10)
+  return max >= 2
+    ? Effect.void
+    : Effect.logWarning(
+        `participant ${options.name}: its pool has max ${max}: a branch waiting for a row locked by a prepared transaction holds the only connection, and the COMMIT PREPARED that would free the row waits for it until a timeout ends the branch; give the pool max 2 or more`
+      )
+}
 
 /**
  * The branch slots of each postgres.js pool, shared by every participant made on it. The rule

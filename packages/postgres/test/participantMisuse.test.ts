@@ -5,7 +5,7 @@
  */
 import { Participant } from "@accord/core"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Effect, Either, Logger } from "effect"
 import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as TestDatabase from "../src/TestDatabase.js"
@@ -86,6 +86,23 @@ describe.skipIf(server === undefined)("PgParticipant against misbehaving works a
       expect(late).toContain("the branch has ended")
       expect(yield* p.rollback(ctx)).toBe("RolledBack")
     })
+  )
+
+  it.live(
+    "a participant on a pool of one connection is made with a warning (its max is documented as 2 or more)",
+    () =>
+      Effect.gen(function* () {
+        const warnings: Array<string> = []
+        const logger = Logger.make(({ logLevel, message }) => {
+          if (logLevel._tag === "Warning") warnings.push(String(message))
+        })
+        const capture = Logger.replace(Logger.defaultLogger, logger)
+        yield* PgParticipant.make({ name: "bank-a", sql: pool({ max: 1 }) }).pipe(Effect.provide(capture))
+        expect(warnings.join("\n")).toMatch(/pool has max 1: .*give the pool max 2 or more/)
+        warnings.length = 0
+        yield* PgParticipant.make({ name: "bank-a", sql: pool({ max: 2 }) }).pipe(Effect.provide(capture))
+        expect(warnings.filter((w) => w.includes("pool has max"))).toEqual([])
+      })
   )
 
   it.live("a lost connection caught by the work on session.sql is a No vote, not ReadOnly or Prepared", () =>
