@@ -21,6 +21,10 @@
  *   on it) through the connection's `search_path`, and named with its schema from then on: a work
  *   that runs `SET LOCAL search_path = tenant` cannot make the statements that follow it in the
  *   transaction (the result's update) miss the table or write a tenant schema's own copy of it.
+ * - On postgres.js the work's `sql.notify()` is refused (the run fails with `BarrierWorkError`,
+ *   SQLSTATE 0A000, and rolls back, even if the work caught the refusal): postgres.js would send it
+ *   through the pool, outside the step's transaction, at once. Notify after the step, or write an
+ *   outbox row in it.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
  * An interrupted run (a step's timeout) cancels the statement the server is running for it
  * (postgres.js; through `query`, `statement`, `execute` or the tagged templates of `sql` alike) and
@@ -485,9 +489,26 @@ class Interruptible {
 }
 
 /**
+ * The refusal of `sql.notify(channel)` in a barrier step. postgres.js sends a reserved connection's
+ * `notify` through its pool (`select pg_notify(...)` on another connection, committed at once), so
+ * a step that then rolled back (its work failed, its result was refused, it was interrupted) had
+ * notified anyway, and a retried step notified once per attempt. Refused as a postgres.js branch
+ * refuses it (`PgParticipant`): thrown at once, and the run fails and rolls back even if the work
+ * caught it. SQLSTATE 0A000 (feature not supported): a definite failure, which `toStepError` does
+ * not retry, as the same work would be refused again.
+ */
+const refuseNotify = (channel: string): Error =>
+  Object.assign(
+    new Error(
+      `sql.notify(${JSON.stringify(channel)}) is refused in a barrier step: postgres.js would send it on another connection, outside the step's transaction, at once (even if the step then rolled back); notify after the step completed, or write an outbox row in the step`
+    ),
+    { code: "0A000" }
+  )
+
+/**
  * The run on a connection of its own (`sql.reserve()`): BEGIN, the barrier protocol and the work,
  * COMMIT; ROLLBACK on any failure. The work's `sql` (tagged templates) is tracked and refused like
- * its `query`. A connection that was sent a cancel request is closed (`destroyReserved`) rather than
+ * its `query`, and its `notify` refused (`refuseNotify`). A connection that was sent a cancel request is closed (`destroyReserved`) rather than
  * given back to the pool: the request travels on a connection of its own and can reach the session
  * late, when it cancels whatever the pool's next user runs there (a review measured 47 of 480 of
  * another caller's statements on a one-connection pool cancelled, under `sql.begin`, which always
@@ -518,7 +539,16 @@ const onPostgres = async <A>(
     const rows = await send(text, params)
     return { rows: Array.from(rows), count: countOf(rows) }
   }
-  const tagged = guardedSql(conn, (q) => run.refusal() ?? void run.track(q))
+  // `sql.notify()` is refused: see `refuseNotify`. Kept to fail the run even if the work caught it.
+  let notifyRefused: Error | undefined
+  const tagged = guardedSql(
+    conn,
+    (q) => run.refusal() ?? void run.track(q),
+    (channel) => {
+      notifyRefused ??= refuseNotify(channel)
+      throw notifyRefused
+    }
+  )
   let clean = false
   let pid: number | undefined
   try {
@@ -534,6 +564,8 @@ const onPostgres = async <A>(
       codec,
       signal
     )
+    // The work caught the refusal and went on: still rolled back, as if it had not caught it.
+    if (notifyRefused !== undefined) throw notifyRefused
     // The work's own ROLLBACK (or an error it swallowed) leaves COMMIT nothing to commit.
     const committed = await conn.unsafe("commit")
     clean = true

@@ -395,6 +395,13 @@ export const statement = <T>(
     })
   })
 
+/** A work's `sql.release()` or `sql.destroy()`, refused at once (see `guardedSql`). */
+const refuseToGiveBack = (method: string) => (): never => {
+  throw new Error(
+    `sql.${method}() is refused on a work's connection: Accord ends the transaction and gives the connection back itself; given back now, the pool's other users would run their statements inside this open transaction`
+  )
+}
+
 /**
  * `conn` as a work sees it (`BranchSession.sql`): `onRun(query)` is called for each statement it
  * runs (tagged template, `unsafe`, `file`) just before postgres.js executes it, and may refuse it
@@ -404,6 +411,12 @@ export const statement = <T>(
  * `notify`, when given, replaces `conn.notify`: postgres.js sends a reserved connection's
  * `notify(channel, payload)` through its pool (`select pg_notify(...)` on another connection,
  * committed at once), outside the transaction of the connection it was called on.
+ *
+ * `release()` and `destroy()` (a reserved connection's own, not in the `Sql` type a work is given)
+ * are refused: the caller ends the transaction and gives the connection back. Released by a work,
+ * the connection went back to the pool with its transaction open, and the next statements of the
+ * pool's other users ran inside it: their autocommitted writes answered as done, then rolled back
+ * with the work's transaction.
  */
 export const guardedSql = (
   conn: postgres.Sql,
@@ -430,6 +443,7 @@ export const guardedSql = (
     apply: (target, thisArg, args) => guard(Reflect.apply(target, thisArg, args)),
     get: (target, key, receiver) => {
       if (key === "notify" && notify !== undefined) return notify
+      if (key === "release" || key === "destroy") return refuseToGiveBack(key)
       const value: unknown = Reflect.get(target, key, receiver)
       return (key === "unsafe" || key === "file") && typeof value === "function"
         ? (...args: Array<unknown>) => guard(Reflect.apply(value, target, args))
@@ -463,9 +477,11 @@ const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
  * form, so matching is linear: the first version allowed one level of nesting with overlapping
  * alternatives, and `rollback /* /* a *\/ ... *\/` with a few dozen inner comments backtracked for
  * seconds, on the event loop. A nested comment between `ROLLBACK` and `TO` is read as a plain
- * `ROLLBACK` (a needless No vote, never a missed one).
+ * `ROLLBACK` (a needless No vote, never a missed one). A `--` comment ends at a carriage return as
+ * well as a line feed, as PostgreSQL ends it: read to the next line feed, `prepare --\rtransaction
+ * 'x'` was not seen as the PREPARE TRANSACTION that PostgreSQL runs.
  */
-export const SQL_GAP = String.raw`(?:\s|--[^\n]*(?:\n|$)|/\*[^*]*\*+(?:[^*/][^*]*\*+)*/)`
+export const SQL_GAP = String.raw`(?:\s|--[^\n\r]*(?:[\n\r]|$)|/\*[^*]*\*+(?:[^*/][^*]*\*+)*/)`
 
 /** Runs of `SQL_GAP`, to write a matched statement start as its words (`PREPARE TRANSACTION`). */
 const SQL_GAPS = new RegExp(`${SQL_GAP}+`, "g")
@@ -473,52 +489,18 @@ const SQL_GAPS = new RegExp(`${SQL_GAP}+`, "g")
 /** `match` (of `statementStartingWith`) as its words, upper case, one space apart. */
 export const statementWords = (match: string): string => match.replace(SQL_GAPS, " ").toUpperCase()
 
-/**
- * The start of a statement that may hold a SQL-standard body, `BEGIN ATOMIC ... END` (PostgreSQL
- * 14), whose statements end with `;` that end nothing outside it.
- */
-const ROUTINE_HEAD = new RegExp(
-  `create${SQL_GAP}+(?:or${SQL_GAP}+replace${SQL_GAP}+)?(?:function|procedure)\\b`,
-  "iy"
-)
-const ATOMIC = new RegExp(`${SQL_GAP}+atomic\\b`, "iy")
-
-/**
- * The first statement of the SQL text `text` (one statement, or several separated by `;`, as the
- * simple protocol runs them) that starts with `head` (a sticky regular expression; `SQL_GAP` between
- * its words): its match, or `undefined`. Quoted strings (`'...'`, `E'...'`, `"..."`,
- * `$tag$...$tag$`) and comments (`--`, nested `/* *\/`) are skipped, so a `;` or a keyword inside
- * them starts nothing: a function body or a DO block that says COMMIT is not read as a COMMIT of the
- * session. So is a SQL-standard body (`CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC ...; ...; END`):
- * its `;` end no statement, and its own `CASE ... END` do not close it (both are reserved words,
- * so an unquoted `end` is one of them, unless it is a column label: after `.` or `AS`), as
- * PostgreSQL's grammar and psql read it. A scan of the text, without allocation; a text without
- * `;` has one statement, and only its start is tested.
- */
-export const statementStartingWith = (text: string, head: RegExp): string | undefined => {
+/** Where the comments and whitespace from `at` end in `text` (`--` to a line end, nested `/* *\/`). */
+const skipGap = (text: string, at: number): number => {
   const n = text.length
-  let atStart = true
-  // Inside CREATE FUNCTION|PROCEDURE: its words are read, for a body `BEGIN ATOMIC ... END`.
-  let routine = false
-  let parens = 0
-  /** 0 outside a body; 1 in it, and 1 more per CASE open in it. */
-  let body = 0
-  /** The next word is a column label (after `.` or `AS`), not a keyword. */
-  let label = false
-  let i = 0
+  let i = at
   while (i < n) {
     const c = text.charCodeAt(i)
-    if (c === 32 || (c >= 9 && c <= 13)) {
-      i++
-      continue
-    }
-    if (c === 45 && text.charCodeAt(i + 1) === 45) {
-      // -- to the end of the line
-      const eol = text.indexOf("\n", i + 2)
-      i = eol < 0 ? n : eol + 1
-      continue
-    }
-    if (c === 47 && text.charCodeAt(i + 1) === 42) {
+    if (c === 32 || (c >= 9 && c <= 13)) i++
+    else if (c === 45 && text.charCodeAt(i + 1) === 45) {
+      // -- to the end of the line: a line feed or a carriage return, as PostgreSQL reads it
+      i += 2
+      while (i < n && text.charCodeAt(i) !== 10 && text.charCodeAt(i) !== 13) i++
+    } else if (c === 47 && text.charCodeAt(i + 1) === 42) {
       // /* ... */, nested as PostgreSQL nests them
       let depth = 1
       i += 2
@@ -531,10 +513,103 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
           i += 2
         } else i++
       }
+    } else break
+  }
+  return i
+}
+
+/** Where the word (identifier or keyword) at `at` ends: `at` if none starts there. */
+const wordEnd = (text: string, at: number): number => {
+  if (at >= text.length || !isIdentifierStart(text.charCodeAt(at))) return at
+  let j = at + 1
+  while (j < text.length && isIdentifierChar(text.charCodeAt(j))) j++
+  return j
+}
+
+/** Where the word at `at` ends if it is `word` (lower case), in any case; else -1. */
+const wordIs = (text: string, at: number, word: string): number => {
+  const end = wordEnd(text, at)
+  return isWord(text, at, end - at, word) ? end : -1
+}
+
+/**
+ * Where `CREATE [OR REPLACE] FUNCTION|PROCEDURE` at `at` ends (a statement that may hold a
+ * SQL-standard body, `BEGIN ATOMIC ... END`, PostgreSQL 14), else -1. Read word by word, with any
+ * comments between (nested ones too, which a regular expression cannot match: such a body went
+ * unread, its `;` taken as statement ends, its END as a COMMIT: a needless No).
+ */
+const routineHeadEnd = (text: string, at: number): number => {
+  const created = wordIs(text, at, "create")
+  if (created < 0) return -1
+  let next = skipGap(text, created)
+  const or = wordIs(text, next, "or")
+  if (or >= 0) {
+    const replaced = wordIs(text, skipGap(text, or), "replace")
+    if (replaced < 0) return -1
+    next = skipGap(text, replaced)
+  }
+  const fn = wordIs(text, next, "function")
+  return fn >= 0 ? fn : wordIs(text, next, "procedure")
+}
+
+/**
+ * The first statement of the SQL text `text` (one statement, or several separated by `;`, as the
+ * simple protocol runs them) that starts with `head` (a sticky regular expression; `SQL_GAP` between
+ * its words): its match, or `undefined`. Quoted strings (`'...'`, `E'...'`, `"..."`,
+ * `$tag$...$tag$`) and comments (`--`, nested `/* *\/`) are skipped, so a `;` or a keyword inside
+ * them starts nothing: a function body or a DO block that says COMMIT is not read as a COMMIT of the
+ * session. So is a SQL-standard body (`CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC ...; ...; END`):
+ * its `;` end no statement. A scan of the text, without allocation; a text without `;` has one
+ * statement, and only its start is tested.
+ *
+ * The body ends where PostgreSQL's grammar ends it: at the first `END` right after one of its `;`
+ * (or right after `ATOMIC`, an empty body). Each statement of a body ends with `;` and the body's END
+ * follows one (`BEGIN ATOMIC RETURN 1 END` is a syntax error), while no other END can follow a `;`:
+ * a CASE's END follows an expression, and so does an `end` that is a column label (`select 1 end`,
+ * no AS needed for a keyword since PostgreSQL 14), and PostgreSQL takes an END after a body's `;` as
+ * the body's end even where a statement END could begin (`...; end transaction; end` is a syntax
+ * error at TRANSACTION). The first version counted CASE and END instead, and a column label threw the
+ * count off: `begin atomic select 1 case; end; insert ...; commit` left it one END short, and the
+ * COMMIT after the body, which PostgreSQL runs, was read as part of the body (a missed COMMIT: the
+ * branch voted ReadOnly with its row committed outside the coordinator); `select 1 end` closed it
+ * early (a needless No).
+ */
+export const statementStartingWith = (text: string, head: RegExp): string | undefined => {
+  const found = scan(text, head, 0, true)
+  // A body that never ends: PostgreSQL refuses such a text whole (a syntax error, before any of
+  // its statements runs), unless it read the text otherwise than this scan did. Unsure, then, where
+  // the body ended: every `;` after its start is read as one that may start a statement (a
+  // needless No at worst, never a missed COMMIT).
+  return typeof found === "number" ? (scan(text, head, found, false) as string | undefined) : found
+}
+
+/**
+ * `statementStartingWith` from `from` (0, or the start of a body that never ended, with `bodies`
+ * false: no body is then read). A number: a body opened there and the text ended inside it.
+ */
+const scan = (text: string, head: RegExp, from: number, bodies: boolean): string | number | undefined => {
+  const n = text.length
+  let atStart = from === 0
+  // Inside CREATE FUNCTION|PROCEDURE: its words are read, for a body `BEGIN ATOMIC ... END`.
+  let routine = false
+  let parens = 0
+  /** Inside a body `BEGIN ATOMIC ... END`. */
+  let body = false
+  /** In a body, the last token was its `;` or ATOMIC: an END now ends the body. */
+  let endMayFollow = false
+  /** Where the body began (after its ATOMIC). */
+  let bodyFrom = 0
+  let i = from
+  while (i < n) {
+    const gapEnd = skipGap(text, i)
+    if (gapEnd !== i) {
+      i = gapEnd
       continue
     }
-    if (c === 59 && body === 0) {
-      atStart = true
+    const c = text.charCodeAt(i)
+    if (c === 59) {
+      if (body) endMayFollow = true
+      else atStart = true
       i++
       continue
     }
@@ -545,13 +620,27 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
       if (found !== null) return found[0]
       // The rest of this statement only matters for where it ends.
       if (text.indexOf(";", i) < 0) return undefined
-      // `c`: most statements are not CREATE, and are not matched against it.
-      ROUTINE_HEAD.lastIndex = i
-      routine = (c | 32) === 99 && ROUTINE_HEAD.test(text)
+      // `c`: most statements are not CREATE, and are not read for it.
+      const headEnd = bodies && (c | 32) === 99 ? routineHeadEnd(text, i) : -1
+      routine = headEnd >= 0
       parens = 0
-      label = false
       if (routine) {
-        i = ROUTINE_HEAD.lastIndex
+        i = headEnd
+        continue
+      }
+    }
+    if (body) {
+      const ends =
+        endMayFollow &&
+        (c | 32) === 101 &&
+        isWord(text, i, 3, "end") &&
+        (i + 3 >= n || !isIdentifierChar(text.charCodeAt(i + 3)))
+      endMayFollow = false
+      if (ends) {
+        // The statement goes on to its `;` (nothing of a routine after its body opens another).
+        body = false
+        routine = false
+        i += 3
         continue
       }
     }
@@ -592,35 +681,28 @@ export const statementStartingWith = (text: string, head: RegExp): string | unde
         continue
       }
     }
-    if (routine) {
-      if (isIdentifierStart(c) && (i === 0 || !isIdentifierChar(text.charCodeAt(i - 1)))) {
-        let j = i + 1
-        while (j < n && isIdentifierChar(text.charCodeAt(j))) j++
-        const length = j - i
-        // A column label (`t.end`, `1 AS end`) is no keyword.
-        if (!label) {
-          if (body === 0) {
-            if (parens === 0 && isWord(text, i, length, "begin")) {
-              ATOMIC.lastIndex = j
-              if (ATOMIC.test(text)) {
-                body = 1
-                j = ATOMIC.lastIndex
-              }
-            }
-          } else if (isWord(text, i, length, "case")) body++
-          else if (isWord(text, i, length, "end")) body--
+    if (isIdentifierStart(c) && (i === 0 || !isIdentifierChar(text.charCodeAt(i - 1)))) {
+      let j = i + 1
+      while (j < n && isIdentifierChar(text.charCodeAt(j))) j++
+      if (routine && !body && parens === 0 && isWord(text, i, j - i, "begin")) {
+        const atomic = wordIs(text, skipGap(text, j), "atomic")
+        if (atomic >= 0) {
+          body = true
+          endMayFollow = true
+          j = atomic
+          bodyFrom = j
         }
-        label = isWord(text, i, length, "as")
-        i = j
-        continue
       }
+      i = j
+      continue
+    }
+    if (routine && !body) {
       if (c === 40) parens++
       else if (c === 41) parens--
-      label = c === 46
     }
     i++
   }
-  return undefined
+  return body ? bodyFrom : undefined
 }
 
 /** The default bound on waiting for a cancelled statement to settle. */
