@@ -154,7 +154,9 @@ export const inDoubt = (reason: string): Saga.StepInDoubtError => new Saga.StepI
 export const business = (reason: string): Saga.StepBusinessError => new Saga.StepBusinessError({ reason })
 
 /**
- * Classifies a rejection of a Promise action: unmarked, it is a definite business failure.
+ * Classifies a rejection of a Promise action: unmarked, it is a definite business failure. A
+ * `sqlState` (a `Barrier.runPromise` rejection's, say) of class 40, 53, 57 or 08, or 55P03 (lock
+ * timeout) or 55006 (object in use), makes it transient, as `Barrier.toStepError` reads it.
  * @since 0.1.0
  */
 export const classify = (error: unknown): Saga.StepError => {
@@ -180,12 +182,14 @@ export const classify = (error: unknown): Saga.StepError => {
   )
     return new Saga.StepInDoubtError({ reason })
   // A serialization failure, deadlock, resource shortage or statement timeout (SQLSTATE classes
-  // 40, 53, 57, 08), or a barrier work that threw outside SQL: worth another attempt, as
-  // `Barrier.toStepError` reads them. (Before, the facade failed such a step for good at once.)
+  // 40, 53, 57, 08), a lock timeout or object in use (55P03, 55006), or a barrier work that threw
+  // outside SQL: worth another attempt, as `Barrier.toStepError` reads them. (Before, the facade
+  // failed such a step for good at once.)
   if (
     record._tag === "StepTransientError" ||
     record.retryable === true ||
-    (sqlState !== undefined && TRANSIENT_SQL_CLASSES.has(sqlState.slice(0, 2))) ||
+    (sqlState !== undefined &&
+      (TRANSIENT_SQL_STATES.has(sqlState) || TRANSIENT_SQL_CLASSES.has(sqlState.slice(0, 2)))) ||
     (record._tag === "BarrierWorkError" && sqlState === undefined)
   )
     return new Saga.StepTransientError({ reason })
@@ -196,22 +200,30 @@ export const classify = (error: unknown): Saga.StepError => {
 // (40), insufficient resources (53), operator intervention (57), connection exceptions (08).
 const TRANSIENT_SQL_CLASSES = new Set(["40", "53", "57", "08"])
 
+// And, of class 55, only "busy for now": lock_not_available (55P03, a `lock_timeout` or NOWAIT) and
+// object_in_use (55006). 55000 (object not in prerequisite state) stays definite. Until 2026-12-07
+// an action's brief lock timeout failed it for good.
+const TRANSIENT_SQL_STATES = new Set(["55P03", "55006"])
+
 /**
  * Classifies a rejection of a Promise compensation. Unlike an action's, an unmarked one is transient:
  * a compensation must be driven to its end, and a refund API that is down for a moment is the
  * common case, so it is retried per `compensationRetries` before the saga is stuck. (It was read as
  * a business failure, as an action's is, which the engine never retries: the first failure made
  * the saga stuck and `compensationRetries` did nothing.) Only an error that says it is definite,
- * `business(reason)` or `_tag: "StepBusinessError"`, stops the retries: the saga is stuck at once.
+ * `business(reason)` or `_tag: "StepBusinessError"`, or one that every attempt would meet again
+ * (a `BarrierResultRefusedError`, SQLSTATE class 0A such as a barrier's refused `notify`, as
+ * `Barrier.toCompensationStepError` reads them), stops the retries: the saga is stuck at once.
  * @since 0.1.0
  */
 export const classifyCompensation = (error: unknown): Saga.StepError => {
   const classified = classify(error)
+  const record = typeof error === "object" && error !== null ? (error as Record<string, unknown>) : {}
   const definite =
     error instanceof Saga.StepBusinessError ||
-    (typeof error === "object" &&
-      error !== null &&
-      (error as { _tag?: unknown })._tag === "StepBusinessError")
+    record._tag === "StepBusinessError" ||
+    record._tag === "BarrierResultRefusedError" ||
+    (typeof record.sqlState === "string" && record.sqlState.startsWith("0A"))
   return classified._tag === "StepBusinessError" && !definite
     ? new Saga.StepTransientError({ reason: classified.reason })
     : classified

@@ -25,6 +25,9 @@
  *   SQLSTATE 0A000, and rolls back, even if the work caught the refusal): postgres.js would send it
  *   through the pool, outside the step's transaction, at once. Notify after the step, or write an
  *   outbox row in it.
+ * - The commit is durable (`synchronous_commit = on` for the barrier's transaction, whatever the
+ *   database's setting): a barrier row lost in a crash after the saga log recorded its step would
+ *   let a repeated action apply again, or a late action apply after its null compensation.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
  * An interrupted run (a step's timeout) cancels the statement the server is running for it
  * (postgres.js; through `query`, `statement`, `execute` or the tagged templates of `sql` alike) and
@@ -212,10 +215,20 @@ interface Statements {
   readonly purge: string
 }
 
+/**
+ * `synchronous_commit = on` for the rest of the transaction, set inside the statement that needs it
+ * (no extra round trip), whatever the session's or the database's default: a barrier row lost in a
+ * crash of the service database (`synchronous_commit = off` is a common throughput setting) while
+ * the saga log, in another database, durably recorded the step compensated let a late action apply
+ * instead of being refused. Every transaction that writes a row runs `insert`; the `keep` after the
+ * work sets it again, so a work that turned it off for its transaction does not relax the commit.
+ */
+const FORCED = "(select set_config('synchronous_commit', 'on', true) as forced) as f"
+
 const statementsOn = (table: string): Statements => ({
-  insert: `insert into ${table} (gid, branch, op, reason) values ($1, $2, $3, $4) on conflict do nothing returning 1 as ok`,
+  insert: `insert into ${table} (gid, branch, op, reason) select $1::text, $2::text, $3::text, $4::text from ${FORCED} on conflict do nothing returning 1 as ok`,
   existing: `select reason, result::text as result from ${table} where gid = $1 and branch = $2 and op = $3`,
-  keep: `update ${table} set result = $4::text::jsonb where gid = $1 and branch = $2 and op = $3`,
+  keep: `update ${table} set result = $4::text::jsonb from ${FORCED} where gid = $1 and branch = $2 and op = $3`,
   purge:
     `with gone as (delete from ${table} where ctid = any(array(` +
     `select ctid from ${table} where created_at < now() - make_interval(secs => $1::float8) limit $2` +
@@ -494,8 +507,8 @@ class Interruptible {
  * a step that then rolled back (its work failed, its result was refused, it was interrupted) had
  * notified anyway, and a retried step notified once per attempt. Refused as a postgres.js branch
  * refuses it (`PgParticipant`): thrown at once, and the run fails and rolls back even if the work
- * caught it. SQLSTATE 0A000 (feature not supported): a definite failure, which `toStepError` does
- * not retry, as the same work would be refused again.
+ * caught it. SQLSTATE 0A000 (feature not supported): a definite failure, which `toStepError` and
+ * `toCompensationStepError` do not retry, as the same work would be refused again.
  */
 const refuseNotify = (channel: string): Error =>
   Object.assign(
@@ -781,11 +794,24 @@ export const runPromise: {
 // (53), operator intervention (57, e.g. a statement timeout 57014), connection exceptions (08).
 const TRANSIENT_CLASSES = new Set(["40", "53", "57", "08"])
 
+// And single SQLSTATEs of class 55 (object not in prerequisite state) that say "busy for now":
+// lock_not_available (55P03: a `lock_timeout` or NOWAIT) and object_in_use (55006). Not the whole
+// class: 55000 says an object is in the wrong state, which another attempt does not change.
+const TRANSIENT_STATES = new Set(["55P03", "55006"])
+
+/** A SQL failure another attempt may get past. */
+const isTransientState = (sqlState: string): boolean =>
+  TRANSIENT_STATES.has(sqlState) || TRANSIENT_CLASSES.has(sqlState.slice(0, 2))
+
 /**
- * Reads a barrier failure as a saga step failure: a lost connection is in doubt; serialization
- * failures, deadlocks and resource shortages are transient; anything else (a CHECK or unique
- * violation: the business said no) is definite. A result refused before commit is definite too,
- * and a duplicate whose stored result does not decode is in doubt (see below).
+ * Reads a barrier failure as a saga step failure, the way an **action**'s is read: a lost
+ * connection is in doubt; serialization failures and deadlocks (class 40), resource shortages
+ * (53), operator intervention such as a statement timeout (57), connection exceptions (08), a lock
+ * timeout (55P03) and an object in use (55006) are transient, and so is a work that threw without
+ * a SQLSTATE; anything else (a CHECK or unique violation: the business said no; 55000; a `notify`
+ * the barrier refused, 0A000) is definite. A result refused before commit is definite too, and a
+ * duplicate whose stored result does not decode is in doubt (see below). A compensation's failure
+ * is read by `toCompensationStepError`.
  * @since 0.1.0
  */
 export const toStepError = (error: BarrierError): StepError => {
@@ -803,12 +829,34 @@ export const toStepError = (error: BarrierError): StepError => {
     case "BarrierWorkError":
       return error.connectionLost
         ? new StepInDoubtError({ reason: error.reason })
-        : error.sqlState !== undefined && TRANSIENT_CLASSES.has(error.sqlState.slice(0, 2))
+        : error.sqlState === undefined || isTransientState(error.sqlState)
           ? new StepTransientError({ reason: error.reason })
-          : error.sqlState === undefined
-            ? new StepTransientError({ reason: error.reason })
-            : new StepBusinessError({ reason: error.reason })
+          : new StepBusinessError({ reason: error.reason })
   }
+}
+
+/**
+ * Reads a barrier failure as a saga step failure the way a **compensation**'s is read: a
+ * compensation must be driven to its end, so a work that failed (and rolled back with its barrier
+ * row, so another attempt is safe) is retried on the step's `compensationRetry`, whatever its
+ * SQLSTATE, before the saga is Stuck. A CHECK violation or a raised exception may depend on rows
+ * that other transactions change, and a lock timeout (55P03) is the common case; one that fails
+ * every time only reaches Stuck after the retry budget. Definite (Stuck at once) are only the
+ * refusals that the same work meets on every attempt: a result the barrier refused before commit,
+ * and SQLSTATE class 0A (feature not supported: a `notify` the barrier refused in the step, 0A000,
+ * or a statement the server does not support). A lost connection, and a duplicate whose stored
+ * result does not decode, are in doubt as for an action.
+ * (A compensation was read as an action, so the first lock timeout left the saga Stuck at once,
+ * whatever its `compensationRetry`.)
+ * @since 0.1.0
+ */
+export const toCompensationStepError = (error: BarrierError): StepError => {
+  const read = toStepError(error)
+  return read._tag === "StepBusinessError" &&
+    error._tag === "BarrierWorkError" &&
+    error.sqlState?.slice(0, 2) !== "0A"
+    ? new StepTransientError({ reason: read.reason })
+    : read
 }
 
 /**
@@ -851,7 +899,8 @@ export const sagaAction: {
 /**
  * A saga compensation whose local work runs behind the barrier of `ctx.key` (duplicates and null
  * compensations succeed without running the work). What the work returns is not kept: the saga
- * never reads it, so it need not be JSON.
+ * never reads it, so it need not be JSON. A failure is read by `toCompensationStepError`: retried on
+ * the step's `compensationRetry` unless the barrier refused the work.
  * @since 0.1.0
  */
 export const sagaCompensation = <A>(
@@ -861,4 +910,4 @@ export const sagaCompensation = <A>(
 ): Effect.Effect<void, StepError> =>
   run(conn, { ...fromKey(ctx.key), op: "compensation" }, async (session): Promise<void> => {
     await work(session)
-  }).pipe(Effect.mapError(toStepError), Effect.asVoid)
+  }).pipe(Effect.mapError(toCompensationStepError), Effect.asVoid)
