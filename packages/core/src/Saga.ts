@@ -1280,6 +1280,17 @@ export const resume: <R>(
 })
 
 /**
+ * `value` as a whole number of at least `min` for a count (`limit`, `concurrency`): `fallback` when
+ * omitted, `min` for NaN, rounded down, infinity as the largest safe integer (a claim's SQL `limit`
+ * takes no fraction, NaN or infinity; a NaN `limit` claimed without bound).
+ */
+const wholeAtLeast = (value: number | undefined, fallback: number, min: number): number => {
+  if (value === undefined) return fallback
+  if (Number.isNaN(value)) return min
+  return Math.max(min, Math.floor(Math.min(value, Number.MAX_SAFE_INTEGER)))
+}
+
+/**
  * Claims up to `limit` abandoned sagas (running, lease expired) and runs each to its end, at most
  * `concurrency` at a time (default 8): each slot claims the next abandoned saga as soon as its drive
  * ends, whatever the other slots are still driving, until a claim finds none. Returns the outcomes
@@ -1311,8 +1322,8 @@ export const sweep: <R>(
   // `owner` (its lease starved, say) and the same saga claimed here are fenced from each other.
   const lease = yield* driveLease("sweep", options)
   const log = yield* driveLog(lease.leaseFor)
-  const limit = options.limit ?? 100
-  const concurrency = Math.max(1, options.concurrency ?? 8)
+  const limit = wholeAtLeast(options.limit, 100, 0)
+  const concurrency = wholeAtLeast(options.concurrency, 8, 1)
   const types = [...sagas.keys()]
   // Outcomes by claim order; `None` for a saga not finished now.
   const results: Array<Option.Option<Outcome>> = []

@@ -376,4 +376,32 @@ describe("Saga.sweep slots", () => {
       expect((yield* Fiber.join(next)).map((o) => o.sagaId).sort()).toEqual(notEnded)
     })
   )
+  it.effect("a limit or concurrency that is not a whole number claims whole numbers (NaN limit: none)", () =>
+    Effect.gen(function* () {
+      const probe = new Probe()
+      const log = yield* makeMemory
+      yield* abandon(log, [
+        ["a", 10],
+        ["b", 10],
+        ["c", 10],
+        ["d", 10]
+      ])
+      const counted = countingClaims(log)
+      const run = (options: { readonly limit?: number; readonly concurrency?: number }) =>
+        Effect.gen(function* () {
+          const sweep = yield* Saga.sweep(Saga.registry([timed(probe)]), { owner: "node", ...options }).pipe(
+            Effect.provideService(SagaLog, counted.log),
+            Effect.fork
+          )
+          yield* TestClock.adjust("1 second")
+          return yield* Fiber.join(sweep)
+        })
+      // NaN claimed without bound before (the old loop claimed nothing): now nothing.
+      expect(yield* run({ limit: Number.NaN })).toHaveLength(0)
+      // 2.5 is 2; a concurrency of 1.5 is 1 slot.
+      expect(yield* run({ limit: 2.5, concurrency: 1.5 })).toHaveLength(2)
+      expect(probe.maxActive).toBe(1)
+      expect(counted.calls.flat().length).toBe(2)
+    })
+  )
 })

@@ -15,7 +15,7 @@
 import type { PGlite } from "@electric-sql/pglite"
 import { Effect } from "effect"
 import type postgres from "postgres"
-import { clientOf } from "./internal/client.js"
+import { clientOf, defaultCancelTimeout, runScript } from "./internal/client.js"
 
 // Any fixed key: "acrd" in ASCII.
 const LOCK = "select pg_advisory_xact_lock(1633907300);"
@@ -103,11 +103,11 @@ end $accord$;`
  */
 export type Target = postgres.Sql | PGlite
 
-const run = (target: Target, ddl: string) =>
-  Effect.tryPromise({
-    try: () => clientOf(target).script(ddl),
-    catch: (error) => (error instanceof Error ? error : new Error(String(error)))
-  })
+// Cancelled on the server when interrupted, not left waiting on a lock.
+const run = (target: Target, ddl: string): Effect.Effect<void, Error> =>
+  runScript(clientOf(target), ddl, defaultCancelTimeout).pipe(
+    Effect.mapError((failure) => Object.assign(new Error(failure.message), { sqlState: failure.sqlState }))
+  )
 
 /**
  * Creates the marker table (participant databases). Idempotent.

@@ -37,6 +37,7 @@ import {
   fromPglite,
   fromPostgres,
   pgliteResult,
+  runScript,
   settlesWithin,
   settle,
   startVia,
@@ -807,19 +808,17 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         })
       }
       if (options.migrate !== false) {
-        yield* Effect.tryPromise({
-          try: () => client.script(Migrations.participantDdl),
-          catch: (error) => {
-            const failure = toFailure(error)
-            return failure.sqlState === "42501"
+        yield* runScript(client, Migrations.participantDdl, cancelTimeout).pipe(
+          Effect.mapError((failure) =>
+            failure.sqlState === "42501"
               ? new TransactionError.ConfigurationError({
                   participant: name,
                   reason: `cannot create Accord's marker table accord_branch: ${failure.message}`,
                   fix: "create it once with a role that may (the Effect Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
                 })
               : callError(self, "verify", failure, false)
-          }
-        })
+          )
+        )
       }
     }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
 

@@ -43,7 +43,7 @@ import {
 import { LogError } from "@accord/core/TransactionError"
 import { Duration, Effect, Layer, Option } from "effect"
 import type postgres from "postgres"
-import { clientOf, statement, transformRefusal } from "./internal/client.js"
+import { clientOf, runScript, statement, transformRefusal } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
 import { purgeWith, type Retention } from "./internal/retention.js"
 import { sagaLogDdl } from "./SagaSchema.js"
@@ -58,7 +58,10 @@ export type PgConnection = postgres.Sql | PGlite
  * Creates the saga log tables (idempotent).
  * @since 0.1.0
  */
-export const migrate = (conn: PgConnection): Promise<void> => clientOf(conn).script(sagaLogDdl)
+export const migrate = (conn: PgConnection): Promise<void> =>
+  clientOf(conn)
+    .script(sagaLogDdl)
+    .then(() => undefined)
 
 const PURGE_SQL =
   "with gone as (delete from accord_saga where saga_id = any(array(" +
@@ -204,10 +207,9 @@ export const make = (
             })
         )
       )
-    yield* Effect.tryPromise({
-      try: () => client.script(sagaLogDdl),
-      catch: (error) => new LogError({ operation: "migrate", reason: toFailure(error).message })
-    })
+    yield* runScript(client, sagaLogDdl, cancelTimeout).pipe(
+      Effect.mapError((failure) => new LogError({ operation: "migrate", reason: failure.message }))
+    )
 
     const records = (sagaId: string) =>
       query<RecordRow>(

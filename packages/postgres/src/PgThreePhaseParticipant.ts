@@ -45,6 +45,7 @@ import {
   fromPglite,
   fromPostgres,
   resultTransforms,
+  runScript,
   statement
 } from "./internal/client.js"
 import type { PgFailure } from "./internal/errors.js"
@@ -202,15 +203,17 @@ const build = (
     // The migration as before, then (once) where the tables are, when `tables` did not say yet.
     const found =
       migrate && !tables.ready
-        ? yield* Effect.tryPromise({
-            try: () => client.script(ddl),
-            catch: (error) =>
-              new TransactionError.ConfigurationError({
-                participant: name,
-                reason: `cannot create accord_3pc_state: ${error instanceof Error ? error.message : String(error)}`,
-                fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
-              })
-          }).pipe(Effect.zipRight(existing(client, cancelTimeout, name)))
+        ? yield* runScript(client, ddl, cancelTimeout).pipe(
+            Effect.mapError(
+              (failure) =>
+                new TransactionError.ConfigurationError({
+                  participant: name,
+                  reason: `cannot create accord_3pc_state: ${failure.message}`,
+                  fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
+                })
+            ),
+            Effect.zipRight(existing(client, cancelTimeout, name))
+          )
         : tables
     const { markerSchema, stateSchema } = found
     if (typeof markerSchema !== "string" || typeof stateSchema !== "string") {

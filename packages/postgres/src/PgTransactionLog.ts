@@ -59,6 +59,7 @@ import {
   defaultCancelTimeout,
   fromPglite,
   fromPostgres,
+  runScript,
   transformRefusal,
   type Send,
   startVia,
@@ -260,14 +261,12 @@ const build = (client: Client, options: Options) =>
       statement<T>(client, text, params, cancelTimeout)
 
     if (options.migrate !== false) {
-      yield* Effect.tryPromise({
-        try: () => client.script(Migrations.logDdl),
-        catch: (error) =>
-          new TransactionError.LogError({
-            operation: "migrate",
-            reason: error instanceof Error ? error.message : String(error)
-          })
-      })
+      // Cancelled when interrupted (a set-up abandoned past its bound), not left waiting on a lock.
+      yield* runScript(client, Migrations.logDdl, cancelTimeout).pipe(
+        Effect.mapError(
+          (failure) => new TransactionError.LogError({ operation: "migrate", reason: failure.message })
+        )
+      )
     }
 
     /**

@@ -15,7 +15,8 @@ export interface Client {
   readonly query: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>>
   /** `query`, with the driver's cancel when it has one (postgres.js). */
   readonly send: <T>(text: string, params?: ReadonlyArray<unknown>) => Promise<Array<T>> & Cancellable
-  readonly script: (text: string) => Promise<void>
+  /** The driver's own pending query (postgres.js: cancellable, see `runScript`). */
+  readonly script: (text: string) => Promise<unknown> & Cancellable
   /**
    * Cancels a statement `send` returned, where that is safe on this connection; true when it asked.
    * See `cancelOnPool` and `cancelIfRunning`.
@@ -76,9 +77,7 @@ export const fromPostgres = (sql: postgres.Sql): Client => {
       (await sendOn(sql, prepare, text, params)) as unknown as Array<T>,
     send: <T>(text: string, params?: ReadonlyArray<unknown>) =>
       sendOn(sql, prepare, text, params) as unknown as Promise<Array<T>> & Cancellable,
-    script: async (text) => {
-      await sql.unsafe(text).simple()
-    },
+    script: (text) => sql.unsafe(text).simple() as unknown as Promise<unknown> & Cancellable,
     cancel: cancelRule(sql)
   }
 }
@@ -90,9 +89,7 @@ export const fromPglite = (db: PGlite): Client => ({
     (await db.query<T>(text, params as Array<unknown> | undefined)).rows,
   send: <T>(text: string, params?: ReadonlyArray<unknown>) =>
     db.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows),
-  script: async (text) => {
-    await db.exec(text)
-  },
+  script: (text) => db.exec(text),
   // PGlite runs one statement at a time in this process; a statement cannot be cancelled.
   cancel: () => false
 })
@@ -395,6 +392,30 @@ export const statement = <T>(
     })
   })
 
+/**
+ * Runs a multi-statement script (a migration) as an Effect. When interrupted, the script is
+ * cancelled on the server as `statement` cancels a statement, and the interruption waits at most
+ * `cancelTimeout` for it to settle. Before (until 2026-12-07), an interrupted migration went on
+ * running: one waiting on a lock held for good kept its pool connection, and each retry of the
+ * set-up (the facade's `logSetupTimeout`) queued one more, until the pool had none left.
+ */
+export const runScript = (
+  client: Client,
+  text: string,
+  cancelTimeout: Duration.Duration
+): Effect.Effect<void, PgFailure> =>
+  Effect.async<void, PgFailure>((resume) => {
+    const pending = client.script(text)
+    pending.then(
+      () => resume(Effect.void),
+      (error: unknown) => resume(Effect.fail(toFailure(error)))
+    )
+    return Effect.promise(async () => {
+      client.cancel(pending)
+      await settlesWithin(pending, Duration.toMillis(cancelTimeout))
+    })
+  })
+
 /** A work's `sql.release()` or `sql.destroy()`, refused at once (see `guardedSql`). */
 const refuseToGiveBack = (method: string) => (): never => {
   throw new Error(
@@ -601,12 +622,15 @@ const scan = (text: string, head: RegExp, from: number, bodies: boolean): string
   let bodyFrom = 0
   let i = from
   while (i < n) {
-    const gapEnd = skipGap(text, i)
-    if (gapEnd !== i) {
-      i = gapEnd
-      continue
-    }
     const c = text.charCodeAt(i)
+    // Only a blank, `-` or `/` can start a gap: other characters skip the call (on every token).
+    if (c === 32 || (c >= 9 && c <= 13) || c === 45 || c === 47) {
+      const gapEnd = skipGap(text, i)
+      if (gapEnd !== i) {
+        i = gapEnd
+        continue
+      }
+    }
     if (c === 59) {
       if (body) endMayFollow = true
       else atStart = true
