@@ -1379,13 +1379,16 @@ export const makePglite = (
     const foreign = new Set([...(yield* allPrepared)].filter((gid) => !leftover.has(gid)))
     gate.holdFor([...leftover], undefined, isOpen)
     for (const gid of foreign) gate.holdForeign(gid, foreignReason(gid, options.namespace), isOpen)
-    const warnForeign = Effect.suspend(() =>
-      foreign.size === 0
+    // Only the gids still held as foreign: one a participant of its name took over (for its
+    // recovery) makes branches wait, not be refused, and is not this participant's to report.
+    const warnForeign = Effect.suspend(() => {
+      const refusing = [...foreign].filter((gid) => gate.heldForeign(gid))
+      return refusing.length === 0
         ? Effect.void
         : Effect.logWarning(
-            `participant ${participant.name}: every PGlite branch sharing its gate is refused while these transactions are prepared on its instance, which it does not resolve: ${[...foreign].map((gid) => foreignReason(gid, options.namespace)).join("; ")}`
+            `participant ${participant.name}: every PGlite branch sharing its gate is refused while these transactions are prepared on its instance, which it does not resolve: ${refusing.map((gid) => foreignReason(gid, options.namespace)).join("; ")}`
           )
-    )
+    })
     // Each gid is let go only if the hold it had when the scan was sent is still there and the scan
     // found it gone (`Gate.resolving`): never a branch's hold of the same gid entered since.
     releaseForeign = Effect.suspend(() => {

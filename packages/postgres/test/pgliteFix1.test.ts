@@ -120,6 +120,30 @@ describe("a PGlite participant started beside an Accord branch of another partic
   )
 
   it.live(
+    "stops warning once a participant of the former name has taken the gid over",
+    () =>
+      Effect.gen(function* () {
+        const { db, gid } = yield* renamed
+        const warnings: Array<string> = []
+        const collect = Logger.replace(
+          Logger.defaultLogger,
+          Logger.make(({ logLevel, message }) => {
+            if (logLevel._tag === "Warning")
+              warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
+          })
+        )
+        const gate = PgParticipant.makeGate()
+        const p = yield* PgParticipant.makePglite({ name: "bank-new", db, gate, lockTimeout })
+        yield* PgParticipant.makePglite({ name: "bank-old", db, gate, lockTimeout })
+        // Held for bank-old's recovery now: branches wait for it, nobody is refused.
+        yield* p.inDoubt.pipe(Effect.provide(collect))
+        expect(warnings.filter((w) => w.includes(gid) && w.includes("is refused"))).toEqual([])
+        yield* Effect.promise(() => db.exec(`rollback prepared '${gid}'`))
+      }).pipe(Effect.scoped),
+    TEST_TIMEOUT
+  )
+
+  it.live(
     "a participant of the former name registered with recovery rolls it back (no decision) and the gate opens",
     () =>
       Effect.gen(function* () {

@@ -333,6 +333,11 @@ export class Gate {
     this.hold(gid, { owner: PREPARED_BEFORE_START, isOpen, reason, prepared: true, foreign: true })
   }
 
+  /** Whether `gid` is held as foreign now (`holdForeign`; not taken over by a participant since). */
+  heldForeign(gid: string): boolean {
+    return this.held.get(gid)?.foreign === true
+  }
+
   /** The transaction holding the gate (its first held gid's owner), if any (for diagnostics). */
   get holder(): string | undefined {
     for (const hold of this.held.values()) return hold.owner
