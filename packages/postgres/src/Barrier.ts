@@ -473,6 +473,8 @@ type Statement = BarrierSession["statement"]
 class Interruptible {
   readonly inflight = new Set<Cancellable>()
   cancelSent = false
+  /** The first statement of the run that failed (see `explained`). */
+  firstFailure: unknown = undefined
   constructor(readonly signal: AbortSignal) {
     signal.addEventListener("abort", () => {
       for (const pending of this.inflight) if (cancelIfRunning(pending)) this.cancelSent = true
@@ -488,8 +490,30 @@ class Interruptible {
   track<R>(pending: PromiseLike<R> & Cancellable): PromiseLike<R> & Cancellable {
     this.inflight.add(pending)
     const forget = () => void this.inflight.delete(pending)
-    pending.then(forget, forget)
+    pending.then(forget, (error: unknown) => {
+      if (this.firstFailure === undefined) this.firstFailure = error
+      forget()
+    })
     return pending
+  }
+
+  /**
+   * `error`, or, when it is 25P02 (the transaction was already aborted) and an earlier statement
+   * failed, that earlier failure: a work that caught an error and went on met 25P02 at its next
+   * statement (or the barrier's own), and the step was classified by 25P02, a business failure,
+   * where the error it swallowed said why (a 40001 serialization failure is worth another attempt;
+   * until 2026-12-07 it was never retried). The failure keeps its SQLSTATE; its message says both.
+   */
+  explained(error: unknown): unknown {
+    const first = this.firstFailure
+    if (first === undefined || first === error || toFailure(error).sqlState !== "25P02") return error
+    const failure = toFailure(first)
+    return Object.assign(
+      new Error(
+        `${failure.message} (the work caught it and went on; its next statement then failed: ${toFailure(error).message})`
+      ),
+      { code: failure.sqlState }
+    )
   }
   /** `send`, refused once interrupted and tracked. */
   sender<R>(send: Send<R>): (text: string, params?: ReadonlyArray<unknown>) => Promise<R> {
@@ -606,7 +630,7 @@ const onPostgres = async <A>(
       if (rolledBack === "timeout") await terminateBackend(sql, pid, ABANDON_MS)
       clean = rolledBack === true
     }
-    throw error
+    throw run.explained(error)
   } finally {
     if (!clean || run.cancelSent) {
       if (!destroyReserved(conn)) conn.release()
@@ -623,13 +647,18 @@ const onPglite = <A>(
   signal: AbortSignal
 ) =>
   db.transaction(async (tx: Transaction) => {
-    const send = new Interruptible(signal).sender((text, params) =>
+    const run = new Interruptible(signal)
+    const send = run.sender((text, params) =>
       tx.query<Record<string, unknown>>(text, params as Array<unknown> | undefined)
     )
     const query: Query = async <T>(text: string, params?: ReadonlyArray<unknown>) =>
       (await send(text, params)).rows as Array<T>
     const statement: Statement = async (text, params) => pgliteResult(await send(text, params))
-    return protocol(statements, query, sessionOf(query, statement), target, work, codec, signal)
+    try {
+      return await protocol(statements, query, sessionOf(query, statement), target, work, codec, signal)
+    } catch (error) {
+      throw run.explained(error)
+    }
   })
 
 /** A decision with the duplicate's result decoded. */
