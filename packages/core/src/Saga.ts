@@ -1328,6 +1328,10 @@ export const sweep: <R>(
   // Outcomes by claim order; `None` for a saga not finished now.
   const results: Array<Option.Option<Outcome>> = []
   const seen = new Set<string>()
+  // Of those, the ones not finished by this sweep, the only ones a claim must leave out: a saga it
+  // finished has ended, so no claim returns it. (Excluding every saga seen sent one id more per
+  // claim, and with a claim per freed slot that grew as the square of `limit`.)
+  const unfinished = new Set<string>()
   let reserved = 0
   // Cleared when a claim finds nothing new, or fails: no slot claims again.
   let open = true
@@ -1346,19 +1350,24 @@ export const sweep: <R>(
       // Only sagas this sweep has a definition for, and none it has taken already: one it gave back
       // (an output it cannot decode) is claimable again at once, and being the oldest it was
       // claimed first again, every time: the sweep ended there and no later saga was recovered.
-      const claimed = yield* log.claimAbandoned({ ...lease, limit: wanted, types, exclude: [...seen] }).pipe(
-        Effect.onError(() =>
-          Effect.sync(() => {
-            reserved -= wanted
-          })
+      const claimed = yield* log
+        .claimAbandoned({ ...lease, limit: wanted, types, exclude: [...unfinished] })
+        .pipe(
+          Effect.onError(() =>
+            Effect.sync(() => {
+              reserved -= wanted
+            })
+          )
         )
-      )
       // A log that ignores those filters: a saga given back by this sweep (no definition, an output
       // it cannot decode) is given back again, and the sweep stops claiming rather than claim it
       // over and over.
       const again = claimed.filter((h) => seen.has(h.sagaId))
       const fresh = claimed.filter((h) => !seen.has(h.sagaId))
-      for (const h of fresh) seen.add(h.sagaId)
+      for (const h of fresh) {
+        seen.add(h.sagaId)
+        unfinished.add(h.sagaId)
+      }
       reserved -= wanted - fresh.length
       if (claimed.length < wanted || again.length > 0) open = false
       yield* Effect.forEach(again, (h) => log.release(h.sagaId, lease.owner), { discard: true })
@@ -1373,6 +1382,7 @@ export const sweep: <R>(
       Effect.flatMap((outcome) =>
         Effect.sync(() => {
           results[index] = Option.some(outcome)
+          unfinished.delete(history.sagaId)
         })
       ),
       Effect.catchAllCause((cause) => {

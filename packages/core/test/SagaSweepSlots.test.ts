@@ -404,4 +404,33 @@ describe("Saga.sweep slots", () => {
       expect(counted.calls.flat().length).toBe(2)
     })
   )
+  it.effect(
+    "a claim leaves out only the sagas this sweep has not finished (not every saga it has seen)",
+    () =>
+      Effect.gen(function* () {
+        const probe = new Probe()
+        const log = yield* makeMemory
+        yield* abandon(
+          log,
+          Array.from({ length: 20 }, (_, i) => [`e-${i}`, 10] as const)
+        )
+        const excluded: Array<number> = []
+        const counted: SagaLog["Type"] = {
+          ...log,
+          claimAbandoned: (options) =>
+            Effect.suspend(() => {
+              excluded.push(options.exclude?.length ?? 0)
+              return log.claimAbandoned(options)
+            })
+        }
+        const sweep = yield* Saga.sweep(Saga.registry([timed(probe)]), {
+          owner: "node",
+          concurrency: 2
+        }).pipe(Effect.provideService(SagaLog, counted), Effect.fork)
+        yield* TestClock.adjust("10 seconds")
+        expect(yield* Fiber.join(sweep)).toHaveLength(20)
+        // At most the sagas in flight; before, each claim carried every saga seen (up to 19 here).
+        expect(Math.max(...excluded)).toBeLessThanOrEqual(2)
+      })
+  )
 })
