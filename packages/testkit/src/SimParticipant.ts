@@ -113,7 +113,7 @@ export const make = (
       Effect.gen(function* () {
         yield* runWork(ctx, work, "onePhaseCommit")
         if (work.vote === "no") return OnePhaseResult.No({ reason: "check constraint", sqlState: "23514" })
-        if (work.vote === "readOnly") return OnePhaseResult.Committed()
+        if (work.vote === "readOnly") return OnePhaseResult.ReadOnly()
         if (markers.has(ctx.gid)) return OnePhaseResult.No({ reason: "duplicate marker", sqlState: "23505" })
         markers.set(ctx.gid, now())
         applied.push({ gid: ctx.gid, txId: ctx.txId, at: now(), onePhase: true })
