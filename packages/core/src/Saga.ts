@@ -1362,8 +1362,10 @@ export const sweep: <R>(
       // A log that ignores those filters: a saga given back by this sweep (no definition, an output
       // it cannot decode) is given back again, and the sweep stops claiming rather than claim it
       // over and over.
-      const again = claimed.filter((h) => seen.has(h.sagaId))
-      const fresh = claimed.filter((h) => !seen.has(h.sagaId))
+      // (A saga this sweep finished that is running again, say an operator's retry whose process
+      // died, is claimed as any other: only the unfinished ones are left out.)
+      const again = claimed.filter((h) => unfinished.has(h.sagaId))
+      const fresh = claimed.filter((h) => !unfinished.has(h.sagaId))
       for (const h of fresh) {
         seen.add(h.sagaId)
         unfinished.add(h.sagaId)

@@ -433,4 +433,30 @@ describe("Saga.sweep slots", () => {
         expect(Math.max(...excluded)).toBeLessThanOrEqual(2)
       })
   )
+  it.effect(
+    "a saga this sweep finished that runs again (an operator's retry whose process died) does not end the sweep",
+    () =>
+      Effect.gen(function* () {
+        // Found by a review (2026-12-07, helper 82): it was taken for a log that ignores `exclude`, so
+        // the sweep stopped claiming and saga c waited for the next sweep.
+        const probe = new Probe()
+        const log = yield* makeMemory
+        yield* abandon(log, [
+          ["a", 100],
+          ["b", 1_000],
+          ["c", 100]
+        ])
+        const sweep = yield* Saga.sweep(Saga.registry([timed(probe)]), {
+          owner: "node",
+          concurrency: 1
+        }).pipe(Effect.provideService(SagaLog, log), Effect.fork)
+        yield* TestClock.adjust("500 millis")
+        expect(yield* status(log, "a")).toBe("completed")
+        yield* log.claim("a", { owner: "op", leaseFor: "1 millis" })
+        yield* log.append(SagaRecord.OperatorAction({ sagaId: "a", action: "retry", note: "retry" }), "op")
+        yield* TestClock.adjust("5 seconds")
+        yield* Fiber.join(sweep)
+        expect(yield* status(log, "c")).toBe("completed")
+      })
+  )
 })

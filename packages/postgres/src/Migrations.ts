@@ -103,10 +103,11 @@ end $accord$;`
  */
 export type Target = postgres.Sql | PGlite
 
-// Cancelled on the server when interrupted, not left waiting on a lock.
+// Cancelled on the server when interrupted, not left waiting on a lock. Fails with the driver's
+// own error (its `code`, `severity`, `detail`), as before the cancellation.
 const run = (target: Target, ddl: string): Effect.Effect<void, Error> =>
   runScript(clientOf(target), ddl, defaultCancelTimeout).pipe(
-    Effect.mapError((failure) => Object.assign(new Error(failure.message), { sqlState: failure.sqlState }))
+    Effect.mapError((error) => (error instanceof Error ? error : new Error(String(error))))
   )
 
 /**

@@ -809,6 +809,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       }
       if (options.migrate !== false) {
         yield* runScript(client, Migrations.participantDdl, cancelTimeout).pipe(
+          Effect.mapError(toFailure),
           Effect.mapError((failure) =>
             failure.sqlState === "42501"
               ? new TransactionError.ConfigurationError({

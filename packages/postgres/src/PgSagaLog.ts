@@ -208,6 +208,7 @@ export const make = (
         )
       )
     yield* runScript(client, sagaLogDdl, cancelTimeout).pipe(
+      Effect.mapError(toFailure),
       Effect.mapError((failure) => new LogError({ operation: "migrate", reason: failure.message }))
     )
 

@@ -48,7 +48,7 @@ import {
   runScript,
   statement
 } from "./internal/client.js"
-import type { PgFailure } from "./internal/errors.js"
+import { type PgFailure, toFailure } from "./internal/errors.js"
 import { schemaOf, tableName } from "./internal/pgBranch.js"
 import * as PgParticipant from "./PgParticipant.js"
 
@@ -204,6 +204,7 @@ const build = (
     const found =
       migrate && !tables.ready
         ? yield* runScript(client, ddl, cancelTimeout).pipe(
+            Effect.mapError(toFailure),
             Effect.mapError(
               (failure) =>
                 new TransactionError.ConfigurationError({

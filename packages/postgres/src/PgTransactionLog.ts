@@ -66,7 +66,7 @@ import {
   statement,
   viaPromise
 } from "./internal/client.js"
-import type { PgFailure } from "./internal/errors.js"
+import { type PgFailure, toFailure } from "./internal/errors.js"
 import * as Migrations from "./Migrations.js"
 
 /**
@@ -263,6 +263,7 @@ const build = (client: Client, options: Options) =>
     if (options.migrate !== false) {
       // Cancelled when interrupted (a set-up abandoned past its bound), not left waiting on a lock.
       yield* runScript(client, Migrations.logDdl, cancelTimeout).pipe(
+        Effect.mapError(toFailure),
         Effect.mapError(
           (failure) => new TransactionError.LogError({ operation: "migrate", reason: failure.message })
         )

@@ -403,16 +403,17 @@ export const runScript = (
   client: Client,
   text: string,
   cancelTimeout: Duration.Duration
-): Effect.Effect<void, PgFailure> =>
-  Effect.async<void, PgFailure>((resume) => {
+): Effect.Effect<void, unknown> =>
+  Effect.async<void, unknown>((resume) => {
     const pending = client.script(text)
     pending.then(
       () => resume(Effect.void),
-      (error: unknown) => resume(Effect.fail(toFailure(error)))
+      // The driver's own error: callers read it with `toFailure`, `Migrations` hands it on as it is.
+      (error: unknown) => resume(Effect.fail(error))
     )
+    // A client that cannot cancel (PGlite) is not waited for: the script goes on either way.
     return Effect.promise(async () => {
-      client.cancel(pending)
-      await settlesWithin(pending, Duration.toMillis(cancelTimeout))
+      if (client.cancel(pending)) await settlesWithin(pending, Duration.toMillis(cancelTimeout))
     })
   })
 
