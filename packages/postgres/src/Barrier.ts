@@ -217,13 +217,18 @@ interface Statements {
 
 /**
  * `synchronous_commit = on` for the rest of the transaction, set inside the statement that needs it
- * (no extra round trip), whatever the session's or the database's default: a barrier row lost in a
+ * (no extra round trip) when the session's or the database's setting is `off`; any other setting
+ * (`local`, `remote_write`, `remote_apply`: durable, and chosen for replication) is kept as it is
+ * (the first version set `on` over them: `remote_apply` weakened, `local` made to wait for a
+ * synchronous standby, `barrierFixDurable.test.ts`). A barrier row lost in a
  * crash of the service database (`synchronous_commit = off` is a common throughput setting) while
  * the saga log, in another database, durably recorded the step compensated let a late action apply
  * instead of being refused. Every transaction that writes a row runs `insert`; the `keep` after the
  * work sets it again, so a work that turned it off for its transaction does not relax the commit.
  */
-const FORCED = "(select set_config('synchronous_commit', 'on', true) as forced) as f"
+const FORCED =
+  "(select set_config('synchronous_commit', case current_setting('synchronous_commit') " +
+  "when 'off' then 'on' else current_setting('synchronous_commit') end, true) as forced) as f"
 
 const statementsOn = (table: string): Statements => ({
   insert: `insert into ${table} (gid, branch, op, reason) select $1::text, $2::text, $3::text, $4::text from ${FORCED} on conflict do nothing returning 1 as ok`,
@@ -473,8 +478,13 @@ type Statement = BarrierSession["statement"]
 class Interruptible {
   readonly inflight = new Set<Cancellable>()
   cancelSent = false
-  /** The first statement of the run that failed (see `explained`). */
-  firstFailure: unknown = undefined
+  /**
+   * The failure that aborted the run's transaction, if it is aborted (see `explained`): the last
+   * statement failure with a server SQLSTATE other than 25P02, forgotten when a statement succeeds
+   * after it (a `ROLLBACK TO SAVEPOINT` recovered from it). A driver error raised before anything
+   * was sent aborts nothing, and is not kept.
+   */
+  aborting: unknown = undefined
   constructor(readonly signal: AbortSignal) {
     signal.addEventListener("abort", () => {
       for (const pending of this.inflight) if (cancelIfRunning(pending)) this.cancelSent = true
@@ -490,29 +500,37 @@ class Interruptible {
   track<R>(pending: PromiseLike<R> & Cancellable): PromiseLike<R> & Cancellable {
     this.inflight.add(pending)
     const forget = () => void this.inflight.delete(pending)
-    pending.then(forget, (error: unknown) => {
-      if (this.firstFailure === undefined) this.firstFailure = error
-      forget()
-    })
+    pending.then(
+      () => {
+        this.aborting = undefined
+        forget()
+      },
+      (error: unknown) => {
+        const sqlState = toFailure(error).sqlState
+        if (sqlState !== undefined && sqlState !== "25P02") this.aborting = error
+        forget()
+      }
+    )
     return pending
   }
 
   /**
-   * `error`, or, when it is 25P02 (the transaction was already aborted) and an earlier statement
-   * failed, that earlier failure: a work that caught an error and went on met 25P02 at its next
-   * statement (or the barrier's own), and the step was classified by 25P02, a business failure,
-   * where the error it swallowed said why (a 40001 serialization failure is worth another attempt;
-   * until 2026-12-07 it was never retried). The failure keeps its SQLSTATE; its message says both.
+   * `error`, or, when it is 25P02 (the transaction was already aborted), the failure that aborted
+   * it (`aborting`): a work that caught an error and went on met 25P02 at its next statement (or the
+   * barrier's own), and the step was classified by 25P02, a business failure, where the error it
+   * swallowed said why (a 40001 serialization failure is worth another attempt; until 2026-12-07 it
+   * was never retried). The failure keeps its SQLSTATE; its message says both.
    */
   explained(error: unknown): unknown {
-    const first = this.firstFailure
-    if (first === undefined || first === error || toFailure(error).sqlState !== "25P02") return error
-    const failure = toFailure(first)
+    const cause = this.aborting
+    if (cause === undefined || cause === error || toFailure(error).sqlState !== "25P02") return error
+    const sqlState = toFailure(cause).sqlState
+    const message = cause instanceof Error ? cause.message : String(cause)
     return Object.assign(
       new Error(
-        `${failure.message} (the work caught it and went on; its next statement then failed: ${toFailure(error).message})`
+        `${message} (the work caught it and went on; its next statement then failed: ${toFailure(error).message})`
       ),
-      { code: failure.sqlState }
+      { code: sqlState }
     )
   }
   /** `send`, refused once interrupted and tracked. */

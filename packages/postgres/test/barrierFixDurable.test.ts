@@ -100,4 +100,27 @@ describe.skipIf(server === undefined)("barrier commits on a session with synchro
       expect(flushes).toBeGreaterThanOrEqual(n)
     })
   )
+  it.live(
+    "a setting other than off is kept as it is inside the barrier's transaction (never weakened or changed)",
+    () =>
+      Effect.gen(function* () {
+        // Found by a review (2026-12-07, helper 82): `on` was set over `remote_apply` (weaker: no wait
+        // for the standby to replay) and over `local` (then waiting for a synchronous standby).
+        for (const setting of ["local", "remote_write", "remote_apply", "on"]) {
+          const conn = postgres(url, {
+            max: 1,
+            onnotice: () => {},
+            connection: { synchronous_commit: setting }
+          })
+          const seen = yield* Barrier.run(
+            conn,
+            { gid: `kept-${setting}-${Date.now()}`, branch: "b", op: "action" },
+            async (s) =>
+              (await s.query<{ v: string }>("select current_setting('synchronous_commit') as v"))[0]!.v
+          )
+          yield* Effect.promise(() => conn.end({ timeout: 5 }))
+          expect(seen).toMatchObject({ _tag: "Applied", value: setting })
+        }
+      })
+  )
 })

@@ -33,6 +33,27 @@ const swallowing =
     return "done"
   }
 
+/**
+ * A work that recovers from one failure with a savepoint, or meets a driver error raised before
+ * anything was sent, then swallows another: reported by the one that aborted the transaction
+ * (helper 82: the first failure of the run was reported, a retryable failure made definite).
+ */
+const recovering =
+  (first: "savepoint" | "driver", sqlState: string) =>
+  async (s: Barrier.BarrierSession): Promise<string> => {
+    if (first === "savepoint") {
+      await s.query("savepoint a")
+      await s.query(raising("23505")).catch(() => undefined)
+      await s.query("rollback to savepoint a")
+    } else {
+      // postgres.js refuses an undefined parameter before sending anything.
+      await s.sql!`select ${undefined as unknown as string}`.catch(() => undefined)
+    }
+    await s.query(raising(sqlState)).catch(() => undefined)
+    await s.query("insert into audit (note) values ('after')")
+    return "done"
+  }
+
 const cases = [
   ["40001", "work", "StepTransientError"],
   ["40001", "barrier", "StepTransientError"],
@@ -71,6 +92,32 @@ describe.skipIf(server === undefined)("a barrier work that swallowed a failure, 
     await sql?.end({ timeout: 5 })
     await TestDatabase.dropDatabase(adminUrl, DB)
   }, 60_000)
+
+  it.live("after recovering from an earlier failure, is reported by the failure that aborted it", () =>
+    Effect.gen(function* () {
+      const key = `pg-recovered-${Date.now()}`
+      for (const [i, [first, sqlState, tag]] of (
+        [
+          ["savepoint", "40001", "StepTransientError"],
+          ["driver", "23514", "StepBusinessError"]
+        ] as const
+      ).entries()) {
+        const run = yield* Effect.either(
+          Barrier.run(
+            sql,
+            { gid: `${key}-${i}`, branch: "reserve", op: "action" },
+            recovering(first, sqlState)
+          )
+        )
+        expect(Either.isLeft(run) && run.left).toMatchObject({ _tag: "BarrierWorkError", sqlState })
+        if (Either.isLeft(run)) {
+          expect(Barrier.toStepError(run.left)._tag).toBe(tag)
+          // The SQLSTATE once, at the front (the first version wrote it twice).
+          expect(run.left.reason.startsWith(`${sqlState} ${sqlState}`)).toBe(false)
+        }
+      }
+    })
+  )
 
   it.live("is reported by the failure it swallowed, not by the 25P02 after it", () =>
     Effect.gen(function* () {
