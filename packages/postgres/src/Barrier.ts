@@ -231,7 +231,7 @@ const FORCED =
   "when 'off' then 'on' else current_setting('synchronous_commit') end, true) as forced) as f"
 
 const statementsOn = (table: string): Statements => ({
-  insert: `insert into ${table} (gid, branch, op, reason) select $1::text, $2::text, $3::text, $4::text from ${FORCED} on conflict do nothing returning 1 as ok`,
+  insert: `insert into ${table} (gid, branch, op, reason) select $1::text, $2::text, $3::text, $4::text from ${FORCED} on conflict do nothing returning 1 as ok, pg_current_xact_id()::text as xid`,
   existing: `select reason, result::text as result from ${table} where gid = $1 and branch = $2 and op = $3`,
   keep: `update ${table} set result = $4::text::jsonb from ${FORCED} where gid = $1 and branch = $2 and op = $3`,
   purge:
@@ -420,8 +420,13 @@ const protocol = async <A>(
   signal: AbortSignal
 ): Promise<Decision<A>> => {
   const { gid, branch, op } = target
-  const insert = async (rowOp: Op, reason: string) =>
-    (await query<{ ok: number }>(statements.insert, [gid, branch, rowOp, reason])).length === 1
+  // The transaction that holds the barrier row (see `endedByWork`).
+  let xid: string | undefined
+  const insert = async (rowOp: Op, reason: string) => {
+    const rows = await query<{ ok: number; xid: string }>(statements.insert, [gid, branch, rowOp, reason])
+    if (rows.length === 1) xid = rows[0]!.xid
+    return rows.length === 1
+  }
   const existing = async (rowOp: Op) =>
     (await query<{ reason: string; result: string | null }>(statements.existing, [gid, branch, rowOp]))[0]
   if (op === "action") {
@@ -441,12 +446,47 @@ const protocol = async <A>(
     }
     if (actionMissing) return { _tag: "NullCompensation", repeated: false }
   }
-  const value = await boundedAfterAbort(work, session, signal)
+  const value = await boundedAfterAbort(work, session, signal).catch(async (error: unknown) => {
+    throw await endedByWork(error, query, xid, signal)
+  })
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
   // After the work, under whatever search_path it set: hence the schema-qualified table.
   const stored = await codec.store(value, target)
   await query(statements.keep, [gid, branch, op, stored])
   return { _tag: "Applied", value }
+}
+
+/**
+ * The error of a work that failed: `error`, unless the work had ended the barrier's transaction
+ * itself (COMMIT, or ROLLBACK) before failing. What it wrote before that was committed outside the
+ * barrier, with the barrier row, so a retry would find the row and answer Duplicate without running
+ * the rest: a compensation half applied and recorded as done (helper 82, 2026-12-07). That is a
+ * definite failure, SQLSTATE 25000 (invalid transaction state): `toStepError` and
+ * `toCompensationStepError` do not retry it (an action is compensated, a compensation is Stuck for
+ * an operator). Told by asking the server which transaction it is in (one round trip, on failure
+ * only): an aborted transaction (25P02) or the same one is still the barrier's.
+ */
+const endedByWork = async (
+  error: unknown,
+  query: Query,
+  xid: string | undefined,
+  signal: AbortSignal
+): Promise<unknown> => {
+  if (xid === undefined || signal.aborted || error instanceof WorkAbandoned) return error
+  const now = await query<{ xid: string | null }>(
+    "select pg_current_xact_id_if_assigned()::text as xid"
+  ).then(
+    (rows) => rows[0]?.xid ?? null,
+    () => xid // failed (25P02: the barrier's transaction, aborted; or the connection): not ended
+  )
+  if (now === xid) return error
+  const failure = toFailure(error)
+  return Object.assign(
+    new Error(
+      `the work ended the barrier's transaction itself (COMMIT or ROLLBACK) and then failed: what it wrote before is not under the barrier (a retry would find its barrier row and not run the rest); ${failure.message}`
+    ),
+    { code: "25000" }
+  )
 }
 
 const sessionOf = (query: Query, statement: Statement, sql?: postgres.Sql): BarrierSession => ({
@@ -901,7 +941,8 @@ export const toCompensationStepError = (error: BarrierError): StepError => {
   const read = toStepError(error)
   return read._tag === "StepBusinessError" &&
     error._tag === "BarrierWorkError" &&
-    error.sqlState?.slice(0, 2) !== "0A"
+    error.sqlState?.slice(0, 2) !== "0A" &&
+    error.sqlState !== "25000"
     ? new StepTransientError({ reason: read.reason })
     : read
 }
