@@ -46,8 +46,10 @@ const commitCutter = async (database: string, target: { host: string; port: numb
       }
       for (const m of s.matchAll(/P[\s\S]{4}([^\0]*)\0commit\0/g))
         if (m[1] !== undefined) commitNames.add(m[1])
+      // A COMMIT statement, not the word inside another (the barrier's statements set
+      // `synchronous_commit`, which the first version of this match took for the COMMIT).
       const isCommit =
-        /commit/i.test(s) ||
+        /\bcommit\b/i.test(s) ||
         [...commitNames].some((n) => n !== "" && s.includes(`B`) && s.includes(`\0${n}\0`))
       upstream.write(buf)
       if (armed && db === database && isCommit && !/begin/i.test(s)) {
