@@ -41,6 +41,19 @@ const preparedGids = (db: PGlite) =>
     (await db.query<{ gid: string }>("select gid from pg_prepared_xacts")).rows.map((r) => r.gid)
   )
 
+/** The warnings logged where `collect` is provided. */
+const warningsLogged = () => {
+  const warnings: Array<string> = []
+  const collect = Logger.replace(
+    Logger.defaultLogger,
+    Logger.make(({ logLevel, message }) => {
+      if (logLevel._tag === "Warning")
+        warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
+    })
+  )
+  return { warnings, collect }
+}
+
 /**
  * An instance where participant `bank-old` prepared a branch (account 1, -7) and its process
  * stopped before any decision; the process starting now names its participant `bank-new`.
@@ -102,14 +115,7 @@ describe("a PGlite participant started beside an Accord branch of another partic
     () =>
       Effect.gen(function* () {
         const { db, gid } = yield* renamed
-        const warnings: Array<string> = []
-        const collect = Logger.replace(
-          Logger.defaultLogger,
-          Logger.make(({ logLevel, message }) => {
-            if (logLevel._tag === "Warning")
-              warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
-          })
-        )
+        const { warnings, collect } = warningsLogged()
         yield* PgParticipant.makePglite({ name: "bank-new", db, gate: PgParticipant.makeGate() }).pipe(
           Effect.provide(collect)
         )
@@ -124,14 +130,7 @@ describe("a PGlite participant started beside an Accord branch of another partic
     () =>
       Effect.gen(function* () {
         const { db, gid } = yield* renamed
-        const warnings: Array<string> = []
-        const collect = Logger.replace(
-          Logger.defaultLogger,
-          Logger.make(({ logLevel, message }) => {
-            if (logLevel._tag === "Warning")
-              warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
-          })
-        )
+        const { warnings, collect } = warningsLogged()
         const gate = PgParticipant.makeGate()
         const p = yield* PgParticipant.makePglite({ name: "bank-new", db, gate, lockTimeout })
         yield* PgParticipant.makePglite({ name: "bank-old", db, gate, lockTimeout })
