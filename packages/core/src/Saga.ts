@@ -72,6 +72,32 @@ export class StepBusinessError extends Schema.TaggedError<StepBusinessError>()("
 }
 
 /**
+ * Whether a step's SQL failure (its SQLSTATE) is worth another attempt: serialization failure or
+ * deadlock (class 40), insufficient resources (53), operator intervention such as a statement
+ * timeout (57), connection exceptions (08), and of class 55 only "busy for now", lock_not_available
+ * (55P03, a `lock_timeout` or NOWAIT) and object_in_use (55006); 55000 (an object in the wrong
+ * state) is not. The one rule of `@accord/postgres`'s `Barrier.toStepError` and the Promise
+ * facade's `classify`.
+ * @since 0.1.0
+ */
+export const isTransientSqlState = (sqlState: string): boolean =>
+  TRANSIENT_SQL_STATES.has(sqlState) || TRANSIENT_SQL_CLASSES.has(sqlState.slice(0, 2))
+
+const TRANSIENT_SQL_CLASSES = new Set(["40", "53", "57", "08"])
+const TRANSIENT_SQL_STATES = new Set(["55P03", "55006"])
+
+/**
+ * Whether a compensation's SQL failure is met again on every attempt, so that retrying it cannot
+ * help: class 0A (feature not supported, e.g. a `notify` the barrier refused) and 25000 (the work
+ * ended the barrier's transaction itself: its first part was committed with the barrier row, and a
+ * retry would answer Duplicate without running the rest). Every other compensation failure is
+ * retried. The one rule of `Barrier.toCompensationStepError` and the facade's `classifyCompensation`.
+ * @since 0.1.0
+ */
+export const isDefiniteCompensationSqlState = (sqlState: string): boolean =>
+  sqlState.startsWith("0A") || sqlState === "25000"
+
+/**
  * A transient failure: the step did not act (refused before doing anything, e.g. HTTP 503); retried.
  * @since 0.1.0
  */

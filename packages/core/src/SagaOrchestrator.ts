@@ -188,22 +188,12 @@ export const classify = (error: unknown): Saga.StepError => {
   if (
     record._tag === "StepTransientError" ||
     record.retryable === true ||
-    (sqlState !== undefined &&
-      (TRANSIENT_SQL_STATES.has(sqlState) || TRANSIENT_SQL_CLASSES.has(sqlState.slice(0, 2)))) ||
+    (sqlState !== undefined && Saga.isTransientSqlState(sqlState)) ||
     (record._tag === "BarrierWorkError" && sqlState === undefined)
   )
     return new Saga.StepTransientError({ reason })
   return new Saga.StepBusinessError({ reason })
 }
-
-// SQLSTATE classes worth retrying (as `Barrier.toStepError`): serialization failure / deadlock
-// (40), insufficient resources (53), operator intervention (57), connection exceptions (08).
-const TRANSIENT_SQL_CLASSES = new Set(["40", "53", "57", "08"])
-
-// And, of class 55, only "busy for now": lock_not_available (55P03, a `lock_timeout` or NOWAIT) and
-// object_in_use (55006). 55000 (object not in prerequisite state) stays definite. Until 2026-12-07
-// an action's brief lock timeout failed it for good.
-const TRANSIENT_SQL_STATES = new Set(["55P03", "55006"])
 
 /**
  * Classifies a rejection of a Promise compensation. Unlike an action's, an unmarked one is transient:
@@ -212,8 +202,9 @@ const TRANSIENT_SQL_STATES = new Set(["55P03", "55006"])
  * a business failure, as an action's is, which the engine never retries: the first failure made
  * the saga stuck and `compensationRetries` did nothing.) Only an error that says it is definite,
  * `business(reason)` or `_tag: "StepBusinessError"`, or one that every attempt would meet again
- * (a `BarrierResultRefusedError`, SQLSTATE class 0A such as a barrier's refused `notify`, as
- * `Barrier.toCompensationStepError` reads them), stops the retries: the saga is stuck at once.
+ * (a `BarrierResultRefusedError`, or `Saga.isDefiniteCompensationSqlState`: a barrier's refused
+ * `notify`, a work that ended the barrier's transaction itself), stops the retries: the saga is
+ * stuck at once.
  * @since 0.1.0
  */
 export const classifyCompensation = (error: unknown): Saga.StepError => {
@@ -223,7 +214,7 @@ export const classifyCompensation = (error: unknown): Saga.StepError => {
     error instanceof Saga.StepBusinessError ||
     record._tag === "StepBusinessError" ||
     record._tag === "BarrierResultRefusedError" ||
-    (typeof record.sqlState === "string" && record.sqlState.startsWith("0A"))
+    (typeof record.sqlState === "string" && Saga.isDefiniteCompensationSqlState(record.sqlState))
   return classified._tag === "StepBusinessError" && !definite
     ? new Saga.StepTransientError({ reason: classified.reason })
     : classified

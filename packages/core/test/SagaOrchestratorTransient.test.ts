@@ -35,6 +35,8 @@ describe("SagaOrchestrator: SQLSTATEs of a busy lock or object", () => {
   it("a compensation refused the same way at every attempt is definite, as Barrier.toCompensationStepError reads it", () => {
     // A barrier's refused notify (0A000) and a result it refused before commit would be refused again.
     expect(classifyCompensation(barrierError("0A000"))._tag).toBe("StepBusinessError")
+    // A work that ended the barrier's transaction and then failed: a retry would answer Duplicate.
+    expect(classifyCompensation(barrierError("25000"))._tag).toBe("StepBusinessError")
     expect(
       classifyCompensation(Object.assign(new Error("result refused"), { _tag: "BarrierResultRefusedError" }))
         ._tag

@@ -25,8 +25,8 @@
  *   SQLSTATE 0A000, and rolls back, even if the work caught the refusal): postgres.js would send it
  *   through the pool, outside the step's transaction, at once. Notify after the step, or write an
  *   outbox row in it.
- * - The commit is durable (`synchronous_commit = on` for the barrier's transaction, whatever the
- *   database's setting): a barrier row lost in a crash after the saga log recorded its step would
+ * - The commit is durable (`synchronous_commit` raised to `on` for the barrier's transaction when
+ *   the session's or database's setting is `off`; any other setting kept): a barrier row lost in a crash after the saga log recorded its step would
  *   let a repeated action apply again, or a late action apply after its null compensation.
  * Concurrent action and compensation of one branch serialise on the primary key of the action row.
  * An interrupted run (a step's timeout) cancels the statement the server is running for it
@@ -43,7 +43,14 @@
  */
 import type { PGlite, Transaction } from "@electric-sql/pglite"
 import type { CompensationContext, StepContext } from "@accord/core/Saga"
-import { StepBusinessError, type StepError, StepInDoubtError, StepTransientError } from "@accord/core/Saga"
+import {
+  isDefiniteCompensationSqlState,
+  isTransientSqlState,
+  StepBusinessError,
+  type StepError,
+  StepInDoubtError,
+  StepTransientError
+} from "@accord/core/Saga"
 import * as Json from "@accord/core/Json"
 import { Cause, Duration, Effect, Exit, Schema } from "effect"
 import type postgres from "postgres"
@@ -877,19 +884,6 @@ export const runPromise: {
     options?.signal === undefined ? undefined : { signal: options.signal }
   )
 
-// SQLSTATE classes worth retrying: serialization failure / deadlock (40), insufficient resources
-// (53), operator intervention (57, e.g. a statement timeout 57014), connection exceptions (08).
-const TRANSIENT_CLASSES = new Set(["40", "53", "57", "08"])
-
-// And single SQLSTATEs of class 55 (object not in prerequisite state) that say "busy for now":
-// lock_not_available (55P03: a `lock_timeout` or NOWAIT) and object_in_use (55006). Not the whole
-// class: 55000 says an object is in the wrong state, which another attempt does not change.
-const TRANSIENT_STATES = new Set(["55P03", "55006"])
-
-/** A SQL failure another attempt may get past. */
-const isTransientState = (sqlState: string): boolean =>
-  TRANSIENT_STATES.has(sqlState) || TRANSIENT_CLASSES.has(sqlState.slice(0, 2))
-
 /**
  * Reads a barrier failure as a saga step failure, the way an **action**'s is read: a lost
  * connection is in doubt; serialization failures and deadlocks (class 40), resource shortages
@@ -916,7 +910,7 @@ export const toStepError = (error: BarrierError): StepError => {
     case "BarrierWorkError":
       return error.connectionLost
         ? new StepInDoubtError({ reason: error.reason })
-        : error.sqlState === undefined || isTransientState(error.sqlState)
+        : error.sqlState === undefined || isTransientSqlState(error.sqlState)
           ? new StepTransientError({ reason: error.reason })
           : new StepBusinessError({ reason: error.reason })
   }
@@ -930,8 +924,8 @@ export const toStepError = (error: BarrierError): StepError => {
  * that other transactions change, and a lock timeout (55P03) is the common case; one that fails
  * every time only reaches Stuck after the retry budget. Definite (Stuck at once) are only the
  * refusals that the same work meets on every attempt: a result the barrier refused before commit,
- * and SQLSTATE class 0A (feature not supported: a `notify` the barrier refused in the step, 0A000,
- * or a statement the server does not support). A lost connection, and a duplicate whose stored
+ * and `isDefiniteCompensationSqlState` (class 0A: a `notify` the barrier refused in the step, or a
+ * statement the server does not support; 25000: a work that ended the barrier's transaction). A lost connection, and a duplicate whose stored
  * result does not decode, are in doubt as for an action.
  * (A compensation was read as an action, so the first lock timeout left the saga Stuck at once,
  * whatever its `compensationRetry`.)
@@ -941,8 +935,7 @@ export const toCompensationStepError = (error: BarrierError): StepError => {
   const read = toStepError(error)
   return read._tag === "StepBusinessError" &&
     error._tag === "BarrierWorkError" &&
-    error.sqlState?.slice(0, 2) !== "0A" &&
-    error.sqlState !== "25000"
+    !(error.sqlState !== undefined && isDefiniteCompensationSqlState(error.sqlState))
     ? new StepTransientError({ reason: read.reason })
     : read
 }
