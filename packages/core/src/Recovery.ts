@@ -10,6 +10,9 @@
  *    roll back a branch whose transaction is about to commit (citus#1029), whatever the clocks.
  *    `orphanAfter` only spares young, probably live, transactions a needless abort.
  *
+ * Another deployment's gids (`Participant.owns`), in the log or in a participant's database, are
+ * left alone and listed in the report (`foreign`), so that an operator sees them.
+ *
  * Safe to run twice and from several processes at once: every step is idempotent.
  *
  * @since 0.1.0
@@ -17,6 +20,7 @@
 import { Clock, Duration, Effect, Option, Schedule } from "effect"
 import type { AnyParticipant, BranchContext, InDoubtBranch } from "./Participant.js"
 import { forEachConcurrently, forEachWithin } from "./internal/concurrently.js"
+import { foreignGids, foreignListed as internalForeignListed } from "./internal/foreign.js"
 import { guardedCall } from "./internal/guarded.js"
 import { BranchCallError, LogError } from "./TransactionError.js"
 import { type BranchName, type Gid, gid as gidOf, parseGid, type TransactionId } from "./TransactionId.js"
@@ -100,7 +104,39 @@ export interface RecoveryReport {
     readonly branch: string
     readonly reason: string
   }>
+  /**
+   * Another deployment's gids this pass saw and left alone, per participant (only those that saw
+   * any; empty when none): see `ForeignGids`. Nothing was sent for them.
+   */
+  readonly foreign: ReadonlyArray<ForeignGids>
 }
+
+/**
+ * Gids that one participant of a recovery pass met and left alone, because they are not this
+ * deployment's to drive: a gid the participant does not own (`Participant.owns`: another gid
+ * namespace, a deployment sharing the log or the database under the same participant names), named
+ * by an unfinished decision in the log or found prepared by its in-doubt scan; and a gid its scan
+ * found of another participant that no participant of the pass owns (one sharing its database that
+ * is not registered here). Each pass reports them again while they last: a prepared one holds its
+ * locks until its own deployment's recovery ends it.
+ * @since 0.1.0
+ */
+export interface ForeignGids {
+  /** The participant of the pass that met them (named by the decision, or whose scan found them). */
+  readonly participant: string
+  /** How many distinct gids. */
+  readonly count: number
+  /** Of `count`, how many its in-doubt scan found prepared (the rest only a logged decision names). */
+  readonly prepared: number
+  /** The first `foreignListed` of them, in the order met. */
+  readonly gids: ReadonlyArray<Gid>
+}
+
+/**
+ * How many gids `ForeignGids.gids` lists at most (`count` has them all).
+ * @since 0.1.0
+ */
+export const foreignListed = internalForeignListed
 
 /** Every participant call of a pass: one that throws or dies does not end the pass. */
 const guarded = guardedCall
@@ -490,6 +526,8 @@ export const run: (
 
     /** Gids of the branches phase 1 drove: the orphan scan leaves them alone. */
     const handled = new Set<string>()
+    /** Another deployment's gids met and left alone, for the report. */
+    const foreign = foreignGids(participants)
     // Fast path for participants with `finishMany`: a round of up to `batch` decisions sends each
     // participant's branches in one call, all participants at once, under one `callTimeout` bound.
     // Decisions whose every branch came back `true` are done; the rest take the per-decision path.
@@ -505,7 +543,11 @@ export const run: (
         // namespace) are left to it: driving them here sent their gids to this deployment's
         // databases, read "gone" as heuristics, and completed decisions whose branches were still
         // prepared elsewhere, which that deployment then rolled back as duplicates.
-        const unfinished = page.filter((d) => d.branches.every((b) => owned(b.branch, b.gid)))
+        const unfinished = page.filter((d) => {
+          const theirs = d.branches.filter((b) => !owned(b.branch, b.gid))
+          for (const b of theirs) foreign.add(b.branch, b.gid, false)
+          return theirs.length === 0
+        })
         const rest: Array<DecisionRecord> = []
         for (let start = 0; start < unfinished.length; start += batch) {
           const round = unfinished.slice(start, start + batch)
@@ -635,7 +677,12 @@ export const run: (
         // Only the scanning participant's own branches: two participants in one database both see
         // each other's gids (each branch was processed twice, or, its participant not registered
         // here, ended the pass), and another namespace's are another deployment's.
-        if (b.branch !== scan.participant || !owned(b.branch, b.gid)) continue
+        if (b.branch !== scan.participant || !owned(b.branch, b.gid)) {
+          // Reported unless another participant of this pass owns it (its own scan finds it).
+          const other = b.branch === scan.participant ? undefined : byName.get(b.branch)
+          if (other === undefined || !owned(other.name, b.gid)) foreign.add(scan.participant, b.gid, true)
+          continue
+        }
         if (handled.has(b.gid)) continue
         // `preparedAt` is on this host's clock (`InDoubtBranch`; PostgreSQL computes the age on the
         // server), so skew does not shift the age. Safety never depends on it anyway (first writer
@@ -705,7 +752,8 @@ export const run: (
       presumedAborts,
       youngLeft,
       heuristics,
-      unresolved
+      unresolved,
+      foreign: foreign.report()
     } satisfies RecoveryReport
   }
 )

@@ -89,6 +89,8 @@ import {
 } from "./TransactionError.js"
 import * as TransactionId from "./TransactionId.js"
 import { guardedCall } from "./internal/guarded.js"
+import { foreignGids } from "./internal/foreign.js"
+import type { ForeignGids } from "./Recovery.js"
 import { type HeuristicRecord, heuristicDetail, TransactionLog } from "./TransactionLog.js"
 import { type BranchVote, type Heuristic, defaults as twoPhaseDefaults } from "./TwoPhaseCommit.js"
 
@@ -1549,8 +1551,19 @@ export interface RecoveryReport {
   readonly unvotedLeft: number
   /** Participants whose in-doubt scan failed. */
   readonly unscanned: ReadonlyArray<string>
-  /** Young branches left to their coordinator. */
+  /**
+   * Prepared branches younger than `orphanAfter` left to their coordinator, each counted once as
+   * 2PC's `youngLeft` counts them: an unvoted one, and every branch found of a transaction whose
+   * found branches are all young (it is not terminated; a later pass is).
+   */
   readonly youngLeft: number
+  /**
+   * Another deployment's gids the scans found and left alone, per participant, as in 2PC's report
+   * (`Recovery.ForeignGids`; every one `prepared`): gids of another namespace than `namespace`, and
+   * gids a participant does not own (`owns`) that no participant of the pass owns. Their
+   * transactions are also listed in `blocked`, with the reason.
+   */
+  readonly foreign: ReadonlyArray<ForeignGids>
 }
 
 /**
@@ -1560,10 +1573,11 @@ export interface RecoveryReport {
 export interface RecoverOptions extends Omit<TerminateOptions, "members"> {
   /**
    * Recover only the gids of this namespace; branches of another namespace, voted or not, are left alone
-   * (reported `blocked`). Omitted: every namespace. Either way a branch's peers are probed under
-   * the namespace of the gid the scan found, and a gid its participant does not own
-   * (`ThreePhaseParticipant.owns`) is left alone too (reported `blocked`, unless another
-   * participant of the pass owns it), as is a transaction one of whose peers does not own its gid.
+   * (reported `blocked` and `foreign`). Omitted: every namespace. Either way a branch's peers are
+   * probed under the namespace of the gid the scan found, and a gid its participant does not own
+   * (`ThreePhaseParticipant.owns`) is left alone too (reported `blocked` and `foreign`, unless
+   * another participant of the pass owns it), as is a transaction one of whose peers does not own
+   * its gid.
    */
   readonly namespace?: string
   /** Prepared branches younger than this are left to their coordinator. Default 30 s. */
@@ -1632,11 +1646,15 @@ export const recover: (
       members: ReadonlyArray<TransactionId.BranchName> | undefined
       mode: Mode | undefined
       young: boolean
+      /** Every gid found of the transaction (all young while `young`). */
+      gids: ReadonlyArray<TransactionId.Gid>
     }
   >()
   const unvoted: Array<{ participant: AnyThreePhaseParticipant; branch: InDoubtMember }> = []
   const blocked: Array<{ txId: TransactionId.TransactionId; reason: string }> = []
-  const youngLeft = yield* Ref.make(0)
+  /** Gids of the young branches left (a gid two scans found counts once). */
+  const youngLeft = new Set<string>()
+  const foreign = foreignGids(participants)
   for (const found of scans.flatMap((s) => s.found)) {
     // `now` was read before the scans and `preparedAt` is the answer's arrival minus the server's
     // age: a branch prepared a moment ago can look prepared after `now`. With `orphanAfter` 0 no
@@ -1650,6 +1668,7 @@ export const recover: (
       Option.isSome(namespace) &&
       namespace.value !== options.namespace
     ) {
+      foreign.add(found.participant.name, found.branch.gid, true)
       blocked.push({
         txId: found.branch.txId,
         reason: `gid ${found.branch.gid} is not in namespace ${JSON.stringify(options.namespace)}: left to its own recovery`
@@ -1664,15 +1683,17 @@ export const recover: (
     // pass owns is that one's to report: its own scan finds it.
     if (found.participant.owns !== undefined && !found.participant.owns(found.branch.gid)) {
       const gid = found.branch.gid
-      if (!participants.some((q) => q.name === found.branch.branch && q.owns?.(gid) === true))
+      if (!participants.some((q) => q.name === found.branch.branch && q.owns?.(gid) === true)) {
+        foreign.add(found.participant.name, gid, true)
         blocked.push({
           txId: found.branch.txId,
           reason: `${found.participant.name} does not own gid ${gid}: left to the deployment that does`
         })
+      }
       continue
     }
     if (found.branch.members === undefined) {
-      if (young) yield* Ref.update(youngLeft, (n) => n + 1)
+      if (young) youngLeft.add(found.branch.gid)
       else unvoted.push(found)
       continue
     }
@@ -1682,15 +1703,21 @@ export const recover: (
     }
     const key = `${namespace.value ?? ""}/${found.branch.txId}`
     const entry = byTx.get(key)
+    const gids = [...(entry?.gids ?? []), found.branch.gid]
     if (entry === undefined || entry.young)
       byTx.set(key, {
         txId: found.branch.txId,
         namespace: namespace.value,
         members: found.branch.members,
         mode: found.branch.mode,
-        young
+        young,
+        gids
       })
+    else byTx.set(key, { ...entry, gids })
   }
+  // A transaction is left young when every branch found of it is: each of them is left, not just
+  // one per transaction (2PC counts branches; before, a young transaction of three counted one).
+  for (const { young, gids } of byTx.values()) if (young) for (const gid of gids) youngLeft.add(gid)
   const leave = options.unvoted === "leave"
   // Only while still unvoted: a yes vote recorded since the scan (a slow process between its
   // PREPARE and its vote) makes the branch a member that others may be precommitted on.
@@ -1723,10 +1750,7 @@ export const recover: (
     [...byTx.values()],
     ({ txId, namespace, members, mode, young }) =>
       Effect.gen(function* () {
-        if (young) {
-          yield* Ref.update(youngLeft, (n) => n + 1)
-          return undefined
-        }
+        if (young) return undefined
         const names = new Set(members)
         const p = plan(
           txId,
@@ -1770,7 +1794,8 @@ export const recover: (
     unvotedRolledBack,
     unvotedLeft: leave ? unvoted.length : 0,
     unscanned: scans.filter((s) => !s.ok).map((s) => s.name),
-    youngLeft: yield* Ref.get(youngLeft)
+    youngLeft: youngLeft.size,
+    foreign: foreign.report()
   } satisfies RecoveryReport
 })
 

@@ -299,7 +299,8 @@ describe("Recovery.run", () => {
         presumedAborts: 0,
         youngLeft: 0,
         heuristics: [],
-        unresolved: []
+        unresolved: [],
+        foreign: []
       })
       expect(yield* log.snapshot).toEqual(before.log)
       expect(yield* a.states).toEqual(before.a)

@@ -126,7 +126,8 @@ vi.mock("@accord/core/Recovery", async (importOriginal) => {
         presumedAborts: 0,
         youngLeft: 0,
         heuristics: [],
-        unresolved: []
+        unresolved: [],
+        foreign: []
       }
     })
   const readsThenRollsBack: typeof original.run = (participants, options) =>
