@@ -13,6 +13,11 @@
  * Ownership: an append bumps `accord_saga.next_seq` *where owner = $owner* and inserts the record
  * with that number in the same statement; an orchestrator that lost its lease writes nothing.
  * Lease times are the database's `now()`, so orchestrators need no synchronised clocks.
+ * `renewLease` extends a lease only while it is live (`lease_until > clock_timestamp()`): a renewal
+ * whose drive gave up on it (held in the network, or written behind another statement on a busy pool
+ * connection, where no cancel stops it) and that lands after the lease ran out does not revive it.
+ * Until 2026-12-07 it did, and kept the lapsed saga from every sweep for one more lease from whenever
+ * it landed (`test/leaseS22Renewal.test.ts`).
  * `claimAbandoned` picks running sagas with an expired lease `FOR UPDATE SKIP LOCKED` and takes
  * them over in one statement: concurrent sweepers never claim the same saga.
  *
@@ -338,12 +343,16 @@ export const make = (
             Effect.map(records(row.saga_id), (rs) => toHistory(row, rs))
           )
         }),
+      // Fenced by the lease being live when the row is checked (`clock_timestamp()`, not the
+      // statement's start): one that lands after the lease ran out was given up by its drive, and
+      // must not revive it. The new lease counts from the statement's start (`now()`), so one that
+      // waited on a row lock extends it no further than from when it arrived.
       renewLease: (sagaId, lease) =>
         query<{ ok: number }>(
           "renewLease",
           sagaId,
           `update accord_saga set lease_until = now() + $3::float8 * interval '1 millisecond'
-           where saga_id = $1 and owner = $2 returning 1 as ok`,
+           where saga_id = $1 and owner = $2 and lease_until > clock_timestamp() returning 1 as ok`,
           [sagaId, lease.owner, millis(lease)]
         ).pipe(Effect.map((rows) => rows.length === 1)),
       release: (sagaId, owner) =>
