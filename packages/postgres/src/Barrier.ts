@@ -12,6 +12,19 @@
  * - The work and the barrier rows commit or roll back together: a failing work rolls its barrier
  *   row back and surfaces as `BarrierWorkError` with the SQLSTATE, never swallowed; the step can
  *   be retried.
+ * - **A compensation's work that fails is retried** (`toCompensationStepError`, on the step's
+ *   `compensationRetry`, default 10 more attempts), and only its SQL rolls back: whatever it did
+ *   outside the database before failing (an HTTP call, a message, a file) is done again at every
+ *   attempt. A compensation's work must be idempotent outside the database (an idempotency key
+ *   from `ctx.key`), or keep its non-SQL effects out of the barrier's work (an outbox row in it,
+ *   sent after). Retries off: `compensationRetry: Schedule.stop` on the step
+ *   (`SagaOrchestrator`: `compensationRetries: 0`); the first failure then makes the saga Stuck.
+ *   (Since 2026-12-07; before, the first failure did, and a lock timeout left the saga Stuck.)
+ * - The work must not end the barrier's transaction (COMMIT, ROLLBACK) and then fail: what it wrote
+ *   before may be committed with the row, so the run is a definite failure, SQLSTATE 25000
+ *   (`endedByWork`), unless the server says the transaction rolled back at the work's last
+ *   statement (its COMMIT refused: nothing kept, read by its SQLSTATE). Nor delete or re-key
+ *   barrier rows: such a run is refused and rolled back, SQLSTATE 0A000 (`refuseRowGone`).
  * - What the work returned is kept in the row (jsonb) and handed back on a duplicate, so a retry sees
  *   the value the first run saw. With a `result` schema it is encoded before commit and decoded on a
  *   duplicate (Dates, bigints, ... come back as they were). Without one it must be plain JSON (it
@@ -34,7 +47,8 @@
  * fails any later one, so its transaction rolls back instead of holding its connection and barrier
  * row. On postgres.js a run has a connection of its own (`sql.reserve()`); one that was sent a cancel
  * request is closed after the rollback, never given back to the pool, where the late request could
- * cancel another caller's statement.
+ * cancel another caller's statement. Its BEGIN and COMMIT are not cancelled, but given 5 s after the
+ * interruption: a connection that has not answered by then is closed and its session terminated.
  *
  * Use gid = saga id and branch = step name: `fromKey(ctx.key)`. `sagaAction` / `sagaCompensation`
  * wrap this for saga steps.
@@ -66,11 +80,13 @@ import {
   guardedSql,
   pgliteResult,
   pidOf,
+  SQL_GAP,
+  statementStartingWith,
   terminateBackend,
   unlessAbandoned
 } from "./internal/client.js"
 import { toFailure } from "./internal/errors.js"
-import { TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
+import { ENDING_STATEMENT, TABLE_SCHEMA_SQL, tableName } from "./internal/pgBranch.js"
 import { runTyped } from "./internal/promise.js"
 import { checkRetention, deleteInBatches, type Retention } from "./internal/retention.js"
 import type { BranchSession } from "./PgParticipant.js"
@@ -202,12 +218,18 @@ export interface Target {
 }
 
 /**
- * Splits a saga idempotency key `<sagaId>/<step>` into gid and branch.
+ * Splits a saga idempotency key `<sagaId>/<step>` into gid and branch (at its last `/`). A key
+ * without a `/` is no saga key: it throws (a defect: the saga never makes one) rather than answer
+ * an empty branch, which gave `"k"` the barrier rows of `"k/"`.
  * @since 0.1.0
  */
 export const fromKey = (key: string): { readonly gid: string; readonly branch: string } => {
   const at = key.lastIndexOf("/")
-  return at < 0 ? { gid: key, branch: "" } : { gid: key.slice(0, at), branch: key.slice(at + 1) }
+  if (at < 0)
+    throw new TypeError(
+      `Barrier.fromKey: ${JSON.stringify(key)} is not a saga idempotency key <sagaId>/<step> (it has no "/"); pass a saga step's ctx.key, or give the gid and branch yourself`
+    )
+  return { gid: key.slice(0, at), branch: key.slice(at + 1) }
 }
 
 /** The barrier's statements, on the table's schema-qualified name (see `statementsOf`). */
@@ -218,6 +240,10 @@ interface Statements {
    * whatever the driver's jsonb parser.
    */
   readonly existing: string
+  /**
+   * The result, kept in the op's row after the work; answers whether the branch's action row is
+   * still there (no row at all: the op's own row is gone). See `refuseRowGone`.
+   */
   readonly keep: string
   readonly purge: string
 }
@@ -232,6 +258,8 @@ interface Statements {
  * the saga log, in another database, durably recorded the step compensated let a late action apply
  * instead of being refused. Every transaction that writes a row runs `insert`; the `keep` after the
  * work sets it again, so a work that turned it off for its transaction does not relax the commit.
+ * (A `keep` that matches no row sets nothing: a work that deleted its barrier row is refused,
+ * `refuseRowGone`, so no transaction commits unforced.)
  */
 const FORCED =
   "(select set_config('synchronous_commit', case current_setting('synchronous_commit') " +
@@ -240,7 +268,9 @@ const FORCED =
 const statementsOn = (table: string): Statements => ({
   insert: `insert into ${table} (gid, branch, op, reason) select $1::text, $2::text, $3::text, $4::text from ${FORCED} on conflict do nothing returning 1 as ok, pg_current_xact_id()::text as xid`,
   existing: `select reason, result::text as result from ${table} where gid = $1 and branch = $2 and op = $3`,
-  keep: `update ${table} set result = $4::text::jsonb from ${FORCED} where gid = $1 and branch = $2 and op = $3`,
+  keep:
+    `update ${table} set result = $4::text::jsonb from ${FORCED} where gid = $1 and branch = $2 and op = $3 ` +
+    `returning exists(select 1 from ${table} where gid = $1 and branch = $2 and op = 'action') as guarded`,
   purge:
     `with gone as (delete from ${table} where ctid = any(array(` +
     `select ctid from ${table} where created_at < now() - make_interval(secs => $1::float8) limit $2` +
@@ -406,14 +436,50 @@ const boundedAfterAbort = <A>(
   } catch (error) {
     worked = Promise.reject(error)
   }
-  const abandonment = new Abandonment()
-  if (signal.aborted) abandonment.abandon()
-  else signal.addEventListener("abort", () => abandonment.abandon(), { once: true })
-  return unlessAbandoned(worked, abandonment, ABANDON_MS, () => {
+  return unlessInterrupted(worked, signal, () => {
     throw new WorkAbandoned(
       `the barrier work had not returned ${ABANDON_MS} ms after the run was interrupted: its transaction was ended`
     )
   })
+}
+
+/** `p`, unless the run is interrupted (`signal`) and `ABANDON_MS` more pass first: then `gaveUp()`. */
+const unlessInterrupted = <A>(p: Promise<A>, signal: AbortSignal, gaveUp: () => never): Promise<A> => {
+  const abandonment = new Abandonment()
+  const abandon = () => abandonment.abandon()
+  if (signal.aborted) abandon()
+  else signal.addEventListener("abort", abandon, { once: true })
+  return unlessAbandoned(p, abandonment, ABANDON_MS, gaveUp).finally(() =>
+    signal.removeEventListener("abort", abandon)
+  )
+}
+
+/**
+ * The run's BEGIN or COMMIT had not answered `ABANDON_MS` after the run was interrupted: its
+ * connection stopped answering (see `onPostgres`).
+ */
+class ConnectionAbandoned extends Error {}
+
+/**
+ * `conn`'s BEGIN or COMMIT, given at most `ABANDON_MS` more once the run is interrupted. Neither is
+ * one of the run's tracked statements (a COMMIT is not cancelled: it may be committing), and a
+ * connection that stopped answering (frozen in the network) kept the run waiting on it for ever,
+ * its reserved connection neither given back nor closed (a pool whose connections all froze so
+ * served nothing more) and, for a COMMIT held on its way, the session idle in its transaction on
+ * the server, holding the barrier row that the step's compensation waits for (review of
+ * 2026-12-07, `leaseS22BarrierCommit.test.ts`, `barrierS22CommitBound.test.ts`). Not interrupted,
+ * it is awaited as long as it takes.
+ */
+const endOrBegin = (conn: postgres.ReservedSql, text: "begin" | "commit", signal: AbortSignal) => {
+  const sent = conn.unsafe(text)
+  return {
+    sent,
+    answered: unlessInterrupted(Promise.resolve(sent), signal, () => {
+      throw new ConnectionAbandoned(
+        `the barrier's ${text.toUpperCase()} had not answered ${ABANDON_MS} ms after the run was interrupted: its connection was closed and its session terminated`
+      )
+    })
+  }
 }
 
 /** The barrier protocol inside an open transaction. */
@@ -424,7 +490,8 @@ const protocol = async <A>(
   target: Target,
   work: (s: BarrierSession) => Promise<A>,
   codec: Codec<A>,
-  signal: AbortSignal
+  signal: AbortSignal,
+  sent: ReadonlyArray<Sent>
 ): Promise<Decision<A>> => {
   const { gid, branch, op } = target
   // The transaction that holds the barrier row (see `endedByWork`).
@@ -453,15 +520,33 @@ const protocol = async <A>(
     }
     if (actionMissing) return { _tag: "NullCompensation", repeated: false }
   }
+  const workFrom = sent.length
   const value = await boundedAfterAbort(work, session, signal).catch(async (error: unknown) => {
-    throw await endedByWork(error, query, xid, signal)
+    throw await endedByWork(error, query, xid, signal, sent.slice(workFrom))
   })
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
   // After the work, under whatever search_path it set: hence the schema-qualified table.
   const stored = await codec.store(value, target)
-  await query(statements.keep, [gid, branch, op, stored])
+  const kept = await query<{ guarded: boolean }>(statements.keep, [gid, branch, op, stored])
+  if (kept[0]?.guarded !== true) throw refuseRowGone(target)
   return { _tag: "Applied", value }
 }
+
+/**
+ * The refusal of a work that deleted (or re-keyed) its barrier row, or, in a compensation, its
+ * action's. It committed unguarded: a retry or a redelivery ran the work again, a late action
+ * applied after its compensation, and `keep`, matching no row, did not force the commit (a work
+ * that had set `synchronous_commit = off` committed so). Read at `keep`, after the work, so the
+ * run fails and rolls back whole. SQLSTATE 0A000, as `refuseNotify`: the same work is refused on
+ * every attempt, so `toStepError` and `toCompensationStepError` do not retry it.
+ */
+const refuseRowGone = (target: Target): Error =>
+  Object.assign(
+    new Error(
+      `the work deleted the barrier row of ${target.gid}/${target.branch} (${target.op === "action" ? "its own" : "its action's or its own"}): it would commit unguarded (a retry or a late action would apply again), so it was rolled back; a barrier work must not delete or re-key accord_saga_barrier rows (Barrier.purge deletes old ones)`
+    ),
+    { code: "0A000" }
+  )
 
 /**
  * The error of a work that failed: `error`, unless the work had ended the barrier's transaction
@@ -471,28 +556,71 @@ const protocol = async <A>(
  * definite failure, SQLSTATE 25000 (invalid transaction state): `toStepError` and
  * `toCompensationStepError` do not retry it (an action is compensated, a compensation is Stuck for
  * an operator). Told by asking the server which transaction it is in (one round trip, on failure
- * only): an aborted transaction (25P02) or the same one is still the barrier's.
+ * only): an aborted transaction (25P02) or the same one is still the barrier's; a failed question
+ * (the connection lost) leaves `error` as it is (in doubt).
+ *
+ * Except when the server also says that the barrier's transaction was rolled back
+ * (`pg_xact_status`, same round trip) and the work ended it with its last statement
+ * (`endedLast`): its own COMMIT that the server refused (40001 at commit, a deferred constraint,
+ * 40P01) and answered by rolling the whole transaction back, barrier row included; or its own
+ * ROLLBACK. Nothing of the step was then kept and nothing ran after, so another attempt is safe:
+ * `error`, read by its SQLSTATE. (It was 25000, and a compensation whose COMMIT met a serialization
+ * failure went Stuck on its first attempt.) A transaction that committed, or is prepared, stays
+ * 25000, and so does a work that sent anything after its transaction ended (autocommitted, outside
+ * the barrier: a retry would repeat it), or a statement whose text the barrier did not see.
  */
 const endedByWork = async (
   error: unknown,
   query: Query,
   xid: string | undefined,
-  signal: AbortSignal
+  signal: AbortSignal,
+  workSent: ReadonlyArray<Sent>
 ): Promise<unknown> => {
   if (xid === undefined || signal.aborted || error instanceof WorkAbandoned) return error
-  const now = await query<{ xid: string | null }>(
-    "select pg_current_xact_id_if_assigned()::text as xid"
+  const now = await query<{ xid: string | null; status: string | null }>(
+    "select pg_current_xact_id_if_assigned()::text as xid, pg_xact_status($1::xid8) as status",
+    [xid]
   ).then(
-    (rows) => rows[0]?.xid ?? null,
-    () => xid // failed (25P02: the barrier's transaction, aborted; or the connection): not ended
+    (rows) => rows[0] ?? { xid: null, status: null },
+    // Failed (25P02: the barrier's transaction, aborted; or the connection): not ended.
+    () => ({ xid, status: null })
   )
-  if (now === xid) return error
+  if (now.xid === xid) return error
+  if (now.status === "aborted" && endedLast(workSent)) return error
   const failure = toFailure(error)
   return Object.assign(
     new Error(
       `the work ended the barrier's transaction itself (COMMIT or ROLLBACK) and then failed: what it wrote before is not under the barrier (a retry would find its barrier row and not run the rest); ${failure.message}`
     ),
     { code: "25000" }
+  )
+}
+
+/**
+ * A lone `COMMIT`, `END`, `ROLLBACK` or `ABORT` (`WORK`/`TRANSACTION` or not; comments and one `;`
+ * around it or not); `AND CHAIN`, which opens another transaction, is not one.
+ */
+const LONE_END = new RegExp(
+  `^${SQL_GAP}*(?:commit|end|rollback|abort)(?:${SQL_GAP}+(?:work|transaction))?(?:${SQL_GAP}*;)?${SQL_GAP}*$`,
+  "i"
+)
+
+/**
+ * Whether the work's statements (`workSent`, in the order sent) end with a lone COMMIT or ROLLBACK
+ * (`LONE_END`, answered) that was the first of them to end a transaction: the barrier's transaction
+ * was then open until it (a failed statement aborts a transaction, it does not end it), and nothing
+ * ran after it. Every text must be known (a tagged template with a fragment in it is not) and read
+ * by the scanner that finds a branch's ending statements (`ENDING_STATEMENT`).
+ */
+const endedLast = (workSent: ReadonlyArray<Sent>): boolean => {
+  const last = workSent.at(-1)
+  return (
+    last?.failed !== undefined &&
+    last.text !== undefined &&
+    LONE_END.test(last.text) &&
+    workSent
+      .slice(0, -1)
+      .every((s) => s.text !== undefined && statementStartingWith(s.text, ENDING_STATEMENT) === undefined)
   )
 }
 
@@ -506,6 +634,34 @@ const sessionOf = (query: Query, statement: Statement, sql?: postgres.Sql): Barr
   },
   ...(sql === undefined ? {} : { sql })
 })
+
+/** A statement sent for a run: its text when known; whether it failed, once it settled. */
+interface Sent {
+  readonly text: string | undefined
+  failed: boolean | undefined
+}
+
+/**
+ * The text of a postgres.js query run through the work's `sql` (`unsafe`, `file` once read, or a
+ * tagged template, its parameters as `$n`); `undefined` when a fragment is nested in it (another
+ * `sql` template or helper: its text is not at hand) or the shape is not known (`file` is tracked
+ * before its file is read: no text yet).
+ */
+const textOf = (q: unknown): string | undefined => {
+  const { strings, args } = q as { strings?: unknown; args?: unknown }
+  if (!Array.isArray(strings) || strings.length === 0 || !strings.every((s) => typeof s === "string"))
+    return undefined
+  const values = Array.isArray(args) ? args : []
+  const nested = values.some(
+    (a: unknown) =>
+      typeof a === "object" &&
+      a !== null &&
+      (a instanceof Promise || typeof (a as { build?: unknown }).build === "function")
+  )
+  return nested
+    ? undefined
+    : strings.reduce((text: string, s: string, i: number) => (i === 0 ? s : `${text}$${i}${s}`), "")
+}
 
 /** A statement as sent: postgres.js's pending query can be cancelled on the server. */
 type Send<R> = (text: string, params?: ReadonlyArray<unknown>) => PromiseLike<R> & Cancellable
@@ -525,6 +681,8 @@ type Statement = BarrierSession["statement"]
 class Interruptible {
   readonly inflight = new Set<Cancellable>()
   cancelSent = false
+  /** Every statement sent for the run, in order (the barrier's and the work's: see `endedByWork`). */
+  readonly sent: Array<Sent> = []
   /**
    * The failure that aborted the run's transaction, if it is aborted (see `explained`): the last
    * statement failure with a server SQLSTATE other than 25P02, forgotten when a statement succeeds
@@ -543,18 +701,22 @@ class Interruptible {
       ? new Error("the barrier run was interrupted; its transaction rolls back")
       : undefined
   }
-  /** Keeps `pending` cancellable until it settles. */
-  track<R>(pending: PromiseLike<R> & Cancellable): PromiseLike<R> & Cancellable {
+  /** Keeps `pending` (of `text`, when known) cancellable until it settles, and in `sent`. */
+  track<R>(pending: PromiseLike<R> & Cancellable, text: string | undefined): PromiseLike<R> & Cancellable {
     this.inflight.add(pending)
+    const entry: Sent = { text, failed: undefined }
+    this.sent.push(entry)
     const forget = () => void this.inflight.delete(pending)
     pending.then(
       () => {
         this.aborting = undefined
+        entry.failed = false
         forget()
       },
       (error: unknown) => {
         const sqlState = toFailure(error).sqlState
         if (sqlState !== undefined && sqlState !== "25P02") this.aborting = error
+        entry.failed = true
         forget()
       }
     )
@@ -585,7 +747,7 @@ class Interruptible {
     return async (text, params) => {
       const refused = this.refusal()
       if (refused !== undefined) throw refused
-      return await this.track(send(text, params))
+      return await this.track(send(text, params), text)
     }
   }
 }
@@ -645,18 +807,30 @@ const onPostgres = async <A>(
   let notifyRefused: Error | undefined
   const tagged = guardedSql(
     conn,
-    (q) => run.refusal() ?? void run.track(q),
+    (q) => run.refusal() ?? void run.track(q, textOf(q)),
     (channel) => {
       notifyRefused ??= refuseNotify(channel)
       throw notifyRefused
     }
   )
   let clean = false
-  let pid: number | undefined
+  // Given back or closed already (`giveUp`), not again in `finally`.
+  let gone = false
+  let begun: unknown
+  /**
+   * A connection that stopped answering: closed at once, first, so that a pool of one has a
+   * connection for the terminate, then its session terminated by pid (known from its BEGIN, even
+   * unanswered), since the close may never reach the server either.
+   */
+  const giveUp = async () => {
+    gone = true
+    if (!destroyReserved(conn)) conn.release()
+    await terminateBackend(sql, pidOf(begun), ABANDON_MS)
+  }
   try {
-    const begun = conn.unsafe("begin")
-    await begun
-    pid = pidOf(begun)
+    const begin = endOrBegin(conn, "begin", signal)
+    begun = begin.sent
+    await begin.answered
     const decision = await protocol(
       statements,
       query,
@@ -664,12 +838,13 @@ const onPostgres = async <A>(
       target,
       work,
       codec,
-      signal
+      signal,
+      run.sent
     )
     // The work caught the refusal and went on: still rolled back, as if it had not caught it.
     if (notifyRefused !== undefined) throw notifyRefused
     // The work's own ROLLBACK (or an error it swallowed) leaves COMMIT nothing to commit.
-    const committed = await conn.unsafe("commit")
+    const committed = await endOrBegin(conn, "commit", signal).answered
     clean = true
     if (committed.command === "ROLLBACK")
       throw new Error(
@@ -681,9 +856,10 @@ const onPostgres = async <A>(
     // will not come. Closing the connection (below, as not clean) ends it on the server at once
     // (the backend reads end-of-file and rolls back), where a pg_terminate_backend would need a
     // free connection of the same pool, which the step's compensation waiting on the barrier row
-    // may hold. A ROLLBACK that does not answer (a connection that stopped answering) has its
-    // session terminated by pid first.
-    if (!(error instanceof WorkAbandoned)) {
+    // may hold. A BEGIN, COMMIT or ROLLBACK that does not answer (a connection that stopped
+    // answering) has its connection closed and its session terminated (`giveUp`).
+    if (error instanceof ConnectionAbandoned) await giveUp()
+    else if (!(error instanceof WorkAbandoned)) {
       const rolledBack = await Promise.race([
         conn.unsafe("rollback").then(
           () => true,
@@ -691,13 +867,14 @@ const onPostgres = async <A>(
         ),
         delay(ABANDON_MS)
       ])
-      // Its session is terminated by pid (known from its BEGIN), then the connection closed below.
-      if (rolledBack === "timeout") await terminateBackend(sql, pid, ABANDON_MS)
+      if (rolledBack === "timeout") await giveUp()
       clean = rolledBack === true
     }
     throw run.explained(error)
   } finally {
-    if (!clean || run.cancelSent) {
+    if (gone) {
+      // closed in `giveUp`
+    } else if (!clean || run.cancelSent) {
       if (!destroyReserved(conn)) conn.release()
     } else conn.release()
   }
@@ -720,7 +897,16 @@ const onPglite = <A>(
       (await send(text, params)).rows as Array<T>
     const statement: Statement = async (text, params) => pgliteResult(await send(text, params))
     try {
-      return await protocol(statements, query, sessionOf(query, statement), target, work, codec, signal)
+      return await protocol(
+        statements,
+        query,
+        sessionOf(query, statement),
+        target,
+        work,
+        codec,
+        signal,
+        run.sent
+      )
     } catch (error) {
       throw run.explained(error)
     }
@@ -890,9 +1076,9 @@ export const runPromise: {
  * (53), operator intervention such as a statement timeout (57), connection exceptions (08), a lock
  * timeout (55P03) and an object in use (55006) are transient, and so is a work that threw without
  * a SQLSTATE; anything else (a CHECK or unique violation: the business said no; 55000; a `notify`
- * the barrier refused, 0A000) is definite. A result refused before commit is definite too, and a
- * duplicate whose stored result does not decode is in doubt (see below). A compensation's failure
- * is read by `toCompensationStepError`.
+ * the barrier refused, or a barrier row the work deleted, 0A000) is definite. A result refused
+ * before commit is definite too, and a duplicate whose stored result does not decode is in doubt
+ * (see below). A compensation's failure is read by `toCompensationStepError`.
  * @since 0.1.0
  */
 export const toStepError = (error: BarrierError): StepError => {
@@ -924,9 +1110,11 @@ export const toStepError = (error: BarrierError): StepError => {
  * that other transactions change, and a lock timeout (55P03) is the common case; one that fails
  * every time only reaches Stuck after the retry budget. Definite (Stuck at once) are only the
  * refusals that the same work meets on every attempt: a result the barrier refused before commit,
- * and `isDefiniteCompensationSqlState` (class 0A: a `notify` the barrier refused in the step, or a
- * statement the server does not support; 25000: a work that ended the barrier's transaction). A lost connection, and a duplicate whose stored
- * result does not decode, are in doubt as for an action.
+ * and `isDefiniteCompensationSqlState` (class 0A: a `notify` the barrier refused in the step, a
+ * barrier row the work deleted, or a statement the server does not support; 25000: a work that
+ * ended the barrier's transaction, see `endedByWork`). A lost connection, and a duplicate whose
+ * stored result does not decode, are in doubt as for an action. Every retry runs the work again,
+ * its effects outside the database included (see the module doc).
  * (A compensation was read as an action, so the first lock timeout left the saga Stuck at once,
  * whatever its `compensationRetry`.)
  * @since 0.1.0
@@ -965,7 +1153,8 @@ export const sagaAction: {
   work: (session: BarrierSession) => Promise<A>,
   options?: RunOptions<A, I>
 ): Effect.Effect<A, StepError> =>
-  decide(conn, { ...fromKey(ctx.key), op: "action" }, work, codecOf(options)).pipe(
+  // Suspended: a key that is no saga key (`fromKey`) is a defect of this effect, not a throw.
+  Effect.suspend(() => decide(conn, { ...fromKey(ctx.key), op: "action" }, work, codecOf(options))).pipe(
     Effect.mapError(toStepError),
     Effect.flatMap(
       (result): Effect.Effect<A, StepError> =>
@@ -981,7 +1170,9 @@ export const sagaAction: {
  * A saga compensation whose local work runs behind the barrier of `ctx.key` (duplicates and null
  * compensations succeed without running the work). What the work returns is not kept: the saga
  * never reads it, so it need not be JSON. A failure is read by `toCompensationStepError`: retried on
- * the step's `compensationRetry` unless the barrier refused the work.
+ * the step's `compensationRetry` unless the barrier refused the work, so what the work does outside
+ * the database must be idempotent (see the module doc; `compensationRetry: Schedule.stop` turns the
+ * retries off).
  * @since 0.1.0
  */
 export const sagaCompensation = <A>(
@@ -989,6 +1180,8 @@ export const sagaCompensation = <A>(
   ctx: CompensationContext<A>,
   work: (session: BarrierSession) => Promise<unknown>
 ): Effect.Effect<void, StepError> =>
-  run(conn, { ...fromKey(ctx.key), op: "compensation" }, async (session): Promise<void> => {
-    await work(session)
-  }).pipe(Effect.mapError(toCompensationStepError), Effect.asVoid)
+  Effect.suspend(() =>
+    run(conn, { ...fromKey(ctx.key), op: "compensation" }, async (session): Promise<void> => {
+      await work(session)
+    })
+  ).pipe(Effect.mapError(toCompensationStepError), Effect.asVoid)
