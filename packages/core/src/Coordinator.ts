@@ -384,16 +384,29 @@ export class InFlight {
 }
 
 /**
- * `work`, or nothing once `bound` has passed. The timer does not outlive it, any bound works (a raw
- * `setTimeout` fires after 1 ms past 2^31 ms), and it does not keep the process alive by itself:
- * only `dispose` waits on it, and a process with nothing else to do may exit.
+ * Resolves once `work` has settled (resolved or rejected: its failure is its own caller's to
+ * report), or once `bound` has passed. The timer does not outlive it, and any bound works (a raw
+ * `setTimeout` fires after 1 ms past 2^31 ms). `keepAlive`: the timer keeps the process alive
+ * meanwhile, for a wait that is awaited (`dispose`'s: the code after `await dispose()` runs);
+ * without it, a wait only `dispose` follows (`InFlight.follow`) lets a process with nothing else to
+ * do exit.
  */
-const settleWithin = (work: Promise<void>, bound: Duration.Duration): Promise<void> => {
+const settleWithin = (
+  work: Promise<unknown>,
+  bound: Duration.Duration,
+  options: { readonly keepAlive: boolean }
+): Promise<void> => {
   let cancel: () => void = () => undefined
   const late = new Promise<void>((resolve) => {
-    cancel = longTimer(Duration.toMillis(bound), resolve, { unref: true })
+    cancel = longTimer(Duration.toMillis(bound), resolve, { unref: !options.keepAlive })
   })
-  return Promise.race([work, late]).finally(() => cancel())
+  return Promise.race([
+    work.then(
+      () => undefined,
+      () => undefined
+    ),
+    late
+  ]).finally(() => cancel())
 }
 
 /**
@@ -420,24 +433,6 @@ export const runToPromise = async <A, E, R>(
   const exit = await runtime.runPromiseExit(effect)
   if (Exit.isSuccess(exit)) return exit.value
   throw Cause.squash(exit.cause)
-}
-
-/**
- * `work`, or nothing once `bound` has passed; the timer keeps the process alive meanwhile (an
- * `await` of it completes), and does not outlive it.
- */
-const awaitWithin = (work: Promise<unknown>, bound: Duration.Duration): Promise<void> => {
-  let cancel: () => void = () => undefined
-  const late = new Promise<void>((resolve) => {
-    cancel = longTimer(Duration.toMillis(bound), resolve)
-  })
-  return Promise.race([
-    work.then(
-      () => undefined,
-      () => undefined
-    ),
-    late
-  ]).finally(() => cancel())
 }
 
 /** One build of the layer: its runtime, and whether (and how) the build ended. */
@@ -563,9 +558,15 @@ export class RebuildingRuntime<R> {
   dispose(): Promise<void> {
     const build = this.current
     this.current = undefined
-    const waits: Array<Promise<void>> = [...this.releasing].map((r) => awaitWithin(r, this.callTimeout))
+    const waits: Array<Promise<void>> = [...this.releasing].map((r) =>
+      settleWithin(r, this.callTimeout, { keepAlive: true })
+    )
     if (build !== undefined) {
-      waits.push(build.built ? build.runtime.dispose() : awaitWithin(this.release(build), this.callTimeout))
+      waits.push(
+        build.built
+          ? build.runtime.dispose()
+          : settleWithin(this.release(build), this.callTimeout, { keepAlive: true })
+      )
     }
     return Promise.all(waits).then(() => undefined)
   }
@@ -844,7 +845,8 @@ export class TwoPhaseCoordinator {
         : toBound("verifyTimeout", options.verifyTimeout)
     // A prepare that answers yes after the coordinator gave up is rolled back then; `dispose` waits
     // for that rollback, up to `timeout` (a prepare that never answers must not hold it for ever).
-    const onAbandoned = (cleanUp: Promise<void>) => this.inFlight.follow(settleWithin(cleanUp, timeout))
+    const onAbandoned = (cleanUp: Promise<void>) =>
+      this.inFlight.follow(settleWithin(cleanUp, timeout, { keepAlive: false }))
     this.registry = new Registry<AnyParticipant>({
       verifyTimeout,
       admit: (p) =>

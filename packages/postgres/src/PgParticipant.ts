@@ -638,28 +638,27 @@ const pgliteBranch = (
   // Only a hold the gate gave this fiber is left here: a branch still waiting behind its own gid (a
   // retry while its earlier run is prepared) would free that run's hold.
   let started = false
-  const isOpen = () => !db.closed
   return Effect.uninterruptibleMask((restore) =>
     Effect.gen(function* () {
-      const enter = restore(gate.enter(ctx.txId, ctx.gid, lockTimeout, isOpen))
-      let entered = yield* enter
-      // Refused at once by prepared transactions no participant resolves: one resolved by hand
-      // since lets this branch in without waiting for the next in-doubt scan to notice.
-      if (!entered && gate.closedByForeign) {
+      // The hold this branch's entry took: the one it leaves.
+      const enter = restore(gate.enterHold(ctx.txId, ctx.gid, lockTimeout, db))
+      let ticket = yield* enter
+      // Refused at once by prepared transactions on this instance that no participant resolves:
+      // one resolved by hand since lets this branch in without waiting for the next in-doubt scan
+      // to notice.
+      if (ticket === undefined && gate.closedByForeign(db)) {
         yield* restore(releaseGone)
-        entered = yield* enter
+        ticket = yield* enter
       }
-      // The hold this fiber's entry took: the one this branch leaves.
-      const ticket = entered ? gate.heldBy(ctx.gid, yield* Effect.fiberId) : undefined
       if (ticket === undefined) {
         return yield* Effect.fail<StageFailure>({
           stage: "busy",
           failure: {
             sqlState: "55P03",
             connectionLost: false,
-            message: gate.closedByForeign
-              ? `PGlite participant closed by prepared transactions nothing here resolves: ${gate.holderDescription}`
-              : `PGlite participant busy for more than ${Duration.format(lockTimeout)}: held by ${gate.holderDescription}`
+            message: gate.closedByForeign(db)
+              ? `PGlite participant closed by prepared transactions nothing here resolves: ${gate.holderDescriptionFor(db)}`
+              : `PGlite participant busy for more than ${Duration.format(lockTimeout)}: held by ${gate.holderDescriptionFor(db)}`
           }
         })
       }
@@ -707,7 +706,7 @@ const pgliteBranch = (
       Effect.onInterrupt(() =>
         Effect.flatMap(Effect.fiberId, (by) =>
           Effect.sync(() => {
-            if (!started) gate.leaveHeldBy(ctx.gid, by)
+            if (!started) gate.leaveHeldBy(ctx.gid, by, db)
           })
         )
       )
@@ -1322,11 +1321,12 @@ const foreignReason = (gid: string, namespace: string | undefined): string => {
  * participant's own (its name, its namespace) are resolved by recovery, and branches wait for it
  * (`lockTimeout`). Any other (another participant name, as after a rename or on an older data
  * directory; another namespace; one prepared by hand) stays held too, since a branch beside it
- * could wait for ever on its row locks, but it closes the gate outright: branches are refused at
- * once with a `No` (55P03) naming each such gid and what resolves it, and a warning saying the same
- * is logged when the participant is made and at each in-doubt scan while it lasts. Such a gid is
- * not rolled back here: its commit decision may be in a log, and only recovery with that log may
- * presume an abort. A participant of the gid's name made on the same instance and gate, registered
+ * could wait for ever on its row locks, but it closes the gate outright to this instance: its
+ * branches are refused at once with a `No` (55P03) naming each such gid and what resolves it, and a
+ * warning saying the same is logged when the participant is made and at each in-doubt scan while it
+ * lasts. The branches of other PGlite instances on the gate pass it (they cannot wait on its
+ * locks). Such a gid is not rolled back here: its commit decision may be in a log, and only
+ * recovery with that log may presume an abort. A participant of the gid's name made on the same instance and gate, registered
  * with recovery, resolves it (and branches wait for that instead of being refused); one resolved by
  * hand is let go at the next branch or in-doubt scan.
  * @since 0.1.0
@@ -1360,7 +1360,7 @@ export const makePglite = (
               releaseGone
             )
         }),
-        resolving: (gid) => gate.resolving(gid),
+        resolving: (gid) => gate.resolving(gid, options.db),
         fix: 'open PGlite with PgParticipant.openPglite(dataDir), i.e. startParams: [...PGlite.defaultStartParams, "-c", "max_prepared_transactions=64"]'
       },
       options
@@ -1375,26 +1375,25 @@ export const makePglite = (
         callError({ txId: "", branch: participant.name }, "recover", f, f.connectionLost)
       )
     )
-    const isOpen = () => !options.db.closed
     const leftover = new Set((yield* participant.inDoubt).map((b) => b.gid as string))
     const foreign = new Set([...(yield* allPrepared)].filter((gid) => !leftover.has(gid)))
-    gate.holdFor([...leftover], undefined, isOpen)
-    for (const gid of foreign) gate.holdForeign(gid, foreignReason(gid, options.namespace), isOpen)
+    gate.holdFor([...leftover], undefined, options.db)
+    for (const gid of foreign) gate.holdForeign(gid, foreignReason(gid, options.namespace), options.db)
     // Only the gids still held as foreign: one a participant of its name took over (for its
     // recovery) makes branches wait, not be refused, and is not this participant's to report.
     const warnForeign = Effect.suspend(() => {
-      const refusing = [...foreign].filter((gid) => gate.heldForeign(gid))
+      const refusing = [...foreign].filter((gid) => gate.heldForeign(gid, options.db))
       return refusing.length === 0
         ? Effect.void
         : Effect.logWarning(
-            `participant ${participant.name}: every PGlite branch sharing its gate is refused while these transactions are prepared on its instance, which it does not resolve: ${refusing.map((gid) => foreignReason(gid, options.namespace)).join("; ")}`
+            `participant ${participant.name}: every PGlite branch on its instance is refused while these transactions are prepared there, which it does not resolve: ${refusing.map((gid) => foreignReason(gid, options.namespace)).join("; ")}`
           )
     })
     // Each gid is let go only if the hold it had when the scan was sent is still there and the scan
     // found it gone (`Gate.resolving`): never a branch's hold of the same gid entered since.
     releaseForeign = Effect.suspend(() => {
       if (foreign.size === 0) return Effect.void
-      const resolved = [...foreign].map((gid) => [gid, gate.resolving(gid)] as const)
+      const resolved = [...foreign].map((gid) => [gid, gate.resolving(gid, options.db)] as const)
       return Effect.map(allPrepared, (present) => {
         for (const [gid, gone] of resolved) {
           if (present.has(gid)) continue

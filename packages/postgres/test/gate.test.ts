@@ -10,20 +10,22 @@ describe("the PGlite gate", () => {
         let stuck = 0
         for (let i = 0; i < 50; i++) {
           const gate = new Gate()
-          expect(yield* gate.enter("T1", "g1", Duration.seconds(1))).toBe(true)
+          const held = yield* gate.enterHold("T1", "g1", Duration.seconds(1))
+          expect(held).toBeDefined()
           // Shaped like the PGlite branch: the wait is the only interruptible part.
           const branch = yield* Effect.fork(
             Effect.uninterruptibleMask((restore) =>
               Effect.gen(function* () {
-                if (!(yield* restore(gate.enter("T2", "g2", Duration.seconds(10))))) return "busy"
-                gate.leave("g2")
+                const ticket = yield* restore(gate.enterHold("T2", "g2", Duration.seconds(10)))
+                if (ticket === undefined) return "busy"
+                gate.leaveHold(ticket)
                 return "ran"
               })
             )
           )
           yield* Effect.sleep(Duration.millis(2))
           // T1's COMMIT PREPARED admits T2's waiter while T2's prepare timeout interrupts it.
-          gate.leave("g1")
+          gate.leaveHold(held!)
           yield* Fiber.interrupt(branch)
           if (gate.holder !== undefined) stuck++
         }
@@ -34,9 +36,9 @@ describe("the PGlite gate", () => {
   it.live("a waiter whose timeout fires is not admitted later", () =>
     Effect.gen(function* () {
       const gate = new Gate()
-      yield* gate.enter("T1", "g1", Duration.seconds(1))
+      const held = yield* gate.enterHold("T1", "g1", Duration.seconds(1))
       expect(yield* gate.enter("T2", "g2", Duration.millis(20))).toBe(false)
-      gate.leave("g1")
+      gate.leaveHold(held!)
       expect(gate.holder).toBeUndefined()
       expect(yield* gate.enter("T3", "g3", Duration.millis(20))).toBe(true)
       expect(gate.holder).toBe("T3")

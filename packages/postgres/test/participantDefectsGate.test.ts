@@ -24,11 +24,12 @@ describe("the PGlite gate refuses a gid it already holds", () => {
   it.live("the same gid again, from the owning transaction, waits and is refused after its timeout", () =>
     Effect.gen(function* () {
       const gate = new Gate()
-      expect(yield* gate.enter("T1", "g1", short)).toBe(true)
+      const first = yield* gate.enterHold("T1", "g1", short)
+      expect(first).toBeDefined()
       expect(yield* gate.enter("T1", "g1", short)).toBe(false)
       // The first entry still holds it.
       expect(gate.holder).toBe("T1")
-      gate.leave("g1")
+      gate.leaveHold(first!)
       expect(gate.holder).toBeUndefined()
     })
   )
@@ -38,15 +39,18 @@ describe("the PGlite gate refuses a gid it already holds", () => {
     () =>
       Effect.gen(function* () {
         const gate = new Gate()
-        expect(yield* gate.enter("T1", "g1", short)).toBe(true)
-        expect(yield* gate.enter("T1", "g2", short)).toBe(true)
-        const retry = yield* Effect.fork(gate.enter("T1", "g1", Duration.seconds(5)))
+        const g1 = yield* gate.enterHold("T1", "g1", short)
+        const g2 = yield* gate.enterHold("T1", "g2", short)
+        expect(g1).toBeDefined()
+        expect(g2).toBeDefined()
+        const retry = yield* Effect.fork(gate.enterHold("T1", "g1", Duration.seconds(5)))
         yield* Effect.sleep(Duration.millis(20))
         // g2 still held by T1: the gate stays T1's, and the retry of g1 enters.
-        gate.leave("g1")
-        expect(yield* Fiber.join(retry)).toBe(true)
-        gate.leave("g1")
-        gate.leave("g2")
+        gate.leaveHold(g1!)
+        const retried = yield* Fiber.join(retry)
+        expect(retried).toBeDefined()
+        gate.leaveHold(retried!)
+        gate.leaveHold(g2!)
         expect(gate.holder).toBeUndefined()
       })
   )
@@ -54,13 +58,14 @@ describe("the PGlite gate refuses a gid it already holds", () => {
   it.live("a retry interrupted while it waits behind its own gid leaves the earlier hold in place", () =>
     Effect.gen(function* () {
       const gate = new Gate()
-      expect(yield* gate.enter("T1", "g1", short)).toBe(true)
+      const first = yield* gate.enterHold("T1", "g1", short)
+      expect(first).toBeDefined()
       const retry = yield* Effect.fork(gate.enter("T1", "g1", Duration.seconds(5)))
       yield* Effect.sleep(Duration.millis(20))
       yield* Fiber.interrupt(retry)
       expect(gate.holder).toBe("T1")
       expect(yield* gate.enter("T2", "g2", short)).toBe(false)
-      gate.leave("g1")
+      gate.leaveHold(first!)
     })
   )
 })
@@ -69,17 +74,20 @@ describe("start-up holds close the gate to every transaction", () => {
   it.live("the transaction owning the gate when start-up gids are held cannot enter beside them", () =>
     Effect.gen(function* () {
       const gate = new Gate()
-      expect(yield* gate.enter("T1", "g1", short)).toBe(true)
+      const g1 = yield* gate.enterHold("T1", "g1", short)
+      expect(g1).toBeDefined()
       gate.holdFor(["found-at-start"], "found at start-up")
       expect(yield* gate.enter("T1", "g2", short)).toBe(false)
-      gate.leave("g1")
+      gate.leaveHold(g1!)
       // Still held by the start-up gid, for nobody's branches.
       expect(gate.holder).toBeDefined()
       expect(yield* gate.enter("T1", "g3", short)).toBe(false)
       expect(gate.holderDescription).toContain("found at start-up")
-      gate.leave("found-at-start")
-      expect(yield* gate.enter("T1", "g3", short)).toBe(true)
-      gate.leave("g3")
+      // Its recovery's COMMIT/ROLLBACK PREPARED ends it.
+      gate.resolving("found-at-start")(true)
+      const g3 = yield* gate.enterHold("T1", "g3", short)
+      expect(g3).toBeDefined()
+      gate.leaveHold(g3!)
       expect(gate.holder).toBeUndefined()
     })
   )

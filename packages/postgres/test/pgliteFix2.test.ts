@@ -80,9 +80,9 @@ describe("PGlite gate: a late rollback of an earlier run of the same txId", () =
       // The retry's branch is prepared, its row locked: no other transaction may enter.
       expect(gate.holder).toBe(txId)
       const other = yield* TransactionId.make
-      const entered = yield* gate.enter(other, "accord_other_bank-a", Duration.millis(100))
-      if (entered) gate.leave("accord_other_bank-a")
-      expect(entered).toBe(false)
+      const entered = yield* gate.enterHold(other, "accord_other_bank-a", Duration.millis(100))
+      if (entered !== undefined) gate.leaveHold(entered)
+      expect(entered).toBeUndefined()
 
       expect(yield* pa.rollback(ctx)).toBe("RolledBack")
       expect(gate.holder).toBeUndefined()

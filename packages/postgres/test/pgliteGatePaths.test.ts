@@ -6,7 +6,7 @@
 import { Participant, TransactionId, TwoPhaseCommit } from "@accord/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Fiber } from "effect"
-import { Gate } from "../src/internal/gate.js"
+import { Gate, type Instance } from "../src/internal/gate.js"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgRecovery from "../src/PgRecovery.js"
 import * as PgTransactionLog from "../src/PgTransactionLog.js"
@@ -211,16 +211,18 @@ describe("the PGlite gate on every path", () => {
       let stuck = 0
       for (let i = 0; i < 50; i++) {
         const holder = yield* TransactionId.make
-        expect(yield* gate.enter(holder, `held-${i}`, Duration.seconds(1))).toBe(true)
+        const held = yield* gate.enterHold(holder, `held-${i}`, Duration.seconds(1))
+        expect(held).toBeDefined()
         const txId = yield* TransactionId.make
         const branch = yield* Effect.fork(pa.prepare(ctxOf(txId, "bank-a"), (s) => s.query("select 1")))
         yield* Effect.sleep(Duration.millis(2))
         // The holder's COMMIT PREPARED admits the waiting branch as its caller interrupts it.
-        gate.leave(`held-${i}`)
+        gate.leaveHold(held!)
         yield* Fiber.interrupt(branch)
         if (gate.holder !== undefined) {
           stuck++
-          gate.leave(TransactionId.gid(txId, "bank-a" as TransactionId.BranchName))
+          // Frees the branch's hold for the next try, as a COMMIT PREPARED of its gid would.
+          gate.resolving(TransactionId.gid(txId, "bank-a" as TransactionId.BranchName), banks.dbA)(true)
         }
       }
       expect(stuck).toBe(0)
@@ -231,12 +233,13 @@ describe("the PGlite gate on every path", () => {
     "a branch interrupted after the gate admitted it, before its transaction started, leaves the gate",
     () =>
       Effect.gen(function* () {
-        // The interruption lands right after the admission. In production this window is reached
-        // when the runtime yields there (every 2048 operations); this gate makes it certain.
+        // The interruption lands right after the admission, before the hold reaches the branch. In
+        // production this window is reached when the runtime yields there (every 2048 operations);
+        // this gate makes it certain.
         class InterruptedOnAdmission extends Gate {
-          override enter(txId: string, gid: string, timeout: Duration.Duration) {
+          override enterHold(txId: string, gid: string, timeout: Duration.Duration, instance?: Instance) {
             return super
-              .enter(txId, gid, timeout)
+              .enterHold(txId, gid, timeout, instance)
               .pipe(Effect.tap(() => Effect.flatMap(Effect.fiberId, (id) => Effect.interruptWith(id))))
           }
         }

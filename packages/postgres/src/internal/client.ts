@@ -4,7 +4,7 @@
  */
 import type { PGlite, Results } from "@electric-sql/pglite"
 import { Participant } from "@accord/core"
-import { Duration, Effect, type Either } from "effect"
+import { Duration, Effect, type Either, identity } from "effect"
 import type postgres from "postgres"
 import type { Result } from "../Pipeline.js"
 import { type PgFailure, toFailure } from "./errors.js"
@@ -22,6 +22,11 @@ export interface Client {
    * See `cancelOnPool` and `cancelIfRunning`.
    */
   readonly cancel: (pending: Cancellable) => boolean
+  /**
+   * On a reserved connection (`sql.reserve()`) only: destroys it (`destroyReserved`), for a
+   * statement given up on. A pool's connections are postgres.js's, and PGlite has none.
+   */
+  readonly destroy: (() => void) | undefined
 }
 
 /**
@@ -78,7 +83,8 @@ export const fromPostgres = (sql: postgres.Sql): Client => {
     send: <T>(text: string, params?: ReadonlyArray<unknown>) =>
       sendOn(sql, prepare, text, params) as unknown as Promise<Array<T>> & Cancellable,
     script: (text) => sql.unsafe(text).simple() as unknown as Promise<unknown> & Cancellable,
-    cancel: cancelRule(sql)
+    cancel: cancelRule(sql),
+    destroy: isReserved(sql) ? () => void destroyReserved(sql) : undefined
   }
 }
 
@@ -91,7 +97,8 @@ export const fromPglite = (db: PGlite): Client => ({
     db.query<T>(text, params as Array<unknown> | undefined).then((r) => r.rows),
   script: (text) => db.exec(text),
   // PGlite runs one statement at a time in this process; a statement cannot be cancelled.
-  cancel: () => false
+  cancel: () => false,
+  destroy: undefined
 })
 
 /** A postgres.js pool or a PGlite instance as a `Client`. */
@@ -355,13 +362,42 @@ export const destroyReserved = (sql: postgres.Sql): boolean => {
 }
 
 /**
+ * What `statement` and `runScript` share: `send()`'s answer as an Effect, its failure through
+ * `failed`. Interrupted, it is cancelled where `connection.cancel` finds that safe, and the
+ * interruption waits at most `cancelTimeout` for it to settle (`wait` "cancelled": only for one it
+ * cancelled, or one on a reserved connection); not settled by then, a reserved connection is
+ * destroyed (`connection.destroy`), so that it is never reused while the statement may still run.
+ */
+const sendCancellable = <A, E>(
+  send: () => Promise<A> & Cancellable,
+  failed: (error: unknown) => E,
+  connection: Pick<Client, "cancel" | "destroy">,
+  cancelTimeout: Duration.Duration,
+  wait: "always" | "cancelled"
+): Effect.Effect<A, E> =>
+  Effect.async<A, E>((resume) => {
+    const pending = send()
+    pending.then(
+      (value) => resume(Effect.succeed(value)),
+      (error: unknown) => resume(Effect.fail(failed(error)))
+    )
+    return Effect.promise(async () => {
+      const cancelled = connection.cancel(pending)
+      if (!cancelled && wait === "cancelled" && connection.destroy === undefined) return
+      const settled = await settlesWithin(pending, Duration.toMillis(cancelTimeout))
+      if (!settled) connection.destroy?.()
+    })
+  })
+
+/**
  * Runs one statement as an Effect. When interrupted, the statement is cancelled (postgres.js: when
  * it is running, or, on a pool, not yet written; never one written and waiting behind another, see
  * `cancelOnPool`) and the interruption waits, at most `cancelTimeout`, for the statement to settle.
  * Then it gives up: the interruption returns even when the connection stopped answering (a network
  * partition: the cancel request may reach the server, the statement's answer never comes). Given
  * up on a reserved connection, that connection is destroyed, so that it is never reused while the
- * statement may still be running on it. On a pool's connection (a `Client`, or a pool `Sql`) the
+ * statement may still be running on it (a reserved `Sql`, or a `Client` over one: until 2026-12-07
+ * only the former was). On a pool's connection (a `Client` over a pool, or a pool `Sql`) the
  * driver owns the connection and cannot close it: the statement is autocommitted, so no
  * transaction stays open there, but the connection stays busy with it until the server or the
  * network answers, and postgres.js may pipeline later statements behind it when every other
@@ -374,48 +410,37 @@ export const statement = <T>(
   params: ReadonlyArray<unknown> | undefined,
   cancelTimeout: Duration.Duration
 ): Effect.Effect<Array<T>, PgFailure> =>
-  Effect.async<Array<T>, PgFailure>((resume) => {
-    // `send`, not `query`: only the driver's own pending query can be cancelled.
-    const pending =
-      typeof client === "function"
-        ? (sendOn(client, usesPreparedStatements(client), text, params) as unknown as Promise<Array<T>> &
-            Cancellable)
-        : client.send<T>(text, params)
-    pending.then(
-      (rows) => resume(Effect.succeed(rows)),
-      (error: unknown) => resume(Effect.fail(toFailure(error)))
-    )
-    return Effect.promise(async () => {
-      ;(typeof client === "function" ? cancelRule(client) : client.cancel)(pending)
-      const settled = await settlesWithin(pending, Duration.toMillis(cancelTimeout))
-      if (!settled && typeof client === "function") destroyReserved(client)
-    })
-  })
+  typeof client === "function"
+    ? sendCancellable(
+        // `sendOn`, as `send` does: only the driver's own pending query can be cancelled.
+        () =>
+          sendOn(client, usesPreparedStatements(client), text, params) as unknown as Promise<Array<T>> &
+            Cancellable,
+        toFailure,
+        { cancel: cancelRule(client), destroy: () => void destroyReserved(client) },
+        cancelTimeout,
+        "always"
+      )
+    : sendCancellable(() => client.send<T>(text, params), toFailure, client, cancelTimeout, "always")
 
 /**
  * Runs a multi-statement script (a migration) as an Effect. When interrupted, the script is
  * cancelled on the server as `statement` cancels a statement, and the interruption waits at most
  * `cancelTimeout` for it to settle. Before (until 2026-12-07), an interrupted migration went on
  * running: one waiting on a lock held for good kept its pool connection, and each retry of the
- * set-up (the facade's `logSetupTimeout`) queued one more, until the pool had none left.
+ * set-up (the facade's `logSetupTimeout`) queued one more, until the pool had none left. A script
+ * that was not cancelled is not waited for (it goes on either way: PGlite cannot cancel one), except
+ * on a reserved connection, which, given up on, is destroyed as `statement` destroys it: until
+ * 2026-12-07 it was handed back with the script maybe still running on it, and what its owner sent
+ * next waited behind that script.
  */
 export const runScript = (
   client: Client,
   text: string,
   cancelTimeout: Duration.Duration
 ): Effect.Effect<void, unknown> =>
-  Effect.async<void, unknown>((resume) => {
-    const pending = client.script(text)
-    pending.then(
-      () => resume(Effect.void),
-      // The driver's own error: callers read it with `toFailure`, `Migrations` hands it on as it is.
-      (error: unknown) => resume(Effect.fail(error))
-    )
-    // A client that cannot cancel (PGlite) is not waited for: the script goes on either way.
-    return Effect.promise(async () => {
-      if (client.cancel(pending)) await settlesWithin(pending, Duration.toMillis(cancelTimeout))
-    })
-  })
+  // Fails with the driver's own error: callers read it with `toFailure`, `Migrations` hands it on.
+  Effect.asVoid(sendCancellable(() => client.script(text), identity, client, cancelTimeout, "cancelled"))
 
 /** A work's `sql.release()` or `sql.destroy()`, refused at once (see `guardedSql`). */
 const refuseToGiveBack = (method: string) => (): never => {
