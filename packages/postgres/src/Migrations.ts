@@ -5,8 +5,9 @@
  * branch holds a lock on `accord_branch` (its marker row) until COMMIT PREPARED, so a participant
  * starting beside an orphaned branch would wait for ever (and hang PGlite). Later additions to an
  * existing table (`accord_heuristic_once`) are likewise guarded by a catalog check, so they run once;
- * a later addition to the marker table is a table of its own (`accord_branch_forgotten`), never an
- * `alter table accord_branch`, which would wait for those locks.
+ * a later addition to the marker table is a table of its own (`accord_branch_forgotten`,
+ * `accord_branch_seen`, `accord_branch_grace`), never an `alter table accord_branch`, which would
+ * wait for those locks.
  * `PgParticipant.make` runs `participant`, `PgTransactionLog.make` runs `log`; both are exported
  * for users who prefer to migrate ahead of time (e.g. with a role that may create tables).
  *
@@ -51,6 +52,22 @@ begin
     );
     execute format(
       'create index accord_branch_forgotten_at on %I.accord_branch_forgotten (forgotten_at)',
+      marker_schema
+    );
+  end if;
+  -- When gcMarkers saw each gid prepared, and first saw it no longer prepared: a marker seen that
+  -- way is aged from that second sighting (after its commit), not from its branch's BEGIN.
+  if to_regclass(format('%I.accord_branch_seen', marker_schema)) is null then
+    execute format(
+      'create table %I.accord_branch_seen (gid text primary key, seen_at timestamptz not null, prepared boolean not null)',
+      marker_schema
+    );
+  end if;
+  -- The markerGrace each participant declared when made ('' for no namespace): gcMarkers keeps a
+  -- branch's markers that long, whichever participant of the database calls it.
+  if to_regclass(format('%I.accord_branch_grace', marker_schema)) is null then
+    execute format(
+      'create table %I.accord_branch_grace (namespace text not null, branch text not null, grace float8 not null, declared_at timestamptz not null default now(), primary key (namespace, branch))',
       marker_schema
     );
   end if;

@@ -99,15 +99,17 @@ export interface PgParticipant extends Participant.Participant<PgWork> {
   readonly driver: "postgres" | "pglite"
   /**
    * Deletes markers older than `olderThan`; returns how many. A marker `forget` has seen is aged
-   * from that forget (its stamp in `accord_branch_forgotten`, as `markerGrace` is), one it never
-   * saw from its creation. Only safe for markers whose transactions are complete in the log
-   * (recovery needs the marker to tell "committed" from "rolled back by hand"): pick an age well
-   * past your longest recovery delay, and longer than any branch stays prepared (a marker no forget
-   * has seen yet is aged from its branch's BEGIN). `PgRecovery` removes the markers of completed
-   * transactions precisely; this is the backstop. Only markers of this participant's namespace
-   * (`namespace`, or none) are deleted: another deployment sharing the database keeps its own.
-   * `olderThan` must be a positive, finite duration of at least `markerGrace`, or this fails with a
-   * `ConfigurationError` before anything is deleted.
+   * from that forget (its stamp in `accord_branch_forgotten`). A marker no forget saw is aged from
+   * the first call that found its gid no longer prepared, when an earlier call saw it prepared (each
+   * call records the namespace's prepared gids in `accord_branch_seen`), so from after its commit;
+   * otherwise from its creation (its branch's BEGIN, at most the time between two calls before its
+   * commit). Whoever calls this, a marker is kept at least the `markerGrace` its own participant
+   * declared when made (`accord_branch_grace`). Recovery needs the marker to tell "committed" from "rolled back by hand": pick an age
+   * well past your longest recovery delay plus the time between two calls, e.g. `"7 days"` daily.
+   * `PgRecovery` removes the markers of completed transactions precisely; this is the backstop.
+   * Only markers of this participant's namespace (`namespace`, or none) are deleted: another
+   * deployment sharing the database keeps its own. `olderThan` must be a positive, finite duration
+   * of at least `markerGrace`, or this fails with a `ConfigurationError` before anything is deleted.
    */
   readonly gcMarkers: (
     olderThan: Duration.DurationInput
@@ -140,6 +142,9 @@ export interface CommonOptions {
    * still be re-driving `COMMIT PREPARED` after recovery completed its transaction; it must then
    * find the marker, or it would report a heuristic rollback that did not happen. Keep it above the
    * coordinator's `transactionTimeout`. A later `forget` (a later `PgRecovery` pass) deletes it.
+   * `make` declares it in `accord_branch_grace` (the latest declaration of a name counts), so that
+   * `gcMarkers` keeps the markers that long too, even when called by another participant of the
+   * database with a shorter grace.
    */
   readonly markerGrace?: Duration.DurationInput
 }
@@ -341,9 +346,15 @@ interface Statements {
   readonly forget: string
   /**
    * `gcMarkers`: `$1` the age in seconds, `$2` this participant's namespace's gid pattern (another
-   * deployment sharing the database needs its markers). See `gcOn`.
+   * deployment sharing the database needs its markers), `$3` the namespace (`''` for none). See
+   * `gcOn`.
    */
   readonly gc: string
+  /**
+   * `make`: this participant's `markerGrace` declared (`$1` namespace, `''` for none; `$2` name;
+   * `$3` seconds), the latest declaration counting; undefined without `accord_branch_grace`.
+   */
+  readonly declareGrace: string | undefined
 }
 
 /**
@@ -381,16 +392,78 @@ const forgetByCreation = (table: string): string =>
  * COMMIT PREPARED then reported a HeuristicRollback that never happened. A stamp is never older than
  * its marker's `created_at` (forget stamps markers that exist), so the `created_at` condition
  * keeps the index scan; stamps past the age go too (those of markers deleted here, or by hand).
+ *
+ * With `current` (`accord_branch_seen` and `accord_branch_grace`; `$3` this participant's namespace,
+ * `''` for none), two more rules:
+ * - Every marker is kept at least the `markerGrace` its branch's participant declared when it was
+ *   made (`accord_branch_grace`), from its forget stamp, its sighting or its `created_at` as below,
+ *   whoever calls. Until 2026-12-07 the age was only checked against the caller's own grace: a
+ *   participant with a shorter grace sharing the database and namespace deleted the markers another
+ *   participant still kept for its coordinators re-driving COMMIT PREPARED.
+ * - A marker no forget saw is aged from when a `gcMarkers` call first found its gid no longer
+ *   prepared, if an earlier call saw it prepared; from its `created_at` (its BEGIN) otherwise. Each
+ *   call records every prepared gid of the namespace, and moves the gids it recorded that are no
+ *   longer prepared to that call's time (`clock_timestamp()`, read after `pg_prepared_xacts`: after
+ *   the commit). Until 2026-12-07 every such marker was aged from its BEGIN: a branch prepared longer
+ *   than the age, committed by recovery whose completion or forget then failed, lost its marker to
+ *   the next call, and the next recovery pass, finding the gid gone without it, recorded a
+ *   heuristic rollback of a branch that had committed. A branch prepared for less than the time
+ *   between two calls may be seen by none: its BEGIN is then at most that long before its commit.
+ * A stamp or a sighting goes only with its marker (or once its marker is gone): left behind, the
+ * marker would be aged from an earlier time. One statement: its snapshot predates the sightings it
+ * writes, but a gid prepared at that snapshot has no visible marker to delete, and one recorded
+ * prepared by an earlier call is still recorded so in it.
  */
-const gcOn = (table: string, forgotten: string): string =>
-  `with gone as (delete from ${table} m where m.created_at < now() - make_interval(secs => $1::float8) ` +
-  "and m.gid like $2 " +
-  `and not exists (select 1 from ${forgotten} f where f.gid = m.gid ` +
-  "and f.forgotten_at >= now() - make_interval(secs => $1::float8)) returning 1), " +
-  `stamps as (delete from ${forgotten} where gid like $2 and forgotten_at < now() - make_interval(secs => $1::float8)) ` +
-  "select count(*)::int as deleted from gone"
+const gcOn = (table: string, forgotten: string, current: CurrentTables | undefined): string => {
+  const cutoff = "now() - make_interval(secs => $1::float8)"
+  if (current === undefined) {
+    return (
+      `with gone as (delete from ${table} m where m.created_at < ${cutoff} ` +
+      "and m.gid like $2 and $3::text is not null " +
+      `and not exists (select 1 from ${forgotten} f where f.gid = m.gid ` +
+      `and f.forgotten_at >= ${cutoff}) returning 1), ` +
+      `stamps as (delete from ${forgotten} where gid like $2 and forgotten_at < ${cutoff}) ` +
+      "select count(*)::int as deleted from gone"
+    )
+  }
+  const { seen, grace } = current
+  // The marker's keep: the age, or its branch's declared grace if longer.
+  const keep =
+    "now() - make_interval(secs => greatest($1::float8, coalesce((select g.grace from " +
+    `${grace} g where g.namespace = $3::text and g.branch = m.branch), 0)))`
+  return (
+    "with prepared_now as materialized (select gid from pg_prepared_xacts " +
+    "where database = current_database() and gid like $2::text), " +
+    `sighted as (insert into ${seen} (gid, seen_at, prepared) select gid, now(), true from prepared_now ` +
+    "on conflict (gid) do update set seen_at = excluded.seen_at, prepared = true), " +
+    `moved as (update ${seen} set prepared = false, seen_at = clock_timestamp() ` +
+    "where prepared and gid like $2::text and gid not in (select gid from prepared_now)), " +
+    // `created_at < cutoff` first: the index scan (every time below is at least `created_at`).
+    `gone as (delete from ${table} m where m.created_at < ${cutoff} and m.gid like $2::text ` +
+    `and case when exists (select 1 from ${forgotten} f where f.gid = m.gid) ` +
+    `then exists (select 1 from ${forgotten} f where f.gid = m.gid and f.forgotten_at < ${keep}) ` +
+    `else m.created_at < ${keep} and not exists (select 1 from ${seen} s where s.gid = m.gid ` +
+    `and (s.prepared or s.seen_at >= ${keep})) end ` +
+    "returning m.gid), " +
+    `stamps as (delete from ${forgotten} f where f.gid like $2::text and f.forgotten_at < ${cutoff} ` +
+    `and (f.gid in (select gid from gone) or not exists (select 1 from ${table} m where m.gid = f.gid))), ` +
+    `unseen as (delete from ${seen} s where s.gid like $2::text and not s.prepared and s.seen_at < ${cutoff} ` +
+    `and (s.gid in (select gid from gone) or not exists (select 1 from ${table} m where m.gid = s.gid))) ` +
+    "select count(*)::int as deleted from gone"
+  )
+}
 
-const statementsOn = (table: string, forgotten: string | undefined): Statements => ({
+/** The tables of the migration that added `accord_branch_seen` and `accord_branch_grace`. */
+interface CurrentTables {
+  readonly seen: string
+  readonly grace: string
+}
+
+const statementsOn = (
+  table: string,
+  forgotten: string | undefined,
+  current: CurrentTables | undefined
+): Statements => ({
   branch: Branch.markerStatements(table),
   markers: `select gid from ${table} where gid = any($1::text[])`,
   markerExists: `select exists (select 1 from ${table} where gid = $1) as committed`,
@@ -400,8 +473,13 @@ const statementsOn = (table: string, forgotten: string | undefined): Statements 
   gc:
     forgotten === undefined
       ? `with gone as (delete from ${table} where created_at < now() - make_interval(secs => $1::float8) ` +
-        "and gid like $2 returning 1) select count(*)::int as deleted from gone"
-      : gcOn(table, forgotten)
+        "and gid like $2 and $3::text is not null returning 1) select count(*)::int as deleted from gone"
+      : gcOn(table, forgotten, current),
+  declareGrace:
+    current === undefined
+      ? undefined
+      : `insert into ${current.grace} (namespace, branch, grace) values ($1, $2, $3) ` +
+        "on conflict (namespace, branch) do update set grace = excluded.grace, declared_at = now()"
 })
 
 /**
@@ -415,11 +493,15 @@ const IN_DOUBT_SQL =
   "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
 /**
  * The marker table's schema (`Branch.TABLE_SCHEMA_SQL`, `$1` = 'accord_branch') and whether
- * `accord_branch_forgotten` is there beside it.
+ * `accord_branch_forgotten`, and both `accord_branch_seen` and `accord_branch_grace`, are there
+ * beside it.
  */
 const FOUND_SQL =
   `select s.nspname, case when s.nspname is null then false ` +
-  "else to_regclass(format('%I.accord_branch_forgotten', s.nspname)) is not null end as forgotten " +
+  "else to_regclass(format('%I.accord_branch_forgotten', s.nspname)) is not null end as forgotten, " +
+  "case when s.nspname is null then false " +
+  "else to_regclass(format('%I.accord_branch_seen', s.nspname)) is not null " +
+  "and to_regclass(format('%I.accord_branch_grace', s.nspname)) is not null end as current " +
   `from (${Branch.TABLE_SCHEMA_SQL}) s`
 const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
 
@@ -861,15 +943,41 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     })
   }
   const hasForgotten = column(found[0], 1) === true
+  const isCurrent = hasForgotten && column(found[0], 2) === true
   if (!hasForgotten) {
     yield* Effect.logWarning(
       `participant ${name}: accord_branch_forgotten is missing beside accord_branch (migrated by an older release, and migrate is false): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits. Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code).`
     )
+  } else if (!isCurrent) {
+    yield* Effect.logWarning(
+      `participant ${name}: accord_branch_seen or accord_branch_grace is missing beside accord_branch (migrated by an older release, and migrate is false): gcMarkers keeps aging a marker no forget saw from its branch's BEGIN, and keeps markers only for the caller's markerGrace, which can delete a marker recovery or a coordinator still needs. Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code).`
+    )
   }
   const sqls = statementsOn(
     Branch.tableName("accord_branch", markerSchema),
-    hasForgotten ? Branch.tableName("accord_branch_forgotten", markerSchema) : undefined
+    hasForgotten ? Branch.tableName("accord_branch_forgotten", markerSchema) : undefined,
+    isCurrent
+      ? {
+          seen: Branch.tableName("accord_branch_seen", markerSchema),
+          grace: Branch.tableName("accord_branch_grace", markerSchema)
+        }
+      : undefined
   )
+  // Declared for the `gcMarkers` of every participant of the database (see `gcOn`). Not fatal: a
+  // role that may not write it (tables migrated by another role) only goes without that protection.
+  if (sqls.declareGrace !== undefined) {
+    yield* query(sqls.declareGrace, [options.namespace ?? "", name, markerGrace]).pipe(
+      Effect.timeoutFail({
+        duration: verifyTimeout,
+        onTimeout: () => ({ message: `no answer within ${Duration.format(verifyTimeout)}` })
+      }),
+      Effect.catchAll((failure) =>
+        Effect.logWarning(
+          `participant ${name}: could not declare its markerGrace in accord_branch_grace (${failure.message}): gcMarkers called by another participant of this database with a shorter markerGrace may delete this one's markers before its grace ends. GRANT INSERT, UPDATE ON accord_branch_grace to this participant's role.`
+        )
+      )
+    )
+  }
 
   /** How a prepared branch's ending is a vote. */
   const voteOf = (
@@ -1139,7 +1247,8 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     }
     return query<object>(sqls.gc, [
       Duration.toSeconds(age.value),
-      TransactionId.gidLikePattern(options.namespace)
+      TransactionId.gidLikePattern(options.namespace),
+      options.namespace ?? ""
     ]).pipe(
       Effect.map((rows) => Number(column(rows[0], 0) ?? 0)),
       Effect.mapError((f) => callError(self, "complete", f, false)),

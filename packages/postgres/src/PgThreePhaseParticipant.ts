@@ -460,6 +460,8 @@ interface Tables {
    * marker's creation (recovery's forget deleted a long-prepared branch's marker at once, and a
    * coordinator re-driving its commit read a false `HeuristicRollback`). Only `migrate: false`
    * keeps that rule now (with the 2PC participant's warning), until `Migrations.participant` runs.
+   * The same holds for `accord_branch_seen` and `accord_branch_grace` (`gcMarkers`' sightings and
+   * declared graces, 2026-12-07): a database migrated before them is upgraded unless `migrate: false`.
    */
   readonly ready: boolean
   /** The state table `accord_3pc_state` (checked against `migrate: false`). */
@@ -469,13 +471,16 @@ interface Tables {
   readonly stateSchema: string | null | undefined
 }
 
-// `accord_branch_forgotten` is looked for in the marker table's schema, where the migration puts it
-// (`format('%I', null)` fails, hence the `case`).
+// `accord_branch_forgotten`, `accord_branch_seen` and `accord_branch_grace` are looked for in the
+// marker table's schema, where the migration puts them (`format('%I', null)` fails, hence the `case`);
+// `forgotten` is true when all three are there.
 const EXISTING_SQL =
   "select to_regclass('accord_branch') is not null and to_regclass('accord_branch_created_at') is not null " +
   "as markers, to_regclass('accord_3pc_state') is not null as state_table, " +
   "m.nspname as marker_schema, case when m.nspname is null then false " +
-  "else to_regclass(format('%I.accord_branch_forgotten', m.nspname)) is not null end as forgotten, " +
+  "else to_regclass(format('%I.accord_branch_forgotten', m.nspname)) is not null " +
+  "and to_regclass(format('%I.accord_branch_seen', m.nspname)) is not null " +
+  "and to_regclass(format('%I.accord_branch_grace', m.nspname)) is not null end as forgotten, " +
   `${schemaOf("'accord_3pc_state'")} as state_schema ` +
   `from (select ${schemaOf("'accord_branch'")} as nspname) m`
 

@@ -6,6 +6,10 @@
  *   `PREPARE TRANSACTION`. Prepared = in `pg_prepared_xacts`; committed = marker present; rolled
  *   back = neither. Lives in every participant database.
  * - `accord_branch_forgotten`: when `forget` first saw a marker; the marker goes `markerGrace` later.
+ * - `accord_branch_seen`: the gids `gcMarkers` saw prepared, and when it first saw each no longer
+ *   prepared; such a marker is aged from then, after its commit, not from its branch's BEGIN.
+ * - `accord_branch_grace`: the `markerGrace` each participant declared; `gcMarkers` keeps a
+ *   branch's markers that long, whoever calls it.
  * - `accord_decision`: the coordinator log, one row per global transaction, first writer wins.
  * - `accord_heuristic`: branches that ended against their decision (resolved by hand), each outcome
  *   once (`accord_heuristic_once`: txId, gid, decision and the md5 of the detail).
@@ -18,7 +22,19 @@
  * @since 0.1.0
  */
 import { sql } from "drizzle-orm"
-import { bigint, check, index, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core"
+import {
+  bigint,
+  boolean,
+  check,
+  doublePrecision,
+  index,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex
+} from "drizzle-orm/pg-core"
 
 /**
  * The marker row of a branch (participant databases).
@@ -48,6 +64,38 @@ export const accordBranchForgotten = pgTable(
     forgottenAt: timestamp("forgotten_at", { withTimezone: true }).notNull().defaultNow()
   },
   (t) => [index("accord_branch_forgotten_at").on(t.forgottenAt)]
+)
+
+/**
+ * A gid `gcMarkers` saw prepared (participant databases, beside `accord_branch`): `prepared` while
+ * it was still prepared at the last call, `seen_at` that call's time; then, from the first call
+ * that found it no longer prepared, `prepared` false and `seen_at` that call's time, which is after
+ * the branch's commit. `gcMarkers` ages the marker from that time rather than from its `created_at`
+ * (the branch's BEGIN), and deletes the row with it.
+ * @since 0.1.0
+ */
+export const accordBranchSeen = pgTable("accord_branch_seen", {
+  gid: text("gid").primaryKey(),
+  seenAt: timestamp("seen_at", { withTimezone: true }).notNull(),
+  prepared: boolean("prepared").notNull()
+})
+
+/**
+ * The `markerGrace` (seconds) a participant declared when it was made, per gid namespace (`''` for
+ * none) and branch name; the latest declaration counts (participant databases, beside
+ * `accord_branch`). `gcMarkers` keeps each marker at least its branch's grace, whichever
+ * participant of the database calls it.
+ * @since 0.1.0
+ */
+export const accordBranchGrace = pgTable(
+  "accord_branch_grace",
+  {
+    namespace: text("namespace").notNull(),
+    branch: text("branch").notNull(),
+    grace: doublePrecision("grace").notNull(),
+    declaredAt: timestamp("declared_at", { withTimezone: true }).notNull().defaultNow()
+  },
+  (t) => [primaryKey({ name: "accord_branch_grace_pkey", columns: [t.namespace, t.branch] })]
 )
 
 /**
