@@ -622,19 +622,40 @@ const routineHeadEnd = (text: string, at: number): number => {
  * early (a needless No).
  */
 export const statementStartingWith = (text: string, head: RegExp): string | undefined => {
-  const found = scan(text, head, 0, true)
+  const found = scanWhole(text, head, false)
+  // `standard_conforming_strings = off` (set by the work, by its role or database, or by the
+  // server's configuration) makes a backslash escape a quote in '...' too: `'a\'; commit; --'` is
+  // then one statement with no COMMIT, and `'a\''; commit; --'` a string, then a COMMIT that the
+  // standard reading puts inside a string. The session's setting is not known here, so a text with
+  // a backslash is read both ways, and a statement found either way counts (a needless No at
+  // worst, never a missed COMMIT). Until 2026-12-07 only the standard reading was made.
+  return found !== undefined || text.indexOf("\\") < 0 ? found : scanWhole(text, head, true)
+}
+
+/** `statementStartingWith` under one reading of '...' strings (`backslashes`: as with `standard_conforming_strings = off`). */
+const scanWhole = (text: string, head: RegExp, backslashes: boolean): string | undefined => {
+  const found = scan(text, head, 0, true, backslashes)
   // A body that never ends: PostgreSQL refuses such a text whole (a syntax error, before any of
   // its statements runs), unless it read the text otherwise than this scan did. Unsure, then, where
   // the body ended: every `;` after its start is read as one that may start a statement (a
   // needless No at worst, never a missed COMMIT).
-  return typeof found === "number" ? (scan(text, head, found, false) as string | undefined) : found
+  return typeof found === "number"
+    ? (scan(text, head, found, false, backslashes) as string | undefined)
+    : found
 }
 
 /**
  * `statementStartingWith` from `from` (0, or the start of a body that never ended, with `bodies`
  * false: no body is then read). A number: a body opened there and the text ended inside it.
+ * `backslashes`: a backslash escapes the next character in every '...' string, not only in E'...'.
  */
-const scan = (text: string, head: RegExp, from: number, bodies: boolean): string | number | undefined => {
+const scan = (
+  text: string,
+  head: RegExp,
+  from: number,
+  bodies: boolean,
+  backslashes: boolean
+): string | number | undefined => {
   const n = text.length
   let atStart = from === 0
   // Inside CREATE FUNCTION|PROCEDURE: its words are read, for a body `BEGIN ATOMIC ... END`.
@@ -697,7 +718,10 @@ const scan = (text: string, head: RegExp, from: number, bodies: boolean): string
     if (c === 39) {
       // '...' ('' inside), or E'...' (backslash escapes too)
       const escapes =
-        i > 0 && (text.charCodeAt(i - 1) | 32) === 101 && (i < 2 || !isIdentifierChar(text.charCodeAt(i - 2)))
+        backslashes ||
+        (i > 0 &&
+          (text.charCodeAt(i - 1) | 32) === 101 &&
+          (i < 2 || !isIdentifierChar(text.charCodeAt(i - 2))))
       i++
       while (i < n) {
         const d = text.charCodeAt(i)
