@@ -166,21 +166,36 @@ export const now = async (db: Db): Promise<string> => {
 }
 
 /**
+ * How many gids `PreparedLeft.gids` lists at most (`count` has them all).
+ * @since 0.1.0
+ */
+export const preparedListed = 10
+
+/**
+ * Prepared transactions left in one bank database.
+ * @since 0.1.0
+ */
+export interface PreparedLeft {
+  readonly count: number
+  /** The first `preparedListed` of their gids, oldest first. */
+  readonly gids: ReadonlyArray<string>
+}
+
+/**
  * Prepared transactions left in this database (any gid, not only Accord's), or with `preparedBefore`
  * (a time of this server's clock, from `now`) only those prepared before it: a recovery pass that
  * started at that time has finished every branch prepared before, so any of those still here is
  * left over; a branch prepared after it belongs to a run still in flight on the same databases.
  * @since 0.1.0
  */
-export const preparedLeft = async (db: Db, preparedBefore?: string): Promise<number> => {
-  const [row] =
-    preparedBefore === undefined
-      ? await db.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()"
-        )
-      : await db.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database() AND prepared < $1::timestamptz",
-          [preparedBefore]
-        )
-  return row?.n ?? 0
+export const preparedLeft = async (db: Db, preparedBefore?: string): Promise<PreparedLeft> => {
+  const rows = await db.query<{ gid: string; n: number }>(
+    `SELECT gid, (count(*) OVER ())::int AS n
+       FROM pg_prepared_xacts
+      WHERE database = current_database() AND ($1::timestamptz IS NULL OR prepared < $1::timestamptz)
+      ORDER BY prepared, gid
+      LIMIT ${preparedListed}`,
+    [preparedBefore ?? null]
+  )
+  return { count: rows[0]?.n ?? 0, gids: rows.map((r) => r.gid) }
 }

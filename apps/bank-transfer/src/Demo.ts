@@ -5,10 +5,10 @@
  * @since 0.1.0
  */
 import { randomUUID } from "node:crypto"
-import { ThreePhaseCommit } from "@accord/core"
+import { type Recovery, ThreePhaseCommit, TransactionId } from "@accord/core"
 import * as PgRecovery from "@accord/postgres/PgRecovery"
 import cliProgress from "cli-progress"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Option } from "effect"
 import * as Bank from "./Bank.js"
 import { DemoError } from "./DemoError.js"
 import * as Environment from "./Environment.js"
@@ -40,7 +40,13 @@ export interface Summary {
   }
   readonly expectedTotal: number
   readonly total: number
+  /** Transactions left prepared in the bank databases (any gid; must be 0). */
   readonly preparedLeft: number
+  /**
+   * The gids `preparedLeft` counts (the first `Bank.preparedListed` of each bank, oldest first),
+   * with whose each is: see `PreparedGid`.
+   */
+  readonly preparedLeftGids: ReadonlyArray<PreparedGid>
   /** Transfers whose ledger row is in one bank only (atomicity broken; must be 0). */
   readonly halfApplied: number
   /** Accounts whose balance disagrees with seed + ledger (must be 0). */
@@ -58,9 +64,29 @@ export interface Summary {
   readonly errors: ReadonlyArray<string>
 }
 
+/**
+ * A transaction left prepared in a bank database, and whose it is: `demo`, a branch of this demo
+ * (an Accord gid of the bank's participant, no namespace), which recovery finishes (run again);
+ * `accord`, an Accord gid of another deployment (another gid namespace or participant name), left
+ * to that deployment's recovery; `other`, not an Accord gid at all (prepared by hand or by another
+ * program). The demo's recovery never touches the last two: they are resolved by hand, or by their
+ * owner, with `COMMIT PREPARED` or `ROLLBACK PREPARED` in that database.
+ * @since 0.1.0
+ */
+export interface PreparedGid {
+  readonly bank: "a" | "b"
+  readonly gid: string
+  readonly owner: "demo" | "accord" | "other"
+}
+
 interface RecoverySummary {
   readonly transactionsFinished: number
+  /** Branches committed, or found committed already (commits are idempotent). */
   readonly branchesCommitted: number
+  /**
+   * Branches rolled back, or found not prepared: an abort decision's rollbacks are idempotent, so a
+   * branch that never prepared (or was rolled back already) counts here too.
+   */
   readonly branchesRolledBack: number
   readonly presumedAborts: number
   /** 3PC transactions the termination protocol committed / aborted. */
@@ -68,6 +94,12 @@ interface RecoverySummary {
   readonly threePhaseAborted: number
   readonly heuristics: number
   readonly unresolved: number
+  /**
+   * Another deployment's gids the passes met and left alone, per participant (`Recovery.ForeignGids`:
+   * the 2PC pass's, then the 3PC pass's; empty when none). Gids prepared by hand are not among them
+   * (the participants' scans read their own gids only): `preparedLeftGids` lists those.
+   */
+  readonly foreign: ReadonlyArray<Recovery.ForeignGids>
   readonly millis: number
 }
 
@@ -104,6 +136,7 @@ const recover = (env: Environment.Environment) =>
       threePhaseAborted: three.aborted.length + three.unvotedRolledBack,
       heuristics: report.heuristics.length,
       unresolved: report.unresolved.length,
+      foreign: [...report.foreign, ...three.foreign],
       millis: Math.round(performance.now() - started)
     } satisfies RecoverySummary
   }).pipe(
@@ -210,7 +243,8 @@ export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
         },
         expectedTotal: stateA.seededTotal + stateB.seededTotal,
         total: stateA.total + stateB.total,
-        preparedLeft: preparedA + preparedB,
+        preparedLeft: preparedA.count + preparedB.count,
+        preparedLeftGids: [...gidsOf(env.banks[0], preparedA), ...gidsOf(env.banks[1], preparedB)],
         halfApplied,
         ledgerMismatches: stateA.ledgerMismatches + stateB.ledgerMismatches,
         negativeBalances: stateA.negative + stateB.negative,
@@ -244,14 +278,14 @@ export const main = (options: Options): Effect.Effect<Summary, DemoError> =>
 interface Check {
   readonly stateA: Bank.BankState
   readonly stateB: Bank.BankState
-  readonly preparedA: number
-  readonly preparedB: number
+  readonly preparedA: Bank.PreparedLeft
+  readonly preparedB: Bank.PreparedLeft
   readonly halfApplied: number
 }
 
 const holds = (c: Check): boolean =>
   c.stateA.total + c.stateB.total === c.stateA.seededTotal + c.stateB.seededTotal &&
-  c.preparedA + c.preparedB === 0 &&
+  c.preparedA.count + c.preparedB.count === 0 &&
   c.halfApplied === 0 &&
   c.stateA.ledgerMismatches + c.stateB.ledgerMismatches === 0 &&
   c.stateA.negative + c.stateB.negative === 0
@@ -318,8 +352,60 @@ const openJournal = (options: Options) => {
 const protocolFor = (options: Options, env: Environment.Environment) =>
   options.protocol === "2pc" ? Effect.succeed(Protocol.twoPhase(env)) : Protocol.threePhase(env)
 
+/** Whose a gid left prepared in `bank` is (see `PreparedGid`). */
+const ownerOf = (bank: Environment.BankHandle, gid: string): PreparedGid["owner"] => {
+  const parsed = TransactionId.parseGid(gid)
+  if (Option.isNone(parsed)) return "other"
+  const p = bank.participant
+  const ours =
+    p.owns?.(parsed.value.gid) ?? (parsed.value.namespace === undefined && parsed.value.branch === p.name)
+  return ours ? "demo" : "accord"
+}
+
+const gidsOf = (bank: Environment.BankHandle, left: Bank.PreparedLeft): ReadonlyArray<PreparedGid> =>
+  left.gids.map((gid) => ({ bank: bank.name, gid, owner: ownerOf(bank, gid) }))
+
+const ownerText: Record<PreparedGid["owner"], string> = {
+  demo: "the demo's",
+  accord: "another Accord deployment's",
+  other: "not Accord's"
+}
+
+/** The "prepared left" row: the count, the gids listed, and what to do about them. */
+const describePrepared = (s: Summary): string => {
+  if (s.preparedLeft === 0) return "0"
+  const listed = s.preparedLeftGids
+    .map((g) => `bank ${g.bank.toUpperCase()} '${g.gid}' (${ownerText[g.owner]})`)
+    .join(", ")
+  const more =
+    s.preparedLeft > s.preparedLeftGids.length
+      ? `, and ${s.preparedLeft - s.preparedLeftGids.length} more`
+      : ""
+  const notOurs = s.preparedLeftGids.filter((g) => g.owner !== "demo").length
+  const ours = s.preparedLeftGids.length - notOurs
+  const todo = [
+    ...(notOurs > 0
+      ? [
+          `${notOurs} not the demo's (its recovery leaves them alone): resolve each by hand in its bank's database with COMMIT PREPARED '<gid>' or ROLLBACK PREPARED '<gid>', as whoever prepared it decided`
+        ]
+      : []),
+    ...(ours > 0 ? [`${ours} the demo's: run again with --transfers 0, its recovery finishes them`] : [])
+  ]
+  return `${s.preparedLeft}: ${listed}${more}; ${todo.join("; ")}`
+}
+
+const describeForeign = (foreign: ReadonlyArray<Recovery.ForeignGids>) =>
+  foreign.length === 0
+    ? ""
+    : `; left alone, another deployment's: ${foreign
+        .map(
+          (f) =>
+            `${f.participant} ${f.count} (${f.gids.map((g) => `'${g}'`).join(", ")}${f.count > f.gids.length ? ", ..." : ""})`
+        )
+        .join(", ")}`
+
 const describeRecovery = (r: RecoverySummary) =>
-  `2PC: ${r.branchesCommitted} branches committed or found committed, ${r.branchesRolledBack} rolled back; 3PC: ${r.threePhaseCommitted} committed, ${r.threePhaseAborted} aborted (${r.millis} ms)`
+  `2PC: ${r.branchesCommitted} branches committed or found committed, ${r.branchesRolledBack} rolled back or found not prepared; 3PC: ${r.threePhaseCommitted} committed, ${r.threePhaseAborted} aborted${describeForeign(r.foreign)} (${r.millis} ms)`
 
 const round = (x: number) => Math.round(x * 100) / 100
 
@@ -349,7 +435,7 @@ const table = (s: Summary, env: Environment.Environment): string => {
       "total / expected",
       `${s.total} / ${s.expectedTotal} ${s.total === s.expectedTotal ? "(conserved)" : "(NOT CONSERVED)"}`
     ],
-    ["prepared left", String(s.preparedLeft)],
+    ["prepared left", describePrepared(s)],
     ["half-applied transfers", String(s.halfApplied)],
     ["ledger mismatches", String(s.ledgerMismatches)],
     ["throughput", `${s.tps} transfers/s over ${(s.elapsedMs / 1000).toFixed(1)} s`],

@@ -4,7 +4,8 @@
  * 3PC), starting with recovery so a run that was killed is finished by the next one.
  *
  * Exit codes: 0 success; 1 a problem the message explains (server, configuration); 2 bad
- * command line; 3 an invariant failed (total not conserved, something left prepared).
+ * command line; 3 an invariant failed (total not conserved, something left prepared); 130 stopped
+ * by SIGINT, 143 by SIGTERM (128 + the signal's number).
  *
  * @since 0.1.0
  */
@@ -26,16 +27,23 @@ if (options.help) {
   process.exit(0)
 }
 
+/** 128 + the signal's number, as shells report a process a signal ended. */
+const signalExit = (signal: NodeJS.Signals): number => (signal === "SIGINT" ? 130 : 143)
+
 const fiber = Effect.runFork(Demo.main(options))
-let interrupted = false
-const stop = () => {
-  if (interrupted) process.exit(130)
-  interrupted = true
-  process.stderr.write("bank-transfer: interrupted; in-flight transfers are left to recovery (run again)\n")
-  Effect.runFork(Fiber.interrupt(fiber))
+// SIGINT/SIGTERM: one line, the run is interrupted, exit 128 + the number of the first signal.
+let stoppedBy: NodeJS.Signals | undefined
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    // A second signal does not wait for the run to stop.
+    if (stoppedBy !== undefined) process.exit(signalExit(signal))
+    stoppedBy = signal
+    process.stderr.write(
+      `bank-transfer: ${signal}: interrupted; in-flight transfers are left to recovery (run again)\n`
+    )
+    Effect.runFork(Fiber.interrupt(fiber))
+  })
 }
-process.on("SIGINT", stop)
-process.on("SIGTERM", stop)
 
 const exit = await Effect.runPromise(Fiber.await(fiber))
 if (Exit.isSuccess(exit)) {
@@ -46,7 +54,7 @@ if (Exit.isSuccess(exit)) {
     const e = failure.value
     fail(e instanceof DemoError ? e.message : String((e as { message?: unknown }).message ?? e), 1)
   } else if (Cause.isInterruptedOnly(exit.cause)) {
-    process.exit(130)
+    process.exit(signalExit(stoppedBy ?? "SIGINT"))
   } else {
     // A defect: a bug, not a user error. Keep it to one line unless asked for detail.
     const squashed = Cause.squash(exit.cause)

@@ -18,6 +18,17 @@ export interface DemoRun {
   readonly stderr: string
 }
 
+export interface RecoverySummary {
+  readonly branchesCommitted: number
+  readonly branchesRolledBack: number
+  readonly foreign: ReadonlyArray<{
+    readonly participant: string
+    readonly count: number
+    readonly prepared: number
+    readonly gids: ReadonlyArray<string>
+  }>
+}
+
 export interface Summary {
   readonly ok: boolean
   readonly protocol: string
@@ -34,12 +45,17 @@ export interface Summary {
   readonly expectedTotal: number
   readonly total: number
   readonly preparedLeft: number
+  readonly preparedLeftGids: ReadonlyArray<{
+    readonly bank: "a" | "b"
+    readonly gid: string
+    readonly owner: "demo" | "accord" | "other"
+  }>
   readonly halfApplied: number
   readonly ledgerMismatches: number
   readonly seeded: boolean
   readonly recovery: {
-    readonly atStart: { readonly branchesCommitted: number; readonly branchesRolledBack: number }
-    readonly atEnd: { readonly branchesCommitted: number; readonly branchesRolledBack: number }
+    readonly atStart: RecoverySummary
+    readonly atEnd: RecoverySummary
   }
   readonly tps: number
   readonly p50Ms: number

@@ -90,7 +90,10 @@ export interface RecoveryReport {
   readonly transactionsFinished: number
   /** Branches committed (or found committed) in this pass. */
   readonly branchesCommitted: number
-  /** Branches rolled back in this pass. */
+  /**
+   * Branches rolled back (or found not prepared) in this pass: an abort decision's rollbacks are
+   * idempotent, and a branch that never prepared, or was rolled back already, counts here too.
+   */
   readonly branchesRolledBack: number
   /** Orphans presumed aborted by this pass (abort decisions it wrote). */
   readonly presumedAborts: number
