@@ -34,6 +34,8 @@ with its own database, as sagas with compensations; then checks the invariants f
   --data-dir DIR                PGlite folders (default .accord-data/order-saga); given, it runs PGlite
                                 even when $ACCORD_PG_URL is set (not with --pg)
   --kill-orchestrator-after N   SIGKILL the orchestrator once N orders have started, restart it, resume
+  --retry-stuck                 first retry the compensations of the sagas the log holds as stuck
+                                (earlier runs' too: they keep the invariants from holding)
   --json                        print one JSON object as the last line of stdout (the summary table goes to stderr)
   --no-progress                 no progress bar
   --seed N                      seed of the catalogue, customers and orders (default 42)
@@ -58,6 +60,7 @@ const options = {
   "data-dir": { type: "string" },
   "db-prefix": { type: "string" },
   "kill-orchestrator-after": { type: "string" },
+  "retry-stuck": { type: "boolean" },
   json: { type: "boolean" },
   "no-progress": { type: "boolean" },
   seed: { type: "string" },
@@ -193,6 +196,7 @@ export const parse = (
     seed: integer("seed", values.seed, 42, 0, 2 ** 31 - 1),
     runId: `r${Date.now().toString(36)}`,
     killOrchestratorAfter,
+    retryStuck: values["retry-stuck"] === true,
     json: values.json === true,
     progress: values["no-progress"] !== true,
     pgUrl,

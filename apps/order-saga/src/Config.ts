@@ -60,6 +60,8 @@ export interface RunConfig {
   readonly seed: number
   readonly runId: string
   readonly killOrchestratorAfter: number | undefined
+  /** Before placing orders, retry (`Saga.retryStuck`) every saga the log holds as stuck, earlier runs' too. */
+  readonly retryStuck: boolean
   readonly json: boolean
   readonly progress: boolean
   /** `undefined`: PGlite folders under `dataRoot`. */

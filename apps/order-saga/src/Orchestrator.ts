@@ -4,13 +4,15 @@
  * On (re)start it asks the log which of the run's orders it already knows. Those were started by an
  * orchestrator that died: a background sweep claims them once their lease has expired and drives
  * them to their end. The others are placed now. The run is over when every order's saga has ended;
- * the tally is read back from the log.
+ * the tally is read back from the log. A start the log did not record is tried again (a bounded
+ * schedule); an order that still could not be started is reported as not started, not dropped.
+ * With `retryStuck`, the sagas the log holds as stuck (earlier runs' too) are retried first.
  *
  * @since 0.1.0
  */
 import { Saga, SagaLog } from "@accord/core"
 import { PgSagaLog } from "@accord/postgres"
-import { Duration, Effect, Fiber, Option, Schedule } from "effect"
+import { Data, Duration, Effect, Either, Fiber, Option, Schedule } from "effect"
 import { dbTarget, type RunConfig } from "./Config.js"
 import * as Database from "./Database.js"
 import type { Endpoint } from "./Http.js"
@@ -39,11 +41,29 @@ export interface Tally {
   readonly resumed: number
   /** Requests the transport delivered twice. */
   readonly duplicatesSent: number
-  readonly stuckSagas: ReadonlyArray<{
-    readonly sagaId: string
-    readonly step: string
-    readonly cause: string
-  }>
+  readonly stuckSagas: ReadonlyArray<StuckSaga>
+  /**
+   * Orders of this run the saga log does not know: their start was never recorded (the log kept
+   * failing), so nothing of them ran. Not counted as pending.
+   */
+  readonly notStarted: ReadonlyArray<{ readonly orderId: string; readonly cause: string }>
+  /**
+   * Sagas of earlier runs the log holds as stuck: their effects keep the invariants from holding
+   * until they are retried (`--retry-stuck`) or resolved by hand.
+   */
+  readonly earlierStuck: ReadonlyArray<StuckSaga>
+  /** With `retryStuck`: the stuck sagas retried before the run, and how each ended (or why not). */
+  readonly retriedStuck: ReadonlyArray<{ readonly sagaId: string; readonly result: string }>
+}
+
+/**
+ * A saga that ended stuck: which step, and why.
+ * @since 0.1.0
+ */
+export interface StuckSaga {
+  readonly sagaId: string
+  readonly step: string
+  readonly cause: string
 }
 
 /**
@@ -59,6 +79,23 @@ export interface Listener {
 
 const statusOf = (outcome: Saga.Outcome): OrderStatus =>
   outcome._tag === "Completed" ? "completed" : outcome._tag === "Compensated" ? "compensated" : "stuck"
+
+/**
+ * How often a failed saga log call is tried again: a read (the orchestrator's own `load`/`list`) or a
+ * start the log did not record. A dropped connection (the server restarted, a backend terminated)
+ * is reconnected by the next try; about 10 s in all, then the failure stands.
+ */
+const logRetry = Schedule.exponential(Duration.millis(100), 2).pipe(
+  Schedule.union(Schedule.spaced(Duration.seconds(2))),
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(8))
+)
+
+/** The log does not know the order: its start was not recorded, nothing of it ran. */
+class NotStartedError extends Data.TaggedError("NotStartedError")<{
+  readonly orderId: string
+  readonly reason: string
+}> {}
 
 /**
  * The run's orders (the same in every process for the same configuration).
@@ -92,7 +129,11 @@ export const run = (
     )
   )
 
-const place = Effect.fn("Orchestrator.place")(function* (
+/**
+ * Places (or resumes) the run's orders over the `SagaLog` in context and returns the tally from it.
+ * @since 0.1.0
+ */
+export const place = Effect.fn("Orchestrator.place")(function* (
   config: RunConfig,
   endpoints: Readonly<Record<"orders" | "inventory" | "payment" | "shipping", Endpoint>>,
   listener: Listener
@@ -121,10 +162,34 @@ const place = Effect.fn("Orchestrator.place")(function* (
   const orders = planOf(config)
   const planned = new Set(orders.map((o) => o.orderId))
 
+  // The orchestrator's own reads of the log: a transient failure is tried again, not the end of the run.
+  const load = (sagaId: string) => log.load(sagaId).pipe(Effect.retry(logRetry))
+
+  // --retry-stuck: a stuck saga (a compensation gave up) holds its order's effects until an operator
+  // acts; retried here with fresh retries, before this run's orders.
+  const retriedStuck: Array<{ sagaId: string; result: string }> = []
+  if (config.retryStuck) {
+    const stuck = yield* log.list({ status: "stuck" }).pipe(Effect.retry(logRetry))
+    yield* Effect.forEach(
+      stuck,
+      (history) =>
+        Saga.retryStuck(registry, history.sagaId, { owner, leaseFor, note: "order-saga --retry-stuck" }).pipe(
+          Effect.map((outcome): string => statusOf(outcome)),
+          Effect.catchAll((error) => Effect.succeed(`not retried: ${error.message}`)),
+          Effect.tap((result) =>
+            Effect.sync(() => retriedStuck.push({ sagaId: history.sagaId, result })).pipe(
+              Effect.zipRight(Effect.logInfo(`--retry-stuck: saga ${history.sagaId}: ${result}`))
+            )
+          )
+        ),
+      { concurrency: config.concurrency, discard: true }
+    )
+  }
+
   // Which orders did a previous orchestrator already start?
   const known = new Set<string>()
   for (const order of orders) {
-    const history = yield* log.load(order.orderId)
+    const history = yield* load(order.orderId)
     if (Option.isNone(history)) continue
     known.add(order.orderId)
     listener.started?.(order.orderId)
@@ -152,23 +217,61 @@ const place = Effect.fn("Orchestrator.place")(function* (
     Effect.fork
   )
 
+  // One try at running an order's saga. When it fails, the log says whether its start was recorded:
+  // if it was, the saga stays in the log as running and the sweep below picks it up once its lease
+  // expires (log unreachable mid-saga, lease lost). If it was not (Saga.run does not retry its start
+  // write), nothing of it ran and starting it again is safe: `NotStartedError`. A log that cannot be
+  // read counts as not recorded: a start that did land makes the next try fail with SagaBusyError,
+  // which says the saga is in the log.
+  const runOnce = (order: Plan.OrderInput) =>
+    Saga.run(saga, order, { sagaId: order.orderId, owner, leaseFor }).pipe(
+      Effect.map(Option.some),
+      Effect.catchAll((error) =>
+        (error._tag === "SagaBusyError"
+          ? Effect.succeed(true)
+          : log.load(order.orderId).pipe(
+              Effect.either,
+              Effect.map((loaded) => Either.isRight(loaded) && Option.isSome(loaded.right))
+            )
+        ).pipe(
+          Effect.flatMap((recorded) =>
+            recorded
+              ? Effect.as(
+                  Effect.logWarning(
+                    `saga ${order.orderId}: ${error.message} (it stays in the log as running: the sweep finishes it)`
+                  ),
+                  Option.none()
+                )
+              : Effect.fail(new NotStartedError({ orderId: order.orderId, reason: error.message }))
+          )
+        )
+      )
+    )
+  const notStartedCause = new Map<string, string>()
   yield* Effect.forEach(
     orders.filter((o) => !known.has(o.orderId)),
     (order) =>
       Effect.sync(() => listener.started?.(order.orderId)).pipe(
-        Effect.zipRight(Saga.run(saga, order, { sagaId: order.orderId, owner, leaseFor })),
+        Effect.zipRight(runOnce(order).pipe(Effect.retry(logRetry))),
         Effect.tap((outcome) =>
-          Effect.sync(() => listener.finished?.(order.orderId, statusOf(outcome), false))
+          Option.isSome(outcome)
+            ? Effect.sync(() => listener.finished?.(order.orderId, statusOf(outcome.value), false))
+            : Effect.void
         ),
-        // A saga that could not run to its end here (log unreachable, lease lost) stays in the log as
-        // running: the sweep below picks it up once its lease expires.
-        Effect.catchAll((error) => Effect.logWarning(`saga ${order.orderId}: ${error.message}`))
+        // Still not started after the retries: reported as such in the tally, not lost.
+        Effect.catchAll((error) =>
+          Effect.sync(() => notStartedCause.set(order.orderId, error.reason)).pipe(
+            Effect.zipRight(Effect.logWarning(`order ${order.orderId} could not be started: ${error.reason}`))
+          )
+        )
       ),
     { concurrency: config.concurrency, discard: true }
   )
 
   // Wait for the sweep to finish every saga still running (ours are done; the dead one's remain).
   yield* log.list({ status: "running" }).pipe(
+    // One failed poll (a dropped connection) is tried again: it ended the run with sagas running.
+    Effect.retry(logRetry),
     Effect.repeat({
       until: (running) => running.length === 0,
       schedule: Schedule.spaced(Duration.millis(100))
@@ -180,10 +283,18 @@ const place = Effect.fn("Orchestrator.place")(function* (
 
   const statuses: Record<OrderStatus, number> = { completed: 0, compensated: 0, stuck: 0, pending: 0 }
   const causes: Record<string, number> = {}
-  const stuckSagas: Array<{ sagaId: string; step: string; cause: string }> = []
+  const stuckSagas: Array<StuckSaga> = []
+  const notStarted: Array<{ orderId: string; cause: string }> = []
   for (const order of orders) {
-    const history = yield* log.load(order.orderId)
-    const ended = Option.flatMap(history, (h) => Saga.replay(h.records).ended)
+    const history = yield* load(order.orderId)
+    if (Option.isNone(history)) {
+      notStarted.push({
+        orderId: order.orderId,
+        cause: notStartedCause.get(order.orderId) ?? "its start is not in the saga log"
+      })
+      continue
+    }
+    const ended = Saga.replay(history.value.records).ended
     if (Option.isNone(ended)) {
       statuses.pending++
       continue
@@ -195,5 +306,24 @@ const place = Effect.fn("Orchestrator.place")(function* (
     if (outcome._tag === "Stuck")
       stuckSagas.push({ sagaId: outcome.sagaId, step: outcome.step, cause: outcome.cause })
   }
-  return { ...statuses, causes, resumed, duplicatesSent, stuckSagas } satisfies Tally
+  // Earlier runs' stuck sagas: this run's tally does not count them, yet their orders' effects make
+  // the invariants fail; the summary names them.
+  const earlierStuck: Array<StuckSaga> = []
+  for (const stuck of yield* log.list({ status: "stuck" }).pipe(Effect.retry(logRetry))) {
+    if (planned.has(stuck.sagaId)) continue
+    const history = yield* load(stuck.sagaId)
+    const ended = Option.flatMap(history, (h) => Saga.replay(h.records).ended)
+    if (Option.isSome(ended) && ended.value._tag === "Stuck")
+      earlierStuck.push({ sagaId: stuck.sagaId, step: ended.value.step, cause: ended.value.cause })
+  }
+  return {
+    ...statuses,
+    causes,
+    resumed,
+    duplicatesSent,
+    stuckSagas,
+    notStarted,
+    earlierStuck,
+    retriedStuck
+  } satisfies Tally
 })

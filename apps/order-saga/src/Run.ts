@@ -128,6 +128,49 @@ export const redact = (url: string): string => {
 }
 
 /**
+ * An error as one line: its message, then its causes' (`error.cause`, innermost last), each with its
+ * code (a SQLSTATE, or a socket error's `ECONNREFUSED`). A failed drizzle query's message is the
+ * query text; what went wrong (the database is not accepting connections, ...) is in its cause.
+ * @since 0.1.0
+ */
+export const explain = (error: unknown): string => {
+  const parts: Array<string> = []
+  const seen = new Set<unknown>()
+  let current: unknown = error
+  while (current !== undefined && current !== null && !seen.has(current) && parts.length < 5) {
+    seen.add(current)
+    const message = current instanceof Error ? current.message : String(current)
+    const cause = current instanceof Error ? current.cause : undefined
+    const firstLine = message.split("\n")[0]!.trim()
+    // A wrapper's message (a query's text) is cut short; its cause says what happened.
+    const text = cause !== undefined && firstLine.length > 160 ? `${firstLine.slice(0, 160)}...` : firstLine
+    const code = Database.sqlState(current)
+    parts.push(
+      code === undefined ? text : `${text} [${/^[0-9A-Z]{5}$/.test(code) ? "SQLSTATE " : ""}${code}]`
+    )
+    current = cause
+  }
+  return parts.join(": ")
+}
+
+/**
+ * Checks the invariants from the services' databases (the services must be stopped). A database
+ * error fails with a `DemoError` that names its cause (see `explain`).
+ * @since 0.1.0
+ */
+export const checkInvariants = async (config: RunConfig): Promise<Invariants.Report> => {
+  const dbs = await Promise.all(serviceNames.map((name) => Database.open(dbTarget(config, name), { max: 2 })))
+  try {
+    const [orders, inventory, payment, shipping] = dbs as [Database.Db, Database.Db, Database.Db, Database.Db]
+    return await Invariants.check({ orders, inventory, payment, shipping })
+  } catch (error) {
+    throw new DemoError(`checking the invariants failed: ${explain(error)}`)
+  } finally {
+    await Promise.all(dbs.map((db) => db.close()))
+  }
+}
+
+/**
  * The run was stopped through its `AbortSignal` (SIGINT/SIGTERM to the CLI).
  * @since 0.1.0
  */
@@ -164,7 +207,10 @@ export const run = async (config: RunConfig, hooks: Hooks = {}, signal?: AbortSi
   const children = new Set<ChildProcess>()
   const services = new Map<ServiceName, ChildProcess>()
   const spawn = (script: string, args: ReadonlyArray<string>): ChildProcess => {
-    const child = fork(join(bin, script), [...args], { stdio: ["ignore", "ignore", "inherit", "ipc"] })
+    // The child's stdout goes to our stderr: Effect's logger (the orchestrator's warnings, the
+    // sweep's) writes to stdout, and ignored they were lost; our stdout is the summary (with
+    // --json, the JSON line alone).
+    const child = fork(join(bin, script), [...args], { stdio: ["ignore", 2, "inherit", "ipc"] })
     children.add(child)
     child.once("exit", () => children.delete(child))
     return child
@@ -242,27 +288,14 @@ export const run = async (config: RunConfig, hooks: Hooks = {}, signal?: AbortSi
     )
 
     hooks.phase?.("checking invariants")
-    const dbs = await Promise.all(
-      serviceNames.map((name) => Database.open(dbTarget(config, name), { max: 2 }))
-    )
-    try {
-      const [orders, inventory, payment, shipping] = dbs as [
-        Database.Db,
-        Database.Db,
-        Database.Db,
-        Database.Db
-      ]
-      const invariants = await Invariants.check({ orders, inventory, payment, shipping })
-      return {
-        tally,
-        invariants,
-        orchestratorKills: kills,
-        duplicatesSent,
-        droppedResponses: dropped,
-        elapsedMillis: Date.now() - began
-      }
-    } finally {
-      await Promise.all(dbs.map((db) => db.close()))
+    const invariants = await checkInvariants(config)
+    return {
+      tally,
+      invariants,
+      orchestratorKills: kills,
+      duplicatesSent,
+      droppedResponses: dropped,
+      elapsedMillis: Date.now() - began
     }
   } catch (error) {
     throw signal?.aborted ? interrupted() : error

@@ -21,6 +21,7 @@ export const json = (config: RunConfig, result: Result) => {
     compensated: tally.compensated,
     stuck: tally.stuck,
     pending: tally.pending,
+    notStarted: tally.notStarted.length,
     causes: tally.causes,
     orchestratorKills: result.orchestratorKills,
     resumed: tally.resumed,
@@ -29,6 +30,9 @@ export const json = (config: RunConfig, result: Result) => {
     elapsedMillis: result.elapsedMillis,
     ordersPerSecond: Math.round((config.orders / (result.elapsedMillis / 1000)) * 10) / 10,
     stuckSagas: tally.stuckSagas,
+    notStartedOrders: tally.notStarted,
+    earlierStuck: tally.earlierStuck,
+    retriedStuck: tally.retriedStuck,
     invariants,
     invariantsHold: invariants.invariantsHold
   }
@@ -47,7 +51,8 @@ export const table = (config: RunConfig, result: Result): string => {
     .sort((a, b) => b[1] - a[1])
     .map(([cause, n]) => `${cause} ${n}`)
     .join(", ")
-  const where = config.pgUrl === undefined ? `PGlite (${config.dataRoot})` : "PostgreSQL (accord_order_*)"
+  const where =
+    config.pgUrl === undefined ? `PGlite (${config.dataRoot})` : `PostgreSQL (${config.dbPrefix}*)`
   const lines = [
     "",
     `Order saga: ${config.orders} orders, concurrency ${config.concurrency}, ${where}, ${(result.elapsedMillis / 1000).toFixed(1)} s`,
@@ -55,6 +60,7 @@ export const table = (config: RunConfig, result: Result): string => {
     `${pad("compensated", tally.compensated)}${causes === "" ? "" : `   ${causes}`}`,
     pad("stuck", tally.stuck),
     pad("pending", tally.pending),
+    ...(tally.notStarted.length > 0 ? [pad("not started", tally.notStarted.length)] : []),
     ...(result.orchestratorKills > 0
       ? [
           `  orchestrator killed ${result.orchestratorKills}x; ${tally.resumed} sagas resumed from the log by the sweep`
@@ -62,6 +68,18 @@ export const table = (config: RunConfig, result: Result): string => {
       : []),
     `  transport faults: ${result.duplicatesSent} requests delivered twice, ${result.droppedResponses} responses dropped after acting`,
     ...tally.stuckSagas.map((s) => `  STUCK ${s.sagaId} at ${s.step}: ${s.cause}`),
+    ...tally.notStarted.map(
+      (o) =>
+        `  NOT STARTED ${o.orderId}: the saga log did not record its start (${o.cause}); nothing of it ran`
+    ),
+    ...tally.retriedStuck.map((r) => `  --retry-stuck: ${r.sagaId} ${r.result}`),
+    ...tally.earlierStuck.map((s) => `  STUCK (earlier run) ${s.sagaId} at ${s.step}: ${s.cause}`),
+    ...(tally.earlierStuck.length > 0 || tally.stuckSagas.length > 0
+      ? [
+          "  stuck sagas hold their orders' effects until an operator acts: once the cause is fixed, run again",
+          "  with --retry-stuck (retries their compensations: Saga.retryStuck), or resolve them by hand (Saga.resolveStuck)"
+        ]
+      : []),
     "",
     "Invariants (read from the services' own databases):",
     `  ${mark(inv.checks.stockBalanced)} stock: on hand ${inv.stock.onHand} + reserved ${inv.stock.reserved} = initial ${inv.stock.initial} - shipped ${inv.stock.shipped}${inv.stock.unbalancedProducts.length > 0 ? ` (unbalanced: ${inv.stock.unbalancedProducts.join(", ")})` : ""}`,

@@ -90,10 +90,11 @@ const main = async (): Promise<void> => {
     process.stderr.write(Summary.table(config, result))
     process.stdout.write(`${JSON.stringify(Summary.json(config, result))}\n`)
   }
-  process.exitCode = result.invariants.invariantsHold && result.tally.pending === 0 ? 0 : 1
+  process.exitCode =
+    result.invariants.invariantsHold && result.tally.pending === 0 && result.tally.notStarted.length === 0
+      ? 0
+      : 1
 }
 
-main().catch((error: unknown) => {
-  const message = error instanceof Error ? error.message : String(error)
-  fail(message, 1)
-})
+// The cause too (SQLSTATE, driver message): a failed query's own message is only its text.
+main().catch((error: unknown) => fail(Run.explain(error), 1))

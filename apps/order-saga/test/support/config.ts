@@ -19,6 +19,7 @@ export const testConfig = (overrides: Partial<RunConfig> & { readonly name: stri
     seed: 7,
     runId: `t${Date.now().toString(36)}`,
     killOrchestratorAfter: undefined,
+    retryStuck: false,
     json: true,
     progress: false,
     pgUrl: undefined,
