@@ -149,7 +149,11 @@ export class SagaLog extends Context.Tag("@accord/core/SagaLog")<
         readonly exclude?: ReadonlyArray<string>
       }
     ) => Effect.Effect<ReadonlyArray<SagaHistory>, LogError>
-    /** Extends the caller's lease; `false` when the caller no longer owns the saga. */
+    /**
+     * Extends the caller's lease; `false` when the caller no longer owns the saga, or (a log that can
+     * receive a renewal late, such as `PgSagaLog`) when its lease had already run out: the drive has
+     * given that lease up, and a late renewal must not revive it.
+     */
     readonly renewLease: (sagaId: string, lease: Lease) => Effect.Effect<boolean, LogError>
     /** Gives the lease up (the saga becomes claimable at once if it is still running). */
     readonly release: (sagaId: string, owner: string) => Effect.Effect<void, LogError>
