@@ -23,8 +23,11 @@
  * - The work must not end the barrier's transaction (COMMIT, ROLLBACK) and then fail: what it wrote
  *   before may be committed with the row, so the run is a definite failure, SQLSTATE 25000
  *   (`endedByWork`), unless the server says the transaction rolled back at the work's last
- *   statement (its COMMIT refused: nothing kept, read by its SQLSTATE). Nor delete or re-key
- *   barrier rows: such a run is refused and rolled back, SQLSTATE 0A000 (`refuseRowGone`).
+ *   statement, sent alone (its COMMIT refused: nothing kept, read by its SQLSTATE). Nor delete or
+ *   re-key barrier rows: such a run is refused and rolled back, SQLSTATE 0A000 (`refuseRowGone`;
+ *   so is a run whose row another session, a purge with too short a retention, deleted).
+ * - The barrier's own result rows are read by position (`column`): a postgres.js pool with a
+ *   column transform (`postgres.camel`, `postgres.pascal`) may be shared with the application.
  * - What the work returned is kept in the row (jsonb) and handed back on a duplicate, so a retry sees
  *   the value the first run saw. With a `result` schema it is encoded before commit and decoded on a
  *   duplicate (Dates, bigints, ... come back as they were). Without one it must be plain JSON (it
@@ -482,6 +485,18 @@ const endOrBegin = (conn: postgres.ReservedSql, text: "begin" | "commit", signal
   }
 }
 
+/**
+ * The `i`th column of a row of the barrier's own statements, by position: a postgres.js pool's
+ * column transform (`transform: postgres.camel`, `postgres.pascal`) renames the columns but keeps
+ * their order. Read by name, `guarded` came back `Guarded` on a pascal pool and every action was
+ * refused as if its work had deleted its row (0A000), and `reason` came back `Reason`, so a late
+ * action after a null compensation answered Duplicate instead of Refused (review of 2026-12-07).
+ * The values are not touched: camel's value transform rewrites JSON only, and the stored result is
+ * read as text.
+ */
+const column = (row: object | undefined, i: number): unknown =>
+  row === undefined ? undefined : Object.values(row)[i]
+
 /** The barrier protocol inside an open transaction. */
 const protocol = async <A>(
   statements: Statements,
@@ -497,12 +512,16 @@ const protocol = async <A>(
   // The transaction that holds the barrier row (see `endedByWork`).
   let xid: string | undefined
   const insert = async (rowOp: Op, reason: string) => {
-    const rows = await query<{ ok: number; xid: string }>(statements.insert, [gid, branch, rowOp, reason])
-    if (rows.length === 1) xid = rows[0]!.xid
+    const rows = await query<object>(statements.insert, [gid, branch, rowOp, reason])
+    if (rows.length === 1) xid = column(rows[0], 1) as string
     return rows.length === 1
   }
-  const existing = async (rowOp: Op) =>
-    (await query<{ reason: string; result: string | null }>(statements.existing, [gid, branch, rowOp]))[0]
+  const existing = async (rowOp: Op) => {
+    const row = (await query<object>(statements.existing, [gid, branch, rowOp]))[0]
+    return row === undefined
+      ? undefined
+      : { reason: column(row, 0) as string, result: column(row, 1) as string | null }
+  }
   if (op === "action") {
     if (!(await insert("action", "action"))) {
       const row = await existing("action")
@@ -522,13 +541,13 @@ const protocol = async <A>(
   }
   const workFrom = sent.length
   const value = await boundedAfterAbort(work, session, signal).catch(async (error: unknown) => {
-    throw await endedByWork(error, query, xid, signal, sent.slice(workFrom))
+    throw await endedByWork(error, query, xid, signal, sent, workFrom)
   })
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
   // After the work, under whatever search_path it set: hence the schema-qualified table.
   const stored = await codec.store(value, target)
-  const kept = await query<{ guarded: boolean }>(statements.keep, [gid, branch, op, stored])
-  if (kept[0]?.guarded !== true) throw refuseRowGone(target)
+  const kept = await query<object>(statements.keep, [gid, branch, op, stored])
+  if (column(kept[0], 0) !== true) throw refuseRowGone(target)
   return { _tag: "Applied", value }
 }
 
@@ -539,11 +558,16 @@ const protocol = async <A>(
  * that had set `synchronous_commit = off` committed so). Read at `keep`, after the work, so the
  * run fails and rolls back whole. SQLSTATE 0A000, as `refuseNotify`: the same work is refused on
  * every attempt, so `toStepError` and `toCompensationStepError` do not retry it.
+ *
+ * The action's row a compensation finds is committed and not locked by it, so another session can
+ * delete it meanwhile too: a `Barrier.purge` whose retention is shorter than the saga's life. The
+ * message says the row was deleted, by the work or by such a session (it blamed the work alone, and
+ * sent the operator of a Stuck saga looking in the wrong place; review of 2026-12-07).
  */
 const refuseRowGone = (target: Target): Error =>
   Object.assign(
     new Error(
-      `the work deleted the barrier row of ${target.gid}/${target.branch} (${target.op === "action" ? "its own" : "its action's or its own"}): it would commit unguarded (a retry or a late action would apply again), so it was rolled back; a barrier work must not delete or re-key accord_saga_barrier rows (Barrier.purge deletes old ones)`
+      `the barrier row of ${target.gid}/${target.branch} (${target.op === "action" ? "the action's own" : "its action's or its own"}) was deleted while the work ran, by the work or by another session (a Barrier.purge whose retention is shorter than the saga's life): the step would commit unguarded (a retry or a late action would apply again), so it was rolled back; a barrier work must not delete or re-key accord_saga_barrier rows, and Barrier.purge's olderThan must outlive every saga`
     ),
     { code: "0A000" }
   )
@@ -556,8 +580,9 @@ const refuseRowGone = (target: Target): Error =>
  * definite failure, SQLSTATE 25000 (invalid transaction state): `toStepError` and
  * `toCompensationStepError` do not retry it (an action is compensated, a compensation is Stuck for
  * an operator). Told by asking the server which transaction it is in (one round trip, on failure
- * only): an aborted transaction (25P02) or the same one is still the barrier's; a failed question
- * (the connection lost) leaves `error` as it is (in doubt).
+ * only): the same one is still the barrier's, and so is an aborted transaction (25P02) unless the
+ * work's texts show an ending statement (`endedThenAborted`: COMMIT, BEGIN, a failing statement);
+ * a failed question (the connection lost) leaves `error` as it is (in doubt).
  *
  * Except when the server also says that the barrier's transaction was rolled back
  * (`pg_xact_status`, same round trip) and the work ended it with its last statement
@@ -567,26 +592,41 @@ const refuseRowGone = (target: Target): Error =>
  * `error`, read by its SQLSTATE. (It was 25000, and a compensation whose COMMIT met a serialization
  * failure went Stuck on its first attempt.) A transaction that committed, or is prepared, stays
  * 25000, and so does a work that sent anything after its transaction ended (autocommitted, outside
- * the barrier: a retry would repeat it), or a statement whose text the barrier did not see.
+ * the barrier: a retry would repeat it) or while its ending statement was in flight (`endedLast`),
+ * or a statement whose text the barrier did not see.
  */
 const endedByWork = async (
   error: unknown,
   query: Query,
   xid: string | undefined,
   signal: AbortSignal,
-  workSent: ReadonlyArray<Sent>
+  sent: ReadonlyArray<Sent>,
+  workFrom: number
 ): Promise<unknown> => {
   if (xid === undefined || signal.aborted || error instanceof WorkAbandoned) return error
-  const now = await query<{ xid: string | null; status: string | null }>(
+  // The question is recorded in `sent` when sent (at `asked`): not one of the work's statements.
+  const asked = sent.length
+  const now = await query<object>(
     "select pg_current_xact_id_if_assigned()::text as xid, pg_xact_status($1::xid8) as status",
     [xid]
   ).then(
-    (rows) => rows[0] ?? { xid: null, status: null },
-    // Failed (25P02: the barrier's transaction, aborted; or the connection): not ended.
-    () => ({ xid, status: null })
+    (rows) => ({
+      xid: (column(rows[0], 0) ?? null) as string | null,
+      status: (column(rows[0], 1) ?? null) as string | null
+    }),
+    (failure: unknown) => {
+      // 25P02: a transaction is open and aborted. The barrier's, unless the work ended that one
+      // and opened another (COMMIT, BEGIN, a failing statement: `endedThenAborted`). Otherwise
+      // (the connection lost): not ended, in doubt as the work's failure says.
+      const ended =
+        toFailure(failure).sqlState === "25P02" && endedThenAborted(workStatements(sent, workFrom, asked))
+      return { xid: ended ? null : xid, status: null }
+    }
   )
   if (now.xid === xid) return error
-  if (now.status === "aborted" && endedLast(workSent)) return error
+  // Read once the question answered: a statement the work left running after it threw (a tagged
+  // template runs a microtask after its call) is in `sent` by then.
+  if (now.status === "aborted" && endedLast(workStatements(sent, workFrom, asked))) return error
   const failure = toFailure(error)
   return Object.assign(
     new Error(
@@ -605,24 +645,53 @@ const LONE_END = new RegExp(
   "i"
 )
 
+/** The work's statements in `sent`: from `workFrom`, without the barrier's question at `asked`. */
+const workStatements = (sent: ReadonlyArray<Sent>, workFrom: number, asked: number): ReadonlyArray<Sent> =>
+  sent.filter((_, i) => i >= workFrom && i !== asked)
+
+/** Whether `s`'s text is known and ends no transaction (`ENDING_STATEMENT`, anywhere in it). */
+const endsNothing = (s: Sent): boolean =>
+  s.text !== undefined && statementStartingWith(s.text, ENDING_STATEMENT) === undefined
+
 /**
- * Whether the work's statements (`workSent`, in the order sent) end with a lone COMMIT or ROLLBACK
- * (`LONE_END`, answered) that was the first of them to end a transaction: the barrier's transaction
- * was then open until it (a failed statement aborts a transaction, it does not end it), and nothing
- * ran after it. Every text must be known (a tagged template with a fragment in it is not) and read
- * by the scanner that finds a branch's ending statements (`ENDING_STATEMENT`).
+ * Whether the work's statements (`workSent`, in the order recorded) end with a lone COMMIT or
+ * ROLLBACK (`LONE_END`, answered) that was the first of them to end a transaction: the barrier's
+ * transaction was then open until it (a failed statement aborts a transaction, it does not end it),
+ * and nothing ran after it. Every text must be known (a tagged template with a fragment in it is
+ * not) and read by the scanner that finds a branch's ending statements (`ENDING_STATEMENT`).
+ *
+ * The order recorded is not always the order run: `query`, `statement` and `execute` are recorded
+ * when called, a tagged template when postgres.js runs it, a microtask later, so
+ * `` s.sql`rollback`.execute() `` then `s.query("insert ...")`, awaited together, ran the ROLLBACK
+ * first and the INSERT after it, autocommitted outside the barrier, while the record read
+ * [insert, rollback] (review of 2026-12-07: the run was read by the work's own error, retried, and
+ * the retry inserted again). So the END must also have been recorded alone (`alone`: every
+ * statement recorded before it had answered, hence ran before it), and nothing recorded after it.
  */
 const endedLast = (workSent: ReadonlyArray<Sent>): boolean => {
   const last = workSent.at(-1)
   return (
     last?.failed !== undefined &&
+    last.alone &&
     last.text !== undefined &&
     LONE_END.test(last.text) &&
-    workSent
-      .slice(0, -1)
-      .every((s) => s.text !== undefined && statementStartingWith(s.text, ENDING_STATEMENT) === undefined)
+    workSent.slice(0, -1).every(endsNothing)
   )
 }
+
+/**
+ * Whether the work may have ended the barrier's transaction before the transaction now open and
+ * aborted (the diagnosis failed with 25P02): one of its statements has a known text with an ending
+ * statement in it (`ENDING_STATEMENT`). COMMIT, BEGIN, then a failing statement left the work's own
+ * transaction aborted, and the diagnosis, failing in it, read "not ended": the failure's own
+ * SQLSTATE (a business 23514 for an action whose first part and barrier row had committed; a
+ * compensation retried into a Duplicate with only half its undo applied). Read as ended (25000). An
+ * ending statement that did not run (after a failed one in the same text) reads as ended all the
+ * same: a definite failure where a retry was safe, never a retry of a half-committed work. A work
+ * whose texts are not known and show no ending statement is read as before (not ended).
+ */
+const endedThenAborted = (workSent: ReadonlyArray<Sent>): boolean =>
+  workSent.some((s) => s.text !== undefined && !endsNothing(s))
 
 const sessionOf = (query: Query, statement: Statement, sql?: postgres.Sql): BarrierSession => ({
   query: <T = Record<string, unknown>>(text: string, params?: ReadonlyArray<unknown>) =>
@@ -635,10 +704,14 @@ const sessionOf = (query: Query, statement: Statement, sql?: postgres.Sql): Barr
   ...(sql === undefined ? {} : { sql })
 })
 
-/** A statement sent for a run: its text when known; whether it failed, once it settled. */
+/**
+ * A statement sent for a run: its text when known; whether it failed, once it settled; whether it
+ * was recorded alone, every statement recorded before it settled (see `endedLast`).
+ */
 interface Sent {
   readonly text: string | undefined
   failed: boolean | undefined
+  readonly alone: boolean
 }
 
 /**
@@ -703,8 +776,8 @@ class Interruptible {
   }
   /** Keeps `pending` (of `text`, when known) cancellable until it settles, and in `sent`. */
   track<R>(pending: PromiseLike<R> & Cancellable, text: string | undefined): PromiseLike<R> & Cancellable {
+    const entry: Sent = { text, failed: undefined, alone: this.inflight.size === 0 }
     this.inflight.add(pending)
-    const entry: Sent = { text, failed: undefined }
     this.sent.push(entry)
     const forget = () => void this.inflight.delete(pending)
     pending.then(
