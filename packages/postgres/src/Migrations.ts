@@ -8,8 +8,11 @@
  * a later addition to the marker table is a table of its own (`accord_branch_forgotten`,
  * `accord_branch_seen`, `accord_branch_grace`), never an `alter table accord_branch`, which would
  * wait for those locks.
- * `PgParticipant.make` runs `participant`, `PgTransactionLog.make` runs `log`; both are exported
- * for users who prefer to migrate ahead of time (e.g. with a role that may create tables).
+ * `PgParticipant.make` runs `participant` (only when one of its tables is missing; a role that may
+ * not create them keeps the older rules there, with a warning, if the marker table is there),
+ * `PgTransactionLog.make` runs `log`; both are exported for users who prefer to migrate ahead of
+ * time (e.g. with a role that may create tables, granting the participants' role what
+ * docs/postgres.md lists).
  *
  * @since 0.1.0
  */

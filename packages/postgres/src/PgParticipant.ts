@@ -28,7 +28,7 @@ import { tmpdir } from "node:os"
 import { join, resolve as resolvePath } from "node:path"
 import { Participant, TransactionError, TransactionId } from "@accord/core"
 import { PGlite, type Transaction } from "@electric-sql/pglite"
-import { Clock, Duration, Effect, Either, Option } from "effect"
+import { Clock, Duration, Effect, Either, Option, Schedule } from "effect"
 import type postgres from "postgres"
 import {
   Abandonment,
@@ -102,10 +102,14 @@ export interface PgParticipant extends Participant.Participant<PgWork> {
    * from that forget (its stamp in `accord_branch_forgotten`). A marker no forget saw is aged from
    * the first call that found its gid no longer prepared, when an earlier call saw it prepared (each
    * call records the namespace's prepared gids in `accord_branch_seen`), so from after its commit;
-   * otherwise from its creation (its branch's BEGIN, at most the time between two calls before its
-   * commit). Whoever calls this, a marker is kept at least the `markerGrace` its own participant
-   * declared when made (`accord_branch_grace`). Recovery needs the marker to tell "committed" from "rolled back by hand": pick an age
-   * well past your longest recovery delay plus the time between two calls, e.g. `"7 days"` daily.
+   * otherwise from its creation, its branch's BEGIN, which precedes the commit by however long the
+   * work ran and the branch stayed prepared (a branch prepared and committed between two calls, and
+   * every branch committed before the first call after these tables were added or the job first
+   * ran, is seen by none). Whoever calls this, a marker is kept at least the `markerGrace` its own
+   * participant declared when made (`accord_branch_grace`). Recovery needs the marker to tell
+   * "committed" from "rolled back by hand": pick an age well past your longest recovery delay plus
+   * the time between two calls plus the longest a branch may run and stay prepared unseen, e.g.
+   * `"7 days"` daily. A deadlock with another call or a `forget` (40P01) is retried a few times.
    * `PgRecovery` removes the markers of completed transactions precisely; this is the backstop.
    * Only markers of this participant's namespace (`namespace`, or none) are deleted: another
    * deployment sharing the database keeps its own. `olderThan` must be a positive, finite duration
@@ -135,7 +139,12 @@ export interface CommonOptions {
    * `ConfigurationError` after it. Default 10 s.
    */
   readonly verifyTimeout?: Duration.DurationInput
-  /** Run the marker-table migration in `make` (default true). */
+  /**
+   * Run the marker-table migration in `make` (default true). Nothing is sent when every table is
+   * there already. A role that may not create tables (42501), on a database whose marker table is
+   * there but not every later table beside it, is warned and keeps the rules of the tables it has,
+   * as with `false`.
+   */
   readonly migrate?: boolean
   /**
    * How long a marker stays after `forget` first saw it (default 5 minutes). A coordinator may
@@ -144,7 +153,8 @@ export interface CommonOptions {
    * coordinator's `transactionTimeout`. A later `forget` (a later `PgRecovery` pass) deletes it.
    * `make` declares it in `accord_branch_grace` (the latest declaration of a name counts), so that
    * `gcMarkers` keeps the markers that long too, even when called by another participant of the
-   * database with a shorter grace.
+   * database with a shorter grace. A finite duration of zero or more, at most 100 years, or `make`
+   * fails with a `ConfigurationError`.
    */
   readonly markerGrace?: Duration.DurationInput
 }
@@ -368,13 +378,21 @@ interface Statements {
  * forgotten marker goes at a later `forget` (each recovery pass that completes or collects
  * anything calls it), or by `gcMarkers`.
  */
-const forgetOn = (table: string, forgotten: string): string =>
-  `with stamped as (insert into ${forgotten} (gid, branch) select gid, branch from ${table} ` +
-  "where gid = any($1::text[]) and $2::float8 > 0 on conflict (gid) do nothing returning 1), " +
-  `due as (delete from ${forgotten} where branch = $3::text and gid like $4::text ` +
-  "and forgotten_at < now() - make_interval(secs => $2::float8) returning gid) " +
-  // A zero grace deletes the markers at once, unstamped.
-  `delete from ${table} where gid in (select gid from due) or ($2::float8 <= 0 and gid = any($1::text[]))`
+const forgetOn = (table: string, forgotten: string): string => {
+  const due =
+    "branch = $3::text and gid like $4::text and forgotten_at < now() - make_interval(secs => $2::float8)"
+  return (
+    `with stamped as (insert into ${forgotten} (gid, branch) select gid, branch from ${table} ` +
+    "where gid = any($1::text[]) and $2::float8 > 0 on conflict (gid) do nothing returning 1), " +
+    // A zero grace deletes the markers at once, unstamped.
+    `gone as (delete from ${table} where gid in (select gid from ${forgotten} where ${due}) ` +
+    "or ($2::float8 <= 0 and gid = any($1::text[])) returning gid) " +
+    // The markers first, then their stamps: the order `gcOn` locks them in (until 2026-12-07 the
+    // stamps went first, and a forget beside a gcMarkers deadlocked, 40P01).
+    `delete from ${forgotten} f where ${due} and (f.gid in (select gid from gone) ` +
+    `or not exists (select 1 from ${table} m where m.gid = f.gid))`
+  )
+}
 
 /**
  * The forget of a database whose `accord_branch_forgotten` is missing (made with `migrate: false`
@@ -384,6 +402,16 @@ const forgetOn = (table: string, forgotten: string): string =>
 const forgetByCreation = (table: string): string =>
   `delete from ${table} where gid = any($1::text[]) and created_at < now() - make_interval(secs => $2::float8) ` +
   "and $3::text is not null and $4::text is not null"
+
+/**
+ * The longest `markerGrace` `make` accepts, 100 years: it is declared for every participant's
+ * `gcMarkers` (`accord_branch_grace`), which subtracts it from `now()`, and PostgreSQL's timestamps
+ * end at 4713 BC (until 2026-12-07 one participant made with `Duration.infinity`, or 10,000 years,
+ * failed every other participant's `gcMarkers` of its namespace with 22008). `gcOn` also reads a
+ * declared grace as at most this.
+ */
+const maxMarkerGrace = Duration.days(36_525)
+const maxMarkerGraceSeconds = Duration.toSeconds(maxMarkerGrace)
 
 /**
  * `gcMarkers` with a forgotten marker aged from its stamp, as `forget` ages it: until 2026-12-07 it
@@ -407,8 +435,13 @@ const forgetByCreation = (table: string): string =>
  *   the commit). Until 2026-12-07 every such marker was aged from its BEGIN: a branch prepared longer
  *   than the age, committed by recovery whose completion or forget then failed, lost its marker to
  *   the next call, and the next recovery pass, finding the gid gone without it, recorded a
- *   heuristic rollback of a branch that had committed. A branch prepared for less than the time
- *   between two calls may be seen by none: its BEGIN is then at most that long before its commit.
+ *   heuristic rollback of a branch that had committed. A marker whose gid no call saw prepared is
+ *   still aged from its BEGIN, which precedes its commit by however long its work ran and it stayed
+ *   prepared: a branch prepared between two calls and committed before the second is seen by none,
+ *   and so is every branch committed before the first call after an upgrade to these tables (or
+ *   after the job is first scheduled).
+ * - The sightings are one upsert in gid order (the gids prepared now, and those recorded prepared
+ *   that no longer are), so that two calls at once lock them in one order.
  * A stamp or a sighting goes only with its marker (or once its marker is gone): left behind, the
  * marker would be aged from an earlier time. One statement: its snapshot predates the sightings it
  * writes, but a gid prepared at that snapshot has no visible marker to delete, and one recorded
@@ -427,17 +460,23 @@ const gcOn = (table: string, forgotten: string, current: CurrentTables | undefin
     )
   }
   const { seen, grace } = current
-  // The marker's keep: the age, or its branch's declared grace if longer.
+  // The marker's keep: the age, or its branch's declared grace if longer, that grace taken as at
+  // most `maxMarkerGrace` (`make` refuses more, but a row written by hand or by an older release
+  // could hold more, or Infinity, and `now()` minus it is out of range: 22008 failed every call).
   const keep =
-    "now() - make_interval(secs => greatest($1::float8, coalesce((select g.grace from " +
-    `${grace} g where g.namespace = $3::text and g.branch = m.branch), 0)))`
+    "now() - make_interval(secs => greatest($1::float8, least(coalesce((select g.grace from " +
+    `${grace} g where g.namespace = $3::text and g.branch = m.branch), 0), ${maxMarkerGraceSeconds})))`
   return (
     "with prepared_now as materialized (select gid from pg_prepared_xacts " +
     "where database = current_database() and gid like $2::text), " +
-    `sighted as (insert into ${seen} (gid, seen_at, prepared) select gid, now(), true from prepared_now ` +
-    "on conflict (gid) do update set seen_at = excluded.seen_at, prepared = true), " +
-    `moved as (update ${seen} set prepared = false, seen_at = clock_timestamp() ` +
-    "where prepared and gid like $2::text and gid not in (select gid from prepared_now)), " +
+    // One upsert, in gid order, both for the gids prepared now and for those recorded prepared that
+    // no longer are: until 2026-12-07 they were two statements locking the rows in two orders
+    // (`pg_prepared_xacts`' and the table's), and two calls at once deadlocked (40P01).
+    `sighted as (insert into ${seen} (gid, seen_at, prepared) select gid, at, prepared from (` +
+    "select gid, now() as at, true as prepared from prepared_now union all " +
+    `select s.gid, clock_timestamp(), false from ${seen} s where s.prepared and s.gid like $2::text ` +
+    "and s.gid not in (select gid from prepared_now)) sighting order by gid " +
+    "on conflict (gid) do update set seen_at = excluded.seen_at, prepared = excluded.prepared), " +
     // `created_at < cutoff` first: the index scan (every time below is at least `created_at`).
     `gone as (delete from ${table} m where m.created_at < ${cutoff} and m.gid like $2::text ` +
     `and case when exists (select 1 from ${forgotten} f where f.gid = m.gid) ` +
@@ -493,16 +532,33 @@ const IN_DOUBT_SQL =
   "from pg_prepared_xacts where database = current_database() and gid like $1 order by prepared"
 /**
  * The marker table's schema (`Branch.TABLE_SCHEMA_SQL`, `$1` = 'accord_branch') and whether
- * `accord_branch_forgotten`, and both `accord_branch_seen` and `accord_branch_grace`, are there
- * beside it.
+ * `accord_branch_forgotten`, `accord_branch_seen` and `accord_branch_grace` are each there beside it
+ * (`format('%I', null)` fails, hence the `case`s).
  */
 const FOUND_SQL =
-  `select s.nspname, case when s.nspname is null then false ` +
-  "else to_regclass(format('%I.accord_branch_forgotten', s.nspname)) is not null end as forgotten, " +
-  "case when s.nspname is null then false " +
-  "else to_regclass(format('%I.accord_branch_seen', s.nspname)) is not null " +
-  "and to_regclass(format('%I.accord_branch_grace', s.nspname)) is not null end as current " +
-  `from (${Branch.TABLE_SCHEMA_SQL}) s`
+  "select s.nspname, " +
+  ["forgotten", "seen", "grace"]
+    .map(
+      (table) =>
+        `case when s.nspname is null then false ` +
+        `else to_regclass(format('%I.accord_branch_${table}', s.nspname)) is not null end as ${table}`
+    )
+    .join(", ") +
+  ` from (${Branch.TABLE_SCHEMA_SQL}) s`
+
+/** What `FOUND_SQL` found: the marker table's schema, and the tables missing beside it. */
+interface Found {
+  readonly markerSchema: unknown
+  readonly missing: ReadonlyArray<string>
+}
+
+const foundOf = (rows: ReadonlyArray<object>): Found => {
+  const markerSchema = column(rows[0], 0)
+  const missing = ["accord_branch_forgotten", "accord_branch_seen", "accord_branch_grace"].filter(
+    (_, i) => column(rows[0], i + 1) !== true
+  )
+  return { markerSchema, missing: typeof markerSchema === "string" ? missing : ["accord_branch", ...missing] }
+}
 const ALL_PREPARED_SQL = "select gid from pg_prepared_xacts where database = current_database()"
 
 // ---------------------------------------------------------------------------------------------
@@ -872,48 +928,70 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
   const query = <T>(text: string, params?: ReadonlyArray<unknown>) =>
     statement<T>(client, text, params, cancelTimeout)
   const operations = options.operations ?? {}
-  const markerGrace = Duration.toSeconds(Duration.decode(options.markerGrace ?? Duration.minutes(5)))
+  // Checked before decoding, as `gcMarkers`' age is: `Duration.decode` reads NaN or a negative
+  // number as zero. At most `maxMarkerGrace`: it is declared for every participant's `gcMarkers`.
+  const grace = finiteDuration(options.markerGrace ?? Duration.minutes(5))
+  if (Option.isNone(grace) || Duration.greaterThan(grace.value, maxMarkerGrace)) {
+    return yield* new TransactionError.ConfigurationError({
+      participant: name,
+      reason: `markerGrace must be a finite duration of zero or more, at most 100 years (${Duration.format(maxMarkerGrace)}; got ${
+        Duration.isDuration(options.markerGrace)
+          ? Duration.format(options.markerGrace)
+          : String(options.markerGrace)
+      })`,
+      fix: 'give markerGrace a little more than the coordinator\'s transactionTimeout, e.g. markerGrace: "5 minutes"'
+    })
+  }
+  const markerGrace = Duration.toSeconds(grace.value)
   const self = { txId: "", branch: name }
 
-  const verify: Effect.Effect<void, TransactionError.ConfigurationError | TransactionError.BranchCallError> =
-    Effect.gen(function* () {
-      const rows = yield* query<object>("show max_prepared_transactions").pipe(
-        Effect.mapError((f) => callError(self, "verify", f, false))
-      )
-      const value = Number(column(rows[0], 0) ?? 0)
-      if (!(value > 0)) {
-        return yield* new TransactionError.ConfigurationError({
-          participant: name,
-          reason: `max_prepared_transactions is ${value} on this server, so PREPARE TRANSACTION is refused`,
-          fix: driver.fix
-        })
-      }
-      if (options.migrate !== false) {
-        yield* runScript(client, Migrations.participantDdl, cancelTimeout).pipe(
-          Effect.mapError(toFailure),
-          Effect.mapError((failure) =>
-            failure.sqlState === "42501"
-              ? new TransactionError.ConfigurationError({
-                  participant: name,
-                  reason: `cannot create Accord's marker table accord_branch: ${failure.message}`,
-                  fix: "create it once with a role that may (the Effect Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
-                })
-              : callError(self, "verify", failure, false)
-          )
-        )
-      }
-    }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
-
-  // The checks and, once, after the migration: where the marker table is as the pool's connections
-  // see it (every statement naming it, the branch's marker included, uses that schema from now on).
-  // Bounded: a server that accepts connections and never answers fails `make` at `verifyTimeout`.
-  const verifyTimeout = Duration.decode(options.verifyTimeout ?? Duration.seconds(10))
-  const found = yield* Effect.zipRight(
-    verify,
-    query<object>(FOUND_SQL, ["accord_branch"]).pipe(
+  const findTables = query<object>(FOUND_SQL, ["accord_branch"]).pipe(
+    Effect.map(foundOf),
+    Effect.mapError((f) => callError(self, "verify", f, false))
+  )
+  // The checks and the migration; then where the marker table is as the pool's connections see it
+  // (every statement naming it, the branch's marker included, uses that schema from now on), and
+  // `denied` when the role could not create the later tables beside it.
+  const verify: Effect.Effect<
+    { readonly found: Found; readonly denied: string | undefined },
+    TransactionError.ConfigurationError | TransactionError.BranchCallError
+  > = Effect.gen(function* () {
+    const rows = yield* query<object>("show max_prepared_transactions").pipe(
       Effect.mapError((f) => callError(self, "verify", f, false))
     )
-  ).pipe(
+    const value = Number(column(rows[0], 0) ?? 0)
+    if (!(value > 0)) {
+      return yield* new TransactionError.ConfigurationError({
+        participant: name,
+        reason: `max_prepared_transactions is ${value} on this server, so PREPARE TRANSACTION is refused`,
+        fix: driver.fix
+      })
+    }
+    const before = yield* findTables
+    // No DDL when every table is there (as `PgThreePhaseParticipant` checks): until 2026-12-07 it
+    // was always sent, and a role that may not create tables failed `make` on a database the
+    // previous release had migrated, where that release's DDL did nothing.
+    if (options.migrate === false || before.missing.length === 0) return { found: before, denied: undefined }
+    const migrated = yield* runScript(client, Migrations.participantDdl, cancelTimeout).pipe(
+      Effect.mapError(toFailure),
+      Effect.either
+    )
+    if (Either.isRight(migrated)) return { found: yield* findTables, denied: undefined }
+    const failure = migrated.left
+    if (failure.sqlState !== "42501") return yield* callError(self, "verify", failure, false)
+    // The marker table is there, only later tables are not: the rules of the tables there, with
+    // `migrate: false`'s warning, rather than no participant.
+    if (typeof before.markerSchema === "string") return { found: before, denied: failure.message }
+    return yield* new TransactionError.ConfigurationError({
+      participant: name,
+      reason: `cannot create Accord's marker tables ${before.missing.join(", ")}: ${failure.message}`,
+      fix: "create them once with a role that may (the Effect Migrations.participant(sql), or the DDL in Migrations.participantDdl), then pass migrate: false; or GRANT CREATE ON SCHEMA public to this role"
+    })
+  }).pipe(Effect.withSpan("PgParticipant.verify", { attributes: { branch: name } }))
+
+  // Bounded: a server that accepts connections and never answers fails `make` at `verifyTimeout`.
+  const verifyTimeout = Duration.decode(options.verifyTimeout ?? Duration.seconds(10))
+  const { found, denied } = yield* verify.pipe(
     Effect.timeoutFail({
       duration: verifyTimeout,
       onTimeout: () =>
@@ -924,7 +1002,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         })
     })
   )
-  const markerSchema = column(found[0], 0)
+  const { markerSchema, missing } = found
   if (typeof markerSchema !== "string") {
     // Refused here rather than at the first branch: a marker statement naming the table bare would
     // follow whatever `search_path` a work sets, and every branch would vote No until someone
@@ -942,15 +1020,22 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
           })
     })
   }
-  const hasForgotten = column(found[0], 1) === true
-  const isCurrent = hasForgotten && column(found[0], 2) === true
+  const hasForgotten = !missing.includes("accord_branch_forgotten")
+  const isCurrent = missing.length === 0
+  const absent = `${missing.join(", ")} ${missing.length === 1 ? "is" : "are"} missing beside accord_branch`
+  const why =
+    denied === undefined
+      ? "migrated by an older release, and migrate is false"
+      : `migrated by an older release, and this role may not create tables: ${denied}`
+  const upgrade =
+    "Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code) as a role that may create tables, then GRANT this participant's role SELECT, INSERT, DELETE ON accord_branch_forgotten; SELECT, INSERT, UPDATE, DELETE ON accord_branch_seen; SELECT, INSERT, UPDATE ON accord_branch_grace."
   if (!hasForgotten) {
     yield* Effect.logWarning(
-      `participant ${name}: accord_branch_forgotten is missing beside accord_branch (migrated by an older release, and migrate is false): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits. Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code).`
+      `participant ${name}: ${absent} (${why}): forget keeps measuring markerGrace from each marker's creation, which can report a false HeuristicRollback for a branch recovery commits, and gcMarkers ages every marker from its creation. ${upgrade}`
     )
   } else if (!isCurrent) {
     yield* Effect.logWarning(
-      `participant ${name}: accord_branch_seen or accord_branch_grace is missing beside accord_branch (migrated by an older release, and migrate is false): gcMarkers keeps aging a marker no forget saw from its branch's BEGIN, and keeps markers only for the caller's markerGrace, which can delete a marker recovery or a coordinator still needs. Run the Effect Migrations.participant(sql) once (Effect.runPromise from Promise code).`
+      `participant ${name}: ${absent} (${why}): gcMarkers keeps aging a marker no forget saw from its branch's BEGIN, and keeps markers only for the caller's markerGrace, which can delete a marker recovery or a coordinator still needs. ${upgrade}`
     )
   }
   const sqls = statementsOn(
@@ -973,7 +1058,7 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
       }),
       Effect.catchAll((failure) =>
         Effect.logWarning(
-          `participant ${name}: could not declare its markerGrace in accord_branch_grace (${failure.message}): gcMarkers called by another participant of this database with a shorter markerGrace may delete this one's markers before its grace ends. GRANT INSERT, UPDATE ON accord_branch_grace to this participant's role.`
+          `participant ${name}: could not declare its markerGrace in accord_branch_grace (${failure.message}): gcMarkers called by another participant of this database with a shorter markerGrace may delete this one's markers before its grace ends. GRANT SELECT, INSERT, UPDATE ON accord_branch_grace to this participant's role (the upsert reads its key).`
         )
       )
     )
@@ -1207,15 +1292,28 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     Effect.withSpan("PgParticipant.inDoubt", { attributes: { branch: name } })
   )
 
+  // `forget` and `gcMarkers` lock markers, then stamps and sightings, in one order where they can
+  // (see `forgetOn`, `gcOn`); what order a statement's rows are locked in is still the server's,
+  // and a deadlock (40P01) only ends one statement, which changed nothing and is sent again, at
+  // most three more times. Until 2026-12-07 a deadlock failed the call.
+  const retryDeadlock = <A>(effect: Effect.Effect<A, PgFailure>) =>
+    Effect.retry(effect, {
+      while: (failure) => failure.sqlState === "40P01",
+      schedule: Schedule.jittered(Schedule.exponential(Duration.millis(20))),
+      times: 3
+    })
+
   const forget = (ctxs: ReadonlyArray<Participant.BranchContext>) =>
     ctxs.length === 0
       ? Effect.void
-      : query(sqls.forget, [
-          ctxs.map((c) => c.gid),
-          markerGrace,
-          name,
-          TransactionId.gidLikePattern(options.namespace)
-        ]).pipe(
+      : retryDeadlock(
+          query(sqls.forget, [
+            ctxs.map((c) => c.gid),
+            markerGrace,
+            name,
+            TransactionId.gidLikePattern(options.namespace)
+          ])
+        ).pipe(
           Effect.asVoid,
           Effect.mapError((f) => callError(self, "complete", f, false)),
           Effect.withSpan("PgParticipant.forget", { attributes: { branch: name, count: ctxs.length } })
@@ -1245,11 +1343,13 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
         )}): it would delete markers forget keeps for a coordinator still re-driving COMMIT PREPARED`
       )
     }
-    return query<object>(sqls.gc, [
-      Duration.toSeconds(age.value),
-      TransactionId.gidLikePattern(options.namespace),
-      options.namespace ?? ""
-    ]).pipe(
+    return retryDeadlock(
+      query<object>(sqls.gc, [
+        Duration.toSeconds(age.value),
+        TransactionId.gidLikePattern(options.namespace),
+        options.namespace ?? ""
+      ])
+    ).pipe(
       Effect.map((rows) => Number(column(rows[0], 0) ?? 0)),
       Effect.mapError((f) => callError(self, "complete", f, false)),
       Effect.withSpan("PgParticipant.gcMarkers", { attributes: { branch: name } })
