@@ -979,9 +979,12 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     if (Either.isRight(migrated)) return { found: yield* findTables, denied: undefined }
     const failure = migrated.left
     if (failure.sqlState !== "42501") return yield* callError(self, "verify", failure, false)
-    // The marker table is there, only later tables are not: the rules of the tables there, with
-    // `migrate: false`'s warning, rather than no participant.
-    if (typeof before.markerSchema === "string") return { found: before, denied: failure.message }
+    // The marker table and its stamps are there (a database the previous release migrated), only
+    // later tables are not: the rules of the tables there, with `migrate: false`'s warning, rather
+    // than no participant. Without the stamps, `forget` would delete a long-prepared branch's marker
+    // at once (a false HeuristicRollback): no participant then, as before.
+    if (typeof before.markerSchema === "string" && !before.missing.includes("accord_branch_forgotten"))
+      return { found: before, denied: failure.message }
     return yield* new TransactionError.ConfigurationError({
       participant: name,
       reason: `cannot create Accord's marker tables ${before.missing.join(", ")}: ${failure.message}`,

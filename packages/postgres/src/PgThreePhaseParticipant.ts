@@ -201,21 +201,27 @@ const build = (
       })
     }
     // The migration as before, then (once) where the tables are, when `tables` did not say yet.
+    // The state table's DDL only when it is missing: PostgreSQL checks CREATE on the schema before
+    // `if not exists`, so a role that may not create tables failed here on a database whose state
+    // table was there and only the 2PC participant's later tables were not (those are its to
+    // create, or to go without, with its warning).
     const found =
-      migrate && !tables.ready
-        ? yield* runScript(client, ddl, cancelTimeout).pipe(
-            Effect.mapError(toFailure),
-            Effect.mapError(
-              (failure) =>
-                new TransactionError.ConfigurationError({
-                  participant: name,
-                  reason: `cannot create accord_3pc_state: ${failure.message}`,
-                  fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
-                })
-            ),
-            Effect.zipRight(existing(client, cancelTimeout, name))
-          )
-        : tables
+      migrate && !tables.ready && tables.stateTable
+        ? yield* existing(client, cancelTimeout, name)
+        : migrate && !tables.ready
+          ? yield* runScript(client, ddl, cancelTimeout).pipe(
+              Effect.mapError(toFailure),
+              Effect.mapError(
+                (failure) =>
+                  new TransactionError.ConfigurationError({
+                    participant: name,
+                    reason: `cannot create accord_3pc_state: ${failure.message}`,
+                    fix: "run PgThreePhaseParticipant.ddl as a role that may create tables in this database"
+                  })
+              ),
+              Effect.zipRight(existing(client, cancelTimeout, name))
+            )
+          : tables
     const { markerSchema, stateSchema } = found
     if (typeof markerSchema !== "string" || typeof stateSchema !== "string") {
       // Created, yet not found through the pool's search_path: named bare, the vote and fence
