@@ -389,7 +389,13 @@ const describePrepared = (s: Summary): string => {
           `${notOurs} not the demo's (its recovery leaves them alone): resolve each by hand in its bank's database with COMMIT PREPARED '<gid>' or ROLLBACK PREPARED '<gid>', as whoever prepared it decided`
         ]
       : []),
-    ...(ours > 0 ? [`${ours} the demo's: run again with --transfers 0, its recovery finishes them`] : [])
+    ...(ours > 0 ? [`${ours} the demo's: run again with --transfers 0, its recovery finishes them`] : []),
+    // The unlisted ones may be anybody's: where to see them all.
+    ...(more !== ""
+      ? [
+          "the rest unlisted: see them all with SELECT gid, database FROM pg_prepared_xacts, and resolve any that are not the demo's by hand"
+        ]
+      : [])
   ]
   return `${s.preparedLeft}: ${listed}${more}; ${todo.join("; ")}`
 }

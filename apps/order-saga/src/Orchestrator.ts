@@ -37,7 +37,10 @@ export interface Tally {
   readonly pending: number
   /** Compensated orders by cause ("out of stock", "card declined", "shipping timeout", ...). */
   readonly causes: Readonly<Record<string, number>>
-  /** Sagas this orchestrator finished for a dead one (through the sweep). */
+  /**
+   * Sagas finished through the sweep: those a dead orchestrator left, and this one's own whose
+   * drive failed mid-saga (the log unreachable, the lease lost) and that the sweep took over.
+   */
   readonly resumed: number
   /** Requests the transport delivered twice. */
   readonly duplicatesSent: number
@@ -230,6 +233,8 @@ export const place = Effect.fn("Orchestrator.place")(function* (
         (error._tag === "SagaBusyError"
           ? Effect.succeed(true)
           : log.load(order.orderId).pipe(
+              // Bounded: the log just failed to answer within the lease, and may not answer at all.
+              Effect.timeout(leaseFor),
               Effect.either,
               Effect.map((loaded) => Either.isRight(loaded) && Option.isSome(loaded.right))
             )
@@ -261,7 +266,11 @@ export const place = Effect.fn("Orchestrator.place")(function* (
         // Still not started after the retries: reported as such in the tally, not lost.
         Effect.catchAll((error) =>
           Effect.sync(() => notStartedCause.set(order.orderId, error.reason)).pipe(
-            Effect.zipRight(Effect.logWarning(`order ${order.orderId} could not be started: ${error.reason}`))
+            Effect.zipRight(
+              Effect.logWarning(
+                `order ${order.orderId}: its start was not confirmed after the retries (the log could not be read, or did not have it; the final tally says whether it was started): ${error.reason}`
+              )
+            )
           )
         )
       ),
