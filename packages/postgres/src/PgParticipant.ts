@@ -113,7 +113,8 @@ export interface PgParticipant extends Participant.Participant<PgWork> {
    * `PgRecovery` removes the markers of completed transactions precisely; this is the backstop.
    * Only markers of this participant's namespace (`namespace`, or none) are deleted: another
    * deployment sharing the database keeps its own. `olderThan` must be a positive, finite duration
-   * of at least `markerGrace`, or this fails with a `ConfigurationError` before anything is deleted.
+   * of at least `markerGrace` and at most 100 years, or this fails with a `ConfigurationError`
+   * before anything is deleted.
    */
   readonly gcMarkers: (
     olderThan: Duration.DurationInput
@@ -1338,6 +1339,12 @@ const build = Effect.fn("PgParticipant.make")(function* (driver: Driver, options
     const age = finiteDuration(olderThan)
     if (age._tag === "None" || Duration.toMillis(age.value) <= 0) {
       return refuse(`gcMarkers: olderThan must be a positive, finite duration (got ${String(olderThan)})`)
+    }
+    // `now()` minus more than that is out of PostgreSQL's range (22008): nothing would be collected.
+    if (Duration.greaterThan(age.value, maxMarkerGrace)) {
+      return refuse(
+        `gcMarkers: olderThan must be at most 100 years (${Duration.format(maxMarkerGrace)}; got ${Duration.format(age.value)})`
+      )
     }
     if (Duration.toSeconds(age.value) < markerGrace) {
       return refuse(

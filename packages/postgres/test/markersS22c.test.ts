@@ -9,7 +9,7 @@
  * its `make` failed, where before this stop it sent no DDL there.
  */
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit } from "effect"
+import { Cause, Duration, Effect, Exit } from "effect"
 import postgres from "postgres"
 import * as PgParticipant from "../src/PgParticipant.js"
 import * as PgThreePhaseParticipant from "../src/PgThreePhaseParticipant.js"
@@ -18,6 +18,7 @@ import * as TestDatabase from "../src/TestDatabase.js"
 const server = await TestDatabase.server()
 const DB_MARKERS_ONLY = "s22_mk3_markers_only"
 const DB_3PC = "s22_mk3_3pc"
+const DB_GC = "s22_mk3_gc"
 const ROLE = "s22_mk3_app"
 
 const MARKERS = `create table accord_branch (gid text primary key, tx_id text not null, branch text not null,
@@ -27,7 +28,7 @@ const FORGOTTEN = `create table accord_branch_forgotten (gid text primary key, b
     forgotten_at timestamptz not null default now());
   create index accord_branch_forgotten_at on accord_branch_forgotten (forgotten_at);`
 
-describe.skipIf(server === undefined)("make for a role that may not create tables", () => {
+describe.skipIf(server === undefined)("make for a role that may not create tables; gcMarkers' bound", () => {
   const adminUrl = server?.adminUrl ?? ""
   const pools: Array<postgres.Sql> = []
 
@@ -51,7 +52,7 @@ describe.skipIf(server === undefined)("make for a role that may not create table
 
   afterAll(async () => {
     for (const p of pools) await p.end({ timeout: 5 })
-    for (const db of [DB_MARKERS_ONLY, DB_3PC]) await TestDatabase.dropDatabase(adminUrl, db)
+    for (const db of [DB_MARKERS_ONLY, DB_3PC, DB_GC]) await TestDatabase.dropDatabase(adminUrl, db)
     const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
     await admin.unsafe(`drop role if exists ${ROLE}`)
     await admin.end({ timeout: 5 })
@@ -84,6 +85,20 @@ describe.skipIf(server === undefined)("make for a role that may not create table
       )
       const made = yield* Effect.exit(PgThreePhaseParticipant.make({ name: "bank-b", sql: app }))
       expect(Exit.isFailure(made) ? Cause.pretty(made.cause) : "made").toBe("made")
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("gcMarkers refuses an age past 100 years before sending anything (it failed with 22008)", () =>
+    Effect.gen(function* () {
+      const sql = postgres(yield* Effect.promise(() => TestDatabase.createDatabase(adminUrl, DB_GC)), {
+        max: 2,
+        onnotice: () => {}
+      })
+      pools.push(sql)
+      const p = yield* PgParticipant.make({ name: "bank-a", sql })
+      const refused = yield* Effect.flip(p.gcMarkers(Duration.days(3_000_000)))
+      expect(refused._tag).toBe("ConfigurationError")
+      expect(yield* p.gcMarkers(Duration.days(36_525))).toBe(0)
     }).pipe(Effect.scoped)
   )
 })
