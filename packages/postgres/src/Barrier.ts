@@ -506,8 +506,9 @@ const protocol = async <A>(
   work: (s: BarrierSession) => Promise<A>,
   codec: Codec<A>,
   signal: AbortSignal,
-  sent: ReadonlyArray<Sent>
+  run: Interruptible
 ): Promise<Decision<A>> => {
+  const { sent } = run
   const { gid, branch, op } = target
   // The transaction that holds the barrier row (see `endedByWork`).
   let xid: string | undefined
@@ -541,7 +542,7 @@ const protocol = async <A>(
   }
   const workFrom = sent.length
   const value = await boundedAfterAbort(work, session, signal).catch(async (error: unknown) => {
-    throw await endedByWork(error, query, xid, signal, sent, workFrom)
+    throw await endedByWork(error, query, xid, signal, run, workFrom)
   })
   // Before commit: a result that cannot be kept faithfully throws here and rolls the work back.
   // After the work, under whatever search_path it set: hence the schema-qualified table.
@@ -580,9 +581,16 @@ const refuseRowGone = (target: Target): Error =>
  * definite failure, SQLSTATE 25000 (invalid transaction state): `toStepError` and
  * `toCompensationStepError` do not retry it (an action is compensated, a compensation is Stuck for
  * an operator). Told by asking the server which transaction it is in (one round trip, on failure
- * only): the same one is still the barrier's, and so is an aborted transaction (25P02) unless the
- * work's texts show an ending statement (`endedThenAborted`: COMMIT, BEGIN, a failing statement);
- * a failed question (the connection lost) leaves `error` as it is (in doubt).
+ * only): the same one is still the barrier's; a failed question (the connection lost) leaves
+ * `error` as it is (in doubt). An aborted transaction (the question fails with 25P02) is ended
+ * (ROLLBACK, then BEGIN, so that the run's own ROLLBACK still finds a transaction) and the server
+ * asked whether the barrier's transaction committed (`pg_xact_status`; three more round trips): if
+ * so the work had ended it (COMMIT, BEGIN, a failing statement), 25000 whatever its texts show (a
+ * COMMIT in a nested fragment, whose text the barrier does not see, was read as not ended, and a
+ * compensation was retried into a Duplicate with half its undo applied: review of 2026-12-07).
+ * Rolled back, it is read by the texts (`endedThenAborted`): ROLLBACK, BEGIN, a failing statement
+ * may have autocommitted something between the two, which a retry would repeat; with no ending
+ * statement seen, `error` as it is. If that check fails too, the texts alone decide.
  *
  * Except when the server also says that the barrier's transaction was rolled back
  * (`pg_xact_status`, same round trip) and the work ended it with its last statement
@@ -600,13 +608,19 @@ const endedByWork = async (
   query: Query,
   xid: string | undefined,
   signal: AbortSignal,
-  sent: ReadonlyArray<Sent>,
+  run: Interruptible,
   workFrom: number
 ): Promise<unknown> => {
   if (xid === undefined || signal.aborted || error instanceof WorkAbandoned) return error
-  // The question is recorded in `sent` when sent (at `asked`): not one of the work's statements.
-  const asked = sent.length
-  const now = await query<object>(
+  const { sent } = run
+  // The barrier's own statements are recorded in `sent` when sent (at `own`): not the work's.
+  const own = new Set<number>()
+  const ask = <T>(text: string, params?: ReadonlyArray<unknown>) => {
+    own.add(sent.length)
+    return query<T>(text, params)
+  }
+  const workSent = () => sent.filter((_, i) => i >= workFrom && !own.has(i))
+  const now = await ask<object>(
     "select pg_current_xact_id_if_assigned()::text as xid, pg_xact_status($1::xid8) as status",
     [xid]
   ).then(
@@ -614,19 +628,30 @@ const endedByWork = async (
       xid: (column(rows[0], 0) ?? null) as string | null,
       status: (column(rows[0], 1) ?? null) as string | null
     }),
-    (failure: unknown) => {
-      // 25P02: a transaction is open and aborted. The barrier's, unless the work ended that one
-      // and opened another (COMMIT, BEGIN, a failing statement: `endedThenAborted`). Otherwise
-      // (the connection lost): not ended, in doubt as the work's failure says.
-      const ended =
-        toFailure(failure).sqlState === "25P02" && endedThenAborted(workStatements(sent, workFrom, asked))
-      return { xid: ended ? null : xid, status: null }
+    async (failure: unknown) => {
+      // Not 25P02 (the connection lost): not ended, in doubt as the work's failure says.
+      if (toFailure(failure).sqlState !== "25P02") return { xid, status: null }
+      // 25P02: a transaction is open and aborted, the barrier's or one the work opened after
+      // ending it. Ended here and the barrier's asked about; the failure that aborted it is kept
+      // for `explained` (the statements that succeed here would forget it).
+      const aborting = run.aborting
+      const committed = await (async () => {
+        await ask("rollback")
+        await ask("begin")
+        const rows = await ask<object>("select pg_xact_status($1::xid8)", [xid])
+        return column(rows[0], 0) === "committed"
+      })().then(
+        (yes) => yes,
+        () => false
+      )
+      run.aborting = aborting
+      return { xid: committed || endedThenAborted(workSent()) ? null : xid, status: null }
     }
   )
   if (now.xid === xid) return error
   // Read once the question answered: a statement the work left running after it threw (a tagged
   // template runs a microtask after its call) is in `sent` by then.
-  if (now.status === "aborted" && endedLast(workStatements(sent, workFrom, asked))) return error
+  if (now.status === "aborted" && endedLast(workSent())) return error
   const failure = toFailure(error)
   return Object.assign(
     new Error(
@@ -644,10 +669,6 @@ const LONE_END = new RegExp(
   `^${SQL_GAP}*(?:commit|end|rollback|abort)(?:${SQL_GAP}+(?:work|transaction))?(?:${SQL_GAP}*;)?${SQL_GAP}*$`,
   "i"
 )
-
-/** The work's statements in `sent`: from `workFrom`, without the barrier's question at `asked`. */
-const workStatements = (sent: ReadonlyArray<Sent>, workFrom: number, asked: number): ReadonlyArray<Sent> =>
-  sent.filter((_, i) => i >= workFrom && i !== asked)
 
 /** Whether `s`'s text is known and ends no transaction (`ENDING_STATEMENT`, anywhere in it). */
 const endsNothing = (s: Sent): boolean =>
@@ -688,7 +709,9 @@ const endedLast = (workSent: ReadonlyArray<Sent>): boolean => {
  * compensation retried into a Duplicate with only half its undo applied). Read as ended (25000). An
  * ending statement that did not run (after a failed one in the same text) reads as ended all the
  * same: a definite failure where a retry was safe, never a retry of a half-committed work. A work
- * whose texts are not known and show no ending statement is read as before (not ended).
+ * whose texts are not known and show no ending statement is read as not ended. Asked only once the
+ * server said the barrier's transaction did not commit (or could not say: see `endedByWork`), so a
+ * COMMIT whose text is not known (a nested fragment) is found all the same.
  */
 const endedThenAborted = (workSent: ReadonlyArray<Sent>): boolean =>
   workSent.some((s) => s.text !== undefined && !endsNothing(s))
@@ -774,26 +797,37 @@ class Interruptible {
       ? new Error("the barrier run was interrupted; its transaction rolls back")
       : undefined
   }
+  /** The entry in `sent` of each statement still in flight. */
+  private readonly entries = new Map<Cancellable, Sent>()
   /** Keeps `pending` (of `text`, when known) cancellable until it settles, and in `sent`. */
   track<R>(pending: PromiseLike<R> & Cancellable, text: string | undefined): PromiseLike<R> & Cancellable {
     const entry: Sent = { text, failed: undefined, alone: this.inflight.size === 0 }
     this.inflight.add(pending)
+    this.entries.set(pending, entry)
     this.sent.push(entry)
-    const forget = () => void this.inflight.delete(pending)
     pending.then(
-      () => {
-        this.aborting = undefined
-        entry.failed = false
-        forget()
-      },
-      (error: unknown) => {
-        const sqlState = toFailure(error).sqlState
-        if (sqlState !== undefined && sqlState !== "25P02") this.aborting = error
-        entry.failed = true
-        forget()
-      }
+      () => this.settled(pending, false, undefined),
+      (error: unknown) => this.settled(pending, true, error)
     )
     return pending
+  }
+  /**
+   * Records that `pending` settled, once: by its own callback (`track`) or, for the work's tagged
+   * templates, by `guardedSql` as postgres.js settles it, before the work's callbacks on it run. A
+   * work's `` sql`insert ...`.then(() => s.query("commit")) `` registered its callback before the
+   * run's, so its COMMIT was recorded while the INSERT still counted as in flight (not `alone`) and
+   * a COMMIT the server refused (40001 at commit) read 25000 instead of 40001 (review of 2026-12-07).
+   */
+  settled(pending: Cancellable, failed: boolean, error: unknown): void {
+    const entry = this.entries.get(pending)
+    if (entry === undefined) return
+    this.entries.delete(pending)
+    this.inflight.delete(pending)
+    if (failed) {
+      const sqlState = toFailure(error).sqlState
+      if (sqlState !== undefined && sqlState !== "25P02") this.aborting = error
+    } else this.aborting = undefined
+    entry.failed = failed
   }
 
   /**
@@ -884,7 +918,8 @@ const onPostgres = async <A>(
     (channel) => {
       notifyRefused ??= refuseNotify(channel)
       throw notifyRefused
-    }
+    },
+    (q, failed, error) => run.settled(q, failed, error)
   )
   let clean = false
   // Given back or closed already (`giveUp`), not again in `finally`.
@@ -912,7 +947,7 @@ const onPostgres = async <A>(
       work,
       codec,
       signal,
-      run.sent
+      run
     )
     // The work caught the refusal and went on: still rolled back, as if it had not caught it.
     if (notifyRefused !== undefined) throw notifyRefused
@@ -970,16 +1005,7 @@ const onPglite = <A>(
       (await send(text, params)).rows as Array<T>
     const statement: Statement = async (text, params) => pgliteResult(await send(text, params))
     try {
-      return await protocol(
-        statements,
-        query,
-        sessionOf(query, statement),
-        target,
-        work,
-        codec,
-        signal,
-        run.sent
-      )
+      return await protocol(statements, query, sessionOf(query, statement), target, work, codec, signal, run)
     } catch (error) {
       throw run.explained(error)
     }

@@ -442,6 +442,26 @@ export const runScript = (
   // Fails with the driver's own error: callers read it with `toFailure`, `Migrations` hands it on.
   Effect.asVoid(sendCancellable(() => client.script(text), identity, client, cancelTimeout, "cancelled"))
 
+/**
+ * Wraps `query`'s own `resolve` and `reject` (the ones postgres.js calls with its outcome) so that
+ * `onSettled` is told first, before the promise settles and so before any of its callbacks run.
+ */
+const settledFirst = (
+  query: Cancellable & Promise<unknown> & { resolve?: unknown; reject?: unknown },
+  onSettled: (query: Cancellable & Promise<unknown>, failed: boolean, error: unknown) => void
+): void => {
+  const { resolve, reject } = query
+  if (typeof resolve !== "function" || typeof reject !== "function") return
+  query.resolve = (value: unknown) => {
+    onSettled(query, false, undefined)
+    return (resolve as (value: unknown) => unknown)(value)
+  }
+  query.reject = (error: unknown) => {
+    onSettled(query, true, error)
+    return (reject as (error: unknown) => unknown)(error)
+  }
+}
+
 /** A work's `sql.release()` or `sql.destroy()`, refused at once (see `guardedSql`). */
 const refuseToGiveBack = (method: string) => (): never => {
   throw new Error(
@@ -454,6 +474,9 @@ const refuseToGiveBack = (method: string) => (): never => {
  * runs (tagged template, `unsafe`, `file`) just before postgres.js executes it, and may refuse it
  * (an `Error`: the statement fails with it, nothing is sent). The caller tracks the statement there
  * (to cancel it). Fragments (a query nested in another) are never run, so never seen.
+ *
+ * `onSettled`, when given, is told when a statement `onRun` let through settles (failed or not,
+ * with its error), before the work's own callbacks on it run (see `settledFirst`).
  *
  * `notify`, when given, replaces `conn.notify`: postgres.js sends a reserved connection's
  * `notify(channel, payload)` through its pool (`select pg_notify(...)` on another connection,
@@ -468,7 +491,8 @@ const refuseToGiveBack = (method: string) => (): never => {
 export const guardedSql = (
   conn: postgres.Sql,
   onRun: (query: Cancellable & Promise<unknown>) => Error | undefined,
-  notify?: (channel: string, payload: unknown) => Promise<unknown>
+  notify?: (channel: string, payload: unknown) => Promise<unknown>,
+  onSettled?: (query: Cancellable & Promise<unknown>, failed: boolean, error: unknown) => void
 ) => {
   const guard = (made: unknown): unknown => {
     const query = made as { handler?: unknown; reject?: unknown }
@@ -481,8 +505,14 @@ export const guardedSql = (
     const run = query.handler as (q: unknown) => unknown
     const reject = query.reject as (error: unknown) => void
     query.handler = (q: unknown) => {
-      const refused = onRun(q as Cancellable & Promise<unknown>)
-      return refused !== undefined ? reject(refused) : run(q)
+      const pending = q as Cancellable & Promise<unknown> & { resolve?: unknown; reject?: unknown }
+      const refused = onRun(pending)
+      if (refused !== undefined) return reject(refused)
+      // Told settled as postgres.js settles it, before the callbacks of the work run: a callback
+      // given to `.then` before the query ran (`` sql`...`.then(() => ...) ``) is registered before
+      // any the caller can add in `onRun`, so it ran first and saw the query still pending.
+      if (onSettled !== undefined) settledFirst(pending, onSettled)
+      return run(q)
     }
     return made
   }
