@@ -34,8 +34,9 @@ with its own database, as sagas with compensations; then checks the invariants f
   --data-dir DIR                PGlite folders (default .accord-data/order-saga); given, it runs PGlite
                                 even when $ACCORD_PG_URL is set (not with --pg)
   --kill-orchestrator-after N   SIGKILL the orchestrator once N orders have started, restart it, resume
-  --retry-stuck                 first retry the compensations of the sagas the log holds as stuck
-                                (earlier runs' too: they keep the invariants from holding)
+  --retry-stuck                 first retry every saga the log holds as stuck, any run's on this prefix
+                                (they keep the invariants from holding); once per run; not while
+                                another run is live on the same --db-prefix
   --json                        print one JSON object as the last line of stdout (the summary table goes to stderr)
   --no-progress                 no progress bar
   --seed N                      seed of the catalogue, customers and orders (default 42)

@@ -60,7 +60,10 @@ export interface RunConfig {
   readonly seed: number
   readonly runId: string
   readonly killOrchestratorAfter: number | undefined
-  /** Before placing orders, retry (`Saga.retryStuck`) every saga the log holds as stuck, earlier runs' too. */
+  /**
+   * Before placing orders, retry (`Saga.retryStuck`) every saga the log holds as stuck, whichever run
+   * it belongs to; once per run (the first orchestrator only).
+   */
   readonly retryStuck: boolean
   readonly json: boolean
   readonly progress: boolean

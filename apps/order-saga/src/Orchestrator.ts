@@ -6,7 +6,8 @@
  * them to their end. The others are placed now. The run is over when every order's saga has ended;
  * the tally is read back from the log. A start the log did not record is tried again (a bounded
  * schedule); an order that still could not be started is reported as not started, not dropped.
- * With `retryStuck`, the sagas the log holds as stuck (earlier runs' too) are retried first.
+ * With `retryStuck`, every saga the log holds as stuck when it starts (any run's on this saga log) is
+ * retried first; the CLI sets it for a run's first orchestrator only (see `Run.run`).
  *
  * @since 0.1.0
  */
@@ -51,11 +52,16 @@ export interface Tally {
    */
   readonly notStarted: ReadonlyArray<{ readonly orderId: string; readonly cause: string }>
   /**
-   * Sagas of earlier runs the log holds as stuck: their effects keep the invariants from holding
-   * until they are retried (`--retry-stuck`) or resolved by hand.
+   * Sagas not of this run the log holds as stuck (earlier runs', or a concurrent run's on the same
+   * saga log): their effects keep the invariants from holding until they are retried
+   * (`--retry-stuck`) or resolved by hand.
    */
   readonly earlierStuck: ReadonlyArray<StuckSaga>
-  /** With `retryStuck`: the stuck sagas retried before the run, and how each ended (or why not). */
+  /**
+   * With `retryStuck`: the sagas the log held as stuck when this orchestrator started, retried before
+   * it placed any order, and how each ended (or why not). `Run.run` reports the first orchestrator's
+   * (the only one that retries) through `Listener.retried`, so a killed one's are not lost.
+   */
   readonly retriedStuck: ReadonlyArray<{ readonly sagaId: string; readonly result: string }>
 }
 
@@ -78,6 +84,8 @@ export interface Listener {
   readonly finished?: (orderId: string, status: OrderStatus, resumed: boolean) => void
   /** The transport delivered a request twice. */
   readonly duplicated?: () => void
+  /** With `retryStuck`: a stuck saga was retried (`result` as in `Tally.retriedStuck`). */
+  readonly retried?: (sagaId: string, result: string) => void
 }
 
 const statusOf = (outcome: Saga.Outcome): OrderStatus =>
@@ -169,7 +177,10 @@ export const place = Effect.fn("Orchestrator.place")(function* (
   const load = (sagaId: string) => log.load(sagaId).pipe(Effect.retry(logRetry))
 
   // --retry-stuck: a stuck saga (a compensation gave up) holds its order's effects until an operator
-  // acts; retried here with fresh retries, before this run's orders.
+  // acts; retried here with fresh retries, before this run's orders. Every saga the log holds as stuck
+  // now, whichever run it belongs to (a live run's on the same log too: the log's claims keep a saga
+  // from being driven twice, yet the retry acts on that run's orders; the docs say not to). Each result
+  // is told to the listener as it comes: this process may be killed before its tally is sent.
   const retriedStuck: Array<{ sagaId: string; result: string }> = []
   if (config.retryStuck) {
     const stuck = yield* log.list({ status: "stuck" }).pipe(Effect.retry(logRetry))
@@ -180,9 +191,10 @@ export const place = Effect.fn("Orchestrator.place")(function* (
           Effect.map((outcome): string => statusOf(outcome)),
           Effect.catchAll((error) => Effect.succeed(`not retried: ${error.message}`)),
           Effect.tap((result) =>
-            Effect.sync(() => retriedStuck.push({ sagaId: history.sagaId, result })).pipe(
-              Effect.zipRight(Effect.logInfo(`--retry-stuck: saga ${history.sagaId}: ${result}`))
-            )
+            Effect.sync(() => {
+              retriedStuck.push({ sagaId: history.sagaId, result })
+              listener.retried?.(history.sagaId, result)
+            }).pipe(Effect.zipRight(Effect.logInfo(`--retry-stuck: saga ${history.sagaId}: ${result}`)))
           )
         ),
       { concurrency: config.concurrency, discard: true }
@@ -315,8 +327,8 @@ export const place = Effect.fn("Orchestrator.place")(function* (
     if (outcome._tag === "Stuck")
       stuckSagas.push({ sagaId: outcome.sagaId, step: outcome.step, cause: outcome.cause })
   }
-  // Earlier runs' stuck sagas: this run's tally does not count them, yet their orders' effects make
-  // the invariants fail; the summary names them.
+  // Stuck sagas not of this run (earlier runs', or a concurrent run's on the same log): this run's tally
+  // does not count them, yet their orders' effects make the invariants fail; the summary names them.
   const earlierStuck: Array<StuckSaga> = []
   for (const stuck of yield* log.list({ status: "stuck" }).pipe(Effect.retry(logRetry))) {
     if (planned.has(stuck.sagaId)) continue

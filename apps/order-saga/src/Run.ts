@@ -240,9 +240,17 @@ export const run = async (config: RunConfig, hooks: Hooks = {}, signal?: AbortSi
     let duplicatesSent = 0
     let tally: Tally | undefined
     const started = new Set<string>()
+    // --retry-stuck acts once per run: the first orchestrator retries what the log holds as stuck and
+    // tells each result as it comes (it may be killed before its tally); a restarted one does not
+    // retry again (it would retry this run's own sagas that got stuck before the kill).
+    const retriedStuck: Array<{ sagaId: string; result: string }> = []
     while (tally === undefined) {
       if (signal?.aborted) throw interrupted()
-      const orchestrator = spawn("orchestrator.js", [JSON.stringify(config), JSON.stringify(endpoints)])
+      const orchestratorConfig: RunConfig = kills === 0 ? config : { ...config, retryStuck: false }
+      const orchestrator = spawn("orchestrator.js", [
+        JSON.stringify(orchestratorConfig),
+        JSON.stringify(endpoints)
+      ])
       const killAt = kills === 0 ? config.killOrchestratorAfter : undefined
       let killedNow = false
       orchestrator.on("message", (m: Message) => {
@@ -258,12 +266,14 @@ export const run = async (config: RunConfig, hooks: Hooks = {}, signal?: AbortSi
           }
         }
         if (m.type === "duplicated") duplicatesSent++
+        if (m.type === "retried" && typeof m.sagaId === "string" && typeof m.result === "string")
+          retriedStuck.push({ sagaId: m.sagaId, result: m.result })
         if (m.type === "finished" && typeof m.orderId === "string")
           hooks.finished?.(m.orderId, m.status as OrderStatus)
       })
       try {
         const done = await waitFor(orchestrator, "orchestrator", "done", 30 * 60_000)
-        tally = done.tally as Tally
+        tally = { ...(done.tally as Tally), retriedStuck }
         await exited(orchestrator)
       } catch (error) {
         if (signal?.aborted) throw interrupted()

@@ -73,11 +73,12 @@ export const table = (config: RunConfig, result: Result): string => {
         `  NOT STARTED ${o.orderId}: the saga log did not record its start (${o.cause}); nothing of it ran`
     ),
     ...tally.retriedStuck.map((r) => `  --retry-stuck: ${r.sagaId} ${r.result}`),
-    ...tally.earlierStuck.map((s) => `  STUCK (earlier run) ${s.sagaId} at ${s.step}: ${s.cause}`),
+    ...tally.earlierStuck.map((s) => `  STUCK (not this run) ${s.sagaId} at ${s.step}: ${s.cause}`),
     ...(tally.earlierStuck.length > 0 || tally.stuckSagas.length > 0
       ? [
           "  stuck sagas hold their orders' effects until an operator acts: once the cause is fixed, run again",
-          "  with --retry-stuck (retries their compensations: Saga.retryStuck), or resolve them by hand (Saga.resolveStuck)"
+          "  with --retry-stuck (retries every stuck saga of this --db-prefix's log: Saga.retryStuck; not while another",
+          "  run is live on it), or resolve them by hand (Saga.resolveStuck)"
         ]
       : []),
     "",

@@ -12,12 +12,18 @@
  * The stuck saga is made with the real saga definition and services, but a payment endpoint that
  * answers every charge "in doubt" (503) and refuses every refund (409): the charge is given up in doubt,
  * its refund refused for good, and the saga ends Stuck in its compensation.
+ *
+ * A later review (2026-12-07) found `--retry-stuck` with `--kill-orchestrator-after` lost the retries
+ * from the report (`retriedStuck: []`, no table line: only the last orchestrator's tally was kept),
+ * and the restarted orchestrator retried every stuck saga again. Now the first orchestrator alone
+ * retries and tells each result as it comes; the summary labels the stuck sagas it did not clear
+ * "STUCK (not this run)" (they may be a concurrent run's, not an earlier one's).
  */
 import { execFile } from "node:child_process"
 import { join } from "node:path"
 import { Saga, SagaLog } from "@accord/core"
 import { PgSagaLog, TestDatabase } from "@accord/postgres"
-import { Effect } from "effect"
+import { Effect, Schedule } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import { dbTarget, type RunConfig, serviceNames } from "../src/Config.js"
 import * as Database from "../src/Database.js"
@@ -86,6 +92,40 @@ const stuckSaga = async (config: RunConfig): Promise<{ sagaId: string; outcome: 
   }
 }
 
+/**
+ * A saga of a type the order saga's registry does not know, left Stuck in `config`'s saga log: its
+ * compensation fails every time (no retries) after its second step failed. `--retry-stuck` cannot
+ * retry it ("not retried": no definition), so every orchestrator that retried would report it.
+ */
+const foreignStuckSaga = async (config: RunConfig, sagaId: string): Promise<Saga.Outcome> => {
+  const definition = Saga.make({
+    name: "foreign-saga",
+    steps: [
+      Saga.step({
+        name: "hold",
+        action: () => Effect.succeed({ held: true }),
+        compensation: () => Effect.fail(new Saga.StepTransientError({ reason: "the release is refused" })),
+        compensationRetry: Schedule.recurs(0)
+      }),
+      Saga.step({
+        name: "refuse",
+        action: () => Effect.fail(new Saga.StepBusinessError({ reason: "refused" }))
+      })
+    ]
+  })
+  const saga = await Database.open(dbTarget(config, "saga"))
+  try {
+    return await Effect.runPromise(
+      Effect.gen(function* () {
+        const log = yield* PgSagaLog.make(saga.driver.kind === "postgres" ? saga.driver.sql : saga.driver.db)
+        return yield* Saga.run(definition, {}, { sagaId }).pipe(Effect.provideService(SagaLog.SagaLog, log))
+      })
+    )
+  } finally {
+    await saga.close()
+  }
+}
+
 describe.skipIf(server === undefined)("a saga stuck in an earlier run", () => {
   const adminUrl = server?.adminUrl ?? ""
   const prefix = `s22_os_stuck_${process.pid}_`
@@ -147,7 +187,7 @@ describe.skipIf(server === undefined)("a saga stuck in an earlier run", () => {
       expect(summary.earlierStuck).toEqual([
         { sagaId: stuck.sagaId, step: "charge-payment", cause: expect.any(String) }
       ])
-      expect(before.stderr).toContain(`STUCK (earlier run) ${stuck.sagaId} at charge-payment`)
+      expect(before.stderr).toContain(`STUCK (not this run) ${stuck.sagaId} at charge-payment`)
       expect(before.stderr).toContain("--retry-stuck")
       expect(before.stderr).toContain(`PostgreSQL (${prefix}*)`)
 
@@ -165,6 +205,83 @@ describe.skipIf(server === undefined)("a saga stuck in an earlier run", () => {
       expect(after.stderr).toMatch(
         new RegExp(`level=INFO .*message="--retry-stuck: saga ${stuck.sagaId}: compensated"`)
       )
+    }
+  )
+})
+
+describe.skipIf(server === undefined)("--retry-stuck with --kill-orchestrator-after", () => {
+  const adminUrl = server?.adminUrl ?? ""
+  const prefix = `s22_os2_retrykill_${process.pid}_`
+  const config = testConfig({
+    name: "retrykill",
+    pgUrl: adminUrl,
+    dbPrefix: prefix,
+    orders: 4,
+    faults: { declineRate: 0, slowRate: 0, slowMillis: 0, duplicateRate: 0, dropRate: 0 }
+  })
+  const args = [
+    "--pg",
+    adminUrl,
+    "--db-prefix",
+    prefix,
+    "--orders",
+    "4",
+    "--seed",
+    String(config.seed),
+    "--customers",
+    String(config.customers),
+    "--json",
+    "--decline-rate",
+    "0",
+    "--slow-rate",
+    "0",
+    "--duplicate-rate",
+    "0",
+    "--drop-rate",
+    "0",
+    "--lease-ms",
+    "3000"
+  ]
+  afterAll(async () => {
+    for (const name of [...serviceNames, "saga"])
+      await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
+  })
+
+  it(
+    "retries once per run, by the first orchestrator, and the report keeps its results",
+    { timeout: 600_000 },
+    async () => {
+      for (const name of [...serviceNames, "saga"] as const)
+        await Database.ensure(dbTarget(config, name), true)
+      const stuck = await stuckSaga(config)
+      expect(stuck.outcome._tag).toBe("Stuck")
+      const foreignId = "foreign-earlier-1"
+      const foreign = await foreignStuckSaga(config, foreignId)
+      expect(foreign._tag).toBe("Stuck")
+
+      const run = await demo([...args, "--retry-stuck", "--kill-orchestrator-after", "1"])
+      const lines = run.stdout.trim().split("\n")
+      expect(lines).toHaveLength(1)
+      const json = JSON.parse(lines[0]!) as Record<string, unknown>
+      expect(json.orchestratorKills).toBe(1)
+      // The killed (first) orchestrator's retries are in the report, each once.
+      const retried = json.retriedStuck as Array<{ sagaId: string; result: string }>
+      expect([...retried].sort((a, b) => a.sagaId.localeCompare(b.sagaId))).toEqual([
+        { sagaId: stuck.sagaId, result: "compensated" },
+        { sagaId: foreignId, result: expect.stringMatching(/^not retried: /) }
+      ])
+      expect(run.stderr).toContain(`  --retry-stuck: ${stuck.sagaId} compensated`)
+      // Only the first orchestrator retried: the restarted one found the foreign saga still stuck
+      // and, retrying, logged it a second time.
+      const logged = run.stderr.match(new RegExp(`message="--retry-stuck: saga ${foreignId}: `, "g")) ?? []
+      expect(logged).toHaveLength(1)
+      // The one it could not clear is named as not this run's.
+      expect(json.earlierStuck).toEqual([{ sagaId: foreignId, step: "hold", cause: expect.any(String) }])
+      expect(run.stderr).toContain(`STUCK (not this run) ${foreignId} at hold`)
+      expect(json.stuck).toBe(0)
+      expect(json.pending).toBe(0)
+      expect(json.invariantsHold).toBe(true)
+      expect(run.code).toBe(0)
     }
   )
 })

@@ -26,7 +26,8 @@ const tell = (message: Record<string, unknown>): void => {
 Orchestrator.run(config, endpoints, {
   started: (orderId) => tell({ type: "started", orderId }),
   finished: (orderId, status, resumed) => tell({ type: "finished", orderId, status, resumed }),
-  duplicated: () => tell({ type: "duplicated" })
+  duplicated: () => tell({ type: "duplicated" }),
+  retried: (sagaId, result) => tell({ type: "retried", sagaId, result })
 }).then(
   (tally) => {
     process.send?.({ type: "done", tally }, () => {
