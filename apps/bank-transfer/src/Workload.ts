@@ -88,7 +88,20 @@ export const workOf = (t: Transfer): { readonly a: Bank.Work; readonly b: Bank.W
 }
 
 /**
- * Runs `transfers` transfers, `concurrency` at a time; `tick` is called after each one.
+ * Waits for the event loop's next check phase (`setImmediate`): a macrotask, so the loop first
+ * runs its I/O phase, where the process's signal handlers and due timers run. Effect's own yields
+ * are microtasks, and PGlite's work is all in this process (WASM behind promise chains), so without
+ * this a PGlite run never reaches that phase: a SIGINT/SIGTERM would wait for the run's end.
+ */
+const yieldToEventLoop: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/**
+ * Runs `transfers` transfers, `concurrency` at a time; `tick` is called after each one. Each
+ * worker yields to the event loop before each transfer, so a signal is handled (and the run
+ * interrupted) between transfers, on PGlite as on PostgreSQL.
  * @since 0.1.0
  */
 export const run = Effect.fn("BankTransfer.workload")(function* (options: {
@@ -115,6 +128,7 @@ export const run = Effect.fn("BankTransfer.workload")(function* (options: {
   }
   const started = performance.now()
   const one = Effect.gen(function* () {
+    yield* yieldToEventLoop
     const txId = yield* TransactionId.make
     const transfer = randomTransfer(txId, options.accounts)
     options.journal.write({ event: "intent", protocol: options.protocol, ...transfer })
