@@ -21,41 +21,13 @@ import { Effect, Either } from "effect"
 import postgres from "postgres"
 import * as Barrier from "../src/Barrier.js"
 import * as TestDatabase from "../src/TestDatabase.js"
+import { barrierOps, type Conn, countIn, readOf } from "./support/barrierReads.js"
 
 const server = await TestDatabase.server()
 const DB = "s22_bar2_ended"
 
-type Conn = postgres.Sql | PGlite
-
-const rowsOf = async <T>(conn: Conn, text: string, params: Array<unknown>): Promise<Array<T>> =>
-  typeof conn === "function"
-    ? await conn.unsafe<Array<T>>(text, params as never)
-    : (await conn.query<T>(text, params)).rows
-
-const count = (conn: Conn, k: string) =>
-  Effect.promise(
-    async () =>
-      (await rowsOf<{ n: number }>(conn, "select count(*)::int as n from rv where k = $1", [k]))[0]!.n
-  )
-
-const barrierOps = (conn: Conn, gid: string) =>
-  Effect.promise(async () =>
-    (
-      await rowsOf<{ op: string }>(conn, "select op from accord_saga_barrier where gid = $1 order by op", [
-        gid
-      ])
-    ).map((r) => r.op)
-  )
-
-/** How the failure is read (plain, so that a mismatch prints). */
-const readOf = (run: Either.Either<unknown, Barrier.BarrierError>) =>
-  Either.isLeft(run) && run.left._tag === "BarrierWorkError"
-    ? {
-        sqlState: run.left.sqlState,
-        action: Barrier.toStepError(run.left)._tag,
-        compensation: Barrier.toCompensationStepError(run.left)._tag
-      }
-    : { run: Either.isLeft(run) ? run.left._tag : (run.right as { _tag: string })._tag }
+/** Rows of the test table `rv` whose `k` is `k`. */
+const count = (conn: Conn, k: string) => countIn(conn, "rv", k)
 
 /** Part 1 committed by the work's own COMMIT, then BEGIN and a CHECK violation (23514). */
 const commitBeginFail =
