@@ -126,6 +126,36 @@ const foreignStuckSaga = async (config: RunConfig, sagaId: string): Promise<Saga
   }
 }
 
+/** The demo's command line for `orders` orders on `prefix`'s databases: no faults, short leases. */
+const demoArgs = (adminUrl: string, prefix: string, config: RunConfig, orders: number) => [
+  "--pg",
+  adminUrl,
+  "--db-prefix",
+  prefix,
+  "--orders",
+  String(orders),
+  "--seed",
+  String(config.seed),
+  "--customers",
+  String(config.customers),
+  "--json",
+  "--decline-rate",
+  "0",
+  "--slow-rate",
+  "0",
+  "--duplicate-rate",
+  "0",
+  "--drop-rate",
+  "0",
+  "--lease-ms",
+  "3000"
+]
+
+/** Drops the services' and the saga log's databases of `prefix`. */
+const dropDemoDatabases = async (adminUrl: string, prefix: string) => {
+  for (const name of [...serviceNames, "saga"]) await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
+}
+
 describe.skipIf(server === undefined)("a saga stuck in an earlier run", () => {
   const adminUrl = server?.adminUrl ?? ""
   const prefix = `s22_os_stuck_${process.pid}_`
@@ -137,33 +167,8 @@ describe.skipIf(server === undefined)("a saga stuck in an earlier run", () => {
     faults: { declineRate: 0, slowRate: 0, slowMillis: 0, duplicateRate: 0, dropRate: 0 }
   })
   // The demo's flags for the same world (catalogue, customers) as `config`.
-  const args = [
-    "--pg",
-    adminUrl,
-    "--db-prefix",
-    prefix,
-    "--orders",
-    "2",
-    "--seed",
-    String(config.seed),
-    "--customers",
-    String(config.customers),
-    "--json",
-    "--decline-rate",
-    "0",
-    "--slow-rate",
-    "0",
-    "--duplicate-rate",
-    "0",
-    "--drop-rate",
-    "0",
-    "--lease-ms",
-    "3000"
-  ]
-  afterAll(async () => {
-    for (const name of [...serviceNames, "saga"])
-      await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
-  })
+  const args = demoArgs(adminUrl, prefix, config, 2)
+  afterAll(() => dropDemoDatabases(adminUrl, prefix))
 
   it(
     "is named in the next run's summary with how to clear it, and --retry-stuck clears it",
@@ -219,33 +224,8 @@ describe.skipIf(server === undefined)("--retry-stuck with --kill-orchestrator-af
     orders: 4,
     faults: { declineRate: 0, slowRate: 0, slowMillis: 0, duplicateRate: 0, dropRate: 0 }
   })
-  const args = [
-    "--pg",
-    adminUrl,
-    "--db-prefix",
-    prefix,
-    "--orders",
-    "4",
-    "--seed",
-    String(config.seed),
-    "--customers",
-    String(config.customers),
-    "--json",
-    "--decline-rate",
-    "0",
-    "--slow-rate",
-    "0",
-    "--duplicate-rate",
-    "0",
-    "--drop-rate",
-    "0",
-    "--lease-ms",
-    "3000"
-  ]
-  afterAll(async () => {
-    for (const name of [...serviceNames, "saga"])
-      await TestDatabase.dropDatabase(adminUrl, `${prefix}${name}`)
-  })
+  const args = demoArgs(adminUrl, prefix, config, 4)
+  afterAll(() => dropDemoDatabases(adminUrl, prefix))
 
   it(
     "retries once per run, by the first orchestrator, and the report keeps its results",
